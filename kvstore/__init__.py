@@ -1,0 +1,75 @@
+"""kvstore: a transactional, ordered key-value store whose only server is an S3 bucket.
+
+    async with kvstore.open("s3://bucket/prefix") as db:
+        await db.put(b"k", b"v")
+        async with db.transaction() as tx:
+            tx.put(b"b", await tx.get(b"k"))
+
+See README.md for a tour and docs/ for concepts, formats and operations.
+"""
+
+from ._errors import (
+    AccessDeniedError,
+    ClosedError,
+    CommitOutcomeUnknownError,
+    ConflictError,
+    CorruptionError,
+    InvalidKeyError,
+    InvalidURLError,
+    InvalidValueError,
+    KvStoreError,
+    ReadOnlyError,
+    StoreNotFoundError,
+    StoreUnavailableError,
+    TransactionStateError,
+    TransactionTooLargeError,
+    TransactionTooOldError,
+    UnsafeEndpointError,
+    UnsafeStoreError,
+    UnsupportedFormatError,
+    ValidationError,
+    VersionNotRetainedError,
+)
+from ._objectstore import RetryPolicy, S3Options
+from ._options import StoreOptions
+from ._store import Snapshot, Store, StoreOpener, VerifyReport, open
+from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
+from ._transaction import Transaction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDeniedError",
+    "ClosedError",
+    "CommitOutcomeUnknownError",
+    "ConflictError",
+    "CorruptionError",
+    "InvalidKeyError",
+    "InvalidURLError",
+    "InvalidValueError",
+    "KvStoreError",
+    "ReadOnlyError",
+    "RetryPolicy",
+    "S3Options",
+    "Snapshot",
+    "Store",
+    "StoreNotFoundError",
+    "StoreOpener",
+    "StoreOptions",
+    "StoreUnavailableError",
+    "SyncSnapshot",
+    "SyncStore",
+    "SyncTransaction",
+    "Transaction",
+    "TransactionStateError",
+    "TransactionTooLargeError",
+    "TransactionTooOldError",
+    "UnsafeEndpointError",
+    "UnsafeStoreError",
+    "UnsupportedFormatError",
+    "ValidationError",
+    "VerifyReport",
+    "VersionNotRetainedError",
+    "open",
+    "open_sync",
+]

@@ -1,0 +1,71 @@
+"""A least-recently-used cache bounded by bytes, with single-flight loading.
+
+Segments and their blocks never change once written, so a cached entry is
+valid forever; only memory pressure evicts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
+
+V = TypeVar("V")
+
+
+class ByteLRU:
+    """Maps keys to immutable values; evicts least recently used past `capacity` bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
+
+    def get(self, key: Hashable) -> Any | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: Hashable, value: Any, size: int) -> None:
+        if size > self.capacity:
+            return  # would evict everything else for one entry
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size -= old[1]
+        self._items[key] = (value, size)
+        self.size += size
+        while self.size > self.capacity:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.size -= evicted
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+        """The cached value, or the result of `load()` (value, size), loaded once for all waiters."""
+        item = self._items.get(key)
+        if item is not None:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return item[0]  # type: ignore[no-any-return]
+        pending = self._loading.get(key)
+        if pending is not None:
+            self.hits += 1
+            return await asyncio.shield(pending)  # type: ignore[no-any-return]
+        self.misses += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value, size = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._loading[key]
+        future.set_result(value)
+        self.put(key, value, size)
+        return value

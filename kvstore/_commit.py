@@ -1,0 +1,299 @@
+"""The commit protocol: group commit, conflict checks, CAS with rebase, ambiguity resolution.
+
+One batch is in flight per process. A batch takes every queued transaction,
+drops those that conflict (with commits after their read version, or with
+transactions before them in the batch), writes the survivors' writes as one
+segment (safe create) and commits it with one manifest CAS. On 412 it reads
+the new manifest, first looks for its own transaction ids there (an earlier
+attempt may have been applied: I5), then re-checks conflicts and retries
+with the same segment. `docs/design.md` walks through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import (
+    CommitOutcomeUnknownError,
+    ConflictError,
+    KvStoreError,
+    StoreUnavailableError,
+    TransactionTooOldError,
+)
+from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
+from ._manifest_store import ManifestStore
+from ._objectstore import PreconditionFailed
+from ._options import StoreOptions
+from ._segment import encode_segment
+from ._segment_store import SegmentStore
+
+# Consecutive unavailable-store failures of the manifest CAS before giving up.
+_MAX_UNAVAILABLE_CAS = 3
+
+
+@dataclass
+class CommitRequest:
+    """A transaction ready to commit: what it read, what it writes."""
+
+    txn_id: bytes
+    read_version: int
+    started: float  # time.monotonic() when its snapshot was taken
+    read_keys: set[bytes]
+    read_ranges: list[tuple[bytes, bytes | None]]
+    writes: dict[bytes, bytes | None]  # None: delete
+    meta: dict[str, Any] | None = None
+    future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class CommitStatistics:
+    """Counters of the committer, for `Store.statistics()`."""
+
+    commits: int = 0  # manifest CAS that succeeded
+    transactions: int = 0  # transactions those commits carried
+    conflicts: int = 0
+    cas_retries: int = 0  # 412s followed by a rebase
+    ambiguous_resolved: int = 0  # commits found applied after an uncertain CAS
+    segments_rewritten: int = 0
+
+
+@dataclass
+class _PendingSegment:
+    ref: SegmentRef  # commit_version is filled in per CAS attempt
+    written_at: float  # time.monotonic()
+    keys: list[bytes]
+
+
+class Committer:
+    """Commits transactions of one process, batching those that arrive together."""
+
+    def __init__(self, manifests: ManifestStore, segments: SegmentStore, options: StoreOptions) -> None:
+        self._manifests = manifests
+        self._segments = segments
+        self._options = options
+        self._queue: deque[CommitRequest] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self.stats = CommitStatistics()
+
+    async def commit(self, request: CommitRequest) -> int:
+        """Commit one transaction; returns the version it committed at."""
+        self._queue.append(request)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await request.future
+
+    async def wait_idle(self) -> None:
+        """Wait until every queued commit has finished."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.wait([self._worker])
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.max_batch_transactions))]
+            try:
+                await self._commit_batch(batch)
+            except BaseException as exc:
+                for request in batch:
+                    _fail(request, exc if isinstance(exc, KvStoreError) else _unknown(exc))
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _commit_batch(self, batch: list[CommitRequest]) -> None:
+        base, etag = self._manifests.current
+        accepted = self._admit(batch, base, check_age=True)
+        if not accepted:
+            return
+        pending = await self._write_segment(accepted)
+        maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
+        failures = 0
+        while True:
+            if time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
+                pending = await self._write_segment(accepted)  # I8: never commit an old segment
+            new = self._next_manifest(base, accepted, pending)
+            try:
+                await self._manifests.compare_and_swap(new, etag)
+            except PreconditionFailed as exc:
+                if exc.maybe_ours:
+                    maybe_applied.append(new.version)
+            except StoreUnavailableError as exc:
+                maybe_applied.append(new.version)
+                failures += 1
+                if failures >= _MAX_UNAVAILABLE_CAS:
+                    raise CommitOutcomeUnknownError(
+                        "the object store kept failing during the commit, so whether it was applied "
+                        "is unknown; read the data to find out before retrying"
+                    ) from exc
+            else:
+                self._succeed(accepted, new.version)
+                return
+            try:
+                base, etag = await self._fetch_latest()
+            except KvStoreError as exc:
+                if maybe_applied:
+                    raise CommitOutcomeUnknownError(
+                        "the commit may have been applied, and the manifest could not be read to "
+                        "find out; read the data before retrying"
+                    ) from exc
+                raise
+            version = self._find_own_commit(base, accepted, pending, maybe_applied)
+            if version is not None:
+                self.stats.ambiguous_resolved += 1
+                self._succeed(accepted, version)
+                return
+            # Attempts at versions the store has reached were not applied; one at a
+            # version it has not reached (same ETag) is still undecided: keep it.
+            maybe_applied = [v for v in maybe_applied if v > base.version]
+            self.stats.cas_retries += 1
+            still = self._admit(accepted, base, check_age=False)
+            if not still:
+                return
+            if len(still) != len(accepted):
+                # Only possible once the store moved past every attempt of ours, so
+                # no undecided attempt carries the transactions dropped here.
+                accepted = still
+                pending = await self._write_segment(accepted)
+
+    def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
+        """Requests that may commit on top of `base`, in order; fail the others.
+
+        The age limit is checked only before the first CAS attempt: after an
+        uncertain attempt, dropping a request could contradict its outcome.
+        """
+        accepted: list[CommitRequest] = []
+        batch_writes: list[bytes] = []  # sorted keys written by accepted requests
+        now = time.monotonic()
+        for request in requests:
+            if check_age and now - request.started > self._options.max_transaction_age:
+                _fail(
+                    request,
+                    TransactionTooOldError(
+                        f"transaction ran {now - request.started:.0f} s, over max_transaction_age "
+                        f"({self._options.max_transaction_age:.0f} s); retry it, faster"
+                    ),
+                )
+                continue
+            commits = base.commits_after(request.read_version)
+            if commits is None:
+                _fail(
+                    request,
+                    TransactionTooOldError(
+                        f"transaction read version {request.read_version}, older than the commit log "
+                        f"(it starts after version {base.log_start}); retry it"
+                    ),
+                )
+                continue
+            clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
+            if clash is not None or _reads_any(request, batch_writes):
+                self.stats.conflicts += 1
+                where = f"version {clash.version}" if clash else "a transaction committing with it"
+                _fail(
+                    request,
+                    ConflictError(
+                        f"transaction read data that {where} changed after its read version "
+                        f"{request.read_version}; nothing was written: retry it (Store.transact does)"
+                    ),
+                )
+                continue
+            accepted.append(request)
+            for key in request.writes:
+                i = bisect_left(batch_writes, key)
+                if i == len(batch_writes) or batch_writes[i] != key:
+                    batch_writes.insert(i, key)
+        return accepted
+
+    async def _write_segment(self, accepted: list[CommitRequest]) -> _PendingSegment:
+        merged: dict[bytes, bytes | None] = {}
+        for request in accepted:
+            merged.update(request.writes)  # later transactions in the batch win
+        keys = sorted(merged)
+        encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
+        segment_id = await self._segments.write(encoded)
+        ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, len(encoded.data), 0, 0)
+        return _PendingSegment(ref, time.monotonic(), keys)
+
+    def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _PendingSegment) -> Manifest:
+        version = base.version + 1
+        ref = pending.ref
+        ref = SegmentRef(ref.id, ref.min_key, ref.max_key, ref.count, ref.size, version, version, commit_version=version)
+        keys = pending.keys
+        exact = sum(map(len, keys)) <= LOG_KEYS_MAX_BYTES
+        metas = [r.meta for r in accepted]
+        record = CommitRecord(
+            version=version,
+            time=time.time(),
+            txn_ids=tuple(r.txn_id for r in accepted),
+            segment_id=ref.id,
+            key_count=len(keys),
+            min_key=keys[0],
+            max_key=keys[-1],
+            keys=tuple(keys) if exact else None,
+            meta={"txns": metas} if any(m is not None for m in metas) else None,
+        )
+        return base.with_commit(ref, record, self._options.commit_log_length)
+
+    async def _fetch_latest(self) -> tuple[Manifest, str]:
+        await self._manifests.refresh()
+        return self._manifests.current
+
+    def _find_own_commit(
+        self, base: Manifest, accepted: list[CommitRequest], pending: _PendingSegment, maybe_applied: list[int]
+    ) -> int | None:
+        """The version an uncertain CAS of ours committed at, or None if none did (I5).
+
+        Raises CommitOutcomeUnknownError when the evidence is gone.
+        """
+        txn_id = accepted[0].txn_id
+        for version in maybe_applied:
+            if version > base.version:
+                continue  # the store has not reached that version: not applied there
+            record = base.record_for(version)
+            if record is not None:
+                if txn_id in record.txn_ids:
+                    return version
+                continue
+            # The log no longer reaches back: our segment is the other evidence.
+            if any(s.id == pending.ref.id for s in base.segments):
+                return version
+            raise CommitOutcomeUnknownError(
+                f"cannot tell whether the commit at version {version} was applied: the commit log "
+                "was trimmed past it; read the data to find out before retrying"
+            )
+        return None
+
+    def _succeed(self, accepted: list[CommitRequest], version: int) -> None:
+        self.stats.commits += 1
+        self.stats.transactions += len(accepted)
+        for request in accepted:
+            if not request.future.done():
+                request.future.set_result(version)
+
+
+def _reads_any(request: CommitRequest, sorted_writes: list[bytes]) -> bool:
+    """Whether the request read a key in `sorted_writes` (point reads or scanned ranges)."""
+    if not sorted_writes:
+        return False
+    if any(k in request.read_keys for k in sorted_writes):
+        return True
+    for start, end in request.read_ranges:
+        i = bisect_left(sorted_writes, start)
+        if i < len(sorted_writes) and (end is None or sorted_writes[i] < end):
+            return True
+    return False
+
+
+def _fail(request: CommitRequest, exc: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(exc)
+        request.future.exception()  # mark retrieved: the caller may have gone
+
+
+def _unknown(exc: BaseException) -> CommitOutcomeUnknownError:
+    error = CommitOutcomeUnknownError(f"the commit was interrupted ({type(exc).__name__}); its outcome is unknown")
+    error.__cause__ = exc
+    return error
+

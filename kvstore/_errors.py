@@ -1,0 +1,136 @@
+"""Every exception kvstore raises.
+
+Lower-level errors (botocore, aiohttp, OS errors) are translated at the
+object-store boundary, so callers only ever catch these::
+
+    KvStoreError
+    ├── ValidationError (also ValueError)       bad input; nothing was written
+    │   ├── InvalidKeyError (also TypeError)
+    │   ├── InvalidValueError (also TypeError)
+    │   ├── TransactionTooLargeError
+    │   └── InvalidURLError
+    ├── ConflictError                           lost a race; retry the transaction
+    │   └── TransactionTooOldError
+    ├── CommitOutcomeUnknownError               may or may not have committed
+    ├── StoreNotFoundError                      no store, or no bucket
+    ├── AccessDeniedError                       credentials missing, wrong or not allowed
+    ├── StoreUnavailableError                   endpoint unreachable or failing
+    ├── UnsafeStoreError                        cannot be used safely
+    │   ├── UnsafeEndpointError                 ignores conditional writes
+    │   └── UnsupportedFormatError              written by a newer kvstore
+    ├── CorruptionError                         stored bytes fail their checksum
+    ├── VersionNotRetainedError                 the asked-for past version is gone
+    ├── ReadOnlyError                           a write to a store opened read-only
+    ├── ClosedError                             the store was closed
+    └── TransactionStateError                   a transaction used after it ended
+"""
+
+from __future__ import annotations
+
+
+class KvStoreError(Exception):
+    """Base class of every error raised by kvstore."""
+
+
+class ValidationError(KvStoreError, ValueError):
+    """An argument is not acceptable. Nothing was read or written."""
+
+
+class InvalidKeyError(ValidationError, TypeError):
+    """A key has the wrong type, is empty, or is longer than the limit."""
+
+
+class InvalidValueError(ValidationError, TypeError):
+    """A value has the wrong type, cannot be encoded, or is larger than the limit."""
+
+
+class TransactionTooLargeError(ValidationError):
+    """A transaction buffers more writes than one commit may carry."""
+
+
+class InvalidURLError(ValidationError):
+    """A store URL or an option of `kvstore.open` is not understood."""
+
+
+class ConflictError(KvStoreError):
+    """A transaction read data that another commit changed before it could commit.
+
+    Nothing of the transaction was applied. Run it again from the start
+    (`Store.transact` does this for you).
+    """
+
+
+class TransactionTooOldError(ConflictError):
+    """A transaction started too long ago to be checked for conflicts.
+
+    Its read version is older than the commit log kept in the manifest, or
+    older than `StoreOptions.max_transaction_age`. Retrying it from the start
+    succeeds unless it is slow again.
+    """
+
+
+class CommitOutcomeUnknownError(KvStoreError):
+    """The commit request's outcome could not be determined.
+
+    The store could not be reached to find out whether the transaction was
+    applied (or the evidence had already been trimmed from the commit log).
+    Read the data to learn the outcome before retrying a non-idempotent
+    transaction.
+    """
+
+
+class StoreNotFoundError(KvStoreError):
+    """The bucket or the store does not exist."""
+
+
+class AccessDeniedError(KvStoreError):
+    """Credentials are missing, invalid, expired or lack a permission."""
+
+
+class StoreUnavailableError(KvStoreError):
+    """The object store kept failing or could not be reached after retries."""
+
+
+class UnsafeStoreError(KvStoreError):
+    """The store or its endpoint cannot be used safely by this version of kvstore."""
+
+
+class UnsafeEndpointError(UnsafeStoreError):
+    """The endpoint ignores conditional writes (`If-None-Match`, `If-Match`).
+
+    Writers would silently overwrite each other there, so kvstore refuses to
+    write. Open the store with ``read_only=True`` to read it.
+    """
+
+
+class UnsupportedFormatError(UnsafeStoreError):
+    """An object was written in a format newer than this kvstore understands."""
+
+
+class CorruptionError(KvStoreError):
+    """Stored bytes do not match their checksum or cannot be decoded.
+
+    The message names the object (and the block, for segments). Other keys
+    stay readable; `Store.verify` lists every damaged object.
+    """
+
+    def __init__(self, message: str, *, object_name: str, block: str | None = None) -> None:
+        super().__init__(message)
+        self.object_name = object_name
+        self.block = block
+
+
+class VersionNotRetainedError(KvStoreError):
+    """A past version was asked for that the store no longer retains."""
+
+
+class ReadOnlyError(KvStoreError):
+    """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class ClosedError(KvStoreError):
+    """The store was used after `close()`."""
+
+
+class TransactionStateError(KvStoreError):
+    """A transaction was used after it committed or was discarded, or misused."""

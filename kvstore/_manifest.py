@@ -1,0 +1,201 @@
+"""The manifest format: the one mutable object, naming everything committed (no I/O).
+
+Layout (docs/format.md has the details)::
+
+    b"KVMF", u16 format, u8 compression (0 none, 1 zstd), u8 0,
+    payload (msgpack map, maybe zstd-compressed), u64 xxh3 of everything before
+
+The payload holds the store id, the version (+1 per commit), the live
+segments (newest first) and a bounded commit log: for every version after
+`log_start`, which transactions committed there and which keys they wrote.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+import xxhash
+import zstandard
+
+from ._errors import CorruptionError, UnsupportedFormatError
+
+FORMAT = 1
+_HEADER = struct.Struct("<4sHBx")
+_MAGIC = b"KVMF"
+_CHECKSUM = struct.Struct("<Q")
+_COMPRESS_ABOVE = 4096
+# A commit record lists its written keys exactly when they total at most this many
+# bytes; larger write sets are recorded by their key range (conservative conflicts).
+LOG_KEYS_MAX_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """The manifest's record of one live segment."""
+
+    id: str
+    min_key: bytes
+    max_key: bytes
+    count: int
+    size: int
+    min_version: int
+    max_version: int
+    # Set for commit segments: every entry has this version.
+    commit_version: int | None = None
+    level: int = 0
+
+    def may_contain(self, key: bytes) -> bool:
+        return self.min_key <= key <= self.max_key
+
+    def overlaps(self, start: bytes | None, end: bytes | None) -> bool:
+        """Whether [start, end) meets [min_key, max_key]."""
+        return (start is None or self.max_key >= start) and (end is None or self.min_key < end)
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One committed version in the commit log."""
+
+    version: int
+    time: float
+    txn_ids: tuple[bytes, ...]
+    segment_id: str | None
+    key_count: int
+    min_key: bytes
+    max_key: bytes
+    keys: tuple[bytes, ...] | None  # sorted; None when only the range is recorded
+    meta: dict[str, Any] | None = None
+
+    def wrote_any(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
+        """Whether this commit wrote one of `keys` or a key in one of the [start, end) ranges."""
+        if self.key_count == 0:
+            return False
+        if self.keys is not None:
+            written = self.keys
+            written_set = set(written)
+            if any(k in written_set for k in keys):
+                return True
+            return any(_any_in_range(written, start, end) for start, end in ranges)
+        if any(self.min_key <= k <= self.max_key for k in keys):
+            return True
+        return any(self.max_key >= start and (end is None or self.min_key < end) for start, end in ranges)
+
+
+def _any_in_range(sorted_keys: Sequence[bytes], start: bytes, end: bytes | None) -> bool:
+    i = bisect_left(sorted_keys, start)
+    return i < len(sorted_keys) and (end is None or sorted_keys[i] < end)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A decoded manifest. Immutable: a commit makes a new one."""
+
+    store_id: str
+    version: int
+    created: float
+    segments: tuple[SegmentRef, ...] = ()
+    log: tuple[CommitRecord, ...] = ()
+    log_start: int = 0  # the log holds every commit with version > log_start
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def commits_after(self, version: int) -> tuple[CommitRecord, ...] | None:
+        """Commits with version > `version`, or None if the log no longer reaches back that far."""
+        if version < self.log_start:
+            return None
+        skip = len(self.log) - (self.version - version)
+        return self.log[max(skip, 0) :]
+
+    def record_for(self, version: int) -> CommitRecord | None:
+        """The commit record of `version`, if the log still holds it."""
+        found = self.commits_after(version - 1)
+        return found[0] if found else None
+
+    def with_commit(self, segment: SegmentRef | None, record: CommitRecord, log_length: int) -> Manifest:
+        """The manifest after committing `segment` with `record` at version + 1."""
+        assert record.version == self.version + 1, "I3: a commit must increase the version by one"
+        log = (*self.log, record)
+        log_start = self.log_start
+        if len(log) > log_length:
+            dropped = len(log) - log_length
+            log_start = log[dropped - 1].version
+            log = log[dropped:]
+        segments = self.segments if segment is None else (segment, *self.segments)
+        return replace(self, version=record.version, segments=segments, log=log, log_start=log_start)
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    payload = msgpack.packb(
+        {
+            "store_id": m.store_id,
+            "version": m.version,
+            "created": m.created,
+            "log_start": m.log_start,
+            "settings": m.settings,
+            "segments": [
+                [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+                for s in m.segments
+            ],
+            "log": [
+                [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key,
+                 None if r.keys is None else list(r.keys), r.meta]
+                for r in m.log
+            ],
+        },
+        use_bin_type=True,
+    )
+    compression = 0
+    if len(payload) > _COMPRESS_ABOVE:
+        payload = zstandard.ZstdCompressor(level=3).compress(payload)
+        compression = 1
+    body = _HEADER.pack(_MAGIC, FORMAT, compression) + payload
+    return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def decode_manifest(data: bytes, object_name: str) -> Manifest:
+    """Decode and verify a manifest; refuse newer formats and damaged bytes."""
+
+    def corrupt(what: str) -> CorruptionError:
+        return CorruptionError(
+            f"manifest {object_name} is damaged ({what}); run `Store.verify()`. If it persists, "
+            "restore the manifest from a tagged copy under snapshots/",
+            object_name=object_name,
+            block="manifest",
+        )
+
+    if len(data) < _HEADER.size + _CHECKSUM.size:
+        raise corrupt("truncated")
+    magic, fmt, compression = _HEADER.unpack_from(data)
+    if magic != _MAGIC:
+        raise corrupt("bad magic")
+    if fmt > FORMAT:
+        raise UnsupportedFormatError(
+            f"the store at {object_name} has manifest format {fmt}, newer than this kvstore's "
+            f"{FORMAT}: upgrade kvstore to open it"
+        )
+    body, trailer = data[: -_CHECKSUM.size], data[-_CHECKSUM.size :]
+    if xxhash.xxh3_64_intdigest(body) != _CHECKSUM.unpack(trailer)[0]:
+        raise corrupt("checksum mismatch")
+    payload = body[_HEADER.size :]
+    try:
+        if compression == 1:
+            payload = zstandard.ZstdDecompressor().decompress(payload)
+        doc = msgpack.unpackb(payload, raw=False)
+        return Manifest(
+            store_id=doc["store_id"],
+            version=doc["version"],
+            created=doc["created"],
+            log_start=doc["log_start"],
+            settings=doc["settings"],
+            segments=tuple(SegmentRef(*row) for row in doc["segments"]),
+            log=tuple(
+                CommitRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], r[6], None if r[7] is None else tuple(r[7]), r[8])
+                for r in doc["log"]
+            ),
+        )
+    except (zstandard.ZstdError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise corrupt("undecodable") from exc

@@ -1,0 +1,115 @@
+"""Reading, creating and compare-and-swapping the manifest object."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from ._manifest import Manifest, decode_manifest, encode_manifest
+from ._objectstore import PreconditionFailed, RetryingObjectStore
+
+T = TypeVar("T")
+
+
+class ManifestStore:
+    """The manifest at `<prefix>manifest` and the newest copy this process has seen.
+
+    `current` only moves forward: versions strictly increase (I3), so a copy
+    with a higher version is always the newer one.
+    """
+
+    def __init__(self, objects: RetryingObjectStore, prefix: str) -> None:
+        self._objects = objects
+        self.name = f"{prefix}manifest"
+        self._manifest: Manifest | None = None
+        self._etag = ""
+        self.fetched_at = float("-inf")  # monotonic time the last fetch started
+        self._refresh = _Coalescer(self._fetch)
+
+    @property
+    def current(self) -> tuple[Manifest, str]:
+        """The newest manifest seen and its ETag."""
+        assert self._manifest is not None, "load() first"
+        return self._manifest, self._etag
+
+    async def create(self) -> Manifest:
+        """Create an empty store (safe create), or read the one a racing process made."""
+        fresh = Manifest(store_id=uuid.uuid4().hex, version=0, created=time.time())
+        try:
+            etag = await self._objects.put_if_absent(self.name, encode_manifest(fresh))
+        except PreconditionFailed:
+            return await self.refresh()  # another process created it first
+        self.install(fresh, etag)
+        return fresh
+
+    async def refresh(self) -> Manifest:
+        """The latest manifest: one conditional GET (304 and no body if unchanged).
+
+        Raises ObjectNotFound if there is no manifest. Concurrent callers share fetches; each gets one started after its call.
+        """
+        return await self._refresh()
+
+    async def refresh_if_older_than(self, max_staleness: float) -> Manifest:
+        if time.monotonic() - self.fetched_at > max_staleness or self._manifest is None:
+            return await self.refresh()
+        return self._manifest
+
+    async def compare_and_swap(self, new: Manifest, etag: str) -> str:
+        """Replace the manifest if its ETag is still `etag`. One PUT with If-Match.
+
+        Raises PreconditionFailed (possibly `maybe_ours`) when it changed.
+        """
+        new_etag = await self._objects.put_if_match(self.name, encode_manifest(new), etag)
+        self.install(new, new_etag)
+        return new_etag
+
+    def install(self, manifest: Manifest, etag: str) -> None:
+        if self._manifest is None or manifest.version > self._manifest.version:
+            self._manifest, self._etag = manifest, etag
+
+    async def _fetch(self) -> Manifest:
+        self.fetched_at = time.monotonic()
+        known = self._etag if self._manifest is not None else None
+        blob = await self._objects.get(self.name, if_none_match=known)
+        if blob is None:  # 304: unchanged
+            assert self._manifest is not None
+            return self._manifest
+        assert blob.etag is not None
+        self.install(decode_manifest(blob.data, self._objects.description + "/" + self.name), blob.etag)
+        assert self._manifest is not None
+        return self._manifest
+
+
+class _Coalescer(Generic[T]):
+    """Shares calls of `fetch` among concurrent callers.
+
+    A caller joins the fetch that starts next if one is already running, so
+    the result it gets was fetched after it asked (no stale joins).
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
+        self._fetch = fetch
+        self._running: asyncio.Future[T] | None = None
+        self._queued: asyncio.Future[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run(None))
+            return await asyncio.shield(self._running)
+        if self._queued is None:
+            self._queued = asyncio.ensure_future(self._run(self._running))
+        return await asyncio.shield(self._queued)
+
+    async def _run(self, after: asyncio.Future[T] | None) -> T:
+        if after is not None:
+            await asyncio.wait([after])
+            self._running, self._queued = self._queued, None
+        try:
+            return await self._fetch()
+        finally:
+            if self._queued is None:
+                self._running = None
+            # else: the queued fetch takes over `_running` when it wakes.

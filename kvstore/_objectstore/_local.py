@@ -1,0 +1,197 @@
+"""The local-filesystem object store: the embedded default.
+
+Gives the same guarantees as S3's conditional writes to every process on one
+machine:
+
+* safe create: the body is written to a temporary file, fsync'd, then
+  hard-linked to its name; `link` fails atomically if the name exists, and a
+  reader never sees a partly written object;
+* compare-and-swap: an exclusive `flock` on a per-object lock file
+  serialises writers; under it the current content's ETag is compared and
+  the new body is renamed over the old one (`rename` is atomic for readers);
+* ETag: MD5 of the content, quoted, like S3.
+
+Needs a local filesystem with hard links and `flock` (ext4, xfs, btrfs, apfs,
+tmpfs). Network filesystems may not honour `flock` across hosts: use S3 there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .._errors import AccessDeniedError, StoreUnavailableError
+from ._etag import content_etag
+from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed
+
+_WORK_DIR = ".kvstore-work"  # temporary files and locks; never listed
+
+
+class LocalObjectStore:
+    """Objects as files under `root`. Blocking calls run in worker threads."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    @property
+    def description(self) -> str:
+        return f"file://{self._root}"
+
+    async def get(
+        self,
+        name: str,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        if_none_match: str | None = None,
+    ) -> Blob | None:
+        return await _in_thread(self._get, name, byte_range, if_none_match)
+
+    async def put_if_absent(self, name: str, data: bytes) -> str:
+        return await _in_thread(self._put_if_absent, name, data)
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        return await _in_thread(self._put_if_match, name, data, etag)
+
+    async def head(self, name: str) -> ObjectInfo:
+        return await _in_thread(self._head, name)
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for info in await _in_thread(lambda: list(self._walk(prefix))):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        await _in_thread(self._delete, name)
+
+    async def close(self) -> None:
+        pass
+
+    # -- blocking implementations ------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") or p.startswith(_WORK_DIR) for p in parts):
+            raise ValueError(f"invalid object name {name!r}")  # names are generated; a bug
+        return self._root.joinpath(*parts)
+
+    def _get(self, name: str, byte_range: tuple[int, int] | None, if_none_match: str | None) -> Blob | None:
+        try:
+            with open(self._path(name), "rb") as f:
+                if byte_range is not None:
+                    f.seek(byte_range[0])
+                    return Blob(f.read(byte_range[1] - byte_range[0]), None)
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(name) from None
+        etag = content_etag(data)
+        if if_none_match is not None and if_none_match == etag:
+            return None
+        return Blob(data, etag)
+
+    def _put_if_absent(self, name: str, data: bytes) -> str:
+        path = self._path(name)
+        tmp = self._write_temp(data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(tmp, path)
+        except FileExistsError:
+            raise PreconditionFailed(f"{name} exists") from None
+        finally:
+            tmp.unlink()
+        _fsync_dir(path.parent)
+        return content_etag(data)
+
+    def _put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        path = self._path(name)
+        with self._locked(name):
+            try:
+                current = path.read_bytes()
+            except FileNotFoundError:
+                raise ObjectNotFound(name) from None
+            if content_etag(current) != etag:
+                raise PreconditionFailed(f"{name} changed")
+            tmp = self._write_temp(data)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        return content_etag(data)
+
+    def _head(self, name: str) -> ObjectInfo:
+        path = self._path(name)
+        try:
+            data = path.read_bytes()
+            mtime = path.stat().st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFound(name) from None
+        return ObjectInfo(name, len(data), content_etag(data), mtime)
+
+    def _walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        if not self._root.is_dir():
+            return
+        names: list[tuple[str, Path]] = []
+        for dirpath, dirnames, filenames in os.walk(self._root):
+            dirnames[:] = [d for d in dirnames if d != _WORK_DIR]
+            rel = Path(dirpath).relative_to(self._root)
+            for filename in filenames:
+                name = "/".join((*rel.parts, filename))
+                if name.startswith(prefix):
+                    names.append((name, Path(dirpath, filename)))
+        for name, path in sorted(names):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # deleted while listing
+            # Listing reports sizes and times; the ETag of a listed file is read lazily
+            # by `head` when needed, as hashing every file here would read the store.
+            yield ObjectInfo(name, st.st_size, "", st.st_mtime)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _write_temp(self, data: bytes) -> Path:
+        work = self._root / _WORK_DIR
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = work / f"tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        locks = self._root / _WORK_DIR / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / name.replace("/", "%"), "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
+    """Run a blocking call in a worker thread, translating OS errors we cannot retry."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except PermissionError as exc:
+        raise AccessDeniedError(f"permission denied: {exc.filename}: check the directory's owner and mode") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+            raise StoreUnavailableError(f"local store I/O failed: {exc}; free space or fix the disk, then retry") from exc
+        raise

@@ -1,0 +1,115 @@
+"""The small async object-store protocol every backend implements.
+
+Backends make exactly one attempt per call and translate their native errors
+into the classes below (or into public `kvstore` errors for conditions a
+retry cannot fix: missing bucket, bad credentials). Retries, backoff and the
+resolution of ambiguous conditional writes live one layer up, in
+`kvstore._objectstore._retry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Blob:
+    """The body of an object and its ETag (quoted, as S3 returns it).
+
+    `etag` is None for ranged reads of backends that cannot compute it cheaply.
+    """
+
+    data: bytes
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD or a listing tells about an object."""
+
+    name: str
+    size: int
+    etag: str
+    last_modified: float  # seconds since the epoch
+
+
+class ObjectNotFound(Exception):
+    """The object does not exist (404)."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional request's precondition did not hold (412).
+
+    `maybe_ours` is set by the retry layer when an earlier attempt of the same
+    write may have been applied, so the 412 may be caused by our own write.
+    """
+
+    def __init__(self, message: str = "precondition failed", *, maybe_ours: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_ours = maybe_ours
+
+
+class TransientError(Exception):
+    """A failure that a retry may cure: 409 conflict, 5xx, throttling, timeout, reset.
+
+    `maybe_applied` is True when a write was sent and its outcome is unknown.
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+class ObjectStore(Protocol):
+    """An object store with conditional writes. Names are '/'-separated keys."""
+
+    @property
+    def description(self) -> str:
+        """Where the objects live, for messages (never contains credentials)."""
+        ...
+
+    async def get(
+        self,
+        name: str,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        if_none_match: str | None = None,
+    ) -> Blob | None:
+        """Read an object, or bytes [start, end) of it.
+
+        Returns None when `if_none_match` equals the current ETag (304).
+        Raises ObjectNotFound.
+        """
+        ...
+
+    async def put_if_absent(self, name: str, data: bytes) -> str:
+        """Create an object only if none exists (If-None-Match: *). Returns its ETag.
+
+        Raises PreconditionFailed if the object exists.
+        """
+        ...
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        """Replace an object only if its ETag is `etag` (If-Match). Returns the new ETag.
+
+        Raises PreconditionFailed if the ETag differs, ObjectNotFound if absent.
+        """
+        ...
+
+    async def head(self, name: str) -> ObjectInfo:
+        """Describe an object. Raises ObjectNotFound."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object whose name starts with `prefix`, in name order."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Delete an object; deleting a missing object is not an error."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+        ...

@@ -1,0 +1,269 @@
+"""The S3 object store, on aiobotocore: any S3-compatible endpoint.
+
+botocore's own retries are switched off (`total_max_attempts=1`): a retried
+conditional PUT whose first attempt was applied would come back as 412 for
+our own write. The retry layer above owns retries and knows which failures
+are ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from .._errors import AccessDeniedError, StoreNotFoundError, StoreUnavailableError, UnsafeEndpointError
+from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
+
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "403",
+    }
+)
+_RETRYABLE_CODES = frozenset(
+    {
+        "ConditionalRequestConflict",
+        "OperationAborted",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "Throttling",
+        "ThrottlingException",
+        "503",
+        "500",
+        "409",
+    }
+)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible endpoint. Unset fields use the AWS defaults
+    (environment variables, shared config and credential files, instance roles).
+
+    Encryption: `sse` is "AES256" (SSE-S3) or "aws:kms" (SSE-KMS, with
+    `sse_kms_key_id`); `sse_customer_key` (32 raw bytes) selects SSE-C and is
+    sent with every read and write.
+    """
+
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    profile: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+    addressing_style: str = "auto"
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_pool_connections: int = 64
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_customer_key: bytes | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        shown = {
+            k: v
+            for k, v in self.__dict__.items()
+            if v is not None and k not in ("aws_secret_access_key", "aws_session_token", "sse_customer_key")
+        }
+        secret = [k for k in ("aws_secret_access_key", "aws_session_token", "sse_customer_key") if getattr(self, k)]
+        body = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        if secret:
+            body += ", " + ", ".join(f"{k}=<redacted>" for k in secret)
+        return f"S3Options({body})"
+
+
+class S3ObjectStore:
+    """Objects in one bucket. The aiobotocore client is created on first use."""
+
+    def __init__(self, bucket: str, options: S3Options) -> None:
+        self._bucket = bucket
+        self._options = options
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._write_args = _encryption_args(options, write=True)
+        self._read_args = _encryption_args(options, write=False)
+
+    @property
+    def description(self) -> str:
+        where = self._options.endpoint_url or "AWS S3"
+        return f"s3://{self._bucket} at {where}"
+
+    async def get(
+        self,
+        name: str,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        if_none_match: str | None = None,
+    ) -> Blob | None:
+        args: dict[str, Any] = {"Bucket": self._bucket, "Key": name, **self._read_args}
+        if byte_range is not None:
+            args["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+        if if_none_match is not None:
+            args["IfNoneMatch"] = if_none_match
+        client = await self._get_client()
+        try:
+            response = await client.get_object(**args)
+            async with response["Body"] as body:
+                data = await body.read()
+        except Exception as exc:
+            if _code(exc) == "304":
+                return None
+            raise self._translate(exc, name, write=False) from exc
+        return Blob(data, response.get("ETag"))
+
+    async def put_if_absent(self, name: str, data: bytes) -> str:
+        return await self._put(name, data, IfNoneMatch="*")
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        return await self._put(name, data, IfMatch=etag)
+
+    async def head(self, name: str) -> ObjectInfo:
+        client = await self._get_client()
+        try:
+            response = await client.head_object(Bucket=self._bucket, Key=name, **self._read_args)
+        except Exception as exc:
+            raise self._translate(exc, name, write=False) from exc
+        return ObjectInfo(name, response["ContentLength"], response["ETag"], response["LastModified"].timestamp())
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        client = await self._get_client()
+        paginator = client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
+        except Exception as exc:
+            raise self._translate(exc, prefix, write=False) from exc
+
+    async def delete(self, name: str) -> None:
+        client = await self._get_client()
+        try:
+            await client.delete_object(Bucket=self._bucket, Key=name)
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _put(self, name: str, data: bytes, **condition: str) -> str:
+        client = await self._get_client()
+        try:
+            response = await client.put_object(Bucket=self._bucket, Key=name, Body=data, **condition, **self._write_args)
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+        etag = response.get("ETag")
+        if not etag:
+            raise UnsafeEndpointError(f"{self.description} returned no ETag for a PUT; kvstore needs ETags")
+        return str(etag)
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                o = self._options
+                session = get_session()
+                if o.profile:
+                    session.set_config_variable("profile", o.profile)
+                region = o.region_name or session.get_config_variable("region") or "us-east-1"
+                config = AioConfig(
+                    retries={"total_max_attempts": 1},
+                    connect_timeout=o.connect_timeout,
+                    read_timeout=o.read_timeout,
+                    max_pool_connections=o.max_pool_connections,
+                    s3={"addressing_style": o.addressing_style},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                self._client = await self._stack.enter_async_context(
+                    session.create_client(
+                        "s3",
+                        endpoint_url=o.endpoint_url,
+                        region_name=region,
+                        aws_access_key_id=o.aws_access_key_id,
+                        aws_secret_access_key=o.aws_secret_access_key,
+                        aws_session_token=o.aws_session_token,
+                        config=config,
+                    )
+                )
+        return self._client
+
+    def _translate(self, exc: Exception, name: str, *, write: bool) -> Exception:
+        """Map a botocore/aiohttp failure to the protocol's or kvstore's errors."""
+        if isinstance(exc, ClientError):
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectNotFound(name)
+            if code in ("PreconditionFailed", "412"):
+                return PreconditionFailed(f"{name}: precondition failed")
+            if code == "NoSuchBucket":
+                return StoreNotFoundError(
+                    f"bucket {self._bucket!r} does not exist at {self._options.endpoint_url or 'AWS S3'}: "
+                    "create it first, or check the bucket name and endpoint_url"
+                )
+            if code in _AUTH_CODES or status == 403:
+                return AccessDeniedError(
+                    f"{self.description} refused the credentials for {name!r} ({code}): check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / the profile, and that the policy "
+                    "allows this action (see docs/operations.md)"
+                )
+            if code == "NotImplemented" or status == 501:
+                return UnsafeEndpointError(
+                    f"{self.description} does not implement a request kvstore needs ({code}) on {name!r}"
+                )
+            if code in _RETRYABLE_CODES or status == 409 or status >= 500:
+                return TransientError(f"{self.description}: {code} on {name!r}", maybe_applied=write)
+            return StoreUnavailableError(f"{self.description} rejected a request on {name!r}: {code} (HTTP {status})")
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+            return AccessDeniedError(
+                f"no usable AWS credentials for {self.description}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or pass credentials to kvstore.open"
+            )
+        if isinstance(exc, (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            return TransientError(f"{self.description}: {type(exc).__name__} on {name!r}", maybe_applied=write)
+        return exc
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _encryption_args(o: S3Options, *, write: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if write and o.sse:
+        args["ServerSideEncryption"] = o.sse
+        if o.sse_kms_key_id:
+            args["SSEKMSKeyId"] = o.sse_kms_key_id
+    if o.sse_customer_key is not None:
+        args["SSECustomerAlgorithm"] = "AES256"
+        args["SSECustomerKey"] = o.sse_customer_key
+    return args

@@ -1,0 +1,60 @@
+"""Tunable limits and behaviour of a store, with their documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._objectstore import RetryPolicy
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Options of an open store. Every limit is enforced with a clear error.
+
+    Attributes:
+        max_key_bytes: longest key accepted (keys may not be empty).
+        max_value_bytes: largest value accepted, after encoding.
+        max_transaction_bytes: keys + values one transaction may write.
+        max_transaction_keys: distinct keys one transaction may write.
+        max_transaction_age: seconds a transaction may run before its commit
+            is refused with `TransactionTooOldError`. Must stay well below
+            `segment_grace_period`.
+        commit_log_length: commits kept in the manifest's log. A transaction
+            whose read version is older than the log cannot be checked and
+            fails with `TransactionTooOldError`.
+        segment_grace_period: seconds a written-but-uncommitted segment is
+            protected from garbage collection (I7). A commit never references
+            a segment older than half of it (I8); it rewrites it instead.
+        cache_bytes: memory for cached segment indexes and blocks.
+        max_staleness: seconds a store-level read (`Store.get`, `Store.scan`,
+            new transactions) may reuse the last manifest without asking the
+            object store whether it changed. 0 means every such read sends one
+            conditional GET (304 when nothing changed), so it sees every
+            commit acknowledged before it started, by any process.
+        max_batch_transactions: transactions group-committed in one manifest CAS.
+        transact_max_attempts: attempts `Store.transact` makes before letting
+            the last `ConflictError` propagate.
+        retry: backoff policy for transient object-store failures.
+    """
+
+    max_key_bytes: int = 4 * KiB
+    max_value_bytes: int = 8 * MiB
+    max_transaction_bytes: int = 64 * MiB
+    max_transaction_keys: int = 100_000
+    max_transaction_age: float = 600.0
+    commit_log_length: int = 1000
+    segment_grace_period: float = 3600.0
+    cache_bytes: int = 256 * MiB
+    max_staleness: float = 0.0
+    max_batch_transactions: int = 1024
+    transact_max_attempts: int = 100
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_transaction_age * 2 >= self.segment_grace_period:
+            raise ValueError("max_transaction_age must be under half of segment_grace_period (I8)")
+        if self.commit_log_length < 1 or self.max_batch_transactions < 1:
+            raise ValueError("commit_log_length and max_batch_transactions must be positive")

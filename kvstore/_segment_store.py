@@ -1,0 +1,169 @@
+"""Reading and writing segment objects through the object store and the cache."""
+
+from __future__ import annotations
+
+import secrets
+from bisect import bisect_left
+import time
+from collections.abc import AsyncIterator
+
+from ._cache import ByteLRU
+from ._manifest import SegmentRef
+from ._objectstore import RetryingObjectStore
+from ._segment import (
+    FOOTER,
+    Block,
+    EncodedSegment,
+    SegmentIndex,
+    check_header,
+    decode_block,
+    parse_footer,
+    parse_index,
+)
+
+# Segments up to this size are read whole in one GET; larger ones by ranges.
+WHOLE_READ_MAX_BYTES = 1024 * 1024
+# A ranged read of a large segment's tail fetches this much: footer and, usually, index.
+TAIL_READ_BYTES = 64 * 1024
+
+Entry = tuple[bytes, int, "bytes | None"]
+
+
+def new_object_id() -> str:
+    """A time-ordered unique id: milliseconds since the epoch (hex) and 64 random bits."""
+    return f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
+
+
+class SegmentStore:
+    """Segments under `<prefix>segments/`; indexes and blocks cached by bytes."""
+
+    def __init__(self, objects: RetryingObjectStore, prefix: str, cache: ByteLRU) -> None:
+        self._objects = objects
+        self._prefix = prefix
+        self._cache = cache
+
+    def object_name(self, segment_id: str) -> str:
+        return f"{self._prefix}segments/{segment_id}.seg"
+
+    async def write(self, encoded: EncodedSegment) -> str:
+        """Safe-create a new segment object; returns its id. One PUT (I1)."""
+        segment_id = new_object_id()
+        await self._objects.put_if_absent(self.object_name(segment_id), encoded.data)
+        return segment_id
+
+    async def index(self, ref: SegmentRef) -> SegmentIndex:
+        return await self._cache.get_or_load(("index", ref.id), lambda: self._load_index(ref))
+
+    async def block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> Block:
+        return await self._cache.get_or_load(("block", ref.id, block_no), lambda: self._load_block(ref, index, block_no))
+
+    async def get(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
+        """The newest entry for `key` with version <= max_version: (version, value or None)."""
+        if not ref.may_contain(key):
+            return None
+        index = await self.index(ref)
+        block_no = index.block_for(key)
+        if block_no is None:
+            return None
+        block = await self.block(ref, index, block_no)
+        i = block.find(key)
+        if i is None:
+            return None
+        if block.versions is None:
+            assert ref.commit_version is not None
+            return (ref.commit_version, block.values[i]) if ref.commit_version <= max_version else None
+        keys, versions = block.keys, block.versions
+        while i < len(keys) and keys[i] == key:
+            if versions[i] <= max_version:
+                return versions[i], block.values[i]
+            i += 1
+        return None
+
+    async def blocks(
+        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncIterator[list[Entry]]:
+        """Entries in [start, end), a block at a time, in scan order.
+
+        Forward: key ascending, version descending. Reverse: key descending,
+        version descending (each key's versions keep their order).
+        """
+        index = await self.index(ref)
+        block_numbers = index.blocks_between(start, end)
+        for block_no in reversed(block_numbers) if reverse else block_numbers:
+            block = await self.block(ref, index, block_no)
+            entries = _entries_in_range(block, ref, start, end)
+            if reverse:
+                entries = _reverse_keys(entries)
+            if entries:
+                yield entries
+
+    async def read_all(self, ref: SegmentRef) -> None:
+        """Fetch and verify every block of a segment (raises CorruptionError)."""
+        index, _ = await self._load_index(ref)
+        for block_no in range(len(index.offsets)):
+            await self._load_block(ref, index, block_no)
+
+    async def _load_index(self, ref: SegmentRef) -> tuple[SegmentIndex, int]:
+        name = self.object_name(ref.id)
+        if ref.size <= WHOLE_READ_MAX_BYTES:
+            blob = await self._objects.get(name)
+            assert blob is not None
+            data = blob.data
+            check_header(data, name)
+            index_offset, index_length, count = parse_footer(data, name)
+            index = parse_index(data[index_offset : index_offset + index_length], count, name)
+            # Keep the whole (compressed) object so blocks need no further GET.
+            self._cache.put(("raw", ref.id), data, len(data))
+            return index, len(data) // 4 + 64 * len(index.offsets)
+        tail_start = max(0, ref.size - TAIL_READ_BYTES)
+        blob = await self._objects.get(name, byte_range=(tail_start, ref.size))
+        assert blob is not None
+        tail = blob.data
+        index_offset, index_length, count = parse_footer(tail, name)
+        if index_offset >= tail_start:
+            raw_index = tail[index_offset - tail_start : index_offset - tail_start + index_length]
+        else:
+            more = await self._objects.get(name, byte_range=(index_offset, index_offset + index_length))
+            assert more is not None
+            raw_index = more.data
+        index = parse_index(raw_index, count, name)
+        return index, len(raw_index) * 4 + FOOTER.size
+
+    async def _load_block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> tuple[Block, int]:
+        name = self.object_name(ref.id)
+        start = index.offsets[block_no]
+        end = start + index.lengths[block_no]
+        raw = self._cache.get(("raw", ref.id))
+        if raw is None:
+            blob = await self._objects.get(name, byte_range=(start, end))
+            assert blob is not None
+            data = blob.data
+        else:
+            data = raw[start:end]
+        block = decode_block(data, name, block_no)
+        return block, block.size
+
+
+def _entries_in_range(block: Block, ref: SegmentRef, start: bytes | None, end: bytes | None) -> list[Entry]:
+    keys = block.keys
+    lo = 0 if start is None else bisect_left(keys, start)
+    hi = len(keys) if end is None else bisect_left(keys, end)
+    versions = block.versions
+    if versions is None:
+        v = ref.commit_version
+        assert v is not None
+        return [(keys[i], v, block.values[i]) for i in range(lo, hi)]
+    return list(zip(keys[lo:hi], versions[lo:hi], block.values[lo:hi]))
+
+
+def _reverse_keys(entries: list[Entry]) -> list[Entry]:
+    """Reverse key order while keeping each key's versions newest first."""
+    out: list[Entry] = []
+    i = len(entries)
+    while i > 0:
+        j = i - 1
+        while j > 0 and entries[j - 1][0] == entries[i - 1][0]:
+            j -= 1
+        out.extend(entries[j:i])
+        i = j
+    return out

@@ -1,0 +1,262 @@
+"""The blocking API: a thin face over the async core, run on a private event-loop thread.
+
+Every `SyncStore` owns one background thread running an asyncio loop; each
+call submits the async operation there and waits. Nothing is implemented
+twice: the sync classes only forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._errors import ConflictError
+from ._store import Snapshot, Store, VerifyReport, open
+from ._transaction import Transaction
+
+T = TypeVar("T")
+_SCAN_BATCH = 256  # pairs fetched per hop to the loop thread
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="kvstore-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a SyncStore method was called from its own event loop; use the async API there")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        async def next_batch() -> list[T]:
+            batch: list[T] = []
+            async for item in agen:
+                batch.append(item)
+                if len(batch) >= _SCAN_BATCH:
+                    break
+            return batch
+
+        # Each hop pulls a batch; `async for ... break` leaves `agen` open for the next.
+        while True:
+            batch = self.run(next_batch())
+            yield from batch
+            if len(batch) < _SCAN_BATCH:
+                return
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class SyncSnapshot:
+    """Blocking face of `Snapshot`."""
+
+    def __init__(self, snapshot: Snapshot, runner: _LoopThread) -> None:
+        self._snapshot = snapshot
+        self._runner = runner
+
+    @property
+    def version(self) -> int:
+        return self._snapshot.version
+
+    def get(self, key: str | bytes, default: Any = None) -> Any:
+        return self._runner.run(self._snapshot.get(key, default))
+
+    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
+        """See `Snapshot.scan`; pairs are fetched in batches."""
+        return self._runner.iterate(self._snapshot.scan(prefix, **kwargs))
+
+
+class SyncTransaction:
+    """Blocking face of `Transaction`: ``with db.transaction() as tx:`` commits on normal exit."""
+
+    def __init__(self, tx: Transaction, runner: _LoopThread) -> None:
+        self._tx = tx
+        self._runner = runner
+
+    @property
+    def read_version(self) -> int | None:
+        return self._tx.read_version
+
+    @property
+    def committed_version(self) -> int | None:
+        return self._tx.committed_version
+
+    def get(self, key: str | bytes, default: Any = None) -> Any:
+        return self._runner.run(self._tx.get(key, default))
+
+    def put(self, key: str | bytes, value: Any) -> None:
+        self._tx.put(key, value)
+
+    def delete(self, key: str | bytes) -> None:
+        self._tx.delete(key)
+
+    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
+        return self._runner.iterate(self._tx.scan(prefix, **kwargs))
+
+    def commit(self) -> int | None:
+        return self._runner.run(self._tx.commit())
+
+    def discard(self) -> None:
+        self._tx.discard()
+
+    def __enter__(self) -> SyncTransaction:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._runner.run(self._tx.__aexit__(exc_type, exc, tb))
+
+
+class SyncStore(MutableMapping[bytes, Any]):
+    """Blocking face of `Store`, and a `MutableMapping` of its latest version.
+
+    ``db[k]`` raises KeyError for a missing key; ``len(db)`` and iteration
+    scan the whole store (cost grows with its size).
+    """
+
+    def __init__(self, store: Store, runner: _LoopThread) -> None:
+        self._store = store
+        self._runner = runner
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return repr(self._store).replace("kvstore.Store", "kvstore.SyncStore")
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    @property
+    def version(self) -> int:
+        return self._store.version
+
+    def get(self, key: str | bytes, default: Any = None) -> Any:  # type: ignore[override]
+        return self._runner.run(self._store.get(key, default))
+
+    def put(self, key: str | bytes, value: Any) -> int:
+        return self._runner.run(self._store.put(key, value))
+
+    def delete(self, key: str | bytes) -> int:
+        return self._runner.run(self._store.delete(key))
+
+    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
+        return self._runner.iterate(self._store.scan(prefix, **kwargs))
+
+    def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
+        return SyncTransaction(self._store.transaction(meta=meta), self._runner)
+
+    def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(tx, *args, **kwargs)`` in a transaction, retrying on ConflictError."""
+        attempts = self._store.options.transact_max_attempts
+        for attempt in range(attempts):
+            tx = self.transaction()
+            try:
+                result = fn(tx, *args, **kwargs)
+                tx.commit()
+                return result
+            except ConflictError:
+                tx.discard()
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(self._rng.uniform(0, min(0.5, 0.002 * 2**attempt)))
+            except BaseException:
+                tx.discard()
+                raise
+        raise AssertionError("unreachable")
+
+    def snapshot(self) -> SyncSnapshot:
+        return SyncSnapshot(self._runner.run(self._store.snapshot()), self._runner)
+
+    def refresh(self) -> int:
+        return self._runner.run(self._store.refresh())
+
+    def statistics(self) -> dict[str, Any]:
+        return self._store.statistics()
+
+    def verify(self) -> VerifyReport:
+        return self._runner.run(self._store.verify())
+
+    def close(self) -> None:
+        """Finish queued commits, release connections and stop the loop thread."""
+        if self._runner.loop.is_closed():
+            return
+        try:
+            self._runner.run(self._store.close())
+        finally:
+            self._runner.stop()
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # MutableMapping over the latest version
+    def __getitem__(self, key: str | bytes) -> Any:  # type: ignore[override]
+        missing = object()
+        value = self.get(key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str | bytes, value: Any) -> None:  # type: ignore[override]
+        self.put(key, value)
+
+    def __delitem__(self, key: str | bytes) -> None:  # type: ignore[override]
+        def delete_existing(tx: SyncTransaction) -> bool:
+            missing = object()
+            if tx.get(key, missing) is missing:
+                return False
+            tx.delete(key)
+            return True
+
+        if not self.transact(delete_existing):
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (key for key, _ in self.scan())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.scan())
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        missing = object()
+        return self.get(key, missing) is not missing
+
+
+def open_sync(url: str | os.PathLike[str], **kwargs: Any) -> SyncStore:
+    """Open a store for blocking use; takes the same arguments as `kvstore.open`.
+
+    Use ``with kvstore.open_sync(url) as db:`` so the loop thread is stopped.
+    """
+    opener = open(url, **kwargs)
+    runner = _LoopThread()
+    try:
+        store = runner.run(_await(opener))
+    except BaseException:
+        runner.stop()
+        raise
+    return SyncStore(store, runner)
+
+
+async def _await(opener: Any) -> Store:
+    return await opener  # type: ignore[no-any-return]
+

@@ -1,0 +1,244 @@
+"""Transactions: snapshot reads, buffered writes, and the read set that makes them serializable."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from ._codec import ValueMode, decode_value, encode_key, encode_value, prefix_end
+from ._commit import CommitRequest, Committer
+from ._errors import ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
+from ._options import StoreOptions
+from ._snapshot import SnapshotView
+
+_OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
+
+
+def key_range(
+    options: StoreOptions,
+    prefix: object | None,
+    start: object | None,
+    end: object | None,
+) -> tuple[bytes | None, bytes | None]:
+    """The [start, end) byte range selected by `prefix`, `start` and `end` together."""
+    lo = None if start is None else encode_key(start, options.max_key_bytes)
+    hi = None if end is None else encode_key(end, options.max_key_bytes)
+    if prefix is not None:
+        p = _encode_prefix(prefix, options.max_key_bytes)
+        lo = p if lo is None or p > lo else lo
+        p_end = prefix_end(p)
+        if p_end is not None and (hi is None or p_end < hi):
+            hi = p_end
+    return lo, hi
+
+
+def _encode_prefix(prefix: object, max_bytes: int) -> bytes:
+    if prefix in (b"", ""):
+        return b""
+    return encode_key(prefix, max_bytes)
+
+
+class Transaction:
+    """A serializable transaction: reads see one snapshot, writes are buffered.
+
+    Use it as ``async with db.transaction() as tx:`` — it commits when the
+    block ends normally and is discarded if the block raises. Writes are plain
+    (not awaited) calls; nothing reaches the object store before `commit`.
+    A read-only transaction never writes to the object store.
+
+    Cost: the snapshot is taken on first use (one conditional GET of the
+    manifest unless the store allows staleness); a commit with writes is one
+    segment PUT plus one manifest PUT, shared with concurrent transactions.
+    """
+
+    def __init__(
+        self,
+        begin: Callable[[], Awaitable[SnapshotView]],
+        committer: Committer,
+        options: StoreOptions,
+        values: ValueMode,
+        meta: dict[str, Any] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self._begin = begin
+        self._read_only = read_only
+        self._committer = committer
+        self._options = options
+        self._values = values
+        self._meta = meta
+        self.id: bytes = uuid.uuid4().bytes
+        self._view: SnapshotView | None = None
+        self._started = time.monotonic()
+        self._state = _OPEN
+        self._read_keys: set[bytes] = set()
+        self._read_ranges: list[tuple[bytes, bytes | None]] = []
+        self._writes: dict[bytes, bytes | None] = {}
+        self._write_bytes = 0
+        self.committed_version: int | None = None
+
+    @property
+    def read_version(self) -> int | None:
+        """The store version this transaction reads, once it has read anything."""
+        return None if self._view is None else self._view.version
+
+    async def get(self, key: str | bytes, default: Any = None) -> Any:
+        """The value of `key` as of the snapshot (or as this transaction wrote it)."""
+        self._check_open()
+        k = encode_key(key, self._options.max_key_bytes)
+        if k in self._writes:
+            raw = self._writes[k]
+        else:
+            view = await self._snapshot()
+            self._read_keys.add(k)
+            raw = await view.get(k)
+        return default if raw is None else decode_value(raw, self._values)
+
+    def put(self, key: str | bytes, value: Any) -> None:
+        """Buffer a write of `value` to `key`."""
+        self._check_open()
+        k = encode_key(key, self._options.max_key_bytes)
+        self._buffer(k, encode_value(value, self._values, self._options.max_value_bytes))
+
+    def delete(self, key: str | bytes) -> None:
+        """Buffer a deletion of `key` (deleting a missing key is not an error)."""
+        self._check_open()
+        self._buffer(encode_key(key, self._options.max_key_bytes), None)
+
+    async def scan(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> AsyncIterator[tuple[bytes, Any]]:
+        """(key, value) pairs in key order (descending if `reverse`), including own writes.
+
+        Selects keys starting with `prefix` and in [start, end). The range
+        actually read (up to where iteration stopped) joins the read set, so a
+        commit by someone else inside it — even of a new key — is a conflict.
+        """
+        self._check_open()
+        if limit is not None and limit < 0:
+            raise ValidationError(f"limit must be >= 0, not {limit}")
+        lo, hi = key_range(self._options, prefix, start, end)
+        view = await self._snapshot()
+        own = sorted((k, v) for k, v in self._writes.items() if (lo is None or k >= lo) and (hi is None or k < hi))
+        if reverse:
+            own.reverse()
+        # The read set grows before each pair is handed out, not when the
+        # iteration ends: an abandoned async generator is finalised late.
+        slot = len(self._read_ranges)
+        self._read_ranges.append((lo or b"", lo or b""))
+        count = 0
+        if limit == 0:
+            return
+        async for key, raw in _overlay(view.scan(lo, hi, reverse=reverse), own, reverse):
+            self._read_ranges[slot] = (key, hi) if reverse else (lo or b"", key + b"\x00")
+            if raw is None:
+                continue
+            count += 1
+            yield key, decode_value(raw, self._values)
+            if limit is not None and count >= limit:
+                return
+        self._read_ranges[slot] = (lo or b"", hi)
+
+    async def commit(self) -> int | None:
+        """Commit; returns the version committed at, or None for a read-only transaction.
+
+        Raises ConflictError if another commit changed what this transaction read.
+        """
+        self._check_open()
+        if not self._writes:
+            self._state = _COMMITTED
+            return None
+        self._state = _COMMITTING
+        view = self._view
+        request = CommitRequest(
+            txn_id=self.id,
+            read_version=view.version if view is not None else 0,
+            started=self._started,
+            read_keys=self._read_keys,
+            read_ranges=self._read_ranges,
+            writes=self._writes,
+            meta=self._meta,
+        )
+        try:
+            self.committed_version = await self._committer.commit(request)
+        finally:
+            self._state = _COMMITTED if self.committed_version is not None else _DISCARDED
+        return self.committed_version
+
+    def discard(self) -> None:
+        """Drop the buffered writes. The transaction cannot be used afterwards."""
+        if self._state == _OPEN:
+            self._state = _DISCARDED
+
+    async def __aenter__(self) -> Transaction:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None and self._state == _OPEN:
+            await self.commit()
+        else:
+            self.discard()
+
+    async def _snapshot(self) -> SnapshotView:
+        if self._view is None:
+            self._view = await self._begin()
+            self._started = time.monotonic()
+        return self._view
+
+    def _buffer(self, key: bytes, value: bytes | None) -> None:
+        if self._read_only:
+            raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
+        old_size = len(key) + len(self._writes[key] or b"") if key in self._writes else 0
+        new_size = len(key) + len(value or b"")
+        if not old_size and len(self._writes) >= self._options.max_transaction_keys:
+            raise TransactionTooLargeError(
+                f"transaction writes more than {self._options.max_transaction_keys} keys "
+                "(StoreOptions.max_transaction_keys); split it into several transactions"
+            )
+        if self._write_bytes - old_size + new_size > self._options.max_transaction_bytes:
+            raise TransactionTooLargeError(
+                f"transaction writes more than {self._options.max_transaction_bytes} bytes "
+                "(StoreOptions.max_transaction_bytes); split it into several transactions"
+            )
+        self._writes[key] = value
+        self._write_bytes += new_size - old_size
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            raise TransactionStateError(
+                f"this transaction is {self._state}; start a new one with db.transaction()"
+            )
+
+
+async def _overlay(
+    stored: AsyncIterator[tuple[bytes, bytes]], own: list[tuple[bytes, bytes | None]], reverse: bool
+) -> AsyncIterator[tuple[bytes, bytes | None]]:
+    """Merge stored pairs with the transaction's own writes (which win; None = deleted)."""
+    i = 0
+
+    def before(a: bytes, b: bytes) -> bool:
+        return a > b if reverse else a < b
+
+    async for key, value in stored:
+        while i < len(own) and before(own[i][0], key):
+            yield own[i]
+            i += 1
+        if i < len(own) and own[i][0] == key:
+            yield own[i]
+            i += 1
+        else:
+            yield key, value
+    while i < len(own):
+        yield own[i]
+        i += 1

@@ -1,0 +1,64 @@
+"""Store URLs: which backend, and where in it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ._errors import InvalidURLError
+from ._objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3ObjectStore, S3Options
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed store URL: the backend and the prefix of the store's objects in it."""
+
+    url: str
+    objects: ObjectStore
+    prefix: str  # "" or ends with "/"
+
+
+def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
+    """`s3://bucket/prefix`, `file:///absolute/path`, a plain path, or `memory://name`."""
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str) or not url:
+        raise InvalidURLError(f"a store URL is a non-empty str, not {url!r}")
+    if "://" not in url:
+        return _local(Path(url))
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        bucket = parts.netloc
+        if not _BUCKET.match(bucket):
+            raise InvalidURLError(f"{url!r}: {bucket!r} is not a valid bucket name (s3://bucket/prefix)")
+        prefix = unquote(parts.path).strip("/")
+        if any(p in (".", "..") for p in prefix.split("/")) or "//" in prefix:
+            raise InvalidURLError(f"{url!r}: the prefix may not contain empty, '.' or '..' parts")
+        prefix = prefix + "/" if prefix else ""
+        return Location(f"s3://{bucket}/{prefix}", S3ObjectStore(bucket, s3), prefix)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidURLError(f"{url!r}: file URLs name a local path: file:///absolute/path")
+        return _local(Path(unquote(parts.path)))
+    if scheme == "memory":
+        name = parts.netloc + parts.path
+        if not name:
+            raise InvalidURLError(f"{url!r}: memory URLs need a name: memory://name")
+        return Location(f"memory://{name}", MemoryObjectStore(name), "")
+    raise InvalidURLError(
+        f"unknown store URL scheme {parts.scheme!r} in {url!r}: use s3://bucket/prefix, "
+        "file:///absolute/path (or a plain path) or memory://name"
+    )
+
+
+def _local(path: Path) -> Location:
+    root = path.expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise InvalidURLError(f"{root} is a file; a local store is a directory")
+    return Location(f"file://{root}", LocalObjectStore(root), "")
