@@ -41,7 +41,7 @@ class CommitRequest:
     """A transaction ready to commit: what it read, what it writes."""
 
     txn_id: bytes
-    read_version: int
+    read_version: int | None  # None: read nothing, so nothing to check
     started: float  # time.monotonic() when its snapshot was taken
     read_keys: set[bytes]
     read_ranges: list[tuple[bytes, bytes | None]]
@@ -177,7 +177,7 @@ class Committer:
                     ),
                 )
                 continue
-            commits = base.commits_after(request.read_version)
+            commits = () if request.read_version is None else base.commits_after(request.read_version)
             if commits is None:
                 _fail(
                     request,

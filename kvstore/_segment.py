@@ -166,8 +166,8 @@ def check_header(head: bytes, object_name: str) -> None:
     """Refuse a segment whose header is damaged or from a newer format."""
     if len(head) < HEADER.size:
         raise CorruptionError(f"segment {object_name} is truncated (no header)", object_name=object_name, block="header")
-    magic, fmt, _flags = HEADER.unpack_from(head)
-    if magic != HEADER_MAGIC:
+    magic, fmt, flags = HEADER.unpack_from(head)
+    if magic != HEADER_MAGIC or flags != 0 or fmt == 0:
         raise CorruptionError(f"segment {object_name} has a damaged header", object_name=object_name, block="header")
     _check_format(fmt, object_name)
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mutabl
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._errors import ConflictError
+from ._errors import ClosedError, ConflictError
 from ._store import Snapshot, Store, VerifyReport, open
 from ._transaction import Transaction
 
@@ -33,6 +33,9 @@ class _LoopThread:
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.loop.is_closed():
+            coro.close()
+            raise ClosedError("this store was closed; open it again with kvstore.open_sync()")
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a SyncStore method was called from its own event loop; use the async API there")
@@ -69,9 +72,11 @@ class SyncSnapshot:
 
     @property
     def version(self) -> int:
+        """Blocking form of `Snapshot.version`."""
         return self._snapshot.version
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
+        """Blocking form of `Snapshot.get`."""
         return self._runner.run(self._snapshot.get(key, default))
 
     def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
@@ -88,28 +93,36 @@ class SyncTransaction:
 
     @property
     def read_version(self) -> int | None:
+        """Blocking form of `Transaction.read_version`."""
         return self._tx.read_version
 
     @property
     def committed_version(self) -> int | None:
+        """Blocking form of `Transaction.committed_version`."""
         return self._tx.committed_version
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
+        """Blocking form of `Transaction.get`."""
         return self._runner.run(self._tx.get(key, default))
 
     def put(self, key: str | bytes, value: Any) -> None:
+        """Blocking form of `Transaction.put`."""
         self._tx.put(key, value)
 
     def delete(self, key: str | bytes) -> None:
+        """Blocking form of `Transaction.delete`."""
         self._tx.delete(key)
 
     def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
+        """Blocking form of `Transaction.scan`."""
         return self._runner.iterate(self._tx.scan(prefix, **kwargs))
 
     def commit(self) -> int | None:
+        """Blocking form of `Transaction.commit`."""
         return self._runner.run(self._tx.commit())
 
     def discard(self) -> None:
+        """Blocking form of `Transaction.discard`."""
         self._tx.discard()
 
     def __enter__(self) -> SyncTransaction:
@@ -138,25 +151,31 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     @property
     def url(self) -> str:
+        """Blocking form of `Store.url`."""
         return self._store.url
 
     @property
     def version(self) -> int:
+        """Blocking form of `Store.version`."""
         return self._store.version
 
     def get(self, key: str | bytes, default: Any = None) -> Any:  # type: ignore[override]
         return self._runner.run(self._store.get(key, default))
 
     def put(self, key: str | bytes, value: Any) -> int:
+        """Blocking form of `Store.get`."""
         return self._runner.run(self._store.put(key, value))
 
     def delete(self, key: str | bytes) -> int:
+        """Blocking form of `Store.delete`."""
         return self._runner.run(self._store.delete(key))
 
     def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
+        """Blocking form of `Store.scan`."""
         return self._runner.iterate(self._store.scan(prefix, **kwargs))
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
+        """Blocking form of `Store.transaction`."""
         return SyncTransaction(self._store.transaction(meta=meta), self._runner)
 
     def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -179,15 +198,19 @@ class SyncStore(MutableMapping[bytes, Any]):
         raise AssertionError("unreachable")
 
     def snapshot(self) -> SyncSnapshot:
+        """Blocking form of `Store.snapshot`."""
         return SyncSnapshot(self._runner.run(self._store.snapshot()), self._runner)
 
     def refresh(self) -> int:
+        """Blocking form of `Store.refresh`."""
         return self._runner.run(self._store.refresh())
 
     def statistics(self) -> dict[str, Any]:
+        """Blocking form of `Store.statistics`."""
         return self._store.statistics()
 
     def verify(self) -> VerifyReport:
+        """Blocking form of `Store.verify`."""
         return self._runner.run(self._store.verify())
 
     def close(self) -> None:

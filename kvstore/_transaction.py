@@ -160,7 +160,7 @@ class Transaction:
         view = self._view
         request = CommitRequest(
             txn_id=self.id,
-            read_version=view.version if view is not None else 0,
+            read_version=None if view is None else view.version,
             started=self._started,
             read_keys=self._read_keys,
             read_ranges=self._read_ranges,

@@ -1,0 +1,1 @@
+"""Tools for testing kvstore and programs built on it."""

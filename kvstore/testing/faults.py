@@ -1,0 +1,169 @@
+"""A fault-injecting object store, for tests, campaigns and benchmarks.
+
+Wrap any backend and pass it to `kvstore.open(..., wrap_object_store=...)`::
+
+    plan = FaultPlan(seed=7, rules={"put_if_match": FaultRule(lost_response=0.1)})
+    db = await kvstore.open(url, wrap_object_store=lambda inner: FaultInjectingStore(inner, plan))
+
+Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
+`list`, `delete`):
+
+* ``error``: the store answers 503 and does nothing;
+* ``conflict``: the store answers 409 ConditionalRequestConflict (writes only) and does nothing;
+* ``timeout``: the request never reaches the store, the client times out;
+* ``lost_response``: the request is applied, then its response is lost (the
+  client sees a timeout) — the case that makes conditional writes ambiguous;
+* ``latency`` + ``jitter``: seconds added before each request.
+
+Rates are probabilities per request, drawn from a seeded generator, so a run
+is reproducible from its seed (given the same order of requests).
+`FaultInjectingStore.script` queues exact faults for the next calls of an
+operation, for tests that need one precise failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, PreconditionFailed, TransientError
+
+T = TypeVar("T")
+Operation = Literal["get", "put_if_absent", "put_if_match", "head", "list", "delete"]
+FaultKind = Literal["error", "conflict", "timeout", "lost_response"]
+_WRITES = frozenset({"put_if_absent", "put_if_match", "delete"})
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """Probabilities (0..1) of each fault for one operation, and added latency in seconds."""
+
+    error: float = 0.0
+    conflict: float = 0.0
+    timeout: float = 0.0
+    lost_response: float = 0.0
+    latency: float = 0.0
+    jitter: float = 0.0
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Which faults to inject where. `default` applies to operations without a rule."""
+
+    seed: int = 0
+    rules: dict[str, FaultRule] = field(default_factory=dict)
+    default: FaultRule = FaultRule()
+    # Behave like an endpoint that ignores If-None-Match / If-Match (writes always win).
+    ignore_conditions: bool = False
+
+
+class FaultInjectingStore:
+    """An ObjectStore that injects the faults of a FaultPlan into another one."""
+
+    def __init__(self, inner: ObjectStore, plan: FaultPlan | None = None) -> None:
+        self.inner = inner
+        self.plan = plan or FaultPlan()
+        self.injected: Counter[str] = Counter()  # "operation:kind" -> count
+        self._rng = random.Random(self.plan.seed)
+        self._scripted: defaultdict[str, deque[FaultKind]] = defaultdict(deque)
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def script(self, operation: Operation, *faults: FaultKind) -> None:
+        """Inject exactly these faults into the next calls of `operation`, in order."""
+        self._scripted[operation].extend(faults)
+
+    async def get(
+        self,
+        name: str,
+        *,
+        byte_range: tuple[int, int] | None = None,
+        if_none_match: str | None = None,
+    ) -> Blob | None:
+        return await self._run("get", lambda: self.inner.get(name, byte_range=byte_range, if_none_match=if_none_match))
+
+    async def put_if_absent(self, name: str, data: bytes) -> str:
+        async def attempt() -> str:
+            try:
+                return await self.inner.put_if_absent(name, data)
+            except PreconditionFailed:
+                if not self.plan.ignore_conditions:
+                    raise
+                await self.inner.delete(name)
+                return await self.inner.put_if_absent(name, data)
+
+        return await self._run("put_if_absent", attempt)
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        async def attempt() -> str:
+            if self.plan.ignore_conditions:
+                await self.inner.delete(name)
+                return await self.inner.put_if_absent(name, data)
+            return await self.inner.put_if_match(name, data, etag)
+
+        return await self._run("put_if_match", attempt)
+
+    async def head(self, name: str) -> ObjectInfo:
+        return await self._run("head", lambda: self.inner.head(name))
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        fault = self._draw("list")
+        await self._delay("list")
+        if fault is not None:
+            raise TransientError(f"injected {fault} on list", maybe_applied=False)
+        async for info in self.inner.list(prefix):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        await self._run("delete", lambda: self.inner.delete(name))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        fault = self._draw(operation)
+        await self._delay(operation)
+        write = operation in _WRITES
+        if fault == "error":
+            raise TransientError(f"injected 503 on {operation}", maybe_applied=False)
+        if fault == "conflict" and write:
+            raise TransientError(f"injected 409 on {operation}", maybe_applied=False)
+        if fault == "timeout":
+            raise TransientError(f"injected timeout on {operation}", maybe_applied=write)
+        result = await call()
+        if fault == "lost_response":
+            raise TransientError(f"injected lost response on {operation} (it was applied)", maybe_applied=write)
+        return result
+
+    def _draw(self, operation: str) -> FaultKind | None:
+        scripted = self._scripted.get(operation)
+        fault: FaultKind | None = None
+        if scripted:
+            fault = scripted.popleft()
+        else:
+            rule = self.plan.rules.get(operation, self.plan.default)
+            roll = self._rng.random()
+            for kind, rate in (
+                ("error", rule.error),
+                ("conflict", rule.conflict),
+                ("timeout", rule.timeout),
+                ("lost_response", rule.lost_response),
+            ):
+                if roll < rate:
+                    fault = kind  # type: ignore[assignment]
+                    break
+                roll -= rate
+        if fault is not None:
+            self.injected[f"{operation}:{fault}"] += 1
+        return fault
+
+    async def _delay(self, operation: str) -> None:
+        rule = self.plan.rules.get(operation, self.plan.default)
+        if rule.latency or rule.jitter:
+            await asyncio.sleep(rule.latency + self._rng.uniform(0, rule.jitter))

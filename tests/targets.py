@@ -1,0 +1,38 @@
+"""Where behavioural tests run: the same test against memory, the local filesystem and S3.
+
+A `Target` is a store URL plus the keyword arguments `kvstore.open` needs for it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kvstore
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # "memory", "file" or "s3"
+    url: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def open(self, **extra: Any) -> kvstore.StoreOpener:
+        return kvstore.open(self.url, **{**self.kwargs, **extra})
+
+    def open_sync(self, **extra: Any) -> kvstore.SyncStore:
+        return kvstore.open_sync(self.url, **{**self.kwargs, **extra})
+
+
+def memory_target() -> Target:
+    return Target("memory", f"memory://test-{uuid.uuid4().hex}")
+
+
+def file_target(tmp_path: Path) -> Target:
+    return Target("file", f"file://{tmp_path / 'store'}")
+
+
+def s3_target(endpoint_url: str, bucket: str) -> Target:
+    return Target("s3", f"s3://{bucket}/stores/{uuid.uuid4().hex[:8]}", {"endpoint_url": endpoint_url})

@@ -1,0 +1,160 @@
+"""The segment and manifest formats, and what damaged bytes do."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+import kvstore
+from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
+from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer, parse_index
+from targets import Target
+
+
+def _entries(n: int, versions: int = 1) -> list[tuple[bytes, int, bytes | None]]:
+    rng = random.Random(n)
+    out = []
+    for i in range(n):
+        for v in range(versions, 0, -1):
+            out.append((b"key%06d" % i, v, None if rng.random() < 0.1 else rng.randbytes(rng.randint(0, 300))))
+    return out
+
+
+@pytest.mark.parametrize("n, versions", [(1, 1), (5000, 1), (3000, 3)])
+def test_segment_round_trip(n: int, versions: int) -> None:
+    entries = _entries(n, versions)
+    seg = encode_segment(entries, uniform_version=versions == 1)
+    assert (seg.count, seg.min_key, seg.max_key) == (len(entries), entries[0][0], entries[-1][0])
+    check_header(seg.data, "s")
+    offset, length, count = parse_footer(seg.data, "s")
+    index = parse_index(seg.data[offset : offset + length], count, "s")
+    decoded = []
+    for b in range(len(index.offsets)):
+        block = decode_block(seg.data[index.offsets[b] : index.offsets[b] + index.lengths[b]], "s", b)
+        assert block.keys[0] == index.first_keys[b] and block.keys[-1] == index.last_keys[b]
+        vs = block.versions or [1] * len(block.keys)
+        decoded.extend(zip(block.keys, vs, block.values))
+    assert decoded == entries
+    if n > 1000:
+        assert len(index.offsets) > 1  # large segments really have several blocks
+        # all versions of one key sit in one block
+        for b in range(1, len(index.offsets)):
+            assert index.first_keys[b] > index.last_keys[b - 1]
+
+
+def test_segment_detects_every_flipped_byte() -> None:
+    seg = encode_segment(_entries(40), uniform_version=True).data
+    for pos in range(len(seg)):
+        damaged = bytearray(seg)
+        damaged[pos] ^= 0x10
+        with pytest.raises((kvstore.CorruptionError, kvstore.UnsupportedFormatError)) as info:
+            check_header(damaged, "seg-x")
+            offset, length, count = parse_footer(damaged, "seg-x")
+            index = parse_index(damaged[offset : offset + length], count, "seg-x")
+            for b in range(len(index.offsets)):
+                decode_block(damaged[index.offsets[b] : index.offsets[b] + index.lengths[b]], "seg-x", b)
+        assert "seg-x" in str(info.value)
+
+
+def test_segment_truncated() -> None:
+    seg = encode_segment(_entries(10), uniform_version=True).data
+    with pytest.raises(kvstore.CorruptionError, match="damaged footer|truncated"):
+        parse_footer(seg[: -FOOTER.size // 2], "s")
+
+
+def _manifest(log: int = 3) -> Manifest:
+    m = Manifest(store_id="abc", version=0, created=time.time(), settings={"x": 1})
+    for v in range(1, log + 1):
+        ref = SegmentRef(f"seg{v}", b"a", b"z", 2, 100, v, v, commit_version=v)
+        rec = CommitRecord(v, time.time(), (bytes(16),), f"seg{v}", 2, b"a", b"z", (b"a", b"z"), None)
+        m = m.with_commit(ref, rec, log_length=2)
+    return m
+
+
+def test_manifest_round_trip_and_bounded_log() -> None:
+    m = _manifest(5)
+    assert decode_manifest(encode_manifest(m), "m") == m
+    assert m.version == 5 and len(m.log) == 2 and m.log_start == 3
+    assert m.commits_after(3) == m.log
+    assert m.commits_after(4) == m.log[1:]
+    assert m.commits_after(5) == ()
+    assert m.commits_after(2) is None  # the log no longer reaches back
+
+
+def test_large_manifest_is_compressed() -> None:
+    m = Manifest(store_id="abc", version=0, created=0.0)
+    for v in range(1, 400):
+        ref = SegmentRef(f"seg{v:05d}", b"aaaa", b"zzzz", 2, 100, v, v, commit_version=v)
+        m = m.with_commit(ref, CommitRecord(v, 0.0, (), ref.id, 1, b"a", b"a", (b"a",)), 1000)
+    data = encode_manifest(m)
+    assert data[6] == 1  # zstd
+    assert decode_manifest(data, "m") == m
+
+
+def test_manifest_damage_is_detected() -> None:
+    data = encode_manifest(_manifest())
+    for pos in range(0, len(data), 7):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x40
+        with pytest.raises((kvstore.CorruptionError, kvstore.UnsupportedFormatError)):
+            decode_manifest(bytes(damaged), "m")
+
+
+def _segment_files(root: Path) -> list[Path]:
+    return sorted((root / "segments").glob("*.seg"))
+
+
+async def test_corrupt_segment_names_the_object_and_spares_other_keys(tmp_path: Path) -> None:
+    target = Target("file", str(tmp_path / "s"))
+    async with target.open() as db:
+        await db.put(b"a", b"in the first segment")
+        await db.put(b"b", b"in the second segment")
+    first = _segment_files(tmp_path / "s")[0]
+    data = bytearray(first.read_bytes())
+    data[12] ^= 0xFF  # inside the first data block
+    first.write_bytes(bytes(data))
+    async with target.open() as db:
+        with pytest.raises(kvstore.CorruptionError, match=first.name) as info:
+            await db.get(b"a")
+        assert info.value.block == "data block 0"
+        assert await db.get(b"b") == b"in the second segment"
+        report = await db.verify()
+        assert not report.ok
+        assert list(report.damaged) == [f"segments/{first.name}"]
+
+
+@pytest.mark.parametrize("where", ["header", "footer", "truncate"])
+async def test_corrupt_segment_parts_are_reported_by_verify(tmp_path: Path, where: str) -> None:
+    target = Target("file", str(tmp_path / "s"))
+    async with target.open() as db:
+        await db.put(b"a", b"1")
+        await db.put(b"b", b"2")
+    victim = _segment_files(tmp_path / "s")[1]
+    data = bytearray(victim.read_bytes())
+    if where == "header":
+        data[0] ^= 0xFF
+    elif where == "footer":
+        data[-3] ^= 0xFF
+    else:
+        del data[len(data) // 2 :]
+    victim.write_bytes(bytes(data))
+    async with target.open() as db:
+        report = await db.verify()
+        assert list(report.damaged) == [f"segments/{victim.name}"]
+        assert report.objects_checked == 3
+
+
+async def test_corrupt_manifest_is_refused_with_its_name(durable_target: Target) -> None:
+    async with durable_target.open() as db:
+        await db.put(b"a", b"1")
+        objects, name = db._objects, db._manifests.name
+        blob = await objects.get(name)
+        assert blob is not None and blob.etag is not None
+        damaged = bytearray(blob.data)
+        damaged[len(damaged) // 2] ^= 0x01
+        await objects.put_if_match(name, bytes(damaged), blob.etag)
+    with pytest.raises(kvstore.CorruptionError, match="manifest .* is damaged"):
+        await durable_target.open()
