@@ -15,6 +15,7 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,14 @@ class _PendingSegment:
 class Committer:
     """Commits transactions of one process, batching those that arrive together."""
 
-    def __init__(self, manifests: ManifestStore, segments: SegmentStore, options: StoreOptions) -> None:
+    def __init__(
+        self,
+        manifests: ManifestStore,
+        segments: SegmentStore,
+        options: StoreOptions,
+        after_commit: Callable[[Manifest], None] | None = None,
+    ) -> None:
+        self._after_commit = after_commit
         self._manifests = manifests
         self._segments = segments
         self._options = options
@@ -234,7 +242,7 @@ class Committer:
             keys=tuple(keys) if exact else None,
             meta={"txns": metas} if any(m is not None for m in metas) else None,
         )
-        return base.with_commit(ref, record, self._options.commit_log_length)
+        return base.with_commit(record, self._options.commit_log_length, add=(ref,))
 
     async def _fetch_latest(self) -> tuple[Manifest, str]:
         await self._manifests.refresh()
@@ -271,6 +279,8 @@ class Committer:
         for request in accepted:
             if not request.future.done():
                 request.future.set_result(version)
+        if self._after_commit is not None:
+            self._after_commit(self._manifests.current[0])
 
 
 def _reads_any(request: CommitRequest, sorted_writes: list[bytes]) -> bool:

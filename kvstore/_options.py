@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._errors import ValidationError
 from ._objectstore import RetryPolicy
 
 KiB = 1024
@@ -38,6 +39,11 @@ class StoreOptions:
         transact_max_attempts: attempts `Store.transact` makes before letting
             the last `ConflictError` propagate.
         retry: backoff policy for transient object-store failures.
+        auto_compact: merge segments in the background after commits.
+        compaction_fanout: segments of one level merged together (tiered).
+        history_versions: recent versions `snapshot(version=N)` can read
+            exactly (compaction keeps their data); tags keep older ones.
+        history_seconds: also keep versions committed this recently.
     """
 
     max_key_bytes: int = 4 * KiB
@@ -52,9 +58,15 @@ class StoreOptions:
     max_batch_transactions: int = 1024
     transact_max_attempts: int = 100
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    auto_compact: bool = True
+    compaction_fanout: int = 8
+    history_versions: int = 100
+    history_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_transaction_age * 2 >= self.segment_grace_period:
-            raise ValueError("max_transaction_age must be under half of segment_grace_period (I8)")
+            raise ValidationError("max_transaction_age must be under half of segment_grace_period (I8)")
         if self.commit_log_length < 1 or self.max_batch_transactions < 1:
-            raise ValueError("commit_log_length and max_batch_transactions must be positive")
+            raise ValidationError("commit_log_length and max_batch_transactions must be positive")
+        if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:
+            raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")

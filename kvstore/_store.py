@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import warnings
@@ -14,14 +15,17 @@ from typing import Any, TypeVar
 from ._cache import ByteLRU
 from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key
 from ._commit import Committer
+from ._compact import CompactionResult, Compactor, choose_inputs
 from ._errors import (
     ClosedError,
     ConflictError,
     CorruptionError,
+    KvStoreError,
     StoreNotFoundError,
     UnsupportedFormatError,
     ValidationError,
 )
+from ._manifest import Manifest
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore, S3Options
 from ._options import StoreOptions
@@ -32,6 +36,7 @@ from ._transaction import Transaction, key_range
 from ._url import Location, parse_url
 
 T = TypeVar("T")
+_log = logging.getLogger("kvstore")
 
 
 class Snapshot:
@@ -118,7 +123,9 @@ class Store:
         self._manifests = manifests
         self._cache = ByteLRU(options.cache_bytes)
         self._segments = SegmentStore(objects, location.prefix, self._cache)
-        self._committer = Committer(manifests, self._segments, options)
+        self._committer = Committer(manifests, self._segments, options, self._after_commit)
+        self._compactor = Compactor(manifests, self._segments, options)
+        self._background: asyncio.Task[None] | None = None
         self._views: dict[int, SnapshotView] = {}
         self._rng = random.Random()
         self._closed = False
@@ -240,15 +247,54 @@ class Store:
                 report.damaged[self._segments.object_name(ref.id)] = "missing: referenced by the manifest but absent"
         return report
 
+    async def compact(self, *, full: bool = False) -> list[CompactionResult]:
+        """Merge segments until no level is due (or everything into one, with `full`).
+
+        Compaction commits never conflict with transactions. Costs a GET per
+        uncached input segment, a PUT per merged segment and a manifest CAS each.
+        """
+        self._check_open()
+        await self._manifests.refresh()
+        results = []
+        while True:
+            result = await self._compactor.compact(full=full)
+            if result is None:
+                return results
+            results.append(result)
+            if full:
+                return results
+
     async def close(self) -> None:
-        """Finish queued commits and release connections. Idempotent."""
+        """Finish queued commits and release connections. Idempotent.
+
+        A background compaction in progress is cancelled; its half-done work
+        is invisible (an orphan segment for garbage collection).
+        """
         if self._closed:
             return
         self._closed = True
         try:
             await self._committer.wait_idle()
+            if self._background is not None:
+                self._background.cancel()
+                await asyncio.wait([self._background])
         finally:
             await self._objects.close()
+
+    def _after_commit(self, manifest: Manifest) -> None:
+        if not self.options.auto_compact or self._closed:
+            return
+        if self._background is not None and not self._background.done():
+            return
+        if choose_inputs(manifest, self.options.compaction_fanout):
+            self._background = asyncio.create_task(self._compact_in_background())
+
+    async def _compact_in_background(self) -> None:
+        try:
+            while await self._compactor.compact() is not None:
+                pass
+        except KvStoreError as exc:
+            _log.warning("background compaction of %s failed (will retry after a later commit): %s", self.url, exc)
 
     async def __aenter__(self) -> Store:
         return self

@@ -70,7 +70,7 @@ def _manifest(log: int = 3) -> Manifest:
     for v in range(1, log + 1):
         ref = SegmentRef(f"seg{v}", b"a", b"z", 2, 100, v, v, commit_version=v)
         rec = CommitRecord(v, time.time(), (bytes(16),), f"seg{v}", 2, b"a", b"z", (b"a", b"z"), None)
-        m = m.with_commit(ref, rec, log_length=2)
+        m = m.with_commit(rec, 2, add=(ref,))
     return m
 
 
@@ -88,7 +88,7 @@ def test_large_manifest_is_compressed() -> None:
     m = Manifest(store_id="abc", version=0, created=0.0)
     for v in range(1, 400):
         ref = SegmentRef(f"seg{v:05d}", b"aaaa", b"zzzz", 2, 100, v, v, commit_version=v)
-        m = m.with_commit(ref, CommitRecord(v, 0.0, (), ref.id, 1, b"a", b"a", (b"a",)), 1000)
+        m = m.with_commit(CommitRecord(v, 0.0, (), ref.id, 1, b"a", b"a", (b"a",)), 1000, add=(ref,))
     data = encode_manifest(m)
     assert data[6] == 1  # zstd
     assert decode_manifest(data, "m") == m

@@ -82,3 +82,44 @@ def cas_increments(root: str, n: int) -> int:
         return done
 
     return asyncio.run(main())
+
+
+def put_and_delete(url: str, kwargs: dict[str, Any], worker: int, rounds: int) -> dict[str, bytes]:
+    """Write and delete this worker's own keys; return what must be there at the end."""
+
+    async def main() -> dict[str, bytes]:
+        expected: dict[str, bytes] = {}
+        options = kvstore.StoreOptions(auto_compact=False)
+        async with kvstore.open(url, options=options, **kwargs) as db:
+            for i in range(rounds):
+                key = f"w{worker}/{i % 6}"
+                if i % 4 == 3:
+                    await db.delete(key)
+                    expected.pop(key, None)
+                else:
+                    value = f"{worker}:{i}".encode()
+                    await db.put(key, value)
+                    expected[key] = value
+        return expected
+
+    return asyncio.run(main())
+
+
+def compact_until(url: str, kwargs: dict[str, Any], stop_file: str) -> int:
+    """Run full compactions until `stop_file` exists (bounded); return how many committed."""
+    import os
+    import time
+
+    async def main() -> int:
+        done = 0
+        options = kvstore.StoreOptions(auto_compact=False, history_versions=0)
+        deadline = time.monotonic() + 120
+        async with kvstore.open(url, options=options, **kwargs) as db:
+            while time.monotonic() < deadline:
+                finished = os.path.exists(stop_file)  # one more pass after the writers end
+                done += len(await db.compact(full=True))
+                if finished:
+                    break
+        return done
+
+    return asyncio.run(main())

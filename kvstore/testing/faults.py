@@ -13,7 +13,16 @@ Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
 * ``timeout``: the request never reaches the store, the client times out;
 * ``lost_response``: the request is applied, then its response is lost (the
   client sees a timeout) — the case that makes conditional writes ambiguous;
-* ``latency`` + ``jitter``: seconds added before each request.
+* ``latency`` + ``jitter``: seconds added before each request;
+* ``crash`` / ``crash_after_apply`` (scripted only): the writer stops right
+  before / right after the request reaches the store. `SimulatedCrash` is
+  raised and every later call raises it too, so the store sees nothing more
+  from this client, exactly as if its process had been killed there.
+
+`FaultPlan.outage` adds bursts: with that probability per request the store
+becomes unreachable for the next `outage_length` requests (writes time out
+before reaching it, reads get 503), long enough to exhaust the retries and
+make commit outcomes unknown.
 
 Rates are probabilities per request, drawn from a seeded generator, so a run
 is reproducible from its seed (given the same order of requests).
@@ -34,8 +43,16 @@ from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, PreconditionFail
 
 T = TypeVar("T")
 Operation = Literal["get", "put_if_absent", "put_if_match", "head", "list", "delete"]
-FaultKind = Literal["error", "conflict", "timeout", "lost_response"]
+FaultKind = Literal["error", "conflict", "timeout", "lost_response", "crash", "crash_after_apply"]
 _WRITES = frozenset({"put_if_absent", "put_if_match", "delete"})
+
+
+class SimulatedCrash(BaseException):
+    """The client "died" at a scripted point: nothing it does reaches the store any more.
+
+    A BaseException, like the KeyboardInterrupt a real interruption raises,
+    so code that handles ordinary errors cannot mistake it for one.
+    """
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,9 @@ class FaultPlan:
     default: FaultRule = FaultRule()
     # Behave like an endpoint that ignores If-None-Match / If-Match (writes always win).
     ignore_conditions: bool = False
+    # Probability per request that an outage starts, and how many requests it then fails.
+    outage: float = 0.0
+    outage_length: int = 12
 
 
 class FaultInjectingStore:
@@ -70,6 +90,8 @@ class FaultInjectingStore:
         self.injected: Counter[str] = Counter()  # "operation:kind" -> count
         self._rng = random.Random(self.plan.seed)
         self._scripted: defaultdict[str, deque[FaultKind]] = defaultdict(deque)
+        self._outage_left = 0  # requests the current outage still fails
+        self.crashed = False  # set by a scripted crash; every later call raises SimulatedCrash
 
     @property
     def description(self) -> str:
@@ -115,6 +137,8 @@ class FaultInjectingStore:
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         fault = self._draw("list")
         await self._delay("list")
+        if fault in ("crash", "crash_after_apply"):
+            self._crash("list")
         if fault is not None:
             raise TransientError(f"injected {fault} on list", maybe_applied=False)
         async for info in self.inner.list(prefix):
@@ -130,6 +154,8 @@ class FaultInjectingStore:
         fault = self._draw(operation)
         await self._delay(operation)
         write = operation in _WRITES
+        if fault == "crash":
+            self._crash(operation)
         if fault == "error":
             raise TransientError(f"injected 503 on {operation}", maybe_applied=False)
         if fault == "conflict" and write:
@@ -137,15 +163,25 @@ class FaultInjectingStore:
         if fault == "timeout":
             raise TransientError(f"injected timeout on {operation}", maybe_applied=write)
         result = await call()
+        if fault == "crash_after_apply":
+            self._crash(operation)
         if fault == "lost_response":
             raise TransientError(f"injected lost response on {operation} (it was applied)", maybe_applied=write)
         return result
 
+    def _crash(self, operation: str) -> None:
+        self.crashed = True
+        raise SimulatedCrash(f"simulated crash at {operation}")
+
     def _draw(self, operation: str) -> FaultKind | None:
+        if self.crashed:
+            raise SimulatedCrash(f"{operation} after a simulated crash")
         scripted = self._scripted.get(operation)
         fault: FaultKind | None = None
         if scripted:
             fault = scripted.popleft()
+        elif self._in_outage():
+            fault = "timeout" if operation in _WRITES else "error"
         else:
             rule = self.plan.rules.get(operation, self.plan.default)
             roll = self._rng.random()
@@ -162,6 +198,16 @@ class FaultInjectingStore:
         if fault is not None:
             self.injected[f"{operation}:{fault}"] += 1
         return fault
+
+    def _in_outage(self) -> bool:
+        """Whether this request falls in an outage (starting one with `plan.outage` odds)."""
+        if self._outage_left == 0 and self.plan.outage and self._rng.random() < self.plan.outage:
+            self._outage_left = self.plan.outage_length
+            self.injected["outage"] += 1
+        if self._outage_left:
+            self._outage_left -= 1
+            return True
+        return False
 
     async def _delay(self, operation: str) -> None:
         rule = self.plan.rules.get(operation, self.plan.default)

@@ -1,0 +1,861 @@
+"""A concurrency and fault campaign: many processes, injected faults, SIGKILLs, checked histories.
+
+Run it from the command line (``--help`` lists every option)::
+
+    python -m kvstore.testing.campaign --url file:///tmp/campaign --processes 4 --tasks 8 \\
+        --txns 3000 --seed 1 --faults on --kills on --workload all --duration-limit 120
+
+Several client processes (multiprocessing *spawn*), each running ``--tasks``
+asyncio tasks, run transactions of three workloads against their own store
+under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``):
+
+* **list-append** (Elle's workload): 1-4 random micro-ops per transaction,
+  append a unique int to a key's list or read the whole list, over a small
+  rotating key set. The merged history is checked with
+  `kvstore.testing.listappend.check` (strict serializability: real-time order
+  is enforced), after a final read of every key is added to it.
+* **bank**: transfers between accounts; an auditor task per process checks
+  that every snapshot sums to the initial total with no negative balance; the
+  final total is checked too.
+* **counter**: read-increment-write of a few counters; every acknowledged
+  increment must be present and none twice (final value between acknowledged
+  and acknowledged + unknown), and no two acknowledged increments may have
+  read the same value (a lost update).
+
+With ``--faults on`` every process's object store is wrapped in a
+`FaultInjectingStore` (`FAULT_RULES`: errors, 409s, timeouts, lost responses
+after the write was applied, latency, outages). With ``--kills on`` the
+coordinator SIGKILLs a random worker every ``--kill-interval`` seconds on
+average and starts a replacement that carries on with the rest of its share.
+
+Outcomes: ``ok`` (commit returned), ``fail`` (ConflictError or
+TransactionTooOldError from commit, or any kvstore error before commit: nothing
+was sent), ``info`` (anything else from commit — CommitOutcomeUnknownError,
+StoreUnavailableError, ... — or the process was killed: unknown). Every worker
+appends its history to a JSON-lines journal as it goes (invoke before the
+transaction starts, completion once its outcome is known) with one ``write``
+each, so a SIGKILL loses nothing already recorded; an invocation without a
+completion is ``info``.
+
+The result is a summary table on stdout and a JSON document (``--out``);
+the exit status is 0 iff no anomaly was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import kvstore
+from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
+from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
+
+WORKLOADS = ("list-append", "bank", "counter")
+_SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr"}
+
+# Injected per request when --faults on. Rates are per request and per
+# operation; `outage` starts a burst that fails the next `outage_length`
+# requests, which exhausts the retries and so produces unknown outcomes.
+FAULT_RULES: dict[str, FaultRule] = {
+    "get": FaultRule(error=0.02, timeout=0.01, lost_response=0.01, jitter=0.002),
+    "put_if_absent": FaultRule(error=0.03, conflict=0.01, timeout=0.02, lost_response=0.03, jitter=0.003),
+    "put_if_match": FaultRule(error=0.03, conflict=0.03, timeout=0.03, lost_response=0.05, jitter=0.003),
+}
+FAULT_DEFAULT = FaultRule(error=0.02)
+FAULT_OUTAGE = 0.002
+FAULT_OUTAGE_LENGTH = 12
+
+# Fewer, faster retries than the default policy: faults then exhaust them now
+# and then, which is what exercises the unknown-outcome paths.
+CAMPAIGN_RETRY = kvstore.RetryPolicy(max_attempts=4, base_delay=0.002, max_delay=0.05)
+
+# Seconds the coordinator waits past the duration limit before it calls a worker hung.
+_HANG_GRACE = 30.0
+_JOURNAL_STATS_EVERY = 100  # transactions between a worker's fault-counter lines
+_AUDIT_PAUSE = 0.02  # seconds between two bank audits of one process (pacing, not sync)
+_INITIAL_BALANCE = 100
+_IDS_PER_PROCESS = 10_000_000
+_STARTED_BYTES = 200  # a journal this long holds the start record and some invocations
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """Everything a campaign run depends on; the seed makes the random choices reproducible."""
+
+    url: str
+    endpoint_url: str | None = None
+    processes: int = 4
+    tasks: int = 8
+    txns: int = 2000  # transactions invoked in all, over every process and workload
+    seed: int = 0
+    faults: bool = True
+    kills: bool = True
+    workloads: tuple[str, ...] = WORKLOADS
+    duration_limit: float = 300.0  # seconds; no transaction is started after it
+    kill_interval: float = 3.0  # mean seconds between two kills
+    workdir: str | None = None  # journals and the result; a new temporary directory if None
+    keys: int = 6  # list-append: keys appended to at a time
+    max_appends: int = 40  # list-append: a key is retired once its list is this long
+    accounts: int = 8
+    counters: int = 4
+    # Test-only: "no-conflict-check" disables kvstore's conflict check in the
+    # workers, a deliberately broken store that the checks must catch.
+    sabotage: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process (one incarnation of a slot) is asked to do."""
+
+    config: CampaignConfig
+    slot: int
+    incarnation: int  # campaign-wide number of this process, 0, 1, ...
+    quota: int  # transactions to invoke
+    stop_at: float  # time.time() after which no transaction starts
+    journal: str
+
+
+# --------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """An append-only JSON-lines file; each record is one `os.write`, so a kill never splits
+    a record that was written, and whatever was written survives the process."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, record: dict[str, Any]) -> None:
+        os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_journal(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a journal; a torn last line (killed mid-write) is skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if n != len(lines) - 1:
+                raise
+            return
+
+
+class _Clock:
+    """time.monotonic, remembering its last reading (the recorder's invoke time)."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self) -> float:
+        self.last = time.monotonic()
+        return self.last
+
+
+def _commit_status(exc: BaseException) -> Status:
+    """The outcome of a transaction whose commit raised `exc`.
+
+    Only a conflict is a definite "not applied": every other failure of a
+    commit may come after a CAS that reached the store (kvstore raises
+    StoreUnavailableError from the segment write, before any CAS, too, but we
+    stay conservative).
+    """
+    return "fail" if isinstance(exc, kvstore.ConflictError) else "info"
+
+
+# --------------------------------------------------------------------------- workloads (worker side)
+
+
+class _Client:
+    """Shared plumbing of the workload clients of one worker process."""
+
+    name = ""
+
+    def __init__(self, db: kvstore.Store, journal: Journal, spec: WorkerSpec, ids: Iterator[int]) -> None:
+        self.db = db
+        self.journal = journal
+        self.spec = spec
+        self.process = spec.incarnation
+        self._ids = ids
+
+    async def run_one(self, rng: random.Random) -> None:
+        raise NotImplementedError
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def record(self, **fields: Any) -> None:
+        self.journal.write({"w": _SHORT[self.name], **fields})
+
+    def error(self, txn_id: int, exc: BaseException) -> None:
+        """An exception kvstore should never raise here: a finding, and the txn is unknown."""
+        self.journal.write({"e": "error", "w": _SHORT[self.name], "id": txn_id,
+                            "error": "".join(traceback.format_exception(exc))[-4000:]})
+
+    async def commit(self, tx: kvstore.Transaction, txn_id: int) -> tuple[Status, int | None]:
+        """Commit `tx`: its status and committed version (None unless ok)."""
+        try:
+            version = await tx.commit()
+        except kvstore.KvStoreError as exc:
+            return _commit_status(exc), None
+        except Exception as exc:  # noqa: BLE001 - anything else is a finding, outcome unknown
+            self.error(txn_id, exc)
+            return "info", None
+        return "ok", version
+
+
+class ListAppendClient(_Client):
+    """Elle's list-append transactions, recorded with a HistoryRecorder and the journal."""
+
+    name = "list-append"
+
+    def __init__(self, db: kvstore.Store, journal: Journal, spec: WorkerSpec, ids: Iterator[int],
+                 low_hint: Any, first_id: int) -> None:
+        super().__init__(db, journal, spec, ids)
+        self._clock = _Clock()
+        self.recorder = HistoryRecorder(first_id=first_id, clock=self._clock)
+        self._next_value = first_id  # appended values: unique campaign-wide (disjoint id ranges)
+        self._hint = low_hint  # shared by all workers: lowest key not known to be full
+        self._low = int(low_hint.value)
+        self._full: set[int] = set()
+
+    def _plan(self, rng: random.Random) -> list[list[Any]]:
+        cfg = self.spec.config
+        window = [k for k in range(self._low, self._low + cfg.keys) if k not in self._full]
+        ops: list[list[Any]] = []
+        for _ in range(rng.randint(1, 4)):
+            key = rng.choice(window)
+            if rng.random() < 0.5:
+                ops.append(["append", key, self._next_value])
+                self._next_value += 1
+            else:
+                ops.append(["r", key, None])
+        return ops
+
+    async def run_one(self, rng: random.Random) -> None:
+        ops = self._plan(rng)
+        txn_id = self.recorder.invoke(self.process, ops)
+        self.record(e="i", id=txn_id, p=self.process, t=self._clock.last, ops=ops)
+        status, done = await self._execute(ops, txn_id)
+        final_ops = done if status == "ok" else ops  # reads of unknown txns are not evidence
+        self.recorder.complete(txn_id, status, final_ops)
+        self.record(e="c", id=txn_id, s=status, t=self._clock.last, ops=final_ops)
+
+    async def _execute(self, ops: list[list[Any]], txn_id: int) -> tuple[Status, list[list[Any]]]:
+        tx = self.db.transaction()
+        done: list[list[Any]] = []
+        try:
+            for f, key, value in ops:
+                current = await tx.get(f"la/{key:08d}", [])
+                self._note_length(key, len(current))
+                if f == "append":
+                    tx.put(f"la/{key:08d}", [*current, value])
+                    done.append([f, key, value])
+                else:
+                    done.append([f, key, current])
+        except kvstore.KvStoreError:
+            tx.discard()
+            return "fail", done  # nothing was sent: the transaction never reached commit
+        except Exception as exc:  # noqa: BLE001
+            tx.discard()
+            self.error(txn_id, exc)
+            return "fail", done
+        status, _ = await self.commit(tx, txn_id)
+        return status, done
+
+    def _note_length(self, key: int, length: int) -> None:
+        """Retire full keys, so lists (and the history) stay small."""
+        if length < self.spec.config.max_appends:
+            return
+        self._full.add(key)
+        while self._low in self._full:
+            self._low += 1
+        if self._low > self._hint.value:
+            self._hint.value = self._low  # racy max on shared memory: only a hint
+
+
+class BankClient(_Client):
+    """Transfers between accounts; `audit` checks snapshots."""
+
+    name = "bank"
+
+    async def run_one(self, rng: random.Random) -> None:
+        cfg = self.spec.config
+        a, b = rng.sample(range(cfg.accounts), 2)
+        amount = rng.randint(1, 30)
+        txn_id = self.next_id()
+        self.record(e="i", id=txn_id, a=a, b=b, n=amount)
+        tx = self.db.transaction()
+        try:
+            balance_a = await tx.get(f"acct/{a:04d}")
+            balance_b = await tx.get(f"acct/{b:04d}")
+            moved = balance_a >= amount
+            if moved:
+                tx.put(f"acct/{a:04d}", balance_a - amount)
+                tx.put(f"acct/{b:04d}", balance_b + amount)
+        except kvstore.KvStoreError:
+            tx.discard()
+            self.record(e="c", id=txn_id, s="fail")
+            return
+        except Exception as exc:  # noqa: BLE001
+            tx.discard()
+            self.error(txn_id, exc)
+            self.record(e="c", id=txn_id, s="fail")
+            return
+        status, _ = await self.commit(tx, txn_id)
+        self.record(e="c", id=txn_id, s=status, moved=moved)
+
+    async def audit(self) -> None:
+        """One audit: a snapshot's balances must sum to the total, none negative."""
+        cfg = self.spec.config
+        try:
+            snap = await self.db.snapshot()
+            balances = [await snap.get(f"acct/{i:04d}") for i in range(cfg.accounts)]
+        except kvstore.KvStoreError:
+            return  # injected faults; an audit that could not read proves nothing
+        total = sum(b for b in balances if isinstance(b, int))
+        self.record(e="a", v=snap.version, sum=total, bad=[b for b in balances if not isinstance(b, int) or b < 0])
+
+
+class CounterClient(_Client):
+    """Read-increment-write of a few counters; the value read is recorded."""
+
+    name = "counter"
+
+    async def run_one(self, rng: random.Random) -> None:
+        key = rng.randrange(self.spec.config.counters)
+        txn_id = self.next_id()
+        self.record(e="i", id=txn_id, k=key)
+        tx = self.db.transaction()
+        try:
+            value = await tx.get(f"ctr/{key:04d}", 0)
+            tx.put(f"ctr/{key:04d}", value + 1)
+        except kvstore.KvStoreError:
+            tx.discard()
+            self.record(e="c", id=txn_id, s="fail")
+            return
+        except Exception as exc:  # noqa: BLE001
+            tx.discard()
+            self.error(txn_id, exc)
+            self.record(e="c", id=txn_id, s="fail")
+            return
+        status, _ = await self.commit(tx, txn_id)
+        self.record(e="c", id=txn_id, s=status, r=value)
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+def store_url(base: str, workload: str) -> str:
+    """The URL of one workload's store under the campaign's base URL."""
+    return f"{base.rstrip('/')}/{workload}"
+
+
+def store_options() -> kvstore.StoreOptions:
+    return kvstore.StoreOptions(retry=CAMPAIGN_RETRY)
+
+
+def fault_plan(seed: int) -> FaultPlan:
+    """The fault matrix of a campaign process (see FAULT_RULES)."""
+    return FaultPlan(seed=seed, rules=dict(FAULT_RULES), default=FAULT_DEFAULT,
+                     outage=FAULT_OUTAGE, outage_length=FAULT_OUTAGE_LENGTH)
+
+
+def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
+    """Entry point of a worker process (spawned)."""
+    if spec.config.sabotage is not None:
+        _sabotage(spec.config.sabotage)
+    asyncio.run(_worker(spec, low_hint))
+
+
+def _sabotage(kind: str) -> None:
+    """Break kvstore on purpose (test-only), to prove the campaign's checks catch it."""
+    if kind != "no-conflict-check":
+        raise ValueError(f"unknown sabotage {kind!r}")
+    from kvstore import _commit
+
+    def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
+        return list(requests)
+
+    _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
+
+
+class _CountingHandler(logging.Handler):
+    """Counts kvstore's log records by level (e.g. background compactions that met faults)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[f"log:{record.levelname.lower()}"] += 1
+
+
+async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
+    cfg = spec.config
+    journal = Journal(spec.journal)
+    logs = _CountingHandler()
+    kv_logger = logging.getLogger("kvstore")
+    kv_logger.addHandler(logs)
+    kv_logger.propagate = False  # counted, not printed: faults make them expected
+    injectors: list[FaultInjectingStore] = []
+    stores = {w: await _open_with_retry(cfg, w, spec, injectors) for w in cfg.workloads}
+    # Transaction ids: a disjoint range per process; list-append's recorder takes the lower half.
+    base = spec.incarnation * _IDS_PER_PROCESS
+    ids = iter(range(base + _IDS_PER_PROCESS // 2, base + _IDS_PER_PROCESS))
+    clients: list[_Client] = []
+    for w in cfg.workloads:
+        if w == "list-append":
+            clients.append(ListAppendClient(stores[w], journal, spec, ids, low_hint, base + 1))
+        elif w == "bank":
+            clients.append(BankClient(stores[w], journal, spec, ids))
+        else:
+            clients.append(CounterClient(stores[w], journal, spec, ids))
+    journal.write({"e": "start", "slot": spec.slot, "inc": spec.incarnation, "pid": os.getpid()})
+    budget = [spec.quota]
+    stop = asyncio.Event()
+
+    def injected() -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for inj in injectors:
+            total.update(inj.injected)
+        total.update(logs.counts)
+        return dict(total)
+
+    async def task(n: int) -> None:
+        rng = random.Random(f"{cfg.seed}/{spec.incarnation}/{n}")
+        while budget[0] > 0 and time.time() < spec.stop_at:
+            budget[0] -= 1
+            await rng.choice(clients).run_one(rng)
+            if budget[0] % _JOURNAL_STATS_EVERY == 0:
+                journal.write({"e": "stats", "faults": injected()})
+
+    bank = next((c for c in clients if isinstance(c, BankClient)), None)
+
+    async def auditor() -> None:
+        while bank is not None and not stop.is_set():
+            await bank.audit()
+            try:
+                await asyncio.wait_for(stop.wait(), _AUDIT_PAUSE)
+            except TimeoutError:
+                pass
+
+    audit_task = asyncio.ensure_future(auditor())
+    await asyncio.gather(*(task(n) for n in range(cfg.tasks)))
+    stop.set()
+    await audit_task
+    for client in clients:
+        if isinstance(client, ListAppendClient):
+            # The recorder's own copy, to cross-check the journal on a clean exit.
+            client.recorder.to_jsonl(spec.journal + ".history")
+    for db in stores.values():
+        await db.close()
+    journal.write({"e": "done", "faults": injected()})
+    journal.close()
+
+
+async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
+                           injectors: list[FaultInjectingStore]) -> kvstore.Store:
+    """Open one workload's store, through a fault injector if faults are on."""
+
+    def wrap(inner: Any) -> Any:
+        seed = random.Random(f"{cfg.seed}/{spec.incarnation}/{workload}").getrandbits(32)
+        injector = FaultInjectingStore(inner, fault_plan(seed))
+        injectors.append(injector)
+        return injector
+
+    while True:
+        try:
+            return await kvstore.open(store_url(cfg.url, workload), values="msgpack", options=store_options(),
+                                      endpoint_url=cfg.endpoint_url, create=False,
+                                      wrap_object_store=wrap if cfg.faults else None)
+        except kvstore.StoreUnavailableError:
+            if time.time() > spec.stop_at:
+                raise
+            # Opening is retried: an injected outage may outlast the retry policy.
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+@dataclass
+class _Slot:
+    """One of the `processes` client slots and its successive incarnations."""
+
+    index: int
+    quota: int
+    journals: list[str] = field(default_factory=list)
+    process: Any = None  # multiprocessing.Process of the current incarnation
+    killed: int = 0
+
+
+@dataclass
+class CampaignResult:
+    """What a campaign did and found. `anomalies` empty means every check held."""
+
+    config: dict[str, Any]
+    duration: float = 0.0
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    faults_injected: dict[str, int] = field(default_factory=dict)
+    log_records: dict[str, int] = field(default_factory=dict)  # kvstore's warnings in the workers
+    kills: int = 0
+    incarnations: int = 0
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by_duration_limit: bool = False
+    workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.anomalies
+
+    def add(self, workload: str, kind: str, detail: str) -> None:
+        self.anomalies.append({"workload": workload, "kind": kind, "detail": detail})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def run_campaign(config: CampaignConfig) -> CampaignResult:
+    """Run a campaign to the end and check it; writes `result.json` in the workdir."""
+    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="kvstore-campaign-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = replace(config, workdir=str(workdir))
+    result = CampaignResult(config=asdict(config), workdir=str(workdir))
+    started = time.monotonic()
+    asyncio.run(_prepare_stores(config))
+    slots = _run_workers(config, workdir, result)
+    journals = [j for s in slots for j in s.journals]
+    asyncio.run(_check_all(config, journals, result))
+    result.duration = round(time.monotonic() - started, 2)
+    (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    return result
+
+
+async def _prepare_stores(config: CampaignConfig) -> None:
+    """Create each workload's store (and the bank's accounts) before any worker starts."""
+    for w in config.workloads:
+        async with kvstore.open(store_url(config.url, w), values="msgpack",
+                                endpoint_url=config.endpoint_url) as db:
+            if w == "bank":
+                async with db.transaction() as tx:
+                    for i in range(config.accounts):
+                        if await tx.get(f"acct/{i:04d}") is None:
+                            tx.put(f"acct/{i:04d}", _INITIAL_BALANCE)
+
+
+def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) -> list[_Slot]:
+    """Start the workers, kill and replace them at random moments, wait for the end."""
+    ctx = multiprocessing.get_context("spawn")
+    low_hint = ctx.RawValue("q", 0)  # no lock: a killed holder would leave it locked
+    rng = random.Random(f"{config.seed}/kills")
+    share, extra = divmod(config.txns, config.processes)
+    slots = [_Slot(i, share + (1 if i < extra else 0)) for i in range(config.processes)]
+    start = time.time()
+    stop_at = start + config.duration_limit
+    incarnations = iter(range(1_000_000))
+
+    def launch(slot: _Slot, quota: int) -> None:
+        inc = next(incarnations)
+        journal = str(workdir / f"journal-{slot.index:02d}-{inc:04d}.jsonl")
+        slot.journals.append(journal)
+        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal)
+        slot.process = ctx.Process(target=worker_main, args=(spec, low_hint), name=f"campaign-{inc}")
+        slot.process.start()
+
+    for slot in slots:
+        launch(slot, slot.quota)
+    next_kill = time.time() + rng.expovariate(1 / config.kill_interval)
+    while any(s.process is not None for s in slots):
+        now = time.time()
+        wait_for = max(0.05, min(next_kill - now if config.kills else 1.0, 1.0))
+        alive = [s.process.sentinel for s in slots if s.process is not None]
+        multiprocessing.connection.wait(alive, timeout=wait_for)
+        _reap(slots, result)
+        now = time.time()
+        victim = _pick_victim(slots, rng) if config.kills and next_kill <= now < stop_at else None
+        if victim is not None:  # else the kill stays due until a worker is running transactions
+            _kill(victim, result)
+            left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
+            if left > 0:
+                launch(victim, left)
+            next_kill = now + rng.expovariate(1 / config.kill_interval)
+        if now > stop_at + _HANG_GRACE:
+            for s in slots:
+                if s.process is not None:
+                    result.add("campaign", "hang", f"worker {s.process.name} still running "
+                               f"{_HANG_GRACE:.0f} s after the duration limit; killed")
+                    _kill(s, result)
+    result.incarnations = next(incarnations)
+    result.stopped_by_duration_limit = time.time() >= stop_at
+    return slots
+
+
+def _reap(slots: list[_Slot], result: CampaignResult) -> None:
+    """Collect workers that exited; a non-zero exit we did not cause is a finding."""
+    for s in slots:
+        p = s.process
+        if p is not None and not p.is_alive():
+            p.join()
+            if p.exitcode != 0:
+                result.add("campaign", "worker-crash", f"worker {p.name} exited with code {p.exitcode}")
+            s.process = None
+
+
+def _pick_victim(slots: list[_Slot], rng: random.Random) -> _Slot | None:
+    """A random running worker that has started transactions (killing a booting one tests little)."""
+    running = [s for s in slots if s.process is not None and s.process.is_alive()
+               and _journal_size(s.journals[-1]) > _STARTED_BYTES]
+    return rng.choice(running) if running else None
+
+
+def _kill(slot: _Slot, result: CampaignResult) -> None:
+    slot.process.kill()  # SIGKILL
+    slot.process.join()
+    slot.process = None
+    slot.killed += 1
+    result.kills += 1
+
+
+def _journal_size(journal: str) -> int:
+    try:
+        return os.path.getsize(journal)
+    except FileNotFoundError:
+        return 0
+
+
+def _count_invoked(journal: str) -> int:
+    if not os.path.exists(journal):
+        return 0
+    return sum(1 for r in read_journal(journal) if r.get("e") == "i")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+async def _check_all(config: CampaignConfig, journals: list[str], result: CampaignResult) -> None:
+    """Merge the journals and run every workload's checks, plus `verify` of every store."""
+    records = [r for j in journals for r in read_journal(j)]
+    _collect_faults(journals, result)
+    for r in records:
+        if r.get("e") == "error":
+            result.add(_long(r["w"]), "unexpected-exception", f"txn {r['id']}: {r['error']}")
+    by_workload: dict[str, list[dict[str, Any]]] = {w: [] for w in config.workloads}
+    for r in records:
+        if "w" in r and r.get("e") in ("i", "c", "a"):
+            by_workload[_long(r["w"])].append(r)
+    for w in config.workloads:
+        async with kvstore.open(store_url(config.url, w), values="msgpack", endpoint_url=config.endpoint_url,
+                                create=False) as db:
+            if w == "list-append":
+                await _check_list_append(db, by_workload[w], journals, result)
+            elif w == "bank":
+                await _check_bank(db, config, by_workload[w], result)
+            else:
+                await _check_counter(db, config, by_workload[w], result)
+            report = await db.verify()
+            result.workloads[w]["objects_verified"] = report.objects_checked
+            for name, what in report.damaged.items():
+                result.add(w, "corruption", f"{name}: {what}")
+
+
+def _long(short: str) -> str:
+    return next(w for w, s in _SHORT.items() if s == short)
+
+
+def _collect_faults(journals: list[str], result: CampaignResult) -> None:
+    """Sum each incarnation's last fault counters (a killed one: its last `stats` line)."""
+    total: Counter[str] = Counter()
+    for j in journals:
+        last: dict[str, int] = {}
+        for r in read_journal(j):
+            if r.get("e") in ("stats", "done"):
+                last = r["faults"]
+        total.update(last)
+    result.faults_injected = {k: v for k, v in sorted(total.items()) if not k.startswith("log:")}
+    result.log_records = {k[4:]: v for k, v in sorted(total.items()) if k.startswith("log:")}
+
+
+def _outcomes(records: Sequence[dict[str, Any]]) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Invocations and completions by transaction id."""
+    invoked = {r["id"]: r for r in records if r["e"] == "i"}
+    completed = {r["id"]: r for r in records if r["e"] == "c"}
+    return invoked, completed
+
+
+def _counts(invoked: dict[int, Any], completed: dict[int, dict[str, Any]]) -> dict[str, int]:
+    status = Counter(completed[i]["s"] if i in completed else "info" for i in invoked)
+    return {"invoked": len(invoked), "ok": status["ok"], "fail": status["fail"], "info": status["info"],
+            "unfinished": sum(1 for i in invoked if i not in completed)}
+
+
+async def _check_list_append(db: kvstore.Store, records: list[dict[str, Any]], journals: list[str],
+                             result: CampaignResult) -> None:
+    invoked, completed = _outcomes(records)
+    history = [_txn(inv, completed.get(tid)) for tid, inv in sorted(invoked.items())]
+    _cross_check_recorders(journals, history, result)
+    keys = sorted({op[1] for t in history for op in t.ops})
+    history.append(await _final_read(db, keys, max(invoked, default=0) + 1))
+    checked = check(history, realtime=True)
+    result.workloads["list-append"] = {**_counts(invoked, completed), "keys": len(keys),
+                                       "info_committed": checked.info_committed_count,
+                                       "graph_edges": checked.graph_edges}
+    for a in checked.anomalies:
+        result.add("list-append", a.kind, str(a))
+
+
+def _txn(inv: dict[str, Any], comp: dict[str, Any] | None) -> Txn:
+    """A journal invocation (+ completion) as a checker transaction; no completion is info."""
+    if comp is None:
+        return Txn(inv["id"], inv["p"], [tuple(op) for op in inv["ops"]], "info", inv["t"], None)  # type: ignore[misc]
+    return Txn(inv["id"], inv["p"], [tuple(op) for op in comp["ops"]], comp["s"], inv["t"], comp["t"])  # type: ignore[misc]
+
+
+def _cross_check_recorders(journals: list[str], history: list[Txn], result: CampaignResult) -> None:
+    """A worker that exited cleanly also saved its HistoryRecorder: it must match the journal."""
+    by_id = {t.id: t for t in history}
+    for j in journals:
+        path = j + ".history"
+        if not os.path.exists(path):
+            continue
+        for t in HistoryRecorder.from_jsonl(path):
+            mine = by_id.get(t.id)
+            if mine is None or (mine.status, mine.ops) != (t.status, t.ops):
+                result.add("list-append", "journal-mismatch", f"T{t.id} in {path} differs from the journal")
+
+
+async def _final_read(db: kvstore.Store, keys: list[int], txn_id: int) -> Txn:
+    """One read-only transaction reading every key, after every worker has stopped."""
+    invoked = time.monotonic()
+    tx = db.transaction()
+    ops = [("r", k, await tx.get(f"la/{k:08d}", [])) for k in keys]
+    await tx.commit()
+    return Txn(txn_id, -1, ops, "ok", invoked, time.monotonic())
+
+
+async def _check_bank(db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]],
+                      result: CampaignResult) -> None:
+    total = config.accounts * _INITIAL_BALANCE
+    audits = [r for r in records if r["e"] == "a"]
+    for a in audits:
+        if a["sum"] != total or a["bad"]:
+            result.add("bank", "audit", f"snapshot {a['v']} sums to {a['sum']} (expected {total}); "
+                                        f"bad balances {a['bad']}")
+    snap = await db.snapshot()
+    final = [await snap.get(f"acct/{i:04d}") for i in range(config.accounts)]
+    if sum(final) != total or any(b < 0 for b in final):
+        result.add("bank", "final-total", f"final balances {final} sum to {sum(final)}, expected {total}")
+    invoked, completed = _outcomes(records)
+    moved = sum(1 for c in completed.values() if c["s"] == "ok" and c.get("moved"))
+    result.workloads["bank"] = {**_counts(invoked, completed), "transfers_moved": moved, "audits": len(audits),
+                                "audited_versions": len({a["v"] for a in audits}), "final_total": sum(final)}
+
+
+async def _check_counter(db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]],
+                         result: CampaignResult) -> None:
+    invoked, completed = _outcomes(records)
+    snap = await db.snapshot()
+    summary: dict[str, Any] = _counts(invoked, completed)
+    for key in range(config.counters):
+        mine = [tid for tid, r in invoked.items() if r["k"] == key]
+        acked = [completed[t]["r"] for t in mine if t in completed and completed[t]["s"] == "ok"]
+        unknown = sum(1 for t in mine if t not in completed or completed[t]["s"] == "info")
+        value = await snap.get(f"ctr/{key:04d}", 0)
+        summary[f"ctr/{key:04d}"] = {"value": value, "acked": len(acked), "unknown": unknown}
+        if not len(acked) <= value <= len(acked) + unknown:
+            result.add("counter", "count", f"ctr/{key:04d} = {value}, but {len(acked)} increments were "
+                                           f"acknowledged and {unknown} are unknown")
+        twice = sorted(v for v, n in Counter(acked).items() if n > 1)
+        if twice:
+            result.add("counter", "lost-update", f"ctr/{key:04d}: acknowledged increments read the same "
+                                                 f"value(s) {twice[:10]} ({len(twice)} in all)")
+        if acked and max(acked) >= value:
+            result.add("counter", "count", f"ctr/{key:04d} = {value}, but an acknowledged increment read "
+                                           f"{max(acked)}")
+    result.workloads["counter"] = summary
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def format_summary(result: CampaignResult) -> str:
+    """The human summary table of a result."""
+    lines = [f"{'workload':<12} {'invoked':>8} {'ok':>8} {'fail':>8} {'info':>8}  details"]
+    for w, s in result.workloads.items():
+        details = ", ".join(f"{k}={v}" for k, v in s.items()
+                            if k not in ("invoked", "ok", "fail", "info") and not isinstance(v, dict))
+        lines.append(f"{w:<12} {s.get('invoked', 0):>8} {s.get('ok', 0):>8} {s.get('fail', 0):>8} "
+                     f"{s.get('info', 0):>8}  {details}")
+    total = sum(s.get("invoked", 0) for s in result.workloads.values())
+    faults = sum(v for k, v in result.faults_injected.items())
+    lines.append(f"total transactions {total}, duration {result.duration:.1f} s, processes started "
+                 f"{result.incarnations}, SIGKILLs {result.kills}, faults injected {faults}"
+                 f"{' (stopped by the duration limit)' if result.stopped_by_duration_limit else ''}")
+    lines.append("faults: " + (", ".join(f"{k}={v}" for k, v in result.faults_injected.items()) or "none"))
+    if result.log_records:
+        lines.append("kvstore log records in workers: " + ", ".join(f"{k}={v}" for k, v in result.log_records.items()))
+    lines.append(f"anomalies: {len(result.anomalies)}")
+    for a in result.anomalies[:20]:
+        lines.append(f"  [{a['workload']}] {a['kind']}: {a['detail'][:500]}")
+    lines.append(f"result: {result.workdir}/result.json")
+    return "\n".join(lines)
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError("on or off")
+    return text == "on"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str | None]:
+    """The campaign configuration and the --out path from the command line."""
+    p = argparse.ArgumentParser(prog="python -m kvstore.testing.campaign", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", required=True, help="base URL; each workload gets <url>/<workload>")
+    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (LocalStack, MinIO, ...)")
+    p.add_argument("--processes", type=int, default=4)
+    p.add_argument("--tasks", type=int, default=8, help="asyncio tasks per process")
+    p.add_argument("--txns", type=int, default=2000, help="transactions in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faults", type=_on_off, default=True, metavar="on|off")
+    p.add_argument("--kills", type=_on_off, default=True, metavar="on|off")
+    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--duration-limit", type=float, default=300.0, help="seconds")
+    p.add_argument("--kill-interval", type=float, default=3.0, help="mean seconds between SIGKILLs")
+    p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
+    p.add_argument("--out", default=None, help="also write the JSON result here")
+    a = p.parse_args(argv)
+    workloads = WORKLOADS if a.workload == "all" else (a.workload,)
+    config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
+                            txns=a.txns, seed=a.seed, faults=a.faults, kills=a.kills, workloads=workloads,
+                            duration_limit=a.duration_limit, kill_interval=a.kill_interval, workdir=a.workdir)
+    return config, a.out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, out = parse_args(argv)
+    result = run_campaign(config)
+    print(format_summary(result))
+    if out:
+        Path(out).write_text(json.dumps(result.to_json(), indent=2, default=str))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
