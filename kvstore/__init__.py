@@ -21,6 +21,8 @@ from ._errors import (
     ReadOnlyError,
     StoreNotFoundError,
     StoreUnavailableError,
+    TagExistsError,
+    TagNotFoundError,
     TransactionStateError,
     TransactionTooLargeError,
     TransactionTooOldError,
@@ -31,19 +33,26 @@ from ._errors import (
     VersionNotRetainedError,
 )
 from ._objectstore import RetryPolicy, S3Options
+from ._compact import CompactionResult
+from ._gc import GcReport
 from ._options import StoreOptions
-from ._store import Snapshot, Store, StoreOpener, VerifyReport, open
+from ._store import Change, CommitInfo, Snapshot, Store, StoreOpener, VerifyReport, open
 from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
+from ._tags import Tag
 from ._transaction import Transaction
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "Change",
     "ClosedError",
+    "CommitInfo",
     "CommitOutcomeUnknownError",
+    "CompactionResult",
     "ConflictError",
     "CorruptionError",
+    "GcReport",
     "InvalidKeyError",
     "InvalidURLError",
     "InvalidValueError",
@@ -60,6 +69,9 @@ __all__ = [
     "SyncSnapshot",
     "SyncStore",
     "SyncTransaction",
+    "Tag",
+    "TagExistsError",
+    "TagNotFoundError",
     "Transaction",
     "TransactionStateError",
     "TransactionTooLargeError",

@@ -20,6 +20,8 @@ object-store boundary, so callers only ever catch these::
     │   └── UnsupportedFormatError              written by a newer kvstore
     ├── CorruptionError                         stored bytes fail their checksum
     ├── VersionNotRetainedError                 the asked-for past version is gone
+    ├── TagNotFoundError                        no tag of that name
+    ├── TagExistsError                          a tag of that name exists
     ├── ReadOnlyError                           a write to a store opened read-only
     ├── ClosedError                             the store was closed
     └── TransactionStateError                   a transaction used after it ended
@@ -122,6 +124,14 @@ class CorruptionError(KvStoreError):
 
 class VersionNotRetainedError(KvStoreError):
     """A past version was asked for that the store no longer retains."""
+
+
+class TagNotFoundError(KvStoreError):
+    """No tag of that name exists (`Store.tags()` lists them)."""
+
+
+class TagExistsError(KvStoreError):
+    """A tag of that name exists already; tags are never moved. Delete it first."""
 
 
 class ReadOnlyError(KvStoreError):

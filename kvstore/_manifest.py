@@ -12,23 +12,18 @@ segments (newest first) and a bounded commit log: for every version after
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
-import xxhash
-import zstandard
 
-from ._errors import CorruptionError, UnsupportedFormatError
+from ._envelope import seal, unseal
+from ._errors import CorruptionError
 
 FORMAT = 1
-_HEADER = struct.Struct("<4sHBx")
 _MAGIC = b"KVMF"
-_CHECKSUM = struct.Struct("<Q")
-_COMPRESS_ABOVE = 4096
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
 LOG_KEYS_MAX_BYTES = 4096
@@ -157,7 +152,7 @@ class Manifest:
         )
 
     def without_retired(self, segment_ids: frozenset[str]) -> Manifest:
-        """The same version with some retired segments forgotten (they were deleted)."""
+        """A copy whose retired list forgets `segment_ids` (garbage collection deleted them)."""
         return replace(self, retired=tuple(r for r in self.retired if r[0] not in segment_ids))
 
 
@@ -183,42 +178,13 @@ def encode_manifest(m: Manifest) -> bytes:
         },
         use_bin_type=True,
     )
-    compression = 0
-    if len(payload) > _COMPRESS_ABOVE:
-        payload = zstandard.ZstdCompressor(level=3).compress(payload)
-        compression = 1
-    body = _HEADER.pack(_MAGIC, FORMAT, compression) + payload
-    return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
+    return seal(_MAGIC, FORMAT, payload)
 
 
 def decode_manifest(data: bytes, object_name: str) -> Manifest:
     """Decode and verify a manifest; refuse newer formats and damaged bytes."""
-
-    def corrupt(what: str) -> CorruptionError:
-        return CorruptionError(
-            f"manifest {object_name} is damaged ({what}); run `Store.verify()`. If it persists, "
-            "restore the manifest from a tagged copy under snapshots/",
-            object_name=object_name,
-            block="manifest",
-        )
-
-    if len(data) < _HEADER.size + _CHECKSUM.size:
-        raise corrupt("truncated")
-    magic, fmt, compression = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
-        raise corrupt("bad magic")
-    if fmt > FORMAT:
-        raise UnsupportedFormatError(
-            f"the store at {object_name} has manifest format {fmt}, newer than this kvstore's "
-            f"{FORMAT}: upgrade kvstore to open it"
-        )
-    body, trailer = data[: -_CHECKSUM.size], data[-_CHECKSUM.size :]
-    if xxhash.xxh3_64_intdigest(body) != _CHECKSUM.unpack(trailer)[0]:
-        raise corrupt("checksum mismatch")
-    payload = body[_HEADER.size :]
+    payload = unseal(data, _MAGIC, FORMAT, object_name, "manifest")
     try:
-        if compression == 1:
-            payload = zstandard.ZstdDecompressor().decompress(payload)
         doc = msgpack.unpackb(payload, raw=False)
         return Manifest(
             store_id=doc["store_id"],
@@ -234,5 +200,9 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
                 for r in doc["log"]
             ),
         )
-    except (zstandard.ZstdError, ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-        raise corrupt("undecodable") from exc
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise CorruptionError(
+            f"manifest {object_name} is damaged (undecodable); run `Store.verify()`",
+            object_name=object_name,
+            block="manifest",
+        ) from exc

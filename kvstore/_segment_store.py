@@ -42,8 +42,13 @@ class SegmentStore:
         self._prefix = prefix
         self._cache = cache
 
+    @property
+    def segments_prefix(self) -> str:
+        """Where segment objects live: `<prefix>segments/`."""
+        return f"{self._prefix}segments/"
+
     def object_name(self, segment_id: str) -> str:
-        return f"{self._prefix}segments/{segment_id}.seg"
+        return f"{self.segments_prefix}{segment_id}.seg"
 
     async def write(self, encoded: EncodedSegment) -> str:
         """Safe-create a new segment object; returns its id. One PUT (I1)."""

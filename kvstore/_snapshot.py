@@ -13,9 +13,13 @@ from ._segment_store import Entry, SegmentStore
 class SnapshotView:
     """The store as of `manifest.version`. Costs no manifest reads; segments are cached."""
 
-    def __init__(self, manifest: Manifest, segments: SegmentStore) -> None:
+    def __init__(self, manifest: Manifest, segments: SegmentStore, version: int | None = None) -> None:
+        """A view of `manifest` as of `version` (default: the manifest's own).
+
+        An older version is exact only if it is >= manifest.history_floor.
+        """
         self.manifest = manifest
-        self.version = manifest.version
+        self.version = manifest.version if version is None else version
         self._segments = segments
         # Newest first: for commit segments this is commit order.
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)

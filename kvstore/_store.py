@@ -21,17 +21,21 @@ from ._errors import (
     ConflictError,
     CorruptionError,
     KvStoreError,
+    ReadOnlyError,
     StoreNotFoundError,
     UnsupportedFormatError,
     ValidationError,
+    VersionNotRetainedError,
 )
-from ._manifest import Manifest
+from ._gc import GarbageCollector, GcReport
+from ._manifest import CommitRecord, Manifest
 from ._manifest_store import ManifestStore
-from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore, S3Options
+from ._objectstore import ObjectNotFound, ObjectStore, PreconditionFailed, RetryingObjectStore, S3Options
 from ._options import StoreOptions
 from ._probe import check_conditional_writes
 from ._segment_store import SegmentStore
 from ._snapshot import SnapshotView
+from ._tags import Tag, TagStore
 from ._transaction import Transaction, key_range
 from ._url import Location, parse_url
 
@@ -97,6 +101,48 @@ class VerifyReport:
         return not self.damaged
 
 
+@dataclass(frozen=True)
+class CommitInfo:
+    """One commit, as `Store.history` reports it."""
+
+    version: int
+    time: float  # seconds since the epoch
+    kind: str  # "commit", "compaction" or "gc"
+    transactions: int
+    key_count: int
+    meta: list[dict[str, Any] | None] | None  # per transaction, as given to `transaction(meta=...)`
+
+    @classmethod
+    def from_record(cls, record: CommitRecord) -> CommitInfo:
+        meta = record.meta or {}
+        kind = "compaction" if "compaction" in meta else "gc" if "gc" in meta else "commit"
+        return cls(record.version, record.time, kind, len(record.txn_ids), record.key_count, meta.get("txns"))
+
+
+@dataclass(frozen=True)
+class Change:
+    """A commit seen by `Store.watch`: its version and the watched keys it wrote.
+
+    `keys` is None when the commit wrote too many keys for the log to list
+    them; rescan the watched range then.
+    """
+
+    version: int
+    time: float
+    keys: list[bytes] | None
+
+
+def _changed_keys(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> list[bytes] | None:
+    """The keys of `record` inside [lo, hi): None if it wrote nothing there."""
+    if record.key_count == 0:
+        return None
+    if record.keys is None:
+        overlaps = (lo is None or record.max_key >= lo) and (hi is None or record.min_key < hi)
+        return [] if overlaps else None
+    inside = [k for k in record.keys if (lo is None or k >= lo) and (hi is None or k < hi)]
+    return inside or None
+
+
 class Store:
     """An open store. Create it with `kvstore.open(url)`.
 
@@ -125,6 +171,10 @@ class Store:
         self._segments = SegmentStore(objects, location.prefix, self._cache)
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
         self._compactor = Compactor(manifests, self._segments, options)
+        self._tags = TagStore(objects, location.prefix)
+        self._gc = GarbageCollector(
+            objects, manifests, self._tags, self._segments.segments_prefix, options.commit_log_length
+        )
         self._background: asyncio.Task[None] | None = None
         self._views: dict[int, SnapshotView] = {}
         self._rng = random.Random()
@@ -202,9 +252,112 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    async def snapshot(self) -> Snapshot:
-        """A consistent read-only view of the latest version."""
-        return Snapshot(await self._latest_view(), self.options, self._values)
+    async def snapshot(self, *, version: int | None = None, tag: str | None = None) -> Snapshot:
+        """A consistent read-only view of the latest version, or of the past.
+
+        `version=N` reads version N exactly: any of the last
+        `StoreOptions.history_versions` versions, or a tagged one.
+        `tag="name"` reads the version retained under that tag. A version no
+        longer retained raises VersionNotRetainedError, never a wrong answer.
+        """
+        if tag is not None:
+            if version is not None:
+                raise ValidationError("pass version= or tag=, not both")
+            self._check_open()
+            found = await self._tags.get(tag)
+            view = SnapshotView(await self._tags.manifest(found), self._segments)
+            return Snapshot(view, self.options, self._values)
+        latest = await self._latest_view()
+        if version is None or version == latest.version:
+            return Snapshot(latest, self.options, self._values)
+        return Snapshot(await self._past_view(latest.manifest, version), self.options, self._values)
+
+    async def tag(self, name: str, *, version: int | None = None) -> Tag:
+        """Retain the latest version (or `version`, if still readable) under `name`.
+
+        Copies the manifest server-side (CopyObject with CopySourceIfMatch: the
+        exact bytes of that version) and creates the tag object: one COPY and
+        one PUT. Tags never move: TagExistsError if the name is taken.
+        """
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError("this store was opened with read_only=True; tags are writes")
+        if version is not None:
+            raise ValidationError("tagging a past version is not supported yet: tag the latest version")
+        while True:
+            manifest = await self._manifests.refresh()
+            _, etag = self._manifests.current
+            try:
+                return await self._tags.create(name, self._manifests.name, etag, manifest.version)
+            except PreconditionFailed:
+                continue  # a commit moved the manifest between our read and the copy
+
+    async def tags(self) -> list[Tag]:
+        """Every tag, oldest version first. One LIST and one GET per tag."""
+        self._check_open()
+        return await self._tags.list()
+
+    async def delete_tag(self, name: str) -> None:
+        """Forget a tag. What only it kept alive is deleted by a later `gc()`."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError("this store was opened with read_only=True")
+        await self._tags.delete(name)
+
+    async def history(self, *, limit: int | None = None) -> list[CommitInfo]:
+        """Recent commits, newest first, from the manifest's commit log (one conditional GET).
+
+        The log holds the last `StoreOptions.commit_log_length` commits.
+        """
+        manifest = (await self._latest_view()).manifest
+        records = list(reversed(manifest.log))[: limit if limit is not None else None]
+        return [CommitInfo.from_record(r) for r in records]
+
+    async def watch(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        interval: float = 1.0,
+        since: int | None = None,
+    ) -> AsyncIterator[Change]:
+        """Yield every commit after `since` (default: now) that wrote keys in the range, in order.
+
+        Polls the manifest with a conditional GET every `interval` seconds (a
+        304 costs no body). Raises VersionNotRetainedError if it falls more
+        than `commit_log_length` commits behind.
+        """
+        lo, hi = key_range(self.options, prefix, start, end)
+        last = since if since is not None else (await self._latest_view()).version
+        while True:
+            self._check_open()
+            manifest = await self._manifests.refresh()
+            records = manifest.commits_after(last)
+            if records is None:
+                raise VersionNotRetainedError(
+                    f"watch fell behind: commits after version {last} have left the commit log; "
+                    "rescan the range and watch again from the current version"
+                )
+            for record in records:
+                last = record.version
+                keys = _changed_keys(record, lo, hi)
+                if keys is not None:
+                    yield Change(record.version, record.time, keys if record.keys is not None else None)
+            await asyncio.sleep(interval)
+
+    async def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
+        """Delete objects nothing references any more (I7); report what was kept and why.
+
+        Only objects older than `grace_period` (default
+        `StoreOptions.segment_grace_period`) are deleted, which protects
+        commits in progress and readers of snapshots younger than that.
+        """
+        self._check_open()
+        if self.read_only and not dry_run:
+            raise ReadOnlyError("this store was opened with read_only=True; use dry_run=True")
+        grace = self.options.segment_grace_period if grace_period is None else grace_period
+        return await self._gc.collect(grace_period=grace, dry_run=dry_run)
 
     async def refresh(self) -> int:
         """Fetch the latest manifest now (one conditional GET); returns its version."""
@@ -307,6 +460,17 @@ class Store:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             warnings.warn(f"{self!r} was never closed; use `async with kvstore.open(...)`", ResourceWarning, stacklevel=1)
+
+    async def _past_view(self, latest: Manifest, version: int) -> SnapshotView:
+        if latest.history_floor <= version < latest.version:
+            return SnapshotView(latest, self._segments, version)
+        for tag in await self._tags.list():
+            if tag.version == version:
+                return SnapshotView(await self._tags.manifest(tag), self._segments)
+        raise VersionNotRetainedError(
+            f"version {version} is not retained: readable versions are {latest.history_floor}.."
+            f"{latest.version} and tagged ones; keep more with StoreOptions.history_versions or tag versions"
+        )
 
     async def _latest_view(self) -> SnapshotView:
         self._check_open()

@@ -17,7 +17,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._errors import ClosedError, ConflictError
-from ._store import Snapshot, Store, VerifyReport, open
+from ._compact import CompactionResult
+from ._gc import GcReport
+from ._store import Change, CommitInfo, Snapshot, Store, VerifyReport, open
+from ._tags import Tag
 from ._transaction import Transaction
 
 T = TypeVar("T")
@@ -41,12 +44,12 @@ class _LoopThread:
             raise RuntimeError("a SyncStore method was called from its own event loop; use the async API there")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def iterate(self, agen: AsyncIterator[T], batch_size: int = _SCAN_BATCH) -> Iterator[T]:
         async def next_batch() -> list[T]:
             batch: list[T] = []
             async for item in agen:
                 batch.append(item)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= batch_size:
                     break
             return batch
 
@@ -54,7 +57,7 @@ class _LoopThread:
         while True:
             batch = self.run(next_batch())
             yield from batch
-            if len(batch) < _SCAN_BATCH:
+            if len(batch) < batch_size:
                 return
 
     def stop(self) -> None:
@@ -197,9 +200,37 @@ class SyncStore(MutableMapping[bytes, Any]):
                 raise
         raise AssertionError("unreachable")
 
-    def snapshot(self) -> SyncSnapshot:
+    def snapshot(self, *, version: int | None = None, tag: str | None = None) -> SyncSnapshot:
         """Blocking form of `Store.snapshot`."""
-        return SyncSnapshot(self._runner.run(self._store.snapshot()), self._runner)
+        return SyncSnapshot(self._runner.run(self._store.snapshot(version=version, tag=tag)), self._runner)
+
+    def tag(self, name: str) -> Tag:
+        """Blocking form of `Store.tag`."""
+        return self._runner.run(self._store.tag(name))
+
+    def tags(self) -> list[Tag]:
+        """Blocking form of `Store.tags`."""
+        return self._runner.run(self._store.tags())
+
+    def delete_tag(self, name: str) -> None:
+        """Blocking form of `Store.delete_tag`."""
+        self._runner.run(self._store.delete_tag(name))
+
+    def history(self, *, limit: int | None = None) -> list[CommitInfo]:
+        """Blocking form of `Store.history`."""
+        return self._runner.run(self._store.history(limit=limit))
+
+    def watch(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[Change]:
+        """Blocking form of `Store.watch`: yields each change as it is seen."""
+        return self._runner.iterate(self._store.watch(prefix, **kwargs), batch_size=1)
+
+    def compact(self, *, full: bool = False) -> list[CompactionResult]:
+        """Blocking form of `Store.compact`."""
+        return self._runner.run(self._store.compact(full=full))
+
+    def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
+        """Blocking form of `Store.gc`."""
+        return self._runner.run(self._store.gc(dry_run=dry_run, grace_period=grace_period))
 
     def refresh(self) -> int:
         """Blocking form of `Store.refresh`."""

@@ -58,6 +58,9 @@ class LocalObjectStore:
     async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
         return await _in_thread(self._put_if_match, name, data, etag)
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        return await _in_thread(self._copy_if_match, source, destination, etag)
+
     async def head(self, name: str) -> ObjectInfo:
         return await _in_thread(self._head, name)
 
@@ -119,6 +122,15 @@ class LocalObjectStore:
             os.replace(tmp, path)
             _fsync_dir(path.parent)
         return content_etag(data)
+
+    def _copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        # Under the source's CAS lock, so the content compared is the content copied.
+        with self._locked(source):
+            blob = self._get(source, None, None)
+            assert blob is not None
+            if blob.etag != etag:
+                raise PreconditionFailed(f"{source} changed")
+            return self._put_if_absent(destination, blob.data)
 
     def _head(self, name: str) -> ObjectInfo:
         path = self._path(name)

@@ -58,6 +58,12 @@ class MemoryObjectStore:
             raise PreconditionFailed(f"{name} changed")
         return self._store(name, data)
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        obj = self._lookup(source)
+        if obj.etag != etag or destination in self._objects:
+            raise PreconditionFailed(f"copy {source} -> {destination}: precondition failed")
+        return self._store(destination, obj.data)
+
     async def head(self, name: str) -> ObjectInfo:
         obj = self._lookup(name)
         return ObjectInfo(name, len(obj.data), obj.etag, obj.last_modified)

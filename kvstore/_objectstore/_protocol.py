@@ -98,6 +98,15 @@ class ObjectStore(Protocol):
         """
         ...
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        """Copy `source` to a new object `destination`, only if the source's ETag is
+        `etag` (CopySourceIfMatch) and `destination` does not exist (If-None-Match: *).
+
+        Returns the copy's ETag. Raises PreconditionFailed if either condition
+        fails, ObjectNotFound if the source is absent.
+        """
+        ...
+
     async def head(self, name: str) -> ObjectInfo:
         """Describe an object. Raises ObjectNotFound."""
         ...

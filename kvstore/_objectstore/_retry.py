@@ -73,6 +73,9 @@ class RetryingObjectStore:
     async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
         return await self._call("PUT", lambda: self.inner.put_if_match(name, data, etag))
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        return await self._call("COPY", lambda: self.inner.copy_if_match(source, destination, etag))
+
     async def head(self, name: str) -> ObjectInfo:
         return await self._call("HEAD", lambda: self.inner.head(name))
 

@@ -142,6 +142,25 @@ class S3ObjectStore:
     async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
         return await self._put(name, data, IfMatch=etag)
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        client = await self._get_client()
+        args: dict[str, Any] = dict(self._write_args)
+        if self._options.sse_customer_key is not None:
+            args["CopySourceSSECustomerAlgorithm"] = "AES256"
+            args["CopySourceSSECustomerKey"] = self._options.sse_customer_key
+        try:
+            response = await client.copy_object(
+                Bucket=self._bucket,
+                Key=destination,
+                CopySource={"Bucket": self._bucket, "Key": source},
+                CopySourceIfMatch=etag,
+                IfNoneMatch="*",
+                **args,
+            )
+        except Exception as exc:
+            raise self._translate(exc, destination, write=True) from exc
+        return str(response["CopyObjectResult"]["ETag"])
+
     async def head(self, name: str) -> ObjectInfo:
         client = await self._get_client()
         try:

@@ -1,0 +1,120 @@
+"""Tags: names for retained versions, each with an exact copy of its manifest.
+
+    <prefix>/tags/<hash of name>.tag      the tag: name, version, time (safe create)
+    <prefix>/snapshots/<version>.mf       the manifest of that version, copied
+                                          server-side with CopySourceIfMatch
+
+A tagged manifest keeps every segment it references alive (garbage
+collection reads it), so a tag reads exactly what the store held at its
+version, whatever compaction did since. Tag object names are hashes: no
+user input reaches an object path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import msgpack
+
+from ._envelope import seal, unseal
+from ._errors import CorruptionError, TagExistsError, TagNotFoundError, ValidationError
+from ._manifest import Manifest, decode_manifest
+from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
+
+FORMAT = 1
+_MAGIC = b"KVTG"
+MAX_TAG_NAME = 256
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A named, retained version of the store."""
+
+    name: str
+    version: int
+    created: float  # seconds since the epoch
+
+
+class TagStore:
+    """Tag objects and manifest copies under one store's prefix."""
+
+    def __init__(self, objects: RetryingObjectStore, prefix: str) -> None:
+        self._objects = objects
+        self._prefix = prefix
+
+    @property
+    def tags_prefix(self) -> str:
+        return f"{self._prefix}tags/"
+
+    @property
+    def snapshots_prefix(self) -> str:
+        return f"{self._prefix}snapshots/"
+
+    def snapshot_name(self, version: int) -> str:
+        return f"{self.snapshots_prefix}{version:020d}.mf"
+
+    def _tag_object(self, name: str) -> str:
+        return f"{self.tags_prefix}{hashlib.blake2b(name.encode(), digest_size=16).hexdigest()}.tag"
+
+    async def create(self, name: str, manifest_name: str, etag: str, version: int) -> Tag:
+        """Retain `version` under `name`. Raises PreconditionFailed if the manifest
+        moved past `etag` (the caller retries with a fresh one)."""
+        _check_name(name)
+        try:
+            await self._objects.copy_if_match(manifest_name, self.snapshot_name(version), etag)
+        except PreconditionFailed:
+            try:
+                await self._objects.head(self.snapshot_name(version))  # copied before, by another tag
+            except ObjectNotFound:
+                raise PreconditionFailed("the manifest changed") from None
+        tag = Tag(name, version, time.time())
+        payload = msgpack.packb({"name": name, "version": version, "created": tag.created}, use_bin_type=True)
+        try:
+            await self._objects.put_if_absent(self._tag_object(name), seal(_MAGIC, FORMAT, payload))
+        except PreconditionFailed:
+            existing = await self.get(name)
+            raise TagExistsError(
+                f"tag {name!r} exists (version {existing.version}); tags never move: delete it first"
+            ) from None
+        return tag
+
+    async def get(self, name: str) -> Tag:
+        _check_name(name)
+        return await self._read(self._tag_object(name), name)
+
+    async def list(self) -> list[Tag]:
+        """Every tag, by version. One LIST plus one GET per tag."""
+        tags = [await self._read(info.name, None) async for info in self._objects.list(self.tags_prefix)]
+        return sorted(tags, key=lambda t: (t.version, t.name))
+
+    async def delete(self, name: str) -> None:
+        """Forget a tag; its manifest copy and segments go at the next GC after the grace period."""
+        await self.get(name)  # TagNotFoundError if absent
+        await self._objects.delete(self._tag_object(name))
+
+    async def manifest(self, tag: Tag) -> Manifest:
+        name = self.snapshot_name(tag.version)
+        try:
+            blob = await self._objects.get(name)
+        except ObjectNotFound:
+            raise CorruptionError(
+                f"the manifest copy {name} of tag {tag.name!r} is missing", object_name=name, block="manifest"
+            ) from None
+        assert blob is not None
+        return decode_manifest(blob.data, name)
+
+    async def _read(self, object_name: str, name: str | None) -> Tag:
+        try:
+            blob = await self._objects.get(object_name)
+        except ObjectNotFound:
+            raise TagNotFoundError(f"no tag {name!r}: Store.tags() lists the tags") from None
+        assert blob is not None
+        doc = msgpack.unpackb(unseal(blob.data, _MAGIC, FORMAT, object_name, "tag"), raw=False)
+        return Tag(doc["name"], doc["version"], doc["created"])
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name or len(name) > MAX_TAG_NAME or not name.isprintable():
+        raise ValidationError(f"a tag name is a printable str of 1-{MAX_TAG_NAME} characters, not {name!r}")

@@ -1,0 +1,150 @@
+"""Long-lived stores: tags, time travel, garbage collection, history and watch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import kvstore
+from targets import Target
+
+NO_AUTO = kvstore.StoreOptions(auto_compact=False, history_versions=3)
+
+
+async def _segment_objects(db: kvstore.Store) -> set[str]:
+    return {info.name async for info in db._objects.list(db._segments.segments_prefix)}
+
+
+async def test_tag_reads_the_past_after_compaction_and_gc(target: Target) -> None:
+    options = kvstore.StoreOptions(auto_compact=False, history_versions=0, commit_log_length=2)
+    async with target.open(options=options, values="msgpack") as db:
+        await db.put("ds/a", {"rows": 10})
+        await db.put("ds/b", {"rows": 20})
+        tag = await db.tag("release-2026-11")
+        assert tag.version == db.version
+        await db.put("ds/a", {"rows": 11})
+        await db.delete("ds/b")
+        await db.put("ds/c", {"rows": 30})
+        await db.compact(full=True)
+        report = await db.gc(grace_period=0)
+        assert len(report.deleted) == 2  # the segments of versions 3 and 4 ...
+        snap = await db.snapshot(tag="release-2026-11")
+        assert snap.version == tag.version
+        # ... but not what the tag needs
+        assert {k: v async for k, v in snap.scan()} == {b"ds/a": {"rows": 10}, b"ds/b": {"rows": 20}}
+        assert await (await db.snapshot(version=tag.version)).get("ds/b") == {"rows": 20}
+        assert {k async for k, _ in db.scan()} == {b"ds/a", b"ds/c"}
+        assert [t.name for t in await db.tags()] == ["release-2026-11"]
+        with pytest.raises(kvstore.TagExistsError, match="delete it first"):
+            await db.tag("release-2026-11")
+        await db.delete_tag("release-2026-11")
+        with pytest.raises(kvstore.TagNotFoundError):
+            await db.snapshot(tag="release-2026-11")
+        report = await db.gc(grace_period=0)
+        assert any("snapshots/" in name for name in report.deleted)  # the manifest copy went too
+
+
+async def test_snapshot_of_recent_versions_is_exact(target: Target) -> None:
+    async with target.open(options=NO_AUTO) as db:
+        versions = {}
+        for i in range(8):
+            versions[await db.put(b"k", str(i).encode())] = str(i).encode()
+        await db.delete(b"k")
+        await db.compact(full=True)  # keeps what the last 3 versions need
+        latest = db.version
+        for version in range(latest - 3, latest):
+            snap = await db.snapshot(version=version)
+            expected = versions.get(version)
+            assert await snap.get(b"k") == expected
+        with pytest.raises(kvstore.VersionNotRetainedError, match="history_versions"):
+            await db.snapshot(version=1)
+        with pytest.raises(kvstore.VersionNotRetainedError):
+            await db.snapshot(version=latest + 5)
+
+
+async def test_gc_keeps_young_orphans_and_collects_old_ones(target: Target) -> None:
+    """A crashed writer leaves a segment no manifest references."""
+    async with target.open(options=NO_AUTO) as db:
+        await db.put(b"a", b"1")
+        orphan = db._segments.object_name("000000000000-crashedwriter0000")
+        await db._objects.put_if_absent(orphan, b"a crashed writer's segment")
+        report = await db.gc()  # default grace: an hour
+        assert orphan not in report.deleted and "younger than the grace period" in report.kept[orphan]
+        dry = await db.gc(grace_period=0, dry_run=True)
+        assert dry.deleted == [orphan] and orphan in await _segment_objects(db)
+        report = await db.gc(grace_period=0)
+        assert report.deleted == [orphan]
+        assert orphan not in await _segment_objects(db)
+        assert await db.get(b"a") == b"1"
+        assert all(reason for reason in report.kept.values())
+
+
+async def test_gc_spares_segments_an_old_snapshot_still_reads(target: Target) -> None:
+    async with target.open(options=NO_AUTO) as db:
+        for i in range(6):
+            await db.put(f"k{i}", b"v")
+        reader = await db.snapshot()
+        async with target.open(options=NO_AUTO) as other:
+            await other.compact(full=True)
+            report = await other.gc()  # default grace
+            assert not report.deleted
+            assert any("retired by compaction" in r for r in report.kept.values())
+        assert [k async for k, _ in reader.scan()] == [f"k{i}".encode() for i in range(6)]
+        assert await reader.get(b"k3") == b"v"
+
+
+async def test_gc_after_log_moves_on_deletes_replaced_segments(target: Target) -> None:
+    options = kvstore.StoreOptions(auto_compact=False, commit_log_length=2, history_versions=0)
+    async with target.open(options=options) as db:
+        for i in range(5):
+            await db.put(f"k{i}", b"v")
+        before = await _segment_objects(db)
+        await db.compact(full=True)
+        await db.put(b"k9", b"v")
+        await db.put(b"k8", b"v")  # the compaction record leaves the 2-entry log
+        report = await db.gc(grace_period=0)
+        assert set(report.deleted) == before  # the 5 replaced segments
+        manifest, _ = db._manifests.current
+        assert manifest.retired == ()  # forgotten by the GC commit
+        assert [k async for k, _ in db.scan()] == [b"k0", b"k1", b"k2", b"k3", b"k4", b"k8", b"k9"]
+        assert (await db.verify()).ok
+
+
+async def test_history_lists_commits_with_meta(target: Target) -> None:
+    async with target.open(options=NO_AUTO) as db:
+        async with db.transaction(meta={"who": "ada", "why": "register dataset"}) as tx:
+            tx.put(b"ds/x", b"1")
+        await db.put(b"ds/y", b"2")
+        await db.compact(full=True)
+        history = await db.history()
+        assert [h.kind for h in history] == ["compaction", "commit", "commit"]
+        assert [h.version for h in history] == [3, 2, 1]
+        assert history[2].meta == [{"who": "ada", "why": "register dataset"}]
+        assert history[2].key_count == 1 and history[1].meta is None
+        assert len(await db.history(limit=1)) == 1
+
+
+async def test_watch_sees_every_commit_in_prefix_once_in_order(target: Target) -> None:
+    async with target.open(options=NO_AUTO) as db, target.open(options=NO_AUTO) as writer:
+        seen: list[kvstore.Change] = []
+        start = db.version
+
+        async def watch() -> None:
+            async for change in db.watch(prefix=b"jobs/", interval=0.01, since=start):
+                seen.append(change)
+                if len(seen) == 5:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        expected = []
+        for i in range(8):
+            if i % 3 == 2:
+                await writer.put(f"other/{i}", b"x")
+            else:
+                version = await writer.put(f"jobs/{i}", b"x")
+                expected.append((version, [f"jobs/{i}".encode()]))
+            if i == 4:
+                await writer.compact(full=True)  # writes no keys: not a change
+        await asyncio.wait_for(watcher, timeout=30)
+        assert [(c.version, c.keys) for c in seen] == expected[:5]
