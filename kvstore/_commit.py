@@ -16,7 +16,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._errors import (
@@ -48,6 +48,8 @@ class CommitRequest:
     read_ranges: list[tuple[bytes, bytes | None]]
     writes: dict[bytes, bytes | None]  # None: delete
     meta: dict[str, Any] | None = None
+    # Segments written beforehand (bulk loads): committed as they are, alone.
+    segments: list[SegmentRef] | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -64,10 +66,12 @@ class CommitStatistics:
 
 
 @dataclass
-class _PendingSegment:
-    ref: SegmentRef  # commit_version is filled in per CAS attempt
-    written_at: float  # time.monotonic()
-    keys: list[bytes]
+class _Pending:
+    """Segments written for a batch, waiting for the manifest CAS."""
+
+    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt
+    written_at: float  # time.monotonic() of the oldest
+    keys: list[bytes] | None  # sorted written keys, or None (bulk: only the range is known)
 
 
 class Committer:
@@ -102,7 +106,12 @@ class Committer:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._options.max_batch_transactions))]
+            if self._queue[0].segments is not None:
+                batch = [self._queue.popleft()]  # a bulk load commits alone
+            else:
+                batch = []
+                while self._queue and self._queue[0].segments is None and len(batch) < self._options.max_batch_transactions:
+                    batch.append(self._queue.popleft())
             try:
                 await self._commit_batch(batch)
             except BaseException as exc:
@@ -122,6 +131,7 @@ class Committer:
         while True:
             if time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
                 pending = await self._write_segment(accepted)  # I8: never commit an old segment
+                # (bulk segments cannot be rewritten: _write_segment refuses them)
             new = self._next_manifest(base, accepted, pending)
             try:
                 await self._manifests.compare_and_swap(new, etag)
@@ -214,7 +224,14 @@ class Committer:
                     batch_writes.insert(i, key)
         return accepted
 
-    async def _write_segment(self, accepted: list[CommitRequest]) -> _PendingSegment:
+    async def _write_segment(self, accepted: list[CommitRequest]) -> _Pending:
+        bulk = accepted[0].segments
+        if bulk is not None:
+            if time.monotonic() - accepted[0].started > self._options.segment_grace_period / 2:
+                raise TransactionTooOldError(
+                    "the bulk load's segments are older than half the GC grace period (I8); load again"
+                )
+            return _Pending(bulk, accepted[0].started, None)
         merged: dict[bytes, bytes | None] = {}
         for request in accepted:
             merged.update(request.writes)  # later transactions in the batch win
@@ -222,34 +239,33 @@ class Committer:
         encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
         segment_id = await self._segments.write(encoded)
         ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, len(encoded.data), 0, 0)
-        return _PendingSegment(ref, time.monotonic(), keys)
+        return _Pending([ref], time.monotonic(), keys)
 
-    def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _PendingSegment) -> Manifest:
+    def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _Pending) -> Manifest:
         version = base.version + 1
-        ref = pending.ref
-        ref = SegmentRef(ref.id, ref.min_key, ref.max_key, ref.count, ref.size, version, version, commit_version=version)
+        refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
         keys = pending.keys
-        exact = sum(map(len, keys)) <= LOG_KEYS_MAX_BYTES
+        exact = keys is not None and sum(map(len, keys)) <= LOG_KEYS_MAX_BYTES
         metas = [r.meta for r in accepted]
         record = CommitRecord(
             version=version,
             time=time.time(),
             txn_ids=tuple(r.txn_id for r in accepted),
-            segment_id=ref.id,
-            key_count=len(keys),
-            min_key=keys[0],
-            max_key=keys[-1],
-            keys=tuple(keys) if exact else None,
+            segment_id=refs[0].id if len(refs) == 1 else None,
+            key_count=sum(r.count for r in refs),
+            min_key=min(r.min_key for r in refs),
+            max_key=max(r.max_key for r in refs),
+            keys=tuple(keys) if exact and keys is not None else None,
             meta={"txns": metas} if any(m is not None for m in metas) else None,
         )
-        return base.with_commit(record, self._options.commit_log_length, add=(ref,))
+        return base.with_commit(record, self._options.commit_log_length, add=refs)
 
     async def _fetch_latest(self) -> tuple[Manifest, str]:
         await self._manifests.refresh()
         return self._manifests.current
 
     def _find_own_commit(
-        self, base: Manifest, accepted: list[CommitRequest], pending: _PendingSegment, maybe_applied: list[int]
+        self, base: Manifest, accepted: list[CommitRequest], pending: _Pending, maybe_applied: list[int]
     ) -> int | None:
         """The version an uncertain CAS of ours committed at, or None if none did (I5).
 
@@ -265,7 +281,7 @@ class Committer:
                     return version
                 continue
             # The log no longer reaches back: our segment is the other evidence.
-            if any(s.id == pending.ref.id for s in base.segments):
+            if any(s.id == pending.refs[0].id for s in base.segments):
                 return version
             raise CommitOutcomeUnknownError(
                 f"cannot tell whether the commit at version {version} was applied: the commit log "

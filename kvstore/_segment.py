@@ -92,57 +92,95 @@ class Block:
         return i if i < len(self.keys) and self.keys[i] == key else None
 
 
+class SegmentWriter:
+    """Builds a segment from entries added in order, handing out bytes as blocks fill.
+
+    Memory holds one block being filled, the bytes not yet taken and the
+    index (one row per block), so a segment of any size can be streamed.
+    """
+
+    def __init__(self, *, uniform_version: bool) -> None:
+        self._uniform = uniform_version
+        self._compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        self._out = bytearray(HEADER.pack(HEADER_MAGIC, FORMAT, 0))
+        self._written = 0  # bytes already taken from _out
+        self._index: list[list[object]] = []
+        self._keys: list[bytes] = []
+        self._versions: list[int] = []
+        self._values: list[bytes | None] = []
+        self._raw_bytes = 0
+        self.count = 0
+        self.min_version = 0
+        self.max_version = 0
+
+    def add(self, key: bytes, version: int, value: bytes | None) -> None:
+        """Append an entry; keys ascending, a key's versions descending."""
+        if self._keys and key != self._keys[-1] and self._raw_bytes >= BLOCK_TARGET_BYTES:
+            self._flush()
+        self._keys.append(key)
+        self._versions.append(version)
+        self._values.append(value)
+        self._raw_bytes += len(key) + (len(value) if value is not None else 0) + 12
+        if not self.count:
+            self.min_version = self.max_version = version
+        self.min_version = min(self.min_version, version)
+        self.max_version = max(self.max_version, version)
+        self.count += 1
+
+    def take(self) -> bytes:
+        """The bytes produced since the last call (whole blocks only)."""
+        data = bytes(self._out)
+        self._written += len(data)
+        self._out.clear()
+        return data
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._out)
+
+    def finish(self) -> bytes:
+        """Close the segment: the last block, the index and the footer (plus untaken bytes)."""
+        if not self.count:
+            raise ValueError("a segment needs at least one entry")
+        if self._keys:
+            self._flush()
+        index_offset = self._written + len(self._out)
+        index_block = self._compressor.compress(msgpack.packb(self._index, use_bin_type=True))
+        index_length = len(index_block) + CHECKSUM.size
+        body = FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
+        self._out.extend(index_block)
+        self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(index_block)))
+        self._out.extend(FOOTER.pack(index_offset, index_length, self.count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC))
+        return self.take()
+
+    @property
+    def min_key(self) -> bytes:
+        return self._index[0][0]  # type: ignore[return-value]
+
+    @property
+    def max_key(self) -> bytes:
+        return self._index[-1][1]  # type: ignore[return-value]
+
+    def _flush(self) -> None:
+        payload = msgpack.packb([self._keys, None if self._uniform else self._versions, self._values], use_bin_type=True)
+        block = self._compressor.compress(payload)
+        self._index.append([self._keys[0], self._keys[-1], self._written + len(self._out), len(block) + CHECKSUM.size])
+        self._out.extend(block)
+        self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(block)))
+        self._keys, self._versions, self._values = [], [], []
+        self._raw_bytes = 0
+
+
 def encode_segment(entries: Iterable[Entry], *, uniform_version: bool) -> EncodedSegment:
-    """Encode entries sorted by (key, version descending).
+    """Encode entries sorted by (key, version descending) into one segment in memory.
 
     With `uniform_version` the versions are not stored (commit segments).
     """
-    compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
-    out = bytearray(HEADER.pack(HEADER_MAGIC, FORMAT, 0))
-    index: list[list[object]] = []
-    keys: list[bytes] = []
-    versions: list[int] = []
-    values: list[bytes | None] = []
-    raw_bytes = 0
-    count = 0
-    min_version: int | None = None
-    max_version: int | None = None
-
-    def flush() -> None:
-        nonlocal raw_bytes
-        payload = msgpack.packb([keys, None if uniform_version else versions, values], use_bin_type=True)
-        block = compressor.compress(payload)
-        index.append([keys[0], keys[-1], len(out), len(block) + CHECKSUM.size])
-        out.extend(block)
-        out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(block)))
-        keys.clear()
-        versions.clear()
-        values.clear()
-        raw_bytes = 0
-
+    writer = SegmentWriter(uniform_version=uniform_version)
     for key, version, value in entries:
-        if keys and key != keys[-1] and raw_bytes >= BLOCK_TARGET_BYTES:
-            flush()
-        keys.append(key)
-        versions.append(version)
-        values.append(value)
-        raw_bytes += len(key) + (len(value) if value is not None else 0) + 12
-        count += 1
-        min_version = version if min_version is None else min(min_version, version)
-        max_version = version if max_version is None else max(max_version, version)
-    if not count:
-        raise ValueError("a segment needs at least one entry")
-    flush()
-    first_key, last_key = index[0][0], index[-1][1]
-    index_offset = len(out)
-    index_block = compressor.compress(msgpack.packb(index, use_bin_type=True))
-    out.extend(index_block)
-    out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(index_block)))
-    index_length = len(index_block) + CHECKSUM.size
-    body = FOOTER.pack(index_offset, index_length, count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
-    out.extend(FOOTER.pack(index_offset, index_length, count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC))
-    assert isinstance(first_key, bytes) and isinstance(last_key, bytes)
-    return EncodedSegment(bytes(out), count, first_key, last_key, min_version or 0, max_version or 0)
+        writer.add(key, version, value)
+    data = writer.finish()
+    return EncodedSegment(data, writer.count, writer.min_key, writer.max_key, writer.min_version, writer.max_version)
 
 
 def parse_footer(tail: bytes, object_name: str) -> tuple[int, int, int]:

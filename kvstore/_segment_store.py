@@ -5,16 +5,17 @@ from __future__ import annotations
 import secrets
 from bisect import bisect_left
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from ._cache import ByteLRU
 from ._manifest import SegmentRef
-from ._objectstore import RetryingObjectStore
+from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
     FOOTER,
     Block,
     EncodedSegment,
     SegmentIndex,
+    SegmentWriter,
     check_header,
     decode_block,
     parse_footer,
@@ -25,6 +26,8 @@ from ._segment import (
 WHOLE_READ_MAX_BYTES = 1024 * 1024
 # A ranged read of a large segment's tail fetches this much: footer and, usually, index.
 TAIL_READ_BYTES = 64 * 1024
+# Multipart upload part size for streamed segments (S3 needs >= 5 MiB but the last).
+PART_BYTES = 8 * 1024 * 1024
 
 Entry = tuple[bytes, int, "bytes | None"]
 
@@ -55,6 +58,59 @@ class SegmentStore:
         segment_id = new_object_id()
         await self._objects.put_if_absent(self.object_name(segment_id), encoded.data)
         return segment_id
+
+    async def write_sorted(self, entries: Iterable[Entry], *, uniform_version: bool) -> SegmentRef:
+        """Stream sorted entries into a new segment; returns its record (versions unset
+        for uniform segments). Memory holds about one upload part.
+
+        A segment that fits in one part is one PUT; a larger one is a multipart
+        upload completed with If-None-Match: * (POST, a PUT per part, POST).
+        """
+        writer = SegmentWriter(uniform_version=uniform_version)
+        segment_id = new_object_id()
+        name = self.object_name(segment_id)
+        upload_id: str | None = None
+        parts: list[tuple[int, str]] = []
+        size = 0
+        try:
+            for key, version, value in entries:
+                writer.add(key, version, value)
+                if writer.pending_bytes >= PART_BYTES:
+                    if upload_id is None:
+                        upload_id = await self._objects.start_multipart(name)
+                    data = writer.take()
+                    parts.append((len(parts) + 1, await self._objects.upload_part(name, upload_id, len(parts) + 1, data)))
+                    size += len(data)
+            tail = writer.finish()
+            size += len(tail)
+            if upload_id is None:
+                await self._objects.put_if_absent(name, tail)
+            else:
+                parts.append((len(parts) + 1, await self._objects.upload_part(name, upload_id, len(parts) + 1, tail)))
+                await self._complete(name, upload_id, parts, tail, size)
+        except BaseException:
+            if upload_id is not None:
+                await self._objects.abort_multipart(name, upload_id)
+            raise
+        return SegmentRef(
+            segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version
+        )
+
+    async def _complete(self, name: str, upload_id: str, parts: list[tuple[int, str]], tail: bytes, size: int) -> None:
+        try:
+            await self._objects.complete_multipart_if_absent(name, upload_id, parts)
+        except (PreconditionFailed, ObjectNotFound) as exc:
+            if isinstance(exc, PreconditionFailed) and not exc.maybe_ours:
+                raise
+            # An uncertain earlier attempt may have completed it (a retry then finds the
+            # object, or no upload): it is ours if it ends with our bytes, since the
+            # footer's checksum covers the index, which covers every block.
+            try:
+                blob = await self._objects.get(name, byte_range=(size - len(tail), size))
+            except ObjectNotFound:
+                raise exc from None
+            if blob is None or blob.data != tail:
+                raise
 
     async def index(self, ref: SegmentRef) -> SegmentIndex:
         return await self._cache.get_or_load(("index", ref.id), lambda: self._load_index(ref))

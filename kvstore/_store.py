@@ -6,15 +6,17 @@ import asyncio
 import logging
 import os
 import random
+import time
+import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ._cache import ByteLRU
-from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key
-from ._commit import Committer
+from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key, encode_value
+from ._commit import CommitRequest, Committer
 from ._compact import CompactionResult, Compactor, choose_inputs
 from ._errors import (
     ClosedError,
@@ -28,7 +30,7 @@ from ._errors import (
     VersionNotRetainedError,
 )
 from ._gc import GarbageCollector, GcReport
-from ._manifest import CommitRecord, Manifest
+from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, PreconditionFailed, RetryingObjectStore, S3Options
 from ._options import StoreOptions
@@ -251,6 +253,65 @@ class Store:
                 tx.discard()
                 raise
         raise AssertionError("unreachable")
+
+    async def bulk_load(
+        self,
+        items: Iterable[tuple[str | bytes, Any]] | AsyncIterable[tuple[str | bytes, Any]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        chunk_bytes: int = 64 * 1024 * 1024,
+    ) -> int:
+        """Write many (key, value) pairs, in any order, as one transaction; returns its version.
+
+        Pairs are gathered into chunks of about `chunk_bytes`, each sorted and
+        streamed into its own segment (multipart uploads for large ones); all
+        segments commit together in one manifest CAS, so readers see all or
+        nothing. If a key repeats, its last value wins. Memory stays around
+        one chunk plus one upload part. `progress(n)` is called with the number
+        of pairs written so far after each chunk. The write-size limits of
+        ordinary transactions do not apply; the key and value limits do.
+        """
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
+        started = time.monotonic()
+        refs: list[SegmentRef] = []
+        chunk: dict[bytes, bytes] = {}
+        chunk_size = loaded = 0
+
+        async def flush() -> None:
+            nonlocal chunk_size
+            refs.append(
+                await self._segments.write_sorted(((k, 0, chunk[k]) for k in sorted(chunk)), uniform_version=True)
+            )
+            chunk.clear()
+            chunk_size = 0
+            if progress is not None:
+                progress(loaded)
+
+        async for key, value in _as_async(items):
+            k = encode_key(key, self.options.max_key_bytes)
+            v = encode_value(value, self._values, self.options.max_value_bytes)
+            old = chunk.get(k)
+            chunk_size += len(k) + len(v) - (0 if old is None else len(k) + len(old))
+            chunk[k] = v
+            loaded += 1
+            if chunk_size >= chunk_bytes:
+                await flush()
+        if chunk:
+            await flush()
+        if not refs:
+            raise ValidationError("bulk_load got no items")
+        request = CommitRequest(
+            txn_id=uuid.uuid4().bytes,
+            read_version=None,
+            started=started,
+            read_keys=set(),
+            read_ranges=[],
+            writes={},
+            segments=refs[::-1],  # newest first: a later chunk wins a repeated key
+        )
+        return await self._committer.commit(request)
 
     async def snapshot(self, *, version: int | None = None, tag: str | None = None) -> Snapshot:
         """A consistent read-only view of the latest version, or of the past.
@@ -577,3 +638,11 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
 
     return StoreOpener(open_store)
 
+
+async def _as_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

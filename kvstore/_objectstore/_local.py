@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -60,6 +62,18 @@ class LocalObjectStore:
 
     async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
         return await _in_thread(self._copy_if_match, source, destination, etag)
+
+    async def start_multipart(self, name: str) -> str:
+        return await _in_thread(self._start_multipart)
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        return await _in_thread(self._upload_part, upload_id, part_number, data)
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        return await _in_thread(self._complete_multipart, name, upload_id, parts)
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        await _in_thread(shutil.rmtree, self._upload_dir(upload_id), True)
 
     async def head(self, name: str) -> ObjectInfo:
         return await _in_thread(self._head, name)
@@ -131,6 +145,49 @@ class LocalObjectStore:
             if blob.etag != etag:
                 raise PreconditionFailed(f"{source} changed")
             return self._put_if_absent(destination, blob.data)
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise ValueError(f"invalid upload id {upload_id!r}")
+        return self._root / _WORK_DIR / f"upload-{upload_id}"
+
+    def _start_multipart(self) -> str:
+        upload_id = uuid.uuid4().hex
+        self._upload_dir(upload_id).mkdir(parents=True)
+        return upload_id
+
+    def _upload_part(self, upload_id: str, part_number: int, data: bytes) -> str:
+        part = self._upload_dir(upload_id) / f"{part_number:05d}"
+        with open(part, "wb") as f:
+            f.write(data)
+        return content_etag(data)
+
+    def _complete_multipart(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        upload = self._upload_dir(upload_id)
+        path = self._path(name)
+        if not upload.is_dir():  # completed (or aborted) before
+            if path.exists():
+                raise PreconditionFailed(f"{name} exists")
+            raise ObjectNotFound(f"no upload {upload_id} for {name}")
+        tmp = self._root / _WORK_DIR / f"tmp-{uuid.uuid4().hex}"
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(tmp, "wb") as out:
+            for number, _ in parts:
+                data = (upload / f"{number:05d}").read_bytes()
+                digest.update(data)
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(tmp, path)
+        except FileExistsError:
+            raise PreconditionFailed(f"{name} exists") from None
+        finally:
+            tmp.unlink()
+        _fsync_dir(path.parent)
+        shutil.rmtree(upload, ignore_errors=True)
+        return '"' + digest.hexdigest() + '"'
 
     def _head(self, name: str) -> ObjectInfo:
         path = self._path(name)

@@ -7,6 +7,7 @@ Stores opened with the same name in one process share their objects, so
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ class _Object:
 
 
 _BUCKETS: dict[str, dict[str, _Object]] = {}
+_UPLOADS: dict[str, dict[int, bytes]] = {}
 
 
 class MemoryObjectStore:
@@ -63,6 +65,26 @@ class MemoryObjectStore:
         if obj.etag != etag or destination in self._objects:
             raise PreconditionFailed(f"copy {source} -> {destination}: precondition failed")
         return self._store(destination, obj.data)
+
+    async def start_multipart(self, name: str) -> str:
+        upload_id = uuid.uuid4().hex
+        _UPLOADS[upload_id] = {}
+        return upload_id
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        _UPLOADS[upload_id][part_number] = bytes(data)
+        return content_etag(data)
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        if name in self._objects:
+            raise PreconditionFailed(f"{name} exists")
+        if upload_id not in _UPLOADS:
+            raise ObjectNotFound(f"no upload {upload_id} for {name}")
+        uploaded = _UPLOADS.pop(upload_id)
+        return self._store(name, b"".join(uploaded[n] for n, _ in parts))
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        _UPLOADS.pop(upload_id, None)
 
     async def head(self, name: str) -> ObjectInfo:
         obj = self._lookup(name)

@@ -107,6 +107,25 @@ class ObjectStore(Protocol):
         """
         ...
 
+    async def start_multipart(self, name: str) -> str:
+        """Begin a multipart upload of `name`; returns its upload id."""
+        ...
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """Upload part `part_number` (1-based; all but the last >= 5 MiB); returns its ETag."""
+        ...
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """Assemble the parts into `name` only if it does not exist (If-None-Match: *).
+
+        Returns the object's ETag; raises PreconditionFailed if it exists.
+        """
+        ...
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        """Discard an unfinished upload and its parts."""
+        ...
+
     async def head(self, name: str) -> ObjectInfo:
         """Describe an object. Raises ObjectNotFound."""
         ...

@@ -76,6 +76,18 @@ class RetryingObjectStore:
     async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
         return await self._call("COPY", lambda: self.inner.copy_if_match(source, destination, etag))
 
+    async def start_multipart(self, name: str) -> str:
+        return await self._call("POST", lambda: self.inner.start_multipart(name))
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        return await self._call("PUT", lambda: self.inner.upload_part(name, upload_id, part_number, data))
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        return await self._call("POST", lambda: self.inner.complete_multipart_if_absent(name, upload_id, parts))
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        await self._call("DELETE", lambda: self.inner.abort_multipart(name, upload_id))
+
     async def head(self, name: str) -> ObjectInfo:
         return await self._call("HEAD", lambda: self.inner.head(name))
 

@@ -161,6 +161,45 @@ class S3ObjectStore:
             raise self._translate(exc, destination, write=True) from exc
         return str(response["CopyObjectResult"]["ETag"])
 
+    async def start_multipart(self, name: str) -> str:
+        client = await self._get_client()
+        try:
+            response = await client.create_multipart_upload(Bucket=self._bucket, Key=name, **self._write_args)
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+        return str(response["UploadId"])
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        client = await self._get_client()
+        try:
+            response = await client.upload_part(
+                Bucket=self._bucket, Key=name, UploadId=upload_id, PartNumber=part_number, Body=data, **self._read_args
+            )
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+        return str(response["ETag"])
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        client = await self._get_client()
+        try:
+            response = await client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=name,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+        return str(response["ETag"])
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        client = await self._get_client()
+        try:
+            await client.abort_multipart_upload(Bucket=self._bucket, Key=name, UploadId=upload_id)
+        except Exception as exc:
+            raise self._translate(exc, name, write=True) from exc
+
     async def head(self, name: str) -> ObjectInfo:
         client = await self._get_client()
         try:
@@ -238,7 +277,7 @@ class S3ObjectStore:
         if isinstance(exc, ClientError):
             code = _code(exc)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
                 return ObjectNotFound(name)
             if code in ("PreconditionFailed", "412"):
                 return PreconditionFailed(f"{name}: precondition failed")

@@ -14,6 +14,8 @@ Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
 * ``lost_response``: the request is applied, then its response is lost (the
   client sees a timeout) — the case that makes conditional writes ambiguous;
 * ``latency`` + ``jitter``: seconds added before each request;
+* ``pass`` (scripted only): no fault for this call, to aim the next scripted
+  fault at a later call;
 * ``crash`` / ``crash_after_apply`` (scripted only): the writer stops right
   before / right after the request reaches the store. `SimulatedCrash` is
   raised and every later call raises it too, so the store sees nothing more
@@ -42,9 +44,23 @@ from typing import Literal, TypeVar
 from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, PreconditionFailed, TransientError
 
 T = TypeVar("T")
-Operation = Literal["get", "put_if_absent", "put_if_match", "head", "list", "delete"]
-FaultKind = Literal["error", "conflict", "timeout", "lost_response", "crash", "crash_after_apply"]
-_WRITES = frozenset({"put_if_absent", "put_if_match", "delete"})
+Operation = Literal[
+    "get",
+    "put_if_absent",
+    "put_if_match",
+    "copy_if_match",
+    "start_multipart",
+    "upload_part",
+    "complete_multipart_if_absent",
+    "abort_multipart",
+    "head",
+    "list",
+    "delete",
+]
+FaultKind = Literal["error", "conflict", "timeout", "lost_response", "crash", "crash_after_apply", "pass"]
+_WRITES = frozenset(
+    {"put_if_absent", "put_if_match", "copy_if_match", "upload_part", "complete_multipart_if_absent", "delete"}
+)
 
 
 class SimulatedCrash(BaseException):
@@ -131,6 +147,23 @@ class FaultInjectingStore:
 
         return await self._run("put_if_match", attempt)
 
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        return await self._run("copy_if_match", lambda: self.inner.copy_if_match(source, destination, etag))
+
+    async def start_multipart(self, name: str) -> str:
+        return await self._run("start_multipart", lambda: self.inner.start_multipart(name))
+
+    async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
+        return await self._run("upload_part", lambda: self.inner.upload_part(name, upload_id, part_number, data))
+
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        return await self._run(
+            "complete_multipart_if_absent", lambda: self.inner.complete_multipart_if_absent(name, upload_id, parts)
+        )
+
+    async def abort_multipart(self, name: str, upload_id: str) -> None:
+        await self._run("abort_multipart", lambda: self.inner.abort_multipart(name, upload_id))
+
     async def head(self, name: str) -> ObjectInfo:
         return await self._run("head", lambda: self.inner.head(name))
 
@@ -195,6 +228,8 @@ class FaultInjectingStore:
                     fault = kind  # type: ignore[assignment]
                     break
                 roll -= rate
+        if fault == "pass":
+            return None
         if fault is not None:
             self.injected[f"{operation}:{fault}"] += 1
         return fault

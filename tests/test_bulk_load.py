@@ -1,0 +1,90 @@
+"""Bulk load: large, unsorted input committed as one transaction with bounded memory."""
+
+from __future__ import annotations
+
+import os
+import random
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+
+import kvstore
+import kvstore._segment_store as segment_store
+from kvstore.testing.faults import FaultInjectingStore
+from targets import Target
+
+
+async def test_unsorted_input_with_repeats_last_wins(target: Target) -> None:
+    rng = random.Random(5)
+    items = [(f"k{rng.randrange(3000):05d}", rng.randbytes(20)) for _ in range(6000)]
+    expected = {b"k00001": b"before"} | {k.encode(): v for k, v in items}
+    seen: list[int] = []
+    async with target.open(options=kvstore.StoreOptions(auto_compact=False)) as db:
+        await db.put(b"k00001", b"before")
+        version = await db.bulk_load(items, progress=seen.append, chunk_bytes=20_000)
+        assert version == 2  # one commit for everything
+        assert seen == sorted(seen) and seen[-1] == len(items) and len(seen) > 3  # several chunks
+        assert dict([kv async for kv in db.scan()]) == expected
+        for key in list(expected)[:50]:
+            assert await db.get(key) == expected[key]
+        await db.compact(full=True)  # merging chunks keeps "last wins"
+        assert dict([kv async for kv in db.scan()]) == expected
+
+
+async def test_async_input_and_msgpack_values(target: Target) -> None:
+    async def rows() -> AsyncIterator[tuple[str, dict[str, int]]]:
+        for i in range(500):
+            yield f"row/{i:04d}", {"i": i}
+
+    async with target.open(values="msgpack") as db:
+        await db.bulk_load(rows())
+        assert [v["i"] async for _, v in db.scan(prefix="row/", limit=3)] == [0, 1, 2]
+        with pytest.raises(kvstore.InvalidValueError):
+            await db.bulk_load([("x", object())])
+        with pytest.raises(kvstore.ValidationError, match="no items"):
+            await db.bulk_load([])
+
+
+async def test_large_segments_use_multipart_and_resolve_lost_completion(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if target.kind != "s3":
+        monkeypatch.setattr(segment_store, "PART_BYTES", 256 * 1024)  # S3 itself needs >= 5 MiB parts
+    made: list[FaultInjectingStore] = []
+
+    def wrap(inner: object) -> FaultInjectingStore:
+        made.append(FaultInjectingStore(inner))  # type: ignore[arg-type]
+        return made[0]
+
+    rng = random.Random(1)
+    n = 60_000 if target.kind == "s3" else 6_000
+    items = [(b"b%07d" % i, rng.randbytes(200)) for i in range(n)]  # incompressible: about 12 MB on S3
+    async with target.open(wrap_object_store=wrap) as db:
+        made[0].script("complete_multipart_if_absent", "lost_response")
+        await db.bulk_load(items)
+        assert made[0].injected["complete_multipart_if_absent:lost_response"] == 1
+        assert db.statistics()["requests"].get("POST", 0) >= 3  # start + completion retried
+        assert await db.get(b"b%07d" % (n - 1)) == items[-1][1]
+        assert len([k async for k, _ in db.scan()]) == n
+        assert (await db.verify()).ok
+
+
+def test_memory_stays_bounded(tmp_path: os.PathLike[str]) -> None:
+    """Peak memory depends on the chunk size, not on how much is loaded."""
+    import asyncio
+
+    async def peak_for(n: int, path: str) -> int:
+        async with kvstore.open(path) as db:
+            pairs = ((b"m%08d" % ((i * 7919) % n), b"v" * 80) for i in range(n))
+            tracemalloc.start()
+            await db.bulk_load(pairs, chunk_bytes=256 * 1024)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert await db.get(b"m%08d" % (n - 1)) == b"v" * 80
+            return peak
+
+    small = asyncio.run(peak_for(5_000, f"{tmp_path}/small"))
+    large = asyncio.run(peak_for(20_000, f"{tmp_path}/large"))  # 1.8 MB of pairs
+    assert large < 1.3 * small + 256 * 1024, (small, large)
+    assert large < 1.2e6, large
