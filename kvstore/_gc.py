@@ -1,25 +1,35 @@
 """Garbage collection: deleting segments and manifest copies nothing needs (I7).
 
-An object is deleted only if no current manifest, tagged manifest or
-commit-log record references it, it is not a segment retired by compaction
-less than the grace period ago, **and** the object itself is older than the
-grace period. Listing happens before the manifest is read, so a segment
-committed (or retired) during the run is seen as referenced; one written
-during the run is not listed at all.
+Mark and sweep across runs. An object is *unreferenced* when no current
+manifest, tagged manifest or commit-log record names it. A run deletes an
+unreferenced object only if it was already unreferenced when some run saw it
+at least `grace_period` ago **and** the object itself is older than that.
+The marks live in `<prefix>gc/marks` (replaced with If-Match by GC runs
+only), so the manifest carries no GC state and commits never contend with GC.
+
+Why both clocks: a segment replaced by compaction may still be read through
+an older snapshot; it is deleted only a grace period after it stopped being
+referenced. A segment written by a commit in progress is unreferenced but
+young; it is kept until it is older than the grace period, and writers never
+commit a segment that old (I8). Listing happens before the manifest is read,
+so a segment committed during the run is seen as referenced.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from ._manifest import CommitRecord
+import msgpack
+
+from ._envelope import seal, unseal
 from ._manifest_store import ManifestStore
-from ._objectstore import ObjectInfo, PreconditionFailed, RetryingObjectStore
+from ._objectstore import ObjectInfo, ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._tags import TagStore
 
-_FORGET_ATTEMPTS = 5
+_FORMAT = 1
+_MAGIC = b"KVGC"
+_MARK_ATTEMPTS = 5
 
 
 @dataclass
@@ -35,84 +45,85 @@ class GcReport:
 class GarbageCollector:
     """Collects one store's unreferenced segments and manifest copies."""
 
-    def __init__(
-        self,
-        objects: RetryingObjectStore,
-        manifests: ManifestStore,
-        tags: TagStore,
-        segments_prefix: str,
-        log_length: int,
-    ) -> None:
+    def __init__(self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, prefix: str) -> None:
         self._objects = objects
         self._manifests = manifests
         self._tags = tags
-        self._segments_prefix = segments_prefix
-        self._log_length = log_length
+        self._segments_prefix = f"{prefix}segments/"
+        self._marks_name = f"{prefix}gc/marks"
 
     async def collect(self, *, grace_period: float, dry_run: bool) -> GcReport:
-        """One pass. Costs a LIST of segments and manifest copies, a LIST and a GET
-        per tag, a GET of each tagged manifest, a DELETE per deleted object and,
-        when retired segments were deleted, one manifest CAS to forget them."""
+        """One pass. Costs a LIST of segments and of manifest copies, a LIST and a
+        GET per tag, a GET per tagged manifest, a GET and (unless a dry run) a PUT
+        of the marks, and a DELETE per deleted object."""
         now = time.time()
-        segment_objects = [o async for o in self._objects.list(self._segments_prefix)]
-        snapshot_objects = [o async for o in self._objects.list(self._tags.snapshots_prefix)]
+        listed = [o async for o in self._objects.list(self._segments_prefix)]
+        listed += [o async for o in self._objects.list(self._tags.snapshots_prefix)]
         tags = await self._tags.list()
         manifest = await self._manifests.refresh()
 
         reasons: dict[str, str] = {}
         for record in manifest.log:
             if record.segment_id is not None:
-                reasons[record.segment_id] = f"named by the commit log (version {record.version})"
-        for segment_id, retired_at in manifest.retired:
-            if retired_at > now - grace_period:
-                reasons[segment_id] = "retired by compaction less than the grace period ago"
-        tagged_snapshots = set()
+                reasons[self._segment_name(record.segment_id)] = f"named by the commit log (version {record.version})"
         for tag in tags:
-            tagged_snapshots.add(self._tags.snapshot_name(tag.version))
+            reasons[self._tags.snapshot_name(tag.version)] = f"manifest copy of tag {tag.name!r}"
             for ref in (await self._tags.manifest(tag)).segments:
-                reasons[ref.id] = f"kept by tag {tag.name!r}"
+                reasons[self._segment_name(ref.id)] = f"kept by tag {tag.name!r}"
         for ref in manifest.segments:
-            reasons[ref.id] = "live"
+            reasons[self._segment_name(ref.id)] = "live"
 
+        marks, marks_etag = await self._read_marks()
         report = GcReport(dry_run)
-        for info in segment_objects:
-            segment_id = info.name[len(self._segments_prefix) :].removesuffix(".seg")
-            self._judge(report, info, reasons.get(segment_id), now, grace_period)
-        for info in snapshot_objects:
-            reason = "manifest copy of a tag" if info.name in tagged_snapshots else None
-            self._judge(report, info, reason, now, grace_period)
-        for name in [] if dry_run else report.deleted:
+        new_marks: dict[str, float] = {}
+        for info in listed:
+            reason = reasons.get(info.name) or self._too_young(info, marks.get(info.name, now), now, grace_period)
+            if reason is not None:
+                report.kept[info.name] = reason
+                if info.name not in reasons:
+                    new_marks[info.name] = marks.get(info.name, now)
+            else:
+                report.deleted.append(info.name)
+                report.bytes_deleted += info.size
+        if dry_run:
+            return report
+        for name in report.deleted:
             await self._objects.delete(name)
-        deleted_ids = {n[len(self._segments_prefix) :].removesuffix(".seg") for n in report.deleted}
-        if not dry_run and deleted_ids & {r[0] for r in manifest.retired}:
-            await self._forget_retired(deleted_ids)
+        await self._write_marks(new_marks, marks_etag)
         return report
 
-    def _judge(self, report: GcReport, info: ObjectInfo, reason: str | None, now: float, grace: float) -> None:
-        if reason is None and now - info.last_modified < grace:
-            reason = "younger than the grace period (may belong to a commit in progress)"
-        if reason is None:
-            report.deleted.append(info.name)
-            report.bytes_deleted += info.size
-        else:
-            report.kept[info.name] = reason
+    def _segment_name(self, segment_id: str) -> str:
+        return f"{self._segments_prefix}{segment_id}.seg"
 
-    async def _forget_retired(self, deleted: set[str]) -> None:
-        """Drop deleted segments from the manifest's retired list (best effort:
-        a later run retries, and a stale entry only costs a few bytes)."""
-        gc_id = uuid.uuid4().bytes
-        for _ in range(_FORGET_ATTEMPTS):
-            base, etag = self._manifests.current
-            gone = frozenset(i for i, _ in base.retired if i in deleted)
-            if not gone:
-                return
-            record = CommitRecord(
-                base.version + 1, time.time(), (gc_id,), None, 0, b"", b"", (), {"gc": {"forgotten": len(gone)}}
-            )
-            new = base.with_commit(record, self._log_length).without_retired(gone)
+    @staticmethod
+    def _too_young(info: ObjectInfo, marked_at: float, now: float, grace: float) -> str | None:
+        if now - info.last_modified < grace:
+            return "younger than the grace period (may belong to a commit in progress)"
+        if now - marked_at < grace:
+            return "unreferenced for less than the grace period (an older snapshot may still read it)"
+        return None
+
+    async def _read_marks(self) -> tuple[dict[str, float], str | None]:
+        try:
+            blob = await self._objects.get(self._marks_name)
+        except ObjectNotFound:
+            return {}, None
+        assert blob is not None
+        payload = unseal(blob.data, _MAGIC, _FORMAT, self._marks_name, "gc marks")
+        return dict(msgpack.unpackb(payload, raw=False)), blob.etag
+
+    async def _write_marks(self, marks: dict[str, float], etag: str | None) -> None:
+        """Save the marks; a concurrent run's marks win (ours are only ever later)."""
+        data = seal(_MAGIC, _FORMAT, msgpack.packb(marks, use_bin_type=True))
+        for _ in range(_MARK_ATTEMPTS):
             try:
-                await self._manifests.compare_and_swap(new, etag)
+                if etag is None:
+                    await self._objects.put_if_absent(self._marks_name, data)
+                else:
+                    await self._objects.put_if_match(self._marks_name, data, etag)
                 return
             except PreconditionFailed:
-                await self._manifests.refresh()
-
+                theirs, etag = await self._read_marks()
+                # Earliest mark wins: a later mark only delays deletion, never hastens it.
+                marks = {name: min(at, theirs.get(name, at)) for name, at in marks.items()}
+                data = seal(_MAGIC, _FORMAT, msgpack.packb(marks, use_bin_type=True))

@@ -97,8 +97,6 @@ class Manifest:
     log: tuple[CommitRecord, ...] = ()
     log_start: int = 0  # the log holds every commit with version > log_start
     settings: dict[str, Any] = field(default_factory=dict)
-    # Segments replaced by compaction and when: kept until garbage collection.
-    retired: tuple[tuple[str, float], ...] = ()
     # Every version >= history_floor can be read exactly (compaction keeps them).
     history_floor: int = 0
 
@@ -127,7 +125,6 @@ class Manifest:
 
         `add` takes the place of the first removed segment, or goes in front
         (the list is newest first; equal versions are ordered by position).
-        `remove`d segments move to the retired list with the commit's time.
         """
         assert record.version == self.version + 1, "I3: a commit must increase the version by one"
         log = (*self.log, record)
@@ -140,20 +137,14 @@ class Manifest:
         kept = [s for s in self.segments[:at] if s.id not in remove]
         kept += [*add, *(s for s in self.segments[at:] if s.id not in remove)]
         assert len(kept) == len(self.segments) - len(remove) + len(add), "removing a segment that is not live"
-        retired = self.retired + tuple((segment_id, record.time) for segment_id in sorted(remove))
         return replace(
             self,
             version=record.version,
             segments=tuple(kept),
             log=log,
             log_start=log_start,
-            retired=retired,
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
         )
-
-    def without_retired(self, segment_ids: frozenset[str]) -> Manifest:
-        """A copy whose retired list forgets `segment_ids` (garbage collection deleted them)."""
-        return replace(self, retired=tuple(r for r in self.retired if r[0] not in segment_ids))
 
 
 def encode_manifest(m: Manifest) -> bytes:
@@ -165,7 +156,6 @@ def encode_manifest(m: Manifest) -> bytes:
             "log_start": m.log_start,
             "settings": m.settings,
             "history_floor": m.history_floor,
-            "retired": [list(r) for r in m.retired],
             "segments": [
                 [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
                 for s in m.segments
@@ -193,7 +183,6 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
             log_start=doc["log_start"],
             settings=doc["settings"],
             history_floor=doc["history_floor"],
-            retired=tuple((r[0], r[1]) for r in doc["retired"]),
             segments=tuple(SegmentRef(*row) for row in doc["segments"]),
             log=tuple(
                 CommitRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], r[6], None if r[7] is None else tuple(r[7]), r[8])

@@ -44,6 +44,8 @@ class StoreOptions:
         history_versions: recent versions `snapshot(version=N)` can read
             exactly (compaction keeps their data); tags keep older ones.
         history_seconds: also keep versions committed this recently.
+        auto_gc_interval: if set, a writer also garbage-collects after a
+            background compaction, at most once per this many seconds.
     """
 
     max_key_bytes: int = 4 * KiB
@@ -62,6 +64,7 @@ class StoreOptions:
     compaction_fanout: int = 8
     history_versions: int = 100
     history_seconds: float = 0.0
+    auto_gc_interval: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_transaction_age * 2 >= self.segment_grace_period:

@@ -174,9 +174,8 @@ class Store:
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
         self._compactor = Compactor(manifests, self._segments, options)
         self._tags = TagStore(objects, location.prefix)
-        self._gc = GarbageCollector(
-            objects, manifests, self._tags, self._segments.segments_prefix, options.commit_log_length
-        )
+        self._gc = GarbageCollector(objects, manifests, self._tags, location.prefix)
+        self._last_gc = time.monotonic()
         self._background: asyncio.Task[None] | None = None
         self._views: dict[int, SnapshotView] = {}
         self._rng = random.Random()
@@ -507,8 +506,12 @@ class Store:
         try:
             while await self._compactor.compact() is not None:
                 pass
+            interval = self.options.auto_gc_interval
+            if interval is not None and time.monotonic() - self._last_gc >= interval:
+                self._last_gc = time.monotonic()
+                await self._gc.collect(grace_period=self.options.segment_grace_period, dry_run=False)
         except KvStoreError as exc:
-            _log.warning("background compaction of %s failed (will retry after a later commit): %s", self.url, exc)
+            _log.warning("background compaction or GC of %s failed (retried after a later commit): %s", self.url, exc)
 
     async def __aenter__(self) -> Store:
         return self

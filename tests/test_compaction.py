@@ -59,7 +59,7 @@ async def test_full_compaction_preserves_every_read(target: Target) -> None:
             key = f"k{i:02d}".encode()
             assert await db.get(key) == expected.get(key)
         manifest, _ = db._manifests.current
-        assert len(manifest.segments) == 1 and len(manifest.retired) == 30
+        assert len(manifest.segments) == 1
     async with target.open() as db:  # a fresh process view agrees
         assert dict([kv async for kv in db.scan()]) == expected
 

@@ -1,0 +1,1098 @@
+"""The `kvstore` command line: a thin layer over the public async API.
+
+Every subcommand opens the store named by its first argument (or by the
+``KVSTORE_URL`` environment variable), runs one coroutine with
+``asyncio.run`` and prints the result: aligned text for people, or one JSON
+document (``--json``) for scripts. ``export`` and ``watch`` stream JSON
+Lines.
+
+Errors are one line on stderr (the kvstore exception's message); ``--debug``
+adds the traceback. Exit codes are listed in ``EXIT_CODES`` and in the
+``--help`` epilog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+import msgpack
+
+import kvstore
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_DAMAGED = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "a kvstore error (the message says what to do)",
+    EXIT_USAGE: "usage error: bad option or argument",
+    EXIT_NOT_FOUND: "not found: missing key (get), store, bucket or tag",
+    EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
+    EXIT_DAMAGED: "damage: verify found damaged objects, or a read hit a corrupt one",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); watch exits 0 instead",
+}
+
+URL_ENV = "KVSTORE_URL"
+_BYTES_MARK = "$base64"  # how bytes inside msgpack values appear in JSON
+
+_EPILOG = (
+    "\b\nThe store URL is the first argument of every command (s3://bucket/prefix,\n"
+    f"file:///path or a plain path); when it is left out, {URL_ENV} is used.\n"
+    "S3 endpoint and credentials come the AWS way: --endpoint-url or\n"
+    "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, --profile or AWS_PROFILE,\n"
+    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, instance roles.\n"
+    "\b\nExit codes:\n"
+    + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+)
+
+
+class CliError(Exception):
+    """An error of the command line itself (bad input file, missing key), with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclasses.dataclass
+class State:
+    """Settings shared by the group and its subcommands (set at either level)."""
+
+    json: bool = False
+    debug: bool = False
+    progress: bool | None = None  # None: only when stderr is a terminal
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_customer_key_file: str | None = None
+
+    def s3_options(self) -> kvstore.S3Options | None:
+        """Encryption settings for S3, or None when none were given."""
+        if not (self.sse or self.sse_kms_key_id or self.sse_customer_key_file):
+            return None
+        key = None
+        if self.sse_customer_key_file:
+            try:
+                with open(self.sse_customer_key_file, "rb") as f:
+                    key = f.read()
+            except OSError as exc:
+                raise CliError(f"cannot read the SSE-C key file: {exc}") from exc
+            if len(key) != 32:
+                raise CliError(f"an SSE-C key is 32 raw bytes; {self.sse_customer_key_file} has {len(key)}")
+        return kvstore.S3Options(sse=self.sse, sse_kms_key_id=self.sse_kms_key_id, sse_customer_key=key)
+
+    def show_progress(self) -> bool:
+        """Whether to draw progress bars (on stderr)."""
+        if self.progress is not None:
+            return self.progress
+        return sys.stderr.isatty()
+
+
+def _state() -> State:
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj
+    if not isinstance(obj, State):
+        obj = ctx.find_root().obj = State()
+    return obj
+
+
+# ----------------------------------------------------------------- common options
+# Accepted before the subcommand (with environment defaults) and after it
+# (overriding), like the AWS CLI's global options.
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setter(field_name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A callback storing an option's value in the shared State, if the user gave it."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        source = ctx.get_parameter_source(param.name or "")
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            if value is not None and value != "":
+                setattr(_state(), field_name, value)
+
+    return callback
+
+
+def _common_options(group_level: bool) -> Callable[[F], F]:
+    def env(*names: str) -> list[str] | None:
+        return list(names) if group_level else None
+
+    options = [
+        click.option("--json", "json_", is_flag=True, expose_value=False,
+                     callback=_setter("json"), help="Print JSON for scripts (one document; JSON Lines for export and watch)."),
+        click.option("--debug", is_flag=True, expose_value=False, callback=_setter("debug"),
+                     help="Show tracebacks and kvstore's debug log."),
+        click.option("--progress/--no-progress", default=None, expose_value=False, callback=_setter("progress"),
+                     help="Draw progress bars on stderr (default: when stderr is a terminal)."),
+        click.option("--endpoint-url", metavar="URL", envvar=env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+                     expose_value=False, callback=_setter("endpoint_url"),
+                     help="S3-compatible endpoint [env: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL]."),
+        click.option("--profile", metavar="NAME", envvar=env("AWS_PROFILE"), expose_value=False,
+                     callback=_setter("profile"), help="AWS shared-config profile [env: AWS_PROFILE]."),
+        click.option("--region", metavar="NAME", envvar=env("AWS_REGION", "AWS_DEFAULT_REGION"), expose_value=False,
+                     callback=_setter("region"), help="AWS region [env: AWS_REGION, AWS_DEFAULT_REGION]."),
+        click.option("--sse", type=click.Choice(["AES256", "aws:kms"]), expose_value=False, callback=_setter("sse"),
+                     help="Server-side encryption for new objects (SSE-S3 or SSE-KMS)."),
+        click.option("--sse-kms-key-id", metavar="KEY", expose_value=False, callback=_setter("sse_kms_key_id"),
+                     help="KMS key for --sse aws:kms."),
+        click.option("--sse-customer-key-file", metavar="PATH", expose_value=False,
+                     callback=_setter("sse_customer_key_file"),
+                     help="File holding a 32-byte SSE-C key, sent with every request."),
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+class _Group(click.Group):
+    """A group that knows command aliases (``ls`` for ``scan``)."""
+
+    aliases = {"ls": "scan"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd is not None else name), cmd, rest
+
+
+@click.group(cls=_Group, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(kvstore.__version__, prog_name="kvstore")
+@_common_options(group_level=True)
+def cli() -> None:
+    """kvstore: a transactional, ordered key-value store on an S3 bucket.
+
+    \b
+    Examples:
+      kvstore init ./data
+      kvstore put ./data greeting hello
+      kvstore get ./data greeting
+      kvstore scan s3://bucket/prefix --prefix users/ --json
+      KVSTORE_URL=s3://bucket/prefix kvstore export -o backup.jsonl
+    """
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[str]]:
+    """Split ``[URL] NAMES...``: the URL is there when one more argument than NAMES was given."""
+    spelled = " ".join(["[URL]", *names])
+    if len(args) == len(names) + 1:
+        return args[0], list(args[1:])
+    if len(args) == len(names):
+        url = os.environ.get(URL_ENV)
+        if not url:
+            raise click.UsageError(f"no store URL: give it as the first argument ({spelled}) or set {URL_ENV}")
+        return url, list(args)
+    raise click.UsageError(f"expected {spelled}, got {len(args)} argument(s)")
+
+
+def _url_argument(names: str = "") -> Callable[[F], F]:
+    return click.argument("args", nargs=-1, metavar=("[URL] " + names).strip())
+
+
+@asynccontextmanager
+async def _open(url: str, *, write: bool = False, create: bool = False) -> AsyncIterator[kvstore.Store]:
+    """Open the store with the shared S3 settings; read-only unless `write`."""
+    s = _state()
+    async with kvstore.open(
+        url,
+        create=create,
+        read_only=not write,
+        endpoint_url=s.endpoint_url or None,
+        profile=s.profile or None,
+        region_name=s.region or None,
+        s3_options=s.s3_options(),
+    ) as db:
+        yield db
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False))
+
+
+def _key_text(key: bytes) -> str:
+    """A key for people: its UTF-8 text, with undecodable bytes escaped."""
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _key_json(key: bytes) -> dict[str, str]:
+    """A key for JSON: ``{"key": text}`` when it is UTF-8, else ``{"key_base64": ...}``."""
+    try:
+        return {"key": key.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"key_base64": base64.b64encode(key).decode()}
+
+
+def _key_from_json(doc: dict[str, Any], where: str) -> bytes:
+    if isinstance(doc.get("key"), str) and doc["key"]:
+        return str(doc["key"]).encode("utf-8")
+    if isinstance(doc.get("key_base64"), str):
+        try:
+            return base64.b64decode(doc["key_base64"], validate=True)
+        except ValueError as exc:
+            raise CliError(f"{where}: key_base64 is not valid base64: {exc}") from None
+    raise CliError(f'{where}: expected {{"key": "...", "value": ...}} (or "key_base64")')
+
+
+def jsonable(value: Any, where: str = "value") -> Any:
+    """A msgpack-decoded value as JSON: bytes become ``{"$base64": ...}``.
+
+    Raises CliError for what JSON cannot carry faithfully (maps with
+    non-string keys, NaN, extension types).
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise CliError(f"{where}: {value} has no JSON form; use --values bytes")
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {_BYTES_MARK: base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, where) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CliError(f"{where}: a map key {k!r} is not a string, which JSON cannot carry; use --values bytes")
+            out[k] = jsonable(v, where)
+        return out
+    raise CliError(f"{where}: a {type(value).__name__} has no JSON form; use --values bytes")
+
+
+def from_jsonable(value: Any) -> Any:
+    """The inverse of `jsonable`: ``{"$base64": ...}`` objects become bytes again."""
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_BYTES_MARK), str):
+            return base64.b64decode(value[_BYTES_MARK], validate=True)
+        return {k: from_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _decode_msgpack(raw: bytes, key: bytes) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise CliError(f"the value of {_key_text(key)!r} is not msgpack ({exc}); use --values bytes") from None
+
+
+def _value_json(raw: bytes, key: bytes, mode: str) -> Any:
+    """A stored value for JSON output: base64 text, or the decoded msgpack object."""
+    if mode == "msgpack":
+        return jsonable(_decode_msgpack(raw, key), f"the value of {_key_text(key)!r}")
+    return base64.b64encode(raw).decode()
+
+
+def _value_text(raw: bytes, key: bytes, mode: str) -> str:
+    """A stored value for a table: UTF-8 text when printable, else an escaped bytes literal."""
+    if mode == "msgpack":
+        return json.dumps(_value_json(raw, key, mode), ensure_ascii=False)
+    try:
+        text = raw.decode("utf-8")
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return repr(raw)
+
+
+def _encode_input(data: bytes, mode: str, where: str) -> bytes:
+    """Bytes to store from command-line input: as is, or JSON text packed as msgpack."""
+    if mode != "msgpack":
+        return data
+    try:
+        value = from_jsonable(json.loads(data))
+    except ValueError as exc:
+        raise CliError(f"{where}: --values msgpack takes JSON: {exc}") from None
+    return bytes(msgpack.packb(value, use_bin_type=True))
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
+    """Print rows as left-aligned columns (the last column is not padded)."""
+    all_rows = ([list(header)] if header else []) + [list(r) for r in rows]
+    if not all_rows:
+        return
+    widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(len(r) for r in all_rows))]
+    for r in all_rows:
+        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        click.echo("  ".join(cells).rstrip())
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _snapshot_options(f: F) -> F:
+    f = click.option("--tag", "tag_name", metavar="NAME", help="Read the version retained under this tag.")(f)
+    f = click.option("--version", "at_version", type=int, metavar="N", help="Read store version N (a past one).")(f)
+    return f
+
+
+def _values_option(*choices: str) -> Callable[[F], F]:
+    return click.option(
+        "--values",
+        "values",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help="bytes: values are opaque (base64 in JSON); msgpack: decode/encode msgpack values as JSON.",
+    )
+
+
+async def _snapshot(db: kvstore.Store, version: int | None, tag: str | None) -> kvstore.Snapshot:
+    return await db.snapshot(version=version, tag=tag)
+
+
+@contextmanager
+def _bar(
+    label: str,
+    length: int | None = None,
+    item: Callable[[Any], str | None] | None = None,
+    count: bool = False,
+) -> Iterator[Any]:
+    """A click progress bar on stderr (pulsing when `length` is unknown; `count`
+    shows the position), or None when progress is off."""
+    if not _state().show_progress():
+        yield None
+        return
+
+    def forever() -> Iterator[int]:  # an iterable without a length: a pulsing bar
+        while True:
+            yield 0
+
+    kwargs: dict[str, Any] = {"label": label, "file": sys.stderr, "item_show_func": item}
+    if length is None:
+        kwargs["iterable"] = forever()
+        kwargs["show_pos"] = count
+    else:
+        kwargs["length"] = length
+    with click.progressbar(**kwargs) as bar:
+        yield bar
+
+
+async def _with_pulse(label: str, work: Awaitable[T]) -> T:
+    """Await `work` while a pulsing progress bar shows the time spent (the API reports no steps)."""
+    started = time.monotonic()
+    with _bar(label, item=lambda _: f"{time.monotonic() - started:.1f}s") as bar:
+        if bar is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait([task], timeout=0.1)
+            bar.update(1)
+            if done:
+                bar.finished = True
+                return task.result()
+
+
+# ----------------------------------------------------------------- commands
+
+
+@cli.command()
+@_url_argument()
+@_common_options(group_level=False)
+def init(args: tuple[str, ...]) -> None:
+    """Create a store (an existing one is left as it is)."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> tuple[str, bool, int]:
+        try:
+            async with _open(url) as db:
+                return db.url, False, db.version
+        except kvstore.StoreNotFoundError:
+            async with _open(url, write=True, create=True) as db:
+                return db.url, True, db.version
+
+    store_url, created, version = _run(run())
+    if _state().json:
+        _echo_json({"url": store_url, "created": created, "version": version})
+    else:
+        click.echo(f"{'created' if created else 'found existing'} store {store_url} at version {version}")
+
+
+@cli.command()
+@_url_argument()
+@click.option("--count-limit", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Count keys up to this many (0: count all; counting reads the data).")
+@_common_options(group_level=False)
+def info(args: tuple[str, ...], count_limit: int) -> None:
+    """Show the store's version, segments, keys and settings."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> dict[str, Any]:
+        async with _open(url) as db:
+            version = await db.refresh()
+            history = await db.history()
+            tags = await db.tags()
+            # Segment counts come from a dry-run garbage collection (a LIST of the
+            # store's objects); the public API has no cheaper way to see them yet.
+            segments: int | None = None
+            garbage: dict[str, Any] | None = None
+            try:
+                report = await db.gc(dry_run=True)
+                segments = sum(1 for name, why in report.kept.items() if why == "live" and name.endswith(".seg"))
+                garbage = {"objects": len(report.deleted), "bytes": report.bytes_deleted}
+            except kvstore.AccessDeniedError:
+                pass
+            counted = 0
+            async for _ in db.scan(limit=count_limit + 1 if count_limit else None):
+                counted += 1
+            keys: dict[str, Any] = {"count": min(counted, count_limit) if count_limit else counted,
+                                    "exact": not count_limit or counted <= count_limit}
+            return {
+                "url": db.url,
+                "version": version,
+                "segments": segments,
+                "bytes": None,  # not exposed by the public API yet
+                "keys": keys,
+                "commits_in_log": len(history),
+                "last_commit": history[0].time if history else None,
+                "tags": len(tags),
+                "garbage": garbage,
+                "options": dataclasses.asdict(db.options),
+                "requests": db.statistics()["requests"],
+            }
+
+    doc = _run(run())
+    if _state().json:
+        _echo_json(doc)
+        return
+    keys = doc["keys"]
+    rows = [
+        ["url", doc["url"]],
+        ["version", str(doc["version"])],
+        ["segments", "unknown (no permission to list)" if doc["segments"] is None else str(doc["segments"])],
+        ["bytes", "unknown (not exposed by the API yet)"],
+        ["keys", f"{keys['count']}" if keys["exact"] else f"more than {keys['count']}"],
+        ["commits in log", str(doc["commits_in_log"])],
+        ["last commit", _time(doc["last_commit"]) if doc["last_commit"] else "-"],
+        ["tags", str(doc["tags"])],
+    ]
+    if doc["garbage"] is not None:
+        rows.append(["garbage", f"{doc['garbage']['objects']} objects, {_size(doc['garbage']['bytes'])} (gc deletes them)"])
+    for name, value in doc["options"].items():
+        rows.append([f"option {name}", json.dumps(value)])
+    _table(rows)
+
+
+@cli.command()
+@_url_argument("KEY")
+@_snapshot_options
+@_values_option("bytes", "msgpack")
+@_common_options(group_level=False)
+def get(args: tuple[str, ...], at_version: int | None, tag_name: str | None, values: str) -> None:
+    """Print the value of KEY (raw bytes; JSON with --json or --values msgpack).
+
+    Exits 3 if the key is absent.
+    """
+    url, (key,) = _split_args(args, ["KEY"])
+    missing = object()
+
+    async def run() -> tuple[int, Any]:
+        async with _open(url) as db:
+            snap = await _snapshot(db, at_version, tag_name)
+            return snap.version, await snap.get(key, missing)
+
+    version, raw = _run(run())
+    if raw is missing:
+        raise CliError(f"key {key!r} not found at version {version}", EXIT_NOT_FOUND)
+    kb = key.encode()
+    if _state().json:
+        _echo_json({**_key_json(kb), "value": _value_json(raw, kb, values), "version": version})
+    elif values == "msgpack":
+        click.echo(_value_text(raw, kb, values))
+    else:
+        out = click.get_binary_stream("stdout")
+        out.write(raw)
+        out.flush()
+
+
+@cli.command()
+@_url_argument("KEY [VALUE|-]")
+@click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH",
+              help="Read the value from this file ('-' for stdin) instead of an argument.")
+@_values_option("bytes", "msgpack")
+@_common_options(group_level=False)
+def put(args: tuple[str, ...], file_: str | None, values: str) -> None:
+    """Set KEY to VALUE, to the bytes of --file, or to stdin ('-').
+
+    With --values msgpack the value is JSON text, stored msgpack-encoded.
+    """
+    names = ["KEY"] if file_ is not None else ["KEY", "VALUE"]
+    url, rest = _split_args(args, names)
+    key = rest[0]
+    source = file_ if file_ is not None else rest[1]
+    if file_ is not None or source == "-":
+        try:
+            if source == "-":
+                data = click.get_binary_stream("stdin").read()
+            else:
+                with open(source, "rb") as f:
+                    data = f.read()
+        except OSError as exc:
+            raise CliError(f"cannot read the value: {exc}") from None
+    else:
+        data = source.encode("utf-8")
+    value = _encode_input(data, values, "the value")
+
+    async def run() -> int:
+        async with _open(url, write=True) as db:
+            return await db.put(key, value)
+
+    version = _run(run())
+    if _state().json:
+        _echo_json({**_key_json(key.encode()), "version": version, "bytes": len(value)})
+    else:
+        click.echo(f"put {key} ({len(value)} bytes) at version {version}")
+
+
+@cli.command()
+@_url_argument("KEY")
+@_common_options(group_level=False)
+def delete(args: tuple[str, ...]) -> None:
+    """Delete KEY (deleting a missing key is not an error)."""
+    url, (key,) = _split_args(args, ["KEY"])
+
+    async def run() -> int:
+        async with _open(url, write=True) as db:
+            return await db.delete(key)
+
+    version = _run(run())
+    if _state().json:
+        _echo_json({**_key_json(key.encode()), "version": version})
+    else:
+        click.echo(f"deleted {key} at version {version}")
+
+
+@cli.command()
+@_url_argument()
+@click.option("--prefix", help="Only keys starting with this.")
+@click.option("--start", help="Only keys >= this.")
+@click.option("--end", help="Only keys < this.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many keys.")
+@click.option("--reverse", is_flag=True, help="Descending key order.")
+@click.option("--keys-only", is_flag=True, help="Print keys, not values.")
+@_snapshot_options
+@_values_option("bytes", "msgpack")
+@_common_options(group_level=False)
+def scan(
+    args: tuple[str, ...],
+    prefix: str | None,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+    reverse: bool,
+    keys_only: bool,
+    at_version: int | None,
+    tag_name: str | None,
+    values: str,
+) -> None:
+    """List keys (and values) in key order; alias: ls."""
+    url, _ = _split_args(args, [])
+    as_json = _state().json
+
+    async def run() -> None:
+        async with _open(url) as db:
+            snap = await _snapshot(db, at_version, tag_name)
+            first = True
+            rows: list[list[str]] = []
+            if as_json:
+                click.echo("[", nl=False)
+            async for key, raw in snap.scan(prefix, start=start, end=end, limit=limit, reverse=reverse):
+                if as_json:
+                    doc = _key_json(key) if keys_only else {**_key_json(key), "value": _value_json(raw, key, values)}
+                    click.echo(("" if first else ",") + "\n" + json.dumps(doc, ensure_ascii=False), nl=False)
+                    first = False
+                elif keys_only:
+                    click.echo(_key_text(key))
+                else:
+                    rows.append([_key_text(key), _value_text(raw, key, values)])
+                    if len(rows) >= 1000:  # align in pages, keep memory bounded
+                        _table(rows)
+                        rows = []
+            if as_json:
+                click.echo("\n]" if not first else "]")
+            else:
+                _table(rows)
+
+    _run(run())
+
+
+@cli.command()
+@_url_argument()
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many commits.")
+@_common_options(group_level=False)
+def history(args: tuple[str, ...], limit: int | None) -> None:
+    """List recent commits, newest first (from the manifest's commit log)."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> list[kvstore.CommitInfo]:
+        async with _open(url) as db:
+            return await db.history(limit=limit)
+
+    commits = _run(run())
+    if _state().json:
+        _echo_json([
+            {"version": c.version, "time": c.time, "kind": c.kind, "transactions": c.transactions,
+             "key_count": c.key_count, "meta": jsonable(c.meta, f"meta of version {c.version}")}
+            for c in commits
+        ])
+        return
+    _table(
+        [[str(c.version), _time(c.time), c.kind, str(c.transactions), str(c.key_count),
+          "" if not c.meta or not any(c.meta) else json.dumps(jsonable(c.meta, "meta"), ensure_ascii=False)]
+         for c in commits],
+        header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"],
+    )
+
+
+@cli.group(cls=_Group)
+def tag() -> None:
+    """Create, list and delete tags (named, retained versions)."""
+
+
+@tag.command("create")
+@_url_argument("NAME")
+@_common_options(group_level=False)
+def tag_create(args: tuple[str, ...]) -> None:
+    """Retain the latest version under NAME (exit 4 if the name is taken)."""
+    url, (name,) = _split_args(args, ["NAME"])
+
+    async def run() -> kvstore.Tag:
+        async with _open(url, write=True) as db:
+            return await db.tag(name)
+
+    t = _run(run())
+    if _state().json:
+        _echo_json({"name": t.name, "version": t.version, "created": t.created})
+    else:
+        click.echo(f"tagged version {t.version} as {t.name}")
+
+
+@tag.command("list")
+@_url_argument()
+@_common_options(group_level=False)
+def tag_list(args: tuple[str, ...]) -> None:
+    """List tags, oldest version first."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> list[kvstore.Tag]:
+        async with _open(url) as db:
+            return await db.tags()
+
+    tags = _run(run())
+    if _state().json:
+        _echo_json([{"name": t.name, "version": t.version, "created": t.created} for t in tags])
+    else:
+        _table([[t.name, str(t.version), _time(t.created)] for t in tags], header=["NAME", "VERSION", "CREATED"])
+
+
+@tag.command("delete")
+@_url_argument("NAME")
+@_common_options(group_level=False)
+def tag_delete(args: tuple[str, ...]) -> None:
+    """Delete the tag NAME (exit 3 if there is none); gc frees what only it kept."""
+    url, (name,) = _split_args(args, ["NAME"])
+
+    async def run() -> None:
+        async with _open(url, write=True) as db:
+            await db.delete_tag(name)
+
+    _run(run())
+    if _state().json:
+        _echo_json({"name": name, "deleted": True})
+    else:
+        click.echo(f"deleted tag {name}")
+
+
+@cli.command()
+@_url_argument()
+@click.option("--full", is_flag=True, help="Merge every segment into one.")
+@_common_options(group_level=False)
+def compact(args: tuple[str, ...], full: bool) -> None:
+    """Merge segments now (commits by others go on meanwhile)."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> list[kvstore.CompactionResult]:
+        async with _open(url, write=True) as db:
+            return await _with_pulse("compacting", db.compact(full=full))
+
+    results = _run(run())
+    if _state().json:
+        _echo_json([dataclasses.asdict(r) for r in results])
+        return
+    if not results:
+        click.echo("nothing to compact")
+    for r in results:
+        click.echo(
+            f"version {r.version}: merged {r.inputs} segments into level {r.level}: "
+            f"{r.entries_in} -> {r.entries_out} entries, {_size(r.bytes_in)} -> {_size(r.bytes_out)}"
+        )
+
+
+@cli.command()
+@_url_argument()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option("--grace-period", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Keep objects younger than this (default: the store's segment_grace_period, 1 hour).")
+@_common_options(group_level=False)
+def gc(args: tuple[str, ...], dry_run: bool, grace_period: float | None) -> None:
+    """Delete objects that nothing references any more."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> kvstore.GcReport:
+        async with _open(url, write=not dry_run) as db:
+            return await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace_period))
+
+    report = _run(run())
+    if _state().json:
+        _echo_json(dataclasses.asdict(report))
+        return
+    verb = "would delete" if report.dry_run else "deleted"
+    for name in report.deleted:
+        click.echo(f"{verb} {name}")
+    click.echo(f"{verb} {len(report.deleted)} objects ({_size(report.bytes_deleted)}); kept {len(report.kept)}")
+    reasons: dict[str, int] = {}
+    for why in report.kept.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    for why, n in sorted(reasons.items(), key=lambda item: -item[1]):
+        click.echo(f"  kept {n}: {why}")
+
+
+@cli.command()
+@_url_argument()
+@_common_options(group_level=False)
+def verify(args: tuple[str, ...]) -> None:
+    """Read and check every object of the latest version (exit 5 if any is damaged)."""
+    url, _ = _split_args(args, [])
+
+    async def run() -> kvstore.VerifyReport:
+        async with _open(url) as db:
+            return await _with_pulse("verifying", db.verify())
+
+    report = _run(run())
+    if _state().json:
+        _echo_json({"version": report.version, "objects_checked": report.objects_checked,
+                    "ok": report.ok, "damaged": report.damaged})
+    else:
+        for name, what in report.damaged.items():
+            click.echo(f"DAMAGED {name}: {what}")
+        state = "ok" if report.ok else f"{len(report.damaged)} damaged"
+        click.echo(f"checked {report.objects_checked} objects at version {report.version}: {state}")
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_DAMAGED)
+
+
+@cli.command("export")
+@_url_argument()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
+              show_default=True, metavar="PATH", help="Write JSON Lines here ('-': stdout).")
+@click.option("--prefix", help="Only keys starting with this.")
+@click.option("--start", help="Only keys >= this.")
+@click.option("--end", help="Only keys < this.")
+@_snapshot_options
+@_values_option("bytes", "base64", "msgpack")
+@_common_options(group_level=False)
+def export_(
+    args: tuple[str, ...],
+    output: str,
+    prefix: str | None,
+    start: str | None,
+    end: str | None,
+    at_version: int | None,
+    tag_name: str | None,
+    values: str,
+) -> None:
+    """Write every pair of one version as JSON Lines: {"key": ..., "value": ...}.
+
+    Values are base64 text by default; with --values msgpack they are the
+    decoded objects as JSON (bytes inside as {"$base64": ...}). Keys that are
+    not UTF-8 are written as {"key_base64": ...}.
+    """
+    url, _ = _split_args(args, [])
+
+    async def run(out: IO[str]) -> tuple[int, int]:
+        async with _open(url) as db:
+            snap = await _snapshot(db, at_version, tag_name)
+            n = 0
+            with _bar(f"exporting version {snap.version}", count=True) as bar:
+                async for key, raw in snap.scan(prefix, start=start, end=end):
+                    doc = {**_key_json(key), "value": _value_json(raw, key, values)}
+                    out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+                    n += 1
+                    if bar is not None:
+                        bar.update(1)
+            return snap.version, n
+
+    if output == "-":
+        version, n = _run(run(click.get_text_stream("stdout")))
+    else:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                version, n = _run(run(f))
+        except OSError as exc:
+            raise CliError(f"cannot write {output}: {exc}") from None
+    summary = {"version": version, "keys": n, "output": output}
+    if output != "-" and _state().json:
+        _echo_json(summary)
+    else:
+        click.echo(f"exported {n} keys at version {version}" + ("" if output == "-" else f" to {output}"),
+                   err=output == "-")
+
+
+def _read_jsonl(stream: IO[bytes], values: str, counter: list[int]) -> Iterator[tuple[bytes, bytes]]:
+    """Parse export lines into (key, stored bytes); counter[0] counts lines read."""
+    for number, line in enumerate(stream, 1):
+        counter[0] = number
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            raise CliError(f"{where}: not JSON: {exc}") from None
+        if not isinstance(doc, dict) or "value" not in doc:
+            raise CliError(f'{where}: expected {{"key": "...", "value": ...}}')
+        key = _key_from_json(doc, where)
+        if values == "msgpack":
+            try:
+                value = bytes(msgpack.packb(from_jsonable(doc["value"]), use_bin_type=True))
+            except (TypeError, ValueError) as exc:
+                raise CliError(f"{where}: cannot encode the value as msgpack: {exc}") from None
+        else:
+            if not isinstance(doc["value"], str):
+                raise CliError(f"{where}: the value must be base64 text (or use --values msgpack)")
+            try:
+                value = base64.b64decode(doc["value"], validate=True)
+            except ValueError:
+                raise CliError(f"{where}: the value is not valid base64 (or use --values msgpack)") from None
+        yield key, value
+
+
+@cli.command("import")
+@_url_argument()
+@click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              show_default=True, metavar="PATH", help="Read JSON Lines from here ('-': stdin).")
+@_values_option("bytes", "base64", "msgpack")
+@_common_options(group_level=False)
+def import_(args: tuple[str, ...], file_: str, values: str) -> None:
+    """Load JSON Lines written by export, in one atomic commit (Store.bulk_load).
+
+    Existing keys not in the input are kept; keys in it are overwritten. The
+    store is created if it does not exist.
+    """
+    url, _ = _split_args(args, [])
+    if not hasattr(kvstore.Store, "bulk_load"):
+        raise CliError("import needs Store.bulk_load, which this kvstore version does not have yet")
+
+    def load(stream: IO[bytes], lines: int | None) -> tuple[int | None, int]:
+        lines_read = [0]
+        pairs = [0]
+        loaded = [0]
+
+        def progress(n: int) -> None:
+            loaded[0] = n
+
+        with _bar("importing", length=lines, item=lambda _: f"{loaded[0]} committed") as bar:
+
+            def items() -> Iterator[tuple[bytes, bytes]]:
+                for pair in _read_jsonl(stream, values, lines_read):
+                    pairs[0] += 1
+                    if bar is not None:
+                        bar.update(lines_read[0] - bar.pos)
+                    yield pair
+
+            source = items()
+            first = next(source, None)
+            if first is None:  # bulk_load refuses empty input; an empty file imports nothing
+                return None, 0
+
+            async def run() -> int:
+                async with _open(url, write=True, create=True) as db:
+                    version: int = await db.bulk_load(_chain(first, source), progress=progress)
+                    return version
+
+            return _run(run()), pairs[0]
+
+    if file_ == "-":
+        version, n = load(click.get_binary_stream("stdin"), None)
+    else:
+        try:
+            with open(file_, "rb") as f:
+                lines = None
+                if _state().show_progress():
+                    lines = sum(1 for _ in f)
+                    f.seek(0)
+                version, n = load(f, lines)
+        except OSError as exc:
+            raise CliError(f"cannot read {file_}: {exc}") from None
+    if _state().json:
+        _echo_json({"version": version, "keys": n})
+    elif version is None:
+        click.echo("nothing to import: the input has no pairs")
+    else:
+        click.echo(f"imported {n} keys at version {version}")
+
+
+def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
+    yield first
+    yield from rest
+
+
+@cli.command()
+@_url_argument()
+@click.option("--prefix", help="Only changes to keys starting with this.")
+@click.option("--start", help="Only changes to keys >= this.")
+@click.option("--end", help="Only changes to keys < this.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True, metavar="SECONDS",
+              help="How often to poll the manifest (a 304 when nothing changed).")
+@click.option("--since", type=click.IntRange(min=0), metavar="VERSION",
+              help="Report commits after this version (default: from now).")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N changes.")
+@_common_options(group_level=False)
+def watch(
+    args: tuple[str, ...],
+    prefix: str | None,
+    start: str | None,
+    end: str | None,
+    interval: float,
+    since: int | None,
+    count: int | None,
+) -> None:
+    """Print each commit that changes watched keys, one line each, until Ctrl-C or --count."""
+    url, _ = _split_args(args, [])
+    as_json = _state().json
+
+    async def run() -> None:
+        async with _open(url) as db:
+            first = since if since is not None else await db.refresh()
+            click.echo(f"watching {db.url} for commits after version {first} (Ctrl-C stops)", err=True)
+            seen = 0
+            changes = db.watch(prefix, start=start, end=end, interval=interval, since=first)
+            try:
+                async for change in changes:
+                    if as_json:
+                        keys = None if change.keys is None else [_key_json(k) for k in change.keys]
+                        _echo_json({"version": change.version, "time": change.time, "keys": keys})
+                    else:
+                        shown = "(too many keys to list: rescan)" if change.keys is None else " ".join(
+                            _key_text(k) for k in change.keys)
+                        click.echo(f"{change.version}  {_time(change.time)}  {shown}")
+                    sys.stdout.flush()
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
+            finally:
+                await changes.aclose()  # type: ignore[attr-defined]
+
+    try:
+        _run(run())
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how watch is meant to stop
+
+
+# ----------------------------------------------------------------- entry point
+
+
+def _exit_code(exc: kvstore.KvStoreError) -> int:
+    if isinstance(exc, (kvstore.StoreNotFoundError, kvstore.TagNotFoundError)):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (kvstore.ConflictError, kvstore.TagExistsError)):
+        return EXIT_CONFLICT
+    if isinstance(exc, kvstore.CorruptionError):
+        return EXIT_DAMAGED
+    return EXIT_ERROR
+
+
+def _fail(message: str, code: int, state: State, exc: BaseException | None = None) -> NoReturn:
+    if state.debug and exc is not None:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    text = " ".join(message.split())  # always one line
+    click.echo(f"kvstore: error: {text}", err=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run the command line (the `kvstore` console script and ``python -m kvstore``)."""
+    state = State()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[: args.index("--") if "--" in args else len(args)]:
+        state.debug = True  # known before parsing, so a parse-time failure shows its traceback too
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("kvstore").setLevel(logging.DEBUG)
+    try:
+        rc = cli.main(args, prog_name="kvstore", standalone_mode=False, obj=state)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("kvstore: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("kvstore: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except kvstore.KvStoreError as exc:
+        _fail(str(exc) or type(exc).__name__, _exit_code(exc), state, exc)
+    except CliError as exc:
+        _fail(str(exc), exc.exit_code, state, exc)
+    except BrokenPipeError:
+        # The reader went away (e.g. `kvstore scan ... | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # a bug: still one line unless --debug
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_ERROR, state, exc)
+    sys.exit(rc if isinstance(rc, int) else EXIT_OK)
