@@ -21,7 +21,7 @@ def seal(magic: bytes, fmt: int, payload: bytes) -> bytes:
     """Wrap `payload`, zstd-compressing it when larger than 4 KiB."""
     compression = 0
     if len(payload) > _COMPRESS_ABOVE:
-        payload = zstandard.ZstdCompressor(level=3).compress(payload)
+        payload = zstandard.ZstdCompressor(level=1).compress(payload)
         compression = 1
     body = _HEADER.pack(magic, fmt, compression) + payload
     return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))

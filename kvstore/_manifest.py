@@ -137,7 +137,7 @@ class Manifest:
         kept = [s for s in self.segments[:at] if s.id not in remove]
         kept += [*add, *(s for s in self.segments[at:] if s.id not in remove)]
         assert len(kept) == len(self.segments) - len(remove) + len(add), "removing a segment that is not live"
-        return replace(
+        new = replace(
             self,
             version=record.version,
             segments=tuple(kept),
@@ -145,30 +145,60 @@ class Manifest:
             log_start=log_start,
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
         )
+        cached = self.__dict__.get("_packed_log")
+        if cached is not None:  # extend the parent's packed log instead of repacking it
+            data, lengths = cached
+            dropped = len(self.log) + 1 - len(log)
+            row = _packed(record, _record_row)
+            object.__setattr__(new, "_packed_log", (data[sum(lengths[:dropped]) :] + row, lengths[dropped:] + (len(row),)))
+        return new
 
 
 def encode_manifest(m: Manifest) -> bytes:
-    payload = msgpack.packb(
-        {
-            "store_id": m.store_id,
-            "version": m.version,
-            "created": m.created,
-            "log_start": m.log_start,
-            "settings": m.settings,
-            "history_floor": m.history_floor,
-            "segments": [
-                [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
-                for s in m.segments
-            ],
-            "log": [
-                [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key,
-                 None if r.keys is None else list(r.keys), r.meta]
-                for r in m.log
-            ],
-        },
-        use_bin_type=True,
-    )
-    return seal(_MAGIC, FORMAT, payload)
+    """The manifest's bytes. Rows of segments and commit records are packed once
+    and reused (they are immutable), so a commit costs O(new rows), not O(log)."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = {
+        "store_id": m.store_id,
+        "version": m.version,
+        "created": m.created,
+        "log_start": m.log_start,
+        "settings": m.settings,
+        "history_floor": m.history_floor,
+    }
+    parts = [packer.pack_map_header(len(head) + 2)]
+    for key, value in head.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack("segments"), packer.pack_array_header(len(m.segments))]
+    parts += [_packed(s, _segment_row) for s in m.segments]
+    parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
+    return seal(_MAGIC, FORMAT, b"".join(parts))
+
+
+def _packed_log(m: Manifest) -> bytes:
+    cached: tuple[bytes, tuple[int, ...]] | None = m.__dict__.get("_packed_log")
+    if cached is None:
+        rows = [_packed(r, _record_row) for r in m.log]
+        cached = (b"".join(rows), tuple(map(len, rows)))
+        object.__setattr__(m, "_packed_log", cached)
+    return cached[0]
+
+
+def _segment_row(s: SegmentRef) -> list[Any]:
+    return [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+
+
+def _record_row(r: CommitRecord) -> list[Any]:
+    keys = None if r.keys is None else list(r.keys)
+    return [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key, keys, r.meta]
+
+
+def _packed(row: Any, to_list: Any) -> bytes:
+    packed: bytes | None = row.__dict__.get("_packed")
+    if packed is None:
+        packed = msgpack.packb(to_list(row), use_bin_type=True)
+        object.__setattr__(row, "_packed", packed)  # a cache on a frozen, immutable row
+    return packed
 
 
 def decode_manifest(data: bytes, object_name: str) -> Manifest:
