@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 
 from ._cache import ByteLRU
+from ._errors import VersionNotRetainedError
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
@@ -164,12 +165,22 @@ class SegmentStore:
         for block_no in range(len(index.offsets)):
             await self._load_block(ref, index, block_no)
 
+    async def _fetch(self, name: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        try:
+            blob = await self._objects.get(name, byte_range=byte_range)
+        except ObjectNotFound:
+            raise VersionNotRetainedError(
+                f"segment {name} no longer exists: this snapshot is older than the garbage-collection "
+                "grace period (or the object was deleted by hand); read a fresh snapshot, or tag "
+                "versions you need to keep"
+            ) from None
+        assert blob is not None
+        return blob.data
+
     async def _load_index(self, ref: SegmentRef) -> tuple[SegmentIndex, int]:
         name = self.object_name(ref.id)
         if ref.size <= WHOLE_READ_MAX_BYTES:
-            blob = await self._objects.get(name)
-            assert blob is not None
-            data = blob.data
+            data = await self._fetch(name)
             check_header(data, name)
             index_offset, index_length, count = parse_footer(data, name)
             index = parse_index(data[index_offset : index_offset + index_length], count, name)
@@ -177,16 +188,12 @@ class SegmentStore:
             self._cache.put(("raw", ref.id), data, len(data))
             return index, len(data) // 4 + 64 * len(index.offsets)
         tail_start = max(0, ref.size - TAIL_READ_BYTES)
-        blob = await self._objects.get(name, byte_range=(tail_start, ref.size))
-        assert blob is not None
-        tail = blob.data
+        tail = await self._fetch(name, (tail_start, ref.size))
         index_offset, index_length, count = parse_footer(tail, name)
         if index_offset >= tail_start:
             raw_index = tail[index_offset - tail_start : index_offset - tail_start + index_length]
         else:
-            more = await self._objects.get(name, byte_range=(index_offset, index_offset + index_length))
-            assert more is not None
-            raw_index = more.data
+            raw_index = await self._fetch(name, (index_offset, index_offset + index_length))
         index = parse_index(raw_index, count, name)
         return index, len(raw_index) * 4 + FOOTER.size
 
@@ -196,9 +203,7 @@ class SegmentStore:
         end = start + index.lengths[block_no]
         raw = self._cache.get(("raw", ref.id))
         if raw is None:
-            blob = await self._objects.get(name, byte_range=(start, end))
-            assert blob is not None
-            data = blob.data
+            data = await self._fetch(name, (start, end))
         else:
             data = raw[start:end]
         block = decode_block(data, name, block_no)

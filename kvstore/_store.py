@@ -456,7 +456,7 @@ class Store:
                 await self._segments.read_all(ref)
             except (CorruptionError, UnsupportedFormatError) as exc:
                 report.damaged[self._segments.object_name(ref.id)] = str(exc)
-            except ObjectNotFound:
+            except VersionNotRetainedError:
                 report.damaged[self._segments.object_name(ref.id)] = "missing: referenced by the manifest but absent"
         return report
 

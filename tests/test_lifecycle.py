@@ -149,3 +149,18 @@ async def test_watch_sees_every_commit_in_prefix_once_in_order(target: Target) -
                 await writer.compact(full=True)  # writes no keys: not a change
         await asyncio.wait_for(watcher, timeout=30)
         assert [(c.version, c.keys) for c in seen] == expected[:5]
+
+
+async def test_missing_segment_is_a_clear_error_and_verify_reports_it(target: Target) -> None:
+    async with target.open(options=NO_AUTO) as db:
+        await db.put(b"a", b"1")
+        await db.put(b"b", b"2")
+        manifest, _ = db._manifests.current
+        victim = db._segments.object_name(manifest.segments[-1].id)  # a's segment
+        await db._objects.delete(victim)
+    async with target.open(options=NO_AUTO) as db:
+        with pytest.raises(kvstore.VersionNotRetainedError, match="no longer exists"):
+            await db.get(b"a")
+        assert await db.get(b"b") == b"2"
+        report = await db.verify()
+        assert report.damaged == {victim: "missing: referenced by the manifest but absent"}
