@@ -9,7 +9,9 @@ are ambiguous.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import base64
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -259,6 +261,7 @@ class S3ObjectStore:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
+                self._stack.callback(_redact_logs(await _secrets_of(o, session)))
                 self._client = await self._stack.enter_async_context(
                     session.create_client(
                         "s3",
@@ -325,3 +328,54 @@ def _encryption_args(o: S3Options, *, write: bool) -> dict[str, Any]:
         args["SSECustomerAlgorithm"] = "AES256"
         args["SSECustomerKey"] = o.sse_customer_key
     return args
+
+
+async def _secrets_of(o: S3Options, session: Any) -> list[str]:
+    """Every credential string that could show up in botocore's debug logs."""
+    found = [o.aws_access_key_id, o.aws_secret_access_key, o.aws_session_token]
+    if o.sse_customer_key is not None:
+        found.append(base64.b64encode(o.sse_customer_key).decode())
+        found.append(o.sse_customer_key.decode("latin-1"))
+    try:
+        credentials = await session.get_credentials()  # the default chain, when none were passed
+        if credentials is not None:
+            frozen = await credentials.get_frozen_credentials()
+            found += [frozen.access_key, frozen.secret_key, frozen.token]
+    except Exception:  # noqa: BLE001 - a broken chain is reported when a request is sent
+        pass
+    return [s for s in found if s and len(s) >= 8]
+
+
+class _RedactSecrets(logging.Filter):
+    """Replaces known credential strings in log records with '<redacted>'."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(s in message for s in self._secrets):
+            for s in self._secrets:
+                message = message.replace(s, "<redacted>")
+            record.msg, record.args = message, ()
+        return True
+
+
+def _redact_logs(secrets: list[str]) -> Callable[[], None]:
+    """Attach a redacting filter to botocore's and aiobotocore's loggers (their debug
+    output prints request headers); returns the function that detaches it."""
+    redact = _RedactSecrets(secrets)
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in _CHATTY_LOGGERS]
+    loggers = [logging.getLogger(n) for n in {*names, *_CHATTY_LOGGERS}]
+    for logger in loggers:
+        logger.addFilter(redact)
+
+    def detach() -> None:
+        for logger in loggers:
+            logger.removeFilter(redact)
+
+    return detach
+
+
+_CHATTY_LOGGERS = ("botocore", "aiobotocore", "urllib3", "aiohttp")
