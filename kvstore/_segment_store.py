@@ -121,25 +121,25 @@ class SegmentStore:
 
     async def get(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
         """The newest entry for `key` with version <= max_version: (version, value or None)."""
-        if not ref.may_contain(key):
-            return None
-        index = await self.index(ref)
+        index = self._cache.get(("index", ref.id)) or await self.index(ref)
         block_no = index.block_for(key)
         if block_no is None:
             return None
-        block = await self.block(ref, index, block_no)
-        i = block.find(key)
-        if i is None:
+        block = self._cache.get(("block", ref.id, block_no)) or await self.block(ref, index, block_no)
+        return _newest(block, ref, key, max_version)
+
+    def get_cached(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None | bool:
+        """Like `get`, without awaiting: False when the index or block is not cached."""
+        index = self._cache.get(("index", ref.id))
+        if index is None:
+            return False
+        block_no = index.block_for(key)
+        if block_no is None:
             return None
-        if block.versions is None:
-            assert ref.commit_version is not None
-            return (ref.commit_version, block.values[i]) if ref.commit_version <= max_version else None
-        keys, versions = block.keys, block.versions
-        while i < len(keys) and keys[i] == key:
-            if versions[i] <= max_version:
-                return versions[i], block.values[i]
-            i += 1
-        return None
+        block = self._cache.get(("block", ref.id, block_no))
+        if block is None:
+            return False
+        return _newest(block, ref, key, max_version)
 
     async def blocks(
         self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool
@@ -208,6 +208,21 @@ class SegmentStore:
             data = raw[start:end]
         block = decode_block(data, name, block_no)
         return block, block.size
+
+
+def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
+    i = block.find(key)
+    if i is None:
+        return None
+    if block.versions is None:
+        assert ref.commit_version is not None
+        return (ref.commit_version, block.values[i]) if ref.commit_version <= max_version else None
+    keys, versions = block.keys, block.versions
+    while i < len(keys) and keys[i] == key:
+        if versions[i] <= max_version:
+            return versions[i], block.values[i]
+        i += 1
+    return None
 
 
 def _entries_in_range(block: Block, ref: SegmentRef, start: bytes | None, end: bytes | None) -> list[Entry]:

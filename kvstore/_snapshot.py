@@ -27,25 +27,29 @@ class SnapshotView:
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
         best: tuple[int, bytes | None] | None = None
+        segments, version = self._segments, self.version
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # no older segment can hold a newer entry
-            if not ref.may_contain(key):
+            if not ref.min_key <= key <= ref.max_key:
                 continue
-            found = await self._segments.get(ref, key, self.version)
-            if found is not None and (best is None or found[0] > best[0]):
+            found = segments.get_cached(ref, key, version)
+            if found is False:
+                found = await segments.get(ref, key, version)
+            if found is not None and found is not False and (best is None or found[0] > best[0]):
                 best = found
         return None if best is None else best[1]
 
-    async def scan(
-        self, start: bytes | None, end: bytes | None, *, reverse: bool = False
-    ) -> AsyncIterator[tuple[bytes, bytes]]:
+    def scan(self, start: bytes | None, end: bytes | None, *, reverse: bool = False) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
         refs = [r for r in self._refs if r.overlaps(start, end)]
-        if len(refs) == 1:
-            async for key, value in self._scan_one(refs[0], start, end, reverse):
-                yield key, value
-            return
+        if len(refs) == 1:  # the common case of a compacted store: no merge
+            return self._scan_one(refs[0], start, end, reverse)
+        return self._merge(refs, start, end, reverse)
+
+    async def _merge(
+        self, refs: list[SegmentRef], start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
         sources = [_Source(self._segments.blocks(r, start, end, reverse)) for r in refs]
         heap: list[tuple[tuple[object, int], int]] = []
         for n, source in enumerate(sources):
@@ -68,11 +72,11 @@ class SnapshotView:
     async def _scan_one(
         self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool
     ) -> AsyncIterator[tuple[bytes, bytes]]:
-        """The common case of a compacted store: one segment, no merge needed."""
         last_key: bytes | None = None
+        snapshot_version = self.version
         async for entries in self._segments.blocks(ref, start, end, reverse):
             for key, version, value in entries:
-                if key == last_key or version > self.version:
+                if key == last_key or version > snapshot_version:
                     continue
                 last_key = key
                 if value is not None:

@@ -67,7 +67,7 @@ class Snapshot:
         raw = await self._view.get(encode_key(key, self._options.max_key_bytes))
         return default if raw is None else decode_value(raw, self._values)
 
-    async def scan(
+    def scan(
         self,
         prefix: str | bytes | None = None,
         *,
@@ -80,11 +80,18 @@ class Snapshot:
         if limit is not None and limit < 0:
             raise ValidationError(f"limit must be >= 0, not {limit}")
         lo, hi = key_range(self._options, prefix, start, end)
+        pairs = self._view.scan(lo, hi, reverse=reverse)
+        if self._values == "bytes" and limit is None:
+            return pairs  # no per-pair work to add: hand out the view's iterator itself
+        return self._decoded(pairs, limit)
+
+    async def _decoded(self, pairs: AsyncIterator[tuple[bytes, bytes]], limit: int | None) -> AsyncIterator[tuple[bytes, Any]]:
         if limit == 0:
             return
         count = 0
-        async for key, raw in self._view.scan(lo, hi, reverse=reverse):
-            yield key, decode_value(raw, self._values)
+        values = self._values
+        async for key, raw in pairs:
+            yield key, decode_value(raw, values)
             count += 1
             if limit is not None and count >= limit:
                 return
