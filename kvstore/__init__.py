@@ -36,7 +36,7 @@ from ._objectstore import RetryPolicy, S3Options
 from ._compact import CompactionResult
 from ._gc import GcReport
 from ._options import StoreOptions
-from ._store import Change, CommitInfo, Snapshot, Store, StoreOpener, VerifyReport, open
+from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, StoreOpener, VerifyReport, open
 from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
@@ -63,6 +63,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreNotFoundError",
+    "StoreInfo",
     "StoreOpener",
     "StoreOptions",
     "StoreUnavailableError",

@@ -18,14 +18,15 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, ClassVar, NoReturn, TypeVar
 
 import click
 import msgpack
@@ -44,7 +45,7 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_ERROR: "a kvstore error (the message says what to do)",
+    EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
     EXIT_USAGE: "usage error: bad option or argument",
     EXIT_NOT_FOUND: "not found: missing key (get), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
@@ -130,9 +131,9 @@ def _setter(field_name: str) -> Callable[[click.Context, click.Parameter, Any], 
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         source = ctx.get_parameter_source(param.name or "")
-        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
-            if value is not None and value != "":
-                setattr(_state(), field_name, value)
+        given = source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+        if given and value is not None and value != "":
+            setattr(_state(), field_name, value)
 
     return callback
 
@@ -175,7 +176,7 @@ def _common_options(group_level: bool) -> Callable[[F], F]:
 class _Group(click.Group):
     """A group that knows command aliases (``ls`` for ``scan``)."""
 
-    aliases = {"ls": "scan"}
+    aliases: ClassVar[dict[str, str]] = {"ls": "scan"}
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
@@ -251,8 +252,11 @@ def _echo_json(doc: Any) -> None:
 
 
 def _key_text(key: bytes) -> str:
-    """A key for people: its UTF-8 text, with undecodable bytes escaped."""
-    return key.decode("utf-8", "backslashreplace")
+    """A key for people: its UTF-8 text, with undecodable bytes and control characters escaped."""
+    text = key.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _key_json(key: bytes) -> dict[str, str]:
@@ -283,7 +287,7 @@ def jsonable(value: Any, where: str = "value") -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise CliError(f"{where}: {value} has no JSON form; use --values bytes")
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -314,7 +318,7 @@ def from_jsonable(value: Any) -> Any:
 def _decode_msgpack(raw: bytes, key: bytes) -> Any:
     try:
         return msgpack.unpackb(raw, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise CliError(f"the value of {_key_text(key)!r} is not msgpack ({exc}); use --values bytes") from None
 
 
@@ -415,6 +419,7 @@ def _bar(
     if length is None:
         kwargs["iterable"] = forever()
         kwargs["show_pos"] = count
+        kwargs["update_min_steps"] = 64 if count else 1
     else:
         kwargs["length"] = length
     with click.progressbar(**kwargs) as bar:
@@ -553,7 +558,7 @@ def get(args: tuple[str, ...], at_version: int | None, tag_name: str | None, val
     elif values == "msgpack":
         click.echo(_value_text(raw, kb, values))
     else:
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer
         out.write(raw)
         out.flush()
 
@@ -576,7 +581,7 @@ def put(args: tuple[str, ...], file_: str | None, values: str) -> None:
     if file_ is not None or source == "-":
         try:
             if source == "-":
-                data = click.get_binary_stream("stdin").read()
+                data = sys.stdin.buffer.read()
             else:
                 with open(source, "rb") as f:
                     data = f.read()
@@ -876,7 +881,7 @@ def export_(
             return snap.version, n
 
     if output == "-":
-        version, n = _run(run(click.get_text_stream("stdout")))
+        version, n = _run(run(sys.stdout))
     else:
         try:
             with open(output, "w", encoding="utf-8") as f:
@@ -944,7 +949,7 @@ def import_(args: tuple[str, ...], file_: str, values: str) -> None:
         def progress(n: int) -> None:
             loaded[0] = n
 
-        with _bar("importing", length=lines, item=lambda _: f"{loaded[0]} committed") as bar:
+        with _bar("importing", length=lines, item=lambda _: f"{loaded[0]} written") as bar:
 
             def items() -> Iterator[tuple[bytes, bytes]]:
                 for pair in _read_jsonl(stream, values, lines_read):
@@ -961,12 +966,14 @@ def import_(args: tuple[str, ...], file_: str, values: str) -> None:
             async def run() -> int:
                 async with _open(url, write=True, create=True) as db:
                     version: int = await db.bulk_load(_chain(first, source), progress=progress)
-                    return version
+                if bar is not None:
+                    bar.update(0)  # show the final count of written pairs
+                return version
 
             return _run(run()), pairs[0]
 
     if file_ == "-":
-        version, n = load(click.get_binary_stream("stdin"), None)
+        version, n = load(sys.stdin.buffer, None)
     else:
         try:
             with open(file_, "rb") as f:
@@ -1088,11 +1095,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(str(exc) or type(exc).__name__, _exit_code(exc), state, exc)
     except CliError as exc:
         _fail(str(exc), exc.exit_code, state, exc)
-    except BrokenPipeError:
-        # The reader went away (e.g. `kvstore scan ... | head`): stop quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_ERROR)
-    except Exception as exc:  # a bug: still one line unless --debug
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_ERROR, state, exc)
     sys.exit(rc if isinstance(rc, int) else EXIT_OK)

@@ -97,6 +97,26 @@ class Snapshot:
                 return
 
 
+@dataclass(frozen=True)
+class StoreInfo:
+    """A summary of a store, from its manifest (`Store.describe`).
+
+    `entries` counts stored entries, including shadowed versions and
+    tombstones not yet compacted away: an upper bound on the number of keys.
+    """
+
+    url: str
+    store_id: str
+    created: float
+    version: int
+    oldest_readable_version: int
+    segments: int
+    segment_bytes: int
+    entries: int
+    segments_per_level: dict[int, int]
+    commit_log_length: int
+
+
 @dataclass
 class VerifyReport:
     """What `Store.verify` found: every object checked and every damaged one."""
@@ -107,6 +127,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """True when nothing damaged or missing was found."""
         return not self.damaged
 
 
@@ -123,6 +144,7 @@ class CommitInfo:
 
     @classmethod
     def from_record(cls, record: CommitRecord) -> CommitInfo:
+        """The public view of one commit-log record."""
         meta = record.meta or {}
         kind = "compaction" if "compaction" in meta else "gc" if "gc" in meta else "commit"
         return cls(record.version, record.time, kind, len(record.txn_ids), record.key_count, meta.get("txns"))
@@ -430,6 +452,25 @@ class Store:
         """Fetch the latest manifest now (one conditional GET); returns its version."""
         self._check_open()
         return (await self._manifests.refresh()).version
+
+    async def describe(self) -> StoreInfo:
+        """What the latest manifest says about the store (one conditional GET)."""
+        manifest = (await self._latest_view()).manifest
+        levels: dict[int, int] = {}
+        for ref in manifest.segments:
+            levels[ref.level] = levels.get(ref.level, 0) + 1
+        return StoreInfo(
+            url=self.url,
+            store_id=manifest.store_id,
+            created=manifest.created,
+            version=manifest.version,
+            oldest_readable_version=manifest.history_floor,
+            segments=len(manifest.segments),
+            segment_bytes=sum(r.size for r in manifest.segments),
+            entries=sum(r.count for r in manifest.segments),
+            segments_per_level=levels,
+            commit_log_length=len(manifest.log),
+        )
 
     def statistics(self) -> dict[str, Any]:
         """Counters: object-store requests by kind, cache use, commits and conflicts."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from ._errors import ClosedError, ConflictError
 from ._compact import CompactionResult
 from ._gc import GcReport
-from ._store import Change, CommitInfo, Snapshot, Store, VerifyReport, open
+from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, VerifyReport, open
 from ._tags import Tag
 from ._transaction import Transaction
 
@@ -163,10 +163,11 @@ class SyncStore(MutableMapping[bytes, Any]):
         return self._store.version
 
     def get(self, key: str | bytes, default: Any = None) -> Any:  # type: ignore[override]
+        """Blocking form of `Store.get`."""
         return self._runner.run(self._store.get(key, default))
 
     def put(self, key: str | bytes, value: Any) -> int:
-        """Blocking form of `Store.get`."""
+        """Blocking form of `Store.put`."""
         return self._runner.run(self._store.put(key, value))
 
     def delete(self, key: str | bytes) -> int:
@@ -231,6 +232,10 @@ class SyncStore(MutableMapping[bytes, Any]):
     def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
         """Blocking form of `Store.gc`."""
         return self._runner.run(self._store.gc(dry_run=dry_run, grace_period=grace_period))
+
+    def describe(self) -> StoreInfo:
+        """Blocking form of `Store.describe`."""
+        return self._runner.run(self._store.describe())
 
     def refresh(self) -> int:
         """Blocking form of `Store.refresh`."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ._errors import InvalidURLError
-from ._objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3ObjectStore, S3Options
+from ._objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3Options
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
 
@@ -41,6 +41,8 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
         if any(p in (".", "..") for p in prefix.split("/")) or "//" in prefix:
             raise InvalidURLError(f"{url!r}: the prefix may not contain empty, '.' or '..' parts")
         prefix = prefix + "/" if prefix else ""
+        from ._objectstore._s3 import S3ObjectStore  # imports aiobotocore: only when needed
+
         return Location(f"s3://{bucket}/{prefix}", S3ObjectStore(bucket, s3), prefix)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):

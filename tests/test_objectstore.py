@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import workers
+from kvstore._objectstore._s3 import S3ObjectStore
 from kvstore._objectstore import (
     LocalObjectStore,
     MemoryObjectStore,
     ObjectNotFound,
     ObjectStore,
     PreconditionFailed,
-    S3ObjectStore,
     S3Options,
 )
 

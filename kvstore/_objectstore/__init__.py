@@ -1,10 +1,14 @@
-"""The object-store layer: one async protocol, its backends, and the retry wrapper."""
+"""The object-store layer: one async protocol, its backends, and the retry wrapper.
+
+The S3 backend (`._s3.S3ObjectStore`) is imported where an s3:// URL is
+opened, since aiobotocore takes most of the import time.
+"""
 
 from ._local import LocalObjectStore
 from ._memory import MemoryObjectStore
 from ._protocol import Blob, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, TransientError
 from ._retry import RetryingObjectStore, RetryPolicy
-from ._s3 import S3ObjectStore, S3Options
+from ._s3_options import S3Options
 
 __all__ = [
     "Blob",
@@ -16,7 +20,6 @@ __all__ = [
     "PreconditionFailed",
     "RetryPolicy",
     "RetryingObjectStore",
-    "S3ObjectStore",
     "S3Options",
     "TransientError",
 ]

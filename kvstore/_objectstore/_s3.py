@@ -13,7 +13,6 @@ import base64
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -29,6 +28,7 @@ from botocore.exceptions import (
 
 from .._errors import AccessDeniedError, StoreNotFoundError, StoreUnavailableError, UnsafeEndpointError
 from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
+from ._s3_options import S3Options
 
 _AUTH_CODES = frozenset(
     {
@@ -59,43 +59,6 @@ _RETRYABLE_CODES = frozenset(
         "409",
     }
 )
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach an S3-compatible endpoint. Unset fields use the AWS defaults
-    (environment variables, shared config and credential files, instance roles).
-
-    Encryption: `sse` is "AES256" (SSE-S3) or "aws:kms" (SSE-KMS, with
-    `sse_kms_key_id`); `sse_customer_key` (32 raw bytes) selects SSE-C and is
-    sent with every read and write.
-    """
-
-    endpoint_url: str | None = None
-    region_name: str | None = None
-    profile: str | None = None
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_session_token: str | None = field(default=None, repr=False)
-    addressing_style: str = "auto"
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_pool_connections: int = 64
-    sse: str | None = None
-    sse_kms_key_id: str | None = None
-    sse_customer_key: bytes | None = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        shown = {
-            k: v
-            for k, v in self.__dict__.items()
-            if v is not None and k not in ("aws_secret_access_key", "aws_session_token", "sse_customer_key")
-        }
-        secret = [k for k in ("aws_secret_access_key", "aws_session_token", "sse_customer_key") if getattr(self, k)]
-        body = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-        if secret:
-            body += ", " + ", ".join(f"{k}=<redacted>" for k in secret)
-        return f"S3Options({body})"
 
 
 class S3ObjectStore:

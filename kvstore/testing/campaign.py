@@ -87,9 +87,10 @@ CAMPAIGN_RETRY = kvstore.RetryPolicy(max_attempts=4, base_delay=0.002, max_delay
 # Seconds the coordinator waits past the duration limit before it calls a worker hung.
 _HANG_GRACE = 30.0
 _JOURNAL_STATS_EVERY = 100  # transactions between a worker's fault-counter lines
-_AUDIT_PAUSE = 0.02  # seconds between two bank audits of one process (pacing, not sync)
+_AUDIT_PAUSE = 0.1  # seconds between two bank audits of one process (pacing, not sync)
 _INITIAL_BALANCE = 100
 _IDS_PER_PROCESS = 10_000_000
+_OPEN_ATTEMPTS = 10  # a worker that cannot open a store in this many tries gives up
 _STARTED_BYTES = 200  # a journal this long holds the start record and some invocations
 
 
@@ -181,6 +182,11 @@ def _commit_status(exc: BaseException) -> Status:
     return "fail" if isinstance(exc, kvstore.ConflictError) else "info"
 
 
+def _before_commit(exc: BaseException) -> str:
+    """Why a transaction failed before its commit (its reads): nothing was written."""
+    return f"{type(exc).__name__} before commit"
+
+
 # --------------------------------------------------------------------------- workloads (worker side)
 
 
@@ -210,16 +216,16 @@ class _Client:
         self.journal.write({"e": "error", "w": _SHORT[self.name], "id": txn_id,
                             "error": "".join(traceback.format_exception(exc))[-4000:]})
 
-    async def commit(self, tx: kvstore.Transaction, txn_id: int) -> tuple[Status, int | None]:
-        """Commit `tx`: its status and committed version (None unless ok)."""
+    async def commit(self, tx: kvstore.Transaction, txn_id: int) -> tuple[Status, str | None]:
+        """Commit `tx`: its status, and why unless ok (the exception's class)."""
         try:
-            version = await tx.commit()
+            await tx.commit()
         except kvstore.KvStoreError as exc:
-            return _commit_status(exc), None
+            return _commit_status(exc), type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - anything else is a finding, outcome unknown
             self.error(txn_id, exc)
-            return "info", None
-        return "ok", version
+            return "info", type(exc).__name__
+        return "ok", None
 
 
 class ListAppendClient(_Client):
@@ -254,12 +260,12 @@ class ListAppendClient(_Client):
         ops = self._plan(rng)
         txn_id = self.recorder.invoke(self.process, ops)
         self.record(e="i", id=txn_id, p=self.process, t=self._clock.last, ops=ops)
-        status, done = await self._execute(ops, txn_id)
+        status, why, done = await self._execute(ops, txn_id)
         final_ops = done if status == "ok" else ops  # reads of unknown txns are not evidence
         self.recorder.complete(txn_id, status, final_ops)
-        self.record(e="c", id=txn_id, s=status, t=self._clock.last, ops=final_ops)
+        self.record(e="c", id=txn_id, s=status, t=self._clock.last, ops=final_ops, why=why)
 
-    async def _execute(self, ops: list[list[Any]], txn_id: int) -> tuple[Status, list[list[Any]]]:
+    async def _execute(self, ops: list[list[Any]], txn_id: int) -> tuple[Status, str | None, list[list[Any]]]:
         tx = self.db.transaction()
         done: list[list[Any]] = []
         try:
@@ -271,15 +277,13 @@ class ListAppendClient(_Client):
                     done.append([f, key, value])
                 else:
                     done.append([f, key, current])
-        except kvstore.KvStoreError:
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
             tx.discard()
-            return "fail", done  # nothing was sent: the transaction never reached commit
-        except Exception as exc:  # noqa: BLE001
-            tx.discard()
-            self.error(txn_id, exc)
-            return "fail", done
-        status, _ = await self.commit(tx, txn_id)
-        return status, done
+            if not isinstance(exc, kvstore.KvStoreError):
+                self.error(txn_id, exc)
+            return "fail", _before_commit(exc), done
+        status, why = await self.commit(tx, txn_id)
+        return status, why, done
 
     def _note_length(self, key: int, length: int) -> None:
         """Retire full keys, so lists (and the history) stay small."""
@@ -311,17 +315,14 @@ class BankClient(_Client):
             if moved:
                 tx.put(f"acct/{a:04d}", balance_a - amount)
                 tx.put(f"acct/{b:04d}", balance_b + amount)
-        except kvstore.KvStoreError:
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
             tx.discard()
-            self.record(e="c", id=txn_id, s="fail")
+            if not isinstance(exc, kvstore.KvStoreError):
+                self.error(txn_id, exc)
+            self.record(e="c", id=txn_id, s="fail", why=_before_commit(exc))
             return
-        except Exception as exc:  # noqa: BLE001
-            tx.discard()
-            self.error(txn_id, exc)
-            self.record(e="c", id=txn_id, s="fail")
-            return
-        status, _ = await self.commit(tx, txn_id)
-        self.record(e="c", id=txn_id, s=status, moved=moved)
+        status, why = await self.commit(tx, txn_id)
+        self.record(e="c", id=txn_id, s=status, moved=moved, why=why)
 
     async def audit(self) -> None:
         """One audit: a snapshot's balances must sum to the total, none negative."""
@@ -348,17 +349,14 @@ class CounterClient(_Client):
         try:
             value = await tx.get(f"ctr/{key:04d}", 0)
             tx.put(f"ctr/{key:04d}", value + 1)
-        except kvstore.KvStoreError:
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
             tx.discard()
-            self.record(e="c", id=txn_id, s="fail")
+            if not isinstance(exc, kvstore.KvStoreError):
+                self.error(txn_id, exc)
+            self.record(e="c", id=txn_id, s="fail", why=_before_commit(exc))
             return
-        except Exception as exc:  # noqa: BLE001
-            tx.discard()
-            self.error(txn_id, exc)
-            self.record(e="c", id=txn_id, s="fail")
-            return
-        status, _ = await self.commit(tx, txn_id)
-        self.record(e="c", id=txn_id, s=status, r=value)
+        status, why = await self.commit(tx, txn_id)
+        self.record(e="c", id=txn_id, s=status, r=value, why=why)
 
 
 # --------------------------------------------------------------------------- worker process
@@ -386,16 +384,28 @@ def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
     asyncio.run(_worker(spec, low_hint))
 
 
+SABOTAGE = ("no-conflict-check", "no-ambiguity-resolution")
+
+
 def _sabotage(kind: str) -> None:
-    """Break kvstore on purpose (test-only), to prove the campaign's checks catch it."""
-    if kind != "no-conflict-check":
-        raise ValueError(f"unknown sabotage {kind!r}")
+    """Break kvstore on purpose (test-only), to prove the campaign's checks catch it.
+
+    ``no-conflict-check`` commits every transaction without checking what it
+    read (lost updates); ``no-ambiguity-resolution`` never looks for its own
+    transaction after an uncertain CAS (I5), so a lost response leads to a
+    second application or to "failed" for a commit that happened.
+    """
     from kvstore import _commit
 
-    def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
-        return list(requests)
+    if kind == "no-conflict-check":
+        def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
+            return list(requests)
 
-    _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
+        _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
+    elif kind == "no-ambiguity-resolution":
+        _commit.Committer._find_own_commit = lambda self, *args: None  # type: ignore[method-assign]
+    else:
+        raise ValueError(f"unknown sabotage {kind!r}; one of {SABOTAGE}")
 
 
 class _CountingHandler(logging.Handler):
@@ -474,23 +484,28 @@ async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
 
 async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
                            injectors: list[FaultInjectingStore]) -> kvstore.Store:
-    """Open one workload's store, through a fault injector if faults are on."""
+    """Open one workload's store, through a fault injector if faults are on.
 
-    def wrap(inner: Any) -> Any:
-        seed = random.Random(f"{cfg.seed}/{spec.incarnation}/{workload}").getrandbits(32)
-        injector = FaultInjectingStore(inner, fault_plan(seed))
-        injectors.append(injector)
-        return injector
+    An injected outage can outlast the retry policy, so opening is tried
+    again, each time with a differently seeded injector: the same seed would
+    replay the same outage forever.
+    """
+    for attempt in range(_OPEN_ATTEMPTS):
 
-    while True:
+        def wrap(inner: Any, attempt: int = attempt) -> Any:
+            seed = random.Random(f"{cfg.seed}/{spec.incarnation}/{workload}/{attempt}").getrandbits(32)
+            injector = FaultInjectingStore(inner, fault_plan(seed))
+            injectors.append(injector)
+            return injector
+
         try:
             return await kvstore.open(store_url(cfg.url, workload), values="msgpack", options=store_options(),
                                       endpoint_url=cfg.endpoint_url, create=False,
                                       wrap_object_store=wrap if cfg.faults else None)
         except kvstore.StoreUnavailableError:
-            if time.time() > spec.stop_at:
-                raise
-            # Opening is retried: an injected outage may outlast the retry policy.
+            if attempt + 1 == _OPEN_ATTEMPTS:
+                raise  # the worker exits non-zero: reported as a finding
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- coordinator
@@ -700,10 +715,13 @@ def _outcomes(records: Sequence[dict[str, Any]]) -> tuple[dict[int, dict[str, An
     return invoked, completed
 
 
-def _counts(invoked: dict[int, Any], completed: dict[int, dict[str, Any]]) -> dict[str, int]:
+def _counts(invoked: dict[int, Any], completed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """ok / fail / info counts, and why transactions failed or ended unknown."""
     status = Counter(completed[i]["s"] if i in completed else "info" for i in invoked)
+    why = Counter(f"{completed[i]['s']}: {completed[i].get('why')}" if i in completed else "info: killed"
+                  for i in invoked if i not in completed or completed[i]["s"] != "ok")
     return {"invoked": len(invoked), "ok": status["ok"], "fail": status["fail"], "info": status["info"],
-            "unfinished": sum(1 for i in invoked if i not in completed)}
+            "unfinished": sum(1 for i in invoked if i not in completed), "why": dict(sorted(why.items()))}
 
 
 async def _check_list_append(db: kvstore.Store, records: list[dict[str, Any]], journals: list[str],
@@ -803,6 +821,9 @@ def format_summary(result: CampaignResult) -> str:
                             if k not in ("invoked", "ok", "fail", "info") and not isinstance(v, dict))
         lines.append(f"{w:<12} {s.get('invoked', 0):>8} {s.get('ok', 0):>8} {s.get('fail', 0):>8} "
                      f"{s.get('info', 0):>8}  {details}")
+    for w, s in result.workloads.items():
+        if s.get("why"):
+            lines.append(f"  {w} not ok: " + ", ".join(f"{k} x{v}" for k, v in s["why"].items()))
     total = sum(s.get("invoked", 0) for s in result.workloads.values())
     faults = sum(v for k, v in result.faults_injected.items())
     lines.append(f"total transactions {total}, duration {result.duration:.1f} s, processes started "

@@ -1,0 +1,310 @@
+"""The `kvstore` command line, driven as a subprocess (``python -m kvstore``).
+
+One scenario runs on the local filesystem and on LocalStack S3. Starting
+Python and importing kvstore costs about a second of CPU per command, so the
+scenario runs in rounds: the commands of a round are independent of each other
+and run concurrently, and each round starts after the previous one ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TIMEOUT = 90.0  # seconds for one command; they take one or two
+
+
+@dataclass
+class Call:
+    """One `kvstore` invocation."""
+
+    args: list[str]
+    stdin: bytes | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Done:
+    """The outcome of a Call."""
+
+    args: list[str]
+    rc: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode()
+
+    def json(self) -> Any:
+        assert self.rc == 0, self.describe()
+        return json.loads(self.out)
+
+    def ok(self) -> Done:
+        assert self.rc == 0, self.describe()
+        return self
+
+    def describe(self) -> str:
+        return f"kvstore {' '.join(self.args)} -> rc {self.rc}\nstdout: {self.out[:2000]!r}\nstderr: {self.err}"
+
+    def one_line_error(self, rc: int, *fragments: str) -> None:
+        """Exit code `rc`, nothing on stdout, one line on stderr naming `fragments`."""
+        assert self.rc == rc, self.describe()
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kvstore: error: "), self.describe()
+        assert "Traceback" not in self.err
+        for fragment in fragments:
+            assert fragment in lines[0], self.describe()
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KVSTORE_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")}
+    return {**env, **extra}
+
+
+def _start(call: Call, stderr: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvstore", *call.args],
+        stdin=subprocess.PIPE if call.stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=_env(call.env),
+    )
+
+
+def run(*calls: Call) -> list[Done]:
+    """Run `calls` concurrently; wait for all of them."""
+    procs = [_start(c) for c in calls]
+    done = []
+    for call, proc in zip(calls, procs):
+        out, err = proc.communicate(call.stdin, timeout=TIMEOUT)
+        done.append(Done(call.args, proc.returncode, out, err.decode()))
+    return done
+
+
+def kv(*args: str, stdin: bytes | None = None, **env: str) -> Call:
+    return Call(list(args), stdin, env)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+SEED = [
+    {"key": "users/1", "value": b64(b"one")},
+    {"key": "users/2", "value": b64(b"two")},
+    {"key": "users/3", "value": b64(b"three")},
+    {"key_base64": b64(b"\xff\x00"), "value": b64(b"\x00")},
+]
+DOC = {"name": "Ada", "langs": ["en", "fr"], "n": 3, "raw": {"$base64": b64(b"\x00\x01")}}
+BLOB = b"\x00\xffraw bytes\n"
+
+
+def _read_line(stream: Any, deadline: float) -> str:
+    """One line from a subprocess's pipe, waiting at most until `deadline`."""
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            assert left > 0 and sel.select(left), f"no line on stderr in time (got {buf!r})"
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode()
+
+
+def _seed_files(tmp: Path) -> tuple[Path, Path, Path]:
+    seed = tmp / "seed.jsonl"
+    seed.write_text("".join(json.dumps(d) + "\n" for d in SEED))
+    doc = tmp / "doc.json"
+    doc.write_text(json.dumps(DOC))
+    return seed, doc, tmp / "export.jsonl"
+
+
+def test_cli_on_local_filesystem(tmp_path: Path) -> None:
+    """Every subcommand and most options on a local store, with exit codes and JSON output."""
+    url, url2 = str(tmp_path / "store"), str(tmp_path / "copy")
+    root = tmp_path / "store"
+    seed, doc, exported = _seed_files(tmp_path)
+
+    # Round 1: create.
+    (init,) = run(kv("init", url, "--json"))
+    assert init.json() == {"url": f"file://{root}", "created": True, "version": 0}
+
+    # Round 2: one commit each (versions 1-4 in some order); usage and input errors.
+    imported, greeting, blob, msg, bad_import, help_, no_url, debug = run(
+        kv("import", url, "-f", str(seed), "--json"),
+        kv("put", url, "greeting", "hello", "--json"),
+        kv("put", url, "blob", "-", stdin=BLOB),
+        kv("put", "--values", "msgpack", url, "doc", "--file", str(doc), "--json"),
+        kv("import", url, "--json", stdin=b'{"key": "x", "value": "eA=="}\nnot json\n'),
+        kv("--help"),
+        kv("get", "k"),
+        kv("--debug", "get", str(tmp_path / "none"), "k"),
+    )
+    assert imported.json()["keys"] == 4
+    assert greeting.json()["key"] == "greeting"
+    assert blob.ok().text.startswith(f"put blob ({len(BLOB)} bytes) at version ")
+    assert msg.json()["key"] == "doc"
+    versions = {imported.json()["version"], greeting.json()["version"], msg.json()["version"]}
+    assert len(versions) == 3 and versions <= {1, 2, 3, 4}
+    bad_import.one_line_error(1, "line 2", "not JSON")
+    text = help_.ok().text
+    for command in ("init", "info", "get", "put", "delete", "scan", "history", "tag", "compact",
+                    "gc", "verify", "export", "import", "watch"):
+        assert f"\n  {command} " in text, command
+    assert "alias: ls" in text and "Exit codes:" in text and "KVSTORE_URL" in text
+    assert no_url.rc == 2 and "KVSTORE_URL" in no_url.err, no_url.describe()
+    assert debug.rc == 3 and "Traceback" in debug.err, debug.describe()
+    assert debug.err.strip().splitlines()[-1].startswith("kvstore: error: no kvstore at")
+    assert not (tmp_path / "none").exists()  # read commands never create a store
+
+    # Round 3: reads of version 4, a tag, an export.  (Raw `get` output: round 4.)
+    get_json, get_doc, get_missing, scan_json, ls_keys, hist, info, tag, export = run(
+        kv("get", url, "blob", "--json"),
+        kv("get", url, "doc", "--values", "msgpack"),
+        kv("get", url, "nope"),
+        kv("scan", url, "--prefix", "users/", "--json"),
+        kv("ls", url, "--start", "users/2", "--end", "users/9", "--reverse", "--limit", "1", "--keys-only"),
+        kv("history", url, "--json"),
+        kv("info", url, "--json"),
+        kv("tag", "create", url, "release", "--json"),
+        kv("export", url, "-o", str(exported), "--json"),
+    )
+    assert get_json.json() == {"key": "blob", "value": b64(BLOB), "version": 4}
+    assert json.loads(get_doc.ok().out) == DOC
+    get_missing.one_line_error(3, "'nope' not found")
+    assert scan_json.json() == [{"key": f"users/{i}", "value": b64(v)}
+                                for i, v in ((1, b"one"), (2, b"two"), (3, b"three"))]
+    assert ls_keys.ok().text == "users/3\n"
+    assert [(c["version"], c["kind"]) for c in hist.json()] == [(4, "commit"), (3, "commit"), (2, "commit"),
+                                                                (1, "commit")]
+    assert sorted(c["key_count"] for c in hist.json()) == [1, 1, 1, 4]
+    facts = info.json()
+    assert facts["version"] == 4 and facts["keys"] == {"count": 7, "exact": True}
+    assert facts["segments"] == 4 and facts["commits_in_log"] == 4  # ("tags" races with `tag create`)
+    assert facts["options"]["max_key_bytes"] == 4096
+    assert tag.json()["name"] == "release" and tag.json()["version"] == 4
+    assert export.json() == {"version": 4, "keys": 7, "output": str(exported)}
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [d.get("key") for d in lines] == ["blob", "doc", "greeting", "users/1", "users/2", "users/3", None]
+    assert lines[-1] == {"key_base64": b64(b"\xff\x00"), "value": b64(b"\x00")}
+    assert {"key": "greeting", "value": b64(b"hello")} in lines
+
+    # Round 4: a delete seen by a watcher, a taken tag, compaction, import elsewhere.
+    watcher = _start(kv("watch", url, "--since", "4", "--count", "1", "--interval", "0.05", "--json",
+                        "--prefix", "greet"))
+    deleted, tag_taken, tags, at_tag, compacted, imported2, keys = run(
+        kv("delete", url, "greeting", "--json"),
+        kv("tag", "create", url, "release"),
+        kv("tag", "list", url, "--json"),
+        kv("get", url, "greeting", "--tag", "release"),
+        kv("compact", url, "--full", "--json"),
+        kv("import", url2, "-f", str(exported)),
+        kv("scan", "--keys-only", "--version", "4", KVSTORE_URL=url),
+    )
+    out, err = watcher.communicate(timeout=TIMEOUT)
+    assert watcher.returncode == 0, err
+    assert json.loads(out) == {"version": deleted.json()["version"], "time": json.loads(out)["time"],
+                               "keys": [{"key": "greeting"}]}
+    tag_taken.one_line_error(4, "'release' exists")
+    assert [(t["name"], t["version"]) for t in tags.json()] == [("release", 4)]
+    assert at_tag.ok().out == b"hello"
+    assert compacted.json() and compacted.json()[-1]["inputs"] >= 4
+    assert imported2.ok().text == "imported 7 keys at version 1\n"
+    assert keys.ok().text.splitlines() == ["blob", "doc", "greeting", "users/1", "users/2", "users/3", "\\xff\\x00"]
+
+    # Round 5: the copy equals the original; the tag goes.
+    copy, untag, missing_tag = run(
+        kv("export", url2), kv("tag", "delete", url, "release", "--json"), kv("get", url, "k", "--tag", "nope"))
+    assert copy.ok().text == exported.read_text()
+    assert untag.json() == {"name": "release", "deleted": True}
+    missing_tag.one_line_error(3, "no tag 'nope'")
+
+    # Round 6: garbage collection, dry run first.
+    (dry,) = run(kv("gc", url, "--dry-run", "--grace-period", "0", "--json"))
+    report = dry.json()
+    assert report["dry_run"] is True and report["deleted"] and report["bytes_deleted"] > 0
+    assert all((root / name).exists() for name in report["deleted"])
+
+    # Round 7: the real collection; damage in the copy is found.
+    (segment,) = (tmp_path / "copy" / "segments").iterdir()
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    gc, damaged = run(kv("gc", url, "--grace-period", "0", "--json"), kv("verify", url2))
+    assert set(report["deleted"]) <= set(gc.json()["deleted"])
+    assert not any((root / name).exists() for name in report["deleted"])
+    assert damaged.rc == 5 and f"DAMAGED segments/{segment.name}" in damaged.text, damaged.describe()
+
+
+def test_cli_on_s3(s3_bucket: tuple[str, str], tmp_path: Path) -> None:
+    """Every subcommand once on LocalStack, the endpoint given every AWS way."""
+    endpoint_url, bucket = s3_bucket
+    url = f"s3://{bucket}/cli"
+    seed, _, exported = _seed_files(tmp_path)
+    e = ["--endpoint-url", endpoint_url]
+
+    (init,) = run(kv(*e, "init", url, "--json"))  # the option before the subcommand
+    assert init.json() == {"url": f"{url}/", "created": True, "version": 0}
+
+    imported, greeting = run(
+        kv("import", url, "-f", str(seed), AWS_ENDPOINT_URL_S3=endpoint_url),
+        kv("put", url, "greeting", "-", *e, stdin=b"hello"),  # the option after it
+    )
+    assert imported.ok().text.startswith("imported 4 keys at version ")
+    assert greeting.ok().text.startswith("put greeting (5 bytes) at version ")
+
+    get, scan, hist, info, verify, tag, missing_bucket = run(
+        kv(*e, "get", url, "greeting"),
+        kv("scan", "--json", KVSTORE_URL=url, AWS_ENDPOINT_URL=endpoint_url),
+        kv(*e, "history", url, "--json"),
+        kv(*e, "info", url, "--json"),
+        kv(*e, "verify", url, "--json"),
+        kv(*e, "tag", "create", url, "v2"),
+        kv(*e, "info", "s3://no-such-bucket-kvstore-cli/x"),
+    )
+    assert get.ok().out == b"hello"
+    assert [d["key"] for d in scan.json()[:4]] == ["greeting", "users/1", "users/2", "users/3"]
+    assert [c["version"] for c in hist.json()] == [2, 1]
+    assert info.json()["version"] == 2 and info.json()["keys"]["count"] == 5 and info.json()["segments"] == 2
+    assert verify.json() == {"version": 2, "objects_checked": 3, "ok": True, "damaged": {}}
+    assert tag.ok().text == "tagged version 2 as v2\n"
+    missing_bucket.one_line_error(3, "does not exist")
+
+    # A watcher sees the delete; Ctrl-C stops it with exit code 0.
+    watcher = _start(kv(*e, "watch", url, "--interval", "0.2", "--prefix", "greeting"))
+    deadline = time.monotonic() + TIMEOUT
+    assert _read_line(watcher.stderr, deadline).startswith(f"watching {url}/ for commits after version 2")
+    deleted, tags, export, compacted = run(
+        kv(*e, "delete", url, "greeting", "--json"),
+        kv(*e, "tag", "list", url),
+        kv(*e, "export", url, "--tag", "v2", "-o", str(exported)),
+        kv(*e, "compact", url, "--full"),
+    )
+    seen = _read_line(watcher.stdout, deadline)
+    assert seen.startswith(f"{deleted.json()['version']}  ") and seen.endswith("  greeting\n"), seen
+    watcher.send_signal(signal.SIGINT)
+    _, err = watcher.communicate(timeout=TIMEOUT)
+    assert watcher.returncode == 0 and b"Traceback" not in err, err
+    assert tags.ok().text.splitlines()[1].startswith("v2    2 ")
+    assert export.ok().text == f"exported 5 keys at version 2 to {exported}\n"
+    assert "merged 3 segments into level 1" in compacted.ok().text or "merged 2 segments" in compacted.text
+
+    (untag,) = run(kv(*e, "tag", "delete", url, "v2"))
+    assert untag.ok().text == "deleted tag v2\n"
+    (gc,) = run(kv(*e, "gc", url, "--grace-period", "0"))
+    assert gc.ok().text.startswith("deleted ")
+    assert "deleted 0 objects" not in gc.text, gc.describe()
