@@ -477,34 +477,27 @@ def info(args: tuple[str, ...], count_limit: int) -> None:
 
     async def run() -> dict[str, Any]:
         async with _open(url) as db:
-            version = await db.refresh()
+            described = await db.describe()
             history = await db.history()
             tags = await db.tags()
-            # Segment counts come from a dry-run garbage collection (a LIST of the
-            # store's objects); the public API has no cheaper way to see them yet.
-            segments: int | None = None
-            garbage: dict[str, Any] | None = None
-            try:
-                report = await db.gc(dry_run=True)
-                segments = sum(1 for name, why in report.kept.items() if why == "live" and name.endswith(".seg"))
-                garbage = {"objects": len(report.deleted), "bytes": report.bytes_deleted}
-            except kvstore.AccessDeniedError:
-                pass
             counted = 0
             async for _ in db.scan(limit=count_limit + 1 if count_limit else None):
                 counted += 1
             keys: dict[str, Any] = {"count": min(counted, count_limit) if count_limit else counted,
-                                    "exact": not count_limit or counted <= count_limit}
+                                    "exact": not count_limit or counted <= count_limit,
+                                    "stored_entries": described.entries}
             return {
                 "url": db.url,
-                "version": version,
-                "segments": segments,
-                "bytes": None,  # not exposed by the public API yet
+                "store_id": described.store_id,
+                "version": described.version,
+                "oldest_readable_version": described.oldest_readable_version,
+                "segments": described.segments,
+                "segments_per_level": described.segments_per_level,
+                "bytes": described.segment_bytes,
                 "keys": keys,
                 "commits_in_log": len(history),
                 "last_commit": history[0].time if history else None,
                 "tags": len(tags),
-                "garbage": garbage,
                 "options": dataclasses.asdict(db.options),
                 "requests": db.statistics()["requests"],
             }
@@ -516,16 +509,16 @@ def info(args: tuple[str, ...], count_limit: int) -> None:
     keys = doc["keys"]
     rows = [
         ["url", doc["url"]],
+        ["store id", doc["store_id"]],
         ["version", str(doc["version"])],
-        ["segments", "unknown (no permission to list)" if doc["segments"] is None else str(doc["segments"])],
-        ["bytes", "unknown (not exposed by the API yet)"],
-        ["keys", f"{keys['count']}" if keys["exact"] else f"more than {keys['count']}"],
+        ["oldest readable version", str(doc["oldest_readable_version"])],
+        ["segments", f"{doc['segments']} (per level: {doc['segments_per_level']})"],
+        ["bytes", _size(doc["bytes"])],
+        ["keys", f"{keys['count']}" if keys["exact"] else f"more than {keys['count']} (at most {keys['stored_entries']})"],
         ["commits in log", str(doc["commits_in_log"])],
         ["last commit", _time(doc["last_commit"]) if doc["last_commit"] else "-"],
         ["tags", str(doc["tags"])],
     ]
-    if doc["garbage"] is not None:
-        rows.append(["garbage", f"{doc['garbage']['objects']} objects, {_size(doc['garbage']['bytes'])} (gc deletes them)"])
     for name, value in doc["options"].items():
         rows.append([f"option {name}", json.dumps(value)])
     _table(rows)

@@ -193,8 +193,9 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
                                                                 (1, "commit")]
     assert sorted(c["key_count"] for c in hist.json()) == [1, 1, 1, 4]
     facts = info.json()
-    assert facts["version"] == 4 and facts["keys"] == {"count": 7, "exact": True}
-    assert facts["segments"] == 4 and facts["commits_in_log"] == 4  # ("tags" races with `tag create`)
+    assert facts["version"] == 4 and facts["keys"] == {"count": 7, "exact": True, "stored_entries": 7}
+    assert facts["segments"] == 4 and facts["segments_per_level"] == {"0": 4} and facts["bytes"] > 0
+    assert facts["commits_in_log"] == 4  # ("tags" races with `tag create`)
     assert facts["options"]["max_key_bytes"] == 4096
     assert tag.json()["name"] == "release" and tag.json()["version"] == 4
     assert export.json() == {"version": 4, "keys": 7, "output": str(exported)}
