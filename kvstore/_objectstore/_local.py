@@ -111,8 +111,12 @@ class LocalObjectStore:
         return Blob(data, etag)
 
     def _put_if_absent(self, name: str, data: bytes) -> str:
+        self._link_into_place(self._write_temp(data), name)
+        return content_etag(data)
+
+    def _link_into_place(self, tmp: Path, name: str) -> None:
+        """Give the complete, fsync'd file `tmp` the name `name` unless it exists (atomic)."""
         path = self._path(name)
-        tmp = self._write_temp(data)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.link(tmp, path)
@@ -121,7 +125,6 @@ class LocalObjectStore:
         finally:
             tmp.unlink()
         _fsync_dir(path.parent)
-        return content_etag(data)
 
     def _put_if_match(self, name: str, data: bytes, etag: str) -> str:
         path = self._path(name)
@@ -178,14 +181,7 @@ class LocalObjectStore:
                 out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.link(tmp, path)
-        except FileExistsError:
-            raise PreconditionFailed(f"{name} exists") from None
-        finally:
-            tmp.unlink()
-        _fsync_dir(path.parent)
+        self._link_into_place(tmp, name)
         shutil.rmtree(upload, ignore_errors=True)
         return '"' + digest.hexdigest() + '"'
 
