@@ -54,7 +54,7 @@ class ByteLRU:
         pending = self._loading.get(key)
         if pending is not None:
             self.hits += 1
-            return await asyncio.shield(pending)  # type: ignore[no-any-return]
+            return await asyncio.shield(pending)
         self.misses += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._loading[key] = future

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import secrets
 from bisect import bisect_left
 import time
@@ -31,6 +32,15 @@ TAIL_READ_BYTES = 64 * 1024
 PART_BYTES = 8 * 1024 * 1024
 
 Entry = tuple[bytes, int, "bytes | None"]
+
+
+class Miss(enum.Enum):
+    """The answer of a cache-only lookup that would need a fetch."""
+
+    NOT_CACHED = 0
+
+
+NOT_CACHED = Miss.NOT_CACHED
 
 
 def new_object_id() -> str:
@@ -128,17 +138,17 @@ class SegmentStore:
         block = self._cache.get(("block", ref.id, block_no)) or await self.block(ref, index, block_no)
         return _newest(block, ref, key, max_version)
 
-    def get_cached(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None | bool:
-        """Like `get`, without awaiting: False when the index or block is not cached."""
+    def get_cached(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None | Miss:
+        """Like `get`, without awaiting: `NOT_CACHED` when the index or block is not cached."""
         index = self._cache.get(("index", ref.id))
         if index is None:
-            return False
+            return NOT_CACHED
         block_no = index.block_for(key)
         if block_no is None:
             return None
         block = self._cache.get(("block", ref.id, block_no))
         if block is None:
-            return False
+            return NOT_CACHED
         return _newest(block, ref, key, max_version)
 
     async def blocks(

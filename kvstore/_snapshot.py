@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from functools import total_ordering
 
 from ._manifest import Manifest, SegmentRef
-from ._segment_store import Entry, SegmentStore
+from ._segment_store import NOT_CACHED, Entry, SegmentStore
 
 
 class SnapshotView:
@@ -34,9 +34,9 @@ class SnapshotView:
             if not ref.min_key <= key <= ref.max_key:
                 continue
             found = segments.get_cached(ref, key, version)
-            if found is False:
+            if found is NOT_CACHED:
                 found = await segments.get(ref, key, version)
-            if found is not None and found is not False and (best is None or found[0] > best[0]):
+            if found is not None and (best is None or found[0] > best[0]):
                 best = found
         return None if best is None else best[1]
 

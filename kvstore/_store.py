@@ -516,7 +516,7 @@ class Store:
         """
         self._check_open()
         await self._manifests.refresh()
-        results = []
+        results: list[CompactionResult] = []
         while True:
             result = await self._compactor.compact(full=full)
             if result is None:
@@ -651,7 +651,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     if values not in VALUE_MODES:
         raise ValidationError(f"values must be one of {VALUE_MODES}, not {values!r}")
     s3 = s3_options or S3Options()
-    explicit = {
+    explicit: dict[str, Any] = {
         "endpoint_url": endpoint_url,
         "region_name": region_name,
         "profile": profile,

@@ -162,7 +162,7 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.version`."""
         return self._store.version
 
-    def get(self, key: str | bytes, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str | bytes, default: Any = None) -> Any:
         """Blocking form of `Store.get`."""
         return self._runner.run(self._store.get(key, default))
 
@@ -267,17 +267,17 @@ class SyncStore(MutableMapping[bytes, Any]):
         self.close()
 
     # MutableMapping over the latest version
-    def __getitem__(self, key: str | bytes) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: str | bytes) -> Any:
         missing = object()
         value = self.get(key, missing)
         if value is missing:
             raise KeyError(key)
         return value
 
-    def __setitem__(self, key: str | bytes, value: Any) -> None:  # type: ignore[override]
+    def __setitem__(self, key: str | bytes, value: Any) -> None:
         self.put(key, value)
 
-    def __delitem__(self, key: str | bytes) -> None:  # type: ignore[override]
+    def __delitem__(self, key: str | bytes) -> None:
         def delete_existing(tx: SyncTransaction) -> bool:
             missing = object()
             if tx.get(key, missing) is missing:

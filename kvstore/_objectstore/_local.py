@@ -24,14 +24,16 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .._errors import AccessDeniedError, StoreUnavailableError
 from ._etag import content_etag
 from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed
 
+T = TypeVar("T")
 _WORK_DIR = ".kvstore-work"  # temporary files and locks; never listed
 
 
@@ -69,7 +71,7 @@ class LocalObjectStore:
     async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
         return await _in_thread(self._upload_part, upload_id, part_number, data)
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         return await _in_thread(self._complete_multipart, name, upload_id, parts)
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
@@ -165,7 +167,7 @@ class LocalObjectStore:
             f.write(data)
         return content_etag(data)
 
-    def _complete_multipart(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    def _complete_multipart(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         upload = self._upload_dir(upload_id)
         path = self._path(name)
         if not upload.is_dir():  # completed (or aborted) before
@@ -250,7 +252,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call in a worker thread, translating OS errors we cannot retry."""
     try:
         return await asyncio.to_thread(fn, *args)

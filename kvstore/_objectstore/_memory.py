@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ._etag import content_etag
@@ -75,7 +75,7 @@ class MemoryObjectStore:
         _UPLOADS[upload_id][part_number] = bytes(data)
         return content_etag(data)
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         if name in self._objects:
             raise PreconditionFailed(f"{name} exists")
         if upload_id not in _UPLOADS:

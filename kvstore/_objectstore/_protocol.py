@@ -9,7 +9,7 @@ resolution of ambiguous conditional writes live one layer up, in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -115,7 +115,7 @@ class ObjectStore(Protocol):
         """Upload part `part_number` (1-based; all but the last >= 5 MiB); returns its ETag."""
         ...
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         """Assemble the parts into `name` only if it does not exist (If-None-Match: *).
 
         Returns the object's ETag; raises PreconditionFailed if it exists.

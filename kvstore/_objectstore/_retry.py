@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -82,7 +82,7 @@ class RetryingObjectStore:
     async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
         return await self._call("PUT", lambda: self.inner.upload_part(name, upload_id, part_number, data))
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         return await self._call("POST", lambda: self.inner.complete_multipart_if_absent(name, upload_id, parts))
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -144,7 +144,7 @@ class S3ObjectStore:
             raise self._translate(exc, name, write=True) from exc
         return str(response["ETag"])
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         client = await self._get_client()
         try:
             response = await client.complete_multipart_upload(

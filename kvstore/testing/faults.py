@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -156,7 +156,7 @@ class FaultInjectingStore:
     async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
         return await self._run("upload_part", lambda: self.inner.upload_part(name, upload_id, part_number, data))
 
-    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+    async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
         return await self._run(
             "complete_multipart_if_absent", lambda: self.inner.complete_multipart_if_absent(name, upload_id, parts)
         )
