@@ -51,6 +51,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -109,13 +110,14 @@ class CampaignConfig:
     workloads: tuple[str, ...] = WORKLOADS
     duration_limit: float = 300.0  # seconds; no transaction is started after it
     kill_interval: float = 3.0  # mean seconds between two kills
+    kill_drain: float | None = None  # SIGSTOP this long before SIGKILL; None: 1 s on S3, else 0 (see _kill)
     workdir: str | None = None  # journals and the result; a new temporary directory if None
     keys: int = 6  # list-append: keys appended to at a time
     max_appends: int = 40  # list-append: a key is retired once its list is this long
     accounts: int = 8
     counters: int = 4
-    # Test-only: "no-conflict-check" disables kvstore's conflict check in the
-    # workers, a deliberately broken store that the checks must catch.
+    # Test-only: one of SABOTAGE breaks kvstore inside the workers on purpose,
+    # a store with a known bug that the checks must catch.
     sabotage: str | None = None
 
 
@@ -428,17 +430,7 @@ async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
     kv_logger.propagate = False  # counted, not printed: faults make them expected
     injectors: list[FaultInjectingStore] = []
     stores = {w: await _open_with_retry(cfg, w, spec, injectors) for w in cfg.workloads}
-    # Transaction ids: a disjoint range per process; list-append's recorder takes the lower half.
-    base = spec.incarnation * _IDS_PER_PROCESS
-    ids = iter(range(base + _IDS_PER_PROCESS // 2, base + _IDS_PER_PROCESS))
-    clients: list[_Client] = []
-    for w in cfg.workloads:
-        if w == "list-append":
-            clients.append(ListAppendClient(stores[w], journal, spec, ids, low_hint, base + 1))
-        elif w == "bank":
-            clients.append(BankClient(stores[w], journal, spec, ids))
-        else:
-            clients.append(CounterClient(stores[w], journal, spec, ids))
+    clients = _make_clients(spec, stores, journal, low_hint)
     journal.write({"e": "start", "slot": spec.slot, "inc": spec.incarnation, "pid": os.getpid()})
     budget = [spec.quota]
     stop = asyncio.Event()
@@ -480,6 +472,22 @@ async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
         await db.close()
     journal.write({"e": "done", "faults": injected()})
     journal.close()
+
+
+def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal,
+                  low_hint: Any) -> list[_Client]:
+    """One client per workload, with transaction ids from this process's own range."""
+    base = spec.incarnation * _IDS_PER_PROCESS
+    ids = iter(range(base + _IDS_PER_PROCESS // 2, base + _IDS_PER_PROCESS))  # list-append takes the lower half
+    clients: list[_Client] = []
+    for w in spec.config.workloads:
+        if w == "list-append":
+            clients.append(ListAppendClient(stores[w], journal, spec, ids, low_hint, base + 1))
+        elif w == "bank":
+            clients.append(BankClient(stores[w], journal, spec, ids))
+        else:
+            clients.append(CounterClient(stores[w], journal, spec, ids))
+    return clients
 
 
 async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
@@ -607,7 +615,7 @@ def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) 
         now = time.time()
         victim = _pick_victim(slots, rng) if config.kills and next_kill <= now < stop_at else None
         if victim is not None:  # else the kill stays due until a worker is running transactions
-            _kill(victim, result)
+            _kill(victim, result, _kill_drain(config))
             left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
             if left > 0:
                 launch(victim, left)
@@ -641,12 +649,31 @@ def _pick_victim(slots: list[_Slot], rng: random.Random) -> _Slot | None:
     return rng.choice(running) if running else None
 
 
-def _kill(slot: _Slot, result: CampaignResult) -> None:
+def _kill(slot: _Slot, result: CampaignResult, drain: float = 0.0) -> None:
+    """SIGKILL the slot's worker; with `drain`, freeze it (SIGSTOP) that long first.
+
+    Freezing first is for LocalStack: a client that disconnects while a
+    GetObject response is being written leaks LocalStack's read lock on the
+    object (twisted's WSGI bridge skips the response's close() when the write
+    fails), and the next PutObject of it then blocks forever. A frozen process
+    runs no further instruction, so for kvstore it dies at the moment of the
+    SIGSTOP; its kernel still accepts the answers to requests already sent.
+    """
+    if drain > 0:
+        os.kill(slot.process.pid, signal.SIGSTOP)
+        time.sleep(drain)  # not a race in our code: LocalStack's in-flight answers drain
     slot.process.kill()  # SIGKILL
     slot.process.join()
     slot.process = None
     slot.killed += 1
     result.kills += 1
+
+
+def _kill_drain(config: CampaignConfig) -> float:
+    """Seconds a worker is frozen before its SIGKILL: only needed with an S3 endpoint."""
+    if config.kill_drain is not None:
+        return config.kill_drain
+    return 1.0 if config.url.startswith("s3://") else 0.0
 
 
 def _journal_size(journal: str) -> int:
@@ -859,13 +886,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
     p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     p.add_argument("--duration-limit", type=float, default=300.0, help="seconds")
     p.add_argument("--kill-interval", type=float, default=3.0, help="mean seconds between SIGKILLs")
+    p.add_argument("--kill-drain", type=float, default=None,
+                   help="seconds a worker is frozen (SIGSTOP) before its SIGKILL (default: 1 on S3, else 0)")
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     a = p.parse_args(argv)
     workloads = WORKLOADS if a.workload == "all" else (a.workload,)
     config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
                             txns=a.txns, seed=a.seed, faults=a.faults, kills=a.kills, workloads=workloads,
-                            duration_limit=a.duration_limit, kill_interval=a.kill_interval, workdir=a.workdir)
+                            duration_limit=a.duration_limit, kill_interval=a.kill_interval, kill_drain=a.kill_drain,
+                            workdir=a.workdir)
     return config, a.out
 
 
