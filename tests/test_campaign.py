@@ -298,7 +298,7 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
     settings: dict[str, Any] = {
         "url": target.url, "endpoint_url": target.kwargs.get("endpoint_url"), "processes": 4, "tasks": 4,
         "txns": 200 if s3 else 360, "seed": 11, "faults": True, "kills": True, "duration_limit": 90.0,
-        "kill_interval": 4.0 if s3 else 1.5, "workdir": str(workdir),
+        "kill_interval": 4.0 if s3 else 1.5, "max_kills": 3 if s3 else 6, "workdir": str(workdir),
     }
     return CampaignConfig(**{**settings, **overrides})
 
@@ -339,13 +339,15 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     # Without I5's resolution, a CAS whose answer was lost is retried blindly: the
     # transaction is then applied although reported failed, or applied twice.
     target = Target("file", f"file://{tmp_path / 'broken'}")
-    config = _campaign(target, tmp_path / "campaign", processes=2, txns=240, kills=False,
+    # 600 transactions: enough CAS requests (about 5 % lose their answer) that
+    # each store meets several ambiguous commits.
+    config = _campaign(target, tmp_path / "campaign", processes=2, txns=600, kills=False,
                        sabotage="no-ambiguity-resolution")
     result = await asyncio.to_thread(run_campaign, config)
     found = {(a["workload"], a["kind"]) for a in result.anomalies}
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
     assert ("list-append", "G1a") in found, found  # a "failed" transaction's append was read
-    assert ("counter", "count") in found, found  # more increments than acknowledged + unknown
+    assert ("counter", "count") in found, found  # a "failed" increment was applied
 
 
 def test_journal_reader_skips_only_a_torn_last_line(tmp_path: Path) -> None:
