@@ -165,25 +165,26 @@ class Suite:
             await self.section(res, "kv_sequential", kv.sequential_commits, self.s3, L, seq_n, d)
             cvf = res.setdefault("kv_commit_vs_floor", {})
             await self.section(cvf, "default", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d)
-            if kv.has_option("auto_compact"):
+            if kv.has_option("auto_compact") and a.diagnostics:
                 await self.section(cvf, "no_compaction", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d,
                                    auto_compact=False)
             w = res.setdefault("kv_writers", {})
             for n in a.writers:
                 await self.section(w, str(n), kv.concurrent_writers, self.s3, L, n, d, warmup=a.warmup)
             await self.section(res, "kv_contended_1x64", kv.contended_writers, self.s3, L, 64, d, 256, warmup=a.warmup)
-            if kv.has_option("auto_compact"):  # diagnosis: what background compaction costs
+            if kv.has_option("auto_compact") and a.diagnostics:  # what background compaction costs
                 await self.section(res, "kv_writers_64_no_compaction", kv.concurrent_writers, self.s3, L, 64, d,
                                    warmup=a.warmup, auto_compact=False)
             await self.section(res, "kv_warm_reads", kv.warm_reads, self.s3, L, 10_000, d)
             w64 = res.get("kv_writers", {}).get("64", {})
             if "store" in w64:
                 await self.section(res, "kv_warm_reads_after_writers", kv.reads_after_writers, self.s3, L, w64["store"], 64, d)
-            await self.section(res, "kv_cold_reads", kv.cold_reads, self.s3, L, a.cold_samples, a.cold_entries, 20)
+            await self.section(res, "kv_cold_reads", kv.cold_reads, self.s3, L, a.cold_samples, a.cold_entries,
+                               a.cold_overlay)
         if self.on("procs"):
             for mode, key in (("put", "kv_4x16_disjoint"), ("increment", "kv_4x16_contended")):
                 await self.section(res, key, self.fleet, self.s3, L, 4, 16, d, mode)
-            if kv.has_option("auto_compact"):
+            if kv.has_option("auto_compact") and a.diagnostics:
                 await self.section(res, "kv_4x16_disjoint_no_compaction", self.fleet, self.s3, L, 4, 16, d, "put",
                                    {"auto_compact": False})
         if self.on("ceiling"):
@@ -213,9 +214,11 @@ class Suite:
         try:
             if lat_ms > 0:
                 # the proxy's own floor, and kvstore through it (a network-delay model)
-                await self.section(peers, "floor_via_proxy", floor.s3_floor, endpoint, self.s3.bucket, 0.0, 40, a.duration)
+                await self.section(peers, "floor_via_proxy", floor.s3_floor, endpoint, self.s3.bucket, 0.0,
+                                   a.proxy_count, a.duration)
                 via = Target("s3", endpoint_url=endpoint, bucket=self.s3.bucket)
-                await self.section(peers, "kv_sequential_via_proxy", kv.sequential_commits, via, 0.0, 40, a.duration)
+                await self.section(peers, "kv_sequential_via_proxy", kv.sequential_commits, via, 0.0, a.proxy_count,
+                                   a.duration)
             if not PEERS_PYTHON.exists():
                 reason = "unavailable: bench/.venv-peers missing (run bench/setup.sh)"
                 peers["slatedb_default"] = peers["slatedb_tuned"] = peers["icechunk"] = {"unavailable": reason}
@@ -414,20 +417,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown sections {sorted(unknown)}; known: {SECTIONS}")
     q = args.quick
     args.duration = args.duration or (1.0 if q else 5.0)
-    args.warmup = 0.5 if q else 1.0
+    args.warmup = 0.3 if q else 1.0
+    args.diagnostics = not q  # the auto_compact-off variants
+    args.proxy_count = 15 if q else 40
     args.bulk_entries = args.bulk_entries or (100_000 if q else 1_000_000)
     args.seq_count = 30 if q else 200
     args.writers = (1, 8, 64)
-    args.icechunk_writers = (1, 8) if q else (1, 8, 64)
+    args.icechunk_writers = (1,) if q else (1, 8, 64)
     args.icechunk_processes = 0 if q else 4
     args.ceiling_processes = (1, 4, 16)
     args.ceiling_writers = 8
-    args.cold_samples = 3 if q else 12
+    args.cold_samples = 2 if q else 12
+    args.cold_overlay = 10 if q else 20
     args.cold_entries = 60_000 if q else 200_000
     args.scan_entries = 50_000 if q else 200_000
-    args.peer_scan_entries = 10_000 if q else 200_000
+    args.peer_scan_entries = 0 if q else 200_000
     args.peer_read_keys = 1_000 if q else 10_000
-    args.peer_seq = 10 if q else 50
+    args.peer_seq = 5 if q else 50
     args.memory_caches = (4 << 20, 16 << 20) if q else (8 << 20, 64 << 20)
     args.profile_seconds = 1.0 if q else 6.0
     args.profile_workloads = ("commits", "reads") if q else ("commits", "writers", "reads", "scans", "bulk")
