@@ -31,71 +31,12 @@ import time
 import uuid
 from typing import Any
 
+from common import closed_loop  # stdlib-only at import, so it runs in the peers' venv too
+
 VALUE = os.urandom(100)
 CREDS = {"access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
 
 
-WARMUP_CAP = 30.0  # seconds a closed loop waits for every worker's first operation
-
-
-async def closed_loop(op: Any, workers: int, duration: float, warmup: float = 0.0,
-                      grace: float = 30.0) -> dict[str, Any]:
-    """Same contract as bench/common.py's closed_loop: only completions inside the window
-    [start + warmup, start + warmup + duration] count."""
-    done = 0
-    late = 0
-    completed = 0
-    errors = 0
-    last_error = ""
-    start = time.perf_counter()
-    # The window opens once every worker has completed one operation (connections are
-    # open) and `warmup` has passed; at most WARMUP_CAP seconds after the start.
-    opens = start + WARMUP_CAP
-    deadline = opens + duration
-    warmed = 0
-    window = asyncio.Event()
-
-    def warm_one() -> None:
-        nonlocal warmed, opens, deadline
-        warmed += 1
-        if warmed == workers and not window.is_set():
-            opens = max(time.perf_counter(), start + warmup)
-            deadline = opens + duration
-            window.set()
-
-    async def worker(w: int) -> None:
-        nonlocal done, late, completed, errors, last_error
-        i = 0
-        while time.perf_counter() < deadline:
-            try:
-                await op(w, i)
-            except Exception as exc:
-                errors += 1
-                last_error = f"{type(exc).__name__}: {exc}"[:300]
-                if errors > 1000:
-                    raise
-            else:
-                completed += 1
-                now = time.perf_counter()
-                if now > deadline:
-                    late += 1
-                elif now >= opens:
-                    done += 1
-            if i == 0:
-                warm_one()
-            i += 1
-
-    tasks = [asyncio.ensure_future(worker(w)) for w in range(workers)]
-    _, pending = await asyncio.wait(tasks, timeout=WARMUP_CAP + duration + grace)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=5)
-    out = {"ops": done, "late": late, "completed": completed, "unfinished": len(pending), "errors": errors,
-           "seconds": duration, "warmup": round(opens - start, 3), "rate": done / duration}
-    if last_error:
-        out["last_error"] = last_error
-    return out
 
 
 async def timed(op: Any, count: int, max_seconds: float) -> dict[str, float]:
