@@ -298,7 +298,8 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
     settings: dict[str, Any] = {
         "url": target.url, "endpoint_url": target.kwargs.get("endpoint_url"), "processes": 4, "tasks": 4,
         "txns": 200 if s3 else 360, "seed": 11, "faults": True, "kills": True, "duration_limit": 90.0,
-        "kill_interval": 4.0 if s3 else 1.5, "max_kills": 3 if s3 else 6, "workdir": str(workdir),
+        "kill_interval": 4.0 if s3 else 1.5, "max_kills": 3 if s3 else 6, "planned_kills": 1,
+        "workdir": str(workdir),
     }
     return CampaignConfig(**{**settings, **overrides})
 

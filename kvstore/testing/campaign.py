@@ -26,7 +26,10 @@ With ``--faults on`` every process's object store is wrapped in a
 `FaultInjectingStore` (`FAULT_RULES`: errors, 409s, timeouts, lost responses
 after the write was applied, latency, outages). With ``--kills on`` the
 coordinator SIGKILLs a random worker every ``--kill-interval`` seconds on
-average and starts a replacement that carries on with the rest of its share.
+average and starts a replacement that carries on with the rest of its share;
+``--planned-kills N`` also has N workers freeze themselves (SIGSTOP, from a
+timer thread) a few milliseconds after a random invocation, to be SIGKILLed
+and replaced, so that a short run is killed however fast the machine is.
 
 Outcomes: ``ok`` (commit returned), ``fail`` (ConflictError or
 TransactionTooOldError from commit, or any kvstore error before commit: nothing
@@ -54,6 +57,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -93,6 +97,7 @@ _INITIAL_BALANCE = 100
 _IDS_PER_PROCESS = 10_000_000
 _OPEN_ATTEMPTS = 10  # a worker that cannot open a store in this many tries gives up
 _STARTED_BYTES = 200  # a journal this long holds the start record and some invocations
+_FREEZE_DELAY_MAX = 0.02  # seconds from a planned freeze's invocation to its SIGSTOP
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,10 @@ class CampaignConfig:
     kill_interval: float = 3.0  # mean seconds between two kills
     kill_drain: float | None = None  # SIGSTOP this long before SIGKILL; None: 1 s on S3, else 0 (see _kill)
     max_kills: int | None = None  # no more SIGKILLs after this many (bounds a short run on a slow machine)
+    # Workers that freeze themselves (SIGSTOP) at a random invocation of their
+    # share, to be SIGKILLed: kills that happen whatever the machine's speed
+    # (the timed kills alone can all miss a run that ends in a second).
+    planned_kills: int = 0
     workdir: str | None = None  # journals and the result; a new temporary directory if None
     keys: int = 6  # list-append: keys appended to at a time
     max_appends: int = 40  # list-append: a key is retired once its list is this long
@@ -132,6 +141,7 @@ class WorkerSpec:
     quota: int  # transactions to invoke
     stop_at: float  # time.time() after which no transaction starts
     journal: str
+    freeze_after: int | None = None  # SIGSTOP itself shortly after invoking this many transactions
 
 
 # --------------------------------------------------------------------------- journal
@@ -447,6 +457,8 @@ async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
         rng = random.Random(f"{cfg.seed}/{spec.incarnation}/{n}")
         while budget[0] > 0 and time.time() < spec.stop_at:
             budget[0] -= 1
+            if spec.quota - budget[0] == spec.freeze_after:
+                _freeze_soon(rng.uniform(0.0, _FREEZE_DELAY_MAX))
             await rng.choice(clients).run_one(rng)
             if budget[0] % _JOURNAL_STATS_EVERY == 0:
                 journal.write({"e": "stats", "faults": injected()})
@@ -473,6 +485,13 @@ async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
         await db.close()
     journal.write({"e": "done", "faults": injected()})
     journal.close()
+
+
+def _freeze_soon(delay: float) -> None:
+    """SIGSTOP this process from a timer thread: it stops wherever the event loop is then."""
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGSTOP))
+    timer.daemon = True
+    timer.start()
 
 
 def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal,
@@ -529,6 +548,7 @@ class _Slot:
     journals: list[str] = field(default_factory=list)
     process: Any = None  # multiprocessing.Process of the current incarnation
     killed: int = 0
+    freezing: bool = False  # the current incarnation will SIGSTOP itself (planned kill)
 
 
 @dataclass
@@ -596,13 +616,28 @@ def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) 
     stop_at = start + config.duration_limit
     incarnations = iter(range(1_000_000))
 
+    planned = config.planned_kills if config.kills else 0
+
     def launch(slot: _Slot, quota: int) -> None:
+        nonlocal planned
         inc = next(incarnations)
         journal = str(workdir / f"journal-{slot.index:02d}-{inc:04d}.jsonl")
         slot.journals.append(journal)
-        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal)
+        # Freeze in the first half of the share, so that the worker is still busy
+        # when its timer fires.
+        freeze_after = rng.randint(1, quota // 2) if planned > 0 and quota >= 4 else None
+        if freeze_after is not None:
+            planned -= 1
+        slot.freezing = freeze_after is not None
+        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal, freeze_after)
         slot.process = ctx.Process(target=worker_main, args=(spec, low_hint), name=f"campaign-{inc}")
         slot.process.start()
+
+    def kill_and_replace(victim: _Slot) -> None:
+        _kill(victim, result, _kill_drain(config))
+        left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
+        if left > 0:
+            launch(victim, left)
 
     for slot in slots:
         launch(slot, slot.quota)
@@ -610,18 +645,20 @@ def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) 
     while any(s.process is not None for s in slots):
         now = time.time()
         wait_for = max(0.05, min(next_kill - now if config.kills else 1.0, 1.0))
+        if any(s.freezing for s in slots):
+            wait_for = 0.05  # a frozen worker does not wake this wait
         alive = [s.process.sentinel for s in slots if s.process is not None]
         multiprocessing.connection.wait(alive, timeout=wait_for)
         _reap(slots, result)
+        for s in slots:
+            if s.freezing and s.process is not None and _is_stopped(s.process.pid):
+                kill_and_replace(s)
         now = time.time()
         kills_left = config.max_kills is None or result.kills < config.max_kills
         due = config.kills and kills_left and next_kill <= now < stop_at
         victim = _pick_victim(slots, rng) if due else None
         if victim is not None:  # else the kill stays due until a worker is running transactions
-            _kill(victim, result, _kill_drain(config))
-            left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
-            if left > 0:
-                launch(victim, left)
+            kill_and_replace(victim)
             next_kill = now + rng.expovariate(1 / config.kill_interval)
         if now > stop_at + _HANG_GRACE:
             for s in slots:
@@ -643,6 +680,13 @@ def _reap(slots: list[_Slot], result: CampaignResult) -> None:
             if p.exitcode != 0:
                 result.add("campaign", "worker-crash", f"worker {p.name} exited with code {p.exitcode}")
             s.process = None
+            s.freezing = False
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether the child is stopped (SIGSTOP); WNOWAIT leaves its state for multiprocessing to reap."""
+    found = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+    return found is not None
 
 
 def _pick_victim(slots: list[_Slot], rng: random.Random) -> _Slot | None:
@@ -668,6 +712,7 @@ def _kill(slot: _Slot, result: CampaignResult, drain: float = 0.0) -> None:
     slot.process.kill()  # SIGKILL
     slot.process.join()
     slot.process = None
+    slot.freezing = False
     slot.killed += 1
     result.kills += 1
 
@@ -913,6 +958,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
     p.add_argument("--duration-limit", type=float, default=300.0, help="seconds")
     p.add_argument("--kill-interval", type=float, default=3.0, help="mean seconds between SIGKILLs")
     p.add_argument("--max-kills", type=int, default=None, help="stop killing after this many SIGKILLs")
+    p.add_argument("--planned-kills", type=int, default=0,
+                   help="workers that also freeze themselves at a random invocation and are SIGKILLed")
     p.add_argument("--kill-drain", type=float, default=None,
                    help="seconds a worker is frozen (SIGSTOP) before its SIGKILL (default: 1 on S3, else 0)")
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
@@ -922,7 +969,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
     config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
                             txns=a.txns, seed=a.seed, faults=a.faults, kills=a.kills, workloads=workloads,
                             duration_limit=a.duration_limit, kill_interval=a.kill_interval, kill_drain=a.kill_drain,
-                            max_kills=a.max_kills, workdir=a.workdir)
+                            max_kills=a.max_kills, planned_kills=a.planned_kills,
+                            workdir=a.workdir)
     return config, a.out
 
 
