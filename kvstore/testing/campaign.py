@@ -888,8 +888,8 @@ def _check_one_counter(name: str, value: int, mine: list[int], completed: dict[i
     failed increments read means a "failed" increment was applied). Unknown
     increments killed before their read was recorded may account for any value.
     """
-    outcome = {t: completed[t] if t in completed else {"s": "info"} for t in mine}
-    acked = [c["r"] for c in outcome.values() if c["s"] == "ok"]
+    outcome: dict[int, dict[str, Any]] = {t: completed.get(t, {"s": "info"}) for t in mine}
+    acked: list[int] = [c["r"] for c in outcome.values() if c["s"] == "ok"]
     unknown = [c.get("r") for c in outcome.values() if c["s"] == "info"]
     if not len(acked) <= value <= len(acked) + len(unknown):
         result.add("counter", "count", f"{name} = {value}, but {len(acked)} increments were acknowledged "
