@@ -3,7 +3,8 @@
 One batch is in flight per process. A batch takes every queued transaction,
 drops those that conflict (with commits after their read version, or with
 transactions before them in the batch), writes the survivors' writes as one
-segment (safe create) and commits it with one manifest CAS. On 412 it reads
+segment and commits it with one manifest CAS; a small segment rides inside
+the manifest (one PUT in all), a larger one is safe-created first. On 412 it reads
 the new manifest, first looks for its own transaction ids there (an earlier
 attempt may have been applied: I5), then re-checks conflicts and retries
 with the same segment. `docs/design.md` walks through it.
@@ -31,7 +32,7 @@ from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed
 from ._options import StoreOptions
 from ._segment import encode_segment
-from ._segment_store import SegmentStore
+from ._segment_store import SegmentStore, new_object_id
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
@@ -73,6 +74,11 @@ class _Pending:
     written_at: float  # time.monotonic() of the oldest
     keys: list[bytes] | None  # sorted written keys, or None (bulk: only the range is known)
 
+    @property
+    def inline(self) -> bool:
+        """Whether the segment rides in the manifest (no object: no GC, no I8 age)."""
+        return self.refs[0].inline is not None
+
 
 class Committer:
     """Commits transactions of one process, batching those that arrive together."""
@@ -113,7 +119,8 @@ class Committer:
                 while self._queue and self._queue[0].segments is None and len(batch) < self._options.max_batch_transactions:
                     batch.append(self._queue.popleft())
             try:
-                await self._commit_batch(batch)
+                async with self._manifests.writing:
+                    await self._commit_batch(batch)
             except BaseException as exc:
                 for request in batch:
                     _fail(request, exc if isinstance(exc, KvStoreError) else _unknown(exc))
@@ -125,12 +132,15 @@ class Committer:
         accepted = self._admit(batch, base, check_age=True)
         if not accepted:
             return
-        pending = await self._write_segment(accepted)
+        pending = await self._write_segment(accepted, base)
         maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
         failures = 0
         while True:
-            if time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
-                pending = await self._write_segment(accepted)  # I8: never commit an old segment
+            if pending.inline:
+                if not self._fits_inline(base, pending.refs[0].size):
+                    pending = await self._write_segment(accepted, None)  # concurrent commits filled the manifest
+            elif time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
+                pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
             new = self._next_manifest(base, accepted, pending)
             try:
@@ -174,7 +184,7 @@ class Committer:
                 # Only possible once the store moved past every attempt of ours, so
                 # no undecided attempt carries the transactions dropped here.
                 accepted = still
-                pending = await self._write_segment(accepted)
+                pending = await self._write_segment(accepted, base)
 
     def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
         """Requests that may commit on top of `base`, in order; fail the others.
@@ -224,7 +234,9 @@ class Committer:
                     batch_writes.insert(i, key)
         return accepted
 
-    async def _write_segment(self, accepted: list[CommitRequest]) -> _Pending:
+    async def _write_segment(self, accepted: list[CommitRequest], base: Manifest | None) -> _Pending:
+        """The batch's writes as one segment: inline in the manifest if it fits on top
+        of `base` (None: never), else a new object."""
         bulk = accepted[0].segments
         if bulk is not None:
             if time.monotonic() - accepted[0].started > self._options.segment_grace_period / 2:
@@ -237,9 +249,19 @@ class Committer:
             merged.update(request.writes)  # later transactions in the batch win
         keys = sorted(merged)
         encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
-        segment_id = await self._segments.write(encoded)
-        ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, len(encoded.data), 0, 0)
+        size = len(encoded.data)
+        if base is not None and self._fits_inline(base, size):
+            ref = SegmentRef(new_object_id(), encoded.min_key, encoded.max_key, encoded.count, size, 0, 0,
+                             inline=encoded.data)
+        else:
+            segment_id = await self._segments.write(encoded)
+            ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, size, 0, 0)
         return _Pending([ref], time.monotonic(), keys)
+
+    def _fits_inline(self, base: Manifest, size: int) -> bool:
+        """Whether a segment of `size` bytes may ride inline in the manifest after `base`."""
+        options = self._options
+        return size <= options.inline_segment_bytes and base.inline_bytes + size <= options.manifest_inline_bytes
 
     def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _Pending) -> Manifest:
         version = base.version + 1

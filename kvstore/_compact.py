@@ -148,39 +148,40 @@ class Compactor:
                 encoded.min_version, encoded.max_version, None, level,
             )
         compaction_id = uuid.uuid4().bytes
-        while True:
-            record = CommitRecord(
-                version=base.version + 1,
-                time=time.time(),
-                txn_ids=(compaction_id,),
-                segment_id=None if ref is None else ref.id,
-                key_count=0,
-                min_key=b"",
-                max_key=b"",
-                keys=(),
-                meta={"compaction": {"inputs": len(inputs), "level": level}},
-            )
-            new = base.with_commit(
-                record,
-                self._options.commit_log_length,
-                add=() if ref is None else (ref,),
-                remove=input_ids,
-                history_floor=floor,
-            )
-            try:
-                await self._manifests.compare_and_swap(new, etag)
-                version = new.version
-                break
-            except PreconditionFailed:
-                await self._manifests.refresh()
-                base, etag = self._manifests.current
-                found = next((r for r in base.log if compaction_id in r.txn_ids), None)
-                if found is not None:
-                    version = found.version  # an uncertain attempt of ours was applied
-                    break
-                live = {r.id for r in base.segments}
-                if not input_ids <= live:
+        async with self._manifests.writing:
+            base, etag = self._manifests.current  # this process may have committed meanwhile
+            while True:
+                if not input_ids <= {r.id for r in base.segments}:
                     return None  # another compaction merged some of them first
+                record = CommitRecord(
+                    version=base.version + 1,
+                    time=time.time(),
+                    txn_ids=(compaction_id,),
+                    segment_id=None if ref is None else ref.id,
+                    key_count=0,
+                    min_key=b"",
+                    max_key=b"",
+                    keys=(),
+                    meta={"compaction": {"inputs": len(inputs), "level": level}},
+                )
+                new = base.with_commit(
+                    record,
+                    self._options.commit_log_length,
+                    add=() if ref is None else (ref,),
+                    remove=input_ids,
+                    history_floor=floor,
+                )
+                try:
+                    await self._manifests.compare_and_swap(new, etag)
+                    version = new.version
+                    break
+                except PreconditionFailed:
+                    await self._manifests.refresh()
+                    base, etag = self._manifests.current
+                    found = next((r for r in base.log if compaction_id in r.txn_ids), None)
+                    if found is not None:
+                        version = found.version  # an uncertain attempt of ours was applied
+                        break
         return CompactionResult(
             version=version,
             inputs=len(inputs),

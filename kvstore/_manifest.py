@@ -6,7 +6,8 @@ Layout (docs/format.md has the details)::
     payload (msgpack map, maybe zstd-compressed), u64 xxh3 of everything before
 
 The payload holds the store id, the version (+1 per commit), the live
-segments (newest first) and a bounded commit log: for every version after
+segments (newest first; small commit segments carried inline, their bytes in
+the manifest itself) and a bounded commit log: for every version after
 `log_start`, which transactions committed there and which keys they wrote.
 """
 
@@ -22,7 +23,8 @@ import msgpack
 from ._envelope import seal, unseal
 from ._errors import CorruptionError
 
-FORMAT = 1
+# 2: segment rows may carry an inline segment (format 1 manifests are still read).
+FORMAT = 2
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
@@ -43,6 +45,9 @@ class SegmentRef:
     # Set for commit segments: every entry has this version.
     commit_version: int | None = None
     level: int = 0
+    # The segment's bytes, for a small commit segment kept in the manifest
+    # instead of its own object (no PUT to write it, no GET to read it).
+    inline: bytes | None = field(default=None, repr=False)
 
     def may_contain(self, key: bytes) -> bool:
         return self.min_key <= key <= self.max_key
@@ -99,6 +104,11 @@ class Manifest:
     settings: dict[str, Any] = field(default_factory=dict)
     # Every version >= history_floor can be read exactly (compaction keeps them).
     history_floor: int = 0
+
+    @property
+    def inline_bytes(self) -> int:
+        """Bytes of the segments carried inline."""
+        return sum(len(s.inline) for s in self.segments if s.inline is not None)
 
     def commits_after(self, version: int) -> tuple[CommitRecord, ...] | None:
         """Commits with version > `version`, or None if the log no longer reaches back that far."""
@@ -185,7 +195,8 @@ def _packed_log(m: Manifest) -> bytes:
 
 
 def _segment_row(s: SegmentRef) -> list[Any]:
-    return [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+    row = [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+    return row if s.inline is None else [*row, s.inline]
 
 
 def _record_row(r: CommitRecord) -> list[Any]:

@@ -28,6 +28,10 @@ class ManifestStore:
         self._etag = ""
         self.fetched_at = float("-inf")  # monotonic time the last fetch started
         self._refresh = _Coalescer(self._fetch)
+        # Held by whoever is building and CASing a new manifest in this process
+        # (the committer, a compaction): they take turns instead of failing each
+        # other's CAS with 412s. Fair (FIFO), so neither starves the other.
+        self.writing = asyncio.Lock()
 
     @property
     def current(self) -> tuple[Manifest, str]:

@@ -46,6 +46,13 @@ class StoreOptions:
         history_seconds: also keep versions committed this recently.
         auto_gc_interval: if set, a writer also garbage-collects after a
             background compaction, at most once per this many seconds.
+        inline_segment_bytes: a commit whose segment encodes to at most this
+            many bytes carries it inside the manifest: one PUT per commit
+            instead of two. 0 turns inlining off.
+        manifest_inline_bytes: inline segments the manifest may carry in all;
+            past it commits write segment objects until compaction has merged
+            the inline ones into an object (every CAS uploads the manifest,
+            so this bounds what a commit sends).
     """
 
     max_key_bytes: int = 4 * KiB
@@ -65,6 +72,8 @@ class StoreOptions:
     history_versions: int = 100
     history_seconds: float = 0.0
     auto_gc_interval: float | None = None
+    inline_segment_bytes: int = 16 * KiB
+    manifest_inline_bytes: int = 128 * KiB
 
     def __post_init__(self) -> None:
         if self.max_transaction_age * 2 >= self.segment_grace_period:
@@ -73,3 +82,5 @@ class StoreOptions:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
         if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:
             raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")
+        if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
+            raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")

@@ -190,12 +190,12 @@ class SegmentStore:
     async def _load_index(self, ref: SegmentRef) -> tuple[SegmentIndex, int]:
         name = self.object_name(ref.id)
         if ref.size <= WHOLE_READ_MAX_BYTES:
-            data = await self._fetch(name)
+            data = ref.inline if ref.inline is not None else await self._fetch(name)
             check_header(data, name)
             index_offset, index_length, count = parse_footer(data, name)
             index = parse_index(data[index_offset : index_offset + index_length], count, name)
-            # Keep the whole (compressed) object so blocks need no further GET.
-            self._cache.put(("raw", ref.id), data, len(data))
+            if ref.inline is None:  # keep the whole (compressed) object: blocks need no further GET
+                self._cache.put(("raw", ref.id), data, len(data))
             return index, len(data) // 4 + 64 * len(index.offsets)
         tail_start = max(0, ref.size - TAIL_READ_BYTES)
         tail = await self._fetch(name, (tail_start, ref.size))
@@ -211,7 +211,7 @@ class SegmentStore:
         name = self.object_name(ref.id)
         start = index.offsets[block_no]
         end = start + index.lengths[block_no]
-        raw = self._cache.get(("raw", ref.id))
+        raw = ref.inline if ref.inline is not None else self._cache.get(("raw", ref.id))
         if raw is None:
             data = await self._fetch(name, (start, end))
         else:

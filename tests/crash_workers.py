@@ -73,7 +73,8 @@ def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) 
     """Commit {n: n+1, a, b, c} (the transaction `crash-test`) and get killed at `step`."""
 
     async def main() -> None:
-        async with kvstore.open(url, values="msgpack", **kwargs,
+        segment_objects = kvstore.StoreOptions(inline_segment_bytes=0)  # so that "segment-written" exists
+        async with kvstore.open(url, values="msgpack", options=segment_objects, **kwargs,
                                 wrap_object_store=lambda inner: StallingStore(inner, step, Path(marker))) as db:
             async with db.transaction(meta={"name": "crash-test"}) as tx:
                 n = await tx.get("n")

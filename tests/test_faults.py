@@ -62,7 +62,8 @@ async def test_cas_lost_responses_with_a_concurrent_writer_never_apply_twice(tar
 
 async def test_segment_put_lost_response_is_recognised_as_ours(target: Target) -> None:
     made, wrap = _faulty()
-    async with target.open(wrap_object_store=wrap) as db:
+    options = kvstore.StoreOptions(inline_segment_bytes=0)  # the segment is an object
+    async with target.open(wrap_object_store=wrap, options=options) as db:
         made[0].script("put_if_absent", "lost_response")
         version = await db.put(b"k", b"v")
         assert await db.get(b"k") == b"v"

@@ -103,20 +103,24 @@ def test_manifest_damage_is_detected() -> None:
             decode_manifest(bytes(damaged), "m")
 
 
+# Segment-object corruption: every commit writes its segment as an object.
+SEGMENT_OBJECTS = kvstore.StoreOptions(inline_segment_bytes=0)
+
+
 def _segment_files(root: Path) -> list[Path]:
     return sorted((root / "segments").glob("*.seg"))
 
 
 async def test_corrupt_segment_names_the_object_and_spares_other_keys(tmp_path: Path) -> None:
     target = Target("file", str(tmp_path / "s"))
-    async with target.open() as db:
+    async with target.open(options=SEGMENT_OBJECTS) as db:
         await db.put(b"a", b"in the first segment")
         await db.put(b"b", b"in the second segment")
     first = _segment_files(tmp_path / "s")[0]
     data = bytearray(first.read_bytes())
     data[12] ^= 0xFF  # inside the first data block
     first.write_bytes(bytes(data))
-    async with target.open() as db:
+    async with target.open(options=SEGMENT_OBJECTS) as db:
         with pytest.raises(kvstore.CorruptionError, match=first.name) as info:
             await db.get(b"a")
         assert info.value.block == "data block 0"
@@ -129,7 +133,7 @@ async def test_corrupt_segment_names_the_object_and_spares_other_keys(tmp_path: 
 @pytest.mark.parametrize("where", ["header", "footer", "truncate"])
 async def test_corrupt_segment_parts_are_reported_by_verify(tmp_path: Path, where: str) -> None:
     target = Target("file", str(tmp_path / "s"))
-    async with target.open() as db:
+    async with target.open(options=SEGMENT_OBJECTS) as db:
         await db.put(b"a", b"1")
         await db.put(b"b", b"2")
     victim = _segment_files(tmp_path / "s")[1]
@@ -141,7 +145,7 @@ async def test_corrupt_segment_parts_are_reported_by_verify(tmp_path: Path, wher
     else:
         del data[len(data) // 2 :]
     victim.write_bytes(bytes(data))
-    async with target.open() as db:
+    async with target.open(options=SEGMENT_OBJECTS) as db:
         report = await db.verify()
         assert list(report.damaged) == [f"segments/{victim.name}"]
         assert report.objects_checked == 3

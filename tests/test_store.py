@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -108,24 +109,66 @@ async def test_read_only_transaction_sends_no_write(target: Target) -> None:
         assert db.statistics()["requests"].get("PUT", 0) == before
 
 
-async def test_small_commit_costs_two_puts(target: Target) -> None:
+def _requests(db: kvstore.Store) -> dict[str, int]:
+    return dict(db.statistics()["requests"])
+
+
+def _spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {verb: after[verb] - before.get(verb, 0) for verb in after if after[verb] != before.get(verb, 0)}
+
+
+async def test_small_commit_costs_one_put(target: Target) -> None:
     async with target.open() as db:
         await db.put(b"warm", b"up")
-        before = db.statistics()["requests"]
+        before = _requests(db)
         await db.put(b"a", b"1")
-        after = db.statistics()["requests"]
-        assert after.get("PUT", 0) - before.get("PUT", 0) == 2  # segment + manifest CAS
-        assert after.get("GET", 0) - before.get("GET", 0) == 0
+        assert _spent(before, _requests(db)) == {"PUT": 1}  # the manifest CAS, segment inline
+
+
+async def test_commit_over_the_inline_limit_costs_two_puts(target: Target) -> None:
+    options = kvstore.StoreOptions(inline_segment_bytes=1024)
+    async with target.open(options=options) as db:
+        await db.put(b"warm", b"up")
+        before = _requests(db)
+        await db.put(b"a", os.urandom(2048))  # incompressible: the segment exceeds 1 KiB
+        assert _spent(before, _requests(db)) == {"PUT": 2}  # segment object + manifest CAS
+        before = _requests(db)
+        await db.put(b"b", b"small")
+        assert _spent(before, _requests(db)) == {"PUT": 1}
+
+
+async def test_manifest_stops_inlining_at_its_limit(target: Target) -> None:
+    options = kvstore.StoreOptions(inline_segment_bytes=1024, manifest_inline_bytes=2048, auto_compact=False)
+    async with target.open(options=options) as db:
+        puts = []
+        for i in range(12):
+            before = _requests(db)
+            await db.put(f"k{i}", os.urandom(300))
+            puts.append(_spent(before, _requests(db))["PUT"])
+        manifest = db._manifests.current[0]  # white-box: what the manifest carries
+        assert 0 < manifest.inline_bytes <= 2048
+        assert puts[0] == 1 and puts[-1] == 2  # inline until the manifest is full, then objects
+        assert [await db.get(f"k{i}") is not None for i in range(12)] == [True] * 12
+
+
+async def test_cold_point_read_of_an_inline_segment_costs_only_the_manifest(target: Target) -> None:
+    async with target.open() as db:
+        await db.put(b"a", b"1")
+    async with target.open() as db:
+        before = _requests(db)
+        assert await db.get(b"a") == b"1"
+        assert _spent(before, _requests(db)) == {"GET": 1}  # conditional GET of the manifest (304)
 
 
 async def test_cold_point_read_costs_manifest_and_one_segment_get(target: Target) -> None:
-    async with target.open() as db:
+    options = kvstore.StoreOptions(inline_segment_bytes=0)
+    async with target.open(options=options) as db:
         await db.put(b"a", b"1")
-    async with target.open() as db:
-        before = db.statistics()["requests"].get("GET", 0)
+    async with target.open(options=options) as db:
+        before = _requests(db)
         assert await db.get(b"a") == b"1"
         # one conditional GET of the manifest (304) + one GET of the segment
-        assert db.statistics()["requests"].get("GET", 0) - before == 2
+        assert _spent(before, _requests(db)) == {"GET": 2}
 
 
 async def test_msgpack_values(target: Target) -> None:
