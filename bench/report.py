@@ -66,13 +66,18 @@ def build(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         seq = _get(r, "kv_sequential", "default")
         seq_nc = _get(r, "kv_sequential", "no_compaction") or seq
         commit_floor = _get(fl, "commit_floor_ms")
+        commit_floor_objects = _get(fl, "commit_floor_objects_ms")
+        seq_ni = _get(r, "kv_sequential", "no_inline")
         # -- commits
         sec = f"commit {S}"
         kv_seq_ms = _get(seq, "mean_ms")
-        t.add(sec, "sequential commit latency (mean)", kv_seq_ms, "ms", "floor: create PUT + CAS PUT", commit_floor,
+        t.add(sec, "sequential commit latency (mean)", kv_seq_ms, "ms", "floor: CAS PUT", commit_floor,
               note=f"p50 {_fmt(_get(seq, 'p50_ms'))} / p99 {_fmt(_get(seq, 'p99_ms'))} ms")
         if seq_nc is not seq:
-            t.add(sec, "  same, auto_compact off", _get(seq_nc, "mean_ms"), "ms", "floor: create PUT + CAS PUT", commit_floor)
+            t.add(sec, "  same, auto_compact off", _get(seq_nc, "mean_ms"), "ms", "floor: CAS PUT", commit_floor)
+        if seq_ni is not None:
+            t.add(sec, "  same, inline segments off", _get(seq_ni, "mean_ms"), "ms", "floor: create PUT + CAS PUT",
+                  commit_floor_objects, note=f"inline on: {_fmt(kv_seq_ms)} ms")
         t.add(sec, "  vs naive PUT (no transaction)", kv_seq_ms, "ms", "naive: 1 PUT", _get(nv, "sequential_put", "mean_ms"))
         sd_seq = _get(sd, "sequential_put", "mean_ms")
         st_seq = _get(st, "sequential_put", "mean_ms")
@@ -84,15 +89,17 @@ def build(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         for label, c in cvf.items():
             if _get(c, "kv_mean_ms") is None:
                 continue
-            t.add(sec, "sequential commit, interleaved with the floor" + (", auto_compact off" if label != "default" else ""),
-                  _get(c, "kv_mean_ms"), "ms", "floor, same moments", _get(c, "floor_mean_ms"),
+            variant = {"default": "", "no_compaction": ", auto_compact off", "no_inline": ", inline segments off"}
+            t.add(sec, "sequential commit, interleaved with the floor" + variant.get(label, f", {label}"),
+                  _get(c, "kv_mean_ms"), "ms", f"floor ({c.get('floor', 'create PUT + CAS PUT')}), same moments",
+                  _get(c, "floor_mean_ms"),
                   note=f"p50 {_fmt(_get(c, 'kv_p50_ms'))} vs {_fmt(_get(c, 'floor_p50_ms'))} ms; "
                        f"{_fmt(_get(c, 'requests_per_commit'))} req/commit")
         req_commit = _get(seq_nc, "requests_per_commit")
-        t.add(sec, "requests per small commit", req_commit, "req", "protocol: 2 PUTs", 2,
+        t.add(sec, "requests per small commit", req_commit, "req", "target", 2,
               note=_kinds(_get(seq_nc, "requests_per_commit_by_kind")))
         if seq_nc is not seq:
-            t.add(sec, "  incl. background compaction", _get(seq, "requests_per_commit"), "req", "protocol: 2 PUTs", 2,
+            t.add(sec, "  incl. background compaction", _get(seq, "requests_per_commit"), "req", "target", 2,
                   note=_kinds(_get(seq, "requests_per_commit_by_kind")))
         t.add(sec, "  SlateDB requests per durable put (1 writer)", _get(sd, "writers", "1", "requests_per_put"), "req",
               note=f"tuned: {_fmt(_get(st, 'writers', '1', 'requests_per_put'))}")
@@ -119,19 +126,30 @@ def build(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
                 t.add(sec, "  same, auto_compact off (diagnosis)", _get(r, "kv_writers_64_no_compaction", "rate"),
                       "tx/s", "64 writers, auto_compact on", kvr,
                       note=f"{_fmt(_get(r, 'kv_writers_64_no_compaction', 'tx_per_batch'))} tx/batch")
+            if w == "64" and r.get("kv_writers_64_no_inline") is not None:
+                t.add(sec, "  same, inline segments off", _get(r, "kv_writers_64_no_inline", "rate"),
+                      "tx/s", "64 writers, inline on", kvr,
+                      note=f"{_fmt(_get(r, 'kv_writers_64_no_inline', 'requests_per_tx'), 3)} req/tx")
         w64 = _get(r, "kv_writers", "64", "rate")
         p_dis = r.get("kv_4x16_disjoint", {})
         p_con = r.get("kv_4x16_contended", {})
         thr["multi"]["kvstore_4x16"] = _get(p_dis, "tx_per_s")
         thr["multi"]["icechunk_4x16"] = _get(ic, "processes", "rate")
+        spread = _get(p_dis, "per_process_tx_per_s") or []
         t.add(sec, "4 processes x 16 writers, disjoint keys", _get(p_dis, "tx_per_s"), "tx/s", "1 process x 64", w64,
-              note=f"{_fmt(_get(p_dis, 'batches_per_s'))} batches/s, {_fmt(_get(p_dis, 'cas_retries_per_s'))} CAS 412/s")
+              note=f"{_fmt(_get(p_dis, 'batches_per_s'))} batches/s, {_fmt(_get(p_dis, 'cas_retries_per_s'))} CAS 412/s"
+                   + (f"; per process {_fmt(min(spread))}-{_fmt(max(spread))} tx/s" if spread else ""))
         p_nc = r.get("kv_4x16_disjoint_no_compaction")
         w64_nc = _get(r, "kv_writers_64_no_compaction", "rate")
         if p_nc is not None:
             t.add(sec, "  same, auto_compact off (diagnosis)", _get(p_nc, "tx_per_s"), "tx/s", "1 x 64, auto_compact off",
                   w64_nc, note=f"{_fmt(_get(p_nc, 'batches_per_s'))} batches/s, "
                                f"{_fmt(_get(p_nc, 'cas_retries_per_s'))} CAS 412/s")
+        p_ni = r.get("kv_4x16_disjoint_no_inline")
+        if p_ni is not None:
+            t.add(sec, "  same, inline segments off", _get(p_ni, "tx_per_s"), "tx/s", "4 x 16, inline on",
+                  _get(p_dis, "tx_per_s"), note=f"{_fmt(_get(p_ni, 'batches_per_s'))} batches/s, "
+                                                f"{_fmt(_get(p_ni, 'cas_retries_per_s'))} CAS 412/s")
         t.add(sec, "  vs Icechunk 4 x 16", _get(p_dis, "tx_per_s"), "tx/s", "Icechunk 4x16 commits/s",
               _get(ic, "processes", "rate"), note="SlateDB: single writer per DB (fenced), no multi-process figure")
         t.add(sec, "4 x 16, contended (RMW of 256 shared keys)", _get(p_con, "tx_per_s"), "tx/s", "4 x 16 disjoint",
@@ -167,7 +185,7 @@ def build(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         sec = f"single-manifest ceiling {S}"
         for n, c in (r.get("ceiling") or {}).items():
             t.add(sec, f"{n} process(es) x {_get(c, 'writers_per_process')} writers: committed batches/s",
-                  _get(c, "batches_per_s"), "batch/s", "1 / (create + CAS floor)",
+                  _get(c, "batches_per_s"), "batch/s", "1 / CAS floor",
                   1000 / commit_floor if commit_floor else None,
                   note=f"{_fmt(_get(c, 'tx_per_s'))} tx/s, {_fmt(_get(c, 'cas_retries_per_s'))} CAS 412/s")
         # -- proxy validation

@@ -168,6 +168,9 @@ class Suite:
             if kv.has_option("auto_compact") and a.diagnostics:
                 await self.section(cvf, "no_compaction", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d,
                                    auto_compact=False)
+            if kv.has_option("inline_segment_bytes") and a.diagnostics:  # what inline segments win
+                await self.section(cvf, "no_inline", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d,
+                                   inline_segment_bytes=0)
             w = res.setdefault("kv_writers", {})
             for n in a.writers:
                 await self.section(w, str(n), kv.concurrent_writers, self.s3, L, n, d, warmup=a.warmup)
@@ -175,6 +178,9 @@ class Suite:
             if kv.has_option("auto_compact") and a.diagnostics:  # what background compaction costs
                 await self.section(res, "kv_writers_64_no_compaction", kv.concurrent_writers, self.s3, L, 64, d,
                                    warmup=a.warmup, auto_compact=False)
+            if kv.has_option("inline_segment_bytes") and a.diagnostics:
+                await self.section(res, "kv_writers_64_no_inline", kv.concurrent_writers, self.s3, L, 64, d,
+                                   warmup=a.warmup, inline_segment_bytes=0)
             await self.section(res, "kv_warm_reads", kv.warm_reads, self.s3, L, 10_000, d)
             w64 = res.get("kv_writers", {}).get("64", {})
             if "store" in w64:
@@ -187,6 +193,9 @@ class Suite:
             if kv.has_option("auto_compact") and a.diagnostics:
                 await self.section(res, "kv_4x16_disjoint_no_compaction", self.fleet, self.s3, L, 4, 16, d, "put",
                                    {"auto_compact": False})
+            if kv.has_option("inline_segment_bytes") and a.diagnostics:
+                await self.section(res, "kv_4x16_disjoint_no_inline", self.fleet, self.s3, L, 4, 16, d, "put",
+                                   {"inline_segment_bytes": 0})
         if self.on("ceiling"):
             c = res.setdefault("ceiling", {})
             for n in a.ceiling_processes:

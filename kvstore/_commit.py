@@ -13,6 +13,7 @@ with the same segment. `docs/design.md` walks through it.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from bisect import bisect_left
 from collections import deque
@@ -36,6 +37,8 @@ from ._segment_store import SegmentStore, new_object_id
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
+# Longest pause after losing a CAS race, seconds.
+_MAX_RACE_BACKOFF = 0.25
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Committer:
         pending = await self._write_segment(accepted, base)
         maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
         failures = 0
+        lost_races = 0
         while True:
             if pending.inline:
                 if not self._fits_inline(base, pending.refs[0].size):
@@ -143,11 +147,14 @@ class Committer:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
             new = self._next_manifest(base, accepted, pending)
+            sent = time.monotonic()
             try:
                 await self._manifests.compare_and_swap(new, etag)
             except PreconditionFailed as exc:
                 if exc.maybe_ours:
                     maybe_applied.append(new.version)
+                lost_races += 1
+                await asyncio.sleep(_backoff_after_lost_race(time.monotonic() - sent, lost_races))
             except StoreUnavailableError as exc:
                 maybe_applied.append(new.version)
                 failures += 1
@@ -319,6 +326,19 @@ class Committer:
                 request.future.set_result(version)
         if self._after_commit is not None:
             self._after_commit(self._manifests.current[0])
+
+
+def _backoff_after_lost_race(cas_seconds: float, lost_races: int) -> float:
+    """Seconds to pause after our CAS lost to another process's (412), before rebasing.
+
+    Retrying at once mostly collides with the other losers again, while the
+    winner (which knows the new ETag) commits its next batch. A jittered pause
+    of up to 2 CAS round trips, doubling per consecutive loss (up to 8 round
+    trips, at most `_MAX_RACE_BACKOFF`), lets batches through instead of
+    spending requests on 412s. Longer pauses raised throughput further but
+    starved the losing processes for seconds; docs/benchmarks.md has both.
+    """
+    return random.uniform(0, min(cas_seconds * min(2**lost_races, 8), _MAX_RACE_BACKOFF))
 
 
 def _reads_any(request: CommitRequest, sorted_writes: list[bytes]) -> bool:
