@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 
 import xxhash
 import zstandard
@@ -15,13 +16,31 @@ from ._errors import CorruptionError, UnsupportedFormatError
 _HEADER = struct.Struct("<4sHBx")
 _CHECKSUM = struct.Struct("<Q")
 _COMPRESS_ABOVE = 4096
+# Measured on manifests of 14 / 150 / 550 KB (payload): level 1 compresses them to
+# 36% / 32% / 31% in ~60 / ~600 / ~2200 µs; level 3 to 37% / 34% / 31% in ~80 / ~950 /
+# ~3300 µs. Level 1 is as small and faster, and a manifest is sealed on every commit.
+_LEVEL = 1
+
+
+class _Codecs(threading.local):
+    """zstd contexts, one pair per thread (they are not thread-safe). Reusing a
+    context saves allocating it on every document (~10 µs of ~60 µs for a 14 KB
+    manifest); each call resets it, so a failed decompression does not leak into
+    the next one."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(level=_LEVEL)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_codecs = _Codecs()
 
 
 def seal(magic: bytes, fmt: int, payload: bytes) -> bytes:
     """Wrap `payload`, zstd-compressing it when larger than 4 KiB."""
     compression = 0
     if len(payload) > _COMPRESS_ABOVE:
-        payload = zstandard.ZstdCompressor(level=1).compress(payload)
+        payload = _codecs.compressor.compress(payload)
         compression = 1
     body = _HEADER.pack(magic, fmt, compression) + payload
     return body + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(body))
@@ -52,7 +71,7 @@ def unseal(data: bytes, magic: bytes, supported: int, object_name: str, what: st
     payload = body[_HEADER.size :]
     if compression:
         try:
-            payload = zstandard.ZstdDecompressor().decompress(payload)
+            payload = _codecs.decompressor.decompress(payload)
         except zstandard.ZstdError as exc:
             raise corrupt("undecodable") from exc
     return payload

@@ -104,3 +104,97 @@ async def test_local_cas_is_atomic_across_processes(tmp_path: Path) -> None:
     blob = await store.get("counter")
     assert blob is not None
     assert int(blob.data) == sum(wins) == 160
+
+
+async def _record_http_requests(
+    seen: list[tuple[str, dict[str, str]]],
+) -> asyncio.Server:
+    """A minimal HTTP/1.1 server on 127.0.0.1 that records each request line and its headers
+    and answers 200 with an ETag. It grants `Expect: 100-continue` (so a client that asks does
+    not stall) but records the ask."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                fields = (line.split(":", 1) for line in head[1:] if line)
+                headers = {k.strip().lower(): v.strip() for k, v in fields}
+                seen.append((head[0], headers))
+                if headers.get("expect", "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await reader.readexactly(int(headers.get("content-length", "0")))
+                writer.write(b'HTTP/1.1 200 OK\r\nETag: "e1"\r\nContent-Length: 0\r\n\r\n')
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_s3_writes_do_not_wait_for_100_continue() -> None:
+    """botocore sends `Expect: 100-continue` with S3 PUTs by default, which costs a round
+    trip per write; kvstore's PutObject and UploadPart requests must go out without it."""
+    seen: list[tuple[str, dict[str, str]]] = []
+    server = await _record_http_requests(seen)
+    port = server.sockets[0].getsockname()[1]
+    store = S3ObjectStore(
+        "bucket",
+        S3Options(
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="AKIDEXAMPLE",
+            aws_secret_access_key="secret-example-key",
+        ),
+    )
+    try:
+        assert await store.put_if_absent("obj", b"x" * 1000) == '"e1"'
+        assert await store.upload_part("seg", "upload-1", 1, b"y" * 1000) == '"e1"'
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
+    assert [line.split(" ")[0] for line, _ in seen] == ["PUT", "PUT"]
+    assert seen[0][1]["if-none-match"] == "*" and "partNumber=1" in seen[1][0]
+    for line, headers in seen:
+        assert "expect" not in headers, line
+        assert headers["user-agent"].startswith("kvstore/")
+
+
+def test_s3_timestamp_parser_agrees_with_botocore() -> None:
+    from botocore.utils import parse_timestamp
+
+    from kvstore._objectstore._s3 import _parse_timestamp
+
+    for text in (
+        "Tue, 24 Nov 2026 01:49:15 GMT",  # Last-Modified header
+        "2026-11-24T01:49:15.000Z",  # ListObjectsV2, CopyObject
+        "2026-11-24T01:49:15Z",
+        "2026-11-24T01:49:15.123456+02:00",
+        "Tue, 24 Nov 2026 01:49:15 -0000",  # no zone for the stdlib: botocore's parser
+        "1795225755",  # epoch seconds
+    ):
+        ours, theirs = _parse_timestamp(text), parse_timestamp(text)
+        assert ours == theirs and ours.tzinfo is not None, text
+    with pytest.raises(ValueError):
+        _parse_timestamp("not a date")
+
+
+async def test_s3_sessions_are_shared_per_loop_and_profile() -> None:
+    """Stores on one event loop share an aiobotocore session (its S3 model is parsed once);
+    another loop gets its own session but the same loaded models."""
+    from typing import Any
+
+    from kvstore._objectstore._s3 import _session_for
+
+    here = _session_for(None)
+    assert _session_for(None) is here
+    assert _session_for("other-profile") is not here
+
+    async def elsewhere() -> Any:
+        return _session_for(None)
+
+    there = await asyncio.to_thread(asyncio.run, elsewhere())
+    assert there is not here
+    assert there.get_component("data_loader") is here.get_component("data_loader")
