@@ -161,6 +161,7 @@ async def closed_loop(
     warmup: float = 0.0,
     grace: float = 60.0,
     probe: Callable[[], Any] | None = None,
+    wait_for_warm: bool = True,
 ) -> dict[str, Any]:
     """`workers` coroutines call `op(worker, i)` back to back; measured over one window.
 
@@ -170,6 +171,11 @@ async def closed_loop(
     finish (`late`), then are cancelled (`unfinished`). `probe()` is called when the window
     opens and when it closes; both values are returned (`probe_start`, `probe_end`), e.g.
     the store's statistics, so counters cover exactly the window.
+
+    With `wait_for_warm=False` the window opens exactly `warmup` seconds after the start,
+    whatever the workers did: several processes started at one moment then measure the
+    same window (a writer starved by the others must count as slow, not open its window
+    late and be measured alone).
     """
     done = 0
     late = 0
@@ -183,6 +189,11 @@ async def closed_loop(
     deadline = opens + duration
     warmed = 0
     window = asyncio.Event()
+
+    if not wait_for_warm:
+        opens = start + warmup
+        deadline = opens + duration
+        window.set()
 
     def warm_one() -> None:
         nonlocal warmed, opens, deadline

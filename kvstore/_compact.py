@@ -28,7 +28,6 @@ from ._options import StoreOptions
 from ._segment import encode_segment
 from ._segment_store import Entry, SegmentStore
 
-
 TombstoneCheck = Callable[[bytes, int], bool]
 
 

@@ -30,6 +30,12 @@ class StoreOptions:
             protected from garbage collection (I7). A commit never references
             a segment older than half of it (I8); it rewrites it instead.
         cache_bytes: memory for cached segment indexes and blocks.
+        cache_dir: a local directory that also caches segment bytes on disk,
+            shared by every process (and store) that names it and kept
+            across restarts; needs `pip install 'kvstore[disk-cache]'`.
+            None (default): memory only.
+        cache_dir_bytes: the disk cache's size bound (least recently used
+            entries are evicted first).
         max_staleness: seconds a store-level read (`Store.get`, `Store.scan`,
             new transactions) may reuse the last manifest without asking the
             object store whether it changed. 0 means every such read sends one
@@ -63,6 +69,8 @@ class StoreOptions:
     commit_log_length: int = 1000
     segment_grace_period: float = 3600.0
     cache_bytes: int = 256 * MiB
+    cache_dir: str | None = None
+    cache_dir_bytes: int = 4 * 1024 * MiB
     max_staleness: float = 0.0
     max_batch_transactions: int = 1024
     transact_max_attempts: int = 100

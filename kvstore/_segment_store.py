@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import secrets
-from bisect import bisect_left
 import time
-from collections.abc import AsyncIterator, Iterable
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Sequence
 
 from ._cache import ByteLRU
+from ._disk_cache import DiskCache
 from ._errors import VersionNotRetainedError
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
+    FILTER_BITS_PER_KEY,
     FOOTER,
     Block,
     EncodedSegment,
+    Probe,
     SegmentIndex,
     SegmentWriter,
     check_header,
@@ -26,10 +30,13 @@ from ._segment import (
 
 # Segments up to this size are read whole in one GET; larger ones by ranges.
 WHOLE_READ_MAX_BYTES = 1024 * 1024
-# A ranged read of a large segment's tail fetches this much: footer and, usually, index.
+# A ranged read of a large segment's tail fetches this much more than its key filters:
+# footer and, usually, index.
 TAIL_READ_BYTES = 64 * 1024
 # Multipart upload part size for streamed segments (S3 needs >= 5 MiB but the last).
 PART_BYTES = 8 * 1024 * 1024
+# Parts of one segment uploading while the next is encoded.
+PARTS_IN_FLIGHT = 2
 
 Entry = tuple[bytes, int, "bytes | None"]
 
@@ -51,10 +58,12 @@ def new_object_id() -> str:
 class SegmentStore:
     """Segments under `<prefix>segments/`; indexes and blocks cached by bytes."""
 
-    def __init__(self, objects: RetryingObjectStore, prefix: str, cache: ByteLRU) -> None:
+    def __init__(self, objects: RetryingObjectStore, prefix: str, cache: ByteLRU,
+                 disk: DiskCache | None = None) -> None:
         self._objects = objects
         self._prefix = prefix
         self._cache = cache
+        self._disk = disk  # below the memory cache: bytes fetched, by object and range
 
     @property
     def segments_prefix(self) -> str:
@@ -70,42 +79,45 @@ class SegmentStore:
         await self._objects.put_if_absent(self.object_name(segment_id), encoded.data)
         return segment_id
 
-    async def write_sorted(self, entries: Iterable[Entry], *, uniform_version: bool) -> SegmentRef:
-        """Stream sorted entries into a new segment; returns its record (versions unset
-        for uniform segments). Memory holds about one upload part.
+    async def write_sorted(self, keys: Sequence[bytes], values: Sequence[bytes]) -> asyncio.Task[SegmentRef]:
+        """Encode distinct ascending keys and their values as a new segment whose entries take
+        the version it commits at. Returns once it is encoded, with a task that finishes the
+        upload and returns the segment's record (versions unset); cancelling it abandons the
+        upload.
 
-        A segment that fits in one part is one PUT; a larger one is a multipart
-        upload completed with If-None-Match: * (POST, a PUT per part, POST).
+        A segment that fits in one part is one PUT; a larger one is a multipart upload
+        completed with If-None-Match: * (POST, a PUT per part, POST). Parts upload while
+        the next ones are encoded; memory holds up to PARTS_IN_FLIGHT + 1 parts.
         """
-        writer = SegmentWriter(uniform_version=uniform_version)
+        writer = SegmentWriter(uniform_version=True)
         segment_id = new_object_id()
-        name = self.object_name(segment_id)
-        upload_id: str | None = None
-        parts: list[tuple[int, str]] = []
-        size = 0
+        upload = _PartUploads(self._objects, self.object_name(segment_id))
         try:
-            for key, version, value in entries:
-                writer.add(key, version, value)
+            for _ in writer.add_many(keys, values, 0):  # a block at a time
                 if writer.pending_bytes >= PART_BYTES:
-                    if upload_id is None:
-                        upload_id = await self._objects.start_multipart(name)
-                    data = writer.take()
-                    parts.append((len(parts) + 1, await self._objects.upload_part(name, upload_id, len(parts) + 1, data)))
-                    size += len(data)
+                    await upload.send(writer.take())
+                if upload.upload_id is not None:
+                    await asyncio.sleep(0)  # let the parts in flight make progress
             tail = writer.finish()
-            size += len(tail)
-            if upload_id is None:
+        except BaseException:
+            await upload.abort()
+            raise
+        size = upload.size + len(tail)
+        ref = SegmentRef(segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version)
+        return asyncio.create_task(self._finish_upload(upload, tail, ref))
+
+    async def _finish_upload(self, upload: _PartUploads, tail: bytes, ref: SegmentRef) -> SegmentRef:
+        name = self.object_name(ref.id)
+        try:
+            if upload.upload_id is None:
                 await self._objects.put_if_absent(name, tail)
             else:
-                parts.append((len(parts) + 1, await self._objects.upload_part(name, upload_id, len(parts) + 1, tail)))
-                await self._complete(name, upload_id, parts, tail, size)
+                await upload.send(tail)
+                await self._complete(name, upload.upload_id, await upload.parts(), tail, ref.size)
         except BaseException:
-            if upload_id is not None:
-                await self._objects.abort_multipart(name, upload_id)
+            await upload.abort()
             raise
-        return SegmentRef(
-            segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version
-        )
+        return ref
 
     async def _complete(self, name: str, upload_id: str, parts: list[tuple[int, str]], tail: bytes, size: int) -> None:
         try:
@@ -129,21 +141,32 @@ class SegmentStore:
     async def block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> Block:
         return await self._cache.get_or_load(("block", ref.id, block_no), lambda: self._load_block(ref, index, block_no))
 
-    async def get(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
-        """The newest entry for `key` with version <= max_version: (version, value or None)."""
+    async def get(
+        self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
+    ) -> tuple[int, bytes | None] | None:
+        """The newest entry for `key` with version <= max_version: (version, value or None).
+
+        `key_probe` is `probe(key)`: a key the block's filter rules out costs no block read.
+        """
         index = self._cache.get(("index", ref.id)) or await self.index(ref)
-        block_no = index.block_for(key)
+        block_no = index.block_for(key, key_probe)
         if block_no is None:
             return None
         block = self._cache.get(("block", ref.id, block_no)) or await self.block(ref, index, block_no)
         return _newest(block, ref, key, max_version)
 
-    def get_cached(self, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None | Miss:
-        """Like `get`, without awaiting: `NOT_CACHED` when the index or block is not cached."""
+    def get_cached(
+        self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
+    ) -> tuple[int, bytes | None] | None | Miss:
+        """Like `get`, without awaiting: `NOT_CACHED` when the index or block is not cached.
+
+        Without `key_probe` the block's filter is not consulted (a cached block answers
+        exactly).
+        """
         index = self._cache.get(("index", ref.id))
         if index is None:
             return NOT_CACHED
-        block_no = index.block_for(key)
+        block_no = index.block_for(key, key_probe)
         if block_no is None:
             return None
         block = self._cache.get(("block", ref.id, block_no))
@@ -160,9 +183,19 @@ class SegmentStore:
         version descending (each key's versions keep their order).
         """
         index = await self.index(ref)
-        block_numbers = index.blocks_between(start, end)
-        for block_no in reversed(block_numbers) if reverse else block_numbers:
-            block = await self.block(ref, index, block_no)
+        order = index.blocks_between(start, end)
+        if reverse:
+            order = order[::-1]
+        ahead: asyncio.Future[Block] | None = None
+        for i, block_no in enumerate(order):
+            current = ahead if ahead is not None else self.block(ref, index, block_no)
+            # Have the next block on its way while this one arrives and is consumed
+            # (only when it is not cached: a task per cached block costs more than it saves).
+            ahead = None
+            if i + 1 < len(order) and self._cache.get(("block", ref.id, order[i + 1])) is None:
+                ahead = asyncio.ensure_future(self.block(ref, index, order[i + 1]))
+                ahead.add_done_callback(_retrieve)  # an abandoned scan must not warn
+            block = await current
             entries = _entries_in_range(block, ref, start, end)
             if reverse:
                 entries = _reverse_keys(entries)
@@ -176,6 +209,16 @@ class SegmentStore:
             await self._load_block(ref, index, block_no)
 
     async def _fetch(self, name: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        if self._disk is None:
+            return await self._get(name, byte_range)
+        key = f"{self._objects.description}/{name}" + ("" if byte_range is None else f"@{byte_range[0]}-{byte_range[1]}")
+        data = await self._disk.get(key)
+        if data is None:
+            data = await self._get(name, byte_range)
+            await self._disk.put(key, data)
+        return data
+
+    async def _get(self, name: str, byte_range: tuple[int, int] | None) -> bytes:
         try:
             blob = await self._objects.get(name, byte_range=byte_range)
         except ObjectNotFound:
@@ -196,8 +239,8 @@ class SegmentStore:
             index = parse_index(data[index_offset : index_offset + index_length], count, name)
             if ref.inline is None:  # keep the whole (compressed) object: blocks need no further GET
                 self._cache.put(("raw", ref.id), data, len(data))
-            return index, len(data) // 4 + 64 * len(index.offsets)
-        tail_start = max(0, ref.size - TAIL_READ_BYTES)
+            return index, len(data) // 4 + 64 * len(index.offsets) + index.filter_bytes
+        tail_start = max(0, ref.size - _tail_read_bytes(ref))
         tail = await self._fetch(name, (tail_start, ref.size))
         index_offset, index_length, count = parse_footer(tail, name)
         if index_offset >= tail_start:
@@ -205,7 +248,8 @@ class SegmentStore:
         else:
             raw_index = await self._fetch(name, (index_offset, index_offset + index_length))
         index = parse_index(raw_index, count, name)
-        return index, len(raw_index) * 4 + FOOTER.size
+        # Rows and keys decode to about 4x their compressed size; filters stay as they are.
+        return index, (len(raw_index) - index.filter_bytes) * 4 + index.filter_bytes + FOOTER.size
 
     async def _load_block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> tuple[Block, int]:
         name = self.object_name(ref.id)
@@ -218,6 +262,17 @@ class SegmentStore:
             data = raw[start:end]
         block = decode_block(data, name, block_no)
         return block, block.size
+
+
+def _tail_read_bytes(ref: SegmentRef) -> int:
+    """How much of a large segment's end to read first: the footer and, usually, the index,
+    which grows by the key filters' FILTER_BITS_PER_KEY bits per entry."""
+    return TAIL_READ_BYTES + ref.count * FILTER_BITS_PER_KEY // 8
+
+
+def _retrieve(future: asyncio.Future[Block]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
@@ -258,3 +313,41 @@ def _reverse_keys(entries: list[Entry]) -> list[Entry]:
         out.extend(entries[j:i])
         i = j
     return out
+
+
+class _PartUploads:
+    """The parts of one multipart upload, sent in the background, PARTS_IN_FLIGHT at a time.
+
+    The upload starts with the first part; a failed part fails the next `send`."""
+
+    def __init__(self, objects: RetryingObjectStore, name: str) -> None:
+        self._objects = objects
+        self._name = name
+        self.upload_id: str | None = None
+        self.size = 0  # bytes sent so far
+        self._tasks: list[asyncio.Task[str]] = []  # one per part, in part order
+        self._pending: set[asyncio.Task[str]] = set()
+
+    async def send(self, data: bytes) -> None:
+        if self.upload_id is None:
+            self.upload_id = await self._objects.start_multipart(self._name)
+        while len(self._pending) >= PARTS_IN_FLIGHT:
+            done, self._pending = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        part = self._objects.upload_part(self._name, self.upload_id, len(self._tasks) + 1, data)
+        task = asyncio.create_task(part)
+        self._tasks.append(task)
+        self._pending.add(task)
+        self.size += len(data)
+
+    async def parts(self) -> list[tuple[int, str]]:
+        """(part number, etag) of every part, once all are uploaded."""
+        return list(enumerate(await asyncio.gather(*self._tasks), start=1))
+
+    async def abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.upload_id is not None:
+            await self._objects.abort_multipart(self._name, self.upload_id)

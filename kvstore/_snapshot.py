@@ -5,8 +5,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import AsyncIterator
 from functools import total_ordering
+from itertools import pairwise
 
 from ._manifest import Manifest, SegmentRef
+from ._segment import probe
 from ._segment_store import NOT_CACHED, Entry, SegmentStore
 
 
@@ -23,19 +25,25 @@ class SnapshotView:
         self._segments = segments
         # Newest first: for commit segments this is commit order.
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)
+        self._overlapping = _any_overlap(self._refs)
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
         best: tuple[int, bytes | None] | None = None
         segments, version = self._segments, self.version
+        # Where segments overlap, most of those covering a key lack it, and their filters
+        # (the key hashed once, here) spare searching their blocks. A key's only candidate
+        # is cheaper to search than to filter when its block is cached; `get` still
+        # filters before fetching a block.
+        key_probe = probe(key) if self._overlapping else None
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # no older segment can hold a newer entry
             if not ref.min_key <= key <= ref.max_key:
                 continue
-            found = segments.get_cached(ref, key, version)
+            found = segments.get_cached(ref, key, key_probe, version)
             if found is NOT_CACHED:
-                found = await segments.get(ref, key, version)
+                found = await segments.get(ref, key, key_probe or probe(key), version)
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
         return None if best is None else best[1]
@@ -123,6 +131,12 @@ class _Descending:
 
     def __lt__(self, other: _Descending) -> bool:
         return self.key > other.key
+
+
+def _any_overlap(refs: list[SegmentRef]) -> bool:
+    """Whether any two segments' key ranges overlap."""
+    by_start = sorted(refs, key=lambda r: r.min_key)
+    return any(later.min_key <= earlier.max_key for earlier, later in pairwise(by_start))
 
 
 def _order_key(entry: Entry, reverse: bool) -> tuple[object, int]:

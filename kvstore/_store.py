@@ -9,15 +9,25 @@ import random
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._bulk import ChunkBuffer, ChunkUploads, encoded_batches
 from ._cache import ByteLRU
-from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key, encode_value
+from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key
 from ._commit import CommitRequest, Committer
 from ._compact import CompactionResult, Compactor, choose_inputs
+from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
     ConflictError,
@@ -30,9 +40,15 @@ from ._errors import (
     VersionNotRetainedError,
 )
 from ._gc import GarbageCollector, GcReport
-from ._manifest import CommitRecord, Manifest, SegmentRef
+from ._manifest import CommitRecord, Manifest
 from ._manifest_store import ManifestStore
-from ._objectstore import ObjectNotFound, ObjectStore, PreconditionFailed, RetryingObjectStore, S3Options
+from ._objectstore import (
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    RetryingObjectStore,
+    S3Options,
+)
 from ._options import StoreOptions
 from ._probe import check_conditional_writes
 from ._segment_store import SegmentStore
@@ -43,6 +59,8 @@ from ._url import Location, parse_url
 
 T = TypeVar("T")
 _log = logging.getLogger("kvstore")
+# `verify` reads each small segment whole once, then its blocks from this.
+_VERIFY_CACHE_BYTES = 2 * 1024 * 1024
 
 
 class Snapshot:
@@ -199,7 +217,9 @@ class Store:
         self._objects = objects
         self._manifests = manifests
         self._cache = ByteLRU(options.cache_bytes)
-        self._segments = SegmentStore(objects, location.prefix, self._cache)
+        self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
+        self._segments = SegmentStore(objects, location.prefix, self._cache, self._disk_cache)
+        self._prefix = location.prefix
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
         self._compactor = Compactor(manifests, self._segments, options)
         self._tags = TagStore(objects, location.prefix)
@@ -291,43 +311,39 @@ class Store:
     ) -> int:
         """Write many (key, value) pairs, in any order, as one transaction; returns its version.
 
-        Pairs are gathered into chunks of about `chunk_bytes`, each sorted and
-        streamed into its own segment (multipart uploads for large ones); all
-        segments commit together in one manifest CAS, so readers see all or
-        nothing. If a key repeats, its last value wins. Memory stays around
-        one chunk plus one upload part. `progress(n)` is called with the number
-        of pairs written so far after each chunk. The write-size limits of
-        ordinary transactions do not apply; the key and value limits do.
+        Pairs are gathered into chunks of about `chunk_bytes` (a repeated key
+        counts again), each sorted and streamed into its own segment (multipart
+        uploads for large ones, parts uploading while the next are encoded, and
+        a chunk's upload finishing while the next chunk fills); all segments
+        commit together in one manifest CAS, so readers see all or nothing. If a
+        key repeats, its last value wins. Memory stays around one chunk plus a
+        few upload parts. Input already in ascending key order is cheapest.
+        `progress(n)` is called with the number of pairs written so far after
+        each chunk's upload. The write-size limits of ordinary transactions do
+        not apply; the key and value limits do.
         """
         self._check_open()
         if self.read_only:
             raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
         started = time.monotonic()
-        refs: list[SegmentRef] = []
-        chunk: dict[bytes, bytes] = {}
-        chunk_size = loaded = 0
+        chunk = ChunkBuffer(chunk_bytes)
+        uploads = ChunkUploads(progress)
 
-        async def flush() -> None:
-            nonlocal chunk_size
-            refs.append(
-                await self._segments.write_sorted(((k, 0, chunk[k]) for k in sorted(chunk)), uniform_version=True)
-            )
-            chunk.clear()
-            chunk_size = 0
-            if progress is not None:
-                progress(loaded)
+        async def write(keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+            await uploads.add(await self._segments.write_sorted(keys, values), chunk.taken)
 
-        async for key, value in _as_async(items):
-            k = encode_key(key, self.options.max_key_bytes)
-            v = encode_value(value, self._values, self.options.max_value_bytes)
-            old = chunk.get(k)
-            chunk_size += len(k) + len(v) - (0 if old is None else len(k) + len(old))
-            chunk[k] = v
-            loaded += 1
-            if chunk_size >= chunk_bytes:
-                await flush()
-        if chunk:
-            await flush()
+        limits = self.options.max_key_bytes, self.options.max_value_bytes
+        try:
+            async for batch in encoded_batches(items, self._values, *limits):
+                for full in chunk.add(batch):
+                    await write(*full)
+                await uploads.let_run()
+            if len(chunk):
+                await write(*chunk.take())
+            refs = await uploads.finish()
+        except BaseException:
+            await uploads.cancel()
+            raise
         if not refs:
             raise ValidationError("bulk_load got no items")
         request = CommitRequest(
@@ -498,10 +514,12 @@ class Store:
         except CorruptionError as exc:
             return VerifyReport(self.version, 1, {exc.object_name: str(exc)})
         report = VerifyReport(manifest.version, 1)
+        # Read the objects themselves, not what the caches hold.
+        uncached = SegmentStore(self._objects, self._prefix, ByteLRU(_VERIFY_CACHE_BYTES))
         for ref in manifest.segments:
             report.objects_checked += 1
             try:
-                await self._segments.read_all(ref)
+                await uncached.read_all(ref)
             except (CorruptionError, UnsupportedFormatError) as exc:
                 report.damaged[self._segments.object_name(ref.id)] = str(exc)
             except VersionNotRetainedError:
@@ -541,13 +559,15 @@ class Store:
                 await asyncio.wait([self._background])
         finally:
             await self._objects.close()
+            if self._disk_cache is not None:
+                self._disk_cache.close()
 
     def _after_commit(self, manifest: Manifest) -> None:
         if not self.options.auto_compact or self._closed:
             return
         if self._background is not None and not self._background.done():
             return
-        if choose_inputs(manifest, self.options.compaction_fanout):
+        if _ours_to_compact(manifest, self.options.compaction_fanout):
             self._background = asyncio.create_task(self._compact_in_background())
 
     async def _compact_in_background(self) -> None:
@@ -596,6 +616,21 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"{self.url} was closed; open it again with kvstore.open()")
+
+
+def _ours_to_compact(manifest: Manifest, fanout: int) -> bool:
+    """Whether the writer that just committed `manifest` should start compacting.
+
+    Every process sees a level fill up, but only one merge of it can commit:
+    the others would each upload a merged segment and lose the CAS. So the
+    writer whose commit made the level due compacts it, and anyone does once
+    the level holds twice the fanout (that writer died or fell behind).
+    """
+    inputs = choose_inputs(manifest, fanout)
+    if len(inputs) >= 2 * fanout:
+        return True
+    newest = manifest.log[-1].segment_id if manifest.log else None
+    return len(inputs) == fanout and any(r.id == newest for r in inputs)
 
 
 class StoreOpener:
@@ -682,18 +717,10 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
                 await check_conditional_writes(objects, location.prefix)
             if not exists:
                 await manifests.create()
+            return Store(location, objects, manifests, store_options, values, read_only)
         except BaseException:
             await objects.close()
             raise
-        return Store(location, objects, manifests, store_options, values, read_only)
 
     return StoreOpener(open_store)
 
-
-async def _as_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item

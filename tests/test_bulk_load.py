@@ -6,13 +6,15 @@ import os
 import random
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from targets import Target
 
 import kvstore
 import kvstore._segment_store as segment_store
+from kvstore._objectstore import RetryPolicy
 from kvstore.testing.faults import FaultInjectingStore
-from targets import Target
 
 
 async def test_unsorted_input_with_repeats_last_wins(target: Target) -> None:
@@ -88,3 +90,55 @@ def test_memory_stays_bounded(tmp_path: os.PathLike[str]) -> None:
     large = asyncio.run(peak_for(20_000, f"{tmp_path}/large"))  # 1.8 MB of pairs
     assert large < 1.3 * small + 256 * 1024, (small, large)
     assert large < 1.2e6, large
+
+
+async def test_sorted_input_then_out_of_order_pairs(target: Target) -> None:
+    """Ascending input is gathered without sorting; a later pair out of order, or a
+    repeated key, still sorts into place and wins."""
+    items: list[tuple[str | bytes, bytes | bytearray]] = [(b"s%05d" % i, b"%d" % i) for i in range(5000)]
+    items += [(b"s00007", b"repeated"), ("a-first", bytearray(b"str key")), (b"s99999", b"last")]
+    seen: list[int] = []
+    async with target.open() as db:
+        await db.bulk_load(items, progress=seen.append, chunk_bytes=16_000)
+        expected = {(k.encode() if isinstance(k, str) else k): bytes(v) for k, v in items}
+        assert dict([kv async for kv in db.scan()]) == expected
+        assert await db.get(b"s00007") == b"repeated"
+    assert seen == sorted(seen) and seen[-1] == len(items) and len(seen) > 3
+
+
+async def test_invalid_pairs_are_refused_in_any_position(target: Target) -> None:
+    async with target.open() as db:
+        good = [(b"k%04d" % i, b"v") for i in range(3000)]
+        with pytest.raises(kvstore.InvalidKeyError):
+            await db.bulk_load([*good, (b"", b"empty key")])
+        with pytest.raises(kvstore.InvalidKeyError):
+            await db.bulk_load([*good, (42, b"not a key")])
+        with pytest.raises(kvstore.InvalidValueError):
+            await db.bulk_load([*good[:5], (b"x", "a str value")])
+        with pytest.raises(kvstore.InvalidValueError):
+            options = kvstore.StoreOptions(max_value_bytes=10)
+            async with target.open(options=options) as small:
+                await small.bulk_load([*good, (b"x", b"y" * 11)])
+        assert [kv async for kv in db.scan()] == []
+
+
+async def test_a_failed_part_fails_the_load_and_commits_nothing(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segment_store, "PART_BYTES", 256 * 1024)
+    made: list[FaultInjectingStore] = []
+
+    def wrap(inner: object) -> FaultInjectingStore:
+        made.append(FaultInjectingStore(inner))  # type: ignore[arg-type]
+        return made[0]
+
+    rng = random.Random(2)
+    items = [(b"f%06d" % i, rng.randbytes(200)) for i in range(8000)]  # about 1.7 MB: several parts
+    options = kvstore.StoreOptions(retry=RetryPolicy(max_attempts=2))
+    async with kvstore.open(f"{tmp_path}/s", wrap_object_store=wrap, options=options) as db:
+        made[0].script("upload_part", "pass", "pass", *["error"] * 10)  # parts from the third fail
+        with pytest.raises(kvstore.StoreUnavailableError):
+            await db.bulk_load(items)
+        assert [kv async for kv in db.scan()] == []
+    work = [p.name for p in (Path(tmp_path) / "s" / ".kvstore-work").iterdir()]
+    assert not [name for name in work if name.startswith("upload-")]  # the upload was aborted

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import workers
+from targets import Target, memory_target
 
 import kvstore
-import workers
 from kvstore._compact import merge_entries
-from targets import Target, memory_target
+from kvstore._manifest import CommitRecord, Manifest, SegmentRef
+from kvstore._store import _ours_to_compact
 
 NEVER = lambda key, version: False  # noqa: E731 - a tombstone check that keeps every tombstone
 ALWAYS = lambda key, version: True  # noqa: E731
@@ -119,3 +122,21 @@ async def test_compaction_with_concurrent_writers_from_processes(durable_target:
         await db.compact(full=True)
         assert {k.decode(): v async for k, v in db.scan()} == expected
         assert (await db.verify()).ok
+
+
+def _manifest_with_level0(count: int, newest_is_ours: bool) -> Manifest:
+    refs = tuple(SegmentRef(f"s{i}", b"a", b"z", 1, 100, i + 1, i + 1, i + 1) for i in range(count, 0, -1))
+    record = CommitRecord(count, 0.0, (b"t",), "s" + str(count) if newest_is_ours else "elsewhere", 1, b"a", b"z", None)
+    return Manifest("id", count, 0.0, segments=refs, log=(record,), log_start=count - 1)
+
+
+def test_only_the_writer_that_fills_a_level_compacts_it_unless_it_is_overdue() -> None:
+    fanout = 4
+    # The commit that made level 0 due (its segment is among the inputs) compacts it ...
+    assert _ours_to_compact(_manifest_with_level0(4, newest_is_ours=True), fanout)
+    # ... a writer committing after that does not (another process is already merging) ...
+    assert not _ours_to_compact(_manifest_with_level0(5, newest_is_ours=True), fanout)
+    assert not _ours_to_compact(_manifest_with_level0(4, newest_is_ours=False), fanout)
+    assert not _ours_to_compact(_manifest_with_level0(3, newest_is_ours=True), fanout)
+    # ... until the level holds twice the fanout: then whoever commits does.
+    assert _ours_to_compact(_manifest_with_level0(8, newest_is_ours=False), fanout)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
+from targets import Target
 
 import kvstore
-from targets import Target
 
 
 async def test_put_get_delete(target: Target) -> None:
@@ -241,3 +242,40 @@ async def test_verify_reports_healthy_store(target: Target) -> None:
         report = await db.verify()
         assert report.ok
         assert report.objects_checked == 4  # manifest + 3 segments
+
+
+class _GetConcurrency:
+    """Wraps an object store and records the most GETs it ever had in flight at once."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.in_flight = self.most = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get(self, name: str, **kwargs: Any) -> Any:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # a slow link, so that overlapping GETs can be seen
+            return await self._inner.get(name, **kwargs)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_cold_scan_fetches_the_next_block_while_one_is_consumed(tmp_path: Any) -> None:
+    made: list[_GetConcurrency] = []
+
+    def wrap(inner: Any) -> _GetConcurrency:
+        made.append(_GetConcurrency(inner))
+        return made[-1]
+
+    url = f"file://{tmp_path / 'store'}"
+    items = [(f"k{i:06d}", os.urandom(200)) for i in range(20_000)]  # ~4 MiB: ranged reads, many blocks
+    async with kvstore.open(url) as db:
+        await db.bulk_load(items)
+    async with kvstore.open(url, wrap_object_store=wrap) as db:
+        scanned = [k async for k, _ in db.scan()]
+    assert len(scanned) == len(items)
+    assert made[0].most >= 2  # a block GET overlapped the one before it
