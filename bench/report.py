@@ -195,7 +195,7 @@ def build(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
                   "in-process injected GET", _get(fl, "get", "mean_ms"))
             t.add(sec, "PUT through the delay proxy", _get(peers, "floor_via_proxy", "put", "mean_ms"), "ms",
                   "in-process injected PUT", _get(fl, "put", "mean_ms"),
-                  note="aiobotocore sends Expect: 100-continue on every PUT: 1 extra one-way delay")
+                  note="the proxy delays each direction; kvstore no longer sends Expect: 100-continue")
             t.add(sec, "kvstore sequential commit through the proxy", _get(peers, "kv_sequential_via_proxy", "default", "mean_ms"),
                   "ms", "in-process injected", kv_seq_ms)
 
