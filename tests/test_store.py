@@ -258,7 +258,7 @@ class _GetConcurrency:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:
-            await asyncio.sleep(0.01)  # a slow link, so that overlapping GETs can be seen
+            await asyncio.sleep(0)  # yield: a GET started meanwhile is in flight with this one
             return await self._inner.get(name, **kwargs)
         finally:
             self.in_flight -= 1
