@@ -279,7 +279,8 @@ class Committer:
         record = CommitRecord(
             version=version,
             time=time.time(),
-            txn_ids=tuple(r.txn_id for r in accepted),
+            txn_ids=(accepted[0].txn_id,),  # what _find_own_commit looks for
+            txn_count=len(accepted),
             segment_id=refs[0].id if len(refs) == 1 else None,
             key_count=sum(r.count for r in refs),
             min_key=min(r.min_key for r in refs),

@@ -29,6 +29,11 @@ _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
 LOG_KEYS_MAX_BYTES = 4096
+# The whole log lists at most this many bytes of exact keys: past it the oldest
+# records keep only their key range. Every CAS uploads (and compresses) the log,
+# so this bounds what a busy store's commits cost; transactions whose read
+# version is that far behind get range-based (conservative) conflict checks.
+LOG_KEYS_BUDGET_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class CommitRecord:
 
     version: int
     time: float
+    # The id of the batch's first transaction (what I5 looks for; listing every
+    # transaction's 16 random bytes made a busy store's log mostly incompressible).
     txn_ids: tuple[bytes, ...]
     segment_id: str | None
     key_count: int
@@ -70,6 +77,7 @@ class CommitRecord:
     max_key: bytes
     keys: tuple[bytes, ...] | None  # sorted; None when only the range is recorded
     meta: dict[str, Any] | None = None
+    txn_count: int = 1  # transactions the commit carried
 
     def wrote_any(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Whether this commit wrote one of `keys` or a key in one of the [start, end) ranges."""
@@ -143,6 +151,7 @@ class Manifest:
             dropped = len(log) - log_length
             log_start = log[dropped - 1].version
             log = log[dropped:]
+        log, stripped = _within_keys_budget(log)
         at = next((i for i, s in enumerate(self.segments) if s.id in remove), 0)
         kept = [s for s in self.segments[:at] if s.id not in remove]
         kept += [*add, *(s for s in self.segments[at:] if s.id not in remove)]
@@ -156,12 +165,36 @@ class Manifest:
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
         )
         cached = self.__dict__.get("_packed_log")
-        if cached is not None:  # extend the parent's packed log instead of repacking it
+        if cached is not None and not stripped:  # extend the parent's packed log instead of repacking it
             data, lengths = cached
             dropped = len(self.log) + 1 - len(log)
             row = _packed(record, _record_row)
             object.__setattr__(new, "_packed_log", (data[sum(lengths[:dropped]) :] + row, lengths[dropped:] + (len(row),)))
         return new
+
+
+def _within_keys_budget(log: tuple[CommitRecord, ...]) -> tuple[tuple[CommitRecord, ...], bool]:
+    """`log` with the oldest exact key lists dropped until LOG_KEYS_BUDGET_BYTES holds,
+    and whether any list was dropped."""
+    total = sum(_key_bytes(r) for r in log)
+    if total <= LOG_KEYS_BUDGET_BYTES:
+        return log, False
+    trimmed = list(log)
+    for i, r in enumerate(trimmed):
+        if total <= LOG_KEYS_BUDGET_BYTES:
+            break
+        if r.keys is not None:
+            total -= _key_bytes(r)
+            trimmed[i] = replace(r, keys=None)
+    return tuple(trimmed), True
+
+
+def _key_bytes(r: CommitRecord) -> int:
+    cached: int | None = r.__dict__.get("_key_bytes")
+    if cached is None:
+        cached = 0 if r.keys is None else sum(map(len, r.keys))
+        object.__setattr__(r, "_key_bytes", cached)  # a cache on a frozen, immutable row
+    return cached
 
 
 def encode_manifest(m: Manifest) -> bytes:
@@ -201,7 +234,8 @@ def _segment_row(s: SegmentRef) -> list[Any]:
 
 def _record_row(r: CommitRecord) -> list[Any]:
     keys = None if r.keys is None else list(r.keys)
-    return [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key, keys, r.meta]
+    return [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key, keys, r.meta,
+            r.txn_count]
 
 
 def _packed(row: Any, to_list: Any) -> bytes:
@@ -226,7 +260,8 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
             history_floor=doc["history_floor"],
             segments=tuple(SegmentRef(*row) for row in doc["segments"]),
             log=tuple(
-                CommitRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], r[6], None if r[7] is None else tuple(r[7]), r[8])
+                CommitRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], r[6], None if r[7] is None else tuple(r[7]), r[8],
+                             r[9] if len(r) > 9 else len(r[2]))  # format 1: every id listed
                 for r in doc["log"]
             ),
         )

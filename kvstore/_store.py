@@ -165,7 +165,7 @@ class CommitInfo:
         """The public view of one commit-log record."""
         meta = record.meta or {}
         kind = "compaction" if "compaction" in meta else "gc" if "gc" in meta else "commit"
-        return cls(record.version, record.time, kind, len(record.txn_ids), record.key_count, meta.get("txns"))
+        return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"))
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,23 @@ async def test_corrupt_manifest_is_refused_with_its_name(durable_target: Target)
         await objects.put_if_match(name, bytes(damaged), blob.etag)
     with pytest.raises(kvstore.CorruptionError, match="manifest .* is damaged"):
         await durable_target.open()
+
+
+def test_commit_log_keeps_exact_keys_within_its_budget() -> None:
+    from kvstore._manifest import LOG_KEYS_BUDGET_BYTES, CommitRecord, Manifest
+
+    m = Manifest("id", 0, 0.0)
+    keys = tuple(b"k%05d-%s" % (i, b"x" * 90) for i in range(40))  # ~4 KiB per record
+    for v in range(1, 201):
+        record = CommitRecord(v, 0.0, (b"t" * 16,), "s", len(keys), keys[0], keys[-1], keys, None, len(keys))
+        m = m.with_commit(record, log_length=1000)
+        encoded = encode_manifest(m)  # each encode extends the parent's packed log when it can
+    exact = [r for r in m.log if r.keys is not None]
+    assert sum(len(k) for r in exact for k in r.keys or ()) <= LOG_KEYS_BUDGET_BYTES
+    assert exact and exact[-1].version == 200  # the newest records keep their keys
+    assert all(r.keys is None for r in m.log[: len(m.log) - len(exact)])  # the oldest keep a range
+    # A record without its key list still conflicts with any key in its range (conservative).
+    assert m.log[0].wrote_any([keys[5]], [])
+    # Encoding matches a fresh encode of the same manifest (the packed-log cache stays true).
+    again = decode_manifest(encoded, "m")
+    assert again.log == m.log
