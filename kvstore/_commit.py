@@ -13,6 +13,7 @@ with the same segment. `docs/design.md` walks through it.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from bisect import bisect_left
@@ -39,6 +40,12 @@ from ._segment_store import SegmentStore, new_object_id
 _MAX_UNAVAILABLE_CAS = 3
 # Longest pause after losing a CAS race, seconds.
 _MAX_RACE_BACKOFF = 0.25
+# Fairness between processes: after this many consecutive commits of ours while
+# another writer committed within _FAIR_WINDOW seconds, pause about one CAS round
+# trip before the next CAS so that a writer stuck losing races gets a turn.
+_FAIR_STREAK = 3
+_FAIR_WINDOW = 5.0
+_WRITER_ID_BYTES = 6  # transaction ids start with their committer's random writer id
 
 
 @dataclass
@@ -100,6 +107,12 @@ class Committer:
         self._queue: deque[CommitRequest] = deque()
         self._worker: asyncio.Task[None] | None = None
         self.stats = CommitStatistics()
+        self.writer_id = os.urandom(_WRITER_ID_BYTES)
+        self._cas_seconds = 0.0  # duration of the last successful CAS
+
+    def new_txn_id(self) -> bytes:
+        """A unique transaction id: this committer's writer id and 80 random bits."""
+        return self.writer_id + os.urandom(16 - _WRITER_ID_BYTES)
 
     async def commit(self, request: CommitRequest) -> int:
         """Commit one transaction; returns the version it committed at."""
@@ -146,6 +159,10 @@ class Committer:
             elif time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
+            if not maybe_applied and not lost_races:
+                pause = self._turn_for_others(base)
+                if pause:
+                    await asyncio.sleep(pause)
             new = self._next_manifest(base, accepted, pending)
             sent = time.monotonic()
             try:
@@ -164,6 +181,7 @@ class Committer:
                         "is unknown; read the data to find out before retrying"
                     ) from exc
             else:
+                self._cas_seconds = time.monotonic() - sent
                 self._succeed(accepted, new.version)
                 return
             try:
@@ -192,6 +210,29 @@ class Committer:
                 # no undecided attempt carries the transactions dropped here.
                 accepted = still
                 pending = await self._write_segment(accepted, base)
+
+    def _turn_for_others(self, base: Manifest) -> float:
+        """Seconds to wait before our CAS so that other writers get a turn, or 0.
+
+        The writer that just committed knows the new ETag and wins the next race
+        too, while the others first GET the manifest: without this, one process
+        can commit every batch for seconds while the others only collect 412s.
+        """
+        mine = self.writer_id
+        streak = 0
+        for record in reversed(base.log):
+            if record.key_count == 0:
+                continue  # compactions
+            if not record.txn_ids[0].startswith(mine):
+                break
+            streak += 1
+            if streak >= _FAIR_STREAK:
+                break
+        if streak < _FAIR_STREAK:
+            return 0.0
+        since = time.time() - _FAIR_WINDOW
+        others = any(r.time > since and r.key_count > 0 and not r.txn_ids[0].startswith(mine) for r in base.log[-256:])
+        return random.uniform(0.5, 1.5) * self._cas_seconds if others else 0.0
 
     def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
         """Requests that may commit on top of `base`, in order; fail the others.

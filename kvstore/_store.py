@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import time
-import uuid
 import warnings
 from collections.abc import (
     AsyncIterable,
@@ -347,7 +346,7 @@ class Store:
         if not refs:
             raise ValidationError("bulk_load got no items")
         request = CommitRequest(
-            txn_id=uuid.uuid4().bytes,
+            txn_id=self._committer.new_txn_id(),
             read_version=None,
             started=started,
             read_keys=set(),

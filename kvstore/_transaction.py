@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -69,7 +68,7 @@ class Transaction:
         self._options = options
         self._values = values
         self._meta = meta
-        self.id: bytes = uuid.uuid4().bytes
+        self.id: bytes = committer.new_txn_id()
         self._view: SnapshotView | None = None
         self._started = time.monotonic()
         self._state = _OPEN

@@ -75,3 +75,29 @@ async def test_many_tasks_one_process_group_commit(durable_target: Target) -> No
         assert stats["transactions_committed"] == 64
         assert stats["commits"] < 64  # group commit shared CAS requests
         assert len([k async for k, _ in db.scan(prefix=b"k/")]) == 64
+
+
+def test_a_writer_on_a_winning_streak_gives_the_others_a_turn() -> None:
+    import time as _time
+
+    from kvstore._commit import Committer
+    from kvstore._manifest import CommitRecord, Manifest
+
+    committer = Committer.__new__(Committer)  # white-box: only the fairness rule is exercised
+    committer.writer_id, committer._cas_seconds = b"MINE!!", 0.02
+    other = b"OTHER!"
+    now = _time.time()
+
+    def manifest(writers: list[bytes], age: float = 0.0) -> Manifest:
+        log = tuple(CommitRecord(v + 1, now - age, (w + bytes(10),), "s", 1, b"a", b"a", (b"a",))
+                    for v, w in enumerate(writers))
+        return Manifest("id", len(log), 0.0, log=log)
+
+    mine = committer.new_txn_id()
+    assert mine.startswith(b"MINE!!") and len(mine) == 16 and mine != committer.new_txn_id()
+    # Three commits of ours in a row while another writer was active: pause ~one CAS.
+    assert 0.01 <= committer._turn_for_others(manifest([other, b"MINE!!", b"MINE!!", b"MINE!!"])) <= 0.03
+    # Alone, or not on a streak, or the other writer long gone: no pause.
+    assert committer._turn_for_others(manifest([b"MINE!!"] * 4)) == 0.0
+    assert committer._turn_for_others(manifest([other, b"MINE!!", b"MINE!!", other, b"MINE!!"])) == 0.0
+    assert committer._turn_for_others(manifest([other, b"MINE!!", b"MINE!!", b"MINE!!"], age=60.0)) == 0.0
