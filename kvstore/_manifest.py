@@ -147,11 +147,13 @@ class Manifest:
         assert record.version == self.version + 1, "I3: a commit must increase the version by one"
         log = (*self.log, record)
         log_start = self.log_start
+        key_bytes = _log_key_bytes(self) + _key_bytes(record)
         if len(log) > log_length:
             dropped = len(log) - log_length
             log_start = log[dropped - 1].version
+            key_bytes -= sum(_key_bytes(r) for r in log[:dropped])
             log = log[dropped:]
-        log, stripped = _within_keys_budget(log)
+        log, key_bytes, stripped = _within_keys_budget(log, key_bytes)
         at = next((i for i, s in enumerate(self.segments) if s.id in remove), 0)
         kept = [s for s in self.segments[:at] if s.id not in remove]
         kept += [*add, *(s for s in self.segments[at:] if s.id not in remove)]
@@ -164,6 +166,7 @@ class Manifest:
             log_start=log_start,
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
         )
+        object.__setattr__(new, "_log_key_bytes", key_bytes)  # carried forward, not re-summed
         cached = self.__dict__.get("_packed_log")
         if cached is not None and not stripped:  # extend the parent's packed log instead of repacking it
             data, lengths = cached
@@ -173,12 +176,11 @@ class Manifest:
         return new
 
 
-def _within_keys_budget(log: tuple[CommitRecord, ...]) -> tuple[tuple[CommitRecord, ...], bool]:
-    """`log` with the oldest exact key lists dropped until LOG_KEYS_BUDGET_BYTES holds,
-    and whether any list was dropped."""
-    total = sum(_key_bytes(r) for r in log)
+def _within_keys_budget(log: tuple[CommitRecord, ...], total: int) -> tuple[tuple[CommitRecord, ...], int, bool]:
+    """`log` (listing `total` bytes of exact keys) with the oldest key lists dropped until
+    LOG_KEYS_BUDGET_BYTES holds; its exact-key bytes then, and whether any list was dropped."""
     if total <= LOG_KEYS_BUDGET_BYTES:
-        return log, False
+        return log, total, False
     trimmed = list(log)
     for i, r in enumerate(trimmed):
         if total <= LOG_KEYS_BUDGET_BYTES:
@@ -186,7 +188,16 @@ def _within_keys_budget(log: tuple[CommitRecord, ...]) -> tuple[tuple[CommitReco
         if r.keys is not None:
             total -= _key_bytes(r)
             trimmed[i] = replace(r, keys=None)
-    return tuple(trimmed), True
+    return tuple(trimmed), total, True
+
+
+def _log_key_bytes(m: Manifest) -> int:
+    """Bytes of exact keys `m`'s log lists (summed once per decoded manifest)."""
+    cached: int | None = m.__dict__.get("_log_key_bytes")
+    if cached is None:
+        cached = sum(_key_bytes(r) for r in m.log)
+        object.__setattr__(m, "_log_key_bytes", cached)
+    return cached
 
 
 def _key_bytes(r: CommitRecord) -> int:

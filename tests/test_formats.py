@@ -182,3 +182,12 @@ def test_commit_log_keeps_exact_keys_within_its_budget() -> None:
     # Encoding matches a fresh encode of the same manifest (the packed-log cache stays true).
     again = decode_manifest(encoded, "m")
     assert again.log == m.log
+    # The exact-key total carried from commit to commit is the log's real one.
+    from kvstore._manifest import _log_key_bytes
+
+    real = sum(len(k) for r in m.log for k in r.keys or ())
+    assert _log_key_bytes(m) == real == _log_key_bytes(again)
+    short = Manifest("id", 0, 0.0)
+    for v in range(1, 31):  # the log keeps 10 records: trimmed records leave the total too
+        short = short.with_commit(CommitRecord(v, 0.0, (b"t" * 16,), "s", 1, b"k", b"k", (b"k" * v,)), log_length=10)
+    assert _log_key_bytes(short) == sum(range(21, 31))
