@@ -27,26 +27,9 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import kvstore
-
-
-class Reader(Protocol):
-    """What both a transaction and a snapshot offer for reading."""
-
-    async def get(self, key: str | bytes, default: Any = None) -> Any: ...
-
-    def scan(
-        self,
-        prefix: str | bytes | None = None,
-        *,
-        start: str | bytes | None = None,
-        end: str | bytes | None = None,
-        limit: int | None = None,
-        reverse: bool = False,
-    ) -> AsyncIterator[tuple[bytes, Any]]: ...
 
 
 # ----------------------------------------------------------------- writes (one transaction each)
@@ -92,13 +75,13 @@ async def retract_shard(tx: kvstore.Transaction, name: str, version: int, shard:
 # ----------------------------------------------------------------- reads (at any version)
 
 
-async def datasets_by(reader: Reader, index: str, value: str) -> list[str]:
+async def datasets_by(reader: kvstore.Reader, index: str, value: str) -> list[str]:
     """Dataset names through a secondary index: one prefix scan."""
     prefix = f"index/{index}/{value}/"
     return [key.decode()[len(prefix):] async for key, _ in reader.scan(prefix)]
 
 
-async def training_inputs(reader: Reader, label: str = "train") -> list[dict[str, Any]]:
+async def training_inputs(reader: kvstore.Reader, label: str = "train") -> list[dict[str, Any]]:
     """The shards a training run reads: the latest version of every dataset labelled `label`."""
     inputs = []
     for name in await datasets_by(reader, "label", label):

@@ -36,6 +36,7 @@ from ._objectstore import RetryPolicy, S3Options
 from ._compact import CompactionResult
 from ._gc import GcReport
 from ._options import StoreOptions
+from ._reader import Reader
 from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, StoreOpener, VerifyReport, open
 from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidValueError",
     "KvStoreError",
     "ReadOnlyError",
+    "Reader",
     "RetryPolicy",
     "S3Options",
     "Snapshot",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import kvstore
 
@@ -45,3 +46,16 @@ def test_repr_never_shows_secrets() -> None:
     text = repr(options)
     assert "very-secret" not in text and "token-secret" not in text and "kkkk" not in text
     assert "<redacted>" in text
+
+
+async def test_transactions_and_snapshots_are_readers(tmp_path: Path) -> None:
+    async with kvstore.open(f"file://{tmp_path / 'store'}") as db:
+        await db.put(b"k", b"v")
+        snapshot = await db.snapshot()
+        async with db.transaction() as tx:
+            readers: list[kvstore.Reader] = [tx, snapshot]
+            for reader in readers:
+                assert isinstance(reader, kvstore.Reader)
+                assert await reader.get(b"k") == b"v"
+                assert [k async for k, _ in reader.scan()] == [b"k"]
+        assert not isinstance(db._objects, kvstore.Reader)  # something else is not one
