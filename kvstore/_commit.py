@@ -4,10 +4,11 @@ One batch is in flight per process. A batch takes every queued transaction,
 drops those that conflict (with commits after their read version, or with
 transactions before them in the batch), writes the survivors' writes as one
 segment and commits it with one manifest CAS; a small segment rides inside
-the manifest (one PUT in all), a larger one is safe-created first. On 412 it reads
-the new manifest, first looks for its own transaction ids there (an earlier
-attempt may have been applied: I5), then re-checks conflicts and retries
-with the same segment. `docs/design.md` walks through it.
+the manifest (one PUT in all), a larger one is safe-created first. On any 412
+it reads the new manifest and first looks for its own transaction id there
+(a 412 may answer our own applied attempt, whose answer was lost: I5); only
+if it is not there does it re-check conflicts and retry with the same
+segment. `docs/design.md` walks through it.
 """
 
 from __future__ import annotations
@@ -167,9 +168,11 @@ class Committer:
             sent = time.monotonic()
             try:
                 await self._manifests.compare_and_swap(new, etag)
-            except PreconditionFailed as exc:
-                if exc.maybe_ours:
-                    maybe_applied.append(new.version)
+            except PreconditionFailed:
+                # Maybe a rival's commit, maybe our own: an attempt whose answer was lost
+                # (one we retried, or one the HTTP stack resent unseen) may have been
+                # applied. The log tells which, below (I5).
+                maybe_applied.append(new.version)
                 lost_races += 1
                 await asyncio.sleep(_backoff_after_lost_race(time.monotonic() - sent, lost_races))
             except StoreUnavailableError as exc:

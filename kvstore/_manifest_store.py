@@ -64,7 +64,9 @@ class ManifestStore:
     async def compare_and_swap(self, new: Manifest, etag: str) -> str:
         """Replace the manifest if its ETag is still `etag`. One PUT with If-Match.
 
-        Raises PreconditionFailed (possibly `maybe_ours`) when it changed.
+        Raises PreconditionFailed when it changed, possibly by an earlier attempt of
+        this very write whose answer was lost: the caller must look for its own
+        commit before concluding otherwise (I5).
         """
         new_etag = await self._objects.put_if_match(self.name, encode_manifest(new), etag)
         self.install(new, new_etag)

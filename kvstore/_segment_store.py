@@ -123,11 +123,9 @@ class SegmentStore:
         try:
             await self._objects.complete_multipart_if_absent(name, upload_id, parts)
         except (PreconditionFailed, ObjectNotFound) as exc:
-            if isinstance(exc, PreconditionFailed) and not exc.maybe_ours:
-                raise
-            # An uncertain earlier attempt may have completed it (a retry then finds the
-            # object, or no upload): it is ours if it ends with our bytes, since the
-            # footer's checksum covers the index, which covers every block.
+            # An earlier attempt whose answer was lost may have completed it (a retry
+            # then finds the object, or no upload): it is ours if it ends with our bytes,
+            # since the footer's checksum covers the index, which covers every block.
             try:
                 blob = await self._objects.get(name, byte_range=(size - len(tail), size))
             except ObjectNotFound:

@@ -31,7 +31,6 @@ from ._errors import (
     ClosedError,
     ConflictError,
     CorruptionError,
-    KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
     UnsupportedFormatError,
@@ -499,6 +498,7 @@ class Store:
             "conflicts": c.conflicts,
             "cas_retries": c.cas_retries,
             "ambiguous_commits_resolved": c.ambiguous_resolved,
+            "ambiguous_creates_resolved": self._objects.own_creates_found,
         }
 
     async def verify(self) -> VerifyReport:
@@ -577,8 +577,11 @@ class Store:
             if interval is not None and time.monotonic() - self._last_gc >= interval:
                 self._last_gc = time.monotonic()
                 await self._gc.collect(grace_period=self.options.segment_grace_period, dry_run=False)
-        except KvStoreError as exc:
-            _log.warning("background compaction or GC of %s failed (retried after a later commit): %s", self.url, exc)
+        except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
+            _log.warning(
+                "background compaction or GC of %s failed (retried after a later commit): %s: %s",
+                self.url, type(exc).__name__, exc,
+            )
 
     async def __aenter__(self) -> Store:
         return self

@@ -8,7 +8,9 @@ machine:
   reader never sees a partly written object;
 * compare-and-swap: an exclusive `flock` on a per-object lock file
   serialises writers; under it the current content's ETag is compared and
-  the new body is renamed over the old one (`rename` is atomic for readers);
+  the new body is renamed over the old one (`rename` is atomic for readers).
+  The wait for the lock is bounded (`_LOCK_WAIT_SECONDS`, then a transient
+  error the retry layer retries), so a stopped holder cannot hang others;
 * ETag: MD5 of the content, quoted, like S3.
 
 Needs a local filesystem with hard links and `flock` (ext4, xfs, btrfs, apfs,
@@ -23,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,9 +34,10 @@ from typing import Any, TypeVar
 
 from .._errors import AccessDeniedError, StoreUnavailableError
 from ._etag import content_etag
-from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed
+from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
 
 T = TypeVar("T")
+_LOCK_WAIT_SECONDS = 5.0  # longest wait for another writer's compare-and-swap lock
 _WORK_DIR = ".kvstore-work"  # temporary files and locks; never listed
 
 
@@ -237,11 +241,32 @@ class LocalObjectStore:
         locks = self._root / _WORK_DIR / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / name.replace("/", "%"), "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            _lock_within(f.fileno(), _LOCK_WAIT_SECONDS, name)
             try:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_within(fd: int, seconds: float, name: str) -> None:
+    """Take an exclusive flock on `fd`, waiting at most `seconds`.
+
+    A holder is another writer in its short read-compare-rename, so waits are
+    brief; one that stays, such as a process stopped while holding the lock,
+    must not hang every other writer: the wait ends in TransientError, which
+    the retry layer retries within its deadline.
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TransientError(f"the lock of {name!r} stayed taken for {seconds:g} s") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -42,24 +42,17 @@ class ObjectNotFound(Exception):
 class PreconditionFailed(Exception):
     """A conditional request's precondition did not hold (412).
 
-    `maybe_ours` is set by the retry layer when an earlier attempt of the same
-    write may have been applied, so the 412 may be caused by our own write.
+    It says the condition fails now, never who made it fail: an earlier
+    attempt of the same write, whose answer was lost, may have been applied.
+    Callers resolve that (design I5).
     """
-
-    def __init__(self, message: str = "precondition failed", *, maybe_ours: bool = False) -> None:
-        super().__init__(message)
-        self.maybe_ours = maybe_ours
 
 
 class TransientError(Exception):
     """A failure that a retry may cure: 409 conflict, 5xx, throttling, timeout, reset.
 
-    `maybe_applied` is True when a write was sent and its outcome is unknown.
+    A write that failed this way may still have been applied.
     """
-
-    def __init__(self, message: str, *, maybe_applied: bool) -> None:
-        super().__init__(message)
-        self.maybe_applied = maybe_applied
 
 
 class ObjectStore(Protocol):

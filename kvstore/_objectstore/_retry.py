@@ -1,11 +1,16 @@
 """Retries with backoff, request counting, and ambiguous-write resolution.
 
-Wraps any backend. Transient failures (409, 5xx, throttling, timeouts, resets)
-are retried with exponential backoff and full jitter. A conditional write
-whose earlier attempt may have been applied and whose retry gets 412 is
-ambiguous: for a safe create the object is read back and compared with what
-we wrote; for a compare-and-swap the 412 is passed up marked `maybe_ours`,
-and the commit protocol resolves it through the manifest's commit log.
+Wraps any backend. This is the only layer that retries a request: botocore's
+retries and aiohttp's transparent resend on a dropped keep-alive connection
+are switched off in the S3 backend. Transient failures (409, 5xx, throttling,
+timeouts, resets) are retried with exponential backoff and full jitter.
+
+A 412 on a conditional write never proves the write was not ours: an answer
+can be lost after the store applied it, and an attempt can happen that this
+layer never saw. So for a safe create every 412 is checked by reading the
+object back and comparing it with what we wrote; for a compare-and-swap the
+412 is passed up as it is, and the caller looks for its own id in what it finds (the commit
+protocol in the manifest's commit log, design I5).
 """
 
 from __future__ import annotations
@@ -17,19 +22,41 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .._errors import StoreUnavailableError
-from ._protocol import Blob, ObjectInfo, ObjectStore, PreconditionFailed, TransientError
+from .._errors import StoreUnavailableError, ValidationError
+from ._protocol import Blob, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, TransientError
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry transient object-store failures."""
+    """How often and how patiently to retry transient object-store failures.
+
+    Every request has a deadline, and so has every operation made of retries:
+
+    * `attempt_timeout`: one request, from sending it to the last byte of its
+      answer. An answer that stalls (a server that stops sending, a lost
+      connection nobody noticed) is abandoned, its connection closed, and the
+      request retried on a fresh one. Large enough for an 8 MiB part on a
+      slow link.
+    * `total_timeout`: the whole operation, retries and backoff included.
+      When it passes, the operation raises `StoreUnavailableError`: an
+      endpoint that stops answering is reported within this many seconds,
+      never waited on for ever.
+
+    The S3 backend adds per-socket limits of its own (`S3Options.connect_timeout`,
+    `S3Options.read_timeout`), which usually notice a dead connection sooner.
+    """
 
     max_attempts: int = 8
     base_delay: float = 0.01
     max_delay: float = 2.0
+    attempt_timeout: float = 30.0
+    total_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.attempt_timeout <= 0 or self.total_timeout <= 0:
+            raise ValidationError("RetryPolicy needs max_attempts >= 1 and positive timeouts")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Full-jitter exponential backoff for the given 0-based retry number."""
@@ -43,6 +70,12 @@ class RetryingObjectStore:
         self.inner = inner
         self.policy = policy or RetryPolicy()
         self.requests: Counter[str] = Counter()
+        # Safe creates answered 412 whose object held our bytes: an unseen earlier
+        # attempt of ours had been applied.
+        self.own_creates_found = 0
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._rng = random.Random(seed)
 
     @property
@@ -61,12 +94,17 @@ class RetryingObjectStore:
     async def put_if_absent(self, name: str, data: bytes) -> str:
         try:
             return await self._call("PUT", lambda: self.inner.put_if_absent(name, data))
-        except PreconditionFailed as exc:
-            if not exc.maybe_ours:
-                raise
-            # An earlier attempt may have created it: it is ours only if the bytes are.
-            blob = await self.get(name)
+        except PreconditionFailed:
+            # Never conclude "not ours" from a 412 alone: an attempt we never saw (the HTTP
+            # client's own retry, or an answer lost after the write was applied) may have
+            # created it. It is ours exactly when its bytes are: names are fresh and
+            # random, and every body kvstore creates is unique (ids, times, checksums).
+            try:
+                blob = await self.get(name)
+            except ObjectNotFound:
+                blob = None  # deleted since: whoever made it, the 412 stands
             if blob is not None and blob.data == data and blob.etag is not None:
+                self.own_creates_found += 1
                 return blob.etag
             raise
 
@@ -92,35 +130,83 @@ class RetryingObjectStore:
         return await self._call("HEAD", lambda: self.inner.head(name))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        # A listing is retried as a whole only before it yields anything; a
-        # failure halfway raises, since the caller has already consumed names.
-        self.requests["LIST"] += 1
-        async for info in self.inner.list(prefix):
-            yield info
+        # Each page has the attempt deadline. A listing is retried as a whole only
+        # before it yields anything; a failure halfway raises, since the caller has
+        # already consumed names.
+        policy = self.policy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.total_timeout
+        attempt = 0
+        while True:
+            self.requests["LIST"] += 1
+            listing = self.inner.list(prefix)
+            yielded = False
+            try:
+                while True:
+                    try:
+                        info = await asyncio.wait_for(anext(listing), policy.attempt_timeout)
+                    except StopAsyncIteration:
+                        return
+                    yield info
+                    yielded = True
+            except (TransientError, asyncio.TimeoutError) as exc:
+                attempt += 1
+                if yielded or attempt >= policy.max_attempts or loop.time() >= deadline:
+                    raise self._unavailable(f"listing {prefix!r}", attempt, exc) from exc
+                await asyncio.sleep(min(policy.delay(attempt - 1, self._rng), max(0.0, deadline - loop.time())))
+            finally:
+                await listing.aclose()  # type: ignore[attr-defined]
 
     async def delete(self, name: str) -> None:
         await self._call("DELETE", lambda: self.inner.delete(name))
 
     async def close(self) -> None:
+        """Wait for requests in flight (prefetches, shared refreshes), at most one
+        attempt's deadline, then release the backend's connections. A request
+        abandoned mid-answer is what some servers handle worst."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.policy.attempt_timeout)
+        except asyncio.TimeoutError:
+            pass  # each request has its own deadline; closing now ends the stragglers
         await self.inner.close()
 
     async def _call(self, kind: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
-        maybe_applied = False
-        last: TransientError | None = None
-        for attempt in range(self.policy.max_attempts):
+        policy = self.policy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.total_timeout
+        last: BaseException | None = None
+        attempt = 0
+        while attempt < policy.max_attempts:
             if attempt:
-                await asyncio.sleep(self.policy.delay(attempt - 1, self._rng))
+                await asyncio.sleep(min(policy.delay(attempt - 1, self._rng), max(0.0, deadline - loop.time())))
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            attempt += 1
             self.requests[kind] += 1
+            self._in_flight += 1
+            self._idle.clear()
             try:
-                return await attempt_once()
+                # Cancelling a stalled request closes its connection: the retry gets a fresh one.
+                return await asyncio.wait_for(attempt_once(), min(policy.attempt_timeout, left))
             except TransientError as exc:
-                maybe_applied = maybe_applied or exc.maybe_applied
                 last = exc
-            except PreconditionFailed as exc:
-                if maybe_applied:
-                    raise PreconditionFailed(str(exc), maybe_ours=True) from exc
-                raise
-        raise StoreUnavailableError(
-            f"{self.description} kept failing after {self.policy.max_attempts} attempts "
-            f"(last: {last}); check the endpoint and network, then retry"
-        ) from last
+            except asyncio.TimeoutError as exc:
+                last = exc
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+        raise self._unavailable(kind, attempt, last) from last
+
+    def _unavailable(self, what: str, attempts: int, last: BaseException | None) -> StoreUnavailableError:
+        if isinstance(last, asyncio.TimeoutError) or last is None:
+            cause = f"no answer within {self.policy.attempt_timeout:g} s"
+        else:
+            cause = str(last)
+        tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
+        return StoreUnavailableError(
+            f"{self.description} kept failing a {what}: {tries} within the {self.policy.total_timeout:g} s "
+            f"deadline (last: {cause}); check the endpoint and network, then retry "
+            "(kvstore.RetryPolicy sets the deadlines)"
+        )

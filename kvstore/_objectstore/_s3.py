@@ -1,9 +1,18 @@
 """The S3 object store, on aiobotocore: any S3-compatible endpoint.
 
-botocore's own retries are switched off (`total_max_attempts=1`): a retried
-conditional PUT whose first attempt was applied would come back as 412 for
-our own write. The retry layer above owns retries and knows which failures
-are ambiguous.
+One request per call, never more: a resent conditional PUT whose first
+attempt was applied comes back as 412 for our own write, and only the retry
+layer above knows to resolve that. Two layers below would resend on their
+own, and both are switched off:
+
+* botocore's retries (`total_max_attempts=1`);
+* aiohttp's transparent resend of an idempotent request (PUT, GET, DELETE)
+  once when a kept-alive connection fails (RFC 9112 9.3.1). aiohttp has no
+  public switch for it; `_SingleAttemptHTTPSession` turns off the session
+  flag that aiohttp's own test client turns off for the same reason
+  (`ClientSession._retry_connection`). If a future aiohttp drops that flag
+  the resend comes back, and kvstore stays correct all the same: no caller
+  concludes "not ours" from a 412 (see `_retry.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import aiobotocore
 import aiohttp
 import botocore
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
@@ -113,7 +123,7 @@ class S3ObjectStore:
         except Exception as exc:
             if _code(exc) == "304":
                 return None
-            raise self._translate(exc, name, write=False) from exc
+            raise self._translate(exc, name) from exc
         return Blob(data, response.get("ETag"))
 
     async def put_if_absent(self, name: str, data: bytes) -> str:
@@ -138,7 +148,7 @@ class S3ObjectStore:
                 **args,
             )
         except Exception as exc:
-            raise self._translate(exc, destination, write=True) from exc
+            raise self._translate(exc, destination) from exc
         return str(response["CopyObjectResult"]["ETag"])
 
     async def start_multipart(self, name: str) -> str:
@@ -146,7 +156,7 @@ class S3ObjectStore:
         try:
             response = await client.create_multipart_upload(Bucket=self._bucket, Key=name, **self._write_args)
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
         return str(response["UploadId"])
 
     async def upload_part(self, name: str, upload_id: str, part_number: int, data: bytes) -> str:
@@ -156,7 +166,7 @@ class S3ObjectStore:
                 Bucket=self._bucket, Key=name, UploadId=upload_id, PartNumber=part_number, Body=data, **self._read_args
             )
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
         return str(response["ETag"])
 
     async def complete_multipart_if_absent(self, name: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
@@ -170,7 +180,7 @@ class S3ObjectStore:
                 IfNoneMatch="*",
             )
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
         return str(response["ETag"])
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
@@ -178,14 +188,14 @@ class S3ObjectStore:
         try:
             await client.abort_multipart_upload(Bucket=self._bucket, Key=name, UploadId=upload_id)
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
 
     async def head(self, name: str) -> ObjectInfo:
         client = await self._get_client()
         try:
             response = await client.head_object(Bucket=self._bucket, Key=name, **self._read_args)
         except Exception as exc:
-            raise self._translate(exc, name, write=False) from exc
+            raise self._translate(exc, name) from exc
         return ObjectInfo(name, response["ContentLength"], response["ETag"], response["LastModified"].timestamp())
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
@@ -196,14 +206,14 @@ class S3ObjectStore:
                 for item in page.get("Contents", ()):
                     yield ObjectInfo(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
         except Exception as exc:
-            raise self._translate(exc, prefix, write=False) from exc
+            raise self._translate(exc, prefix) from exc
 
     async def delete(self, name: str) -> None:
         client = await self._get_client()
         try:
             await client.delete_object(Bucket=self._bucket, Key=name)
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -214,7 +224,7 @@ class S3ObjectStore:
         try:
             response = await client.put_object(Bucket=self._bucket, Key=name, Body=data, **condition, **self._write_args)
         except Exception as exc:
-            raise self._translate(exc, name, write=True) from exc
+            raise self._translate(exc, name) from exc
         etag = response.get("ETag")
         if not etag:
             raise UnsafeEndpointError(f"{self.description} returned no ETag for a PUT; kvstore needs ETags")
@@ -230,6 +240,7 @@ class S3ObjectStore:
                 region = o.region_name or session.get_config_variable("region") or "us-east-1"
                 config = AioConfig(
                     retries={"total_max_attempts": 1},
+                    http_session_cls=_SingleAttemptHTTPSession,
                     connect_timeout=o.connect_timeout,
                     read_timeout=o.read_timeout,
                     max_pool_connections=o.max_pool_connections,
@@ -262,7 +273,7 @@ class S3ObjectStore:
                 self._client = client
         return self._client
 
-    def _translate(self, exc: Exception, name: str, *, write: bool) -> Exception:
+    def _translate(self, exc: Exception, name: str) -> Exception:
         """Map a botocore/aiohttp failure to the protocol's or kvstore's errors."""
         if isinstance(exc, ClientError):
             code = _code(exc)
@@ -287,7 +298,7 @@ class S3ObjectStore:
                     f"{self.description} does not implement a request kvstore needs ({code}) on {name!r}"
                 )
             if code in _RETRYABLE_CODES or status == 409 or status >= 500:
-                return TransientError(f"{self.description}: {code} on {name!r}", maybe_applied=write)
+                return TransientError(f"{self.description}: {code} on {name!r}")
             return StoreUnavailableError(f"{self.description} rejected a request on {name!r}: {code} (HTTP {status})")
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
             return AccessDeniedError(
@@ -295,8 +306,18 @@ class S3ObjectStore:
                 "AWS_SECRET_ACCESS_KEY, a profile, or pass credentials to kvstore.open"
             )
         if isinstance(exc, (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-            return TransientError(f"{self.description}: {type(exc).__name__} on {name!r}", maybe_applied=write)
+            return TransientError(f"{self.description}: {type(exc).__name__} on {name!r}")
         return exc
+
+
+class _SingleAttemptHTTPSession(AIOHTTPSession):
+    """aiobotocore's HTTP session whose aiohttp sessions never resend a request."""
+
+    async def _get_session(self, proxy_url: Any) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession = await super()._get_session(proxy_url)
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
 
 
 _USER_AGENT = (

@@ -24,7 +24,7 @@ class S3Options:
     aws_session_token: str | None = field(default=None, repr=False)
     addressing_style: str = "auto"
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 10.0
     max_pool_connections: int = 64
     sse: str | None = None
     sse_kms_key_id: str | None = None

@@ -13,6 +13,10 @@ Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
 * ``timeout``: the request never reaches the store, the client times out;
 * ``lost_response``: the request is applied, then its response is lost (the
   client sees a timeout) — the case that makes conditional writes ambiguous;
+* ``resent``: the request is applied, its response lost, and the HTTP client
+  sends it again by itself, unseen by kvstore (aiohttp does that for a PUT on
+  a dropped keep-alive connection): the caller gets the second attempt's
+  answer, a 412 for a conditional write whose first attempt won;
 * ``latency`` + ``jitter``: seconds added before each request;
 * ``pass`` (scripted only): no fault for this call, to aim the next scripted
   fault at a later call;
@@ -57,7 +61,7 @@ Operation = Literal[
     "list",
     "delete",
 ]
-FaultKind = Literal["error", "conflict", "timeout", "lost_response", "crash", "crash_after_apply", "pass"]
+FaultKind = Literal["error", "conflict", "timeout", "lost_response", "resent", "crash", "crash_after_apply", "pass"]
 _WRITES = frozenset(
     {"put_if_absent", "put_if_match", "copy_if_match", "upload_part", "complete_multipart_if_absent", "delete"}
 )
@@ -79,6 +83,7 @@ class FaultRule:
     conflict: float = 0.0
     timeout: float = 0.0
     lost_response: float = 0.0
+    resent: float = 0.0
     latency: float = 0.0
     jitter: float = 0.0
 
@@ -173,7 +178,7 @@ class FaultInjectingStore:
         if fault in ("crash", "crash_after_apply"):
             self._crash("list")
         if fault is not None:
-            raise TransientError(f"injected {fault} on list", maybe_applied=False)
+            raise TransientError(f"injected {fault} on list")
         async for info in self.inner.list(prefix):
             yield info
 
@@ -190,16 +195,18 @@ class FaultInjectingStore:
         if fault == "crash":
             self._crash(operation)
         if fault == "error":
-            raise TransientError(f"injected 503 on {operation}", maybe_applied=False)
+            raise TransientError(f"injected 503 on {operation}")
         if fault == "conflict" and write:
-            raise TransientError(f"injected 409 on {operation}", maybe_applied=False)
+            raise TransientError(f"injected 409 on {operation}")
         if fault == "timeout":
-            raise TransientError(f"injected timeout on {operation}", maybe_applied=write)
+            raise TransientError(f"injected timeout on {operation}")
         result = await call()
+        if fault == "resent":
+            result = await call()
         if fault == "crash_after_apply":
             self._crash(operation)
         if fault == "lost_response":
-            raise TransientError(f"injected lost response on {operation} (it was applied)", maybe_applied=write)
+            raise TransientError(f"injected lost response on {operation} (it was applied)")
         return result
 
     def _crash(self, operation: str) -> None:
@@ -223,6 +230,7 @@ class FaultInjectingStore:
                 ("conflict", rule.conflict),
                 ("timeout", rule.timeout),
                 ("lost_response", rule.lost_response),
+                ("resent", rule.resent),
             ):
                 if roll < rate:
                     fault = kind  # type: ignore[assignment]
