@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ._errors import UnsafeEndpointError
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 
@@ -22,24 +24,30 @@ async def check_conditional_writes(objects: RetryingObjectStore, prefix: str) ->
         return
     name = f"{prefix}probe"
     try:
-        await objects.put_if_absent(name, _PROBE_BODY)
+        await objects.put_if_absent(name, _probe_body())
     except PreconditionFailed:
         pass  # it exists and the create was refused: If-None-Match works
     else:
         try:
-            # Different bytes: an ambiguous retry must not pass for our own first create.
-            await objects.put_if_absent(name, _PROBE_BODY + b"again\n")
+            # Different bytes: our own first create cannot pass for this one (a 412 on a
+            # safe create counts as ours only when the object holds exactly our bytes).
+            await objects.put_if_absent(name, _probe_body())
         except PreconditionFailed:
             pass
         else:
             raise _unsafe(objects, "If-None-Match: * (a second create of the same object succeeded)")
     try:
-        await objects.put_if_match(name, _PROBE_BODY, _NO_SUCH_ETAG)
+        await objects.put_if_match(name, _probe_body(), _NO_SUCH_ETAG)
     except (PreconditionFailed, ObjectNotFound):
         pass
     else:
         raise _unsafe(objects, "If-Match (a write with a wrong ETag succeeded)")
     _PROBED.add(key)
+
+
+def _probe_body() -> bytes:
+    """A body no other probe write has: a 412 must never be read as our own create."""
+    return _PROBE_BODY + os.urandom(8).hex().encode() + b"\n"
 
 
 def _unsafe(objects: RetryingObjectStore, what: str) -> UnsafeEndpointError:
