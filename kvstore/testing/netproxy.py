@@ -71,7 +71,7 @@ from types import TracebackType
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-__all__ = ["FaultKind", "FaultProxy", "NetRule", "ProxyStats", "main"]
+__all__ = ["Exchange", "FaultKind", "FaultProxy", "NetRule", "ProxyStats", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ _RULE_KINDS: tuple[FaultKind, ...] = (
     "trickle",
 )
 
+_HISTORY_LIMIT = 10_000  # exchanges remembered by FaultProxy.history
 _HEAD_LIMIT = 256 * 1024  # request/status line + headers; S3 heads are a few KiB
 _CRLF = b"\r\n"
 
@@ -166,6 +167,16 @@ class ProxyStats:
     faults: Counter[str] = field(default_factory=Counter)
     connections: int = 0
     incomplete_requests: int = 0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request as the proxy decided it: method, request target, and the fault applied
+    (``"pass"`` for none).  `FaultProxy.history` lists them in arrival order."""
+
+    method: str
+    target: str
+    fault: str
 
 
 @dataclass
@@ -377,6 +388,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._scripts: list[_Script] = []
         self._stats = ProxyStats()
+        self._history: deque[Exchange] = deque(maxlen=_HISTORY_LIMIT)
 
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -451,8 +463,17 @@ class FaultProxy:
             return copy.deepcopy(self._stats)
 
     def reset_stats(self) -> None:
+        """Zero the counters and forget the history."""
         with self._lock:
             self._stats = ProxyStats()
+            self._history.clear()
+
+    @property
+    def history(self) -> list[Exchange]:
+        """The last exchanges (up to 10 000) in the order their requests were complete, with
+        the fault each got: what a test compares to check a script or a seed's sequence."""
+        with self._lock:
+            return list(self._history)
 
     def start(self) -> FaultProxy:
         """Start listening in a daemon thread; returns once the port is bound.  Idempotent;
@@ -587,6 +608,7 @@ class FaultProxy:
                         roll -= rate
                     delay = rule.latency + (self._rng.uniform(0.0, rule.jitter) if rule.jitter else 0.0)
             self._scripts = [s for s in self._scripts if s.faults]
+            self._history.append(Exchange(method, target, fault or "pass"))
             if fault == "pass":
                 fault = None
             if fault is not None:
