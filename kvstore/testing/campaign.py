@@ -24,7 +24,12 @@ under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``):
 
 With ``--faults on`` every process's object store is wrapped in a
 `FaultInjectingStore` (`FAULT_RULES`: errors, 409s, timeouts, lost responses
-after the write was applied, latency, outages). With ``--kills on`` the
+after the write was applied, resends the client never saw, latency,
+outages). On an S3 endpoint the workers always reach it through a
+store-and-forward `FaultProxy` run by the coordinator (so the server never
+sees a killed worker vanish mid-answer, which hangs LocalStack); with
+``--net-faults on`` that proxy also injects `NET_RULE` on the wire: answers
+lost after the request was applied, resets, cut and stalled answers. With ``--kills on`` the
 coordinator SIGKILLs a random worker every ``--kill-interval`` seconds on
 average and starts a replacement that carries on with the rest of its share;
 ``--planned-kills N`` also has N workers freeze themselves (SIGSTOP, from a
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -68,6 +74,7 @@ from typing import Any
 
 import kvstore
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
+from kvstore.testing.netproxy import FaultProxy, NetRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
 
 WORKLOADS = ("list-append", "bank", "counter")
@@ -79,15 +86,22 @@ _SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr"}
 FAULT_RULES: dict[str, FaultRule] = {
     "get": FaultRule(error=0.02, timeout=0.01, lost_response=0.01, jitter=0.002),
     "put_if_absent": FaultRule(error=0.03, conflict=0.01, timeout=0.02, lost_response=0.03, jitter=0.003),
-    "put_if_match": FaultRule(error=0.03, conflict=0.03, timeout=0.03, lost_response=0.05, jitter=0.003),
+    "put_if_match": FaultRule(error=0.03, conflict=0.03, timeout=0.03, lost_response=0.04, resent=0.02,
+                              jitter=0.003),
 }
 FAULT_DEFAULT = FaultRule(error=0.02)
 FAULT_OUTAGE = 0.002
 FAULT_OUTAGE_LENGTH = 12
 
+# Injected per HTTP exchange on the wire with --net-faults on (any method).
+NET_RULE = NetRule(lose_answer=0.03, reset=0.01, truncate=0.01, stop_mid_body=0.003, swallow=0.002)
+
 # Fewer, faster retries than the default policy: faults then exhaust them now
-# and then, which is what exercises the unknown-outcome paths.
-CAMPAIGN_RETRY = kvstore.RetryPolicy(max_attempts=4, base_delay=0.002, max_delay=0.05)
+# and then, which is what exercises the unknown-outcome paths. Short deadlines
+# too: a stalled answer on the wire is given up after about a second.
+CAMPAIGN_RETRY = kvstore.RetryPolicy(max_attempts=4, base_delay=0.002, max_delay=0.05, attempt_timeout=2.0,
+                                     total_timeout=10.0)
+CAMPAIGN_S3 = kvstore.S3Options(connect_timeout=2.0, read_timeout=1.0)
 
 # Seconds the coordinator waits past the duration limit before it calls a worker hung.
 _HANG_GRACE = 30.0
@@ -111,11 +125,11 @@ class CampaignConfig:
     txns: int = 2000  # transactions invoked in all, over every process and workload
     seed: int = 0
     faults: bool = True
+    net_faults: bool = False  # S3 only: NET_RULE on the wire, through the coordinator's proxy
     kills: bool = True
     workloads: tuple[str, ...] = WORKLOADS
     duration_limit: float = 300.0  # seconds; no transaction is started after it
     kill_interval: float = 3.0  # mean seconds between two kills
-    kill_drain: float | None = None  # SIGSTOP this long before SIGKILL; None: 1 s on S3, else 0 (see _kill)
     max_kills: int | None = None  # no more SIGKILLs after this many (bounds a short run on a slow machine)
     # Workers that freeze themselves (SIGSTOP) at a random invocation of their
     # share, to be SIGKILLed: kills that happen whatever the machine's speed
@@ -142,6 +156,7 @@ class WorkerSpec:
     stop_at: float  # time.time() after which no transaction starts
     journal: str
     freeze_after: int | None = None  # SIGSTOP itself shortly after invoking this many transactions
+    endpoint_url: str | None = None  # where the worker reaches S3: the coordinator's proxy
 
 
 # --------------------------------------------------------------------------- journal
@@ -528,7 +543,7 @@ async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
 
         try:
             return await kvstore.open(store_url(cfg.url, workload), values="msgpack", options=store_options(),
-                                      endpoint_url=cfg.endpoint_url, create=False,
+                                      endpoint_url=spec.endpoint_url, s3_options=CAMPAIGN_S3, create=False,
                                       wrap_object_store=wrap if cfg.faults else None)
         except kvstore.StoreUnavailableError:
             if attempt + 1 == _OPEN_ATTEMPTS:
@@ -585,7 +600,10 @@ def run_campaign(config: CampaignConfig) -> CampaignResult:
     result = CampaignResult(config=asdict(config), workdir=str(workdir))
     started = time.monotonic()
     asyncio.run(_prepare_stores(config))
-    slots = _run_workers(config, workdir, result)
+    with _worker_proxy(config) as proxy:
+        slots = _run_workers(config, workdir, result, None if proxy is None else proxy.endpoint_url)
+        if proxy is not None:
+            result.faults_injected.update({f"net:{k}": n for k, n in proxy.stats.faults.items()})
     journals = [j for s in slots for j in s.journals]
     asyncio.run(_check_all(config, journals, result))
     result.duration = round(time.monotonic() - started, 2)
@@ -605,7 +623,25 @@ async def _prepare_stores(config: CampaignConfig) -> None:
                             tx.put(f"acct/{i:04d}", _INITIAL_BALANCE)
 
 
-def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) -> list[_Slot]:
+@contextlib.contextmanager
+def _worker_proxy(config: CampaignConfig) -> Iterator[FaultProxy | None]:
+    """The proxy between the workers and an S3 endpoint (None for other stores).
+
+    Store-and-forward, so a worker SIGKILLed at any instant never leaves the
+    server writing an answer to a vanished client; with `net_faults` it also
+    injects NET_RULE.
+    """
+    if config.endpoint_url is None:
+        yield None
+        return
+    rule = NET_RULE if config.net_faults else NetRule()
+    with FaultProxy(upstream=config.endpoint_url, seed=config.seed) as proxy:
+        proxy.set_rule(rule)
+        yield proxy
+
+
+def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult,
+                 endpoint_url: str | None) -> list[_Slot]:
     """Start the workers, kill and replace them at random moments, wait for the end."""
     ctx = multiprocessing.get_context("spawn")
     low_hint = ctx.RawValue("q", 0)  # no lock: a killed holder would leave it locked
@@ -629,12 +665,12 @@ def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult) 
         if freeze_after is not None:
             planned -= 1
         slot.freezing = freeze_after is not None
-        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal, freeze_after)
+        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal, freeze_after, endpoint_url)
         slot.process = ctx.Process(target=worker_main, args=(spec, low_hint), name=f"campaign-{inc}")
         slot.process.start()
 
     def kill_and_replace(victim: _Slot) -> None:
-        _kill(victim, result, _kill_drain(config))
+        _kill(victim, result)
         left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
         if left > 0:
             launch(victim, left)
@@ -696,32 +732,14 @@ def _pick_victim(slots: list[_Slot], rng: random.Random) -> _Slot | None:
     return rng.choice(running) if running else None
 
 
-def _kill(slot: _Slot, result: CampaignResult, drain: float = 0.0) -> None:
-    """SIGKILL the slot's worker; with `drain`, freeze it (SIGSTOP) that long first.
-
-    Freezing first is for LocalStack: a client that disconnects while a
-    GetObject response is being written leaks LocalStack's read lock on the
-    object (twisted's WSGI bridge skips the response's close() when the write
-    fails), and the next PutObject of it then blocks forever. A frozen process
-    runs no further instruction, so for kvstore it dies at the moment of the
-    SIGSTOP; its kernel still accepts the answers to requests already sent.
-    """
-    if drain > 0:
-        os.kill(slot.process.pid, signal.SIGSTOP)
-        time.sleep(drain)  # not a race in our code: LocalStack's in-flight answers drain
+def _kill(slot: _Slot, result: CampaignResult) -> None:
+    """SIGKILL the slot's worker at once, wherever it is (the proxy shields S3 servers)."""
     slot.process.kill()  # SIGKILL
     slot.process.join()
     slot.process = None
     slot.freezing = False
     slot.killed += 1
     result.kills += 1
-
-
-def _kill_drain(config: CampaignConfig) -> float:
-    """Seconds a worker is frozen before its SIGKILL: only needed with an S3 endpoint."""
-    if config.kill_drain is not None:
-        return config.kill_drain
-    return 1.0 if config.url.startswith("s3://") else 0.0
 
 
 def _journal_size(journal: str) -> int:
@@ -779,7 +797,7 @@ def _collect_faults(journals: list[str], result: CampaignResult) -> None:
             if r.get("e") in ("stats", "done"):
                 last = r["faults"]
         total.update(last)
-    result.faults_injected = {k: v for k, v in sorted(total.items()) if not k.startswith("log:")}
+    result.faults_injected.update({k: v for k, v in sorted(total.items()) if not k.startswith("log:")})
     result.log_records = {k[4:]: v for k, v in sorted(total.items()) if k.startswith("log:")}
 
 
@@ -960,15 +978,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
     p.add_argument("--max-kills", type=int, default=None, help="stop killing after this many SIGKILLs")
     p.add_argument("--planned-kills", type=int, default=0,
                    help="workers that also freeze themselves at a random invocation and are SIGKILLed")
-    p.add_argument("--kill-drain", type=float, default=None,
-                   help="seconds a worker is frozen (SIGSTOP) before its SIGKILL (default: 1 on S3, else 0)")
+    p.add_argument("--net-faults", type=_on_off, default=False, metavar="on|off",
+                   help="S3 only: inject faults on the wire (lost answers, resets, cut answers)")
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     a = p.parse_args(argv)
     workloads = WORKLOADS if a.workload == "all" else (a.workload,)
     config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
-                            txns=a.txns, seed=a.seed, faults=a.faults, kills=a.kills, workloads=workloads,
-                            duration_limit=a.duration_limit, kill_interval=a.kill_interval, kill_drain=a.kill_drain,
+                            txns=a.txns, seed=a.seed, faults=a.faults, net_faults=a.net_faults, kills=a.kills,
+                            workloads=workloads, duration_limit=a.duration_limit, kill_interval=a.kill_interval,
                             max_kills=a.max_kills, planned_kills=a.planned_kills,
                             workdir=a.workdir)
     return config, a.out
