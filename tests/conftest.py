@@ -20,6 +20,7 @@ from servers import (  # noqa: E402
     s3_client,
     start_localstack,
     start_moto,
+    start_shield,
     unique_bucket_name,
 )
 
@@ -49,10 +50,17 @@ bypass_proxy_for_loopback()
 
 @pytest.fixture(scope="session")
 def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Endpoint URL of a LocalStack S3 shared by the session."""
-    server = start_localstack(tmp_path_factory.mktemp("localstack"))
+    """Endpoint URL of a LocalStack S3 shared by the session, behind a shield: a
+    store-and-forward proxy that keeps clients which die or give up mid-answer from
+    hanging LocalStack (see `servers.start_shield`)."""
+    workdir = tmp_path_factory.mktemp("localstack")
+    server = start_localstack(workdir)
     try:
-        yield server.endpoint_url
+        shield = start_shield(server.endpoint_url, workdir)
+        try:
+            yield shield.endpoint_url
+        finally:
+            shield.stop()
     finally:
         server.stop()
 

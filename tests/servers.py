@@ -400,3 +400,29 @@ def start_moto(auth: bool, log_dir: Path | None = None,
         return argv, env
 
     return _start("moto", make, log_path, Path(log_dir), _moto_ready, timeout)
+
+
+def start_shield(upstream: str, log_dir: Path, timeout: float = MOTO_START_TIMEOUT) -> Server:
+    """Start a fault-free `kvstore.testing.netproxy` in front of ``upstream`` (a subprocess).
+
+    The proxy is store-and-forward: it sends a request upstream only once it has all of it,
+    and always reads the whole answer. So LocalStack never sees a client vanish mid-request
+    or mid-answer, whatever a test does to its clients (SIGKILL, a deadline that abandons a
+    stalled answer, a store closed with a request in flight). LocalStack's twisted gateway
+    leaks the object's lock in that case and hangs every later request on the object
+    (docs/reliability.md); behind the shield that cannot happen. Its readiness probe is
+    LocalStack's health check, through the proxy.
+    """
+    log_path = Path(log_dir) / "shield.log"
+
+    def make(port: int) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "-m", "kvstore.testing.netproxy", "--upstream", upstream, "--port", str(port),
+                "--log-level", "ERROR"]
+        return argv, _base_env()
+
+    def ready(url: str) -> bool:
+        answer = _http_get(f"{url}/_localstack/health")
+        return answer is not None and answer[0] == 200
+
+    return _start("shield", make, log_path, Path(log_dir), ready, timeout)
+

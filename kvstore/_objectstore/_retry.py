@@ -147,9 +147,11 @@ class RetryingObjectStore:
                         info = await asyncio.wait_for(anext(listing), policy.attempt_timeout)
                     except StopAsyncIteration:
                         return
+                    except asyncio.TimeoutError:
+                        raise TransientError(f"no page within {policy.attempt_timeout:.3g} s") from None
                     yield info
                     yielded = True
-            except (TransientError, asyncio.TimeoutError) as exc:
+            except TransientError as exc:
                 attempt += 1
                 if yielded or attempt >= policy.max_attempts or loop.time() >= deadline:
                     raise self._unavailable(f"listing {prefix!r}", attempt, exc) from exc
@@ -174,7 +176,7 @@ class RetryingObjectStore:
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.total_timeout
-        last: BaseException | None = None
+        last: TransientError | None = None
         attempt = 0
         while attempt < policy.max_attempts:
             if attempt:
@@ -186,24 +188,22 @@ class RetryingObjectStore:
             self.requests[kind] += 1
             self._in_flight += 1
             self._idle.clear()
+            limit = min(policy.attempt_timeout, left)
             try:
                 # Cancelling a stalled request closes its connection: the retry gets a fresh one.
-                return await asyncio.wait_for(attempt_once(), min(policy.attempt_timeout, left))
+                return await asyncio.wait_for(attempt_once(), limit)
             except TransientError as exc:
                 last = exc
-            except asyncio.TimeoutError as exc:
-                last = exc
+            except asyncio.TimeoutError:
+                last = TransientError(f"no answer within {limit:.3g} s")
             finally:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.set()
         raise self._unavailable(kind, attempt, last) from last
 
-    def _unavailable(self, what: str, attempts: int, last: BaseException | None) -> StoreUnavailableError:
-        if isinstance(last, asyncio.TimeoutError) or last is None:
-            cause = f"no answer within {self.policy.attempt_timeout:g} s"
-        else:
-            cause = str(last)
+    def _unavailable(self, what: str, attempts: int, last: TransientError | None) -> StoreUnavailableError:
+        cause = "no time left for an attempt" if last is None else str(last)
         tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
         return StoreUnavailableError(
             f"{self.description} kept failing a {what}: {tries} within the {self.policy.total_timeout:g} s "

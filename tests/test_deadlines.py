@@ -1,0 +1,101 @@
+"""Every wait has a deadline, and closing abandons no request.
+
+Stalls on the wire (an endpoint that stops answering, answers cut or stalled)
+are in `test_wire_faults.py`; these are the waits of the protocol layers and
+of the local backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kvstore
+from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
+from targets import Target, file_target
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_open_and_reads_give_up_on_a_store_that_never_answers(target: Target) -> None:
+    async with target.open() as db:
+        await db.put(b"k", b"v")
+    stuck = FaultPlan(rules={"get": FaultRule(latency=3600.0)})
+    retry = kvstore.RetryPolicy(attempt_timeout=0.3, total_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(kvstore.StoreUnavailableError, match="deadline"):
+        await target.open(options=kvstore.StoreOptions(retry=retry), create=False,
+                          wrap_object_store=lambda inner: FaultInjectingStore(inner, stuck))
+    assert time.monotonic() - started < 1.0 + 1.0
+
+
+async def test_the_local_cas_lock_wait_is_bounded(tmp_path: Path) -> None:
+    target = file_target(tmp_path)
+    retry = kvstore.RetryPolicy(total_timeout=1.5)
+    async with target.open(options=kvstore.StoreOptions(retry=retry)) as db:
+        await db.put(b"k", b"1")
+        lock_path = tmp_path / "store" / ".kvstore-work" / "locks" / "manifest"
+        with open(lock_path, "a+b") as holder:  # another writer, stopped while holding the lock
+            fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+            started = time.monotonic()
+            # Unknown, not failed: the CAS was sent, and a thread still waiting for the
+            # lock could apply it once the holder lets go.
+            with pytest.raises(kvstore.CommitOutcomeUnknownError) as caught:
+                await db.put(b"k", b"2")
+            waited = time.monotonic() - started
+            fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+        assert isinstance(caught.value.__cause__, kvstore.StoreUnavailableError)
+        assert "deadline" in str(caught.value.__cause__)
+        assert waited < 3 * (1.5 + 0.5)  # three CAS attempts, each within the total deadline
+    async with target.open() as db:
+        await db.put(b"k", b"3")  # the lock is free again: writes go through
+        assert await db.get(b"k") == b"3"
+        assert db.version >= 2
+
+
+class _Recording:
+    """Delegates to a backend and records when reads finish and when it is closed;
+    reads wait for `release` once `armed`."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.events: list[str] = []
+        self.armed = False
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get(self, name: str, **kwargs: Any) -> Any:
+        if self.armed:
+            self.started.set()
+            await self.release.wait()
+        blob = await self._inner.get(name, **kwargs)
+        self.events.append("read done")
+        return blob
+
+    async def close(self) -> None:
+        self.events.append("closed")
+        await self._inner.close()
+
+
+async def test_close_waits_for_requests_in_flight(durable_target: Target) -> None:
+    async with durable_target.open() as db:
+        await db.put(b"k", b"v")
+    made: list[_Recording] = []
+    db = await durable_target.open(wrap_object_store=lambda inner: made.append(_Recording(inner)) or made[-1])
+    backend = made[0]
+    backend.armed = True
+    reading = asyncio.create_task(db.get(b"k"))
+    await backend.started.wait()  # the read's request is in flight
+    closing = asyncio.create_task(db.close())
+    backend.release.set()
+    await closing
+    assert reading.done() and reading.result() == b"v"
+    assert backend.events[-2:] == ["read done", "closed"]
