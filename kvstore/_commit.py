@@ -35,7 +35,8 @@ from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed
 from ._options import StoreOptions
 from ._segment import encode_segment
-from ._segment_store import SegmentStore, new_object_id
+from ._layout import new_object_id
+from ._segment_store import SegmentStore
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3

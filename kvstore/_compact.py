@@ -15,15 +15,15 @@ compaction of the same segments, and then gives up.
 
 from __future__ import annotations
 
-import heapq
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
-from ._objectstore import PreconditionFailed
+from ._merge import merge
+from ._cas import read_modify_cas
 from ._options import StoreOptions
 from ._segment import encode_segment
 from ._segment_store import Entry, SegmentStore
@@ -134,7 +134,8 @@ class Compactor:
         def tombstone_droppable(key: bytes, version: int) -> bool:
             return not any(r.min_version < version and r.may_contain(key) for r in others)
 
-        merged = [e async for e in _merged(self._segments, inputs)]
+        sources = [self._segments.blocks(ref, None, None, False) for ref in inputs]
+        merged = [entry async for batch in merge(sources) for entry in batch]
         kept = list(merge_entries(merged, floor, tombstone_droppable))
         level = max(r.level for r in inputs) + 1
         if not kept:
@@ -147,40 +148,44 @@ class Compactor:
                 encoded.min_version, encoded.max_version, None, level,
             )
         compaction_id = uuid.uuid4().bytes
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            if fresh:
+                await self._manifests.refresh()
+            return self._manifests.current  # this process may have committed meanwhile
+
+        async def write(current: tuple[Manifest, str]) -> int | None:
+            base, etag = current
+            found = next((r for r in base.log if compaction_id in r.txn_ids), None)
+            if found is not None:
+                return found.version  # an attempt of ours whose answer was lost was applied (I5)
+            if not input_ids <= {r.id for r in base.segments}:
+                return None  # another compaction merged some of them first
+            record = CommitRecord(
+                version=base.version + 1,
+                time=time.time(),
+                txn_ids=(compaction_id,),
+                segment_id=None if ref is None else ref.id,
+                key_count=0,
+                min_key=b"",
+                max_key=b"",
+                keys=(),
+                meta={"compaction": {"inputs": len(inputs), "level": level}},
+            )
+            new = base.with_commit(
+                record,
+                self._options.commit_log_length,
+                add=() if ref is None else (ref,),
+                remove=input_ids,
+                history_floor=floor,
+            )
+            await self._manifests.compare_and_swap(new, etag)
+            return new.version
+
         async with self._manifests.writing:
-            base, etag = self._manifests.current  # this process may have committed meanwhile
-            while True:
-                if not input_ids <= {r.id for r in base.segments}:
-                    return None  # another compaction merged some of them first
-                record = CommitRecord(
-                    version=base.version + 1,
-                    time=time.time(),
-                    txn_ids=(compaction_id,),
-                    segment_id=None if ref is None else ref.id,
-                    key_count=0,
-                    min_key=b"",
-                    max_key=b"",
-                    keys=(),
-                    meta={"compaction": {"inputs": len(inputs), "level": level}},
-                )
-                new = base.with_commit(
-                    record,
-                    self._options.commit_log_length,
-                    add=() if ref is None else (ref,),
-                    remove=input_ids,
-                    history_floor=floor,
-                )
-                try:
-                    await self._manifests.compare_and_swap(new, etag)
-                    version = new.version
-                    break
-                except PreconditionFailed:
-                    await self._manifests.refresh()
-                    base, etag = self._manifests.current
-                    found = next((r for r in base.log if compaction_id in r.txn_ids), None)
-                    if found is not None:
-                        version = found.version  # an uncertain attempt of ours was applied
-                        break
+            version = await read_modify_cas("a compaction", load, write)
+        if version is None:
+            return None
         return CompactionResult(
             version=version,
             inputs=len(inputs),
@@ -190,30 +195,3 @@ class Compactor:
             bytes_out=0 if ref is None else ref.size,
             level=level,
         )
-
-
-async def _merged(segments: SegmentStore, inputs: Sequence[SegmentRef]) -> AsyncIterator[Entry]:
-    """All entries of `inputs` in (key, version descending, input order) order."""
-    heap: list[tuple[bytes, int, int, Entry]] = []
-    sources = [segments.blocks(ref, None, None, False) for ref in inputs]
-    buffers: list[list[Entry]] = [[] for _ in inputs]
-    positions = [0] * len(inputs)
-
-    async def push(n: int) -> None:
-        while positions[n] >= len(buffers[n]):
-            try:
-                buffers[n] = await anext(sources[n])
-            except StopAsyncIteration:
-                return
-            positions[n] = 0
-        entry = buffers[n][positions[n]]
-        positions[n] += 1
-        heapq.heappush(heap, (entry[0], -entry[1], n, entry))
-
-    for n in range(len(inputs)):
-        await push(n)
-    while heap:
-        _, _, n, entry = heapq.heappop(heap)
-        yield entry
-        await push(n)
-

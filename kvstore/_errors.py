@@ -15,6 +15,7 @@ object-store boundary, so callers only ever catch these::
     ├── StoreNotFoundError                      no store, or no bucket
     ├── AccessDeniedError                       credentials missing, wrong or not allowed
     ├── StoreUnavailableError                   endpoint unreachable or failing
+    ├── ContentionError                         lost too many races for a shared object
     ├── UnsafeStoreError                        cannot be used safely
     │   ├── UnsafeEndpointError                 ignores conditional writes
     │   └── UnsupportedFormatError              written by a newer kvstore
@@ -91,6 +92,11 @@ class AccessDeniedError(KvStoreError):
 
 class StoreUnavailableError(KvStoreError):
     """The object store kept failing or could not be reached after retries."""
+
+
+class ContentionError(KvStoreError):
+    """A compaction, tag or garbage collection lost compare-and-swap races to other
+    writers too many times in a row. Nothing was changed; retry later."""
 
 
 class UnsafeStoreError(KvStoreError):

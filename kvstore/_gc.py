@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from ._cas import read_modify_cas
 from ._envelope import seal, unseal
+from ._layout import Layout
 from ._manifest_store import ManifestStore
-from ._objectstore import ObjectInfo, ObjectNotFound, PreconditionFailed, RetryingObjectStore
+from ._objectstore import ObjectInfo, ObjectNotFound, RetryingObjectStore
 from ._tags import TagStore
 
 _FORMAT = 1
 _MAGIC = b"KVGC"
-_MARK_ATTEMPTS = 5
 
 
 @dataclass
@@ -45,33 +46,33 @@ class GcReport:
 class GarbageCollector:
     """Collects one store's unreferenced segments and manifest copies."""
 
-    def __init__(self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, prefix: str) -> None:
+    def __init__(self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, layout: Layout) -> None:
         self._objects = objects
         self._manifests = manifests
         self._tags = tags
-        self._segments_prefix = f"{prefix}segments/"
-        self._marks_name = f"{prefix}gc/marks"
+        self._layout = layout
+        self._marks_name = layout.gc_marks
 
     async def collect(self, *, grace_period: float, dry_run: bool) -> GcReport:
         """One pass. Costs a LIST of segments and of manifest copies, a LIST and a
         GET per tag, a GET per tagged manifest, a GET and (unless a dry run) a PUT
         of the marks, and a DELETE per deleted object."""
         now = time.time()
-        listed = [o async for o in self._objects.list(self._segments_prefix)]
-        listed += [o async for o in self._objects.list(self._tags.snapshots_prefix)]
+        listed = [o async for o in self._objects.list(self._layout.segments_prefix)]
+        listed += [o async for o in self._objects.list(self._layout.snapshots_prefix)]
         tags = await self._tags.list()
         manifest = await self._manifests.refresh()
 
         reasons: dict[str, str] = {}
         for record in manifest.log:
             if record.segment_id is not None:
-                reasons[self._segment_name(record.segment_id)] = f"named by the commit log (version {record.version})"
+                reasons[self._layout.segment(record.segment_id)] = f"named by the commit log (version {record.version})"
         for tag in tags:
-            reasons[self._tags.snapshot_name(tag.version)] = f"manifest copy of tag {tag.name!r}"
+            reasons[self._layout.snapshot(tag.version)] = f"manifest copy of tag {tag.name!r}"
             for ref in (await self._tags.manifest(tag)).segments:
-                reasons[self._segment_name(ref.id)] = f"kept by tag {tag.name!r}"
+                reasons[self._layout.segment(ref.id)] = f"kept by tag {tag.name!r}"
         for ref in manifest.segments:
-            reasons[self._segment_name(ref.id)] = "live"
+            reasons[self._layout.segment(ref.id)] = "live"
 
         marks, marks_etag = await self._read_marks()
         report = GcReport(dry_run)
@@ -92,9 +93,6 @@ class GarbageCollector:
         await self._write_marks(new_marks, marks_etag)
         return report
 
-    def _segment_name(self, segment_id: str) -> str:
-        return f"{self._segments_prefix}{segment_id}.seg"
-
     @staticmethod
     def _too_young(info: ObjectInfo, marked_at: float, now: float, grace: float) -> str | None:
         if now - info.last_modified < grace:
@@ -114,16 +112,21 @@ class GarbageCollector:
 
     async def _write_marks(self, marks: dict[str, float], etag: str | None) -> None:
         """Save the marks; a concurrent run's marks win (ours are only ever later)."""
-        data = seal(_MAGIC, _FORMAT, msgpack.packb(marks, use_bin_type=True))
-        for _ in range(_MARK_ATTEMPTS):
-            try:
-                if etag is None:
-                    await self._objects.put_if_absent(self._marks_name, data)
-                else:
-                    await self._objects.put_if_match(self._marks_name, data, etag)
-                return
-            except PreconditionFailed:
-                theirs, etag = await self._read_marks()
-                # Earliest mark wins: a later mark only delays deletion, never hastens it.
-                marks = {name: min(at, theirs.get(name, at)) for name, at in marks.items()}
-                data = seal(_MAGIC, _FORMAT, msgpack.packb(marks, use_bin_type=True))
+
+        async def load(fresh: bool) -> tuple[dict[str, float], str | None]:
+            if not fresh:
+                return marks, etag
+            theirs, their_etag = await self._read_marks()
+            # Earliest mark wins: a later mark only delays deletion, never hastens it.
+            # (Our own write, applied with its answer lost, merges into itself.)
+            return {name: min(at, theirs.get(name, at)) for name, at in marks.items()}, their_etag
+
+        async def write(state: tuple[dict[str, float], str | None]) -> None:
+            merged, current = state
+            data = seal(_MAGIC, _FORMAT, msgpack.packb(merged, use_bin_type=True))
+            if current is None:
+                await self._objects.put_if_absent(self._marks_name, data)
+            else:
+                await self._objects.put_if_match(self._marks_name, data, current)
+
+        await read_modify_cas("garbage collection's marks", load, write)

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from ._layout import Layout
 from ._manifest import Manifest, decode_manifest, encode_manifest
 from ._objectstore import PreconditionFailed, RetryingObjectStore
 
@@ -21,9 +22,9 @@ class ManifestStore:
     with a higher version is always the newer one.
     """
 
-    def __init__(self, objects: RetryingObjectStore, prefix: str) -> None:
+    def __init__(self, objects: RetryingObjectStore, layout: Layout) -> None:
         self._objects = objects
-        self.name = f"{prefix}manifest"
+        self.name = layout.manifest
         self._manifest: Manifest | None = None
         self._etag = ""
         self.fetched_at = float("-inf")  # monotonic time the last fetch started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ._errors import UnsafeEndpointError
+from ._layout import Layout
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 
 _PROBE_BODY = b"kvstore conditional-write probe; safe to keep, never overwritten\n"
@@ -13,16 +14,16 @@ _NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 _PROBED: set[str] = set()
 
 
-async def check_conditional_writes(objects: RetryingObjectStore, prefix: str) -> None:
+async def check_conditional_writes(objects: RetryingObjectStore, layout: Layout) -> None:
     """Prove the endpoint honours If-None-Match: * and If-Match on `<prefix>probe`.
 
     Two or three PUTs the first time a process opens a store for writing; none
     afterwards. An endpoint that ignores either header raises UnsafeEndpointError.
     """
-    key = objects.description + "/" + prefix
+    name = layout.probe
+    key = objects.description + "/" + name
     if key in _PROBED:
         return
-    name = f"{prefix}probe"
     try:
         await objects.put_if_absent(name, _probe_body())
     except PreconditionFailed:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import secrets
-import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Sequence
 
 from ._cache import ByteLRU
 from ._disk_cache import DiskCache
 from ._errors import VersionNotRetainedError
+from ._layout import Layout, new_object_id
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
@@ -50,28 +49,18 @@ class Miss(enum.Enum):
 NOT_CACHED = Miss.NOT_CACHED
 
 
-def new_object_id() -> str:
-    """A time-ordered unique id: milliseconds since the epoch (hex) and 64 random bits."""
-    return f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
-
-
 class SegmentStore:
     """Segments under `<prefix>segments/`; indexes and blocks cached by bytes."""
 
-    def __init__(self, objects: RetryingObjectStore, prefix: str, cache: ByteLRU,
+    def __init__(self, objects: RetryingObjectStore, layout: Layout, cache: ByteLRU,
                  disk: DiskCache | None = None) -> None:
         self._objects = objects
-        self._prefix = prefix
+        self._layout = layout
         self._cache = cache
         self._disk = disk  # below the memory cache: bytes fetched, by object and range
 
-    @property
-    def segments_prefix(self) -> str:
-        """Where segment objects live: `<prefix>segments/`."""
-        return f"{self._prefix}segments/"
-
     def object_name(self, segment_id: str) -> str:
-        return f"{self.segments_prefix}{segment_id}.seg"
+        return self._layout.segment(segment_id)
 
     async def write(self, encoded: EncodedSegment) -> str:
         """Safe-create a new segment object; returns its id. One PUT (I1)."""

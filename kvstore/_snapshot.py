@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import AsyncIterator
-from functools import total_ordering
 from itertools import pairwise
 
 from ._manifest import Manifest, SegmentRef
+from ._merge import merge, visible
 from ._segment import probe
-from ._segment_store import NOT_CACHED, Entry, SegmentStore
+from ._segment_store import NOT_CACHED, SegmentStore
 
 
 class SnapshotView:
@@ -50,95 +49,11 @@ class SnapshotView:
 
     def scan(self, start: bytes | None, end: bytes | None, *, reverse: bool = False) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
-        refs = [r for r in self._refs if r.overlaps(start, end)]
-        if len(refs) == 1:  # the common case of a compacted store: no merge
-            return self._scan_one(refs[0], start, end, reverse)
-        return self._merge(refs, start, end, reverse)
-
-    async def _merge(
-        self, refs: list[SegmentRef], start: bytes | None, end: bytes | None, reverse: bool
-    ) -> AsyncIterator[tuple[bytes, bytes]]:
-        sources = [_Source(self._segments.blocks(r, start, end, reverse)) for r in refs]
-        heap: list[tuple[tuple[object, int], int]] = []
-        for n, source in enumerate(sources):
-            if await source.fill():
-                heapq.heappush(heap, (_order_key(source.peek(), reverse), n))
-        last_key: bytes | None = None
-        while heap:
-            _, n = heapq.heappop(heap)
-            source = sources[n]
-            key, version, value = source.take()
-            if await source.fill():
-                heapq.heappush(heap, (_order_key(source.peek(), reverse), n))
-            if key == last_key or version > self.version:
-                continue  # an older version of a key already decided, or too new
-            last_key = key
-            if value is not None:
-                yield key, value
-
-
-    async def _scan_one(
-        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool
-    ) -> AsyncIterator[tuple[bytes, bytes]]:
-        last_key: bytes | None = None
-        snapshot_version = self.version
-        async for entries in self._segments.blocks(ref, start, end, reverse):
-            for key, version, value in entries:
-                if key == last_key or version > snapshot_version:
-                    continue
-                last_key = key
-                if value is not None:
-                    yield key, value
-
-
-class _Source:
-    """One segment's entries, refilled a block at a time."""
-
-    def __init__(self, blocks: AsyncIterator[list[Entry]]) -> None:
-        self._blocks = blocks
-        self._buffer: list[Entry] = []
-        self._pos = 0
-
-    async def fill(self) -> bool:
-        while self._pos >= len(self._buffer):
-            try:
-                self._buffer = await anext(self._blocks)
-            except StopAsyncIteration:
-                return False
-            self._pos = 0
-        return True
-
-    def peek(self) -> Entry:
-        return self._buffer[self._pos]
-
-    def take(self) -> Entry:
-        entry = self._buffer[self._pos]
-        self._pos += 1
-        return entry
-
-
-@total_ordering
-class _Descending:
-    """Orders bytes in reverse, for reverse scans on a min-heap."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: bytes) -> None:
-        self.key = key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return self.key > other.key
+        sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
+        return visible(merge(sources, reverse=reverse), self.version)
 
 
 def _any_overlap(refs: list[SegmentRef]) -> bool:
     """Whether any two segments' key ranges overlap."""
     by_start = sorted(refs, key=lambda r: r.min_key)
     return any(later.min_key <= earlier.max_key for earlier, later in pairwise(by_start))
-
-
-def _order_key(entry: Entry, reverse: bool) -> tuple[object, int]:
-    key, version, _ = entry
-    return (_Descending(key) if reverse else key, -version)

@@ -38,12 +38,12 @@ from ._errors import (
     VersionNotRetainedError,
 )
 from ._gc import GarbageCollector, GcReport
+from ._layout import Layout
 from ._manifest import CommitRecord, Manifest
 from ._manifest_store import ManifestStore
 from ._objectstore import (
     ObjectNotFound,
     ObjectStore,
-    PreconditionFailed,
     RetryingObjectStore,
     S3Options,
 )
@@ -216,12 +216,12 @@ class Store:
         self._manifests = manifests
         self._cache = ByteLRU(options.cache_bytes)
         self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
-        self._segments = SegmentStore(objects, location.prefix, self._cache, self._disk_cache)
-        self._prefix = location.prefix
+        self._layout = Layout(location.prefix)
+        self._segments = SegmentStore(objects, self._layout, self._cache, self._disk_cache)
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
         self._compactor = Compactor(manifests, self._segments, options)
-        self._tags = TagStore(objects, location.prefix)
-        self._gc = GarbageCollector(objects, manifests, self._tags, location.prefix)
+        self._tags = TagStore(objects, self._layout)
+        self._gc = GarbageCollector(objects, manifests, self._tags, self._layout)
         self._last_gc = time.monotonic()
         self._background: asyncio.Task[None] | None = None
         self._views: dict[int, SnapshotView] = {}
@@ -387,13 +387,7 @@ class Store:
             raise ReadOnlyError("this store was opened with read_only=True; tags are writes")
         if version is not None:
             raise ValidationError("tagging a past version is not supported yet: tag the latest version")
-        while True:
-            manifest = await self._manifests.refresh()
-            _, etag = self._manifests.current
-            try:
-                return await self._tags.create(name, self._manifests.name, etag, manifest.version)
-            except PreconditionFailed:
-                continue  # a commit moved the manifest between our read and the copy
+        return await self._tags.create_at_latest(name, self._manifests)
 
     async def tags(self) -> list[Tag]:
         """Every tag, oldest version first. One LIST and one GET per tag."""
@@ -514,7 +508,7 @@ class Store:
             return VerifyReport(self.version, 1, {exc.object_name: str(exc)})
         report = VerifyReport(manifest.version, 1)
         # Read the objects themselves, not what the caches hold.
-        uncached = SegmentStore(self._objects, self._prefix, ByteLRU(_VERIFY_CACHE_BYTES))
+        uncached = SegmentStore(self._objects, self._layout, ByteLRU(_VERIFY_CACHE_BYTES))
         for ref in manifest.segments:
             report.objects_checked += 1
             try:
@@ -703,7 +697,8 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     async def open_store() -> Store:
         backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
         objects = RetryingObjectStore(backend, store_options.retry)
-        manifests = ManifestStore(objects, location.prefix)
+        layout = Layout(location.prefix)
+        manifests = ManifestStore(objects, layout)
         try:
             try:
                 await manifests.refresh()
@@ -716,7 +711,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
                     ) from None
                 exists = False
             if not read_only:
-                await check_conditional_writes(objects, location.prefix)
+                await check_conditional_writes(objects, layout)
             if not exists:
                 await manifests.create()
             return Store(location, objects, manifests, store_options, values, read_only)

@@ -12,15 +12,17 @@ user input reaches an object path.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
 import msgpack
 
+from ._cas import read_modify_cas
 from ._envelope import seal, unseal
 from ._errors import CorruptionError, TagExistsError, TagNotFoundError, ValidationError
+from ._layout import Layout
 from ._manifest import Manifest, decode_manifest
+from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 
 FORMAT = 1
@@ -40,39 +42,39 @@ class Tag:
 class TagStore:
     """Tag objects and manifest copies under one store's prefix."""
 
-    def __init__(self, objects: RetryingObjectStore, prefix: str) -> None:
+    def __init__(self, objects: RetryingObjectStore, layout: Layout) -> None:
         self._objects = objects
-        self._prefix = prefix
+        self._layout = layout
 
-    @property
-    def tags_prefix(self) -> str:
-        return f"{self._prefix}tags/"
-
-    @property
-    def snapshots_prefix(self) -> str:
-        return f"{self._prefix}snapshots/"
-
-    def snapshot_name(self, version: int) -> str:
-        return f"{self.snapshots_prefix}{version:020d}.mf"
-
-    def _tag_object(self, name: str) -> str:
-        return f"{self.tags_prefix}{hashlib.blake2b(name.encode(), digest_size=16).hexdigest()}.tag"
-
-    async def create(self, name: str, manifest_name: str, etag: str, version: int) -> Tag:
-        """Retain `version` under `name`. Raises PreconditionFailed if the manifest
-        moved past `etag` (the caller retries with a fresh one)."""
+    async def create_at_latest(self, name: str, manifests: ManifestStore) -> Tag:
+        """Retain the latest version under `name`: one COPY and one PUT, again with a
+        fresh manifest whenever a commit moves it between our read and the copy."""
         _check_name(name)
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            await manifests.refresh()
+            return manifests.current
+
+        async def write(current: tuple[Manifest, str]) -> Tag:
+            manifest, etag = current
+            return await self._create(name, etag, manifest.version)
+
+        return await read_modify_cas(f"tagging {name!r}", load, write)
+
+    async def _create(self, name: str, etag: str, version: int) -> Tag:
+        """Retain `version` under `name`. Raises PreconditionFailed if the manifest
+        moved past `etag`."""
         try:
-            await self._objects.copy_if_match(manifest_name, self.snapshot_name(version), etag)
+            await self._objects.copy_if_match(self._layout.manifest, self._layout.snapshot(version), etag)
         except PreconditionFailed:
             try:
-                await self._objects.head(self.snapshot_name(version))  # copied before, by another tag
+                await self._objects.head(self._layout.snapshot(version))  # copied before, by another tag
             except ObjectNotFound:
                 raise PreconditionFailed("the manifest changed") from None
         tag = Tag(name, version, time.time())
         payload = msgpack.packb({"name": name, "version": version, "created": tag.created}, use_bin_type=True)
         try:
-            await self._objects.put_if_absent(self._tag_object(name), seal(_MAGIC, FORMAT, payload))
+            await self._objects.put_if_absent(self._layout.tag(name), seal(_MAGIC, FORMAT, payload))
         except PreconditionFailed:
             existing = await self.get(name)
             raise TagExistsError(
@@ -82,20 +84,20 @@ class TagStore:
 
     async def get(self, name: str) -> Tag:
         _check_name(name)
-        return await self._read(self._tag_object(name), name)
+        return await self._read(self._layout.tag(name), name)
 
     async def list(self) -> list[Tag]:
         """Every tag, by version. One LIST plus one GET per tag."""
-        tags = [await self._read(info.name, None) async for info in self._objects.list(self.tags_prefix)]
+        tags = [await self._read(info.name, None) async for info in self._objects.list(self._layout.tags_prefix)]
         return sorted(tags, key=lambda t: (t.version, t.name))
 
     async def delete(self, name: str) -> None:
         """Forget a tag; its manifest copy and segments go at the next GC after the grace period."""
         await self.get(name)  # TagNotFoundError if absent
-        await self._objects.delete(self._tag_object(name))
+        await self._objects.delete(self._layout.tag(name))
 
     async def manifest(self, tag: Tag) -> Manifest:
-        name = self.snapshot_name(tag.version)
+        name = self._layout.snapshot(tag.version)
         try:
             blob = await self._objects.get(name)
         except ObjectNotFound:

@@ -16,7 +16,7 @@ NO_INLINE = {"inline_segment_bytes": 0}
 
 
 async def _segment_objects(db: kvstore.Store) -> set[str]:
-    return {info.name async for info in db._objects.list(db._segments.segments_prefix)}
+    return {info.name async for info in db._objects.list(db._layout.segments_prefix)}
 
 
 @pytest.mark.parametrize("inline", [0, 16 * 1024])

@@ -1,0 +1,66 @@
+"""Every object name of a store, in one place.
+
+    <prefix>manifest                   the current manifest (the only object ever replaced: CAS)
+    <prefix>probe                      written once per process to prove conditional writes work
+    <prefix>segments/<id>.seg          immutable sorted runs (safe create)
+    <prefix>snapshots/<version>.mf     manifest copies kept by tags (server-side copy)
+    <prefix>tags/<hash of name>.tag    tags (safe create)
+    <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
+
+Writers, readers, garbage collection and tags all name objects through a
+`Layout`, so GC can never spell a live segment's name differently from the
+writer that created it. Ids are generated (`new_object_id`) and tag names
+hashed: no user input reaches an object path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+
+def new_object_id() -> str:
+    """A time-ordered unique id: milliseconds since the epoch (hex) and 64 random bits."""
+    return f"{time.time_ns() // 1_000_000:012x}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The object names of the store under `prefix` ('' or ending in '/')."""
+
+    prefix: str
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.prefix}manifest"
+
+    @property
+    def probe(self) -> str:
+        return f"{self.prefix}probe"
+
+    @property
+    def gc_marks(self) -> str:
+        return f"{self.prefix}gc/marks"
+
+    @property
+    def segments_prefix(self) -> str:
+        return f"{self.prefix}segments/"
+
+    def segment(self, segment_id: str) -> str:
+        return f"{self.segments_prefix}{segment_id}.seg"
+
+    @property
+    def snapshots_prefix(self) -> str:
+        return f"{self.prefix}snapshots/"
+
+    def snapshot(self, version: int) -> str:
+        return f"{self.snapshots_prefix}{version:020d}.mf"
+
+    @property
+    def tags_prefix(self) -> str:
+        return f"{self.prefix}tags/"
+
+    def tag(self, name: str) -> str:
+        return f"{self.tags_prefix}{hashlib.blake2b(name.encode(), digest_size=16).hexdigest()}.tag"

@@ -1,0 +1,118 @@
+"""The one merging iterator: scans and compaction both read segments through it.
+
+A source is a segment's entries a block at a time (`SegmentStore.blocks`).
+`merge` interleaves any number of sources into scan order, a batch at a
+time; `visible` then keeps, per key, the newest entry a snapshot may see.
+Compaction applies its own retention rule to `merge`'s output instead
+(`_compact.merge_entries`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator, Sequence
+from functools import total_ordering
+
+from ._segment_store import Entry
+
+
+# Entries handed out per batch when several sources interleave (a single source
+# passes its blocks through). Batches keep the per-entry cost synchronous.
+_BATCH = 512
+
+
+async def merge(
+    sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool = False
+) -> AsyncIterator[list[Entry]]:
+    """Every entry of `sources`, in batches, in order of key (descending with
+    `reverse`), then version descending, then source position (an earlier
+    source wins a tie).
+
+    Each source must already be in that order, as segment blocks are. Holds
+    one block per source and one batch.
+    """
+    if len(sources) == 1:  # the common case of a compacted store: nothing to interleave
+        async for entries in sources[0]:
+            yield entries
+        return
+    cursors = [_Cursor(s) for s in sources]
+    heap: list[tuple[tuple[object, int], int]] = []
+    for n, cursor in enumerate(cursors):
+        if await cursor.fill():
+            heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
+    batch: list[Entry] = []
+    while heap:
+        _, n = heapq.heappop(heap)
+        cursor = cursors[n]
+        batch.append(cursor.take())
+        if cursor.has_more() or await cursor.fill():
+            heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
+        if len(batch) >= _BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def visible(batches: AsyncIterator[list[Entry]], version: int) -> AsyncIterator[tuple[bytes, bytes]]:
+    """Live (key, value) pairs as of `version` from merged entries: per key the
+    newest entry at or below `version`; a tombstone hides the key."""
+    last_key: bytes | None = None
+    async for entries in batches:
+        for key, entry_version, value in entries:
+            if key == last_key or entry_version > version:
+                continue  # an older version of a key already decided, or too new
+            last_key = key
+            if value is not None:
+                yield key, value
+
+
+class _Cursor:
+    """One source's entries, refilled a block at a time."""
+
+    def __init__(self, blocks: AsyncIterator[list[Entry]]) -> None:
+        self._blocks = blocks
+        self._buffer: list[Entry] = []
+        self._pos = 0
+
+    def has_more(self) -> bool:
+        """Whether an entry is buffered (no await needed)."""
+        return self._pos < len(self._buffer)
+
+    async def fill(self) -> bool:
+        while self._pos >= len(self._buffer):
+            try:
+                self._buffer = await anext(self._blocks)
+            except StopAsyncIteration:
+                return False
+            self._pos = 0
+        return True
+
+    def peek(self) -> Entry:
+        return self._buffer[self._pos]
+
+    def take(self) -> Entry:
+        entry = self._buffer[self._pos]
+        self._pos += 1
+        return entry
+
+
+@total_ordering
+class _Descending:
+    """Orders bytes in reverse, for reverse scans on a min-heap."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.key == other.key
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.key > other.key
+
+
+def _order(entry: Entry, reverse: bool) -> tuple[object, int]:
+    key, version, _ = entry
+    return (_Descending(key) if reverse else key, -version)
