@@ -33,6 +33,7 @@ from ._errors import (
     VersionNotRetainedError,
 )
 from ._objectstore import RetryPolicy, S3Options
+from ._version import __version__
 from ._compact import CompactionResult
 from ._gc import GcReport
 from ._options import StoreOptions
@@ -42,7 +43,6 @@ from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",

@@ -45,7 +45,7 @@ from botocore.exceptions import (
 from botocore.handlers import add_expect_header
 from botocore.utils import parse_timestamp
 
-from .. import __version__
+from .._version import __version__
 from .._errors import (
     AccessDeniedError,
     StoreNotFoundError,
