@@ -454,7 +454,8 @@ async def _read_exactly(reader: asyncio.StreamReader, expected: bytes) -> None:
 
 async def test_framing_is_relayed_verbatim_on_one_connection() -> None:
     continue_then_ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;x=y\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n")
     head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"  # HEAD: no body follows
     not_modified = b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nContent-Length: 7\r\n\r\n"
     no_content = b"HTTP/1.1 204 No Content\r\n\r\n"

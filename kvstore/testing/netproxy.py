@@ -230,7 +230,8 @@ async def _read_head(reader: asyncio.StreamReader) -> _Message:
         except asyncio.IncompleteReadError as exc:
             if not exc.partial.strip(_CRLF):
                 raise _PeerClosed() from None
-            raise _ProtocolError(f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
+            raise _ProtocolError(
+                f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
         except asyncio.LimitOverrunError:
             raise _ProtocolError(f"message head longer than {_HEAD_LIMIT} bytes") from None
         # Tolerate stray CRLFs between messages (RFC 9112 section 2.2).
@@ -351,6 +352,11 @@ class FaultProxy:
     It runs its own asyncio loop in a daemon thread, so it serves synchronous tests, tests
     on another loop, and (through the CLI) other processes alike.  All public methods are
     thread-safe.  Usable as a context manager (`start` on enter, `stop` on exit).
+
+    When the upstream cannot be reached, closes without answering, sends something this
+    parser cannot frame, or takes longer than `upstream_timeout`, the client connection is
+    reset: the proxy has no answer to give, and inventing one (a 502) would hide that.
+    `stats` and `history` say what happened to each exchange.
     """
 
     def __init__(
@@ -708,8 +714,8 @@ class FaultProxy:
             _abort_with_rst(writer)  # we have no answer to give: make that visible
             return False
 
-        upstream_done = (answer.header("connection") is not None and "close" in answer.tokens("connection")) \
-            or upstream.reader is None or upstream.reader.at_eof()
+        upstream_done = ("close" in answer.tokens("connection") or upstream.reader is None
+                         or upstream.reader.at_eof())
         client_done = "close" in request.tokens("connection") or (
             version == "HTTP/1.0" and "keep-alive" not in request.tokens("connection"))
         wire = answer.head + answer.body
@@ -835,7 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         jitter=args.jitter,
         trickle_bytes_per_s=args.trickle_bytes_per_s,
-        methods=None if args.methods is None else frozenset(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=None if args.methods is None else frozenset(
+            m.strip() for m in args.methods.split(",") if m.strip()),
         path_contains=args.path_contains,
     )
     done = threading.Event()
