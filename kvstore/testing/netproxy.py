@@ -44,7 +44,16 @@ Scope: HTTP/1.1 without TLS, one upstream connection per client connection (open
 bodies framed by ``Content-Length`` or ``chunked`` (forwarded verbatim), answers to HEAD and
 1xx/204/304 answers without body.  ``Expect: 100-continue`` is answered by the proxy itself
 (it needs the whole body before forwarding anyway) and stripped from the forwarded request;
-interim 1xx answers from upstream are dropped.
+interim 1xx answers from upstream are dropped.  When the upstream ends its side after an
+answer (``Connection: close``, or an answer delimited by the close), the client connection
+is closed after the answer is relayed; an upstream connection the server closed while idle
+(LocalStack does after 60 s) is reopened for the client's next request.
+
+Note for test writers: aiohttp re-sends an idempotent request (GET, HEAD, PUT, DELETE) once
+when the connection dies before an answer starts, even with botocore's retries off.  A
+single ``lose_answer`` or ``reset`` on a PUT is therefore invisible to an aiobotocore client
+(or, on a conditional PUT, becomes a 412 for its own write); script the fault twice to make
+the client see a connection error.
 
 Command line, for campaigns with worker processes (prints the endpoint, runs until killed)::
 
