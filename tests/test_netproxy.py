@@ -362,6 +362,42 @@ async def test_a_client_that_vanishes_does_not_break_upstream(
         assert await _get(s3, bucket, "big") == big
 
 
+async def test_concurrent_clients_under_random_faults_leave_proxy_and_upstream_healthy(
+        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
+    proxy.set_rule(NetRule(lose_answer=0.1, reset=0.1, truncate=0.1, swallow=0.03,
+                           stop_mid_body=0.03, trickle=0.1, trickle_bytes_per_s=200_000,
+                           latency=0.002, jitter=0.01))
+    body = b"b" * 20_000
+    outcomes: list[str] = []
+
+    async def worker(n: int) -> None:
+        async with _client(proxy.endpoint_url) as s3:
+            for i in range(12):
+                key = f"w/{n}/{i % 3}"
+                try:
+                    if i % 2:
+                        assert await _get(s3, bucket, key) == body
+                    else:
+                        await s3.put_object(Bucket=bucket, Key=key, Body=body)
+                    outcomes.append("ok")
+                except ClientError as exc:  # 412s aside, a 404 for a PUT whose answers were lost
+                    outcomes.append(exc.response["Error"]["Code"])
+                except (*CONNECTION_ERRORS, ReadTimeoutError) as exc:
+                    outcomes.append(type(exc).__name__)
+
+    await asyncio.gather(*(worker(n) for n in range(4)))
+    stats, history = proxy.stats, proxy.history
+    assert len(outcomes) == 48 and "ok" in outcomes
+    assert sum(stats.requests.values()) == len(history) >= 48
+    assert sum(stats.faults.values()) == sum(e.fault != "pass" for e in history) > 0
+    assert sum(stats.forwarded.values()) == len(history) - stats.faults["reset"]
+    # Nothing is stuck, through the proxy or around it.
+    proxy.set_rule(NetRule())
+    for s3 in (via, direct):
+        await s3.put_object(Bucket=bucket, Key="w/0/0", Body=b"after")
+        assert await _get(s3, bucket, "w/0/0") == b"after"
+
+
 # --------------------------------------------------------------------------- lifecycle, CLI
 
 
