@@ -3,7 +3,7 @@
 `kvstore.testing.faults` injects faults above the HTTP client; this proxy sits between
 the HTTP client (aiohttp under aiobotocore) and the S3 endpoint, so the client's own
 connection handling (keep-alive reuse, aiohttp's silent retry of idempotent requests on
-a dropped persistent connection, read timeouts) is exercised too::
+a dropped connection, read timeouts) is exercised too::
 
     with FaultProxy(upstream="http://127.0.0.1:4566", seed=7) as proxy:
         proxy.script("lose_answer", methods={"PUT"}, path_contains="manifest")
@@ -38,7 +38,8 @@ in flight upstream get a short grace period to finish before their connections a
 
 Faults are drawn from ``random.Random(seed)``, one draw per matching exchange (plus one for
 jitter), so a run is reproducible given the order of requests.  Exchanges that do not match
-the rule's filters pass untouched and draw nothing.
+the rule's filters pass untouched and draw nothing.  `FaultProxy.stats` counts requests,
+forwarded requests and faults; `FaultProxy.history` lists each exchange with its fault.
 
 Scope: HTTP/1.1 without TLS, one upstream connection per client connection (opened lazily),
 bodies framed by ``Content-Length`` or ``chunked`` (forwarded verbatim), answers to HEAD and
