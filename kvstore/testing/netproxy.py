@@ -3,7 +3,7 @@
 `kvstore.testing.faults` injects faults above the HTTP client; this proxy sits between
 the HTTP client (aiohttp under aiobotocore) and the S3 endpoint, so the client's own
 connection handling (keep-alive reuse, aiohttp's silent retry of idempotent requests on
-a dropped persistent connection, read timeouts) is exercised too::
+a dropped connection, read timeouts) is exercised too::
 
     with FaultProxy(upstream="http://127.0.0.1:4566", seed=7) as proxy:
         proxy.script("lose_answer", methods={"PUT"}, path_contains="manifest")
@@ -38,13 +38,23 @@ in flight upstream get a short grace period to finish before their connections a
 
 Faults are drawn from ``random.Random(seed)``, one draw per matching exchange (plus one for
 jitter), so a run is reproducible given the order of requests.  Exchanges that do not match
-the rule's filters pass untouched and draw nothing.
+the rule's filters pass untouched and draw nothing.  `FaultProxy.stats` counts requests,
+forwarded requests and faults; `FaultProxy.history` lists each exchange with its fault.
 
 Scope: HTTP/1.1 without TLS, one upstream connection per client connection (opened lazily),
 bodies framed by ``Content-Length`` or ``chunked`` (forwarded verbatim), answers to HEAD and
 1xx/204/304 answers without body.  ``Expect: 100-continue`` is answered by the proxy itself
 (it needs the whole body before forwarding anyway) and stripped from the forwarded request;
-interim 1xx answers from upstream are dropped.
+interim 1xx answers from upstream are dropped.  When the upstream ends its side after an
+answer (``Connection: close``, or an answer delimited by the close), the client connection
+is closed after the answer is relayed; an upstream connection the server closed while idle
+(LocalStack does after 60 s) is reopened for the client's next request.
+
+Note for test writers: aiohttp re-sends an idempotent request (GET, HEAD, PUT, DELETE) once
+when the connection dies before an answer starts, even with botocore's retries off.  A
+single ``lose_answer`` or ``reset`` on a PUT is therefore invisible to an aiobotocore client
+(or, on a conditional PUT, becomes a 412 for its own write); script the fault twice to make
+the client see a connection error.
 
 Command line, for campaigns with worker processes (prints the endpoint, runs until killed)::
 
@@ -230,7 +240,8 @@ async def _read_head(reader: asyncio.StreamReader) -> _Message:
         except asyncio.IncompleteReadError as exc:
             if not exc.partial.strip(_CRLF):
                 raise _PeerClosed() from None
-            raise _ProtocolError(f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
+            raise _ProtocolError(
+                f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
         except asyncio.LimitOverrunError:
             raise _ProtocolError(f"message head longer than {_HEAD_LIMIT} bytes") from None
         # Tolerate stray CRLFs between messages (RFC 9112 section 2.2).
@@ -351,6 +362,11 @@ class FaultProxy:
     It runs its own asyncio loop in a daemon thread, so it serves synchronous tests, tests
     on another loop, and (through the CLI) other processes alike.  All public methods are
     thread-safe.  Usable as a context manager (`start` on enter, `stop` on exit).
+
+    When the upstream cannot be reached, closes without answering, sends something this
+    parser cannot frame, or takes longer than `upstream_timeout`, the client connection is
+    reset: the proxy has no answer to give, and inventing one (a 502) would hide that.
+    `stats` and `history` say what happened to each exchange.
     """
 
     def __init__(
@@ -708,8 +724,8 @@ class FaultProxy:
             _abort_with_rst(writer)  # we have no answer to give: make that visible
             return False
 
-        upstream_done = (answer.header("connection") is not None and "close" in answer.tokens("connection")) \
-            or upstream.reader is None or upstream.reader.at_eof()
+        upstream_done = ("close" in answer.tokens("connection") or upstream.reader is None
+                         or upstream.reader.at_eof())
         client_done = "close" in request.tokens("connection") or (
             version == "HTTP/1.0" and "keep-alive" not in request.tokens("connection"))
         wire = answer.head + answer.body
@@ -835,7 +851,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         jitter=args.jitter,
         trickle_bytes_per_s=args.trickle_bytes_per_s,
-        methods=None if args.methods is None else frozenset(m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=None if args.methods is None else frozenset(
+            m.strip() for m in args.methods.split(",") if m.strip()),
         path_contains=args.path_contains,
     )
     done = threading.Event()
