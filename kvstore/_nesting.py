@@ -46,8 +46,11 @@ def _current_task() -> asyncio.Task[object] | None:
 
 def refuse_nested(store_id: str, url: str) -> None:
     """Raise NestedTransactionError if a transaction on this store runs in this task."""
+    running = _running.get()
+    if not running:
+        return  # the common case, without asking asyncio for the task
     task = _current_task()
-    for scope in _running.get():
+    for scope in running:
         if scope.active and scope.store_id == store_id and scope.task in (None, task):
             raise NestedTransactionError(
                 f"a transaction on {url} was started inside another one on the same store "
