@@ -724,7 +724,8 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
 
     Opening costs one GET of the manifest, plus, the first time a process
     opens a store for writing, two or three PUTs that prove the endpoint
-    honours conditional writes.
+    honours conditional writes (and one manifest PUT when an empty store
+    takes a new `values`).
     """
     if values is not None and values not in VALUE_MODES:
         raise ValidationError(f"values must be one of {VALUE_MODES}, not {values!r}")
