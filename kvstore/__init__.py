@@ -11,6 +11,7 @@ See README.md for a tour and docs/ for concepts, formats and operations.
 from ._errors import (
     AccessDeniedError,
     ClosedError,
+    CodecMismatchError,
     CommitOutcomeUnknownError,
     ConflictError,
     CorruptionError,
@@ -18,9 +19,11 @@ from ._errors import (
     InvalidURLError,
     InvalidValueError,
     KvStoreError,
+    NestedTransactionError,
     ReadOnlyError,
     StoreNotFoundError,
     StoreUnavailableError,
+    SyncInAsyncError,
     TagExistsError,
     TagNotFoundError,
     TransactionStateError,
@@ -30,10 +33,11 @@ from ._errors import (
     UnsafeStoreError,
     UnsupportedFormatError,
     ValidationError,
+    ValueDecodeError,
     VersionNotRetainedError,
 )
 from ._objectstore import RetryPolicy, S3Options
-from ._version import __version__
+from ._version import __version__ as __version__
 from ._compact import CompactionResult
 from ._gc import GcReport
 from ._options import StoreOptions
@@ -48,6 +52,7 @@ __all__ = [
     "AccessDeniedError",
     "Change",
     "ClosedError",
+    "CodecMismatchError",
     "CommitInfo",
     "CommitOutcomeUnknownError",
     "CompactionResult",
@@ -58,17 +63,19 @@ __all__ = [
     "InvalidURLError",
     "InvalidValueError",
     "KvStoreError",
+    "NestedTransactionError",
     "ReadOnlyError",
     "Reader",
     "RetryPolicy",
     "S3Options",
     "Snapshot",
     "Store",
-    "StoreNotFoundError",
     "StoreInfo",
+    "StoreNotFoundError",
     "StoreOpener",
     "StoreOptions",
     "StoreUnavailableError",
+    "SyncInAsyncError",
     "SyncSnapshot",
     "SyncStore",
     "SyncTransaction",
@@ -83,6 +90,7 @@ __all__ = [
     "UnsafeStoreError",
     "UnsupportedFormatError",
     "ValidationError",
+    "ValueDecodeError",
     "VerifyReport",
     "VersionNotRetainedError",
     "open",

@@ -1,15 +1,39 @@
-"""Checking and encoding user keys and values."""
+"""Checking and encoding user keys and values.
+
+A value `put` accepts reads back equal: msgpack values are packed with
+``strict_types`` so that what msgpack would silently change (a tuple read
+back as a list) is refused at `put`, and unpacked with settings that accept
+everything packed (map keys of any msgpack type, not only str and bytes).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgpack
 
-from ._errors import InvalidKeyError, InvalidValueError
+from ._errors import (
+    CodecMismatchError,
+    InvalidKeyError,
+    InvalidValueError,
+    UnsupportedFormatError,
+    ValueDecodeError,
+)
 
 ValueMode = Literal["bytes", "msgpack"]
 VALUE_MODES: tuple[ValueMode, ...] = ("bytes", "msgpack")
+# Subclasses of the plain types pack as their base type, to which they compare equal
+# (an IntEnum as its int, an OrderedDict as a dict); the unbound methods copy the
+# value itself, whatever the subclass's __str__ or __int__ say.
+_AS_BASE: tuple[tuple[type, Callable[[Any], object]], ...] = (
+    (dict, dict),
+    (list, list),
+    (str, str.__str__),
+    (bytes, lambda b: bytes(memoryview(b))),
+    (int, int.__int__),
+    (float, float.__float__),
+)
 
 
 def encode_key(key: object, max_bytes: int) -> bytes:
@@ -46,7 +70,9 @@ def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
             )
     else:
         try:
-            data = msgpack.packb(value, use_bin_type=True)
+            data = msgpack.packb(value, use_bin_type=True, strict_types=True, default=_as_base)
+        except InvalidValueError:
+            raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidValueError(f"value cannot be encoded with msgpack: {exc}") from exc
     if len(data) > max_bytes:
@@ -57,10 +83,58 @@ def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
     return data
 
 
-def decode_value(data: bytes, mode: ValueMode) -> Any:
+def _as_base(obj: object) -> object:
+    """msgpack's `default` under strict_types: a subclass of a plain type as that type;
+    refuse a tuple, which would read back as a (never equal) list."""
+    if isinstance(obj, tuple):
+        raise InvalidValueError(
+            f"value contains a {type(obj).__name__}, which msgpack would give back as a list "
+            "(and a list does not compare equal to it); store a list instead"
+        )
+    for base, plain in _AS_BASE:
+        if isinstance(obj, base):
+            return plain(obj)
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def decode_value(data: bytes, mode: ValueMode, key: bytes, store: str) -> Any:
+    """A stored value as `put` was given it. Raises ValueDecodeError naming the store and key."""
     if mode == "bytes":
         return data
-    return msgpack.unpackb(data, raw=False)
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ValueDecodeError(
+            f"the value of key {key!r} in {store} is not msgpack ({type(exc).__name__}: {exc}); it was written "
+            "with another values= setting: open the store without values= to read its raw bytes, "
+            "then rewrite or delete the key",
+            store=store,
+            key=key,
+        ) from exc
+
+
+def value_mode(recorded: object, requested: ValueMode | None, url: str) -> ValueMode:
+    """The value codec to open a store with, given the one its manifest records (None: none).
+
+    `requested` None reads and writes raw bytes, whatever the store records
+    (what tools such as the command line do); an explicit choice must match
+    the recorded one. CodecMismatchError, or UnsupportedFormatError for a
+    codec this version does not know.
+    """
+    if recorded is not None and recorded not in VALUE_MODES:
+        raise UnsupportedFormatError(
+            f"{url} records values={recorded!r}, a value codec this kvstore does not know; upgrade kvstore"
+        )
+    if requested is None:
+        return "bytes"
+    if recorded is None or recorded == requested:
+        return requested
+    raise CodecMismatchError(
+        f"{url} stores {recorded} values (it was created with values={recorded!r}), so it cannot be "
+        f"opened with values={requested!r}: open it with values={recorded!r}, or without values= "
+        "to read the raw bytes",
+        recorded=str(recorded),
+    )
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

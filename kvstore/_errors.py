@@ -20,12 +20,15 @@ object-store boundary, so callers only ever catch these::
     │   ├── UnsafeEndpointError                 ignores conditional writes
     │   └── UnsupportedFormatError              written by a newer kvstore
     ├── CorruptionError                         stored bytes fail their checksum
+    ├── ValueDecodeError                        a stored value is not in the store's codec
     ├── VersionNotRetainedError                 the asked-for past version is gone
     ├── TagNotFoundError                        no tag of that name
     ├── TagExistsError                          a tag of that name exists
     ├── ReadOnlyError                           a write to a store opened read-only
     ├── ClosedError                             the store was closed
+    ├── SyncInAsyncError (also RuntimeError)    the blocking API called inside an event loop
     └── TransactionStateError                   a transaction used after it ended
+        └── NestedTransactionError              a transaction started inside another
 """
 
 from __future__ import annotations
@@ -52,15 +55,39 @@ class TransactionTooLargeError(ValidationError):
 
 
 class InvalidURLError(ValidationError):
-    """A store URL or an option of `kvstore.open` is not understood."""
+    """A store URL or an option of `kvstore.open` is not understood.
+
+    A mistyped scheme (``s3:/bucket``, ``file:relative``) is refused rather than
+    taken as a local directory named ``s3:``; the message gives the corrected URL.
+    """
+
+
+class CodecMismatchError(ValidationError):
+    """`values=` differs from the value codec the store records (chosen at its creation).
+
+    Opening a store of bytes as msgpack (or the reverse) would misread every
+    value, so it is refused at open. `recorded` is the store's codec: pass
+    ``values=recorded``, or leave `values` out to read the raw bytes.
+    """
+
+    def __init__(self, message: str, *, recorded: str) -> None:
+        super().__init__(message)
+        self.recorded = recorded
 
 
 class ConflictError(KvStoreError):
     """A transaction read data that another commit changed before it could commit.
 
     Nothing of the transaction was applied. Run it again from the start
-    (`Store.transact` does this for you).
+    (`Store.transact` does this for you) — unless `retryable` is False: then
+    the conflict comes from the transaction's own code (it committed other
+    transactions on the same store while it ran), every retry would conflict
+    again, and `transact` raises at once instead of retrying.
     """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class TransactionTooOldError(ConflictError):
@@ -128,6 +155,21 @@ class CorruptionError(KvStoreError):
         self.block = block
 
 
+class ValueDecodeError(KvStoreError):
+    """A stored value cannot be decoded with the store's value codec.
+
+    The bytes are intact (they passed their checksum): they were written in
+    another codec, e.g. raw bytes put into a msgpack store by an opener with
+    another `values=`. The message names the store and the key; read that
+    key's raw bytes by opening without `values`, and rewrite or delete it.
+    """
+
+    def __init__(self, message: str, *, store: str, key: bytes) -> None:
+        super().__init__(message)
+        self.store = store
+        self.key = key
+
+
 class VersionNotRetainedError(KvStoreError):
     """A past version was asked for that the store no longer retains."""
 
@@ -148,5 +190,25 @@ class ClosedError(KvStoreError):
     """The store was used after `close()`."""
 
 
+class SyncInAsyncError(KvStoreError, RuntimeError):
+    """A blocking `SyncStore` method was called from a thread running an event loop.
+
+    It would block that loop (every other task) until the store answered.
+    In async code use the async API, `kvstore.open`; or run the blocking call
+    in a worker thread (`asyncio.to_thread`).
+    """
+
+
 class TransactionStateError(KvStoreError):
     """A transaction was used after it committed or was discarded, or misused."""
+
+
+class NestedTransactionError(TransactionStateError):
+    """A transaction on a store was started inside a running `transact` function
+    or ``async with db.transaction()`` block on the same store.
+
+    Its commit would be separate from the outer transaction's — made again on
+    every retry, and a conflict for the outer one each time. Use the outer
+    `tx` (pass it down) for reads and writes that belong to the same
+    transaction; start independent transactions before or after it.
+    """

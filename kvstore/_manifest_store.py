@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
 
 from ._layout import Layout
-from ._manifest import Manifest, decode_manifest, encode_manifest
+from ._manifest import CommitRecord, Manifest, decode_manifest, encode_manifest
 from ._objectstore import PreconditionFailed, RetryingObjectStore
 
 T = TypeVar("T")
@@ -40,15 +42,45 @@ class ManifestStore:
         assert self._manifest is not None, "load() first"
         return self._manifest, self._etag
 
-    async def create(self) -> Manifest:
+    async def create(self, settings: dict[str, Any]) -> Manifest:
         """Create an empty store (safe create), or read the one a racing process made."""
-        fresh = Manifest(store_id=uuid.uuid4().hex, version=0, created=time.time())
+        fresh = Manifest(store_id=uuid.uuid4().hex, version=0, created=time.time(), settings=settings)
         try:
             etag = await self._objects.put_if_absent(self.name, encode_manifest(fresh))
         except PreconditionFailed:
             return await self.refresh()  # another process created it first
         self.install(fresh, etag)
         return fresh
+
+    async def settle_empty(self, settings: dict[str, Any], log_length: int) -> Manifest:
+        """Record `settings` in a store that has never committed (version 0), as version 1.
+
+        Safe only there: no data exists that was written under other
+        settings. Returns the latest manifest, which records other settings
+        if another process committed first.
+        """
+        async with self.writing:
+            manifest, etag = self.current
+            if manifest.version != 0:
+                return manifest
+            record = CommitRecord(
+                version=1,
+                time=time.time(),
+                txn_ids=(os.urandom(16),),
+                segment_id=None,
+                key_count=0,
+                min_key=b"",
+                max_key=b"",
+                keys=(),
+                meta={"settings": settings},
+                txn_count=0,
+            )
+            new = replace(manifest.with_commit(record, log_length), settings={**manifest.settings, **settings})
+            try:
+                await self.compare_and_swap(new, etag)
+            except PreconditionFailed:
+                return await self.refresh()  # another process committed (or ours landed): read which
+            return new
 
     async def refresh(self) -> Manifest:
         """The latest manifest: one conditional GET (304 and no body if unchanged).

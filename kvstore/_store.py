@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import random
@@ -19,11 +20,11 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ._bulk import ChunkBuffer, ChunkUploads, encoded_batches
 from ._cache import ByteLRU
-from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key
+from ._codec import VALUE_MODES, ValueMode, decode_value, encode_key, value_mode
 from ._commit import CommitRequest, Committer
 from ._compact import CompactionResult, Compactor, choose_inputs
 from ._disk_cache import DiskCache
@@ -41,6 +42,7 @@ from ._gc import GarbageCollector, GcReport
 from ._layout import Layout
 from ._manifest import CommitRecord, Manifest
 from ._manifest_store import ManifestStore
+from ._nesting import enter, leave, refuse_nested, retryable
 from ._objectstore import (
     ObjectNotFound,
     ObjectStore,
@@ -68,10 +70,11 @@ class Snapshot:
     segment data comes from the cache or from ranged GETs.
     """
 
-    def __init__(self, view: SnapshotView, options: StoreOptions, values: ValueMode) -> None:
+    def __init__(self, view: SnapshotView, options: StoreOptions, values: ValueMode, url: str) -> None:
         self._view = view
         self._options = options
         self._values = values
+        self._url = url
 
     @property
     def version(self) -> int:
@@ -80,8 +83,9 @@ class Snapshot:
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of `key` at this version, or `default`."""
-        raw = await self._view.get(encode_key(key, self._options.max_key_bytes))
-        return default if raw is None else decode_value(raw, self._values)
+        k = encode_key(key, self._options.max_key_bytes)
+        raw = await self._view.get(k)
+        return default if raw is None else decode_value(raw, self._values, k, self._url)
 
     def scan(
         self,
@@ -105,9 +109,9 @@ class Snapshot:
         if limit == 0:
             return
         count = 0
-        values = self._values
+        values, url = self._values, self._url
         async for key, raw in pairs:
-            yield key, decode_value(raw, values)
+            yield key, decode_value(raw, values, key, url)
             count += 1
             if limit is not None and count >= limit:
                 return
@@ -153,7 +157,7 @@ class CommitInfo:
 
     version: int
     time: float  # seconds since the epoch
-    kind: str  # "commit", "compaction" or "gc"
+    kind: str  # "commit", "compaction", "gc" or "settings" (values= recorded in an empty store)
     transactions: int
     key_count: int
     meta: list[dict[str, Any] | None] | None  # per transaction, as given to `transaction(meta=...)`
@@ -162,7 +166,7 @@ class CommitInfo:
     def from_record(cls, record: CommitRecord) -> CommitInfo:
         """The public view of one commit-log record."""
         meta = record.meta or {}
-        kind = "compaction" if "compaction" in meta else "gc" if "gc" in meta else "commit"
+        kind = next((k for k in ("compaction", "gc", "settings") if k in meta), "commit")
         return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"))
 
 
@@ -210,6 +214,7 @@ class Store:
     ) -> None:
         self.url = location.url
         self.read_only = read_only
+        self._store_id = manifests.current[0].store_id
         self.options = options
         self._values = values
         self._objects = objects
@@ -272,32 +277,64 @@ class Store:
             yield item
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> Transaction:
-        """A new serializable transaction; use ``async with``. `meta` is kept in the commit log."""
-        self._check_open()
-        return Transaction(self._latest_view, self._committer, self.options, self._values, meta, self.read_only)
+        """A new serializable transaction; use ``async with``. `meta` is kept in the commit log.
 
-    async def transact(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run ``await fn(tx, *args, **kwargs)`` in a transaction and commit it,
+        Raises NestedTransactionError inside a `transact` function or an
+        ``async with db.transaction()`` block on the same store in the same
+        task (use that `tx`); store-level `put` and `delete` are refused there too.
+        """
+        self._check_open()
+        refuse_nested(self._store_id, self.url)
+        return Transaction(
+            self._latest_view,
+            self._committer,
+            self.options,
+            self._values,
+            meta,
+            self.read_only,
+            url=self.url,
+            store_id=self._store_id,
+        )
+
+    @overload
+    async def transact(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+
+    @overload
+    async def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(tx, *args, **kwargs)`` in a transaction and commit it,
         retrying from the start on ConflictError (with jittered backoff) up to
         `StoreOptions.transact_max_attempts` times. Returns fn's result.
 
-        `fn` may run more than once: keep side effects out of it.
+        `fn` may be ``async def`` (its result is awaited) or a plain function
+        (its result is used as is, so ``lambda tx: tx.put(k, v)`` works).
+        It may run more than once: keep side effects out of it. Starting
+        another transaction on this store inside it raises
+        NestedTransactionError (use `tx`); a conflict that a retry cannot cure
+        — fn committed other transactions on this store, e.g. from tasks it
+        started — is raised at once with ``retryable=False``.
         """
         attempts = self.options.transact_max_attempts
         for attempt in range(attempts):
             tx = self.transaction()
+            scope = enter(self._store_id, tx)
             try:
-                result = await fn(tx, *args, **kwargs)
+                result = fn(tx, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
                 await tx.commit()
                 return result
-            except ConflictError:
+            except ConflictError as exc:
                 tx.discard()
-                if attempt + 1 == attempts:
+                if attempt + 1 == attempts or not retryable(exc, scope, self.url):
                     raise
                 await asyncio.sleep(self._rng.uniform(0, min(0.5, 0.002 * 2**attempt)))
             except BaseException:
                 tx.discard()
                 raise
+            finally:
+                leave(scope)
         raise AssertionError("unreachable")
 
     async def bulk_load(
@@ -323,6 +360,7 @@ class Store:
         self._check_open()
         if self.read_only:
             raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
+        refuse_nested(self._store_id, self.url)
         started = time.monotonic()
         chunk = ChunkBuffer(chunk_bytes)
         uploads = ChunkUploads(progress)
@@ -369,11 +407,12 @@ class Store:
             self._check_open()
             found = await self._tags.get(tag)
             view = SnapshotView(await self._tags.manifest(found), self._segments)
-            return Snapshot(view, self.options, self._values)
+            return Snapshot(view, self.options, self._values, self.url)
         latest = await self._latest_view()
         if version is None or version == latest.version:
-            return Snapshot(latest, self.options, self._values)
-        return Snapshot(await self._past_view(latest.manifest, version), self.options, self._values)
+            return Snapshot(latest, self.options, self._values, self.url)
+        view = await self._past_view(latest.manifest, version)
+        return Snapshot(view, self.options, self._values, self.url)
 
     async def tag(self, name: str, *, version: int | None = None) -> Tag:
         """Retain the latest version (or `version`, if still readable) under `name`.
@@ -655,7 +694,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     *,
     create: bool = True,
     read_only: bool = False,
-    values: ValueMode = "bytes",
+    values: ValueMode | None = None,
     options: StoreOptions | None = None,
     endpoint_url: str | None = None,
     region_name: str | None = None,
@@ -672,14 +711,20 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     ``memory://name`` (tests only). S3 settings default to the AWS chain
     (environment, profile, instance role); `endpoint_url` selects any
     S3-compatible service. `values="msgpack"` stores any msgpack-serializable
-    object instead of bytes. `wrap_object_store` wraps the backend (used to
-    inject faults in tests).
+    object instead of bytes (a value that would not read back equal, such as
+    a tuple, is refused at `put`). A store records the `values` it was
+    created with (bytes by default) and refuses another explicit one with
+    CodecMismatchError; leaving `values` out reads and writes raw bytes in
+    any store. A store that has never committed takes the `values` of the
+    first writable opener that names one. `wrap_object_store` wraps the
+    backend (used to inject faults in tests).
 
     Opening costs one GET of the manifest, plus, the first time a process
     opens a store for writing, two or three PUTs that prove the endpoint
-    honours conditional writes.
+    honours conditional writes (and one manifest PUT when an empty store
+    takes a new `values`).
     """
-    if values not in VALUE_MODES:
+    if values is not None and values not in VALUE_MODES:
         raise ValidationError(f"values must be one of {VALUE_MODES}, not {values!r}")
     s3 = s3_options or S3Options()
     explicit: dict[str, Any] = {
@@ -713,8 +758,14 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
             if not read_only:
                 await check_conditional_writes(objects, layout)
             if not exists:
-                await manifests.create()
-            return Store(location, objects, manifests, store_options, values, read_only)
+                await manifests.create({"values": values or "bytes"})
+            manifest = manifests.current[0]
+            recorded = manifest.settings.get("values")
+            if values is not None and recorded != values and manifest.version == 0 and not read_only:
+                manifest = await manifests.settle_empty({"values": values}, store_options.commit_log_length)
+                recorded = manifest.settings.get("values")
+            mode = value_mode(recorded, values, location.url)
+            return Store(location, objects, manifests, store_options, mode, read_only)
         except BaseException:
             await objects.close()
             raise

@@ -8,17 +8,19 @@ twice: the sync classes only forward.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
-from ._errors import ClosedError, ConflictError
+from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
 from ._compact import CompactionResult
 from ._gc import GcReport
+from ._nesting import Scope, enter, leave, retryable
 from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, VerifyReport, open
 from ._tags import Tag
 from ._transaction import Transaction
@@ -39,9 +41,11 @@ class _LoopThread:
         if self.loop.is_closed():
             coro.close()
             raise ClosedError("this store was closed; open it again with kvstore.open_sync()")
-        if threading.current_thread() is self._thread:
+        try:
+            refuse_in_event_loop()
+        except SyncInAsyncError:
             coro.close()
-            raise RuntimeError("a SyncStore method was called from its own event loop; use the async API there")
+            raise
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def iterate(self, agen: AsyncIterator[T], batch_size: int = _SCAN_BATCH) -> Iterator[T]:
@@ -64,6 +68,19 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+def refuse_in_event_loop() -> None:
+    """Raise SyncInAsyncError if this thread is running an event loop (a blocking call would stall it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop here: blocking is fine
+    raise SyncInAsyncError(
+        "a blocking kvstore method (kvstore.open_sync / SyncStore) was called inside a running event loop, "
+        "which it would block: in async code use the async API, `async with kvstore.open(url) as db` "
+        "and `await db.get(...)`, or run the blocking call in a thread with `await asyncio.to_thread(...)`"
+    )
 
 
 class SyncSnapshot:
@@ -90,9 +107,11 @@ class SyncSnapshot:
 class SyncTransaction:
     """Blocking face of `Transaction`: ``with db.transaction() as tx:`` commits on normal exit."""
 
-    def __init__(self, tx: Transaction, runner: _LoopThread) -> None:
+    def __init__(self, tx: Transaction, runner: _LoopThread, store_id: str) -> None:
         self._tx = tx
         self._runner = runner
+        self._store_id = store_id
+        self._scope: Scope | None = None
 
     @property
     def read_version(self) -> int | None:
@@ -129,11 +148,14 @@ class SyncTransaction:
         self._tx.discard()
 
     def __enter__(self) -> SyncTransaction:
+        self._scope = enter(self._store_id, self._tx)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._scope is not None:
+            leave(self._scope)
         self._runner.run(self._tx.__aexit__(exc_type, exc, tb))
 
 
@@ -180,25 +202,50 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
         """Blocking form of `Store.transaction`."""
-        return SyncTransaction(self._store.transaction(meta=meta), self._runner)
+        return SyncTransaction(self._store.transaction(meta=meta), self._runner, self._store._store_id)
 
-    def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(tx, *args, **kwargs)`` in a transaction, retrying on ConflictError."""
+    @overload
+    def transact(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T: ...
+
+    @overload
+    def transact(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def transact(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(tx, *args, **kwargs)`` in a transaction, retrying on ConflictError.
+
+        A plain function gets a `SyncTransaction`; an ``async def`` function
+        is run by `Store.transact` on the store's loop with a `Transaction`
+        (the same rules and retries as the async face). A plain function that
+        returns a coroutine is refused with ValidationError: declare it
+        ``async def``.
+        """
+        if inspect.iscoroutinefunction(fn):
+            return self._runner.run(self._store.transact(fn, *args, **kwargs))
         attempts = self._store.options.transact_max_attempts
         for attempt in range(attempts):
             tx = self.transaction()
+            scope = enter(self._store._store_id, tx._tx)
             try:
                 result = fn(tx, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise ValidationError(
+                        f"SyncStore.transact: {fn!r} returned an awaitable; make it an `async def` function "
+                        "(it then runs on the store's loop with an async Transaction) or a blocking one"
+                    )
                 tx.commit()
                 return result
-            except ConflictError:
+            except ConflictError as exc:
                 tx.discard()
-                if attempt + 1 == attempts:
+                if attempt + 1 == attempts or not retryable(exc, scope, self._store.url):
                     raise
                 time.sleep(self._rng.uniform(0, min(0.5, 0.002 * 2**attempt)))
             except BaseException:
                 tx.discard()
                 raise
+            finally:
+                leave(scope)
         raise AssertionError("unreachable")
 
     def snapshot(self, *, version: int | None = None, tag: str | None = None) -> SyncSnapshot:
@@ -306,6 +353,7 @@ def open_sync(url: str | os.PathLike[str], **kwargs: Any) -> SyncStore:
 
     Use ``with kvstore.open_sync(url) as db:`` so the loop thread is stopped.
     """
+    refuse_in_event_loop()
     opener = open(url, **kwargs)
     runner = _LoopThread()
     try:

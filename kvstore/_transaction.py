@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from ._codec import ValueMode, decode_value, encode_key, encode_value, prefix_end
 from ._commit import CommitRequest, Committer
 from ._errors import ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
+from ._nesting import Scope, enter, leave, note_commit
 from ._options import StoreOptions
 from ._snapshot import SnapshotView
 
@@ -48,6 +50,11 @@ class Transaction:
     (not awaited) calls; nothing reaches the object store before `commit`.
     A read-only transaction never writes to the object store.
 
+    While the ``async with`` block runs, starting another transaction on the
+    same store in the same task raises NestedTransactionError: use this `tx`.
+    A transaction garbage-collected with writes neither committed nor
+    discarded emits a ResourceWarning naming them (they are dropped).
+
     Cost: the snapshot is taken on first use (one conditional GET of the
     manifest unless the store allows staleness); a commit with writes is one
     segment PUT plus one manifest PUT, shared with concurrent transactions.
@@ -61,7 +68,13 @@ class Transaction:
         values: ValueMode,
         meta: dict[str, Any] | None = None,
         read_only: bool = False,
+        *,
+        url: str,
+        store_id: str,
     ) -> None:
+        self._url = url
+        self._store_id = store_id
+        self._scope: Scope | None = None
         self._begin = begin
         self._read_only = read_only
         self._committer = committer
@@ -93,7 +106,7 @@ class Transaction:
             view = await self._snapshot()
             self._read_keys.add(k)
             raw = await view.get(k)
-        return default if raw is None else decode_value(raw, self._values)
+        return default if raw is None else decode_value(raw, self._values, k, self._url)
 
     def put(self, key: str | bytes, value: Any) -> None:
         """Buffer a write of `value` to `key`."""
@@ -141,7 +154,7 @@ class Transaction:
             if raw is None:
                 continue
             count += 1
-            yield key, decode_value(raw, self._values)
+            yield key, decode_value(raw, self._values, key, self._url)
             if limit is not None and count >= limit:
                 return
         self._read_ranges[slot] = (lo or b"", hi)
@@ -170,6 +183,7 @@ class Transaction:
             self.committed_version = await self._committer.commit(request)
         finally:
             self._state = _COMMITTED if self.committed_version is not None else _DISCARDED
+        note_commit(self._store_id, self)
         return self.committed_version
 
     def discard(self) -> None:
@@ -179,15 +193,30 @@ class Transaction:
 
     async def __aenter__(self) -> Transaction:
         self._check_open()
+        self._scope = enter(self._store_id, self)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._scope is not None:
+            leave(self._scope)
         if exc_type is None and self._state == _OPEN:
             await self.commit()
         else:
             self.discard()
+
+    def __del__(self) -> None:
+        writes = getattr(self, "_writes", None)
+        if getattr(self, "_state", None) == _OPEN and writes:
+            keys = ", ".join(repr(k) for k in list(writes)[:3]) + (", ..." if len(writes) > 3 else "")
+            warnings.warn(
+                f"a kvstore transaction on {self._url} with {len(writes)} buffered write(s) ({keys}) was "
+                "garbage-collected without commit() or discard(): the writes were dropped; use "
+                "`async with db.transaction() as tx:` (or `with` in the blocking API), which commits",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     async def _snapshot(self) -> SnapshotView:
         if self._view is None:

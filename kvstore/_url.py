@@ -12,6 +12,10 @@ from ._errors import InvalidURLError
 from ._objectstore import LocalObjectStore, MemoryObjectStore, ObjectStore, S3Options
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$")
+# A known scheme without its "://" (s3:/b, s3:b, file:rel, memory:x, s3//b): a typo, not
+# a local directory named "s3:". Other words before a colon (data:2024, C:) are paths.
+_MISTYPED = re.compile(r"^(s3|file|memory)(?::(?!//)|//)", re.IGNORECASE)
+_PLACEHOLDER = {"s3": "bucket/prefix", "memory": "name", "file": "/absolute/path"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
         url = os.fspath(url)
     if not isinstance(url, str) or not url:
         raise InvalidURLError(f"a store URL is a non-empty str, not {url!r}")
+    mistyped = _MISTYPED.match(url)
+    if mistyped:
+        raise InvalidURLError(f"{url!r} is not a store URL: {_corrected(mistyped.group(1).lower(), url[mistyped.end():])}")
     if "://" not in url:
         return _local(Path(url))
     parts = urlsplit(url)
@@ -46,7 +53,7 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
         return Location(f"s3://{bucket}/{prefix}", S3ObjectStore(bucket, s3), prefix)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise InvalidURLError(f"{url!r}: file URLs name a local path: file:///absolute/path")
+            raise InvalidURLError(f"{url!r}: {_corrected('file', parts.netloc + parts.path)}")
         return _local(Path(unquote(parts.path)))
     if scheme == "memory":
         name = parts.netloc + parts.path
@@ -56,6 +63,19 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
     raise InvalidURLError(
         f"unknown store URL scheme {parts.scheme!r} in {url!r}: use s3://bucket/prefix, "
         "file:///absolute/path (or a plain path) or memory://name"
+    )
+
+
+def _corrected(scheme: str, rest: str) -> str:
+    """What to write instead of `scheme` + a malformed separator + `rest`."""
+    if scheme != "file" or not rest:
+        return f"did you mean {scheme}://{rest.lstrip('/') or _PLACEHOLDER[scheme]}?"
+    if rest.startswith("/"):
+        return f"did you mean file://{rest}?"
+    absolute = Path(rest).expanduser().absolute()
+    return (
+        f"file URLs name an absolute local path; for {rest!r} relative to the current directory "
+        f"write the plain path {rest!r} (or file://{absolute}), for /{rest} write file:///{rest}"
     )
 
 

@@ -6,7 +6,6 @@ import asyncio
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-import kvstore
 import workers
 from targets import Target
 

@@ -311,11 +311,6 @@ def test_netrule_validates() -> None:
         FaultProxy("http://127.0.0.1:1").script("explode")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, raises=kvstore.ConflictError, reason=(
-    "kvstore bug reproduced on the wire: aiohttp silently re-sends the manifest CAS whose "
-    "answer was lost, the retry gets 412, and kvstore reports a conflict ('nothing was "
-    "written') for a commit that was applied; remove this mark once a 412 on the CAS is "
-    "resolved through the commit log"))
 async def test_kvstore_commit_whose_cas_answer_is_lost_on_the_wire(
         proxy: FaultProxy, s3_bucket: tuple[str, str]) -> None:
     endpoint, bucket = s3_bucket
@@ -331,7 +326,8 @@ async def test_kvstore_commit_whose_cas_answer_is_lost_on_the_wire(
         try:
             committed = await tx.commit()
         finally:
-            # Whatever kvstore says, the CAS was applied once: aiohttp's own retry got 412.
+            # The CAS was applied once; the one resend (kvstore's retry layer's, not
+            # aiohttp's) got 412, which the commit log resolves as our own commit.
             cas = [e.fault for e in proxy.history if e.method == "PUT" and "manifest" in e.target]
             assert cas == ["lose_answer", "pass"]
             async with kvstore.open(target.url, endpoint_url=endpoint) as truth:

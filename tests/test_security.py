@@ -4,7 +4,6 @@ and encryption settings reach every request that needs them."""
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import pytest

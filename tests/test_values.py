@@ -1,0 +1,145 @@
+"""Every value `put` accepts reads back equal; the store records its value codec."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+import pytest
+
+import kvstore
+from targets import Target, memory_target
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Label(str, enum.Enum):
+    HOT = "hot"
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+ROUND_TRIPS: list[Any] = [
+    {1: "a", 2: "b"},  # int map keys: unreadable with msgpack's default strict_map_key
+    {None: 1, 1.5: 2, True: 3, b"k": 4, "s": 5},
+    {"nested": [{7: [b"\x00", None]}]},
+    OrderedDict(a=1),  # a dict subclass reads back as an equal dict
+    [Color.RED, Label.HOT],  # int and str subclasses read back as equal plain values
+    bytearray(b"ba"),
+    2**64 - 1,
+    -(2**63),
+]
+
+
+@pytest.mark.parametrize("value", ROUND_TRIPS, ids=repr)
+async def test_what_put_accepts_reads_back_equal(target: Target, value: Any) -> None:
+    async with target.open(values="msgpack") as db:
+        await db.put("k", value)
+        assert await db.get("k") == value
+        assert [v async for _, v in db.scan()] == [value]
+        async with db.transaction() as tx:
+            assert await tx.get("k") == value
+    async with target.open(values="msgpack") as db:  # and from a fresh process view
+        assert await db.get("k") == value
+
+
+REFUSED: list[tuple[Any, str]] = [
+    ((1, 2), "tuple"),
+    ([1, (2, 3)], "tuple"),
+    ({(1, 2): "a"}, "tuple"),
+    (Point(1, 2), "Point"),
+    ({"s": {1, 2}}, "set"),
+    (2**64, "out of range"),
+]
+
+
+@pytest.mark.parametrize("value, words", REFUSED, ids=repr)
+async def test_what_would_not_read_back_equal_is_refused_everywhere(value: Any, words: str) -> None:
+    async with memory_target().open(values="msgpack") as db:
+        with pytest.raises(kvstore.InvalidValueError, match=words):
+            await db.put("k", value)
+        with pytest.raises(kvstore.InvalidValueError, match=words):
+            async with db.transaction() as tx:
+                tx.put("k", value)
+        with pytest.raises(kvstore.InvalidValueError, match=words):
+            await db.bulk_load([(b"a", 1), (b"k", value)])
+        assert [k async for k, _ in db.scan()] == []
+        assert db.version == 0
+
+
+async def test_a_new_store_records_its_codec_and_refuses_another(target: Target) -> None:
+    async with target.open(values="msgpack") as db:
+        await db.put("k", {"a": 1})
+        assert db._manifests.current[0].settings == {"values": "msgpack"}
+    with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'") as raised:
+        await target.open(values="bytes")
+    assert raised.value.recorded == "msgpack"
+    assert isinstance(raised.value, kvstore.ValidationError)
+    async with target.open() as db:  # without values=: the raw bytes, as tools read them
+        assert await db.get("k") == b"\x81\xa1a\x01"
+
+
+async def test_a_bytes_store_opened_as_msgpack_is_refused_at_open(target: Target) -> None:
+    async with target.open() as db:
+        await db.put("k", b"\x01\x02")
+        assert db._manifests.current[0].settings == {"values": "bytes"}
+    with pytest.raises(kvstore.CodecMismatchError, match="open it with values='bytes'"):
+        await target.open(values="msgpack")
+    with pytest.raises(kvstore.CodecMismatchError, match="values='bytes'"):
+        await asyncio.to_thread(target.open_sync, values="msgpack")  # the blocking face too
+
+
+async def test_a_store_that_never_committed_takes_the_first_explicit_codec(target: Target) -> None:
+    async with target.open():  # created as bytes, but holds nothing yet
+        pass
+    async with target.open(values="msgpack") as db:
+        await db.put("k", [1])
+        assert [c.kind for c in await db.history()] == ["commit", "settings"]
+    with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'"):
+        await target.open(values="bytes")
+
+
+async def _rewrite_settings(db: kvstore.Store, settings: dict[str, Any]) -> None:
+    """Make `db` look like a store written by an older (or newer) kvstore."""
+    manifest = await db._manifests.refresh()
+    await db._manifests.compare_and_swap(replace(manifest, settings=settings), db._manifests.current[1])
+
+
+async def test_a_store_without_a_recorded_codec_opens_as_before(target: Target) -> None:
+    async with target.open() as db:
+        await db.put("raw", b"\x01\x02")  # not one msgpack object: ExtraData
+        await db.put("ok", b"\x01")
+        await _rewrite_settings(db, {})
+    async with target.open(values="msgpack") as db:
+        assert await db.get("ok") == 1
+        with pytest.raises(kvstore.ValueDecodeError, match="'raw'.*values=") as raised:
+            await db.get("raw")
+        assert raised.value.key == b"raw" and raised.value.store == db.url
+        assert db.url in str(raised.value)
+        with pytest.raises(kvstore.ValueDecodeError):
+            [v async for _, v in db.scan()]
+    await asyncio.to_thread(_len_raises_value_decode_error, target)
+    async with target.open(values="bytes") as db:
+        assert await db.get("raw") == b"\x01\x02"
+
+
+def _len_raises_value_decode_error(target: Target) -> None:
+    with target.open_sync(values="msgpack") as db, pytest.raises(kvstore.ValueDecodeError, match="b'raw'"):
+        len(db)
+
+
+async def test_a_codec_from_a_newer_kvstore_is_refused() -> None:
+    target = memory_target()
+    async with target.open() as db:
+        await db.put("k", b"{}")
+        await _rewrite_settings(db, {"values": "json"})
+    with pytest.raises(kvstore.UnsupportedFormatError, match="upgrade kvstore"):
+        await target.open(values="bytes")
