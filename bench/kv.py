@@ -351,7 +351,7 @@ def _manifest_sized(db: Any, fallback: bytes) -> bytes:
     try:
         from kvstore._manifest import encode_manifest
 
-        return os.urandom(len(encode_manifest(db._manifests.current[0])))
+        return os.urandom(len(encode_manifest(db._engine.manifest)))
     except (ImportError, AttributeError):
         return fallback
 

@@ -31,11 +31,11 @@ async def many_commits(url: str, commits: int) -> dict[str, float]:
         for i in range(commits):
             await db.put(b"key/%06d" % (i % 5000), b"value %d" % i)
             if i % 1000 == 999:
-                manifest, _ = db._manifests.current
+                manifest = db._engine.manifest
                 peak_segments = max(peak_segments, len(manifest.segments))
                 peak_bytes = max(peak_bytes, len(encode_manifest(manifest)))
         await db.compact()
-        manifest, _ = db._manifests.current
+        manifest = db._engine.manifest
         levels = max(s.level for s in manifest.segments) + 1
         return {
             "commits": commits,

@@ -42,7 +42,9 @@ from ._compact import CompactionResult
 from ._gc import GcReport
 from ._options import StoreOptions
 from ._reader import Reader
-from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, StoreOpener, VerifyReport, open
+from ._engine import VerifyReport
+from ._snapshot import Snapshot
+from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open
 from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
 from ._transaction import Transaction

@@ -143,3 +143,27 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def key_range(
+    max_key_bytes: int,
+    prefix: object | None,
+    start: object | None,
+    end: object | None,
+) -> tuple[bytes | None, bytes | None]:
+    """The [start, end) byte range selected by `prefix`, `start` and `end` together."""
+    lo = None if start is None else encode_key(start, max_key_bytes)
+    hi = None if end is None else encode_key(end, max_key_bytes)
+    if prefix is not None:
+        p = _encode_prefix(prefix, max_key_bytes)
+        lo = p if lo is None or p > lo else lo
+        p_end = prefix_end(p)
+        if p_end is not None and (hi is None or p_end < hi):
+            hi = p_end
+    return lo, hi
+
+
+def _encode_prefix(prefix: object, max_bytes: int) -> bytes:
+    if prefix in (b"", ""):
+        return b""
+    return encode_key(prefix, max_bytes)

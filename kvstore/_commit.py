@@ -121,6 +121,9 @@ class Committer:
         self._queue.append(request)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
+            # An interruption (a BaseException) ends the worker after it failed every
+            # request of its batch with it: those callers have it, so it is retrieved here.
+            self._worker.add_done_callback(_retrieve)
         return await request.future
 
     async def wait_idle(self) -> None:
@@ -405,6 +408,11 @@ def _fail(request: CommitRequest, exc: BaseException) -> None:
     if not request.future.done():
         request.future.set_exception(exc)
         request.future.exception()  # mark retrieved: the caller may have gone
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _unknown(exc: BaseException) -> CommitOutcomeUnknownError:

@@ -1,12 +1,17 @@
-"""Reads at one manifest version: point lookups and merged range scans (bytes only)."""
+"""Reads at one manifest version: `SnapshotView` (bytes, for the engine and
+transactions) and the public `Snapshot` over it (keys and values encoded)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from itertools import pairwise
+from typing import Any
 
+from ._codec import ValueMode, decode_value, encode_key, key_range
+from ._errors import ValidationError
 from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
+from ._options import StoreOptions
 from ._segment import probe
 from ._segment_store import NOT_CACHED, SegmentStore
 
@@ -51,6 +56,60 @@ class SnapshotView:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
         sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
         return visible(merge(sources, reverse=reverse), self.version)
+
+
+class Snapshot:
+    """A consistent, read-only view of the store at one version.
+
+    Reads through a snapshot are repeatable and cost no manifest requests;
+    segment data comes from the cache or from ranged GETs.
+    """
+
+    def __init__(self, view: SnapshotView, options: StoreOptions, values: ValueMode, url: str) -> None:
+        self._view = view
+        self._options = options
+        self._values = values
+        self._url = url
+
+    @property
+    def version(self) -> int:
+        """The store version this snapshot shows."""
+        return self._view.version
+
+    async def get(self, key: str | bytes, default: Any = None) -> Any:
+        """The value of `key` at this version, or `default`."""
+        k = encode_key(key, self._options.max_key_bytes)
+        raw = await self._view.get(k)
+        return default if raw is None else decode_value(raw, self._values, k, self._url)
+
+    def scan(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> AsyncIterator[tuple[bytes, Any]]:
+        """(key, value) pairs with keys starting with `prefix` and in [start, end), in key order."""
+        if limit is not None and limit < 0:
+            raise ValidationError(f"limit must be >= 0, not {limit}")
+        lo, hi = key_range(self._options.max_key_bytes, prefix, start, end)
+        pairs = self._view.scan(lo, hi, reverse=reverse)
+        if self._values == "bytes" and limit is None:
+            return pairs  # no per-pair work to add: hand out the view's iterator itself
+        return self._decoded(pairs, limit)
+
+    async def _decoded(self, pairs: AsyncIterator[tuple[bytes, bytes]], limit: int | None) -> AsyncIterator[tuple[bytes, Any]]:
+        if limit == 0:
+            return
+        count = 0
+        values, url = self._values, self._url
+        async for key, raw in pairs:
+            yield key, decode_value(raw, values, key, url)
+            count += 1
+            if limit is not None and count >= limit:
+                return
 
 
 def _any_overlap(refs: list[SegmentRef]) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
@@ -20,10 +19,12 @@ from typing import Any, TypeVar, overload
 from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
 from ._compact import CompactionResult
 from ._gc import GcReport
-from ._nesting import Scope, enter, leave, retryable
-from ._store import Change, CommitInfo, Snapshot, Store, StoreInfo, VerifyReport, open
+from ._nesting import Scope, enter, leave
+from ._engine import VerifyReport
+from ._snapshot import Snapshot
+from ._store import Change, CommitInfo, Store, StoreInfo, open
 from ._tags import Tag
-from ._transaction import Transaction
+from ._transaction import TransactAttempts, Transaction
 
 T = TypeVar("T")
 _SCAN_BATCH = 256  # pairs fetched per hop to the loop thread
@@ -169,7 +170,7 @@ class SyncStore(MutableMapping[bytes, Any]):
     def __init__(self, store: Store, runner: _LoopThread) -> None:
         self._store = store
         self._runner = runner
-        self._rng = random.Random()
+        self._attempts = TransactAttempts(store.options.transact_max_attempts, store.url)
 
     def __repr__(self) -> str:
         return repr(self._store).replace("kvstore.Store", "kvstore.SyncStore")
@@ -202,7 +203,7 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
         """Blocking form of `Store.transaction`."""
-        return SyncTransaction(self._store.transaction(meta=meta), self._runner, self._store._store_id)
+        return SyncTransaction(self._store.transaction(meta=meta), self._runner, self._store.store_id)
 
     @overload
     def transact(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T: ...
@@ -221,10 +222,9 @@ class SyncStore(MutableMapping[bytes, Any]):
         """
         if inspect.iscoroutinefunction(fn):
             return self._runner.run(self._store.transact(fn, *args, **kwargs))
-        attempts = self._store.options.transact_max_attempts
-        for attempt in range(attempts):
+        for attempt in self._attempts:
             tx = self.transaction()
-            scope = enter(self._store._store_id, tx._tx)
+            scope = enter(self._store.store_id, tx._tx)
             try:
                 result = fn(tx, *args, **kwargs)
                 if inspect.isawaitable(result):
@@ -238,15 +238,13 @@ class SyncStore(MutableMapping[bytes, Any]):
                 return result
             except ConflictError as exc:
                 tx.discard()
-                if attempt + 1 == attempts or not retryable(exc, scope, self._store.url):
-                    raise
-                time.sleep(self._rng.uniform(0, min(0.5, 0.002 * 2**attempt)))
+                time.sleep(attempt.pause_after(exc, scope))
             except BaseException:
                 tx.discard()
                 raise
             finally:
                 leave(scope)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last attempt raises")
 
     def snapshot(self, *, version: int | None = None, tag: str | None = None) -> SyncSnapshot:
         """Blocking form of `Store.snapshot`."""

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
+import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 
-from ._codec import ValueMode, decode_value, encode_key, encode_value, prefix_end
-from ._commit import CommitRequest, Committer
-from ._errors import ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
-from ._nesting import Scope, enter, leave, note_commit
-from ._options import StoreOptions
+from ._codec import ValueMode, decode_value, encode_key, encode_value, key_range
+from ._commit import CommitRequest
+from ._engine import Engine
+from ._errors import ConflictError, ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
+from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._snapshot import SnapshotView
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
-
-
-def key_range(
-    options: StoreOptions,
-    prefix: object | None,
-    start: object | None,
-    end: object | None,
-) -> tuple[bytes | None, bytes | None]:
-    """The [start, end) byte range selected by `prefix`, `start` and `end` together."""
-    lo = None if start is None else encode_key(start, options.max_key_bytes)
-    hi = None if end is None else encode_key(end, options.max_key_bytes)
-    if prefix is not None:
-        p = _encode_prefix(prefix, options.max_key_bytes)
-        lo = p if lo is None or p > lo else lo
-        p_end = prefix_end(p)
-        if p_end is not None and (hi is None or p_end < hi):
-            hi = p_end
-    return lo, hi
-
-
-def _encode_prefix(prefix: object, max_bytes: int) -> bytes:
-    if prefix in (b"", ""):
-        return b""
-    return encode_key(prefix, max_bytes)
 
 
 class Transaction:
@@ -60,28 +37,16 @@ class Transaction:
     segment PUT plus one manifest PUT, shared with concurrent transactions.
     """
 
-    def __init__(
-        self,
-        begin: Callable[[], Awaitable[SnapshotView]],
-        committer: Committer,
-        options: StoreOptions,
-        values: ValueMode,
-        meta: dict[str, Any] | None = None,
-        read_only: bool = False,
-        *,
-        url: str,
-        store_id: str,
-    ) -> None:
-        self._url = url
-        self._store_id = store_id
+    def __init__(self, engine: Engine, values: ValueMode, meta: dict[str, Any] | None = None) -> None:
+        self._engine = engine
+        self._url = engine.url
+        self._store_id = engine.store_id
         self._scope: Scope | None = None
-        self._begin = begin
-        self._read_only = read_only
-        self._committer = committer
-        self._options = options
+        self._read_only = engine.read_only
+        self._options = engine.options
         self._values = values
         self._meta = meta
-        self.id: bytes = committer.new_txn_id()
+        self.id: bytes = engine.new_txn_id()
         self._view: SnapshotView | None = None
         self._started = time.monotonic()
         self._state = _OPEN
@@ -137,7 +102,7 @@ class Transaction:
         self._check_open()
         if limit is not None and limit < 0:
             raise ValidationError(f"limit must be >= 0, not {limit}")
-        lo, hi = key_range(self._options, prefix, start, end)
+        lo, hi = key_range(self._options.max_key_bytes, prefix, start, end)
         view = await self._snapshot()
         own = sorted((k, v) for k, v in self._writes.items() if (lo is None or k >= lo) and (hi is None or k < hi))
         if reverse:
@@ -180,7 +145,7 @@ class Transaction:
             meta=self._meta,
         )
         try:
-            self.committed_version = await self._committer.commit(request)
+            self.committed_version = await self._engine.commit(request)
         finally:
             self._state = _COMMITTED if self.committed_version is not None else _DISCARDED
         note_commit(self._store_id, self)
@@ -220,7 +185,7 @@ class Transaction:
 
     async def _snapshot(self) -> SnapshotView:
         if self._view is None:
-            self._view = await self._begin()
+            self._view = await self._engine.latest_view()
             self._started = time.monotonic()
         return self._view
 
@@ -270,3 +235,39 @@ async def _overlay(
     while i < len(own):
         yield own[i]
         i += 1
+
+
+class TransactAttempts:
+    """The retry schedule of `transact`, shared by the async and blocking faces.
+
+    Iterating gives up to `attempts` attempts. After a conflict,
+    `Attempt.pause_after` says how long to back off (full jitter, doubling
+    from 2 ms, capped at 0.5 s) or raises when no retry is left or none
+    could succeed.
+    """
+
+    def __init__(self, attempts: int, url: str) -> None:
+        self._attempts = attempts
+        self._url = url
+        self._rng = random.Random()
+
+    def __iter__(self) -> Iterator[Attempt]:
+        for n in range(self._attempts):
+            yield Attempt(n, n + 1 == self._attempts, self._url, self._rng)
+
+
+class Attempt:
+    """One attempt of a `transact` call."""
+
+    def __init__(self, number: int, last: bool, url: str, rng: random.Random) -> None:
+        self._number = number
+        self._last = last
+        self._url = url
+        self._rng = rng
+
+    def pause_after(self, exc: ConflictError, scope: Scope) -> float:
+        """Seconds to wait before the next attempt; raises `exc` (or a non-retryable
+        ConflictError) when this was the last attempt or no retry can cure it."""
+        if self._last or not retryable(exc, scope, self._url):
+            raise exc
+        return self._rng.uniform(0, min(0.5, 0.002 * 2**self._number))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import kvstore
+from kvstore._engine import Engine
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,9 @@ def file_target(tmp_path: Path) -> Target:
 
 def s3_target(endpoint_url: str, bucket: str) -> Target:
     return Target("s3", f"s3://{bucket}/stores/{uuid.uuid4().hex[:8]}", {"endpoint_url": endpoint_url})
+
+
+def engine_of(db: kvstore.Store) -> Engine:
+    """The engine under a store, for white-box tests that read its manifest or reach its
+    object store (the one place the tests look under the public face)."""
+    return db._engine

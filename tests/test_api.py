@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import kvstore
+from targets import engine_of
 
 
 def test_all_is_exactly_the_public_names() -> None:
@@ -58,4 +59,4 @@ async def test_transactions_and_snapshots_are_readers(tmp_path: Path) -> None:
                 assert isinstance(reader, kvstore.Reader)
                 assert await reader.get(b"k") == b"v"
                 assert [k async for k, _ in reader.scan()] == [b"k"]
-        assert not isinstance(db._objects, kvstore.Reader)  # something else is not one
+        assert not isinstance(engine_of(db).objects, kvstore.Reader)  # something else is not one

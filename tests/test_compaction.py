@@ -8,12 +8,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import workers
-from targets import Target, memory_target
+from targets import Target, engine_of, memory_target
 
 import kvstore
 from kvstore._compact import merge_entries
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef
-from kvstore._store import _ours_to_compact
+from kvstore._engine import ours_to_compact
 
 NEVER = lambda key, version: False  # noqa: E731 - a tombstone check that keeps every tombstone
 ALWAYS = lambda key, version: True  # noqa: E731
@@ -61,7 +61,7 @@ async def test_full_compaction_preserves_every_read(target: Target) -> None:
         for i in range(11):
             key = f"k{i:02d}".encode()
             assert await db.get(key) == expected.get(key)
-        manifest, _ = db._manifests.current
+        manifest = engine_of(db).manifest
         assert len(manifest.segments) == 1
     async with target.open() as db:  # a fresh process view agrees
         assert dict([kv async for kv in db.scan()]) == expected
@@ -74,7 +74,7 @@ async def test_background_compaction_bounds_segments(target: Target) -> None:
             await db.put(f"k{i % 20:02d}", i)
         await db.close()
     async with target.open(options=options, values="msgpack") as db:
-        manifest, _ = db._manifests.current
+        manifest = engine_of(db).manifest
         levels = {}
         for ref in manifest.segments:
             levels[ref.level] = levels.get(ref.level, 0) + 1
@@ -133,10 +133,10 @@ def _manifest_with_level0(count: int, newest_is_ours: bool) -> Manifest:
 def test_only_the_writer_that_fills_a_level_compacts_it_unless_it_is_overdue() -> None:
     fanout = 4
     # The commit that made level 0 due (its segment is among the inputs) compacts it ...
-    assert _ours_to_compact(_manifest_with_level0(4, newest_is_ours=True), fanout)
+    assert ours_to_compact(_manifest_with_level0(4, newest_is_ours=True), fanout)
     # ... a writer committing after that does not (another process is already merging) ...
-    assert not _ours_to_compact(_manifest_with_level0(5, newest_is_ours=True), fanout)
-    assert not _ours_to_compact(_manifest_with_level0(4, newest_is_ours=False), fanout)
-    assert not _ours_to_compact(_manifest_with_level0(3, newest_is_ours=True), fanout)
+    assert not ours_to_compact(_manifest_with_level0(5, newest_is_ours=True), fanout)
+    assert not ours_to_compact(_manifest_with_level0(4, newest_is_ours=False), fanout)
+    assert not ours_to_compact(_manifest_with_level0(3, newest_is_ours=True), fanout)
     # ... until the level holds twice the fanout: then whoever commits does.
-    assert _ours_to_compact(_manifest_with_level0(8, newest_is_ours=False), fanout)
+    assert ours_to_compact(_manifest_with_level0(8, newest_is_ours=False), fanout)

@@ -11,7 +11,7 @@ import pytest
 import xxhash
 
 import kvstore
-from targets import Target, memory_target
+from targets import Target, engine_of, memory_target
 
 SMALL = kvstore.StoreOptions(max_key_bytes=16, max_value_bytes=32, max_transaction_bytes=200, max_transaction_keys=4)
 
@@ -157,8 +157,8 @@ def _rewrite_manifest_format(data: bytes, fmt: int) -> bytes:
 async def test_store_of_a_newer_format_is_refused(durable_target: Target) -> None:
     async with durable_target.open() as db:
         await db.put(b"a", b"1")
-        objects = db._objects  # white-box: rewrite the manifest as a future kvstore would
-        manifest_name = db._manifests.name
+        objects = engine_of(db).objects  # white-box: rewrite the manifest as a future kvstore would
+        manifest_name = engine_of(db).layout.manifest
         blob = await objects.get(manifest_name)
         assert blob is not None and blob.etag is not None
         await objects.put_if_match(manifest_name, _rewrite_manifest_format(blob.data, 99), blob.etag)

@@ -6,7 +6,7 @@ import pytest
 
 import kvstore
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
-from targets import Target
+from targets import Target, engine_of
 
 
 def _faulty(plan: FaultPlan | None = None) -> tuple[list[FaultInjectingStore], object]:
@@ -22,7 +22,7 @@ def _faulty(plan: FaultPlan | None = None) -> tuple[list[FaultInjectingStore], o
 
 async def _commit_log_txn_ids(target: Target) -> list[bytes]:
     async with target.open() as db:
-        manifest, _ = db._manifests.current  # white-box: the commit log itself
+        manifest = engine_of(db).manifest  # white-box: the commit log itself
         return [t for record in manifest.log for t in record.txn_ids]
 
 

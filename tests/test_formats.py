@@ -11,7 +11,7 @@ import pytest
 import kvstore
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer, parse_index
-from targets import Target
+from targets import Target, engine_of
 
 
 def _entries(n: int, versions: int = 1) -> list[tuple[bytes, int, bytes | None]]:
@@ -154,7 +154,7 @@ async def test_corrupt_segment_parts_are_reported_by_verify(tmp_path: Path, wher
 async def test_corrupt_manifest_is_refused_with_its_name(durable_target: Target) -> None:
     async with durable_target.open() as db:
         await db.put(b"a", b"1")
-        objects, name = db._objects, db._manifests.name
+        objects, name = engine_of(db).objects, engine_of(db).layout.manifest
         blob = await objects.get(name)
         assert blob is not None and blob.etag is not None
         damaged = bytearray(blob.data)

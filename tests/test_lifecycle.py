@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 import kvstore
-from targets import Target
+from targets import Target, engine_of
 
 NO_AUTO = kvstore.StoreOptions(auto_compact=False, history_versions=3)
 # Tests about segment objects (GC, missing objects) make every commit write one.
@@ -16,7 +16,7 @@ NO_INLINE = {"inline_segment_bytes": 0}
 
 
 async def _segment_objects(db: kvstore.Store) -> set[str]:
-    return {info.name async for info in db._objects.list(db._layout.segments_prefix)}
+    return {info.name async for info in engine_of(db).objects.list(engine_of(db).layout.segments_prefix)}
 
 
 @pytest.mark.parametrize("inline", [0, 16 * 1024])
@@ -73,8 +73,8 @@ async def test_gc_keeps_young_orphans_and_collects_old_ones(target: Target) -> N
     """A crashed writer leaves a segment no manifest references."""
     async with target.open(options=NO_AUTO) as db:
         await db.put(b"a", b"1")
-        orphan = db._segments.object_name("000000000000-crashedwriter0000")
-        await db._objects.put_if_absent(orphan, b"a crashed writer's segment")
+        orphan = engine_of(db).layout.segment("000000000000-crashedwriter0000")
+        await engine_of(db).objects.put_if_absent(orphan, b"a crashed writer's segment")
         report = await db.gc()  # default grace: an hour
         assert orphan not in report.deleted and "younger than the grace period" in report.kept[orphan]
         dry = await db.gc(grace_period=0, dry_run=True)
@@ -162,9 +162,9 @@ async def test_missing_segment_is_a_clear_error_and_verify_reports_it(target: Ta
     async with target.open(options=options) as db:
         await db.put(b"a", b"1")
         await db.put(b"b", b"2")
-        manifest, _ = db._manifests.current
-        victim = db._segments.object_name(manifest.segments[-1].id)  # a's segment
-        await db._objects.delete(victim)
+        manifest = engine_of(db).manifest
+        victim = engine_of(db).layout.segment(manifest.segments[-1].id)  # a's segment
+        await engine_of(db).objects.delete(victim)
     async with target.open(options=options) as db:
         with pytest.raises(kvstore.VersionNotRetainedError, match="no longer exists"):
             await db.get(b"a")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from targets import Target
+from targets import Target, engine_of
 
 SSE_C_KEY = b"0123456789abcdef0123456789abcdef"
 
@@ -17,7 +17,7 @@ SSE_C_KEY = b"0123456789abcdef0123456789abcdef"
 def _capture_requests(db: kvstore.Store) -> list[tuple[str, dict[str, str]]]:
     """Record (method + path, headers) of every HTTP request the store's S3 client sends."""
     seen: list[tuple[str, dict[str, str]]] = []
-    client = db._objects.inner._client  # white-box: the real aiobotocore client
+    client = engine_of(db).objects.inner._client  # white-box: the real aiobotocore client
 
     def before_send(request: Any, **_: Any) -> None:
         headers = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
@@ -91,7 +91,7 @@ async def test_object_names_never_derive_from_user_keys(target: Target) -> None:
             await db.put(key, b"x")
         await db.compact(full=True)
         await db.tag("t")
-        names = [info.name async for info in db._objects.list("")]
+        names = [info.name async for info in engine_of(db).objects.list("")]
     for name in names:
         for key in hostile[:3] + ["a" * 200]:
             assert key not in name, name

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from targets import Target
+from targets import Target, engine_of
 
 import kvstore
 
@@ -146,7 +146,7 @@ async def test_manifest_stops_inlining_at_its_limit(target: Target) -> None:
             before = _requests(db)
             await db.put(f"k{i}", os.urandom(300))
             puts.append(_spent(before, _requests(db))["PUT"])
-        manifest = db._manifests.current[0]  # white-box: what the manifest carries
+        manifest = engine_of(db).manifest  # white-box: what the manifest carries
         assert 0 < manifest.inline_bytes <= 2048
         assert puts[0] == 1 and puts[-1] == 2  # inline until the manifest is full, then objects
         assert [await db.get(f"k{i}") is not None for i in range(12)] == [True] * 12

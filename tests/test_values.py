@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 import pytest
 
 import kvstore
-from targets import Target, memory_target
+from kvstore._manifest import encode_manifest
+from targets import Target, engine_of, memory_target
 
 
 class Color(enum.IntEnum):
@@ -78,7 +79,7 @@ async def test_what_would_not_read_back_equal_is_refused_everywhere(value: Any, 
 async def test_a_new_store_records_its_codec_and_refuses_another(target: Target) -> None:
     async with target.open(values="msgpack") as db:
         await db.put("k", {"a": 1})
-        assert db._manifests.current[0].settings == {"values": "msgpack"}
+        assert engine_of(db).manifest.settings == {"values": "msgpack"}
     with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'") as raised:
         await target.open(values="bytes")
     assert raised.value.recorded == "msgpack"
@@ -90,7 +91,7 @@ async def test_a_new_store_records_its_codec_and_refuses_another(target: Target)
 async def test_a_bytes_store_opened_as_msgpack_is_refused_at_open(target: Target) -> None:
     async with target.open() as db:
         await db.put("k", b"\x01\x02")
-        assert db._manifests.current[0].settings == {"values": "bytes"}
+        assert engine_of(db).manifest.settings == {"values": "bytes"}
     with pytest.raises(kvstore.CodecMismatchError, match="open it with values='bytes'"):
         await target.open(values="msgpack")
     with pytest.raises(kvstore.CodecMismatchError, match="values='bytes'"):
@@ -109,8 +110,12 @@ async def test_a_store_that_never_committed_takes_the_first_explicit_codec(targe
 
 async def _rewrite_settings(db: kvstore.Store, settings: dict[str, Any]) -> None:
     """Make `db` look like a store written by an older (or newer) kvstore."""
-    manifest = await db._manifests.refresh()
-    await db._manifests.compare_and_swap(replace(manifest, settings=settings), db._manifests.current[1])
+    engine = engine_of(db)
+    manifest = await engine.refresh()
+    current = await engine.objects.get(engine.layout.manifest)
+    assert current is not None and current.etag is not None
+    await engine.objects.put_if_match(engine.layout.manifest, encode_manifest(replace(manifest, settings=settings)),
+                                      current.etag)
 
 
 async def test_a_store_without_a_recorded_codec_opens_as_before(target: Target) -> None:

@@ -1,0 +1,384 @@
+"""The engine of one store: its manifest, segments, caches, committer, compactor,
+tags, garbage collection and verification, built in one place (`open_engine`).
+
+An engine speaks bytes and versions. The faces above it (`Store`, `SyncStore`,
+the CLI) validate and encode what users pass, then call it; they never reach
+past it to the object store. One store is one engine today. A store split
+into key-range partitions will be several engines, each with its own
+manifest, under one face, so an engine knows nothing of faces, value codecs
+or other engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._bulk import ChunkBuffer, ChunkUploads
+from ._cache import ByteLRU
+from ._commit import CommitRequest, Committer
+from ._compact import CompactionResult, Compactor, choose_inputs
+from ._disk_cache import DiskCache
+from ._errors import (
+    ClosedError,
+    CorruptionError,
+    ReadOnlyError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+    ValidationError,
+    VersionNotRetainedError,
+)
+from ._gc import GarbageCollector, GcReport
+from ._layout import Layout
+from ._manifest import CommitRecord, Manifest
+from ._manifest_store import ManifestStore
+from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
+from ._options import StoreOptions
+from ._probe import check_conditional_writes
+from ._segment_store import SegmentStore
+from ._snapshot import SnapshotView
+from ._tags import Tag, TagStore
+from ._url import Location
+
+_log = logging.getLogger("kvstore")
+# `verify` reads each small segment whole once, then its blocks from this.
+_VERIFY_CACHE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass
+class VerifyReport:
+    """What `Store.verify` found: objects checked and the damaged ones with the reason."""
+
+    version: int
+    objects_checked: int = 0
+    damaged: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+
+class Engine:
+    """One store's machinery. Build it with `open_engine`; close it with `close`."""
+
+    def __init__(
+        self,
+        url: str,
+        objects: RetryingObjectStore,
+        layout: Layout,
+        manifests: ManifestStore,
+        options: StoreOptions,
+        read_only: bool,
+    ) -> None:
+        self.url = url
+        self.read_only = read_only
+        self.options = options
+        self.layout = layout
+        self.objects = objects
+        self._manifests = manifests
+        self._cache = ByteLRU(options.cache_bytes)
+        self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
+        self._segments = SegmentStore(objects, layout, self._cache, self._disk_cache)
+        self._committer = Committer(manifests, self._segments, options, self._after_commit)
+        self._compactor = Compactor(manifests, self._segments, options)
+        self._tags = TagStore(objects, layout)
+        self._gc = GarbageCollector(objects, manifests, self._tags, layout)
+        self._last_gc = time.monotonic()
+        self._background: asyncio.Task[None] | None = None
+        self._latest: SnapshotView | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ state, no requests
+
+    @property
+    def manifest(self) -> Manifest:
+        """The newest manifest this process has seen (no request)."""
+        return self._manifests.current[0]
+
+    @property
+    def store_id(self) -> str:
+        return self.manifest.store_id
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"{self.url} was closed; open it again with kvstore.open()")
+
+    def check_writable(self, what: str) -> None:
+        self.check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"this store was opened with read_only=True; {what}: open it without")
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: object-store requests by kind, cache use, commits and conflicts."""
+        c = self._committer.stats
+        return {
+            "version": self.manifest.version,
+            "requests": dict(self.objects.requests),
+            "cache": {"bytes": self._cache.size, "hits": self._cache.hits, "misses": self._cache.misses},
+            "commits": c.commits,
+            "transactions_committed": c.transactions,
+            "conflicts": c.conflicts,
+            "cas_retries": c.cas_retries,
+            "ambiguous_commits_resolved": c.ambiguous_resolved,
+            "ambiguous_creates_resolved": self.objects.own_creates_found,
+        }
+
+    # ------------------------------------------------------------------ reads
+
+    async def refresh(self) -> Manifest:
+        """The latest manifest: one conditional GET (304 and no body when unchanged)."""
+        self.check_open()
+        return await self._manifests.refresh()
+
+    async def latest_view(self) -> SnapshotView:
+        """A view of the latest version; one conditional GET unless
+        `StoreOptions.max_staleness` allows the last one."""
+        self.check_open()
+        manifest = await self._manifests.refresh_if_older_than(self.options.max_staleness)
+        if self._latest is None or self._latest.manifest is not manifest:
+            self._latest = SnapshotView(manifest, self._segments)
+        return self._latest
+
+    async def view_at(self, version: int) -> SnapshotView:
+        """A view of `version`: the latest, a recent one compaction still keeps, or a tagged one."""
+        latest = await self.latest_view()
+        if version == latest.version:
+            return latest
+        manifest = latest.manifest
+        if manifest.history_floor <= version < manifest.version:
+            return SnapshotView(manifest, self._segments, version)
+        for tag in await self._tags.list():
+            if tag.version == version:
+                return SnapshotView(await self._tags.manifest(tag), self._segments)
+        raise VersionNotRetainedError(
+            f"version {version} is not retained: readable versions are {manifest.history_floor}.."
+            f"{manifest.version} and tagged ones; keep more with StoreOptions.history_versions or tag versions"
+        )
+
+    async def tagged_view(self, name: str) -> SnapshotView:
+        """A view of the version retained under tag `name`."""
+        self.check_open()
+        tag = await self._tags.get(name)
+        return SnapshotView(await self._tags.manifest(tag), self._segments)
+
+    async def commits_after(self, version: int) -> list[CommitRecord]:
+        """The commit records after `version`, oldest first (one conditional GET).
+
+        Raises VersionNotRetainedError when they have left the commit log.
+        """
+        records = (await self.refresh()).commits_after(version)
+        if records is None:
+            raise VersionNotRetainedError(
+                f"commits after version {version} have left the commit log (the last "
+                f"{self.options.commit_log_length}); read the data again from the current version"
+            )
+        return list(records)
+
+    # ------------------------------------------------------------------ writes
+
+    def new_txn_id(self) -> bytes:
+        return self._committer.new_txn_id()
+
+    async def commit(self, request: CommitRequest) -> int:
+        """Commit one transaction (group-committed with others of this process)."""
+        return await self._committer.commit(request)
+
+    async def bulk_commit(
+        self,
+        batches: AsyncIterable[tuple[Sequence[bytes], Sequence[bytes]]],
+        *,
+        progress: Callable[[int], None] | None,
+        chunk_bytes: int,
+    ) -> int:
+        """Write encoded (keys, values) batches as segments of about `chunk_bytes` each,
+        then commit them all in one manifest CAS; returns the version."""
+        self.check_writable("bulk loads are writes")
+        started = time.monotonic()
+        chunk = ChunkBuffer(chunk_bytes)
+        uploads = ChunkUploads(progress)
+
+        async def write(keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+            await uploads.add(await self._segments.write_sorted(keys, values), chunk.taken)
+
+        try:
+            async for batch in batches:
+                for full in chunk.add(batch):
+                    await write(*full)
+                await uploads.let_run()
+            if len(chunk):
+                await write(*chunk.take())
+            refs = await uploads.finish()
+        except BaseException:
+            await uploads.cancel()
+            raise
+        if not refs:
+            raise ValidationError("bulk_load got no items")
+        request = CommitRequest(
+            txn_id=self.new_txn_id(),
+            read_version=None,
+            started=started,
+            read_keys=set(),
+            read_ranges=[],
+            writes={},
+            segments=refs[::-1],  # newest first: a later chunk wins a repeated key
+        )
+        return await self.commit(request)
+
+    # ------------------------------------------------------------------ tags, maintenance
+
+    async def tag(self, name: str) -> Tag:
+        """Retain the latest version under `name` (one COPY and one PUT)."""
+        self.check_writable("tags are writes")
+        return await self._tags.create_at_latest(name, self._manifests)
+
+    async def tags(self) -> list[Tag]:
+        self.check_open()
+        return await self._tags.list()
+
+    async def delete_tag(self, name: str) -> None:
+        self.check_writable("deleting a tag is a write")
+        await self._tags.delete(name)
+
+    async def gc(self, *, grace_period: float, dry_run: bool) -> GcReport:
+        if not dry_run:
+            self.check_writable("garbage collection deletes; use dry_run=True to only look")
+        self.check_open()
+        return await self._gc.collect(grace_period=grace_period, dry_run=dry_run)
+
+    async def compact(self, *, full: bool) -> list[CompactionResult]:
+        """Merge segments until no level is due (or everything into one, with `full`)."""
+        self.check_writable("compaction writes")
+        await self._manifests.refresh()
+        results: list[CompactionResult] = []
+        while True:
+            result = await self._compactor.compact(full=full)
+            if result is None:
+                return results
+            results.append(result)
+            if full:
+                return results
+
+    async def verify(self) -> VerifyReport:
+        """Read and check every object the latest version references, bypassing the caches."""
+        self.check_open()
+        try:
+            manifest = await self._manifests.refresh()
+        except CorruptionError as exc:
+            return VerifyReport(self.manifest.version, 1, {exc.object_name: str(exc)})
+        report = VerifyReport(manifest.version, 1)
+        uncached = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
+        for ref in manifest.segments:
+            report.objects_checked += 1
+            try:
+                await uncached.read_all(ref)
+            except (CorruptionError, UnsupportedFormatError) as exc:
+                report.damaged[self.layout.segment(ref.id)] = str(exc)
+            except VersionNotRetainedError:
+                report.damaged[self.layout.segment(ref.id)] = "missing: referenced by the manifest but absent"
+        return report
+
+    async def close(self) -> None:
+        """Finish queued commits, cancel background compaction, wait for requests in
+        flight (bounded) and release connections. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._committer.wait_idle()
+            if self._background is not None:
+                self._background.cancel()
+                await asyncio.wait([self._background])
+        finally:
+            await self.objects.close()
+            if self._disk_cache is not None:
+                self._disk_cache.close()
+
+    def _after_commit(self, manifest: Manifest) -> None:
+        if not self.options.auto_compact or self.closed:
+            return
+        if self._background is not None and not self._background.done():
+            return
+        if ours_to_compact(manifest, self.options.compaction_fanout):
+            self._background = asyncio.create_task(self._compact_in_background())
+
+    async def _compact_in_background(self) -> None:
+        try:
+            while await self._compactor.compact() is not None:
+                pass
+            interval = self.options.auto_gc_interval
+            if interval is not None and time.monotonic() - self._last_gc >= interval:
+                self._last_gc = time.monotonic()
+                await self._gc.collect(grace_period=self.options.segment_grace_period, dry_run=False)
+        except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
+            _log.warning(
+                "background compaction or GC of %s failed (retried after a later commit): %s: %s",
+                self.url, type(exc).__name__, exc,
+            )
+
+
+def ours_to_compact(manifest: Manifest, fanout: int) -> bool:
+    """Whether the writer that just committed `manifest` should start compacting.
+
+    Every process sees a level fill up, but only one merge of it can commit:
+    the others would each upload a merged segment and lose the CAS. So the
+    writer whose commit made the level due compacts it, and anyone does once
+    the level holds twice the fanout (that writer died or fell behind).
+    """
+    inputs = choose_inputs(manifest, fanout)
+    if len(inputs) >= 2 * fanout:
+        return True
+    newest = manifest.log[-1].segment_id if manifest.log else None
+    return len(inputs) == fanout and any(r.id == newest for r in inputs)
+
+
+async def open_engine(
+    location: Location,
+    options: StoreOptions,
+    *,
+    create: bool,
+    read_only: bool,
+    new_settings: Mapping[str, Any],
+    adopt_settings: Mapping[str, Any],
+    wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+) -> Engine:
+    """Open (and with `create`, make) the store at `location`.
+
+    A new store records `new_settings`. A store that has never committed
+    (version 0) takes `adopt_settings` where they differ from what it
+    records (one manifest CAS), since no data yet depends on them.
+
+    Costs one GET of the manifest, plus, the first time a process opens a
+    store for writing, two or three PUTs that prove the endpoint honours
+    conditional writes.
+    """
+    backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
+    objects = RetryingObjectStore(backend, options.retry)
+    layout = Layout(location.prefix)
+    manifests = ManifestStore(objects, layout)
+    try:
+        try:
+            await manifests.refresh()
+            exists = True
+        except ObjectNotFound:
+            if read_only or not create:
+                raise StoreNotFoundError(
+                    f"no kvstore at {location.url}: open it with create=True (and not read_only) "
+                    "to make one, or check the URL"
+                ) from None
+            exists = False
+        if not read_only:
+            await check_conditional_writes(objects, layout)
+        if not exists:
+            await manifests.create(dict(new_settings))
+        manifest = manifests.current[0]
+        differ = {k: v for k, v in adopt_settings.items() if manifest.settings.get(k) != v}
+        if differ and manifest.version == 0 and not read_only:
+            await manifests.settle_empty(differ, options.commit_log_length)
+        return Engine(location.url, objects, layout, manifests, options, read_only)
+    except BaseException:
+        await objects.close()
+        raise
