@@ -219,7 +219,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     out, err = watcher.communicate(timeout=TIMEOUT)
     assert watcher.returncode == 0, err
     assert json.loads(out) == {"version": deleted.json()["version"], "time": json.loads(out)["time"],
-                               "keys": [{"key": "greeting"}]}
+                               "keys": [{"key": "greeting", "op": "delete"}]}
     tag_taken.one_line_error(4, "'release' exists")
     assert [(t["name"], t["version"]) for t in tags.json()] == [("release", 4)]
     assert at_tag.ok().out == b"hello"
@@ -296,7 +296,7 @@ def test_cli_on_s3(s3_bucket: tuple[str, str], tmp_path: Path) -> None:
         kv(*e, "compact", url, "--full"),
     )
     seen = _read_line(watcher.stdout, deadline)
-    assert seen.startswith(f"{deleted.json()['version']}  ") and seen.endswith("  greeting\n"), seen
+    assert seen.startswith(f"{deleted.json()['version']}  ") and seen.endswith("  delete  greeting\n"), seen
     watcher.send_signal(signal.SIGINT)
     _, err = watcher.communicate(timeout=TIMEOUT)
     assert watcher.returncode == 0 and b"Traceback" not in err, err
