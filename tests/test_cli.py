@@ -537,3 +537,27 @@ def test_import_progress_counts_pairs_written(tmp_path: Path, monkeypatch: pytes
     shown = [m.group(0) for f in frames if (m := re.search(r"\d+ of \d+ pairs written", f))]
     assert shown and shown[-1] == "4 of 4 pairs written", done.err
     assert done.text == "imported 4 keys at version 1\n"
+
+
+def test_local_s3_script_serves_a_bucket(tmp_path: Path) -> None:
+    """scripts/local-s3.sh --background: the printed exports reach a bucket kvstore can use."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "local-s3.sh"
+    state = tmp_path / "local-s3"
+    started = subprocess.run([str(script), "--background", "--dir", str(state), "--bucket", "try"],
+                             capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    try:
+        assert started.returncode == 0, started.stderr
+        exports = dict(re.findall(r"^export (\w+)=(\S+)$", started.stdout, re.MULTILINE))
+        assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:"), started.stdout
+        assert (state / "env").read_text() == "".join(f"export {k}={v}\n" for k, v in exports.items())
+        init = run(kv("init", "s3://try/app", **exports))[0]
+        assert init.ok().text == "created store s3://try/app/ at version 0\n"
+        put = run(kv("put", "s3://try/app", "greeting", "hello", **exports))[0]
+        assert put.ok().text == "put greeting (5 bytes) at version 1\n"
+        get = run(kv("get", "s3://try/app", "greeting", **exports))[0]
+        assert get.ok().out == b"hello"
+    finally:
+        stopped = subprocess.run([str(script), "--stop", "--dir", str(state)],
+                                 capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
+    assert not (state / "pid").exists() and not (state / "env").exists()
