@@ -6,9 +6,10 @@ Every subcommand opens the store named by its first argument (or by the
 document (``--json``) for scripts. ``export`` and ``watch`` stream JSON
 Lines.
 
-Errors are one line on stderr (the kvstore exception's message); ``--debug``
-adds the traceback. Exit codes are listed in ``EXIT_CODES`` and in the
-``--help`` epilog.
+Errors are one line on stderr: the kvstore exception's message, its Python
+advice rewritten in command-line words (`cli_message`); ``--debug`` adds the
+traceback. Exit codes are listed in ``EXIT_CODES`` and in the ``--help``
+epilog.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
-    EXIT_USAGE: "usage error: bad option or argument",
-    EXIT_NOT_FOUND: "not found: missing key (get), store, bucket or tag",
+    EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
+    EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
     EXIT_DAMAGED: "damage: verify found damaged objects, or a read hit a corrupt one",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); watch exits 0 instead",
@@ -59,7 +60,9 @@ _BYTES_MARK = "$base64"  # how bytes inside msgpack values appear in JSON
 
 _EPILOG = (
     "\b\nThe store URL is the first argument of every command (s3://bucket/prefix,\n"
-    f"file:///path or a plain path); when it is left out, {URL_ENV} is used.\n"
+    f"file:///path or a plain path); when it is left out, {URL_ENV} is used. A first\n"
+    "argument that looks like a URL or a path (://, /, ./, ../, ~, a store's directory)\n"
+    "is never taken as a key: a missing argument is then a usage error.\n"
     "S3 endpoint and credentials come the AWS way: --endpoint-url or\n"
     "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, --profile or AWS_PROFILE,\n"
     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, instance roles.\n"
