@@ -238,7 +238,8 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
     if len(args) == len(names) + 1:
         return _remember(args[0]), list(args[1:])
     if len(args) > len(names) + 1:
-        raise click.UsageError(f"too many arguments: expected {command} {spelled}, got {len(args)}")
+        quote = " (quote a VALUE that has spaces)" if names and names[-1] == "VALUE" else ""
+        raise click.UsageError(f"too many arguments: expected {command} {spelled}, got {len(args)}{quote}")
     if args and _looks_like_url(args[0]):
         missing = " ".join(names[len(args) - 1:])
         raise click.UsageError(
@@ -303,7 +304,7 @@ async def _compact_if_due(db: kvstore.Store) -> None:
     try:
         results = await asyncio.wait_for(db.compact(), COMPACT_BUDGET)
     except asyncio.TimeoutError:
-        click.echo(f"kvstore: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
+        click.echo(f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
                    f"run `kvstore compact {db.url}`", err=True)
         return
     except kvstore.KvStoreError as exc:
