@@ -6,9 +6,10 @@ Every subcommand opens the store named by its first argument (or by the
 document (``--json``) for scripts. ``export`` and ``watch`` stream JSON
 Lines.
 
-Errors are one line on stderr (the kvstore exception's message); ``--debug``
-adds the traceback. Exit codes are listed in ``EXIT_CODES`` and in the
-``--help`` epilog.
+Errors are one line on stderr: the kvstore exception's message, its Python
+advice rewritten in command-line words (`cli_message`); ``--debug`` adds the
+traceback. Exit codes are listed in ``EXIT_CODES`` and in the ``--help``
+epilog.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -46,8 +48,8 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
-    EXIT_USAGE: "usage error: bad option or argument",
-    EXIT_NOT_FOUND: "not found: missing key (get), store, bucket or tag",
+    EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
+    EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
     EXIT_DAMAGED: "damage: verify found damaged objects, or a read hit a corrupt one",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); watch exits 0 instead",
@@ -58,7 +60,9 @@ _BYTES_MARK = "$base64"  # how bytes inside msgpack values appear in JSON
 
 _EPILOG = (
     "\b\nThe store URL is the first argument of every command (s3://bucket/prefix,\n"
-    f"file:///path or a plain path); when it is left out, {URL_ENV} is used.\n"
+    f"file:///path or a plain path); when it is left out, {URL_ENV} is used. A first\n"
+    "argument that looks like a URL or a path (://, /, ./, ../, ~, a store's directory)\n"
+    "is never taken as a key: a missing argument is then a usage error.\n"
     "S3 endpoint and credentials come the AWS way: --endpoint-url or\n"
     "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, --profile or AWS_PROFILE,\n"
     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, instance roles.\n"
@@ -88,6 +92,7 @@ class State:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     sse_customer_key_file: str | None = None
+    url: str | None = None  # the store URL, once the arguments are parsed
 
     def s3_options(self) -> kvstore.S3Options | None:
         """Encryption settings for S3, or None when none were given."""
@@ -207,17 +212,55 @@ def cli() -> None:
 # ----------------------------------------------------------------- helpers
 
 
+def _looks_like_url(arg: str) -> bool:
+    """Whether a first argument names a store rather than a key (see docs/cli.md, "The store URL").
+
+    URLs (``://``), absolute, home and explicitly relative paths (``/``, ``~``,
+    ``./``, ``../``), and existing directories holding a local store are store
+    URLs. Such an argument is never silently taken as a key: with
+    ``KVSTORE_URL`` set, ``kvstore put ./s2 greeting`` would otherwise write
+    the key ``./s2`` into the wrong store.
+    """
+    if "://" in arg or arg.startswith(("/", "./", "../", "~")) or arg in (".", ".."):
+        return True
+    return os.path.isfile(os.path.join(arg, "manifest"))
+
+
 def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[str]]:
-    """Split ``[URL] NAMES...``: the URL is there when one more argument than NAMES was given."""
+    """Split ``[URL] NAMES...``: the URL is there when one more argument than NAMES was given.
+
+    With exactly as many arguments as NAMES, the URL comes from KVSTORE_URL,
+    unless the first argument looks like a store URL: then an argument is
+    missing (a usage error, exit 2), not a key to write into another store.
+    """
+    command = click.get_current_context().command_path
     spelled = " ".join(["[URL]", *names])
     if len(args) == len(names) + 1:
-        return args[0], list(args[1:])
-    if len(args) == len(names):
-        url = os.environ.get(URL_ENV)
-        if not url:
-            raise click.UsageError(f"no store URL: give it as the first argument ({spelled}) or set {URL_ENV}")
-        return url, list(args)
-    raise click.UsageError(f"expected {spelled}, got {len(args)} argument(s)")
+        return _remember(args[0]), list(args[1:])
+    if len(args) > len(names) + 1:
+        quote = " (quote a VALUE that has spaces)" if names and names[-1] == "VALUE" else ""
+        raise click.UsageError(f"too many arguments: expected {command} {spelled}, got {len(args)}{quote}")
+    if args and _looks_like_url(args[0]):
+        missing = " ".join(names[len(args) - 1:])
+        raise click.UsageError(
+            f"missing {missing}: {args[0]!r} is taken as the store URL, not as {names[0]} "
+            f"(expected {command} {spelled})"
+        )
+    if len(args) < len(names):
+        raise click.UsageError(f"missing {' '.join(names[len(args):])}: expected {command} {spelled}")
+    url = os.environ.get(URL_ENV)
+    if not url:
+        raise click.UsageError(
+            f"no store URL: expected {command} {spelled}, and {URL_ENV} is not set "
+            f"(give the URL first, or export {URL_ENV}=URL)"
+        )
+    return _remember(url), list(args)
+
+
+def _remember(url: str) -> str:
+    """Note the store URL, so error messages can name commands to run on it."""
+    _state().url = url
+    return url
 
 
 def _url_argument(names: str = "") -> Callable[[F], F]:
@@ -226,18 +269,50 @@ def _url_argument(names: str = "") -> Callable[[F], F]:
 
 @asynccontextmanager
 async def _open(url: str, *, write: bool = False, create: bool = False) -> AsyncIterator[kvstore.Store]:
-    """Open the store with the shared S3 settings; read-only unless `write`."""
+    """Open the store with the shared S3 settings; read-only unless `write`.
+
+    Writers open with auto_compact off: a command exits right after its
+    commit, and closing the store would cancel a background compaction (so a
+    store written only by commands would never be compacted). Writing
+    commands call `_compact_if_due` in the foreground instead.
+    """
     s = _state()
     async with kvstore.open(
         url,
         create=create,
         read_only=not write,
+        options=kvstore.StoreOptions(auto_compact=False) if write else None,
         endpoint_url=s.endpoint_url or None,
         profile=s.profile or None,
         region_name=s.region or None,
         s3_options=s.s3_options(),
     ) as db:
         yield db
+
+
+COMPACT_BUDGET = 30.0  # seconds a writing command may spend on a due compaction before it exits
+
+
+async def _compact_if_due(db: kvstore.Store) -> None:
+    """After a commit, merge the levels it made due, within COMPACT_BUDGET seconds.
+
+    Costs one conditional GET of the manifest when nothing is due. The commit
+    has succeeded whatever happens here, so a failure or an overrun is a
+    warning naming the command that finishes the job, not an error: an
+    abandoned merge is invisible (its segment is garbage for gc).
+    """
+    try:
+        results = await asyncio.wait_for(db.compact(), COMPACT_BUDGET)
+    except asyncio.TimeoutError:
+        click.echo(f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
+                   f"run `kvstore compact {db.url}`", err=True)
+        return
+    except kvstore.KvStoreError as exc:
+        click.echo(f"kvstore: warning: compaction failed ({cli_message(str(exc), db.url)}); "
+                   f"run `kvstore compact {db.url}` later", err=True)
+        return
+    for r in results:
+        click.echo(f"kvstore: compacted {r.inputs} segments into level {r.level} (version {r.version})", err=True)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -342,6 +417,18 @@ def _value_text(raw: bytes, key: bytes, mode: str) -> str:
     return repr(raw)
 
 
+TABLE_VALUE_CHARS = 80  # a longer value is cut in tables; `get` and --json print it whole
+
+
+def _table_value(raw: bytes, key: bytes, mode: str) -> str:
+    """A value for a table row: `_value_text`, cut to TABLE_VALUE_CHARS with its full size,
+    so one large value cannot push every other row off the screen."""
+    text = _value_text(raw, key, mode)
+    if len(text) <= TABLE_VALUE_CHARS:
+        return text
+    return f"{text[:TABLE_VALUE_CHARS]}... ({len(raw)} bytes)"
+
+
 def _encode_input(data: bytes, mode: str, where: str) -> bytes:
     """Bytes to store from command-line input: as is, or JSON text packed as msgpack."""
     if mode != "msgpack":
@@ -349,7 +436,7 @@ def _encode_input(data: bytes, mode: str, where: str) -> bytes:
     try:
         value = from_jsonable(json.loads(data))
     except ValueError as exc:
-        raise CliError(f"{where}: --values msgpack takes JSON: {exc}") from None
+        raise CliError(f"{where}: --values msgpack takes JSON: {exc}", EXIT_USAGE) from None
     return bytes(msgpack.packb(value, use_bin_type=True))
 
 
@@ -498,6 +585,9 @@ def info(args: tuple[str, ...], count_limit: int) -> None:
                 "commits_in_log": len(history),
                 "last_commit": history[0].time if history else None,
                 "tags": len(tags),
+                # Levels holding a full fanout of segments: what `kvstore compact` would merge.
+                "compaction_due": sorted(level for level, n in described.segments_per_level.items()
+                                         if n >= db.options.compaction_fanout),
                 "options": dataclasses.asdict(db.options),
                 "requests": db.statistics()["requests"],
             }
@@ -518,10 +608,20 @@ def info(args: tuple[str, ...], count_limit: int) -> None:
         ["commits in log", str(doc["commits_in_log"])],
         ["last commit", _time(doc["last_commit"]) if doc["last_commit"] else "-"],
         ["tags", str(doc["tags"])],
+        ["compaction", _compaction_state(doc)],
     ]
     for name, value in doc["options"].items():
         rows.append([f"option {name}", json.dumps(value)])
     _table(rows)
+
+
+def _compaction_state(doc: dict[str, Any]) -> str:
+    due = doc["compaction_due"]
+    if not due:
+        return "not due"
+    levels = ", ".join(f"level {level} holds {doc['segments_per_level'][level]} segments" for level in due)
+    return (f"due: {levels} (fanout {doc['options']['compaction_fanout']}); "
+            f"run `kvstore compact {doc['url']}`")
 
 
 @cli.command()
@@ -553,6 +653,8 @@ def get(args: tuple[str, ...], at_version: int | None, tag_name: str | None, val
     else:
         out = sys.stdout.buffer
         out.write(raw)
+        if sys.stdout.isatty() and not raw.endswith(b"\n"):
+            out.write(b"\n")  # so the prompt starts on its own line; a pipe or file gets the bytes exactly
         out.flush()
 
 
@@ -586,7 +688,9 @@ def put(args: tuple[str, ...], file_: str | None, values: str) -> None:
 
     async def run() -> int:
         async with _open(url, write=True) as db:
-            return await db.put(key, value)
+            version = await db.put(key, value)
+            await _compact_if_due(db)
+            return version
 
     version = _run(run())
     if _state().json:
@@ -597,20 +701,39 @@ def put(args: tuple[str, ...], file_: str | None, values: str) -> None:
 
 @cli.command()
 @_url_argument("KEY")
+@click.option("--missing-ok", is_flag=True, help="Exit 0 when KEY is absent (nothing is deleted either way).")
 @_common_options(group_level=False)
-def delete(args: tuple[str, ...]) -> None:
-    """Delete KEY (deleting a missing key is not an error)."""
+def delete(args: tuple[str, ...], missing_ok: bool) -> None:
+    """Delete KEY. An absent KEY changes nothing: exit 3, like get (0 with --missing-ok)."""
     url, (key,) = _split_args(args, ["KEY"])
+    missing = object()
 
-    async def run() -> int:
+    async def attempt(tx: kvstore.Transaction) -> tuple[kvstore.Transaction, bool]:
+        # Reading the key first makes deleting a missing key commit nothing (no new version);
+        # a concurrent write to it is a conflict, which transact retries.
+        if await tx.get(key, missing) is missing:
+            return tx, False
+        tx.delete(key)
+        return tx, True
+
+    async def run() -> tuple[bool, int]:
         async with _open(url, write=True) as db:
-            return await db.delete(key)
+            tx, existed = await db.transact(attempt)
+            version = tx.committed_version if existed else tx.read_version
+            assert version is not None
+            if existed:
+                await _compact_if_due(db)
+            return existed, version
 
-    version = _run(run())
+    deleted, version = _run(run())
+    if not deleted and not missing_ok:
+        raise CliError(f"key {key!r} not found at version {version}: nothing deleted", EXIT_NOT_FOUND)
     if _state().json:
-        _echo_json({**_key_json(key.encode()), "version": version})
-    else:
+        _echo_json({**_key_json(key.encode()), "version": version, "deleted": deleted})
+    elif deleted:
         click.echo(f"deleted {key} at version {version}")
+    else:
+        click.echo(f"key {key} not found at version {version}: nothing deleted")
 
 
 @cli.command()
@@ -655,7 +778,7 @@ def scan(
                 elif keys_only:
                     click.echo(_key_text(key))
                 else:
-                    rows.append([_key_text(key), _value_text(raw, key, values)])
+                    rows.append([_key_text(key), _table_value(raw, key, values)])
                     if len(rows) >= 1000:  # align in pages, keep memory bounded
                         _table(rows)
                         rows = []
@@ -789,11 +912,13 @@ def gc(args: tuple[str, ...], dry_run: bool, grace_period: float | None) -> None
     """Delete objects that nothing references any more."""
     url, _ = _split_args(args, [])
 
-    async def run() -> kvstore.GcReport:
+    async def run() -> tuple[kvstore.GcReport, float, int]:
         async with _open(url, write=not dry_run) as db:
-            return await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace_period))
+            grace = db.options.segment_grace_period if grace_period is None else grace_period
+            report = await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace))
+            return report, grace, db.options.commit_log_length
 
-    report = _run(run())
+    report, grace, log_length = _run(run())
     if _state().json:
         _echo_json(dataclasses.asdict(report))
         return
@@ -802,10 +927,45 @@ def gc(args: tuple[str, ...], dry_run: bool, grace_period: float | None) -> None
         click.echo(f"{verb} {name}")
     click.echo(f"{verb} {len(report.deleted)} objects ({_size(report.bytes_deleted)}); kept {len(report.kept)}")
     reasons: dict[str, int] = {}
+    log_versions: list[int] = []
     for why in report.kept.values():
-        reasons[why] = reasons.get(why, 0) + 1
+        named = _LOG_REASON.fullmatch(why)
+        if named:  # one line for all of them, not one per commit
+            log_versions.append(int(named.group(1)))
+        else:
+            reasons[why] = reasons.get(why, 0) + 1
     for why, n in sorted(reasons.items(), key=lambda item: -item[1]):
         click.echo(f"  kept {n}: {why}")
+    if log_versions:
+        click.echo(f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
+                   f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
+                   "pushed it out of the log, and collectable a grace period after that")
+    if report.collectable_after:
+        when = _time_minute(max(report.collectable_after.values()))
+        first = _time_minute(min(report.collectable_after.values()))
+        n = len(report.collectable_after)
+        click.echo(f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
+                   f"({_duration(grace)}): collectable after {when}"
+                   + (f" (the first after {first})" if first != when else "")
+                   + ("; a dry run saves no marks, so the period starts at the next real gc" if dry_run else ""))
+    elif not report.deleted:
+        click.echo("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
+                   "tag (small commits live inside the manifest and never need collecting)")
+
+
+_LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reason in GcReport.kept
+
+
+def _time_minute(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 @cli.command()
@@ -936,13 +1096,18 @@ def import_(args: tuple[str, ...], file_: str, values: str) -> None:
 
     def load(stream: IO[bytes], lines: int | None) -> tuple[int | None, int]:
         lines_read = [0]
-        pairs = [0]
-        loaded = [0]
+        pairs = [0]  # pairs read from the input
+        written = [0]  # pairs uploaded to the store (bulk_load reports them chunk by chunk)
 
-        def progress(n: int) -> None:
-            loaded[0] = n
+        def shown(_: Any) -> str:
+            return f"{written[0]} of {pairs[0]} pairs written"
 
-        with _bar("importing", length=lines, item=lambda _: f"{loaded[0]} written") as bar:
+        with _bar("importing", length=lines, item=shown) as bar:
+
+            def progress(n: int) -> None:
+                written[0] = n
+                if bar is not None:
+                    bar.render_progress()  # update() would not redraw: no input line was read
 
             def items() -> Iterator[tuple[bytes, bytes]]:
                 for pair in _read_jsonl(stream, values, lines_read):
@@ -959,8 +1124,8 @@ def import_(args: tuple[str, ...], file_: str, values: str) -> None:
             async def run() -> int:
                 async with _open(url, write=True, create=True) as db:
                     version: int = await db.bulk_load(_chain(first, source), progress=progress)
-                if bar is not None:
-                    bar.update(0)  # show the final count of written pairs
+                    progress(pairs[0])  # committed: every pair is in the store
+                    await _compact_if_due(db)
                 return version
 
             return _run(run()), pairs[0]
@@ -1022,13 +1187,15 @@ def watch(
             changes = db.watch(prefix, start=start, end=end, interval=interval, since=first)
             try:
                 async for change in changes:
+                    ops = None if change.keys is None else await _operations(db, change)
                     if as_json:
-                        keys = None if change.keys is None else [_key_json(k) for k in change.keys]
+                        keys = None if ops is None else [{**_key_json(k), "op": op} for k, op in ops]
                         _echo_json({"version": change.version, "time": change.time, "keys": keys})
+                    elif ops is None:
+                        click.echo(f"{change.version}  {_time(change.time)}  ?       (too many keys to list: rescan)")
                     else:
-                        shown = "(too many keys to list: rescan)" if change.keys is None else " ".join(
-                            _key_text(k) for k in change.keys)
-                        click.echo(f"{change.version}  {_time(change.time)}  {shown}")
+                        for k, op in ops:
+                            click.echo(f"{change.version}  {_time(change.time)}  {op:<6}  {_key_text(k)}")
                     sys.stdout.flush()
                     seen += 1
                     if count is not None and seen >= count:
@@ -1042,10 +1209,28 @@ def watch(
         pass  # Ctrl-C is how watch is meant to stop
 
 
+async def _operations(db: kvstore.Store, change: kvstore.Change) -> list[tuple[bytes, str]]:
+    """Whether each key of `change` was put or deleted: its value at the change's version.
+
+    The commit log lists keys, not what happened to them, so this reads them
+    (one snapshot, a GET per uncached segment). A version no longer retained
+    (the watcher fell far behind) gives "change".
+    """
+    assert change.keys is not None
+    missing = object()
+    try:
+        snap = await db.snapshot(version=change.version)
+    except kvstore.VersionNotRetainedError:
+        return [(k, "change") for k in change.keys]
+    return [(k, "delete" if await snap.get(k, missing) is missing else "put") for k in change.keys]
+
+
 # ----------------------------------------------------------------- entry point
 
 
 def _exit_code(exc: kvstore.KvStoreError) -> int:
+    if isinstance(exc, kvstore.ValidationError):
+        return EXIT_USAGE  # a key, value, URL or option the command line was given
     if isinstance(exc, (kvstore.StoreNotFoundError, kvstore.TagNotFoundError)):
         return EXIT_NOT_FOUND
     if isinstance(exc, (kvstore.ConflictError, kvstore.TagExistsError)):
@@ -1053,6 +1238,40 @@ def _exit_code(exc: kvstore.KvStoreError) -> int:
     if isinstance(exc, kvstore.CorruptionError):
         return EXIT_DAMAGED
     return EXIT_ERROR
+
+
+# The library's messages give Python advice (`create=True`, `Store.tags()`);
+# at the command line the same advice is a command or an option. Each entry
+# rewrites one phrase; "{url}" is the store URL of the failed command. A
+# phrase the library no longer uses simply stops matching.
+_CLI_WORDS: list[tuple[str, str]] = [
+    ("open it with create=True (and not read_only) to make one", "create it with `kvstore init {url}`"),
+    ("Store.tags() lists the tags", "`kvstore tag list {url}` lists them"),
+    ("pass version= or tag=, not both", "give --version or --tag, not both"),
+    ("keep more with StoreOptions.history_versions or tag versions",
+     "tag the versions you need to keep (`kvstore tag create {url} NAME`)"),
+    ("run `Store.verify()`", "run `kvstore verify {url}`"),
+    ("open the store with values='msgpack' to store Python objects", "use --values msgpack"),
+    ("open it again with kvstore.open()", "run the command again"),
+    ("retry it (Store.transact does)", "run the command again"),
+    ("use dry_run=True", "use --dry-run"),
+    (" (StoreOptions.max_key_bytes)", ""),
+    (" (StoreOptions.max_value_bytes)", ""),
+]
+
+
+def cli_message(message: str, url: str | None) -> str:
+    """A kvstore error message in command-line words (see `_CLI_WORDS`)."""
+    for python, words in _CLI_WORDS:
+        message = message.replace(python, words.replace("{url}", url or "URL"))
+    return message
+
+
+def _os_message(exc: OSError) -> str:
+    """An OS error as the path and the system's reason, with what to check."""
+    path = exc.filename if exc.filename is not None else "a local file"
+    reason = exc.strerror or str(exc)
+    return f"cannot use {path}: {reason}; check that the path is right and that you may write there"
 
 
 def _fail(message: str, code: int, state: State, exc: BaseException | None = None) -> NoReturn:
@@ -1085,9 +1304,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         click.echo("kvstore: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except kvstore.KvStoreError as exc:
-        _fail(str(exc) or type(exc).__name__, _exit_code(exc), state, exc)
+        _fail(cli_message(str(exc) or type(exc).__name__, state.url), _exit_code(exc), state, exc)
     except CliError as exc:
         _fail(str(exc), exc.exit_code, state, exc)
+    except OSError as exc:  # a local store's directory: missing, not writable, not a directory
+        _fail(_os_message(exc), EXIT_ERROR, state, exc)
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_ERROR, state, exc)
     sys.exit(rc if isinstance(rc, int) else EXIT_OK)

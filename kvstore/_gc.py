@@ -41,6 +41,9 @@ class GcReport:
     deleted: list[str] = field(default_factory=list)
     bytes_deleted: int = 0
     kept: dict[str, str] = field(default_factory=dict)  # object name -> reason
+    # Unreferenced objects kept only for the grace period -> when a run may delete them
+    # (in a dry run, assuming a real run marks them now).
+    collectable_after: dict[str, float] = field(default_factory=dict)
 
 
 class GarbageCollector:
@@ -83,6 +86,7 @@ class GarbageCollector:
                 report.kept[info.name] = reason
                 if info.name not in reasons:
                     new_marks[info.name] = marks.get(info.name, now)
+                    report.collectable_after[info.name] = max(info.last_modified, new_marks[info.name]) + grace_period
             else:
                 report.deleted.append(info.name)
                 report.bytes_deleted += info.size

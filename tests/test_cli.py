@@ -1,16 +1,23 @@
-"""The `kvstore` command line, driven as a subprocess (``python -m kvstore``).
+"""The `kvstore` command line, driven as a subprocess (``python -m kvstore``) and in-process.
 
 One scenario runs on the local filesystem and on LocalStack S3. Starting
 Python and importing kvstore costs about a second of CPU per command, so the
 scenario runs in rounds: the commands of a round are independent of each other
 and run concurrently, and each round starts after the previous one ended.
+
+The focused tests after it call `kvstore._cli.main` in this process (`invoke`),
+which costs milliseconds per command, with stdout and stderr as files that
+may claim to be a terminal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -19,6 +26,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+import kvstore
+from kvstore import _cli
 
 TIMEOUT = 90.0  # seconds for one command; they take one or two
 
@@ -219,7 +231,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     out, err = watcher.communicate(timeout=TIMEOUT)
     assert watcher.returncode == 0, err
     assert json.loads(out) == {"version": deleted.json()["version"], "time": json.loads(out)["time"],
-                               "keys": [{"key": "greeting"}]}
+                               "keys": [{"key": "greeting", "op": "delete"}]}
     tag_taken.one_line_error(4, "'release' exists")
     assert [(t["name"], t["version"]) for t in tags.json()] == [("release", 4)]
     assert at_tag.ok().out == b"hello"
@@ -296,7 +308,7 @@ def test_cli_on_s3(s3_bucket: tuple[str, str], tmp_path: Path) -> None:
         kv(*e, "compact", url, "--full"),
     )
     seen = _read_line(watcher.stdout, deadline)
-    assert seen.startswith(f"{deleted.json()['version']}  ") and seen.endswith("  greeting\n"), seen
+    assert seen.startswith(f"{deleted.json()['version']}  ") and seen.endswith("  delete  greeting\n"), seen
     watcher.send_signal(signal.SIGINT)
     _, err = watcher.communicate(timeout=TIMEOUT)
     assert watcher.returncode == 0 and b"Traceback" not in err, err
@@ -309,3 +321,243 @@ def test_cli_on_s3(s3_bucket: tuple[str, str], tmp_path: Path) -> None:
     (gc,) = run(kv(*e, "gc", url, "--grace-period", "0"))
     assert gc.ok().text.startswith("deleted ")
     assert "deleted 0 objects" not in gc.text, gc.describe()
+
+
+# ----------------------------------------------------------------- in-process, one behaviour each
+
+
+class _Stream(io.TextIOWrapper):
+    """A text stream over bytes (with .buffer, like sys.stdout) that may claim to be a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8", newline="")
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def value(self) -> bytes:
+        self.flush()
+        buffer = self.buffer
+        assert isinstance(buffer, io.BytesIO)
+        return buffer.getvalue()
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, *args: str, tty: bool = False, stdin: bytes = b"",
+           url: str | None = None) -> Done:
+    """Run `kvstore ARGS` through `_cli.main` in this process; stdout and stderr are terminals
+    when `tty`; KVSTORE_URL is `url` (unset when None)."""
+    out, err = _Stream(tty), _Stream(tty)
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", out)
+        m.setattr(sys, "stderr", err)
+        m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        for name in ("KVSTORE_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+            m.delenv(name, raising=False)
+        if url is not None:
+            m.setenv("KVSTORE_URL", url)
+        try:
+            _cli.main(list(args))
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return Done(list(args), rc, out.value(), err.value().decode())
+
+
+def _usage_error(done: Done, *fragments: str) -> None:
+    """Exit code 2 with click's usage message naming `fragments`; nothing written to stdout."""
+    assert done.rc == 2 and not done.out and "Usage: kvstore" in done.err, done.describe()
+    for fragment in fragments:
+        assert fragment in done.err, done.describe()
+
+
+def test_a_url_is_never_taken_as_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With as many arguments as the command's names, a first argument that looks like a store
+    URL means one is missing (exit 2); it is never written as a key into KVSTORE_URL's store."""
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "s1").ok()
+    env_store = str(tmp_path / "env-store")
+    invoke(monkeypatch, "init", env_store).ok()
+
+    for first in ("./s2", "s1", str(tmp_path / "s2"), "s3://bucket/app", "~/s2", "../s2"):
+        _usage_error(invoke(monkeypatch, "put", first, "greeting", url=env_store),
+                     "missing VALUE", f"{first!r} is taken as the store URL")
+    _usage_error(invoke(monkeypatch, "put", "s1", "onlykey"), "missing VALUE", "kvstore put [URL] KEY VALUE")
+    _usage_error(invoke(monkeypatch, "get", "./s1", url=env_store), "missing KEY")
+    _usage_error(invoke(monkeypatch, "put", "s1", "k", "v", "extra"), "too many arguments")
+    _usage_error(invoke(monkeypatch, "put", "greeting", "hello"), "no store URL", "KVSTORE_URL is not set")
+    assert invoke(monkeypatch, "scan", "--keys-only", url=env_store).ok().out == b""  # nothing was written
+
+    # A plain word with KVSTORE_URL set is a key; the URL given first is always the URL.
+    invoke(monkeypatch, "put", "greeting", "hello", url=env_store).ok()
+    invoke(monkeypatch, "put", env_store, "./path-like/key", "v").ok()
+    keys = invoke(monkeypatch, "scan", env_store, "--keys-only").ok().text.splitlines()
+    assert keys == ["./path-like/key", "greeting"]
+
+
+def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store errors name commands and options, not Python; OS errors name the path and the reason;
+    bad arguments exit 2."""
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "s1").ok()
+    invoke(monkeypatch, "put", "s1", "k", "v").ok()
+
+    invoke(monkeypatch, "put", "nostore", "k", "v").one_line_error(3, "no kvstore at", "`kvstore init nostore`")
+    invoke(monkeypatch, "get", "s1", "k", "--tag", "nope").one_line_error(3, "`kvstore tag list s1` lists them")
+    invoke(monkeypatch, "get", "s1", "k", "--version", "1", "--tag", "x").one_line_error(
+        2, "give --version or --tag, not both")
+    invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(1, "version 99 is not retained")
+    invoke(monkeypatch, "put", "s1", "", "v").one_line_error(2, "key")
+    invoke(monkeypatch, "put", "s1", "k", "{", "--values", "msgpack").one_line_error(2, "takes JSON")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    invoke(monkeypatch, "init", f"{blocked}/store").one_line_error(1, f"cannot use {blocked}", "Not a directory")
+    invoke(monkeypatch, "init", "/proc/kvstore-test").one_line_error(
+        1, "cannot use /proc/kvstore-test", "No such file or directory")
+    for done in [invoke(monkeypatch, *a) for a in (
+            ("put", "nostore", "k", "v"), ("get", "s1", "k", "--tag", "nope"),
+            ("get", "s1", "k", "--version", "99"), ("init", "/proc/kvstore-test"))]:
+        assert not re.search(r"\w=\W|\w\(\)|StoreOptions|Store\.|unexpected", done.err), done.describe()
+
+    # Messages hard to provoke from the command line.
+    messages = [
+        "no kvstore at s3://b/p/: open it with create=True (and not read_only) to make one, or check the URL",
+        ("transaction read data that version 7 changed after its read version 6; nothing was written: "
+        "retry it (Store.transact does)"),
+        "segment segments/x.seg: checksum mismatch in its index; run `Store.verify()` to list damaged objects",
+    ]
+    for message in messages:
+        translated = _cli.cli_message(message, "s3://b/p")
+        assert not re.search(r"\w=\W|\w\(\)|Store\.", translated), translated
+
+
+def test_get_ends_with_a_newline_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "k", "hello").ok()
+    invoke(monkeypatch, "put", url, "nl", "-", stdin=b"line\n").ok()
+    assert invoke(monkeypatch, "get", url, "k", tty=True).ok().out == b"hello\n"
+    assert invoke(monkeypatch, "get", url, "nl", tty=True).ok().out == b"line\n"  # no second newline
+    assert invoke(monkeypatch, "get", url, "k").ok().out == b"hello"  # piped: the bytes exactly
+
+
+def test_tables_cut_long_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "big", "-", stdin=b"x" * 100_000).ok()
+    invoke(monkeypatch, "put", url, "small", "short").ok()
+    lines = invoke(monkeypatch, "scan", url).ok().text.splitlines()
+    assert lines == [f"big    {'x' * 80}... (100000 bytes)", "small  short"]
+    whole = invoke(monkeypatch, "scan", url, "--json").json()
+    assert base64.b64decode(whole[0]["value"]) == b"x" * 100_000
+
+
+def test_watch_shows_puts_and_deletes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "a", "1").ok()
+    invoke(monkeypatch, "delete", url, "a").ok()
+    text = invoke(monkeypatch, "watch", url, "--since", "0", "--count", "2").ok().text
+    assert [line.split()[2:] for line in text.splitlines()] == [["put", "a"], ["delete", "a"]]
+    docs = [json.loads(line) for line in
+            invoke(monkeypatch, "watch", url, "--since", "0", "--count", "2", "--json").ok().text.splitlines()]
+    assert [d["keys"] for d in docs] == [[{"key": "a", "op": "put"}], [{"key": "a", "op": "delete"}]]
+
+
+def test_deleting_a_missing_key_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like `get`, exit 3; no new version. --missing-ok makes it exit 0."""
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "k", "v").ok()
+    invoke(monkeypatch, "delete", url, "nope").one_line_error(3, "key 'nope' not found at version 1",
+                                                               "nothing deleted")
+    quiet = invoke(monkeypatch, "delete", url, "nope", "--missing-ok", "--json").json()
+    assert quiet == {"key": "nope", "version": 1, "deleted": False}
+    assert invoke(monkeypatch, "info", url, "--json").json()["version"] == 1
+    assert invoke(monkeypatch, "delete", url, "k").ok().text == "deleted k at version 2\n"
+
+
+def test_writing_commands_compact_when_a_level_is_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command is a short-lived process: it runs the compaction its commit made due before
+    exiting (a background one would be cancelled). `info` shows a level that is still due."""
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    notes = [invoke(monkeypatch, "put", url, f"k{i}", "v").ok().err for i in range(9)]
+    assert notes[7] == "kvstore: compacted 8 segments into level 1 (version 9)\n"
+    assert not any(notes[:7]) and not notes[8]
+    facts = invoke(monkeypatch, "info", url, "--json").json()
+    assert facts["segments_per_level"] == {"0": 1, "1": 1} and facts["compaction_due"] == []
+
+    # A store filled by a program that never compacts: info says so and what to run.
+    other = str(tmp_path / "other")
+
+    async def fill() -> None:
+        async with kvstore.open(other, options=kvstore.StoreOptions(auto_compact=False)) as db:
+            for i in range(8):
+                await db.put(f"k{i}", b"v")
+
+    asyncio.run(fill())
+    assert invoke(monkeypatch, "info", other, "--json").json()["compaction_due"] == [0]
+    row = [line for line in invoke(monkeypatch, "info", other).ok().text.splitlines()
+           if line.startswith("compaction ")]
+    assert row == [(f"compaction                     due: level 0 holds 8 segments (fanout 8); "
+                   f"run `kvstore compact file://{other}`")]
+
+
+def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "k", "v").ok()
+    assert invoke(monkeypatch, "gc", url).ok().text.splitlines() == [
+        "deleted 0 objects (0 B); kept 0",
+        ("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a tag "
+        "(small commits live inside the manifest and never need collecting)"),
+    ]
+    # Merged segments named by the log, and an orphan (a commit that never finished).
+    for i in range(16):
+        invoke(monkeypatch, "put", url, f"k{i}", "v").ok()
+    invoke(monkeypatch, "compact", url, "--full").ok()
+    segment = min((tmp_path / "s" / "segments").iterdir())
+    orphan = segment.with_name("0-orphan.seg")
+    orphan.write_bytes(segment.read_bytes())
+    mtime = orphan.stat().st_mtime
+    lines = invoke(monkeypatch, "gc", url).ok().text.splitlines()
+    assert lines[0] == "deleted 0 objects (0 B); kept 4"
+    assert "  kept 2: named by the commit log (versions 9..18); each becomes unreferenced when 1000 later " \
+           "commits have pushed it out of the log, and collectable a grace period after that" in lines
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime + 3600))
+    assert lines[-1] == f"1 unreferenced object kept for the grace period (1 h): collectable after {when}"
+    report = invoke(monkeypatch, "gc", url, "--dry-run", "--json").json()
+    assert report["collectable_after"] == {f"segments/{orphan.name}": pytest.approx(mtime + 3600)}
+
+
+def test_import_progress_counts_pairs_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed, _, _ = _seed_files(tmp_path)
+    done = invoke(monkeypatch, "import", str(tmp_path / "s"), "-f", str(seed), tty=True).ok()
+    frames = done.err.replace("\r", "\n").splitlines()
+    shown = [m.group(0) for f in frames if (m := re.search(r"\d+ of \d+ pairs written", f))]
+    assert shown and shown[-1] == "4 of 4 pairs written", done.err
+    assert done.text == "imported 4 keys at version 1\n"
+
+
+def test_local_s3_script_serves_a_bucket(tmp_path: Path) -> None:
+    """scripts/local-s3.sh --background: the printed exports reach a bucket kvstore can use."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "local-s3.sh"
+    state = tmp_path / "local-s3"
+    started = subprocess.run([str(script), "--background", "--dir", str(state), "--bucket", "try"],
+                             capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    try:
+        assert started.returncode == 0, started.stderr
+        exports = dict(re.findall(r"^export (\w+)=(\S+)$", started.stdout, re.MULTILINE))
+        assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:"), started.stdout
+        assert (state / "env").read_text() == "".join(f"export {k}={v}\n" for k, v in exports.items())
+        init = run(kv("init", "s3://try/app", **exports))[0]
+        assert init.ok().text == "created store s3://try/app/ at version 0\n"
+        put = run(kv("put", "s3://try/app", "greeting", "hello", **exports))[0]
+        assert put.ok().text == "put greeting (5 bytes) at version 1\n"
+        get = run(kv("get", "s3://try/app", "greeting", **exports))[0]
+        assert get.ok().out == b"hello"
+    finally:
+        stopped = subprocess.run([str(script), "--stop", "--dir", str(state)],
+                                 capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
+    assert not (state / "pid").exists() and not (state / "env").exists()
