@@ -59,6 +59,7 @@ class StoreInfo:
     entries: int
     segments_per_level: dict[int, int]
     commit_log_length: int
+    values: str | None  # the value codec the store records ("bytes", "msgpack"); None: older stores
 
 
 @dataclass(frozen=True)
@@ -367,6 +368,7 @@ class Store:
             entries=sum(r.count for r in manifest.segments),
             segments_per_level=levels,
             commit_log_length=len(manifest.log),
+            values=manifest.settings.get("values"),
         )
 
     def statistics(self) -> dict[str, Any]:

@@ -34,7 +34,9 @@ class Transaction:
 
     Cost: the snapshot is taken on first use (one conditional GET of the
     manifest unless the store allows staleness); a commit with writes is one
-    segment PUT plus one manifest PUT, shared with concurrent transactions.
+    manifest PUT carrying its segment inline (up to
+    `StoreOptions.inline_segment_bytes`, 16 KiB encoded), or a segment PUT
+    plus a manifest PUT for a larger one, shared with concurrent transactions.
     """
 
     def __init__(self, engine: Engine, values: ValueMode, meta: dict[str, Any] | None = None) -> None:
