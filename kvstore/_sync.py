@@ -12,7 +12,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -22,7 +22,10 @@ from ._gc import GcReport
 from ._nesting import Scope, enter, leave
 from ._engine import VerifyReport
 from ._snapshot import Snapshot
-from ._store import Change, CommitInfo, Store, StoreInfo, open
+from ._codec import ValueMode
+from ._objectstore import ObjectStore, S3Options
+from ._options import StoreOptions
+from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open
 from ._tags import Tag
 from ._transaction import TransactAttempts, Transaction
 
@@ -100,9 +103,17 @@ class SyncSnapshot:
         """Blocking form of `Snapshot.get`."""
         return self._runner.run(self._snapshot.get(key, default))
 
-    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
-        """See `Snapshot.scan`; pairs are fetched in batches."""
-        return self._runner.iterate(self._snapshot.scan(prefix, **kwargs))
+    def scan(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, Any]]:
+        """Blocking form of `Snapshot.scan`; pairs are fetched in batches."""
+        return self._runner.iterate(self._snapshot.scan(prefix, start=start, end=end, limit=limit, reverse=reverse))
 
 
 class SyncTransaction:
@@ -136,9 +147,17 @@ class SyncTransaction:
         """Blocking form of `Transaction.delete`."""
         self._tx.delete(key)
 
-    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
-        """Blocking form of `Transaction.scan`."""
-        return self._runner.iterate(self._tx.scan(prefix, **kwargs))
+    def scan(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, Any]]:
+        """Blocking form of `Transaction.scan`; pairs are fetched in batches."""
+        return self._runner.iterate(self._tx.scan(prefix, start=start, end=end, limit=limit, reverse=reverse))
 
     def commit(self) -> int | None:
         """Blocking form of `Transaction.commit`."""
@@ -185,6 +204,21 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.version`."""
         return self._store.version
 
+    @property
+    def store_id(self) -> str:
+        """Blocking form of `Store.store_id`."""
+        return self._store.store_id
+
+    @property
+    def read_only(self) -> bool:
+        """Blocking form of `Store.read_only`."""
+        return self._store.read_only
+
+    @property
+    def options(self) -> StoreOptions:
+        """Blocking form of `Store.options`."""
+        return self._store.options
+
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """Blocking form of `Store.get`."""
         return self._runner.run(self._store.get(key, default))
@@ -197,9 +231,17 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.delete`."""
         return self._runner.run(self._store.delete(key))
 
-    def scan(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[tuple[bytes, Any]]:
-        """Blocking form of `Store.scan`."""
-        return self._runner.iterate(self._store.scan(prefix, **kwargs))
+    def scan(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, Any]]:
+        """Blocking form of `Store.scan`; pairs are fetched in batches."""
+        return self._runner.iterate(self._store.scan(prefix, start=start, end=end, limit=limit, reverse=reverse))
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
         """Blocking form of `Store.transaction`."""
@@ -250,9 +292,9 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.snapshot`."""
         return SyncSnapshot(self._runner.run(self._store.snapshot(version=version, tag=tag)), self._runner)
 
-    def tag(self, name: str) -> Tag:
+    def tag(self, name: str, *, version: int | None = None) -> Tag:
         """Blocking form of `Store.tag`."""
-        return self._runner.run(self._store.tag(name))
+        return self._runner.run(self._store.tag(name, version=version))
 
     def tags(self) -> list[Tag]:
         """Blocking form of `Store.tags`."""
@@ -266,9 +308,29 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.history`."""
         return self._runner.run(self._store.history(limit=limit))
 
-    def watch(self, prefix: str | bytes | None = None, **kwargs: Any) -> Iterator[Change]:
+    def watch(
+        self,
+        prefix: str | bytes | None = None,
+        *,
+        start: str | bytes | None = None,
+        end: str | bytes | None = None,
+        interval: float = 1.0,
+        since: int | None = None,
+    ) -> Iterator[Change]:
         """Blocking form of `Store.watch`: yields each change as it is seen."""
-        return self._runner.iterate(self._store.watch(prefix, **kwargs), batch_size=1)
+        changes = self._store.watch(prefix, start=start, end=end, interval=interval, since=since)
+        return self._runner.iterate(changes, batch_size=1)
+
+    def bulk_load(
+        self,
+        items: Iterable[tuple[str | bytes, Any]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        chunk_bytes: int = 64 * 1024 * 1024,
+    ) -> int:
+        """Blocking form of `Store.bulk_load`. `items` is iterated on the store's loop
+        thread, and `progress` called there."""
+        return self._runner.run(self._store.bulk_load(items, progress=progress, chunk_bytes=chunk_bytes))
 
     def compact(self, *, full: bool = False) -> list[CompactionResult]:
         """Blocking form of `Store.compact`."""
@@ -346,13 +408,33 @@ class SyncStore(MutableMapping[bytes, Any]):
         return self.get(key, missing) is not missing
 
 
-def open_sync(url: str | os.PathLike[str], **kwargs: Any) -> SyncStore:
-    """Open a store for blocking use; takes the same arguments as `kvstore.open`.
+def open_sync(
+    url: str | os.PathLike[str],
+    *,
+    create: bool = True,
+    read_only: bool = False,
+    values: ValueMode | None = None,
+    options: StoreOptions | None = None,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    profile: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    aws_session_token: str | None = None,
+    s3_options: S3Options | None = None,
+    wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+) -> SyncStore:
+    """Open a store for blocking use; the arguments are those of `kvstore.open`.
 
     Use ``with kvstore.open_sync(url) as db:`` so the loop thread is stopped.
     """
     refuse_in_event_loop()
-    opener = open(url, **kwargs)
+    opener = open(
+        url, create=create, read_only=read_only, values=values, options=options, endpoint_url=endpoint_url,
+        region_name=region_name, profile=profile, aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token,
+        s3_options=s3_options, wrap_object_store=wrap_object_store,
+    )
     runner = _LoopThread()
     try:
         store = runner.run(_await(opener))
@@ -362,6 +444,6 @@ def open_sync(url: str | os.PathLike[str], **kwargs: Any) -> SyncStore:
     return SyncStore(store, runner)
 
 
-async def _await(opener: Any) -> Store:
-    return await opener  # type: ignore[no-any-return]
+async def _await(opener: StoreOpener) -> Store:
+    return await opener
 
