@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._bulk import ChunkBuffer, ChunkUploads
+from ._bulk import Batch, ChunkBuffer, ChunkUploads
 from ._cache import ByteLRU
 from ._commit import CommitRequest, Committer
 from ._compact import CompactionResult, Compactor, choose_inputs
@@ -189,12 +189,12 @@ class Engine:
 
     async def bulk_commit(
         self,
-        batches: AsyncIterable[tuple[Sequence[bytes], Sequence[bytes]]],
+        batches: AsyncIterable[Batch],
         *,
         progress: Callable[[int], None] | None,
         chunk_bytes: int,
     ) -> int:
-        """Write encoded (keys, values) batches as segments of about `chunk_bytes` each,
+        """Write encoded batches (`_bulk.encoded_batches`) as segments of about `chunk_bytes` each,
         then commit them all in one manifest CAS; returns the version."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()

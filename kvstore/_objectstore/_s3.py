@@ -310,7 +310,7 @@ class S3ObjectStore:
         return exc
 
 
-class _SingleAttemptHTTPSession(AIOHTTPSession):
+class _SingleAttemptHTTPSession(AIOHTTPSession):  # type: ignore[misc]  # untyped base
     """aiobotocore's HTTP session whose aiohttp sessions never resend a request."""
 
     async def _get_session(self, proxy_url: Any) -> aiohttp.ClientSession:
