@@ -646,6 +646,9 @@ class FaultProxy:
                 pass
         except asyncio.CancelledError:
             pass  # stop(): fall through to the cleanup; the task ends here anyway
+        except ConnectionError as exc:  # a peer went away (reset, broken pipe): ordinary here
+            log.debug("FaultProxy: connection lost: %s", exc)
+            _abort_with_rst(writer)
         except Exception:  # one bad connection must not take the proxy down
             log.exception("FaultProxy: connection handler failed")
             _abort_with_rst(writer)
