@@ -172,3 +172,44 @@ async def test_stalled_or_cut_answers_are_retried_on_a_fresh_connection(
         assert snapshot_value == value
         assert await db.get(b"k2") == b"after"
         assert db.version == db_version + 1  # applied once
+
+
+# --------------------------------------------------------------------------- everything at once
+
+
+async def test_core_operations_through_a_faulty_wire(wire: Target, proxy: FaultProxy) -> None:
+    """Every core operation, with answers lost, connections reset and answers cut or
+    stalled on the wire: each completes (retried underneath), with exactly its effect."""
+    proxy.set_rule(NetRule(lose_answer=0.08, reset=0.04, truncate=0.04, stop_mid_body=0.01))
+    kinds = ("lose_answer", "reset", "truncate", "stop_mid_body")
+    proxy.script(*kinds, methods=frozenset({"PUT"}))  # each kind at least once, whatever the draws
+    proxy.script(*kinds, methods=frozenset({"GET"}))
+    options = _options(auto_compact=False, inline_segment_bytes=256)
+    async with wire.open(values="msgpack", options=options) as db:
+        for i in range(20):
+            await db.put(f"k{i:02d}", {"n": i, "blob": "x" * (i * 40)})  # inline and object segments
+        await db.delete("k00")
+        await db.transact(lambda tx: tx.put("k01", {"n": 100}))
+        before = await db.snapshot()
+        async with db.transaction() as tx:
+            moved = await tx.get("k02")
+            tx.put("k02-moved", moved)
+            tx.delete("k02")
+        await db.bulk_load((f"bulk/{i:04d}", i) for i in range(500))
+        await db.tag("v1")
+        assert len(await db.compact(full=True)) == 1
+        await db.put("k03", "after the tag")
+        report = await db.verify()
+        keys = [k async for k, _ in db.scan()]
+        tagged = await db.snapshot(tag="v1")
+        assert await tagged.get("k03") == {"n": 3, "blob": "x" * 120}
+        assert await before.get("k02") == {"n": 2, "blob": "x" * 80}
+    assert all(proxy.stats.faults[kind] >= 2 for kind in kinds), proxy.stats.faults
+    assert report.ok, report.damaged
+    expected = sorted([f"k{i:02d}".encode() for i in range(1, 20) if i != 2] + [b"k02-moved"]
+                      + [f"bulk/{i:04d}".encode() for i in range(500)])
+    assert keys == expected
+    async with wire.open(values="msgpack", options=options) as db:
+        assert await db.get("k01") == {"n": 100}
+        assert await db.get("k03") == "after the tag"
+        assert [t.name for t in await db.tags()] == ["v1"]
