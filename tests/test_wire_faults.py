@@ -66,6 +66,9 @@ async def test_a_single_writer_sees_no_false_conflicts_when_answers_are_lost(wir
     # On main before the fix: 13 of 60 raised ConflictError, and all 60 had committed.
     async with wire.open(options=_options()) as db:
         proxy.set_rule(NetRule(lose_answer=0.2, methods=frozenset({"PUT"}), path_contains="manifest"))
+        # The first three CAS answers are lost whatever the draws; the rule adds more.
+        proxy.script("lose_answer", "pass", "lose_answer", "pass", "lose_answer",
+                     methods=frozenset({"PUT"}), path_contains="manifest")
         conflicts = 0
         for _ in range(60):
             try:
@@ -74,7 +77,7 @@ async def test_a_single_writer_sees_no_false_conflicts_when_answers_are_lost(wir
             except kvstore.ConflictError:
                 conflicts += 1
         proxy.set_rule(NetRule())
-        assert proxy.stats.faults["lose_answer"] >= 5
+        assert proxy.stats.faults["lose_answer"] >= 3
         assert conflicts == 0
         assert await db.get(b"n") == b"60"
 
@@ -101,6 +104,7 @@ async def test_transact_counters_from_several_processes_are_exact(wire: Target, 
     async with wire.open(values="msgpack", options=_options()):
         pass
     proxy.set_rule(NetRule(lose_answer=0.15, methods=frozenset({"PUT"})))
+    proxy.script("lose_answer", "pass", "lose_answer", "pass", "lose_answer", methods=frozenset({"PUT"}))
     processes, tasks, increments, counters = 3, 3, 6, 2
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -110,7 +114,7 @@ async def test_transact_counters_from_several_processes_are_exact(wire: Target, 
             for w in range(processes)
         ))
     proxy.set_rule(NetRule())
-    assert proxy.stats.faults["lose_answer"] >= 5
+    assert proxy.stats.faults["lose_answer"] >= 3
     async with wire.open(values="msgpack", options=_options()) as db:
         for c in range(counters):
             key = f"counter/{c}"
@@ -124,10 +128,12 @@ async def test_compaction_and_tags_survive_lost_answers(wire: Target, proxy: Fau
         for i in range(12):
             await db.put(f"k{i:02d}", f"v{i}".encode())
         proxy.set_rule(NetRule(lose_answer=0.5, methods=frozenset({"PUT"})))
+        proxy.script("lose_answer", methods=frozenset({"PUT"}))  # the merged segment's create
+        proxy.script("lose_answer", methods=frozenset({"PUT"}), path_contains="manifest")  # its CAS
         results = await db.compact(full=True)
         tag = await db.tag("release")
         proxy.set_rule(NetRule())
-        assert proxy.stats.faults["lose_answer"] >= 1
+        assert proxy.stats.faults["lose_answer"] >= 2
         assert len(results) == 1 and results[0].entries_out == 12
         assert [c.kind for c in await db.history()].count("compaction") == 1
         assert [t.name for t in await db.tags()] == ["release"]
