@@ -6,12 +6,14 @@ A `Target` is a store URL plus the keyword arguments `kvstore.open` needs for it
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import kvstore
 from kvstore._engine import Engine
+from kvstore.testing.faults import FaultInjectingStore, FaultPlan
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,16 @@ def engine_of(db: kvstore.Store) -> Engine:
     """The engine under a store, for white-box tests that read its manifest or reach its
     object store (the one place the tests look under the public face)."""
     return db._engine
+
+
+def fault_injecting(plan: FaultPlan | None = None) -> tuple[list[FaultInjectingStore], Callable[[Any], Any]]:
+    """A `wrap_object_store` for `kvstore.open` that puts a FaultInjectingStore with
+    `plan` over the backend, and the list that receives each one it makes (one per open)."""
+    made: list[FaultInjectingStore] = []
+
+    def wrap(inner: Any) -> FaultInjectingStore:
+        store = FaultInjectingStore(inner, plan)
+        made.append(store)
+        return store
+
+    return made, wrap

@@ -5,19 +5,8 @@ from __future__ import annotations
 import pytest
 
 import kvstore
-from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
-from targets import Target, engine_of
-
-
-def _faulty(plan: FaultPlan | None = None) -> tuple[list[FaultInjectingStore], object]:
-    made: list[FaultInjectingStore] = []
-
-    def wrap(inner: object) -> FaultInjectingStore:
-        store = FaultInjectingStore(inner, plan)  # type: ignore[arg-type]
-        made.append(store)
-        return store
-
-    return made, wrap
+from kvstore.testing.faults import FaultPlan, FaultRule
+from targets import Target, engine_of, fault_injecting
 
 
 async def _commit_log_txn_ids(target: Target) -> list[bytes]:
@@ -27,7 +16,7 @@ async def _commit_log_txn_ids(target: Target) -> list[bytes]:
 
 
 async def test_cas_applied_but_response_lost_is_reported_committed_once(target: Target) -> None:
-    made, wrap = _faulty()
+    made, wrap = fault_injecting()
     async with target.open(wrap_object_store=wrap) as db:
         await db.put(b"k", b"before")
         version = db.version
@@ -46,7 +35,7 @@ async def test_cas_applied_but_response_lost_is_reported_committed_once(target: 
 
 
 async def test_cas_lost_responses_with_a_concurrent_writer_never_apply_twice(target: Target) -> None:
-    made, wrap = _faulty()
+    made, wrap = fault_injecting()
     async with target.open(wrap_object_store=wrap) as db, target.open() as other:
         await db.put(b"n", b"0")
         made[0].script("put_if_match", "lost_response", "lost_response")
@@ -61,7 +50,7 @@ async def test_cas_lost_responses_with_a_concurrent_writer_never_apply_twice(tar
 
 
 async def test_segment_put_lost_response_is_recognised_as_ours(target: Target) -> None:
-    made, wrap = _faulty()
+    made, wrap = fault_injecting()
     options = kvstore.StoreOptions(inline_segment_bytes=0)  # the segment is an object
     async with target.open(wrap_object_store=wrap, options=options) as db:
         made[0].script("put_if_absent", "lost_response")
@@ -73,7 +62,7 @@ async def test_segment_put_lost_response_is_recognised_as_ours(target: Target) -
 
 async def test_transient_errors_are_retried(target: Target) -> None:
     plan = FaultPlan(seed=3, default=FaultRule(error=0.2, conflict=0.1, timeout=0.05))
-    made, wrap = _faulty(plan)
+    made, wrap = fault_injecting(plan)
     async with target.open(wrap_object_store=wrap, values="msgpack") as db:
         for i in range(30):
             await db.put(f"k{i}", i)
@@ -82,7 +71,7 @@ async def test_transient_errors_are_retried(target: Target) -> None:
 
 
 async def test_cas_that_never_gets_an_answer_is_outcome_unknown(target: Target) -> None:
-    made, wrap = _faulty()
+    made, wrap = fault_injecting()
     async with target.open(wrap_object_store=wrap) as db:
         await db.put(b"k", b"1")
         version = db.version
@@ -98,7 +87,7 @@ async def test_cas_that_never_gets_an_answer_is_outcome_unknown(target: Target) 
 
 
 async def test_store_unreachable_for_reads_raises_unavailable(target: Target) -> None:
-    made, wrap = _faulty()
+    made, wrap = fault_injecting()
     async with target.open(wrap_object_store=wrap) as db:
         await db.put(b"k", b"1")
         made[0].script("get", *["error"] * 20)
@@ -109,7 +98,7 @@ async def test_store_unreachable_for_reads_raises_unavailable(target: Target) ->
 
 
 async def test_endpoint_ignoring_conditional_writes_is_refused(target: Target) -> None:
-    _, wrap = _faulty(FaultPlan(ignore_conditions=True))
+    _, wrap = fault_injecting(FaultPlan(ignore_conditions=True))
     fresh = Target(target.kind, target.url + ("-unsafe" if target.kind != "file" else ""), target.kwargs)
     with pytest.raises(kvstore.UnsafeEndpointError, match="ignores If-None-Match"):
         await fresh.open(wrap_object_store=wrap)

@@ -15,21 +15,10 @@ import os
 import pytest
 
 import kvstore
-from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
-from targets import Target
+from kvstore.testing.faults import FaultPlan, FaultRule
+from targets import Target, fault_injecting
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _resending(plan: FaultPlan) -> tuple[list[FaultInjectingStore], object]:
-    made: list[FaultInjectingStore] = []
-
-    def wrap(inner: object) -> FaultInjectingStore:
-        store = FaultInjectingStore(inner, plan)  # type: ignore[arg-type]
-        made.append(store)
-        return store
-
-    return made, wrap
 
 
 async def _increment(tx: kvstore.Transaction) -> int:
@@ -41,7 +30,7 @@ async def _increment(tx: kvstore.Transaction) -> int:
 async def test_a_single_writer_never_conflicts_with_its_own_resent_commits(target: Target) -> None:
     # Before the fix, 1 in 5 of these reported ConflictError for a committed transaction.
     plan = FaultPlan(seed=3, rules={"put_if_match": FaultRule(resent=0.3)})
-    made, wrap = _resending(plan)
+    made, wrap = fault_injecting(plan)
     async with target.open(wrap_object_store=wrap) as db:
         for _ in range(60):
             async with db.transaction() as tx:
@@ -55,7 +44,7 @@ async def test_a_single_writer_never_conflicts_with_its_own_resent_commits(targe
 async def test_transact_applies_each_increment_once_when_commits_are_resent(target: Target) -> None:
     # Before the fix, `transact` retried committed increments: the counter overshot.
     plan = FaultPlan(seed=5, rules={"put_if_match": FaultRule(resent=0.25)})
-    made, wrap = _resending(plan)
+    made, wrap = fault_injecting(plan)
     async with target.open(wrap_object_store=wrap) as db:
         async def worker() -> int:
             return len([await db.transact(_increment) for _ in range(8)])
@@ -66,7 +55,7 @@ async def test_transact_applies_each_increment_once_when_commits_are_resent(targ
 
 
 async def test_a_resent_segment_create_is_recognised_as_ours(target: Target) -> None:
-    made, wrap = _resending(FaultPlan())
+    made, wrap = fault_injecting(FaultPlan())
     async with target.open(wrap_object_store=wrap) as db:
         made[0].script("put_if_absent", "resent")
         big = os.urandom(64 * 1024)  # incompressible, over the inline limit: a segment object
@@ -78,7 +67,7 @@ async def test_a_resent_segment_create_is_recognised_as_ours(target: Target) -> 
 
 
 async def test_compaction_with_resent_writes_neither_fails_nor_duplicates(target: Target) -> None:
-    made, wrap = _resending(FaultPlan())
+    made, wrap = fault_injecting(FaultPlan())
     async with target.open(wrap_object_store=wrap, options=kvstore.StoreOptions(auto_compact=False,
                                                                                inline_segment_bytes=0)) as db:
         for i in range(10):
@@ -97,7 +86,7 @@ async def test_compaction_with_resent_writes_neither_fails_nor_duplicates(target
 
 
 async def test_tagging_with_resent_writes_creates_the_tag_once(target: Target) -> None:
-    made, wrap = _resending(FaultPlan())
+    made, wrap = fault_injecting(FaultPlan())
     async with target.open(wrap_object_store=wrap) as db:
         await db.put(b"k", b"v1")
         made[0].script("copy_if_match", "resent")  # the manifest copy
@@ -112,7 +101,7 @@ async def test_tagging_with_resent_writes_creates_the_tag_once(target: Target) -
 
 
 async def test_gc_with_a_resent_marks_write_completes(target: Target) -> None:
-    made, wrap = _resending(FaultPlan())
+    made, wrap = fault_injecting(FaultPlan())
     options = kvstore.StoreOptions(auto_compact=False, inline_segment_bytes=0, commit_log_length=2)
     async with target.open(wrap_object_store=wrap, options=options) as db:
         for i in range(3):
