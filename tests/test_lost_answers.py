@@ -15,8 +15,9 @@ import os
 import pytest
 
 import kvstore
+from kvstore._objectstore import ObjectNotFound
 from kvstore.testing.faults import FaultPlan, FaultRule
-from targets import Target, fault_injecting
+from targets import Target, engine_of, fault_injecting, s3_target
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,3 +117,19 @@ async def test_gc_with_a_resent_marks_write_completes(target: Target) -> None:
         again = await db.gc(grace_period=0)
         assert len(again.deleted) == 3
         assert [k async for k, _ in db.scan()] == [f"k{i}".encode() for i in range(5)]
+
+
+async def test_a_resent_abort_of_a_multipart_upload_succeeds(s3_bucket: tuple[str, str]) -> None:
+    # S3 answers the resent abort with 404 NoSuchUpload: the upload is gone, as asked.
+    # A failed bulk load aborts its uploads while handling its own error, which must not
+    # be replaced by that second answer.
+    made, wrap = fault_injecting(FaultPlan())
+    async with s3_target(*s3_bucket).open(wrap_object_store=wrap) as db:
+        objects = engine_of(db).objects
+        upload = await objects.start_multipart("scratch/upload")
+        await objects.upload_part("scratch/upload", upload, 1, b"x" * 1024)
+        made[0].script("abort_multipart", "resent")
+        await objects.abort_multipart("scratch/upload", upload)
+        assert made[0].injected["abort_multipart:resent"] == 1
+        with pytest.raises(ObjectNotFound):  # it was aborted, once
+            await objects.complete_multipart_if_absent("scratch/upload", upload, [(1, '"x"')])

@@ -124,7 +124,10 @@ class RetryingObjectStore:
         return await self._call("POST", lambda: self.inner.complete_multipart_if_absent(name, upload_id, parts))
 
     async def abort_multipart(self, name: str, upload_id: str) -> None:
-        await self._call("DELETE", lambda: self.inner.abort_multipart(name, upload_id))
+        try:
+            await self._call("DELETE", lambda: self.inner.abort_multipart(name, upload_id))
+        except ObjectNotFound:
+            pass  # gone already: an earlier attempt whose answer was lost aborted it
 
     async def head(self, name: str) -> ObjectInfo:
         return await self._call("HEAD", lambda: self.inner.head(name))
