@@ -30,7 +30,7 @@ def main() -> None:
         "slatedb_tuned": ("SlateDB durable put, flush_interval 1 ms", "v-", "#ff7f0e"),
         "icechunk": ("Icechunk commit (rebase)", "D-", "#2ca02c"),
     }
-    for ax, (lat_ms, lat) in zip(axes[0], latencies.items()):
+    for ax, (lat_ms, lat) in zip(axes[0], latencies.items(), strict=False):
         for key, (label, fmt, color) in styles.items():
             s = series(lat, key)
             if s:

@@ -103,7 +103,7 @@ async def s3_put_bandwidth(
             start = time.perf_counter()
             deadline = start + duration
 
-            async def stream(w: int) -> None:
+            async def stream(w: int, p: int = p, deadline: float = deadline) -> None:
                 nonlocal done
                 i = 0
                 while time.perf_counter() < deadline:

@@ -17,9 +17,9 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import kvstore
-
 from common import VALUE, Target, closed_loop, open_store, random_values, timed_sequence
+
+import kvstore
 
 BULK_TXN_KEYS = 50_000
 
@@ -147,7 +147,7 @@ async def load(db: Any, keys: list[bytes], txn_keys: int = BULK_TXN_KEYS) -> dic
         chunk = keys[start : start + txn_keys]
         values = random_values(len(chunk))
         async with db.transaction() as tx:
-            for k, v in zip(chunk, values):
+            for k, v in zip(chunk, values, strict=True):
                 tx.put(k, v)
         nbytes += sum(map(len, chunk)) + sum(map(len, values))
     elapsed = time.perf_counter() - t0

@@ -55,7 +55,7 @@ async def bulk(url: str, entries: int) -> dict[str, float]:
     async with kvstore.open(url) as db:
         tracemalloc.start()
         started = time.perf_counter()
-        await db.bulk_load(((b"bulk/%09d" % ((i * 7919) % entries), value) for i in range(entries)))
+        await db.bulk_load((b"bulk/%09d" % ((i * 7919) % entries), value) for i in range(entries))
         seconds = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -27,9 +27,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import BENCH_DIR, MAIN_PYTHON, VALUE, Target, closed_loop, env_for_children, open_store  # noqa: E402
+from common import (  # noqa: E402
+    BENCH_DIR,
+    MAIN_PYTHON,
+    VALUE,
+    Target,
+    closed_loop,
+    env_for_children,
+    open_store,
+    random_values,  # noqa: E402
+)
 from kv import load, options, unique  # noqa: E402
-from common import random_values  # noqa: E402
 
 PY_SPY = BENCH_DIR / ".venv-peers" / "bin" / "py-spy"
 
@@ -171,7 +179,7 @@ def condense_cprofile(path: str, top: int = 15) -> dict[str, Any]:
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
-    for (file, line, func), (cc, nc, tt, ct, callers) in rows.items():
+    for (file, _line, func), (_cc, _nc, tt, ct, _callers) in rows.items():
         label = f"{func} ({_short(file)})"
         self_time[label] += tt
         libraries[_library(file)] += tt

@@ -108,7 +108,7 @@ class Suite:
             value = coro_fn(*a, **kw)
             if asyncio.iscoroutine(value):
                 value = await value
-        except Exception as exc:  # keep going: one broken measurement must not hide the rest
+        except Exception as exc:  # noqa: BLE001 - keep going: one broken measurement must not hide the rest
             traceback.print_exc()
             value = {"unavailable": f"{type(exc).__name__}: {exc}"[:800]}
         if isinstance(value, dict):
@@ -388,7 +388,7 @@ def versions() -> dict[str, str]:
     for dist in ("kvstore", "aiobotocore", "botocore", "aiohttp"):
         try:
             out[dist] = version(dist)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure: the version is unknown
             out[dist] = "?"
     return out
 

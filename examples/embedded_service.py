@@ -108,7 +108,7 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it; quiet
             pass
 
     return Handler

@@ -31,7 +31,6 @@ from typing import Any
 
 import kvstore
 
-
 # ----------------------------------------------------------------- writes (one transaction each)
 
 

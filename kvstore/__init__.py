@@ -8,6 +8,8 @@
 See README.md for a tour and docs/ for concepts, formats and operations.
 """
 
+from ._compact import CompactionResult
+from ._engine import VerifyReport
 from ._errors import (
     AccessDeniedError,
     ClosedError,
@@ -37,19 +39,16 @@ from ._errors import (
     ValueDecodeError,
     VersionNotRetainedError,
 )
-from ._objectstore import RetryPolicy, S3Options
-from ._version import __version__ as __version__
-from ._compact import CompactionResult
 from ._gc import GcReport
+from ._objectstore import RetryPolicy, S3Options
 from ._options import StoreOptions
 from ._reader import Reader
-from ._engine import VerifyReport
 from ._snapshot import Snapshot
-from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open
+from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
 from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
-
+from ._version import __version__ as __version__
 
 __all__ = [
     "AccessDeniedError",

@@ -36,7 +36,7 @@ async def encoded_batches(
 ) -> AsyncIterator[Batch]:
     """The input as batches of checked, encoded keys and values (InvalidKeyError, InvalidValueError)."""
     async for batch in _batches(items):
-        raw_keys, raw_values = zip(*batch)
+        raw_keys, raw_values = zip(*batch, strict=True)
         keys, key_bytes = _encoded_keys(raw_keys, max_key_bytes)
         values, value_bytes = _encoded_values(raw_values, mode, max_value_bytes)
         yield Batch(keys, values, key_bytes + value_bytes)
@@ -97,9 +97,9 @@ class ChunkBuffer:
             self._values.extend(values)
             return
         if self._pairs is None:
-            self._pairs = dict(zip(self._keys, self._values))
+            self._pairs = dict(zip(self._keys, self._values, strict=True))
             self._keys, self._values = [], []
-        self._pairs.update(zip(keys, values))
+        self._pairs.update(zip(keys, values, strict=True))
 
 
 class ChunkUploads:

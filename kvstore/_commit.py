@@ -30,12 +30,12 @@ from ._errors import (
     StoreUnavailableError,
     TransactionTooOldError,
 )
+from ._layout import new_object_id
 from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed
 from ._options import StoreOptions
 from ._segment import encode_segment
-from ._layout import new_object_id
 from ._segment_store import SegmentStore
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.

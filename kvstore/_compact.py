@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from ._cas import read_modify_cas
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
-from ._cas import read_modify_cas
 from ._options import StoreOptions
 from ._segment import encode_segment
 from ._segment_store import Entry, SegmentStore

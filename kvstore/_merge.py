@@ -15,7 +15,6 @@ from functools import total_ordering
 
 from ._segment_store import Entry
 
-
 # Entries handed out per batch when several sources interleave (a single source
 # passes its blocks through). Batches keep the per-entry cost synchronous.
 _BATCH = 512

@@ -286,7 +286,7 @@ def _entries_in_range(block: Block, ref: SegmentRef, start: bytes | None, end: b
         v = ref.commit_version
         assert v is not None
         return [(keys[i], v, block.values[i]) for i in range(lo, hi)]
-    return list(zip(keys[lo:hi], versions[lo:hi], block.values[lo:hi]))
+    return list(zip(keys[lo:hi], versions[lo:hi], block.values[lo:hi], strict=True))
 
 
 def _reverse_keys(entries: list[Entry]) -> list[Entry]:

@@ -16,16 +16,16 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
+from ._codec import ValueMode
 from ._compact import CompactionResult
+from ._engine import VerifyReport
+from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
 from ._gc import GcReport
 from ._nesting import Scope, enter, leave
-from ._engine import VerifyReport
-from ._snapshot import Snapshot
-from ._codec import ValueMode
 from ._objectstore import ObjectStore, S3Options
 from ._options import StoreOptions
-from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open
+from ._snapshot import Snapshot
+from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
 from ._tags import Tag
 from ._transaction import TransactAttempts, Transaction
 

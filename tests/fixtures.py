@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from targets import Target, file_target, memory_target, s3_target
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import kvstore
 from targets import engine_of
+
+import kvstore
 
 
 def test_all_is_exactly_the_public_names() -> None:

@@ -12,8 +12,8 @@ from targets import Target, engine_of, memory_target
 
 import kvstore
 from kvstore._compact import merge_entries
-from kvstore._manifest import CommitRecord, Manifest, SegmentRef
 from kvstore._engine import ours_to_compact
+from kvstore._manifest import CommitRecord, Manifest, SegmentRef
 
 NEVER = lambda key, version: False  # noqa: E731 - a tombstone check that keeps every tombstone
 ALWAYS = lambda key, version: True  # noqa: E731

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from targets import Target, file_target
 
 import kvstore
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
-from targets import Target, file_target
 
 pytestmark = pytest.mark.timeout(60)
 

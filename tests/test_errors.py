@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import xxhash
+from targets import Target, engine_of, memory_target
 
 import kvstore
-from targets import Target, engine_of, memory_target
 
 SMALL = kvstore.StoreOptions(max_key_bytes=16, max_value_bytes=32, max_transaction_bytes=200, max_transaction_keys=4)
 

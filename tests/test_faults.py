@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from targets import Target, engine_of, fault_injecting
 
 import kvstore
 from kvstore.testing.faults import FaultPlan, FaultRule
-from targets import Target, engine_of, fault_injecting
 
 
 async def _commit_log_txn_ids(target: Target) -> list[bytes]:

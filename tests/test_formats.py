@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from targets import Target, engine_of
 
 import kvstore
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer, parse_index
-from targets import Target, engine_of
 
 
 def _entries(n: int, versions: int = 1) -> list[tuple[bytes, int, bytes | None]]:
@@ -36,7 +36,7 @@ def test_segment_round_trip(n: int, versions: int) -> None:
         block = decode_block(seg.data[index.offsets[b] : index.offsets[b] + index.lengths[b]], "s", b)
         assert block.keys[0] == index.first_keys[b] and block.keys[-1] == index.last_keys[b]
         vs = block.versions or [1] * len(block.keys)
-        decoded.extend(zip(block.keys, vs, block.values))
+        decoded.extend(zip(block.keys, vs, block.values, strict=True))
     assert decoded == entries
     if n > 1000:
         assert len(index.offsets) > 1  # large segments really have several blocks

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from targets import Target, engine_of
 
 import kvstore
-from targets import Target, engine_of
 
 NO_AUTO = kvstore.StoreOptions(auto_compact=False, history_versions=3)
 # Tests about segment objects (GC, missing objects) make every commit write one.

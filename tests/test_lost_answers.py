@@ -13,11 +13,11 @@ import asyncio
 import os
 
 import pytest
+from targets import Target, engine_of, fault_injecting, s3_target
 
 import kvstore
 from kvstore._objectstore import ObjectNotFound
 from kvstore.testing.faults import FaultPlan, FaultRule
-from targets import Target, engine_of, fault_injecting, s3_target
 
 pytestmark = pytest.mark.timeout(120)
 

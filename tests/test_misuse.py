@@ -7,9 +7,9 @@ import gc
 import warnings
 
 import pytest
+from targets import Target, memory_target
 
 import kvstore
-from targets import Target, memory_target
 
 FEW_ATTEMPTS = kvstore.StoreOptions(transact_max_attempts=5)
 

@@ -28,11 +28,11 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from servers import s3_client
+from targets import s3_target
 
 import kvstore
 from kvstore.testing.netproxy import Exchange, FaultProxy, NetRule
-from servers import s3_client
-from targets import s3_target
 
 # What a dropped connection surfaces as through aiobotocore: EndpointConnectionError (an RST,
 # even on an established connection), ConnectionClosedError (an early FIN), or raw aiohttp

@@ -10,9 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-
 import workers
-from kvstore._objectstore._s3 import S3ObjectStore
+
 from kvstore._objectstore import (
     LocalObjectStore,
     MemoryObjectStore,
@@ -21,6 +20,7 @@ from kvstore._objectstore import (
     PreconditionFailed,
     S3Options,
 )
+from kvstore._objectstore._s3 import S3ObjectStore
 
 
 @pytest.fixture(params=["memory", "file", "s3"])

@@ -7,9 +7,9 @@ import logging
 from typing import Any
 
 import pytest
+from targets import Target, engine_of
 
 import kvstore
-from targets import Target, engine_of
 
 SSE_C_KEY = b"0123456789abcdef0123456789abcdef"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from targets import Target
 
 import kvstore
-from targets import Target
 
 
 def test_sync_store_is_a_mutable_mapping(target: Target) -> None:

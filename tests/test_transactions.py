@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from targets import Target
 
 import kvstore
-from targets import Target
 
 
 async def test_read_write_conflict(target: Target) -> None:

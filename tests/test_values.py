@@ -9,10 +9,10 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 import pytest
+from targets import Target, engine_of, memory_target
 
 import kvstore
 from kvstore._manifest import encode_manifest
-from targets import Target, engine_of, memory_target
 
 
 class Color(enum.IntEnum):

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+import workers
+from targets import Target, s3_target
 
 import kvstore
-import workers
 from kvstore.testing.netproxy import FaultProxy, NetRule
-from targets import Target, s3_target
 
 pytestmark = pytest.mark.timeout(180)
 

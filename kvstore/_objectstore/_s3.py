@@ -45,13 +45,13 @@ from botocore.exceptions import (
 from botocore.handlers import add_expect_header
 from botocore.utils import parse_timestamp
 
-from .._version import __version__
 from .._errors import (
     AccessDeniedError,
     StoreNotFoundError,
     StoreUnavailableError,
     UnsafeEndpointError,
 )
+from .._version import __version__
 from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
 from ._s3_options import S3Options
 
