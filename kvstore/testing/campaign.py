@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -67,7 +68,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,10 @@ class CampaignConfig:
     max_appends: int = 40  # list-append: a key is retired once its list is this long
     accounts: int = 8
     counters: int = 4
-    # Test-only: one of SABOTAGE breaks kvstore inside the workers on purpose,
-    # a store with a known bug that the checks must catch.
-    sabotage: str | None = None
+    # "module:function" that every worker calls before it opens its stores; the
+    # module must be importable there (spawned workers inherit the coordinator's
+    # sys.path). The tests use it to break kvstore on purpose (tests/sabotage.py).
+    worker_setup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -407,35 +409,26 @@ def fault_plan(seed: int) -> FaultPlan:
                      outage=FAULT_OUTAGE, outage_length=FAULT_OUTAGE_LENGTH)
 
 
-def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
-    """Entry point of a worker process (spawned)."""
-    if spec.config.sabotage is not None:
-        _sabotage(spec.config.sabotage)
-    asyncio.run(_worker(spec, low_hint))
+def resolve_worker_setup(name: str) -> Callable[[], object]:
+    """The function a `CampaignConfig.worker_setup` hook names (``"module:function"``).
 
-
-SABOTAGE = ("no-conflict-check", "no-ambiguity-resolution")
-
-
-def _sabotage(kind: str) -> None:
-    """Break kvstore on purpose (test-only), to prove the campaign's checks catch it.
-
-    ``no-conflict-check`` commits every transaction without checking what it
-    read (lost updates); ``no-ambiguity-resolution`` never looks for its own
-    transaction after an uncertain CAS (I5), so a lost response leads to a
-    second application or to "failed" for a commit that happened.
+    Raises ValueError if the name is malformed, TypeError if it names no function, ImportError
+    if the module cannot be imported.
     """
-    from kvstore import _commit
+    module, sep, attr = name.partition(":")
+    if not (sep and module and attr):
+        raise ValueError(f"worker_setup {name!r}: expected 'module:function'")
+    setup: object = getattr(importlib.import_module(module), attr, None)
+    if not callable(setup):
+        raise TypeError(f"worker_setup {name!r}: {module} has no function {attr!r}")
+    return setup
 
-    if kind == "no-conflict-check":
-        def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
-            return list(requests)
 
-        _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
-    elif kind == "no-ambiguity-resolution":
-        _commit.Committer._find_own_commit = lambda self, *args: None  # type: ignore[method-assign]
-    else:
-        raise ValueError(f"unknown sabotage {kind!r}; one of {SABOTAGE}")
+def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
+    """Entry point of a worker process (spawned): the setup hook, if any, then its transactions."""
+    if spec.config.worker_setup is not None:
+        resolve_worker_setup(spec.config.worker_setup)()
+    asyncio.run(_worker(spec, low_hint))
 
 
 class _CountingHandler(logging.Handler):
@@ -602,6 +595,8 @@ class CampaignResult:
 
 def run_campaign(config: CampaignConfig) -> CampaignResult:
     """Run a campaign to the end and check it; writes `result.json` in the workdir."""
+    if config.worker_setup is not None:
+        resolve_worker_setup(config.worker_setup)  # a bad name fails here, not in every worker
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="kvstore-campaign-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, workdir=str(workdir))
@@ -988,6 +983,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
                    help="workers that also freeze themselves at a random invocation and are SIGKILLed")
     p.add_argument("--net-faults", type=_on_off, default=False, metavar="on|off",
                    help="S3 only: inject faults on the wire (lost answers, resets, cut answers)")
+    p.add_argument("--worker-setup", default=None, metavar="MODULE:FUNCTION",
+                   help="a function every worker calls before it starts (importable in the workers)")
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     a = p.parse_args(argv)
@@ -996,7 +993,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
                             txns=a.txns, seed=a.seed, faults=a.faults, net_faults=a.net_faults, kills=a.kills,
                             workloads=workloads, duration_limit=a.duration_limit, kill_interval=a.kill_interval,
                             max_kills=a.max_kills, planned_kills=a.planned_kills,
-                            workdir=a.workdir)
+                            worker_setup=a.worker_setup, workdir=a.workdir)
     return config, a.out
 
 
