@@ -34,6 +34,7 @@ from kvstore.testing.campaign import (
     read_journal,
     resolve_worker_setup,
     run_campaign,
+    txn_outcome,
 )
 from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
 from targets import Target, engine_of, file_target, s3_target
@@ -377,6 +378,23 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
     assert ("list-append", "G1a") in found, found  # a "failed" transaction's append was read
     assert ("counter", "count") in found, found  # a "failed" increment was applied
+
+
+@pytest.mark.parametrize(("exc", "reached_commit", "expected"), [
+    (None, True, ("ok", None)),
+    (kvstore.StoreUnavailableError("x"), False, ("fail", "StoreUnavailableError before commit")),
+    (RuntimeError("x"), False, ("fail", "RuntimeError before commit")),
+    (kvstore.ConflictError("x"), True, ("fail", "ConflictError")),
+    (kvstore.TransactionTooOldError("x"), True, ("fail", "TransactionTooOldError")),
+    (kvstore.CommitOutcomeUnknownError("x"), True, ("info", "CommitOutcomeUnknownError")),
+    (kvstore.StoreUnavailableError("x"), True, ("info", "StoreUnavailableError")),
+    (RuntimeError("x"), True, ("info", "RuntimeError")),
+])
+def test_every_transaction_outcome_has_one_journal_status(exc: Exception | None, reached_commit: bool,
+                                                          expected: tuple[str, str | None]) -> None:
+    # Nothing sent before the commit: fail. From the commit only a conflict is a
+    # definite "not applied"; anything else may follow an applied CAS: unknown.
+    assert txn_outcome(exc, reached_commit=reached_commit) == expected
 
 
 def test_worker_setup_names_an_importable_function() -> None:
