@@ -230,7 +230,7 @@ def txn_outcome(exc: BaseException | None, *, reached_commit: bool) -> tuple[Sta
 # --------------------------------------------------------------------------- workloads (worker side)
 
 
-TxnBody = Callable[[kvstore.Transaction], Awaitable[dict[str, Any]]]
+_TxnBody = Callable[[kvstore.Transaction], Awaitable[dict[str, Any]]]
 """A transaction's reads and writes; returns fields for its completion record."""
 
 
@@ -264,7 +264,7 @@ class _Client:
         self.journal.write({"e": "error", "w": _SHORT[self.name], "id": txn_id,
                             "error": "".join(traceback.format_exception(exc))[-4000:]})
 
-    async def attempt(self, txn_id: int, body: TxnBody) -> tuple[Status, str | None, dict[str, Any]]:
+    async def attempt(self, txn_id: int, body: _TxnBody) -> tuple[Status, str | None, dict[str, Any]]:
         """Run `body` in a new transaction and commit it: the one path of every outcome.
 
         Returns the status and why (`txn_outcome`) and the fields `body`
