@@ -7,7 +7,8 @@ fresh `kvstore.open` must see the transaction fully present (once in the
 commit log) or fully absent. Two steps are also hit by a real SIGKILL of a
 spawned writer. The campaign runs every workload with faults and kills on the
 local filesystem and on LocalStack S3, and against two deliberately broken
-stores to show that its checks catch real bugs.
+stores (`tests/sabotage.py`, applied in the workers through
+`CampaignConfig.worker_setup`) to show that its checks catch real bugs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ import pytest
 
 import crash_workers
 import kvstore
-from kvstore.testing.campaign import CampaignConfig, CampaignResult, format_summary, read_journal, run_campaign
+import sabotage
+from kvstore.testing.campaign import (
+    CampaignConfig,
+    CampaignResult,
+    format_summary,
+    read_journal,
+    resolve_worker_setup,
+    run_campaign,
+    txn_outcome,
+)
 from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
 from targets import Target, engine_of, file_target, s3_target
 
@@ -346,7 +356,7 @@ async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(s3_buck
 async def test_campaign_catches_a_store_without_conflict_checks(tmp_path: Path) -> None:
     target = Target("file", f"file://{tmp_path / 'broken'}")
     config = _campaign(target, tmp_path / "campaign", processes=2, txns=240, faults=False, kills=False,
-                       sabotage="no-conflict-check")
+                       worker_setup="sabotage:no_conflict_check")
     result = await asyncio.to_thread(run_campaign, config)
     found = {(a["workload"], a["kind"]) for a in result.anomalies}
     assert any(w == "list-append" for w, _ in found), found
@@ -362,12 +372,40 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     # 600 transactions: enough CAS requests (about 5 % lose their answer) that
     # each store meets several ambiguous commits.
     config = _campaign(target, tmp_path / "campaign", processes=2, txns=600, kills=False,
-                       sabotage="no-ambiguity-resolution")
+                       worker_setup="sabotage:no_ambiguity_resolution")
     result = await asyncio.to_thread(run_campaign, config)
     found = {(a["workload"], a["kind"]) for a in result.anomalies}
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
     assert ("list-append", "G1a") in found, found  # a "failed" transaction's append was read
     assert ("counter", "count") in found, found  # a "failed" increment was applied
+
+
+@pytest.mark.parametrize(("exc", "reached_commit", "expected"), [
+    (None, True, ("ok", None)),
+    (kvstore.StoreUnavailableError("x"), False, ("fail", "StoreUnavailableError before commit")),
+    (RuntimeError("x"), False, ("fail", "RuntimeError before commit")),
+    (kvstore.ConflictError("x"), True, ("fail", "ConflictError")),
+    (kvstore.TransactionTooOldError("x"), True, ("fail", "TransactionTooOldError")),
+    (kvstore.CommitOutcomeUnknownError("x"), True, ("info", "CommitOutcomeUnknownError")),
+    (kvstore.StoreUnavailableError("x"), True, ("info", "StoreUnavailableError")),
+    (RuntimeError("x"), True, ("info", "RuntimeError")),
+])
+def test_every_transaction_outcome_has_one_journal_status(exc: Exception | None, reached_commit: bool,
+                                                          expected: tuple[str, str | None]) -> None:
+    # Nothing sent before the commit: fail. From the commit only a conflict is a
+    # definite "not applied"; anything else may follow an applied CAS: unknown.
+    assert txn_outcome(exc, reached_commit=reached_commit) == expected
+
+
+def test_worker_setup_names_an_importable_function() -> None:
+    # Resolving only imports: nothing is patched until a worker calls the function.
+    assert resolve_worker_setup("sabotage:no_conflict_check") is sabotage.no_conflict_check
+    with pytest.raises(ValueError, match="module:function"):
+        resolve_worker_setup("sabotage")
+    with pytest.raises(TypeError, match="no function"):
+        resolve_worker_setup("sabotage:no_such_sabotage")
+    with pytest.raises(ImportError):
+        resolve_worker_setup("no_such_module_anywhere:setup")
 
 
 def test_journal_reader_skips_only_a_torn_last_line(tmp_path: Path) -> None:

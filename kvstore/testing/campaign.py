@@ -39,7 +39,9 @@ and replaced, so that a short run is killed however fast the machine is.
 Outcomes: ``ok`` (commit returned), ``fail`` (ConflictError or
 TransactionTooOldError from commit, or any kvstore error before commit: nothing
 was sent), ``info`` (anything else from commit — CommitOutcomeUnknownError,
-StoreUnavailableError, ... — or the process was killed: unknown). Every worker
+StoreUnavailableError, ... — or the process was killed: unknown); `txn_outcome`
+is that mapping, and `_Client.attempt` the one path every transaction takes
+to it. Every worker
 appends its history to a JSON-lines journal as it goes (invoke before the
 transaction starts, completion once its outcome is known) with one ``write``
 each, so a SIGKILL loses nothing already recorded; an invocation without a
@@ -47,6 +49,12 @@ completion is ``info``.
 
 The result is a summary table on stdout and a JSON document (``--out``);
 the exit status is 0 iff no anomaly was found.
+
+The parts, in the order of this file: the journal; the workload clients (one
+per workload, run in the workers); the worker process (`_Worker`: open the
+stores, run the tasks and the bank auditor, finish); the coordinator
+(`_Coordinator`: launch, kill and replace, reap, planned and timed kills, the
+hang watchdog); the checks of the merged journals; the command line.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -67,15 +76,15 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import kvstore
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
-from kvstore.testing.netproxy import FaultProxy, NetRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
+from kvstore.testing.netproxy import FaultProxy, NetRule
 
 WORKLOADS = ("list-append", "bank", "counter")
 _SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr"}
@@ -140,9 +149,10 @@ class CampaignConfig:
     max_appends: int = 40  # list-append: a key is retired once its list is this long
     accounts: int = 8
     counters: int = 4
-    # Test-only: one of SABOTAGE breaks kvstore inside the workers on purpose,
-    # a store with a known bug that the checks must catch.
-    sabotage: str | None = None
+    # "module:function" that every worker calls before it opens its stores; the
+    # module must be importable there (spawned workers inherit the coordinator's
+    # sys.path). The tests use it to break kvstore on purpose (tests/sabotage.py).
+    worker_setup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,23 +209,29 @@ class _Clock:
         return self.last
 
 
-def _commit_status(exc: BaseException) -> Status:
-    """The outcome of a transaction whose commit raised `exc`.
+def txn_outcome(exc: BaseException | None, *, reached_commit: bool) -> tuple[Status, str | None]:
+    """The journal status of a transaction and, unless ok, why: the campaign's one error mapping.
 
-    Only a conflict is a definite "not applied": every other failure of a
-    commit may come after a CAS that reached the store (kvstore raises
-    StoreUnavailableError from the segment write, before any CAS, too, but we
-    stay conservative).
+    * no exception: ``ok``;
+    * anything raised before the commit (by the reads): ``fail``, nothing was sent;
+    * a conflict (ConflictError, TransactionTooOldError) from the commit: ``fail``,
+      a definite "not applied";
+    * anything else from the commit: ``info``. It may come after a CAS that
+      reached the store (kvstore raises StoreUnavailableError from the segment
+      write, before any CAS, too, but we stay conservative).
     """
-    return "fail" if isinstance(exc, kvstore.ConflictError) else "info"
-
-
-def _before_commit(exc: BaseException) -> str:
-    """Why a transaction failed before its commit (its reads): nothing was written."""
-    return f"{type(exc).__name__} before commit"
+    if exc is None:
+        return "ok", None
+    if not reached_commit:
+        return "fail", f"{type(exc).__name__} before commit"
+    return ("fail" if isinstance(exc, kvstore.ConflictError) else "info"), type(exc).__name__
 
 
 # --------------------------------------------------------------------------- workloads (worker side)
+
+
+_TxnBody = Callable[[kvstore.Transaction], Awaitable[dict[str, Any]]]
+"""A transaction's reads and writes; returns fields for its completion record."""
 
 
 class _Client:
@@ -239,21 +255,38 @@ class _Client:
     def record(self, **fields: Any) -> None:
         self.journal.write({"w": _SHORT[self.name], **fields})
 
+    def complete(self, txn_id: int, status: Status, why: str | None, **fields: Any) -> None:
+        """Journal a transaction's completion record."""
+        self.record(e="c", id=txn_id, s=status, **fields, why=why)
+
     def error(self, txn_id: int, exc: BaseException) -> None:
-        """An exception kvstore should never raise here: a finding, and the txn is unknown."""
+        """An exception kvstore should never raise here: a finding, journaled with its traceback."""
         self.journal.write({"e": "error", "w": _SHORT[self.name], "id": txn_id,
                             "error": "".join(traceback.format_exception(exc))[-4000:]})
 
-    async def commit(self, tx: kvstore.Transaction, txn_id: int) -> tuple[Status, str | None]:
-        """Commit `tx`: its status, and why unless ok (the exception's class)."""
+    async def attempt(self, txn_id: int, body: _TxnBody) -> tuple[Status, str | None, dict[str, Any]]:
+        """Run `body` in a new transaction and commit it: the one path of every outcome.
+
+        Returns the status and why (`txn_outcome`) and the fields `body`
+        returned for the completion record (none if it raised). An exception
+        that is not a kvstore error is also journaled as a finding.
+        """
+        tx = self.db.transaction()
+        fields: dict[str, Any] = {}
+        reached_commit = False
+        failure: Exception | None = None
         try:
+            fields = await body(tx)
+            reached_commit = True
             await tx.commit()
-        except kvstore.KvStoreError as exc:
-            return _commit_status(exc), type(exc).__name__
-        except Exception as exc:  # noqa: BLE001 - anything else is a finding, outcome unknown
-            self.error(txn_id, exc)
-            return "info", type(exc).__name__
-        return "ok", None
+        except Exception as exc:  # noqa: BLE001 - every exception is an outcome to record
+            failure = exc
+            if not reached_commit:
+                tx.discard()  # nothing was sent
+            if not isinstance(exc, kvstore.KvStoreError):
+                self.error(txn_id, exc)
+        status, why = txn_outcome(failure, reached_commit=reached_commit)
+        return status, why, fields
 
 
 class ListAppendClient(_Client):
@@ -288,30 +321,24 @@ class ListAppendClient(_Client):
         ops = self._plan(rng)
         txn_id = self.recorder.invoke(self.process, ops)
         self.record(e="i", id=txn_id, p=self.process, t=self._clock.last, ops=ops)
-        status, why, done = await self._execute(ops, txn_id)
+        done: list[list[Any]] = []
+        status, why, _ = await self.attempt(txn_id, lambda tx: self._apply(tx, ops, done))
         final_ops = done if status == "ok" else ops  # reads of unknown txns are not evidence
         self.recorder.complete(txn_id, status, final_ops)
-        self.record(e="c", id=txn_id, s=status, t=self._clock.last, ops=final_ops, why=why)
+        self.complete(txn_id, status, why, t=self._clock.last, ops=final_ops)
 
-    async def _execute(self, ops: list[list[Any]], txn_id: int) -> tuple[Status, str | None, list[list[Any]]]:
-        tx = self.db.transaction()
-        done: list[list[Any]] = []
-        try:
-            for f, key, value in ops:
-                current = await tx.get(f"la/{key:08d}", [])
-                self._note_length(key, len(current))
-                if f == "append":
-                    tx.put(f"la/{key:08d}", [*current, value])
-                    done.append([f, key, value])
-                else:
-                    done.append([f, key, current])
-        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
-            tx.discard()
-            if not isinstance(exc, kvstore.KvStoreError):
-                self.error(txn_id, exc)
-            return "fail", _before_commit(exc), done
-        status, why = await self.commit(tx, txn_id)
-        return status, why, done
+    async def _apply(self, tx: kvstore.Transaction, ops: list[list[Any]],
+                     done: list[list[Any]]) -> dict[str, Any]:
+        """Run `ops` in `tx`, appending each with its read result to `done`."""
+        for f, key, value in ops:
+            current = await tx.get(f"la/{key:08d}", [])
+            self._note_length(key, len(current))
+            if f == "append":
+                tx.put(f"la/{key:08d}", [*current, value])
+                done.append([f, key, value])
+            else:
+                done.append([f, key, current])
+        return {}
 
     def _note_length(self, key: int, length: int) -> None:
         """Retire full keys, so lists (and the history) stay small."""
@@ -335,22 +362,18 @@ class BankClient(_Client):
         amount = rng.randint(1, 30)
         txn_id = self.next_id()
         self.record(e="i", id=txn_id, a=a, b=b, n=amount)
-        tx = self.db.transaction()
-        try:
+
+        async def transfer(tx: kvstore.Transaction) -> dict[str, Any]:
             balance_a = await tx.get(f"acct/{a:04d}")
             balance_b = await tx.get(f"acct/{b:04d}")
             moved = balance_a >= amount
             if moved:
                 tx.put(f"acct/{a:04d}", balance_a - amount)
                 tx.put(f"acct/{b:04d}", balance_b + amount)
-        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
-            tx.discard()
-            if not isinstance(exc, kvstore.KvStoreError):
-                self.error(txn_id, exc)
-            self.record(e="c", id=txn_id, s="fail", why=_before_commit(exc))
-            return
-        status, why = await self.commit(tx, txn_id)
-        self.record(e="c", id=txn_id, s=status, moved=moved, why=why)
+            return {"moved": moved}
+
+        status, why, fields = await self.attempt(txn_id, transfer)
+        self.complete(txn_id, status, why, **fields)
 
     async def audit(self) -> None:
         """One audit: a snapshot's balances must sum to the total, none negative."""
@@ -373,18 +396,14 @@ class CounterClient(_Client):
         key = rng.randrange(self.spec.config.counters)
         txn_id = self.next_id()
         self.record(e="i", id=txn_id, k=key)
-        tx = self.db.transaction()
-        try:
+
+        async def increment(tx: kvstore.Transaction) -> dict[str, Any]:
             value = await tx.get(f"ctr/{key:04d}", 0)
             tx.put(f"ctr/{key:04d}", value + 1)
-        except Exception as exc:  # noqa: BLE001 - nothing was sent: it never reached commit
-            tx.discard()
-            if not isinstance(exc, kvstore.KvStoreError):
-                self.error(txn_id, exc)
-            self.record(e="c", id=txn_id, s="fail", why=_before_commit(exc))
-            return
-        status, why = await self.commit(tx, txn_id)
-        self.record(e="c", id=txn_id, s=status, r=value, why=why)
+            return {"r": value}
+
+        status, why, fields = await self.attempt(txn_id, increment)
+        self.complete(txn_id, status, why, **fields)
 
 
 # --------------------------------------------------------------------------- worker process
@@ -407,35 +426,26 @@ def fault_plan(seed: int) -> FaultPlan:
                      outage=FAULT_OUTAGE, outage_length=FAULT_OUTAGE_LENGTH)
 
 
-def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
-    """Entry point of a worker process (spawned)."""
-    if spec.config.sabotage is not None:
-        _sabotage(spec.config.sabotage)
-    asyncio.run(_worker(spec, low_hint))
+def resolve_worker_setup(name: str) -> Callable[[], object]:
+    """The function a `CampaignConfig.worker_setup` hook names (``"module:function"``).
 
-
-SABOTAGE = ("no-conflict-check", "no-ambiguity-resolution")
-
-
-def _sabotage(kind: str) -> None:
-    """Break kvstore on purpose (test-only), to prove the campaign's checks catch it.
-
-    ``no-conflict-check`` commits every transaction without checking what it
-    read (lost updates); ``no-ambiguity-resolution`` never looks for its own
-    transaction after an uncertain CAS (I5), so a lost response leads to a
-    second application or to "failed" for a commit that happened.
+    Raises ValueError if the name is malformed, TypeError if it names no function, ImportError
+    if the module cannot be imported.
     """
-    from kvstore import _commit
+    module, sep, attr = name.partition(":")
+    if not (sep and module and attr):
+        raise ValueError(f"worker_setup {name!r}: expected 'module:function'")
+    setup: object = getattr(importlib.import_module(module), attr, None)
+    if not callable(setup):
+        raise TypeError(f"worker_setup {name!r}: {module} has no function {attr!r}")
+    return setup
 
-    if kind == "no-conflict-check":
-        def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
-            return list(requests)
 
-        _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
-    elif kind == "no-ambiguity-resolution":
-        _commit.Committer._find_own_commit = lambda self, *args: None  # type: ignore[method-assign]
-    else:
-        raise ValueError(f"unknown sabotage {kind!r}; one of {SABOTAGE}")
+def worker_main(spec: WorkerSpec, low_hint: Any) -> None:
+    """Entry point of a worker process (spawned): the setup hook, if any, then its transactions."""
+    if spec.config.worker_setup is not None:
+        resolve_worker_setup(spec.config.worker_setup)()
+    asyncio.run(_Worker(spec, low_hint).run())
 
 
 class _CountingHandler(logging.Handler):
@@ -449,59 +459,83 @@ class _CountingHandler(logging.Handler):
         self.counts[f"log:{record.levelname.lower()}"] += 1
 
 
-async def _worker(spec: WorkerSpec, low_hint: Any) -> None:
-    cfg = spec.config
-    journal = Journal(spec.journal)
-    logs = _CountingHandler()
-    kv_logger = logging.getLogger("kvstore")
-    kv_logger.addHandler(logs)
-    kv_logger.propagate = False  # counted, not printed: faults make them expected
-    injectors: list[FaultInjectingStore] = []
-    stores = {w: await _open_with_retry(cfg, w, spec, injectors) for w in cfg.workloads}
-    clients = _make_clients(spec, stores, journal, low_hint)
-    journal.write({"e": "start", "slot": spec.slot, "inc": spec.incarnation, "pid": os.getpid()})
-    budget = [spec.quota]
-    stop = asyncio.Event()
+class _FaultCounters:
+    """What a worker's fault injectors injected, plus kvstore's log records (counted, not printed)."""
 
-    def injected() -> dict[str, int]:
+    def __init__(self) -> None:
+        self.injectors: list[FaultInjectingStore] = []
+        self.logs = _CountingHandler()
+        kv_logger = logging.getLogger("kvstore")
+        kv_logger.addHandler(self.logs)
+        kv_logger.propagate = False  # faults make warnings expected
+
+    def totals(self) -> dict[str, int]:
         total: Counter[str] = Counter()
-        for inj in injectors:
-            total.update(inj.injected)
-        total.update(logs.counts)
+        for injector in self.injectors:
+            total.update(injector.injected)
+        total.update(self.logs.counts)
         return dict(total)
 
-    async def task(n: int) -> None:
-        rng = random.Random(f"{cfg.seed}/{spec.incarnation}/{n}")
-        while budget[0] > 0 and time.time() < spec.stop_at:
-            budget[0] -= 1
-            if spec.quota - budget[0] == spec.freeze_after:
+
+class _Worker:
+    """One worker process: its stores, clients and journal, and `tasks` tasks sharing its quota."""
+
+    def __init__(self, spec: WorkerSpec, low_hint: Any) -> None:
+        self.spec = spec
+        self.low_hint = low_hint
+        self.journal = Journal(spec.journal)
+        self.faults = _FaultCounters()
+        self.left = spec.quota  # transactions still to invoke
+        self.stores: dict[str, kvstore.Store] = {}
+        self.clients: list[_Client] = []
+
+    async def run(self) -> None:
+        """Open the stores, run the tasks (and the bank auditor) to the end, then close."""
+        await self._start()
+        stop = asyncio.Event()
+        auditor = asyncio.ensure_future(self._audit_until(stop))
+        await asyncio.gather(*(self._task(n) for n in range(self.spec.config.tasks)))
+        stop.set()
+        await auditor
+        await self._finish()
+
+    async def _start(self) -> None:
+        cfg, spec = self.spec.config, self.spec
+        for w in cfg.workloads:
+            self.stores[w] = await _open_with_retry(cfg, w, spec, self.faults.injectors)
+        self.clients = _make_clients(spec, self.stores, self.journal, self.low_hint)
+        self.journal.write({"e": "start", "slot": spec.slot, "inc": spec.incarnation, "pid": os.getpid()})
+
+    async def _task(self, n: int) -> None:
+        """One task: random transactions of random workloads while the quota and time last."""
+        spec = self.spec
+        rng = random.Random(f"{spec.config.seed}/{spec.incarnation}/{n}")
+        while self.left > 0 and time.time() < spec.stop_at:
+            self.left -= 1
+            if spec.quota - self.left == spec.freeze_after:
                 _freeze_soon(rng.uniform(0.0, _FREEZE_DELAY_MAX))
-            await rng.choice(clients).run_one(rng)
-            if budget[0] % _JOURNAL_STATS_EVERY == 0:
-                journal.write({"e": "stats", "faults": injected()})
+            await rng.choice(self.clients).run_one(rng)
+            if self.left % _JOURNAL_STATS_EVERY == 0:
+                self.journal.write({"e": "stats", "faults": self.faults.totals()})
 
-    bank = next((c for c in clients if isinstance(c, BankClient)), None)
-
-    async def auditor() -> None:
+    async def _audit_until(self, stop: asyncio.Event) -> None:
+        """Audit the bank every `_AUDIT_PAUSE` seconds until `stop` is set (if bank is a workload)."""
+        bank = next((c for c in self.clients if isinstance(c, BankClient)), None)
         while bank is not None and not stop.is_set():
             await bank.audit()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _AUDIT_PAUSE)
-            except TimeoutError:
-                pass
 
-    audit_task = asyncio.ensure_future(auditor())
-    await asyncio.gather(*(task(n) for n in range(cfg.tasks)))
-    stop.set()
-    await audit_task
-    for client in clients:
-        if isinstance(client, ListAppendClient):
-            # The recorder's own copy, to cross-check the journal on a clean exit.
-            client.recorder.to_jsonl(spec.journal + ".history")
-    for db in stores.values():
-        await db.close()
-    journal.write({"e": "done", "faults": injected()})
-    journal.close()
+    async def _finish(self) -> None:
+        """A clean exit: save the recorder's history, close the stores, journal `done`."""
+        for client in self.clients:
+            if isinstance(client, ListAppendClient):
+                # The recorder's own copy, to cross-check the journal on a clean exit.
+                client.recorder.to_jsonl(self.spec.journal + ".history")
+        for db in self.stores.values():
+            await db.close()
+        self.journal.write({"e": "done", "faults": self.faults.totals()})
+        self.journal.close()
 
 
 def _freeze_soon(delay: float) -> None:
@@ -537,17 +571,7 @@ async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
     """
     inline = spec.incarnation % 2 == 1
     for attempt in range(_OPEN_ATTEMPTS):
-
-        def wrap(inner: Any, attempt: int = attempt) -> Any:
-            seed = random.Random(f"{cfg.seed}/{spec.incarnation}/{workload}/{attempt}").getrandbits(32)
-            injector = FaultInjectingStore(inner, fault_plan(seed))
-            if not inline:
-                # Past the open's probe, the first segment create loses its answer: a
-                # short run meets that case however the random draws fall.
-                injector.script("put_if_absent", "pass", "lost_response")
-            injectors.append(injector)
-            return injector
-
+        wrap = _fault_wrapper(f"{cfg.seed}/{spec.incarnation}/{workload}/{attempt}", inline, injectors)
         try:
             return await kvstore.open(store_url(cfg.url, workload), values="msgpack",
                                       options=store_options(inline=inline), endpoint_url=spec.endpoint_url,
@@ -557,6 +581,21 @@ async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
             if attempt + 1 == _OPEN_ATTEMPTS:
                 raise  # the worker exits non-zero: reported as a finding
     raise AssertionError("unreachable")
+
+
+def _fault_wrapper(seed: str, inline: bool, injectors: list[FaultInjectingStore]) -> Callable[[Any], Any]:
+    """A `wrap_object_store` that puts a `fault_plan` injector seeded from `seed` around the store."""
+
+    def wrap(inner: Any) -> Any:
+        injector = FaultInjectingStore(inner, fault_plan(random.Random(seed).getrandbits(32)))
+        if not inline:
+            # Past the open's probe, the first segment create loses its answer: a
+            # short run meets that case however the random draws fall.
+            injector.script("put_if_absent", "pass", "lost_response")
+        injectors.append(injector)
+        return injector
+
+    return wrap
 
 
 # --------------------------------------------------------------------------- coordinator
@@ -602,6 +641,8 @@ class CampaignResult:
 
 def run_campaign(config: CampaignConfig) -> CampaignResult:
     """Run a campaign to the end and check it; writes `result.json` in the workdir."""
+    if config.worker_setup is not None:
+        resolve_worker_setup(config.worker_setup)  # a bad name fails here, not in every worker
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="kvstore-campaign-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = replace(config, workdir=str(workdir))
@@ -609,7 +650,7 @@ def run_campaign(config: CampaignConfig) -> CampaignResult:
     started = time.monotonic()
     asyncio.run(_prepare_stores(config))
     with _worker_proxy(config) as proxy:
-        slots = _run_workers(config, workdir, result, None if proxy is None else proxy.endpoint_url)
+        slots = _Coordinator(config, workdir, result, None if proxy is None else proxy.endpoint_url).run()
         if proxy is not None:
             result.faults_injected.update({f"net:{k}": n for k, n in proxy.stats.faults.items()})
     journals = [j for s in slots for j in s.journals]
@@ -648,83 +689,128 @@ def _worker_proxy(config: CampaignConfig) -> Iterator[FaultProxy | None]:
         yield proxy
 
 
-def _run_workers(config: CampaignConfig, workdir: Path, result: CampaignResult,
-                 endpoint_url: str | None) -> list[_Slot]:
-    """Start the workers, kill and replace them at random moments, wait for the end."""
-    ctx = multiprocessing.get_context("spawn")
-    low_hint = ctx.RawValue("q", 0)  # no lock: a killed holder would leave it locked
-    rng = random.Random(f"{config.seed}/kills")
-    share, extra = divmod(config.txns, config.processes)
-    slots = [_Slot(i, share + (1 if i < extra else 0)) for i in range(config.processes)]
-    start = time.time()
-    stop_at = start + config.duration_limit
-    incarnations = iter(range(1_000_000))
+class _Coordinator:
+    """Starts the workers, kills and replaces them at random moments, and waits for the end.
 
-    planned = config.planned_kills if config.kills else 0
+    Each round of `run` waits a little, then: reaps the workers that exited,
+    kills the ones that froze themselves (planned kills), kills a random one if
+    a kill is due, and kills every worker still running long past the duration
+    limit (the hang watchdog).
+    """
 
-    def launch(slot: _Slot, quota: int) -> None:
-        nonlocal planned
-        inc = next(incarnations)
-        journal = str(workdir / f"journal-{slot.index:02d}-{inc:04d}.jsonl")
+    def __init__(self, config: CampaignConfig, workdir: Path, result: CampaignResult,
+                 endpoint_url: str | None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.result = result
+        self.endpoint_url = endpoint_url  # where workers reach S3: the proxy
+        self._ctx = multiprocessing.get_context("spawn")
+        self._low_hint = self._ctx.RawValue("q", 0)  # no lock: a killed holder would leave it locked
+        self._rng = random.Random(f"{config.seed}/kills")
+        share, extra = divmod(config.txns, config.processes)
+        self.slots = [_Slot(i, share + (1 if i < extra else 0)) for i in range(config.processes)]
+        self._stop_at = time.time() + config.duration_limit
+        self._incarnations = 0
+        self._planned_left = config.planned_kills if config.kills else 0
+        self._next_kill = 0.0
+
+    def run(self) -> list[_Slot]:
+        """Run every slot's share to the end; returns the slots with their journals."""
+        for slot in self.slots:
+            self.launch(slot, slot.quota)
+        self._schedule_next_kill(time.time())
+        while any(s.process is not None for s in self.slots):
+            self._wait()
+            self.reap()
+            self.kill_frozen()
+            self.kill_if_due()
+            self.watch_for_hangs()
+        self.result.incarnations = self._incarnations
+        self.result.stopped_by_duration_limit = time.time() >= self._stop_at
+        return self.slots
+
+    def launch(self, slot: _Slot, quota: int) -> None:
+        """Start a new incarnation of `slot`, with its own journal, to invoke `quota` transactions."""
+        inc = self._incarnations
+        self._incarnations += 1
+        journal = str(self.workdir / f"journal-{slot.index:02d}-{inc:04d}.jsonl")
         slot.journals.append(journal)
-        # Freeze in the first half of the share, so that the worker is still busy
-        # when its timer fires.
-        freeze_after = rng.randint(1, quota // 2) if planned > 0 and quota >= 4 else None
-        if freeze_after is not None:
-            planned -= 1
+        freeze_after = self._plan_freeze(quota)
         slot.freezing = freeze_after is not None
-        spec = WorkerSpec(config, slot.index, inc, quota, stop_at, journal, freeze_after, endpoint_url)
-        slot.process = ctx.Process(target=worker_main, args=(spec, low_hint), name=f"campaign-{inc}")
+        spec = WorkerSpec(self.config, slot.index, inc, quota, self._stop_at, journal, freeze_after,
+                          self.endpoint_url)
+        slot.process = self._ctx.Process(target=worker_main, args=(spec, self._low_hint), name=f"campaign-{inc}")
         slot.process.start()
 
-    def kill_and_replace(victim: _Slot) -> None:
-        _kill(victim, result)
+    def _plan_freeze(self, quota: int) -> int | None:
+        """If planned kills are left, the invocation after which a new incarnation freezes itself.
+
+        In the first half of its share, so that the worker is still busy when its timer fires.
+        """
+        if self._planned_left <= 0 or quota < 4:
+            return None
+        self._planned_left -= 1
+        return self._rng.randint(1, quota // 2)
+
+    def kill_and_replace(self, victim: _Slot) -> None:
+        """SIGKILL the slot's worker and start one that carries on with the rest of its share."""
+        _kill(victim, self.result)
         left = victim.quota - sum(_count_invoked(j) for j in victim.journals)
         if left > 0:
-            launch(victim, left)
+            self.launch(victim, left)
 
-    for slot in slots:
-        launch(slot, slot.quota)
-    next_kill = time.time() + rng.expovariate(1 / config.kill_interval)
-    while any(s.process is not None for s in slots):
-        now = time.time()
-        wait_for = max(0.05, min(next_kill - now if config.kills else 1.0, 1.0))
-        if any(s.freezing for s in slots):
+    def _wait(self) -> None:
+        """Until a worker exits, the next kill is due, or 1 s passed (50 ms while one may freeze)."""
+        due_in = self._next_kill - time.time() if self.config.kills else 1.0
+        wait_for = max(0.05, min(due_in, 1.0))
+        if any(s.freezing for s in self.slots):
             wait_for = 0.05  # a frozen worker does not wake this wait
-        alive = [s.process.sentinel for s in slots if s.process is not None]
+        alive = [s.process.sentinel for s in self.slots if s.process is not None]
         multiprocessing.connection.wait(alive, timeout=wait_for)
-        _reap(slots, result)
-        for s in slots:
+
+    def reap(self) -> None:
+        """Collect workers that exited; a non-zero exit we did not cause is a finding."""
+        for s in self.slots:
+            p = s.process
+            if p is not None and not p.is_alive():
+                p.join()
+                if p.exitcode != 0:
+                    self.result.add("campaign", "worker-crash", f"worker {p.name} exited with code {p.exitcode}")
+                s.process = None
+                s.freezing = False
+
+    def kill_frozen(self) -> None:
+        """Planned kills: SIGKILL and replace each worker that has stopped itself."""
+        for s in self.slots:
             if s.freezing and s.process is not None and _is_stopped(s.process.pid):
-                kill_and_replace(s)
+                self.kill_and_replace(s)
+
+    def kill_if_due(self) -> None:
+        """Timed kills: at the scheduled moment, SIGKILL and replace a random busy worker.
+
+        If no worker is running transactions yet, the kill stays due.
+        """
         now = time.time()
-        kills_left = config.max_kills is None or result.kills < config.max_kills
-        due = config.kills and kills_left and next_kill <= now < stop_at
-        victim = _pick_victim(slots, rng) if due else None
-        if victim is not None:  # else the kill stays due until a worker is running transactions
-            kill_and_replace(victim)
-            next_kill = now + rng.expovariate(1 / config.kill_interval)
-        if now > stop_at + _HANG_GRACE:
-            for s in slots:
-                if s.process is not None:
-                    result.add("campaign", "hang", f"worker {s.process.name} still running "
-                               f"{_HANG_GRACE:.0f} s after the duration limit; killed")
-                    _kill(s, result)
-    result.incarnations = next(incarnations)
-    result.stopped_by_duration_limit = time.time() >= stop_at
-    return slots
+        kills_left = self.config.max_kills is None or self.result.kills < self.config.max_kills
+        if not (self.config.kills and kills_left and self._next_kill <= now < self._stop_at):
+            return
+        victim = _pick_victim(self.slots, self._rng)
+        if victim is not None:
+            self.kill_and_replace(victim)
+            self._schedule_next_kill(now)
 
+    def _schedule_next_kill(self, now: float) -> None:
+        self._next_kill = now + self._rng.expovariate(1 / self.config.kill_interval)
 
-def _reap(slots: list[_Slot], result: CampaignResult) -> None:
-    """Collect workers that exited; a non-zero exit we did not cause is a finding."""
-    for s in slots:
-        p = s.process
-        if p is not None and not p.is_alive():
-            p.join()
-            if p.exitcode != 0:
-                result.add("campaign", "worker-crash", f"worker {p.name} exited with code {p.exitcode}")
-            s.process = None
-            s.freezing = False
+    def watch_for_hangs(self) -> None:
+        """Report and kill every worker still running `_HANG_GRACE` seconds past the duration limit."""
+        if time.time() <= self._stop_at + _HANG_GRACE:
+            return
+        for s in self.slots:
+            if s.process is not None:
+                self.result.add("campaign", "hang", f"worker {s.process.name} still running "
+                                f"{_HANG_GRACE:.0f} s after the duration limit; killed")
+                _kill(s, self.result)
 
 
 def _is_stopped(pid: int) -> bool:
@@ -778,18 +864,24 @@ async def _check_all(config: CampaignConfig, journals: list[str], result: Campai
         if "w" in r and r.get("e") in ("i", "c", "a"):
             by_workload[_long(r["w"])].append(r)
     for w in config.workloads:
-        async with kvstore.open(store_url(config.url, w), values="msgpack", endpoint_url=config.endpoint_url,
-                                create=False) as db:
-            if w == "list-append":
-                await _check_list_append(db, by_workload[w], journals, result)
-            elif w == "bank":
-                await _check_bank(db, config, by_workload[w], result)
-            else:
-                await _check_counter(db, config, by_workload[w], result)
-            report = await db.verify()
-            result.workloads[w]["objects_verified"] = report.objects_checked
-            for name, what in report.damaged.items():
-                result.add(w, "corruption", f"{name}: {what}")
+        await _check_workload(config, w, by_workload[w], journals, result)
+
+
+async def _check_workload(config: CampaignConfig, workload: str, records: list[dict[str, Any]],
+                          journals: list[str], result: CampaignResult) -> None:
+    """One workload's checks of its journal records and final state, then `verify` of its store."""
+    async with kvstore.open(store_url(config.url, workload), values="msgpack", endpoint_url=config.endpoint_url,
+                            create=False) as db:
+        if workload == "list-append":
+            await _check_list_append(db, records, journals, result)
+        elif workload == "bank":
+            await _check_bank(db, config, records, result)
+        else:
+            await _check_counter(db, config, records, result)
+        report = await db.verify()
+        result.workloads[workload]["objects_verified"] = report.objects_checked
+        for name, what in report.damaged.items():
+            result.add(workload, "corruption", f"{name}: {what}")
 
 
 def _long(short: str) -> str:
@@ -969,8 +1061,7 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str | None]:
-    """The campaign configuration and the --out path from the command line."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvstore.testing.campaign", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", required=True, help="base URL; each workload gets <url>/<workload>")
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (LocalStack, MinIO, ...)")
@@ -988,15 +1079,22 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
                    help="workers that also freeze themselves at a random invocation and are SIGKILLed")
     p.add_argument("--net-faults", type=_on_off, default=False, metavar="on|off",
                    help="S3 only: inject faults on the wire (lost answers, resets, cut answers)")
+    p.add_argument("--worker-setup", default=None, metavar="MODULE:FUNCTION",
+                   help="a function every worker calls before it starts (importable in the workers)")
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
-    a = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str | None]:
+    """The campaign configuration and the --out path from the command line."""
+    a = _parser().parse_args(argv)
     workloads = WORKLOADS if a.workload == "all" else (a.workload,)
     config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
                             txns=a.txns, seed=a.seed, faults=a.faults, net_faults=a.net_faults, kills=a.kills,
                             workloads=workloads, duration_limit=a.duration_limit, kill_interval=a.kill_interval,
                             max_kills=a.max_kills, planned_kills=a.planned_kills,
-                            workdir=a.workdir)
+                            worker_setup=a.worker_setup, workdir=a.workdir)
     return config, a.out
 
 

@@ -288,28 +288,39 @@ def _classify_scc(g: _Graph, scc: list[int], realtime: bool,
         for sub in _tarjan(scc, g.succ(full, nodes)):
             if len(sub) < 2:
                 continue
-            members = set(sub)
             if not single:
-                cyc = g.path(sub[0], sub[0], mask, members, [len(sub) + 1])
-                assert cyc is not None
-                cyc.pop()
-                labels = [g.label(cyc[i], cyc[(i + 1) % len(cyc)], mask)
-                          for i in range(len(cyc))]
-                return _cycle_anomaly(g, cyc, labels, by_id)
-            # G-single: an rw edge a -> b closed by a path b -> a without rw edges.
-            comp: dict[int, int] = {}
-            for i, c in enumerate(_tarjan(sub, g.succ(mask, members))):
-                comp.update((v, i) for v in c)
-            rws = [(a, b) for a in sub for b, m in g.adj.get(a, {}).items()
-                   if m & RW and b in members]
-            rws.sort(key=lambda e: comp[e[0]] != comp[e[1]])  # certain hits first
-            budget = [_SEARCH_BUDGET]
-            for a, b in rws:
-                p = g.path(b, a, mask, members, budget)
-                if p is not None:
-                    labels = [RW] + [g.label(p[i], p[i + 1], mask) for i in range(len(p) - 1)]
-                    return _cycle_anomaly(g, [a] + p[:-1], labels, by_id)
+                return _any_cycle(g, sub, mask, by_id)
+            found = _single_rw_cycle(g, sub, mask, by_id)
+            if found is not None:
+                return found
     raise AssertionError("a strongly connected component must contain a cycle")
+
+
+def _any_cycle(g: _Graph, sub: list[int], mask: int, by_id: dict[int, Txn]) -> Anomaly:
+    """A shortest cycle through `sub[0]` over `mask` edges, in the SCC `sub` of those edges."""
+    cyc = g.path(sub[0], sub[0], mask, set(sub), [len(sub) + 1])
+    assert cyc is not None
+    cyc.pop()
+    labels = [g.label(cyc[i], cyc[(i + 1) % len(cyc)], mask) for i in range(len(cyc))]
+    return _cycle_anomaly(g, cyc, labels, by_id)
+
+
+def _single_rw_cycle(g: _Graph, sub: list[int], mask: int, by_id: dict[int, Txn]) -> Anomaly | None:
+    """G-single: an rw edge a -> b closed by a path b -> a over `mask` edges (no rw), if one is
+    found within `_SEARCH_BUDGET`; edges that cross SCCs of `mask` edges cannot close one."""
+    members = set(sub)
+    comp: dict[int, int] = {}
+    for i, c in enumerate(_tarjan(sub, g.succ(mask, members))):
+        comp.update((v, i) for v in c)
+    rws = [(a, b) for a in sub for b, m in g.adj.get(a, {}).items() if m & RW and b in members]
+    rws.sort(key=lambda e: comp[e[0]] != comp[e[1]])  # certain hits first
+    budget = [_SEARCH_BUDGET]
+    for a, b in rws:
+        p = g.path(b, a, mask, members, budget)
+        if p is not None:
+            labels = [RW] + [g.label(p[i], p[i + 1], mask) for i in range(len(p) - 1)]
+            return _cycle_anomaly(g, [a] + p[:-1], labels, by_id)
+    return None
 
 
 def _short(values: list[Any], at: int | None = None) -> str:
@@ -334,7 +345,36 @@ def check(history: Iterable[Txn], *, realtime: bool = False) -> CheckResult:
     With ``realtime=True`` real-time order (completion before invocation, by
     ``time.monotonic``-style timestamps) is also enforced, i.e. the history is
     checked for strict serializability. Raises ``ValueError`` on malformed input.
+
+    The steps, each a function below: index the transactions and their
+    appends, collect the reads (checking each transaction against itself),
+    build each key's version order and check the reads against it, decide
+    which transactions committed, look for aborted and intermediate reads,
+    then build the dependency graph and classify its cycles.
     """
+    txns, by_id = _index_txns(history)
+    appends = _index_appends(txns)
+    out = _duplicate_appends(appends)
+    reads, internal = _collect_reads(txns)
+    out += internal
+    orders = {k: _version_order(groups) for k, groups in reads.items()}
+    for k, order in orders.items():
+        out += _key_anomalies(k, order, appends)
+    committed = _committed(txns, appends, orders)
+    out += _aborted_reads(appends, orders, by_id, committed)
+    out += _intermediate_reads(appends, orders, by_id, committed)
+    graph = _dependency_graph(orders, appends, committed, by_id, realtime)
+    out += _cycle_anomalies(graph, realtime, by_id)
+    status = Counter(t.status for t in txns)
+    return CheckResult(_ranked(out), len(txns), status["ok"], status["fail"], status["info"],
+                       len(committed) - status["ok"], graph.edges, realtime)
+
+
+# --------------------------------------------------------------- check: transactions and appends
+
+
+def _index_txns(history: Iterable[Txn]) -> tuple[list[Txn], dict[int, Txn]]:
+    """The history as a list and by id; rejects duplicate ids and unknown statuses (ValueError)."""
     txns = list(history)
     by_id: dict[int, Txn] = {}
     for t in txns:
@@ -343,177 +383,312 @@ def check(history: Iterable[Txn], *, realtime: bool = False) -> CheckResult:
         if t.status not in ("ok", "fail", "info"):
             raise ValueError(f"T{t.id}: bad status {t.status!r}")
         by_id[t.id] = t
-    out: list[Anomaly] = []
+    return txns, by_id
 
-    # Writers, and appends that are not their txn's last append to the key.
-    writers: dict[Any, dict[Any, int]] = {}
-    intermediate: dict[Any, set[Any]] = {}
-    seq: dict[Any, dict[Any, int]] = {}  # index of a value among its txn's appends to k
-    dup_appends: dict[tuple[Any, Any], list[int]] = {}
+
+@dataclass
+class _Appends:
+    """Every append of the history (whatever its txn's status), indexed by key and value."""
+
+    writers: dict[Any, dict[Any, int]]  # key -> value -> the txn that appended it (first, if several)
+    intermediate: dict[Any, set[Any]]  # key -> values that are not their txn's last append to the key
+    seq: dict[Any, dict[Any, int]]  # key -> value -> its index among its txn's appends to the key
+    duplicates: dict[tuple[Any, Any], list[int]]  # (key, value) appended more than once -> txns
+
+
+def _index_appends(txns: list[Txn]) -> _Appends:
+    """Who appended each value, in which order within its txn; rejects unknown micro-ops.
+
+    Reads name the writes they saw by value, so this index is how every later
+    step turns an observed value into the transaction that wrote it.
+    """
+    a = _Appends({}, {}, {}, {})
     for t in txns:
         last: dict[Any, Any] = {}
         count: Counter[Any] = Counter()
         for f, k, v in t.ops:
             if f == "append":
-                wk = writers.setdefault(k, {})
+                wk = a.writers.setdefault(k, {})
                 if v in wk:
-                    dup_appends.setdefault((k, v), [wk[v]]).append(t.id)
+                    a.duplicates.setdefault((k, v), [wk[v]]).append(t.id)
                 else:
                     wk[v] = t.id
-                    seq.setdefault(k, {})[v] = count[k]
+                    a.seq.setdefault(k, {})[v] = count[k]
                 count[k] += 1
                 if k in last:
-                    intermediate.setdefault(k, set()).add(last[k])
+                    a.intermediate.setdefault(k, set()).add(last[k])
                 last[k] = v
             elif f != "r":
                 raise ValueError(f"T{t.id}: unknown micro-op {f!r}")
-    for (k, v), ids in dup_appends.items():
-        out.append(Anomaly("duplicate-append", ids,
-                           f"value {v!r} appended to {k!r} more than once, by "
-                           f"{_readers_text(ids)} (history violates the uniqueness rule)"))
+    return a
 
-    # Internal consistency, and the distinct reads of each key.
-    reads: dict[Any, dict[tuple[int, Any], list[_Read]]] = {}
+
+def _duplicate_appends(appends: _Appends) -> list[Anomaly]:
+    """``duplicate-append``: a value appended to a key twice.
+
+    The checker relies on every appended value being unique per key; a
+    history that breaks the rule cannot be checked reliably, so say so.
+    """
+    return [Anomaly("duplicate-append", ids,
+                    f"value {v!r} appended to {k!r} more than once, by "
+                    f"{_readers_text(ids)} (history violates the uniqueness rule)")
+            for (k, v), ids in appends.duplicates.items()]
+
+
+# --------------------------------------------------------------- check: reads
+
+
+_ReadGroups = dict[tuple[int, Any], list[_Read]]
+"""One key's distinct reads, grouped by (length, last value): cheap to find equal lists."""
+
+
+def _collect_reads(txns: list[Txn]) -> tuple[dict[Any, _ReadGroups], list[Anomaly]]:
+    """The distinct reads of each key with their readers, and the ``internal`` anomalies.
+
+    Reads of failed txns are ignored: they are no evidence of anything.
+    """
+    reads: dict[Any, _ReadGroups] = {}
+    out: list[Anomaly] = []
     for t in txns:
-        if t.status == "fail":
+        if t.status != "fail":
+            out += _read_ops(t, reads)
+    return reads, out
+
+
+def _read_ops(t: Txn, reads: dict[Any, _ReadGroups]) -> list[Anomaly]:
+    """Add `t`'s reads to `reads`; its ``internal`` anomalies.
+
+    ``internal``: a read that disagrees with what the txn's own earlier reads
+    and appends imply (after reading L and appending v, a read must see L + [v];
+    after appending v without reading, a read must end in v). No isolation
+    level allows a transaction to miss its own writes or see a key change
+    under it. A read is *external* iff it is the txn's first touch of the key:
+    only those say something about other transactions.
+    """
+    out: list[Anomaly] = []
+    # Per key: (last list read or None, values appended since); reads alias
+    # the history's lists, never copied.
+    state: dict[Any, tuple[list[Any] | None, list[Any]]] = {}
+    for f, k, v in t.ops:
+        base, since = state.get(k, (None, []))
+        if f == "append":
+            state[k] = (base, since + [v])
             continue
-        # Per key: (last list read or None, values appended since); reads alias
-        # the history's lists, never copied.
-        state: dict[Any, tuple[list[Any] | None, list[Any]]] = {}
-        for f, k, v in t.ops:
-            base, since = state.get(k, (None, []))
-            if f == "append":
-                state[k] = (base, since + [v])
-                continue
-            if v is None:
-                continue
-            obs = v if isinstance(v, list) else list(v)
-            if base is not None:
-                exp = base + since if since else base
-                bad = obs != exp
-            else:
-                exp = since
-                bad = bool(since) and (len(obs) < len(since)
-                                       or obs[len(obs) - len(since):] != since)
-            if bad:
-                what = "" if base is not None else "... + "
-                out.append(Anomaly("internal", [t.id],
-                                   f"T{t.id} read {k!r} = {_short(obs)} but its own earlier "
-                                   f"reads/appends imply {what}{_short(exp)}"))
-            group = reads.setdefault(k, {}).setdefault((len(obs), obs[-1] if obs else None), [])
-            r = next((r for r in group if r.value == obs), None)
-            if r is None:
-                r = _Read(obs)
-                group.append(r)
-            r.readers.append((t.id, k not in state))  # external: first touch of k
-            state[k] = (obs, [])
+        if v is None:
+            continue
+        obs = v if isinstance(v, list) else list(v)
+        bad = _internal_anomaly(t, k, obs, base, since)
+        if bad is not None:
+            out.append(bad)
+        group = reads.setdefault(k, {}).setdefault((len(obs), obs[-1] if obs else None), [])
+        r = next((r for r in group if r.value == obs), None)
+        if r is None:
+            r = _Read(obs)
+            group.append(r)
+        r.readers.append((t.id, k not in state))  # external: first touch of k
+        state[k] = (obs, [])
+    return out
 
-    # Per key: duplicates, incompatible orders, version order, observed values.
-    orders: dict[Any, list[Any]] = {}  # version order of each key: its longest read
-    order_read: dict[Any, _Read] = {}
-    by_len: dict[Any, list[_Read]] = {}
-    observed: dict[Any, set[Any]] = {}
-    positions: dict[Any, dict[Any, int]] = {}
-    compat: dict[Any, list[_Read]] = {}  # reads that are prefixes of the order, by length
-    compat_lens: dict[Any, list[int]] = {}
-    incompat: dict[Any, list[_Read]] = {}
 
-    def readers_of(k: Any, v: Any) -> list[tuple[int, bool]]:
-        """Every (txn, external) that observed value v of key k."""
-        p = positions[k].get(v)
+def _internal_anomaly(t: Txn, k: Any, obs: list[Any], base: list[Any] | None,
+                      since: list[Any]) -> Anomaly | None:
+    """An ``internal`` anomaly if `t` read `obs` from `k` after reading `base` and appending `since`."""
+    if base is not None:
+        exp = base + since if since else base
+        bad = obs != exp
+    else:
+        exp = since
+        bad = bool(since) and (len(obs) < len(since) or obs[len(obs) - len(since):] != since)
+    if not bad:
+        return None
+    what = "" if base is not None else "... + "
+    return Anomaly("internal", [t.id], f"T{t.id} read {k!r} = {_short(obs)} but its own earlier "
+                                       f"reads/appends imply {what}{_short(exp)}")
+
+
+# --------------------------------------------------------------- check: version orders
+
+
+@dataclass
+class _KeyOrder:
+    """One key's version order (its longest read) and its distinct reads, sorted for lookups."""
+
+    groups: _ReadGroups
+    by_len: list[_Read]  # every distinct read, shortest first
+    chain: bool  # every read is a prefix of the next longer one
+    order_read: _Read  # the longest read
+    positions: dict[Any, int]  # first index of each value in the order
+    repeats: dict[Any, int]  # index of a value's second occurrence in the order
+    observed: set[Any]  # every value some read saw
+    compat: list[_Read]  # reads that are prefixes of the order, by length
+    compat_lens: list[int]
+    incompat: list[_Read]  # the others
+
+    @property
+    def order(self) -> list[Any]:
+        return self.order_read.value
+
+    def readers_of(self, v: Any) -> list[tuple[int, bool]]:
+        """Every (txn, external) that observed value `v`."""
+        p = self.positions.get(v)
         found = [] if p is None else [
-            x for r in compat[k][bisect.bisect_right(compat_lens[k], p):] for x in r.readers]
-        return found + [x for r in incompat[k] if v in r.value for x in r.readers]
+            x for r in self.compat[bisect.bisect_right(self.compat_lens, p):] for x in r.readers]
+        return found + [x for r in self.incompat if v in r.value for x in r.readers]
 
-    for k, groups in reads.items():
-        rs = sorted((r for g in groups.values() for r in g), key=lambda r: len(r.value))
-        by_len[k] = rs
-        chain = True  # every read is a prefix of the next longer one
-        for a, b in itertools.pairwise(rs):
-            if b.value[:len(a.value)] != a.value:
-                chain = False
-                i = next(i for i, (x, y) in enumerate(zip(a.value, b.value)) if x != y)
-                ta, tb = a.readers[0][0], b.readers[0][0]
-                out.append(Anomaly("incompatible-order", [ta, tb],
-                                   f"reads of {k!r} disagree at index {i}: T{ta} saw "
-                                   f"{_short(a.value, i)}, T{tb} saw {_short(b.value, i)}"))
-        order_read[k] = rs[-1] if chain else max(rs, key=lambda r: len(r.value))
-        orders[k] = order = order_read[k].value
-        pos: dict[Any, int] = {}  # first index of each value in the order
-        repeats: dict[Any, int] = {}  # index of a value's second occurrence
-        for i, v in enumerate(order):
-            if v in pos:
-                repeats.setdefault(v, i)
-            else:
-                pos[v] = i
-        positions[k] = pos
-        seen = set(pos)
-        for r in rs:
-            r.compatible = chain or order[:len(r.value)] == r.value
-            if not r.compatible:
-                seen.update(r.value)
-        observed[k] = seen
-        compat[k] = [r for r in rs if r.compatible]
-        compat_lens[k] = [len(r.value) for r in compat[k]]
-        incompat[k] = [r for r in rs if not r.compatible]
-        dup: dict[Any, list[int]] = {}
-        for v, i in repeats.items():
-            dup[v] = [x for r in compat[k][bisect.bisect_right(compat_lens[k], i):]
-                      for x, _ in r.readers]
-        for r in incompat[k]:
-            for v, n in Counter(r.value).items():
-                if n > 1:
-                    dup.setdefault(v, []).extend(x for x, _ in r.readers)
-        for v in sorted(dup, key=repr):
-            ids = sorted(set(dup[v]))
-            out.append(Anomaly("duplicate", ids, f"{_readers_text(ids)} read {k!r} with "
-                                                 f"value {v!r} appearing more than once"))
-        wk = writers.get(k, {})
-        for r in [order_read[k]] + incompat[k]:
-            # Each txn's appends to k must show up in the order it made them.
-            got: dict[int, int] = {}
-            sk = seq.get(k, {})
-            for n, v in enumerate(r.value):
-                w = wk.get(v)
-                if w is None or (sk[v] < got.get(w, 0) and v in r.value[:n]):
-                    continue  # garbage or duplicate: reported separately
-                j = sk[v]
-                if j != got.get(w, 0):
-                    ids = [w] + [i for i, _ in r.readers]
-                    out.append(Anomaly("incompatible-order", ids,
-                                       f"T{w}'s appends to {k!r} were observed out of order or "
-                                       f"with gaps: its append #{j + 1} ({v!r}) follows "
-                                       f"{got.get(w, 0)} of its appends in {_short(r.value)}, "
-                                       f"read by {_readers_text(ids[1:])}"))
-                    break
-                got[w] = j + 1
-        for v in sorted((v for v in seen if v not in wk), key=repr):
-            ids = sorted({i for i, _ in readers_of(k, v)})
-            out.append(Anomaly("garbage-read", ids,
-                               f"{_readers_text(ids)} read value {v!r} of {k!r}, "
-                               f"which no txn appended"))
 
-    # Which txns are committed: ok, plus info txns whose appends someone else saw.
+def _version_order(groups: _ReadGroups) -> _KeyOrder:
+    """A key's version order: its longest read, against which every other read is compared.
+
+    Appended values are unique, so if the store is serializable every read of
+    a key is a prefix of the same list; the longest read is then the best
+    knowledge of the order in which the key's appends were applied.
+    """
+    rs = sorted((r for g in groups.values() for r in g), key=lambda r: len(r.value))
+    chain = all(b.value[:len(a.value)] == a.value for a, b in itertools.pairwise(rs))
+    order_read = rs[-1] if chain else max(rs, key=lambda r: len(r.value))
+    order = order_read.value
+    positions: dict[Any, int] = {}
+    repeats: dict[Any, int] = {}
+    for i, v in enumerate(order):
+        if v in positions:
+            repeats.setdefault(v, i)
+        else:
+            positions[v] = i
+    observed = set(positions)
+    for r in rs:
+        r.compatible = chain or order[:len(r.value)] == r.value
+        if not r.compatible:
+            observed.update(r.value)
+    compat = [r for r in rs if r.compatible]
+    return _KeyOrder(groups, rs, chain, order_read, positions, repeats, observed, compat,
+                     [len(r.value) for r in compat], [r for r in rs if not r.compatible])
+
+
+def _key_anomalies(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anomaly]:
+    """Every check of one key's reads against each other and against its appends."""
+    return (_incompatible_reads(k, ko) + _duplicates_in_reads(k, ko)
+            + _appends_out_of_order(k, ko, appends) + _garbage_reads(k, ko, appends))
+
+
+def _incompatible_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
+    """``incompatible-order``: two reads of `k` where neither is a prefix of the other.
+
+    Appends only ever extend a list, so two such reads cannot both be states
+    of one history of the key: no serial order explains them.
+    """
+    out: list[Anomaly] = []
+    if ko.chain:
+        return out
+    for a, b in itertools.pairwise(ko.by_len):
+        if b.value[:len(a.value)] != a.value:
+            i = next(i for i, (x, y) in enumerate(zip(a.value, b.value)) if x != y)
+            ta, tb = a.readers[0][0], b.readers[0][0]
+            out.append(Anomaly("incompatible-order", [ta, tb],
+                               f"reads of {k!r} disagree at index {i}: T{ta} saw "
+                               f"{_short(a.value, i)}, T{tb} saw {_short(b.value, i)}"))
+    return out
+
+
+def _duplicates_in_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
+    """``duplicate``: a read of `k` showing one value more than once (an append applied twice)."""
+    dup: dict[Any, list[int]] = {}
+    for v, i in ko.repeats.items():
+        dup[v] = [x for r in ko.compat[bisect.bisect_right(ko.compat_lens, i):] for x, _ in r.readers]
+    for r in ko.incompat:
+        for v, n in Counter(r.value).items():
+            if n > 1:
+                dup.setdefault(v, []).extend(x for x, _ in r.readers)
+    out: list[Anomaly] = []
+    for v in sorted(dup, key=repr):
+        ids = sorted(set(dup[v]))
+        out.append(Anomaly("duplicate", ids, f"{_readers_text(ids)} read {k!r} with "
+                                             f"value {v!r} appearing more than once"))
+    return out
+
+
+def _appends_out_of_order(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anomaly]:
+    """``incompatible-order``: one txn's appends to `k` read out of order or with a gap.
+
+    A transaction's appends to a key take effect together and in the order it
+    made them; a read showing its second append without its first, or before
+    it, saw a state no execution produces. Checked on the version order and on
+    every read incompatible with it (the others are its prefixes).
+    """
+    out: list[Anomaly] = []
+    wk = appends.writers.get(k, {})
+    sk = appends.seq.get(k, {})
+    for r in [ko.order_read] + ko.incompat:
+        got: dict[int, int] = {}
+        for n, v in enumerate(r.value):
+            w = wk.get(v)
+            if w is None or (sk[v] < got.get(w, 0) and v in r.value[:n]):
+                continue  # garbage or duplicate: reported separately
+            j = sk[v]
+            if j != got.get(w, 0):
+                ids = [w] + [i for i, _ in r.readers]
+                out.append(Anomaly("incompatible-order", ids,
+                                   f"T{w}'s appends to {k!r} were observed out of order or "
+                                   f"with gaps: its append #{j + 1} ({v!r}) follows "
+                                   f"{got.get(w, 0)} of its appends in {_short(r.value)}, "
+                                   f"read by {_readers_text(ids[1:])}"))
+                break
+            got[w] = j + 1
+    return out
+
+
+def _garbage_reads(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anomaly]:
+    """``garbage-read``: a value of `k` that some txn read but no txn appended."""
+    wk = appends.writers.get(k, {})
+    out: list[Anomaly] = []
+    for v in sorted((v for v in ko.observed if v not in wk), key=repr):
+        ids = sorted({i for i, _ in ko.readers_of(v)})
+        out.append(Anomaly("garbage-read", ids, f"{_readers_text(ids)} read value {v!r} of {k!r}, "
+                                                f"which no txn appended"))
+    return out
+
+
+# --------------------------------------------------------------- check: committed txns, G1a, G1b
+
+
+def _committed(txns: list[Txn], appends: _Appends, orders: dict[Any, _KeyOrder]) -> set[int]:
+    """The txns taken as committed: every ``ok`` one, and each ``info`` one whose append
+    another txn observed (it must have committed for that to be seen)."""
     committed = {t.id for t in txns if t.status == "ok"}
     for t in txns:
         if t.status == "info" and any(
-                f == "append" and v in observed.get(k, ()) and writers[k].get(v) == t.id
-                and any(i != t.id for i, _ in readers_of(k, v)) for f, k, v in t.ops):
+                f == "append" and k in orders and v in orders[k].observed
+                and appends.writers[k].get(v) == t.id
+                and any(i != t.id for i, _ in orders[k].readers_of(v)) for f, k, v in t.ops):
             committed.add(t.id)
+    return committed
 
-    # G1a: committed txns reading failed appends; G1b: reading intermediate appends.
-    for k, wk in writers.items():
+
+def _aborted_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn],
+                   committed: set[int]) -> list[Anomaly]:
+    """``G1a``: a committed txn read a value appended by a failed txn (an aborted read)."""
+    out: list[Anomaly] = []
+    for k, wk in appends.writers.items():
+        ko = orders.get(k)
+        if ko is None:
+            continue
         for v, w in wk.items():
-            if by_id[w].status == "fail" and v in observed.get(k, ()):
-                ids = sorted({i for i, _ in readers_of(k, v) if i in committed and i != w})
+            if by_id[w].status == "fail" and v in ko.observed:
+                ids = sorted({i for i, _ in ko.readers_of(v) if i in committed and i != w})
                 if ids:
-                    out.append(Anomaly("G1a", [w] + ids,
-                                       f"{_readers_text(ids)} read {v!r} from {k!r}, "
-                                       f"appended by failed txn T{w}"))
-    for k, groups in reads.items():
-        wk = writers.get(k, {})
-        inter = intermediate.get(k, set())
-        for (_, v), group in groups.items():
+                    out.append(Anomaly("G1a", [w] + ids, f"{_readers_text(ids)} read {v!r} from {k!r}, "
+                                                         f"appended by failed txn T{w}"))
+    return out
+
+
+def _intermediate_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn],
+                        committed: set[int]) -> list[Anomaly]:
+    """``G1b``: a committed txn read a list ending in a value its writer followed with
+    another append to the same key: a state in the middle of a transaction."""
+    out: list[Anomaly] = []
+    for k, ko in orders.items():
+        wk = appends.writers.get(k, {})
+        inter = appends.intermediate.get(k, set())
+        for (_, v), group in ko.groups.items():
             iw = wk.get(v)
             if v not in inter or iw is None or by_id[iw].status == "fail":
                 continue
@@ -522,91 +697,137 @@ def check(history: Iterable[Txn], *, realtime: bool = False) -> CheckResult:
                 out.append(Anomaly("G1b", [iw] + ids,
                                    f"{_readers_text(ids)} read {k!r} ending in {v!r}, an "
                                    f"intermediate state: T{iw} appended more to {k!r} after it"))
+    return out
 
-    # Dependency graph over committed txns.
+
+# --------------------------------------------------------------- check: the dependency graph
+
+
+def _dependency_graph(orders: dict[Any, _KeyOrder], appends: _Appends, committed: set[int],
+                      by_id: dict[int, Txn], realtime: bool) -> _Graph:
+    """The ww, wr and rw edges between committed txns, key by key, then the rt edges if asked."""
     g = _Graph()
-    for k, order in orders.items():
-        wk = writers.get(k, {})
-        prev: int | None = None
-        prev_v: Any = None
-        for v in order:
-            ww = wk.get(v)
-            if ww is None or ww not in committed:
-                continue
-            if prev is not None and ww != prev:
-                g.add(prev, ww, WW, (k, prev_v, v, False))
-            prev, prev_v = ww, v
-        for r in by_len[k]:
-            if not any(ext and i in committed for i, ext in r.readers):
-                continue
-            val = r.value
-            i = len(val) - 1
-            while i >= 0 and wk.get(val[i]) not in committed:
-                i -= 1
-            w_last = wk[val[i]] if i >= 0 else None
-            v_last = val[i] if i >= 0 else None
-            nxt: int | None = None
-            v_next: Any = None
-            if r.compatible:
-                for v in order[len(val):]:
-                    nw = wk.get(v)
-                    if nw is not None and nw in committed and nw != w_last:
-                        nxt, v_next = nw, v
-                        break
-            for reader, ext in r.readers:
-                if not ext or reader not in committed or reader == w_last:
-                    continue
-                if w_last is not None:
-                    g.add(w_last, reader, WR, (k, v_last))
-                if nxt is not None and nxt != reader:
-                    g.add(reader, nxt, RW, (k, v_last, v_next, False))
-        # A committed append no read observed comes after the whole version
-        # order: after its last writer (ww) and after the longest read (rw).
-        unseen = [(v, w) for v, w in wk.items() if w in committed and v not in observed[k]]
-        if unseen:
-            i = len(order) - 1
-            while i >= 0 and wk.get(order[i]) not in committed:
-                i -= 1
-            last_w = wk[order[i]] if i >= 0 else None
-            last_v = order[i] if i >= 0 else None
-            tail_readers = [tr for tr, ext in order_read[k].readers
-                            if ext and tr in committed and tr != last_w]
-            for v, w in unseen:
-                if w == last_w:  # same version as the last observed one
-                    continue
-                if last_w is not None:
-                    g.add(last_w, w, WW, (k, last_v, v, True))
-                for tr in tail_readers:
-                    if tr != w:
-                        g.add(tr, w, RW, (k, last_v, v, True))
+    for k, ko in orders.items():
+        wk = appends.writers.get(k, {})
+        _add_ww_edges(g, k, ko, wk, committed)
+        for r in ko.by_len:
+            _add_read_edges(g, k, ko, r, wk, committed)
+        _add_unobserved_append_edges(g, k, ko, wk, committed)
     if realtime:
-        events: list[tuple[float, int, int]] = []
-        for tid in committed:
-            t = by_id[tid]
-            events.append((t.invoke_time, 0, tid))
-            if t.status == "ok" and t.complete_time is not None:
-                events.append((t.complete_time, 1, tid))
-        events.sort()
-        frontier: set[int] = set()
-        preds: dict[int, list[int]] = {}
-        for _, is_completion, tid in events:
-            if is_completion:
-                frontier.difference_update(preds.pop(tid, ()))
-                frontier.add(tid)
-            else:
-                preds[tid] = sorted(frontier)
-                for p in preds[tid]:
-                    g.add(p, tid, RT, ())
+        _add_realtime_edges(g, by_id, committed)
+    return g
 
-    for scc in _tarjan(sorted(g.adj), lambda v: g.adj.get(v, {}).keys()):
-        if len(scc) > 1:
-            out.append(_classify_scc(g, sorted(scc), realtime, by_id))
 
+def _add_ww_edges(g: _Graph, k: Any, ko: _KeyOrder, wk: dict[Any, int], committed: set[int]) -> None:
+    """``ww``: each committed writer of the version order precedes the next committed writer."""
+    prev: int | None = None
+    prev_v: Any = None
+    for v in ko.order:
+        ww = wk.get(v)
+        if ww is None or ww not in committed:
+            continue
+        if prev is not None and ww != prev:
+            g.add(prev, ww, WW, (k, prev_v, v, False))
+        prev, prev_v = ww, v
+
+
+def _last_committed(values: list[Any], wk: dict[Any, int], committed: set[int]) -> tuple[int | None, Any]:
+    """The last value of `values` appended by a committed txn, and that txn (None, None if none)."""
+    i = len(values) - 1
+    while i >= 0 and wk.get(values[i]) not in committed:
+        i -= 1
+    return (wk[values[i]], values[i]) if i >= 0 else (None, None)
+
+
+def _add_read_edges(g: _Graph, k: Any, ko: _KeyOrder, r: _Read, wk: dict[Any, int],
+                    committed: set[int]) -> None:
+    """``wr`` and ``rw`` edges of one distinct read `r` of `k`, for its external committed readers.
+
+    ``wr``: the writer of the last value read precedes the reader. ``rw``: the
+    reader precedes the writer of the next value of the version order after
+    what it read (the first one not appended by that last writer).
+    """
+    if not any(ext and i in committed for i, ext in r.readers):
+        return
+    w_last, v_last = _last_committed(r.value, wk, committed)
+    nxt: int | None = None
+    v_next: Any = None
+    if r.compatible:
+        for v in ko.order[len(r.value):]:
+            nw = wk.get(v)
+            if nw is not None and nw in committed and nw != w_last:
+                nxt, v_next = nw, v
+                break
+    for reader, ext in r.readers:
+        if not ext or reader not in committed or reader == w_last:
+            continue
+        if w_last is not None:
+            g.add(w_last, reader, WR, (k, v_last))
+        if nxt is not None and nxt != reader:
+            g.add(reader, nxt, RW, (k, v_last, v_next, False))
+
+
+def _add_unobserved_append_edges(g: _Graph, k: Any, ko: _KeyOrder, wk: dict[Any, int],
+                                 committed: set[int]) -> None:
+    """A committed append no read observed comes after the whole version order.
+
+    So it gets a ``ww`` edge from the order's last committed writer and an
+    ``rw`` edge from each txn that read the whole order: this is what catches
+    lost appends and stale reads of never-read values (beyond Elle).
+    """
+    unseen = [(v, w) for v, w in wk.items() if w in committed and v not in ko.observed]
+    if not unseen:
+        return
+    last_w, last_v = _last_committed(ko.order, wk, committed)
+    tail_readers = [tr for tr, ext in ko.order_read.readers if ext and tr in committed and tr != last_w]
+    for v, w in unseen:
+        if w == last_w:  # same version as the last observed one
+            continue
+        if last_w is not None:
+            g.add(last_w, w, WW, (k, last_v, v, True))
+        for tr in tail_readers:
+            if tr != w:
+                g.add(tr, w, RW, (k, last_v, v, True))
+
+
+def _add_realtime_edges(g: _Graph, by_id: dict[int, Txn], committed: set[int]) -> None:
+    """``rt``: T1 (ok) completed before T2 was invoked, so T1 must come first.
+
+    Encoded sparsely: each txn gets edges only from the frontier of latest
+    completions before its invocation, a subgraph whose transitive closure is
+    exactly the real-time order.
+    """
+    events: list[tuple[float, int, int]] = []
+    for tid in committed:
+        t = by_id[tid]
+        events.append((t.invoke_time, 0, tid))
+        if t.status == "ok" and t.complete_time is not None:
+            events.append((t.complete_time, 1, tid))
+    events.sort()
+    frontier: set[int] = set()
+    preds: dict[int, list[int]] = {}
+    for _, is_completion, tid in events:
+        if is_completion:
+            frontier.difference_update(preds.pop(tid, ()))
+            frontier.add(tid)
+        else:
+            preds[tid] = sorted(frontier)
+            for p in preds[tid]:
+                g.add(p, tid, RT, ())
+
+
+def _cycle_anomalies(g: _Graph, realtime: bool, by_id: dict[int, Txn]) -> list[Anomaly]:
+    """``G0``, ``G1c``, ``G-single``, ``G2`` (``-realtime``): one cycle per strongly connected
+    component of the graph, of the weakest class it contains. A cycle means no serial
+    order is consistent with what the txns observed."""
+    return [_classify_scc(g, sorted(scc), realtime, by_id)
+            for scc in _tarjan(sorted(g.adj), lambda v: g.adj.get(v, {}).keys()) if len(scc) > 1]
+
+
+def _ranked(anomalies: list[Anomaly]) -> list[Anomaly]:
+    """The anomalies sorted by kind (in `_KIND_ORDER`), then by txns."""
     rank = {k: i for i, k in enumerate(_KIND_ORDER)}
-    out.sort(key=lambda a: (rank.get(a.kind, len(rank)), a.txns))
-    status = Counter(t.status for t in txns)
-    return CheckResult(out, len(txns), status["ok"], status["fail"], status["info"],
-                       len(committed) - status["ok"], g.edges, realtime)
+    return sorted(anomalies, key=lambda a: (rank.get(a.kind, len(rank)), a.txns))
 
 
 def _copy_ops(ops: Iterable[Sequence[Any]]) -> list[Op]:
