@@ -160,7 +160,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
         kv("import", url, "-f", str(seed), "--json"),
         kv("put", url, "greeting", "hello", "--json"),
         kv("put", url, "blob", "-", stdin=BLOB),
-        kv("put", "--values", "msgpack", url, "doc", "--file", str(doc), "--json"),
+        kv("put", url, "doc", "--file", str(doc), "--json"),
         kv("import", url, "--json", stdin=b'{"key": "x", "value": "eA=="}\nnot json\n'),
         kv("--help"),
         kv("get", "k"),
@@ -186,7 +186,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     # Round 3: reads of version 4, a tag, an export.  (Raw `get` output: round 4.)
     get_json, get_doc, get_missing, scan_json, ls_keys, hist, info, tag, export = run(
         kv("get", url, "blob", "--json"),
-        kv("get", url, "doc", "--values", "msgpack"),
+        kv("get", url, "doc"),
         kv("get", url, "nope"),
         kv("scan", url, "--prefix", "users/", "--json"),
         kv("ls", url, "--start", "users/2", "--end", "users/9", "--reverse", "--limit", "1", "--keys-only"),
@@ -407,7 +407,8 @@ def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.Mo
         2, "give --version or --tag, not both")
     invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(1, "version 99 is not retained")
     invoke(monkeypatch, "put", "s1", "", "v").one_line_error(2, "key")
-    invoke(monkeypatch, "put", "s1", "k", "{", "--values", "msgpack").one_line_error(2, "takes JSON")
+    invoke(monkeypatch, "init", "m1", "--values", "msgpack").ok()
+    invoke(monkeypatch, "put", "m1", "k", "{").one_line_error(2, "takes JSON")
     blocked = tmp_path / "file"
     blocked.write_text("")
     invoke(monkeypatch, "init", f"{blocked}/store").one_line_error(1, f"cannot use {blocked}", "Not a directory")
