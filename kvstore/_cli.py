@@ -264,19 +264,14 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
 # ----------------------------------------------------------------- output
 
 
-def _echo_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, ensure_ascii=False))
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
-    """Print rows as left-aligned columns (the last column is not padded)."""
+def _aligned(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> list[str]:
+    """Rows as lines of left-aligned columns (the last column is not padded)."""
     all_rows = ([list(header)] if header else []) + [list(r) for r in rows]
     if not all_rows:
-        return
+        return []
     widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(len(r) for r in all_rows))]
-    for r in all_rows:
-        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
-        click.echo("  ".join(cells).rstrip())
+    return ["  ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()
+            for r in all_rows]
 
 
 class Output:
@@ -284,32 +279,22 @@ class Output:
 
     Each method takes a result in both forms, and only this class looks at
     ``--json``: so with it stdout holds exactly one JSON document per command
-    (`result`, `table`, `value`, `rows`), or one per line (`event`), and no
-    text slips in. `note` is for people in both modes, on stderr.
+    (`result`, `value`, `rows`), or one per line (`event`), and no text slips
+    in. `note` is for people in both modes, on stderr.
     """
 
     def __init__(self, as_json: bool) -> None:
         self._json = as_json
 
     def result(self, doc: Any, *lines: str) -> None:
-        """The command's result: `doc` as JSON, or `lines` of text."""
-        if self._json:
-            _echo_json(doc)
-        else:
-            for line in lines:
-                click.echo(line)
-
-    def table(self, doc: Any, rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
-        """The command's result: `doc` as JSON, or `rows` as aligned columns."""
-        if self._json:
-            _echo_json(doc)
-        else:
-            _table(rows, header)
+        """The command's result: `doc` as JSON, or `lines` of text (`_aligned` for a table)."""
+        for line in [json.dumps(doc, ensure_ascii=False)] if self._json else lines:
+            click.echo(line)
 
     def value(self, doc: Any, raw: bytes) -> None:
         """A value: `doc` as JSON, or its bytes exactly, so ``kvstore get URL k > file`` copies it."""
         if self._json:
-            _echo_json(doc)
+            self.result(doc)
             return
         out = sys.stdout.buffer
         out.write(raw)
@@ -345,11 +330,12 @@ class Output:
         def add_row(item: T) -> None:
             page.append(to_cells(item))
             if len(page) >= TABLE_PAGE_ROWS:  # align in pages, keep memory bounded
-                _table(page)
+                click.echo("\n".join(_aligned(page)))
                 page.clear()
 
         yield add_row
-        _table(page)
+        if page:
+            click.echo("\n".join(_aligned(page)))
 
     @staticmethod
     def note(text: str) -> None:
@@ -797,7 +783,7 @@ async def info(s: Session, *, count_limit: int) -> None:
         ["compaction", _compaction_state(doc)],
     ]
     rows += [[f"option {name}", json.dumps(value)] for name, value in doc["options"].items()]
-    s.out.table(doc, rows)
+    s.out.result(doc, *_aligned(rows))
 
 
 def _compaction_state(doc: dict[str, Any]) -> str:
@@ -929,7 +915,7 @@ async def history(s: Session, *, limit: int | None) -> None:
              "key_count": c.key_count, "meta": jsonable(c.meta, f"meta of version {c.version}")} for c in commits]
     rows = [[str(d["version"]), _time(d["time"]), d["kind"], str(d["transactions"]), str(d["key_count"]),
              json.dumps(d["meta"], ensure_ascii=False) if d["meta"] and any(d["meta"]) else ""] for d in docs]
-    s.out.table(docs, rows, header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"])
+    s.out.result(docs, *_aligned(rows, header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"]))
 
 
 @cli.group(cls=_Group)
@@ -954,8 +940,8 @@ async def tag_list(s: Session) -> None:
     """List tags, oldest version first."""
     async with s.open() as db:
         tags = await db.tags()
-    s.out.table([_tag_json(t) for t in tags], [[t.name, str(t.version), _time(t.created)] for t in tags],
-                header=["NAME", "VERSION", "CREATED"])
+    s.out.result([_tag_json(t) for t in tags],
+                 *_aligned([[t.name, str(t.version), _time(t.created)] for t in tags], ["NAME", "VERSION", "CREATED"]))
 
 
 @store_command(tag, "NAME", mode="write", name="delete")
