@@ -713,11 +713,11 @@ async def _with_pulse(label: str, work: Awaitable[T]) -> T:
 
 # ----------------------------------------------------------------- commands
 
-CODECS = ("bytes", "msgpack")
-FILE_CODECS = ("bytes", "base64", "msgpack")  # export and import: base64 says how bytes look in the file
+VALUE_CHOICES = ("bytes", "msgpack")
+FILE_VALUE_CHOICES = ("bytes", "base64", "msgpack")  # export and import: base64 says how bytes look in the file
 
 
-@store_command(cli, values=CODECS)
+@store_command(cli, values=VALUE_CHOICES)
 async def init(s: Session) -> None:
     """Create a store (an existing one is left as it is).
 
@@ -795,7 +795,7 @@ def _compaction_state(doc: dict[str, Any]) -> str:
             f"run `kvstore compact {doc['url']}`")
 
 
-@store_command(cli, "KEY", values=CODECS)
+@store_command(cli, "KEY", values=VALUE_CHOICES)
 @_snapshot_options
 async def get(s: Session, key: str, *, at_version: int | None, tag_name: str | None) -> None:
     """Print the value of KEY (raw bytes; JSON with --json or for msgpack values).
@@ -827,7 +827,7 @@ def _value_input(path: str) -> bytes:
         raise CliError(f"cannot read the value: {exc}") from None
 
 
-@store_command(cli, "KEY [VALUE|-]", mode="write", values=CODECS, compacts=True,
+@store_command(cli, "KEY [VALUE|-]", mode="write", values=VALUE_CHOICES, compacts=True,
                names_given=lambda options: ["KEY"] if options["file_"] is not None else ["KEY", "VALUE"])
 @click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH",
               help="Read the value from this file ('-' for stdin) instead of an argument.")
@@ -868,7 +868,7 @@ async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
                  else f"key {key} not found at version {version}: nothing deleted")
 
 
-@store_command(cli, values=CODECS)
+@store_command(cli, values=VALUE_CHOICES)
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--start", help="Only keys >= this.")
 @click.option("--end", help="Only keys < this.")
@@ -1041,7 +1041,7 @@ def _writing(path: str) -> Iterator[IO[str]]:
         raise CliError(f"cannot write {path}: {exc}") from None
 
 
-@store_command(cli, values=FILE_CODECS, name="export")
+@store_command(cli, values=FILE_VALUE_CHOICES, name="export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, metavar="PATH", help="Write JSON Lines here ('-': stdout).")
 @click.option("--prefix", help="Only keys starting with this.")
@@ -1113,7 +1113,7 @@ def _reading(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
         raise CliError(f"cannot read {path}: {exc}") from None
 
 
-@store_command(cli, mode="create", values=FILE_CODECS, compacts=True, name="import")
+@store_command(cli, mode="create", values=FILE_VALUE_CHOICES, compacts=True, name="import")
 @click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, metavar="PATH", help="Read JSON Lines from here ('-': stdin).")
 async def import_(s: Session, *, file_: str) -> None:
