@@ -1,10 +1,14 @@
 """The `kvstore` command line: a thin layer over the public async API.
 
-Every subcommand opens the store named by its first argument (or by the
-``KVSTORE_URL`` environment variable), runs one coroutine with
-``asyncio.run`` and prints the result: aligned text for people, or one JSON
-document (``--json``) for scripts. ``export`` and ``watch`` stream JSON
-Lines.
+Every command that works on a store is an async function under
+`store_command`, which gives it the shared skeleton: the store URL (its
+first argument, or ``KVSTORE_URL``), a `Session` that opens the store
+read-only or for writing with the value codec to use (the store's own unless
+``--values`` names one) and runs the compaction a commit made due, one
+``asyncio.run``, and kvstore errors as one line and an exit code. Results go
+to the session's `Output`, which prints aligned text for people or JSON
+(``--json``) for scripts: no command looks at ``--json`` itself. ``export``
+and ``watch`` stream JSON Lines.
 
 Errors are one line on stderr: the kvstore exception's message, its Python
 advice rewritten in command-line words (`cli_message`); ``--debug`` adds the
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -25,10 +30,10 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
-from typing import IO, Any, ClassVar, NoReturn, TypeVar
+from typing import IO, Any, ClassVar, Literal, NoReturn, TypeVar
 
 import click
 import msgpack
@@ -92,7 +97,6 @@ class State:
     sse: str | None = None
     sse_kms_key_id: str | None = None
     sse_customer_key_file: str | None = None
-    url: str | None = None  # the store URL, once the arguments are parsed
 
     def s3_options(self) -> kvstore.S3Options | None:
         """Encryption settings for S3, or None when none were given."""
@@ -209,7 +213,7 @@ def cli() -> None:
     """
 
 
-# ----------------------------------------------------------------- helpers
+# ----------------------------------------------------------------- the store URL
 
 
 def _looks_like_url(arg: str) -> bool:
@@ -236,7 +240,7 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
     command = click.get_current_context().command_path
     spelled = " ".join(["[URL]", *names])
     if len(args) == len(names) + 1:
-        return _remember(args[0]), list(args[1:])
+        return args[0], list(args[1:])
     if len(args) > len(names) + 1:
         quote = " (quote a VALUE that has spaces)" if names and names[-1] == "VALUE" else ""
         raise click.UsageError(f"too many arguments: expected {command} {spelled}, got {len(args)}{quote}")
@@ -254,76 +258,99 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
             f"no store URL: expected {command} {spelled}, and {URL_ENV} is not set "
             f"(give the URL first, or export {URL_ENV}=URL)"
         )
-    return _remember(url), list(args)
+    return url, list(args)
 
 
-def _remember(url: str) -> str:
-    """Note the store URL, so error messages can name commands to run on it."""
-    _state().url = url
-    return url
+# ----------------------------------------------------------------- output
 
 
-def _url_argument(names: str = "") -> Callable[[F], F]:
-    return click.argument("args", nargs=-1, metavar=("[URL] " + names).strip())
+def _aligned(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> list[str]:
+    """Rows as lines of left-aligned columns (the last column is not padded)."""
+    all_rows = ([list(header)] if header else []) + [list(r) for r in rows]
+    if not all_rows:
+        return []
+    widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(len(r) for r in all_rows))]
+    return ["  ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()
+            for r in all_rows]
 
 
-@asynccontextmanager
-async def _open(url: str, *, write: bool = False, create: bool = False) -> AsyncIterator[kvstore.Store]:
-    """Open the store with the shared S3 settings; read-only unless `write`.
+class Output:
+    """Where a command's results go: text for people, or JSON for scripts (``--json``).
 
-    Writers open with auto_compact off: a command exits right after its
-    commit, and closing the store would cancel a background compaction (so a
-    store written only by commands would never be compacted). Writing
-    commands call `_compact_if_due` in the foreground instead.
+    Each method takes a result in both forms, and only this class looks at
+    ``--json``: so with it stdout holds exactly one JSON document per command
+    (`result`, `value`, `rows`), or one per line (`event`), and no text slips
+    in. `note` is for people in both modes, on stderr.
     """
-    s = _state()
-    async with kvstore.open(
-        url,
-        create=create,
-        read_only=not write,
-        options=kvstore.StoreOptions(auto_compact=False) if write else None,
-        endpoint_url=s.endpoint_url or None,
-        profile=s.profile or None,
-        region_name=s.region or None,
-        s3_options=s.s3_options(),
-    ) as db:
-        yield db
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+
+    def result(self, doc: Any, *lines: str) -> None:
+        """The command's result: `doc` as JSON, or `lines` of text (`_aligned` for a table)."""
+        for line in [json.dumps(doc, ensure_ascii=False)] if self._json else lines:
+            click.echo(line)
+
+    def value(self, doc: Any, raw: bytes) -> None:
+        """A value: `doc` as JSON, or its bytes exactly, so ``kvstore get URL k > file`` copies it."""
+        if self._json:
+            self.result(doc)
+            return
+        out = sys.stdout.buffer
+        out.write(raw)
+        if sys.stdout.isatty() and not raw.endswith(b"\n"):
+            out.write(b"\n")  # so the prompt starts on its own line; a pipe or file gets the bytes exactly
+        out.flush()
+
+    def event(self, doc: Any, *lines: str) -> None:
+        """One of an endless stream of results (watch): a JSON line, or text lines; shown at once."""
+        self.result(doc, *lines)
+        sys.stdout.flush()
+
+    @contextmanager
+    def rows(
+        self, to_json: Callable[[T], Any], to_cells: Callable[[T], list[str]]
+    ) -> Iterator[Callable[[T], None]]:
+        """A list printed as it is read (scan): a JSON array, or a table aligned in pages.
+
+        Yields the function that adds an item; only the form printed is computed.
+        """
+        if self._json:
+            count = [0]
+
+            def add_json(item: T) -> None:
+                click.echo(("," if count[0] else "[") + "\n" + json.dumps(to_json(item), ensure_ascii=False), nl=False)
+                count[0] += 1
+
+            yield add_json
+            click.echo("\n]" if count[0] else "[]")
+            return
+        page: list[list[str]] = []
+
+        def add_row(item: T) -> None:
+            page.append(to_cells(item))
+            if len(page) >= TABLE_PAGE_ROWS:  # align in pages, keep memory bounded
+                click.echo("\n".join(_aligned(page)))
+                page.clear()
+
+        yield add_row
+        if page:
+            click.echo("\n".join(_aligned(page)))
+
+    @staticmethod
+    def note(text: str) -> None:
+        """A message for people in both modes, on stderr: summaries, banners, warnings."""
+        click.echo(text, err=True)
 
 
-COMPACT_BUDGET = 30.0  # seconds a writing command may spend on a due compaction before it exits
+TABLE_PAGE_ROWS = 1000  # a long listing is aligned (and held in memory) this many rows at a time
+TABLE_VALUE_CHARS = 80  # a longer value is cut in tables; `get` and --json print it whole
 
 
-async def _compact_if_due(db: kvstore.Store) -> None:
-    """After a commit, merge the levels it made due, within COMPACT_BUDGET seconds.
+# ----------------------------------------------------------------- values
 
-    Costs one conditional GET of the manifest when nothing is due. The commit
-    has succeeded whatever happens here, so a failure or an overrun is a
-    warning naming the command that finishes the job, not an error: an
-    abandoned merge is invisible (its segment is garbage for gc).
-    """
-    try:
-        results = await asyncio.wait_for(db.compact(), COMPACT_BUDGET)
-    except asyncio.TimeoutError:
-        click.echo(f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
-                   f"run `kvstore compact {db.url}`", err=True)
-        return
-    except kvstore.KvStoreError as exc:
-        click.echo(f"kvstore: warning: compaction failed ({cli_message(str(exc), db.url)}); "
-                   f"run `kvstore compact {db.url}` later", err=True)
-        return
-    for r in results:
-        click.echo(f"kvstore: compacted {r.inputs} segments into level {r.level} (version {r.version})", err=True)
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def main() -> T:
-        return await coro
-
-    return asyncio.run(main())
-
-
-def _echo_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, ensure_ascii=False))
+Codec = Literal["bytes", "msgpack"]  # a store's value codec (`Store.recorded_values`)
+CODEC_WORDS: dict[str, Codec] = {"bytes": "bytes", "base64": "bytes", "msgpack": "msgpack"}  # --values choices
 
 
 def _key_text(key: bytes) -> str:
@@ -363,7 +390,7 @@ def jsonable(value: Any, where: str = "value") -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise CliError(f"{where}: {value} has no JSON form; use --values bytes")
+            raise CliError(f"{where}: {value} has no JSON form; use the Python API")
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {_BYTES_MARK: base64.b64encode(bytes(value)).decode()}
@@ -373,10 +400,11 @@ def jsonable(value: Any, where: str = "value") -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise CliError(f"{where}: a map key {k!r} is not a string, which JSON cannot carry; use --values bytes")
+                raise CliError(f"{where}: a map key {k!r} is not a string, which JSON cannot carry; "
+                               "use the Python API")
             out[k] = jsonable(v, where)
         return out
-    raise CliError(f"{where}: a {type(value).__name__} has no JSON form; use --values bytes")
+    raise CliError(f"{where}: a {type(value).__name__} has no JSON form; use the Python API")
 
 
 def from_jsonable(value: Any) -> Any:
@@ -390,69 +418,245 @@ def from_jsonable(value: Any) -> Any:
     return value
 
 
-def _decode_msgpack(raw: bytes, key: bytes) -> Any:
-    try:
-        return msgpack.unpackb(raw, raw=False)
-    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
-        raise CliError(f"the value of {_key_text(key)!r} is not msgpack ({exc}); use --values bytes") from None
+@dataclasses.dataclass(frozen=True)
+class Values:
+    """How a command shows and reads values, by the store's codec.
 
+    The command line reads and writes a store's raw bytes (it opens stores
+    without ``values=``) and does the codec's work itself, since it must turn
+    msgpack values into JSON and back: ``bytes`` values are shown as they are
+    (base64 in JSON), ``msgpack`` values as JSON.
+    """
 
-def _value_json(raw: bytes, key: bytes, mode: str) -> Any:
-    """A stored value for JSON output: base64 text, or the decoded msgpack object."""
-    if mode == "msgpack":
-        return jsonable(_decode_msgpack(raw, key), f"the value of {_key_text(key)!r}")
-    return base64.b64encode(raw).decode()
+    codec: Codec
 
+    def json(self, raw: bytes, key: bytes) -> Any:
+        """A stored value for JSON output: base64 text, or the decoded msgpack object."""
+        if self.codec == "msgpack":
+            return jsonable(self._decode(raw, key), f"the value of {_key_text(key)!r}")
+        return base64.b64encode(raw).decode()
 
-def _value_text(raw: bytes, key: bytes, mode: str) -> str:
-    """A stored value for a table: UTF-8 text when printable, else an escaped bytes literal."""
-    if mode == "msgpack":
-        return json.dumps(_value_json(raw, key, mode), ensure_ascii=False)
-    try:
-        text = raw.decode("utf-8")
-        if text.isprintable():
+    def text(self, raw: bytes, key: bytes) -> str:
+        """A stored value for people: UTF-8 text when printable, else an escaped bytes literal; JSON for msgpack."""
+        if self.codec == "msgpack":
+            return json.dumps(self.json(raw, key), ensure_ascii=False)
+        try:
+            text = raw.decode("utf-8")
+            if text.isprintable():
+                return text
+        except UnicodeDecodeError:
+            pass
+        return repr(raw)
+
+    def cell(self, raw: bytes, key: bytes) -> str:
+        """A value for a table row: `text`, cut to TABLE_VALUE_CHARS with its full size,
+        so one large value cannot push every other row off the screen."""
+        text = self.text(raw, key)
+        if len(text) <= TABLE_VALUE_CHARS:
             return text
-    except UnicodeDecodeError:
-        pass
-    return repr(raw)
+        return f"{text[:TABLE_VALUE_CHARS]}... ({len(raw)} bytes)"
+
+    def encode(self, data: bytes, where: str) -> bytes:
+        """Bytes to store from command-line input: as is, or JSON text packed as msgpack."""
+        if self.codec != "msgpack":
+            return data
+        try:
+            value = from_jsonable(json.loads(data))
+        except ValueError as exc:
+            raise CliError(f"{where}: the store's values are msgpack, so it takes JSON: {exc}", EXIT_USAGE) from None
+        return bytes(msgpack.packb(value, use_bin_type=True))
+
+    def from_json(self, value: Any, where: str) -> bytes:
+        """Bytes to store from the "value" of an export line: base64 text, or JSON packed as msgpack."""
+        if self.codec == "msgpack":
+            try:
+                return bytes(msgpack.packb(from_jsonable(value), use_bin_type=True))
+            except (TypeError, ValueError) as exc:
+                raise CliError(f"{where}: cannot encode the value as msgpack: {exc}") from None
+        if not isinstance(value, str):
+            raise CliError(f"{where}: the value must be base64 text (or use --values msgpack)")
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            raise CliError(f"{where}: the value is not valid base64 (or use --values msgpack)") from None
+
+    def _decode(self, raw: bytes, key: bytes) -> Any:
+        try:
+            return msgpack.unpackb(raw, raw=False)
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
+            raise CliError(f"the value of {_key_text(key)!r} is not msgpack ({exc}); "
+                           "it was written by a program that ignored the store's codec") from None
 
 
-TABLE_VALUE_CHARS = 80  # a longer value is cut in tables; `get` and --json print it whole
+# ----------------------------------------------------------------- the command skeleton
+
+Mode = Literal["read", "write", "create"]  # read-only; for writing; for writing, creating a missing store
+
+COMPACT_BUDGET = 30.0  # seconds a writing command may spend on a due compaction before it exits
 
 
-def _table_value(raw: bytes, key: bytes, mode: str) -> str:
-    """A value for a table row: `_value_text`, cut to TABLE_VALUE_CHARS with its full size,
-    so one large value cannot push every other row off the screen."""
-    text = _value_text(raw, key, mode)
-    if len(text) <= TABLE_VALUE_CHARS:
-        return text
-    return f"{text[:TABLE_VALUE_CHARS]}... ({len(raw)} bytes)"
+class Session:
+    """One command's store: how to open it, the value codec to use, and where results go."""
+
+    def __init__(self, url: str, mode: Mode, values: Codec | None, compacts: bool) -> None:
+        self.url = url
+        self.out = Output(_state().json)
+        self.values = Values(values or "bytes")  # set again by `open`, from the store when values is None
+        self._mode = mode
+        self._explicit = values
+        self._compacts = compacts
+
+    @asynccontextmanager
+    async def open(self, mode: Mode | None = None) -> AsyncIterator[kvstore.Store]:
+        """Open the store (in the command's mode unless `mode` says otherwise) and set `values`.
+
+        The command works on raw bytes (`Values`), so it opens the store with
+        no ``values=``. An explicit ``--values`` that the store does not
+        record is put to the library's rule in a short open of its own (one
+        more manifest GET): a store created now records it, an empty store
+        opened for writing adopts it, any other store refuses it. After a
+        commit of a compacting command, the levels it made due are merged.
+        """
+        mode = mode or self._mode
+        if self._explicit is not None and mode == "create":
+            await self._check_codec(mode)  # before the raw open, which would create a store of bytes
+        async with self._connect(mode, None) as db:
+            if self._explicit not in (None, db.recorded_values):
+                await self._check_codec(mode)
+            self.values = Values(self._explicit or db.recorded_values)
+            opened_at = db.version
+            yield db
+            if self._compacts and db.version != opened_at:
+                await _compact_if_due(db)
+
+    async def _check_codec(self, mode: Mode) -> None:
+        """Open with ``values=`` the explicit codec: kvstore records, adopts or refuses it."""
+        try:
+            async with self._connect(mode, self._explicit):
+                pass
+        except kvstore.CodecMismatchError as exc:
+            raise CliError(f"{self.url} stores {exc.recorded} values, not {self._explicit}: use --values "
+                           f"{exc.recorded}, or leave --values out (it defaults to the store's codec)",
+                           EXIT_USAGE) from exc
+
+    def _connect(self, mode: Mode, values: Codec | None) -> kvstore.StoreOpener:
+        """`kvstore.open` with the shared S3 settings.
+
+        Writers open with auto_compact off: a command exits right after its
+        commit, and closing the store would cancel a background compaction (so a
+        store written only by commands would never be compacted). Compacting
+        commands merge in the foreground instead.
+        """
+        s = _state()
+        return kvstore.open(
+            self.url,
+            create=mode == "create",
+            read_only=mode == "read",
+            values=values,
+            options=None if mode == "read" else kvstore.StoreOptions(auto_compact=False),
+            endpoint_url=s.endpoint_url or None,
+            profile=s.profile or None,
+            region_name=s.region or None,
+            s3_options=s.s3_options(),
+        )
 
 
-def _encode_input(data: bytes, mode: str, where: str) -> bytes:
-    """Bytes to store from command-line input: as is, or JSON text packed as msgpack."""
-    if mode != "msgpack":
-        return data
+async def _compact_if_due(db: kvstore.Store) -> None:
+    """After a commit, merge the levels it made due, within COMPACT_BUDGET seconds.
+
+    Costs one conditional GET of the manifest when nothing is due. The commit
+    has succeeded whatever happens here, so a failure or an overrun is a
+    warning naming the command that finishes the job, not an error: an
+    abandoned merge is invisible (its segment is garbage for gc).
+    """
     try:
-        value = from_jsonable(json.loads(data))
-    except ValueError as exc:
-        raise CliError(f"{where}: --values msgpack takes JSON: {exc}", EXIT_USAGE) from None
-    return bytes(msgpack.packb(value, use_bin_type=True))
+        results = await asyncio.wait_for(db.compact(), COMPACT_BUDGET)
+    except asyncio.TimeoutError:
+        Output.note(f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
+                    f"run `kvstore compact {db.url}`")
+        return
+    except kvstore.KvStoreError as exc:
+        Output.note(f"kvstore: warning: compaction failed ({cli_message(str(exc), db.url)}); "
+                    f"run `kvstore compact {db.url}` later")
+        return
+    for r in results:
+        Output.note(f"kvstore: compacted {r.inputs} segments into level {r.level} (version {r.version})")
+
+
+Body = Callable[..., Coroutine[Any, Any, None]]
+
+
+def store_command(
+    group: click.Group,
+    names: str = "",
+    *,
+    mode: Mode = "read",
+    values: Sequence[str] = (),
+    compacts: bool = False,
+    until_interrupted: bool = False,
+    name: str | None = None,
+    names_given: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> Callable[[Body], click.Command]:
+    """Make `body` the command `name` of `group`: ``body(session, *NAMES, **options)``.
+
+    The command takes ``[URL] NAMES`` (`names`, or `names_given` from the
+    options when they change them), the body's own click options, ``--values``
+    with the choices `values` (``base64`` is another word for ``bytes``) and
+    the common options. It runs the body in one ``asyncio.run`` with a
+    `Session` opening the store in `mode` (`compacts`: merging what a commit
+    made due), and turns kvstore errors into CliError with the exit code of
+    their kind. `until_interrupted`: Ctrl-C is how the command ends (exit 0).
+    """
+
+    def decorate(body: Body) -> click.Command:
+        def callback(args: tuple[str, ...], **options: Any) -> None:
+            url, rest = _split_args(args, names_given(options) if names_given else names.split())
+            given = options.pop("values", None)
+            session = Session(url, mode, None if given is None else CODEC_WORDS[given], compacts)
+            try:
+                asyncio.run(body(session, *rest, **options))
+            except KeyboardInterrupt:
+                if not until_interrupted:
+                    raise
+            except kvstore.KvStoreError as exc:
+                raise CliError(cli_message(str(exc) or type(exc).__name__, url), _exit_code(exc)) from exc
+
+        command: Any = _common_options(group_level=False)(callback)
+        if values:
+            command = click.option(
+                "--values", type=click.Choice(list(values)), default=None,
+                help="How values are shown and read (default: the store's codec, set by `init --values`): "
+                     "bytes as they are (base64 in JSON); msgpack as JSON.")(command)
+        command.__click_params__ += getattr(body, "__click_params__", [])
+        command = click.argument("args", nargs=-1, metavar=("[URL] " + names).strip())(command)
+        return group.command(name or body.__name__, help=inspect.getdoc(body))(command)
+
+    return decorate
+
+
+def _snapshot_options(f: F) -> F:
+    f = click.option("--tag", "tag_name", metavar="NAME", help="Read the version retained under this tag.")(f)
+    f = click.option("--version", "at_version", type=int, metavar="N", help="Read store version N (a past one).")(f)
+    return f
+
+
+# ----------------------------------------------------------------- for people
 
 
 def _time(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> None:
-    """Print rows as left-aligned columns (the last column is not padded)."""
-    all_rows = ([list(header)] if header else []) + [list(r) for r in rows]
-    if not all_rows:
-        return
-    widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(len(r) for r in all_rows))]
-    for r in all_rows:
-        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
-        click.echo("  ".join(cells).rstrip())
+def _time_minute(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _size(n: int) -> str:
@@ -462,27 +666,6 @@ def _size(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def _snapshot_options(f: F) -> F:
-    f = click.option("--tag", "tag_name", metavar="NAME", help="Read the version retained under this tag.")(f)
-    f = click.option("--version", "at_version", type=int, metavar="N", help="Read store version N (a past one).")(f)
-    return f
-
-
-def _values_option(*choices: str) -> Callable[[F], F]:
-    return click.option(
-        "--values",
-        "values",
-        type=click.Choice(list(choices)),
-        default=choices[0],
-        show_default=True,
-        help="bytes: values are opaque (base64 in JSON); msgpack: decode/encode msgpack values as JSON.",
-    )
-
-
-async def _snapshot(db: kvstore.Store, version: int | None, tag: str | None) -> kvstore.Snapshot:
-    return await db.snapshot(version=version, tag=tag)
 
 
 @contextmanager
@@ -530,76 +713,65 @@ async def _with_pulse(label: str, work: Awaitable[T]) -> T:
 
 # ----------------------------------------------------------------- commands
 
-
-@cli.command()
-@_url_argument()
-@_common_options(group_level=False)
-def init(args: tuple[str, ...]) -> None:
-    """Create a store (an existing one is left as it is)."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> tuple[str, bool, int]:
-        try:
-            async with _open(url) as db:
-                return db.url, False, db.version
-        except kvstore.StoreNotFoundError:
-            async with _open(url, write=True, create=True) as db:
-                return db.url, True, db.version
-
-    store_url, created, version = _run(run())
-    if _state().json:
-        _echo_json({"url": store_url, "created": created, "version": version})
-    else:
-        click.echo(f"{'created' if created else 'found existing'} store {store_url} at version {version}")
+VALUE_CHOICES = ("bytes", "msgpack")
+FILE_VALUE_CHOICES = ("bytes", "base64", "msgpack")  # export and import: base64 says how bytes look in the file
 
 
-@cli.command()
-@_url_argument()
+@store_command(cli, values=VALUE_CHOICES)
+async def init(s: Session) -> None:
+    """Create a store (an existing one is left as it is).
+
+    --values records how the store's values are encoded (default: bytes);
+    every command then shows and reads them that way.
+    """
+    try:
+        async with s.open("read") as db:
+            created = False
+    except kvstore.StoreNotFoundError:
+        async with s.open("create") as db:
+            created = True
+    s.out.result({"url": db.url, "created": created, "version": db.version},
+                 f"{'created' if created else 'found existing'} store {db.url} at version {db.version}")
+
+
+@store_command(cli)
 @click.option("--count-limit", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Count keys up to this many (0: count all; counting reads the data).")
-@_common_options(group_level=False)
-def info(args: tuple[str, ...], count_limit: int) -> None:
+async def info(s: Session, *, count_limit: int) -> None:
     """Show the store's version, segments, keys and settings."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> dict[str, Any]:
-        async with _open(url) as db:
-            described = await db.describe()
-            history = await db.history()
-            tags = await db.tags()
-            counted = 0
-            async for _ in db.scan(limit=count_limit + 1 if count_limit else None):
-                counted += 1
-            keys: dict[str, Any] = {"count": min(counted, count_limit) if count_limit else counted,
-                                    "exact": not count_limit or counted <= count_limit,
-                                    "stored_entries": described.entries}
-            return {
-                "url": db.url,
-                "store_id": described.store_id,
-                "version": described.version,
-                "oldest_readable_version": described.oldest_readable_version,
-                "segments": described.segments,
-                "segments_per_level": described.segments_per_level,
-                "bytes": described.segment_bytes,
-                "keys": keys,
-                "commits_in_log": len(history),
-                "last_commit": history[0].time if history else None,
-                "tags": len(tags),
-                # Levels holding a full fanout of segments: what `kvstore compact` would merge.
-                "compaction_due": sorted(level for level, n in described.segments_per_level.items()
-                                         if n >= db.options.compaction_fanout),
-                "options": dataclasses.asdict(db.options),
-                "requests": db.statistics()["requests"],
-            }
-
-    doc = _run(run())
-    if _state().json:
-        _echo_json(doc)
-        return
-    keys = doc["keys"]
+    async with s.open() as db:
+        described = await db.describe()
+        history = await db.history()
+        tags = await db.tags()
+        counted = 0
+        async for _ in db.scan(limit=count_limit + 1 if count_limit else None):
+            counted += 1
+        keys: dict[str, Any] = {"count": min(counted, count_limit) if count_limit else counted,
+                                "exact": not count_limit or counted <= count_limit,
+                                "stored_entries": described.entries}
+        doc = {
+            "url": db.url,
+            "store_id": described.store_id,
+            "values": db.recorded_values,
+            "version": described.version,
+            "oldest_readable_version": described.oldest_readable_version,
+            "segments": described.segments,
+            "segments_per_level": described.segments_per_level,
+            "bytes": described.segment_bytes,
+            "keys": keys,
+            "commits_in_log": len(history),
+            "last_commit": history[0].time if history else None,
+            "tags": len(tags),
+            # Levels holding a full fanout of segments: what `kvstore compact` would merge.
+            "compaction_due": sorted(level for level, n in described.segments_per_level.items()
+                                     if n >= db.options.compaction_fanout),
+            "options": dataclasses.asdict(db.options),
+            "requests": db.statistics()["requests"],
+        }
     rows = [
         ["url", doc["url"]],
         ["store id", doc["store_id"]],
+        ["values", doc["values"]],
         ["version", str(doc["version"])],
         ["oldest readable version", str(doc["oldest_readable_version"])],
         ["segments", f"{doc['segments']} (per level: {doc['segments_per_level']})"],
@@ -610,9 +782,8 @@ def info(args: tuple[str, ...], count_limit: int) -> None:
         ["tags", str(doc["tags"])],
         ["compaction", _compaction_state(doc)],
     ]
-    for name, value in doc["options"].items():
-        rows.append([f"option {name}", json.dumps(value)])
-    _table(rows)
+    rows += [[f"option {name}", json.dumps(value)] for name, value in doc["options"].items()]
+    s.out.result(doc, *_aligned(rows))
 
 
 def _compaction_state(doc: dict[str, Any]) -> str:
@@ -624,88 +795,59 @@ def _compaction_state(doc: dict[str, Any]) -> str:
             f"run `kvstore compact {doc['url']}`")
 
 
-@cli.command()
-@_url_argument("KEY")
+@store_command(cli, "KEY", values=VALUE_CHOICES)
 @_snapshot_options
-@_values_option("bytes", "msgpack")
-@_common_options(group_level=False)
-def get(args: tuple[str, ...], at_version: int | None, tag_name: str | None, values: str) -> None:
-    """Print the value of KEY (raw bytes; JSON with --json or --values msgpack).
+async def get(s: Session, key: str, *, at_version: int | None, tag_name: str | None) -> None:
+    """Print the value of KEY (raw bytes; JSON with --json or for msgpack values).
 
     Exits 3 if the key is absent.
     """
-    url, (key,) = _split_args(args, ["KEY"])
     missing = object()
-
-    async def run() -> tuple[int, Any]:
-        async with _open(url) as db:
-            snap = await _snapshot(db, at_version, tag_name)
-            return snap.version, await snap.get(key, missing)
-
-    version, raw = _run(run())
+    async with s.open() as db:
+        snap = await db.snapshot(version=at_version, tag=tag_name)
+        raw = await snap.get(key, missing)
     if raw is missing:
-        raise CliError(f"key {key!r} not found at version {version}", EXIT_NOT_FOUND)
+        raise CliError(f"key {key!r} not found at version {snap.version}", EXIT_NOT_FOUND)
     kb = key.encode()
-    if _state().json:
-        _echo_json({**_key_json(kb), "value": _value_json(raw, kb, values), "version": version})
-    elif values == "msgpack":
-        click.echo(_value_text(raw, kb, values))
+    doc = {**_key_json(kb), "value": s.values.json(raw, kb), "version": snap.version}
+    if s.values.codec == "msgpack":
+        s.out.result(doc, s.values.text(raw, kb))
     else:
-        out = sys.stdout.buffer
-        out.write(raw)
-        if sys.stdout.isatty() and not raw.endswith(b"\n"):
-            out.write(b"\n")  # so the prompt starts on its own line; a pipe or file gets the bytes exactly
-        out.flush()
+        s.out.value(doc, raw)
 
 
-@cli.command()
-@_url_argument("KEY [VALUE|-]")
+def _value_input(path: str) -> bytes:
+    """The bytes of a file, or of stdin for '-' (read before the store is opened, so a bad path fails first)."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise CliError(f"cannot read the value: {exc}") from None
+
+
+@store_command(cli, "KEY [VALUE|-]", mode="write", values=VALUE_CHOICES, compacts=True,
+               names_given=lambda options: ["KEY"] if options["file_"] is not None else ["KEY", "VALUE"])
 @click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH",
               help="Read the value from this file ('-' for stdin) instead of an argument.")
-@_values_option("bytes", "msgpack")
-@_common_options(group_level=False)
-def put(args: tuple[str, ...], file_: str | None, values: str) -> None:
+async def put(s: Session, key: str, value: str | None = None, *, file_: str | None) -> None:
     """Set KEY to VALUE, to the bytes of --file, or to stdin ('-').
 
-    With --values msgpack the value is JSON text, stored msgpack-encoded.
+    In a store of msgpack values the value is JSON text, stored msgpack-encoded.
     """
-    names = ["KEY"] if file_ is not None else ["KEY", "VALUE"]
-    url, rest = _split_args(args, names)
-    key = rest[0]
-    source = file_ if file_ is not None else rest[1]
-    if file_ is not None or source == "-":
-        try:
-            if source == "-":
-                data = sys.stdin.buffer.read()
-            else:
-                with open(source, "rb") as f:
-                    data = f.read()
-        except OSError as exc:
-            raise CliError(f"cannot read the value: {exc}") from None
-    else:
-        data = source.encode("utf-8")
-    value = _encode_input(data, values, "the value")
-
-    async def run() -> int:
-        async with _open(url, write=True) as db:
-            version = await db.put(key, value)
-            await _compact_if_due(db)
-            return version
-
-    version = _run(run())
-    if _state().json:
-        _echo_json({**_key_json(key.encode()), "version": version, "bytes": len(value)})
-    else:
-        click.echo(f"put {key} ({len(value)} bytes) at version {version}")
+    data = _value_input(file_) if file_ is not None else _value_input(value) if value == "-" else str(value).encode()
+    async with s.open() as db:
+        stored = s.values.encode(data, "the value")
+        version = await db.put(key, stored)
+    s.out.result({**_key_json(key.encode()), "version": version, "bytes": len(stored)},
+                 f"put {key} ({len(stored)} bytes) at version {version}")
 
 
-@cli.command()
-@_url_argument("KEY")
+@store_command(cli, "KEY", mode="write", compacts=True)
 @click.option("--missing-ok", is_flag=True, help="Exit 0 when KEY is absent (nothing is deleted either way).")
-@_common_options(group_level=False)
-def delete(args: tuple[str, ...], missing_ok: bool) -> None:
+async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
     """Delete KEY. An absent KEY changes nothing: exit 3, like get (0 with --missing-ok)."""
-    url, (key,) = _split_args(args, ["KEY"])
     missing = object()
 
     async def attempt(tx: kvstore.Transaction) -> tuple[kvstore.Transaction, bool]:
@@ -716,28 +858,17 @@ def delete(args: tuple[str, ...], missing_ok: bool) -> None:
         tx.delete(key)
         return tx, True
 
-    async def run() -> tuple[bool, int]:
-        async with _open(url, write=True) as db:
-            tx, existed = await db.transact(attempt)
-            version = tx.committed_version if existed else tx.read_version
-            assert version is not None
-            if existed:
-                await _compact_if_due(db)
-            return existed, version
-
-    deleted, version = _run(run())
+    async with s.open() as db:
+        tx, deleted = await db.transact(attempt)
+    version = tx.committed_version if deleted else tx.read_version
     if not deleted and not missing_ok:
         raise CliError(f"key {key!r} not found at version {version}: nothing deleted", EXIT_NOT_FOUND)
-    if _state().json:
-        _echo_json({**_key_json(key.encode()), "version": version, "deleted": deleted})
-    elif deleted:
-        click.echo(f"deleted {key} at version {version}")
-    else:
-        click.echo(f"key {key} not found at version {version}: nothing deleted")
+    s.out.result({**_key_json(key.encode()), "version": version, "deleted": deleted},
+                 f"deleted {key} at version {version}" if deleted
+                 else f"key {key} not found at version {version}: nothing deleted")
 
 
-@cli.command()
-@_url_argument()
+@store_command(cli, values=VALUE_CHOICES)
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--start", help="Only keys >= this.")
 @click.option("--end", help="Only keys < this.")
@@ -745,10 +876,9 @@ def delete(args: tuple[str, ...], missing_ok: bool) -> None:
 @click.option("--reverse", is_flag=True, help="Descending key order.")
 @click.option("--keys-only", is_flag=True, help="Print keys, not values.")
 @_snapshot_options
-@_values_option("bytes", "msgpack")
-@_common_options(group_level=False)
-def scan(
-    args: tuple[str, ...],
+async def scan(
+    s: Session,
+    *,
     prefix: str | None,
     start: str | None,
     end: str | None,
@@ -757,65 +887,35 @@ def scan(
     keys_only: bool,
     at_version: int | None,
     tag_name: str | None,
-    values: str,
 ) -> None:
     """List keys (and values) in key order; alias: ls."""
-    url, _ = _split_args(args, [])
-    as_json = _state().json
 
-    async def run() -> None:
-        async with _open(url) as db:
-            snap = await _snapshot(db, at_version, tag_name)
-            first = True
-            rows: list[list[str]] = []
-            if as_json:
-                click.echo("[", nl=False)
-            async for key, raw in snap.scan(prefix, start=start, end=end, limit=limit, reverse=reverse):
-                if as_json:
-                    doc = _key_json(key) if keys_only else {**_key_json(key), "value": _value_json(raw, key, values)}
-                    click.echo(("" if first else ",") + "\n" + json.dumps(doc, ensure_ascii=False), nl=False)
-                    first = False
-                elif keys_only:
-                    click.echo(_key_text(key))
-                else:
-                    rows.append([_key_text(key), _table_value(raw, key, values)])
-                    if len(rows) >= 1000:  # align in pages, keep memory bounded
-                        _table(rows)
-                        rows = []
-            if as_json:
-                click.echo("\n]" if not first else "]")
-            else:
-                _table(rows)
+    def to_json(pair: tuple[bytes, bytes]) -> dict[str, Any]:
+        key, raw = pair
+        return _key_json(key) if keys_only else {**_key_json(key), "value": s.values.json(raw, key)}
 
-    _run(run())
+    def to_cells(pair: tuple[bytes, bytes]) -> list[str]:
+        key, raw = pair
+        return [_key_text(key)] if keys_only else [_key_text(key), s.values.cell(raw, key)]
+
+    async with s.open() as db:
+        snap = await db.snapshot(version=at_version, tag=tag_name)
+        with s.out.rows(to_json, to_cells) as add:
+            async for pair in snap.scan(prefix, start=start, end=end, limit=limit, reverse=reverse):
+                add(pair)
 
 
-@cli.command()
-@_url_argument()
+@store_command(cli)
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many commits.")
-@_common_options(group_level=False)
-def history(args: tuple[str, ...], limit: int | None) -> None:
+async def history(s: Session, *, limit: int | None) -> None:
     """List recent commits, newest first (from the manifest's commit log)."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> list[kvstore.CommitInfo]:
-        async with _open(url) as db:
-            return await db.history(limit=limit)
-
-    commits = _run(run())
-    if _state().json:
-        _echo_json([
-            {"version": c.version, "time": c.time, "kind": c.kind, "transactions": c.transactions,
-             "key_count": c.key_count, "meta": jsonable(c.meta, f"meta of version {c.version}")}
-            for c in commits
-        ])
-        return
-    _table(
-        [[str(c.version), _time(c.time), c.kind, str(c.transactions), str(c.key_count),
-          "" if not c.meta or not any(c.meta) else json.dumps(jsonable(c.meta, "meta"), ensure_ascii=False)]
-         for c in commits],
-        header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"],
-    )
+    async with s.open() as db:
+        commits = await db.history(limit=limit)
+    docs = [{"version": c.version, "time": c.time, "kind": c.kind, "transactions": c.transactions,
+             "key_count": c.key_count, "meta": jsonable(c.meta, f"meta of version {c.version}")} for c in commits]
+    rows = [[str(d["version"]), _time(d["time"]), d["kind"], str(d["transactions"]), str(d["key_count"]),
+             json.dumps(d["meta"], ensure_ascii=False) if d["meta"] and any(d["meta"]) else ""] for d in docs]
+    s.out.result(docs, *_aligned(rows, header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"]))
 
 
 @cli.group(cls=_Group)
@@ -823,109 +923,70 @@ def tag() -> None:
     """Create, list and delete tags (named, retained versions)."""
 
 
-@tag.command("create")
-@_url_argument("NAME")
-@_common_options(group_level=False)
-def tag_create(args: tuple[str, ...]) -> None:
+def _tag_json(t: kvstore.Tag) -> dict[str, Any]:
+    return {"name": t.name, "version": t.version, "created": t.created}
+
+
+@store_command(tag, "NAME", mode="write", name="create")
+async def tag_create(s: Session, name: str) -> None:
     """Retain the latest version under NAME (exit 4 if the name is taken)."""
-    url, (name,) = _split_args(args, ["NAME"])
-
-    async def run() -> kvstore.Tag:
-        async with _open(url, write=True) as db:
-            return await db.tag(name)
-
-    t = _run(run())
-    if _state().json:
-        _echo_json({"name": t.name, "version": t.version, "created": t.created})
-    else:
-        click.echo(f"tagged version {t.version} as {t.name}")
+    async with s.open() as db:
+        t = await db.tag(name)
+    s.out.result(_tag_json(t), f"tagged version {t.version} as {t.name}")
 
 
-@tag.command("list")
-@_url_argument()
-@_common_options(group_level=False)
-def tag_list(args: tuple[str, ...]) -> None:
+@store_command(tag, name="list")
+async def tag_list(s: Session) -> None:
     """List tags, oldest version first."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> list[kvstore.Tag]:
-        async with _open(url) as db:
-            return await db.tags()
-
-    tags = _run(run())
-    if _state().json:
-        _echo_json([{"name": t.name, "version": t.version, "created": t.created} for t in tags])
-    else:
-        _table([[t.name, str(t.version), _time(t.created)] for t in tags], header=["NAME", "VERSION", "CREATED"])
+    async with s.open() as db:
+        tags = await db.tags()
+    s.out.result([_tag_json(t) for t in tags],
+                 *_aligned([[t.name, str(t.version), _time(t.created)] for t in tags], ["NAME", "VERSION", "CREATED"]))
 
 
-@tag.command("delete")
-@_url_argument("NAME")
-@_common_options(group_level=False)
-def tag_delete(args: tuple[str, ...]) -> None:
+@store_command(tag, "NAME", mode="write", name="delete")
+async def tag_delete(s: Session, name: str) -> None:
     """Delete the tag NAME (exit 3 if there is none); gc frees what only it kept."""
-    url, (name,) = _split_args(args, ["NAME"])
-
-    async def run() -> None:
-        async with _open(url, write=True) as db:
-            await db.delete_tag(name)
-
-    _run(run())
-    if _state().json:
-        _echo_json({"name": name, "deleted": True})
-    else:
-        click.echo(f"deleted tag {name}")
+    async with s.open() as db:
+        await db.delete_tag(name)
+    s.out.result({"name": name, "deleted": True}, f"deleted tag {name}")
 
 
-@cli.command()
-@_url_argument()
+@store_command(cli, mode="write")
 @click.option("--full", is_flag=True, help="Merge every segment into one.")
-@_common_options(group_level=False)
-def compact(args: tuple[str, ...], full: bool) -> None:
+async def compact(s: Session, *, full: bool) -> None:
     """Merge segments now (commits by others go on meanwhile)."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> list[kvstore.CompactionResult]:
-        async with _open(url, write=True) as db:
-            return await _with_pulse("compacting", db.compact(full=full))
-
-    results = _run(run())
-    if _state().json:
-        _echo_json([dataclasses.asdict(r) for r in results])
-        return
-    if not results:
-        click.echo("nothing to compact")
-    for r in results:
-        click.echo(
-            f"version {r.version}: merged {r.inputs} segments into level {r.level}: "
-            f"{r.entries_in} -> {r.entries_out} entries, {_size(r.bytes_in)} -> {_size(r.bytes_out)}"
-        )
+    async with s.open() as db:
+        results = await _with_pulse("compacting", db.compact(full=full))
+    s.out.result([dataclasses.asdict(r) for r in results],
+                 *(["nothing to compact"] if not results else []),
+                 *(f"version {r.version}: merged {r.inputs} segments into level {r.level}: "
+                   f"{r.entries_in} -> {r.entries_out} entries, {_size(r.bytes_in)} -> {_size(r.bytes_out)}"
+                   for r in results))
 
 
-@cli.command()
-@_url_argument()
+_LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reason in GcReport.kept
+
+
+@store_command(cli, mode="write")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option("--grace-period", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Keep objects younger than this (default: the store's segment_grace_period, 1 hour).")
-@_common_options(group_level=False)
-def gc(args: tuple[str, ...], dry_run: bool, grace_period: float | None) -> None:
+async def gc(s: Session, *, dry_run: bool, grace_period: float | None) -> None:
     """Delete objects that nothing references any more."""
-    url, _ = _split_args(args, [])
+    async with s.open("read" if dry_run else "write") as db:
+        grace = db.options.segment_grace_period if grace_period is None else grace_period
+        report = await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace))
+        log_length = db.options.commit_log_length
+    s.out.result(dataclasses.asdict(report), *_gc_lines(report, grace, log_length))
 
-    async def run() -> tuple[kvstore.GcReport, float, int]:
-        async with _open(url, write=not dry_run) as db:
-            grace = db.options.segment_grace_period if grace_period is None else grace_period
-            report = await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace))
-            return report, grace, db.options.commit_log_length
 
-    report, grace, log_length = _run(run())
-    if _state().json:
-        _echo_json(dataclasses.asdict(report))
-        return
+def _gc_lines(report: kvstore.GcReport, grace: float, log_length: int) -> Iterator[str]:
+    """What gc did and, for what it kept, why and until when."""
     verb = "would delete" if report.dry_run else "deleted"
     for name in report.deleted:
-        click.echo(f"{verb} {name}")
-    click.echo(f"{verb} {len(report.deleted)} objects ({_size(report.bytes_deleted)}); kept {len(report.kept)}")
+        yield f"{verb} {name}"
+    yield f"{verb} {len(report.deleted)} objects ({_size(report.bytes_deleted)}); kept {len(report.kept)}"
     reasons: dict[str, int] = {}
     log_versions: list[int] = []
     for why in report.kept.values():
@@ -935,122 +996,92 @@ def gc(args: tuple[str, ...], dry_run: bool, grace_period: float | None) -> None
         else:
             reasons[why] = reasons.get(why, 0) + 1
     for why, n in sorted(reasons.items(), key=lambda item: -item[1]):
-        click.echo(f"  kept {n}: {why}")
+        yield f"  kept {n}: {why}"
     if log_versions:
-        click.echo(f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
-                   f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
-                   "pushed it out of the log, and collectable a grace period after that")
+        yield (f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
+               f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
+               "pushed it out of the log, and collectable a grace period after that")
     if report.collectable_after:
         when = _time_minute(max(report.collectable_after.values()))
         first = _time_minute(min(report.collectable_after.values()))
         n = len(report.collectable_after)
-        click.echo(f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
-                   f"({_duration(grace)}): collectable after {when}"
-                   + (f" (the first after {first})" if first != when else "")
-                   + ("; a dry run saves no marks, so the period starts at the next real gc" if dry_run else ""))
+        yield (f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
+               f"({_duration(grace)}): collectable after {when}"
+               + (f" (the first after {first})" if first != when else "")
+               + ("; a dry run saves no marks, so the period starts at the next real gc" if report.dry_run else ""))
     elif not report.deleted:
-        click.echo("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
-                   "tag (small commits live inside the manifest and never need collecting)")
+        yield ("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
+               "tag (small commits live inside the manifest and never need collecting)")
 
 
-_LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reason in GcReport.kept
-
-
-def _time_minute(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g} h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
-
-
-@cli.command()
-@_url_argument()
-@_common_options(group_level=False)
-def verify(args: tuple[str, ...]) -> None:
+@store_command(cli)
+async def verify(s: Session) -> None:
     """Read and check every object of the latest version (exit 5 if any is damaged)."""
-    url, _ = _split_args(args, [])
-
-    async def run() -> kvstore.VerifyReport:
-        async with _open(url) as db:
-            return await _with_pulse("verifying", db.verify())
-
-    report = _run(run())
-    if _state().json:
-        _echo_json({"version": report.version, "objects_checked": report.objects_checked,
-                    "ok": report.ok, "damaged": report.damaged})
-    else:
-        for name, what in report.damaged.items():
-            click.echo(f"DAMAGED {name}: {what}")
-        state = "ok" if report.ok else f"{len(report.damaged)} damaged"
-        click.echo(f"checked {report.objects_checked} objects at version {report.version}: {state}")
+    async with s.open() as db:
+        report = await _with_pulse("verifying", db.verify())
+    state = "ok" if report.ok else f"{len(report.damaged)} damaged"
+    s.out.result({"version": report.version, "objects_checked": report.objects_checked,
+                  "ok": report.ok, "damaged": report.damaged},
+                 *(f"DAMAGED {name}: {what}" for name, what in report.damaged.items()),
+                 f"checked {report.objects_checked} objects at version {report.version}: {state}")
     if not report.ok:
         raise click.exceptions.Exit(EXIT_DAMAGED)
 
 
-@cli.command("export")
-@_url_argument()
+@contextmanager
+def _writing(path: str) -> Iterator[IO[str]]:
+    """The export's destination: stdout for '-', else the file, with write errors in CLI words."""
+    if path == "-":
+        yield sys.stdout
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            yield f
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc}") from None
+
+
+@store_command(cli, values=FILE_VALUE_CHOICES, name="export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
               show_default=True, metavar="PATH", help="Write JSON Lines here ('-': stdout).")
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--start", help="Only keys >= this.")
 @click.option("--end", help="Only keys < this.")
 @_snapshot_options
-@_values_option("bytes", "base64", "msgpack")
-@_common_options(group_level=False)
-def export_(
-    args: tuple[str, ...],
+async def export_(
+    s: Session,
+    *,
     output: str,
     prefix: str | None,
     start: str | None,
     end: str | None,
     at_version: int | None,
     tag_name: str | None,
-    values: str,
 ) -> None:
     """Write every pair of one version as JSON Lines: {"key": ..., "value": ...}.
 
-    Values are base64 text by default; with --values msgpack they are the
-    decoded objects as JSON (bytes inside as {"$base64": ...}). Keys that are
-    not UTF-8 are written as {"key_base64": ...}.
+    Values are base64 text in a store of bytes, and the decoded objects as
+    JSON in a store of msgpack values (bytes inside as {"$base64": ...}).
+    Keys that are not UTF-8 are written as {"key_base64": ...}.
     """
-    url, _ = _split_args(args, [])
-
-    async def run(out: IO[str]) -> tuple[int, int]:
-        async with _open(url) as db:
-            snap = await _snapshot(db, at_version, tag_name)
-            n = 0
-            with _bar(f"exporting version {snap.version}", count=True) as bar:
-                async for key, raw in snap.scan(prefix, start=start, end=end):
-                    doc = {**_key_json(key), "value": _value_json(raw, key, values)}
-                    out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-                    n += 1
-                    if bar is not None:
-                        bar.update(1)
-            return snap.version, n
-
-    if output == "-":
-        version, n = _run(run(sys.stdout))
+    async with s.open() as db:
+        snap = await db.snapshot(version=at_version, tag=tag_name)
+        n = 0
+        with _writing(output) as out, _bar(f"exporting version {snap.version}", count=True) as bar:
+            async for key, raw in snap.scan(prefix, start=start, end=end):
+                out.write(json.dumps({**_key_json(key), "value": s.values.json(raw, key)}, ensure_ascii=False) + "\n")
+                n += 1
+                if bar is not None:
+                    bar.update(1)
+    summary = f"exported {n} keys at version {snap.version}"
+    if output == "-":  # stdout holds the export itself
+        s.out.note(summary)
     else:
-        try:
-            with open(output, "w", encoding="utf-8") as f:
-                version, n = _run(run(f))
-        except OSError as exc:
-            raise CliError(f"cannot write {output}: {exc}") from None
-    summary = {"version": version, "keys": n, "output": output}
-    if output != "-" and _state().json:
-        _echo_json(summary)
-    else:
-        click.echo(f"exported {n} keys at version {version}" + ("" if output == "-" else f" to {output}"),
-                   err=output == "-")
+        s.out.result({"version": snap.version, "keys": n, "output": output}, f"{summary} to {output}")
 
 
-def _read_jsonl(stream: IO[bytes], values: str, counter: list[int]) -> Iterator[tuple[bytes, bytes]]:
-    """Parse export lines into (key, stored bytes); counter[0] counts lines read."""
+def _read_jsonl(stream: IO[bytes], counter: list[int]) -> Iterator[tuple[bytes, Any, str]]:
+    """Parse export lines into (key, "value" as in the file, where); counter[0] counts lines read."""
     for number, line in enumerate(stream, 1):
         counter[0] = number
         if not line.strip():
@@ -1062,92 +1093,66 @@ def _read_jsonl(stream: IO[bytes], values: str, counter: list[int]) -> Iterator[
             raise CliError(f"{where}: not JSON: {exc}") from None
         if not isinstance(doc, dict) or "value" not in doc:
             raise CliError(f'{where}: expected {{"key": "...", "value": ...}}')
-        key = _key_from_json(doc, where)
-        if values == "msgpack":
-            try:
-                value = bytes(msgpack.packb(from_jsonable(doc["value"]), use_bin_type=True))
-            except (TypeError, ValueError) as exc:
-                raise CliError(f"{where}: cannot encode the value as msgpack: {exc}") from None
-        else:
-            if not isinstance(doc["value"], str):
-                raise CliError(f"{where}: the value must be base64 text (or use --values msgpack)")
-            try:
-                value = base64.b64decode(doc["value"], validate=True)
-            except ValueError:
-                raise CliError(f"{where}: the value is not valid base64 (or use --values msgpack)") from None
-        yield key, value
+        yield _key_from_json(doc, where), doc["value"], where
 
 
-@cli.command("import")
-@_url_argument()
+@contextmanager
+def _reading(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
+    """The import's source and its line count (known for files when a progress bar is drawn)."""
+    if path == "-":
+        yield sys.stdin.buffer, None
+        return
+    try:
+        with open(path, "rb") as f:
+            lines = None
+            if _state().show_progress():
+                lines = sum(1 for _ in f)
+                f.seek(0)
+            yield f, lines
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+
+
+@store_command(cli, mode="create", values=FILE_VALUE_CHOICES, compacts=True, name="import")
 @click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               show_default=True, metavar="PATH", help="Read JSON Lines from here ('-': stdin).")
-@_values_option("bytes", "base64", "msgpack")
-@_common_options(group_level=False)
-def import_(args: tuple[str, ...], file_: str, values: str) -> None:
+async def import_(s: Session, *, file_: str) -> None:
     """Load JSON Lines written by export, in one atomic commit (Store.bulk_load).
 
     Existing keys not in the input are kept; keys in it are overwritten. The
-    store is created if it does not exist.
+    store is created if it does not exist, recording --values (default: bytes).
+    Values are read in the store's codec: base64 text, or JSON for msgpack.
     """
-    url, _ = _split_args(args, [])
-    if not hasattr(kvstore.Store, "bulk_load"):
-        raise CliError("import needs Store.bulk_load, which this kvstore version does not have yet")
+    lines_read = [0]
+    pairs = [0]  # pairs read from the input
+    written = [0]  # pairs uploaded to the store (bulk_load reports them chunk by chunk)
 
-    def load(stream: IO[bytes], lines: int | None) -> tuple[int | None, int]:
-        lines_read = [0]
-        pairs = [0]  # pairs read from the input
-        written = [0]  # pairs uploaded to the store (bulk_load reports them chunk by chunk)
+    def shown(_: Any) -> str:
+        return f"{written[0]} of {pairs[0]} pairs written"
 
-        def shown(_: Any) -> str:
-            return f"{written[0]} of {pairs[0]} pairs written"
+    with _reading(file_) as (stream, lines), _bar("importing", length=lines, item=shown) as bar:
 
-        with _bar("importing", length=lines, item=shown) as bar:
+        def progress(n: int) -> None:
+            written[0] = n
+            if bar is not None:
+                bar.render_progress()  # update() would not redraw: no input line was read
 
-            def progress(n: int) -> None:
-                written[0] = n
+        def items(first: tuple[bytes, Any, str]) -> Iterator[tuple[bytes, bytes]]:
+            for key, value, where in _chain(first, source):
+                pairs[0] += 1
                 if bar is not None:
-                    bar.render_progress()  # update() would not redraw: no input line was read
+                    bar.update(lines_read[0] - bar.pos)
+                yield key, s.values.from_json(value, where)
 
-            def items() -> Iterator[tuple[bytes, bytes]]:
-                for pair in _read_jsonl(stream, values, lines_read):
-                    pairs[0] += 1
-                    if bar is not None:
-                        bar.update(lines_read[0] - bar.pos)
-                    yield pair
-
-            source = items()
-            first = next(source, None)
-            if first is None:  # bulk_load refuses empty input; an empty file imports nothing
-                return None, 0
-
-            async def run() -> int:
-                async with _open(url, write=True, create=True) as db:
-                    version: int = await db.bulk_load(_chain(first, source), progress=progress)
-                    progress(pairs[0])  # committed: every pair is in the store
-                    await _compact_if_due(db)
-                return version
-
-            return _run(run()), pairs[0]
-
-    if file_ == "-":
-        version, n = load(sys.stdin.buffer, None)
-    else:
-        try:
-            with open(file_, "rb") as f:
-                lines = None
-                if _state().show_progress():
-                    lines = sum(1 for _ in f)
-                    f.seek(0)
-                version, n = load(f, lines)
-        except OSError as exc:
-            raise CliError(f"cannot read {file_}: {exc}") from None
-    if _state().json:
-        _echo_json({"version": version, "keys": n})
-    elif version is None:
-        click.echo("nothing to import: the input has no pairs")
-    else:
-        click.echo(f"imported {n} keys at version {version}")
+        source = _read_jsonl(stream, lines_read)
+        first = next(source, None)
+        if first is None:  # bulk_load refuses empty input; an empty file imports nothing (and creates no store)
+            s.out.result({"version": None, "keys": 0}, "nothing to import: the input has no pairs")
+            return
+        async with s.open() as db:
+            version = await db.bulk_load(items(first), progress=progress)
+            progress(pairs[0])  # committed: every pair is in the store
+    s.out.result({"version": version, "keys": pairs[0]}, f"imported {pairs[0]} keys at version {version}")
 
 
 def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
@@ -1155,8 +1160,7 @@ def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
     yield from rest
 
 
-@cli.command()
-@_url_argument()
+@store_command(cli, until_interrupted=True)
 @click.option("--prefix", help="Only changes to keys starting with this.")
 @click.option("--start", help="Only changes to keys >= this.")
 @click.option("--end", help="Only changes to keys < this.")
@@ -1165,9 +1169,9 @@ def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
 @click.option("--since", type=click.IntRange(min=0), metavar="VERSION",
               help="Report commits after this version (default: from now).")
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N changes.")
-@_common_options(group_level=False)
-def watch(
-    args: tuple[str, ...],
+async def watch(
+    s: Session,
+    *,
     prefix: str | None,
     start: str | None,
     end: str | None,
@@ -1176,37 +1180,25 @@ def watch(
     count: int | None,
 ) -> None:
     """Print each commit that changes watched keys, one line each, until Ctrl-C or --count."""
-    url, _ = _split_args(args, [])
-    as_json = _state().json
-
-    async def run() -> None:
-        async with _open(url) as db:
-            first = since if since is not None else await db.refresh()
-            click.echo(f"watching {db.url} for commits after version {first} (Ctrl-C stops)", err=True)
-            seen = 0
-            changes = db.watch(prefix, start=start, end=end, interval=interval, since=first)
-            try:
-                async for change in changes:
-                    ops = None if change.keys is None else await _operations(db, change)
-                    if as_json:
-                        keys = None if ops is None else [{**_key_json(k), "op": op} for k, op in ops]
-                        _echo_json({"version": change.version, "time": change.time, "keys": keys})
-                    elif ops is None:
-                        click.echo(f"{change.version}  {_time(change.time)}  ?       (too many keys to list: rescan)")
-                    else:
-                        for k, op in ops:
-                            click.echo(f"{change.version}  {_time(change.time)}  {op:<6}  {_key_text(k)}")
-                    sys.stdout.flush()
-                    seen += 1
-                    if count is not None and seen >= count:
-                        return
-            finally:
-                await changes.aclose()  # type: ignore[attr-defined]
-
-    try:
-        _run(run())
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how watch is meant to stop
+    async with s.open() as db:
+        first = since if since is not None else await db.refresh()
+        s.out.note(f"watching {db.url} for commits after version {first} (Ctrl-C stops)")
+        seen = 0
+        changes = db.watch(prefix, start=start, end=end, interval=interval, since=first)
+        try:
+            async for change in changes:
+                ops = None if change.keys is None else await _operations(db, change)
+                when = _time(change.time)
+                s.out.event(
+                    {"version": change.version, "time": change.time,
+                     "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops]},
+                    *([f"{change.version}  {when}  ?       (too many keys to list: rescan)"] if ops is None else
+                      [f"{change.version}  {when}  {op:<6}  {_key_text(k)}" for k, op in ops]))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+        finally:
+            await changes.aclose()  # type: ignore[attr-defined]
 
 
 async def _operations(db: kvstore.Store, change: kvstore.Change) -> list[tuple[bytes, str]]:
@@ -1225,7 +1217,7 @@ async def _operations(db: kvstore.Store, change: kvstore.Change) -> list[tuple[b
     return [(k, "delete" if await snap.get(k, missing) is missing else "put") for k in change.keys]
 
 
-# ----------------------------------------------------------------- entry point
+# ----------------------------------------------------------------- errors and the entry point
 
 
 def _exit_code(exc: kvstore.KvStoreError) -> int:
@@ -1251,7 +1243,6 @@ _CLI_WORDS: list[tuple[str, str]] = [
     ("keep more with StoreOptions.history_versions or tag versions",
      "tag the versions you need to keep (`kvstore tag create {url} NAME`)"),
     ("run `Store.verify()`", "run `kvstore verify {url}`"),
-    ("open the store with values='msgpack' to store Python objects", "use --values msgpack"),
     ("open it again with kvstore.open()", "run the command again"),
     ("retry it (Store.transact does)", "run the command again"),
     ("use dry_run=True", "use --dry-run"),
@@ -1297,14 +1288,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("kvstore: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        click.echo("kvstore: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except kvstore.KvStoreError as exc:
-        _fail(cli_message(str(exc) or type(exc).__name__, state.url), _exit_code(exc), state, exc)
     except CliError as exc:
         _fail(str(exc), exc.exit_code, state, exc)
     except OSError as exc:  # a local store's directory: missing, not writable, not a directory

@@ -142,6 +142,17 @@ class Store:
         """The options the store was opened with."""
         return self._engine.options
 
+    @property
+    def recorded_values(self) -> ValueMode:
+        """The value codec the store records, ``"bytes"`` or ``"msgpack"`` (no request).
+
+        What `values=` must be when it is given: tools that open stores with
+        no `values=` read it to decode raw values. A store made before
+        codecs were recorded says ``"bytes"`` (and accepts any `values=`).
+        """
+        recorded: ValueMode = self._engine.manifest.settings.get("values") or "bytes"
+        return recorded
+
     def __repr__(self) -> str:
         state = "closed" if self._engine.closed else f"version {self.version}"
         return f"<kvstore.Store {self.url} {state}{' read-only' if self.read_only else ''}>"

@@ -160,7 +160,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
         kv("import", url, "-f", str(seed), "--json"),
         kv("put", url, "greeting", "hello", "--json"),
         kv("put", url, "blob", "-", stdin=BLOB),
-        kv("put", "--values", "msgpack", url, "doc", "--file", str(doc), "--json"),
+        kv("put", url, "doc", "--file", str(doc), "--json"),
         kv("import", url, "--json", stdin=b'{"key": "x", "value": "eA=="}\nnot json\n'),
         kv("--help"),
         kv("get", "k"),
@@ -186,7 +186,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     # Round 3: reads of version 4, a tag, an export.  (Raw `get` output: round 4.)
     get_json, get_doc, get_missing, scan_json, ls_keys, hist, info, tag, export = run(
         kv("get", url, "blob", "--json"),
-        kv("get", url, "doc", "--values", "msgpack"),
+        kv("get", url, "doc"),
         kv("get", url, "nope"),
         kv("scan", url, "--prefix", "users/", "--json"),
         kv("ls", url, "--start", "users/2", "--end", "users/9", "--reverse", "--limit", "1", "--keys-only"),
@@ -407,7 +407,8 @@ def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.Mo
         2, "give --version or --tag, not both")
     invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(1, "version 99 is not retained")
     invoke(monkeypatch, "put", "s1", "", "v").one_line_error(2, "key")
-    invoke(monkeypatch, "put", "s1", "k", "{", "--values", "msgpack").one_line_error(2, "takes JSON")
+    invoke(monkeypatch, "init", "m1", "--values", "msgpack").ok()
+    invoke(monkeypatch, "put", "m1", "k", "{").one_line_error(2, "takes JSON")
     blocked = tmp_path / "file"
     blocked.write_text("")
     invoke(monkeypatch, "init", f"{blocked}/store").one_line_error(1, f"cannot use {blocked}", "Not a directory")
@@ -561,3 +562,152 @@ def test_local_s3_script_serves_a_bucket(tmp_path: Path) -> None:
                                  capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
     assert not (state / "pid").exists() and not (state / "env").exists()
+
+
+# ----------------------------------------------------------------- the store's value codec
+
+OBJECT = {"name": "Ada", "n": 3}
+OBJECT_JSON = json.dumps(OBJECT)
+
+
+def _python_get(url: str, key: str, values: Any) -> Any:
+    """`key` of the store at `url`, read by the library with `values=`."""
+
+    async def read() -> Any:
+        async with kvstore.open(url, create=False, read_only=True, values=values) as db:
+            return await db.get(key)
+
+    return asyncio.run(read())
+
+
+def test_init_records_the_codec_every_command_then_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """init --values msgpack makes a store Python opens with values="msgpack"; put, get and scan
+    use the store's codec without being told; a store of bytes stays one."""
+    monkeypatch.chdir(tmp_path)
+    created = invoke(monkeypatch, "init", "m", "--values", "msgpack", "--json").json()
+    assert created == {"url": f"file://{tmp_path}/m", "created": True, "version": 0}
+    invoke(monkeypatch, "init", "b").ok()
+    assert invoke(monkeypatch, "info", "m", "--json").json()["values"] == "msgpack"
+    assert [line.split() for line in invoke(monkeypatch, "info", "b").ok().text.splitlines()
+            if line.startswith("values ")] == [["values", "bytes"]]
+
+    for store in ("m", "b"):
+        invoke(monkeypatch, "put", store, "doc", OBJECT_JSON).ok()
+    assert _python_get("m", "doc", "msgpack") == OBJECT
+    assert _python_get("b", "doc", "bytes") == OBJECT_JSON.encode()
+    assert invoke(monkeypatch, "get", "m", "doc").ok().text == OBJECT_JSON + "\n"
+    assert invoke(monkeypatch, "get", "m", "doc", "--values", "msgpack", "--json").json()["value"] == OBJECT
+    assert invoke(monkeypatch, "get", "b", "doc", "--json").json()["value"] == b64(OBJECT_JSON.encode())
+    assert invoke(monkeypatch, "scan", "m").ok().text == f"doc  {OBJECT_JSON}\n"
+
+    async def write() -> None:
+        async with kvstore.open("m", values="msgpack") as db:
+            await db.put("py", [1, b"\x00"])
+
+    asyncio.run(write())
+    assert invoke(monkeypatch, "get", "m", "py", "--json").json()["value"] == [1, {"$base64": "AA=="}]
+
+
+def test_a_values_option_the_store_does_not_record_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 naming the --values to use, and nothing written; an empty store takes the --values
+    of its first write, as kvstore.open does, but not of a read."""
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "m", "--values", "msgpack").ok()
+    invoke(monkeypatch, "put", "m", "k", "1").ok()
+    line = b'{"key": "x", "value": "eA=="}\n'
+    for args in (("get", "m", "k"), ("put", "m", "k", "v"), ("scan", "m"), ("export", "m"), ("import", "m"),
+                 ("init", "m")):
+        invoke(monkeypatch, *args, "--values", "bytes", stdin=line).one_line_error(
+            2, "m stores msgpack values, not bytes: use --values msgpack, or leave --values out")
+    invoke(monkeypatch, "export", "m", "--values", "base64").one_line_error(2, "use --values msgpack")
+    assert invoke(monkeypatch, "info", "m", "--json").json()["version"] == 1
+
+    invoke(monkeypatch, "init", "b").ok()
+    invoke(monkeypatch, "put", "b", "k", "v").ok()
+    invoke(monkeypatch, "put", "b", "k", "1", "--values", "msgpack").one_line_error(
+        2, "b stores bytes values, not msgpack: use --values bytes")
+    assert _python_get("b", "k", "bytes") == b"v"
+
+    invoke(monkeypatch, "init", "e").ok()
+    invoke(monkeypatch, "get", "e", "k", "--values", "msgpack").one_line_error(2, "use --values bytes")
+    invoke(monkeypatch, "put", "e", "k", "[1, 2]", "--values", "msgpack").ok()
+    assert invoke(monkeypatch, "info", "e", "--json").json()["values"] == "msgpack"
+    assert _python_get("e", "k", "msgpack") == [1, 2]
+
+
+def test_import_creates_a_store_of_its_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed, _, _ = _seed_files(tmp_path)
+    objects = tmp_path / "objects.jsonl"
+    objects.write_text(json.dumps({"key": "users/ada", "value": {**OBJECT, "raw": {"$base64": b64(b"\x00")}}})
+                       + "\n" + json.dumps({"key": "n", "value": 7}) + "\n")
+    m, b = str(tmp_path / "m"), str(tmp_path / "b")
+    assert invoke(monkeypatch, "import", m, "-f", str(objects), "--values", "msgpack").ok().text == \
+        "imported 2 keys at version 1\n"
+    assert _python_get(m, "users/ada", "msgpack") == {**OBJECT, "raw": b"\x00"}
+    invoke(monkeypatch, "import", b, "-f", str(seed)).ok()
+    assert _python_get(b, "users/1", "bytes") == b"one"
+    with pytest.raises(kvstore.CodecMismatchError):
+        _python_get(b, "users/1", "msgpack")
+
+    # An export is in its store's codec: a copy made with the same --values is equal.
+    exported = invoke(monkeypatch, "export", m).ok().out
+    invoke(monkeypatch, "import", str(tmp_path / "without"), stdin=exported).one_line_error(
+        1, "line 1: the value must be base64 text (or use --values msgpack)")
+    invoke(monkeypatch, "import", str(tmp_path / "m2"), "--values", "msgpack", stdin=exported).ok()
+    assert invoke(monkeypatch, "export", str(tmp_path / "m2")).ok().out == exported
+
+
+def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --json, stdout parses as one JSON document (JSON Lines for export and watch), so no
+    command prints past its Output. The calls must name every command: a new one is checked too."""
+    url = str(tmp_path / "s")
+    seed, _, _ = _seed_files(tmp_path)
+    calls = {
+        "init": ["init", url],
+        "import": ["import", url, "-f", str(seed)],
+        "put": ["put", url, "k", "v"],
+        "get": ["get", url, "k"],
+        "delete": ["delete", url, "users/1"],
+        "scan": ["scan", url],
+        "history": ["history", url],
+        "info": ["info", url],
+        "tag create": ["tag", "create", url, "t"],
+        "tag list": ["tag", "list", url],
+        "tag delete": ["tag", "delete", url, "t"],
+        "compact": ["compact", url, "--full"],
+        "gc": ["gc", url, "--dry-run"],
+        "verify": ["verify", url],
+        "export": ["export", url],
+        "watch": ["watch", url, "--since", "0", "--count", "2"],
+    }
+    commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
+    assert set(calls) == commands
+    for name, args in calls.items():
+        out = invoke(monkeypatch, *args, "--json").ok().text
+        if name in ("export", "watch"):
+            docs = [json.loads(line) for line in out.splitlines()]
+            assert len(docs) == (4 if name == "export" else 2), out
+        else:
+            json.loads(out)
+
+
+def _markdown_blocks(path: Path, section: str, language: str) -> list[str]:
+    """The ```language blocks of one "## section" of a Markdown file."""
+    text = path.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def test_getting_started_runs_as_written(tmp_path: Path) -> None:
+    """docs/getting-started.md: the first store, from the shell and then from Python, in a fresh directory."""
+    guide = Path(__file__).resolve().parent.parent / "docs" / "getting-started.md"
+    (shell,) = _markdown_blocks(guide, "A first store, from the shell", "sh")
+    python = _markdown_blocks(guide, "A first store, from Python", "python")
+    env = {**_env({}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 0 and '"hello"\n' in done.stdout, done
+    done = subprocess.run([sys.executable, "-c", "\n".join(python)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 0 and "{'name': 'Ada'}" in done.stdout, done
