@@ -1,6 +1,6 @@
 """Commit throughput vs writers, from a results JSON (runs in bench/.venv-peers: matplotlib).
 
-    bench/.venv-peers/bin/python bench/chart.py bench/results/results.json out.png
+bench/.venv-peers/bin/python bench/chart.py bench/results/results.json out.png
 """
 
 from __future__ import annotations
@@ -51,8 +51,11 @@ def main() -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7.5, loc="upper left")
     meta = doc.get("meta", {})
-    fig.suptitle(f"Commit throughput vs writers ({meta.get('mode', '')} run, {meta.get('date', '')}, "
-                 f"{meta.get('machine', {}).get('nproc', '?')} cores)", fontsize=10)
+    fig.suptitle(
+        f"Commit throughput vs writers ({meta.get('mode', '')} run, {meta.get('date', '')}, "
+        f"{meta.get('machine', {}).get('nproc', '?')} cores)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
 

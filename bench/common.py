@@ -251,8 +251,14 @@ async def closed_loop(
         if t.done() and not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]
     out: dict[str, Any] = {
-        "ops": done, "late": late, "completed": completed, "unfinished": len(pending), "errors": errors,
-        "seconds": duration, "warmup": round(opens - start, 3), "rate": done / duration,
+        "ops": done,
+        "late": late,
+        "completed": completed,
+        "unfinished": len(pending),
+        "errors": errors,
+        "seconds": duration,
+        "warmup": round(opens - start, 3),
+        "rate": done / duration,
     }
     if last_error:
         out["last_error"] = last_error

@@ -100,7 +100,10 @@ async def concurrent_writers(
     async with open_store(target, name, latency, options=options(**opts)) as db:
         await db.put(b"warm", VALUE)
         r = await closed_loop(
-            lambda w, i: db.put(b"w/%03d/%08d" % (w, i), VALUE), writers, duration, warmup=warmup,
+            lambda w, i: db.put(b"w/%03d/%08d" % (w, i), VALUE),
+            writers,
+            duration,
+            warmup=warmup,
             probe=db.statistics,
         )
     d = stat_delta(r.pop("probe_start"), r.pop("probe_end"))
@@ -129,8 +132,11 @@ async def contended_writers(
     async with open_store(target, unique("hot"), latency) as db:
         await db.put(b"warm", VALUE)
         r = await closed_loop(
-            lambda w, i: db.transact(increment, b"hot/%05d" % rng.randrange(hot_keys)), writers, duration,
-            warmup=warmup, probe=db.statistics,
+            lambda w, i: db.transact(increment, b"hot/%05d" % rng.randrange(hot_keys)),
+            writers,
+            duration,
+            warmup=warmup,
+            probe=db.statistics,
         )
     d = stat_delta(r.pop("probe_start"), r.pop("probe_end"))
     return {**r, "delta": d, "conflicts_per_tx": d.get("conflicts", 0) / r["ops"] if r["ops"] else None}
@@ -179,8 +185,12 @@ async def bulk_load(target: Target, latency: float, entries: int) -> dict[str, A
             await db.bulk_load((k, pool[i & 4095]) for i, k in enumerate(keys))
             elapsed = time.perf_counter() - t0
             out["bulk_load"] = {
-                "entries": entries, "bytes": nbytes, "seconds": elapsed, "entries_per_s": entries / elapsed,
-                "mb_per_s": nbytes / elapsed / 1e6, "delta": stat_delta(before, db.statistics()),
+                "entries": entries,
+                "bytes": nbytes,
+                "seconds": elapsed,
+                "entries_per_s": entries / elapsed,
+                "mb_per_s": nbytes / elapsed / 1e6,
+                "delta": stat_delta(before, db.statistics()),
             }
             out["store"] = name  # the memory benchmark scans it
             del keys
@@ -242,12 +252,19 @@ async def warm_reads(target: Target, latency: float, keys: int, duration: float)
             n += 1
         elapsed = time.perf_counter() - t0
         req = requests(db) - before
-        out["store_get"] = {"gets": n, "seconds": elapsed, "gets_per_s": n / elapsed, "requests_per_get": per(dict(req), n)}
+        out["store_get"] = {
+            "gets": n,
+            "seconds": elapsed,
+            "gets_per_s": n / elapsed,
+            "requests_per_get": per(dict(req), n),
+        }
     out["keys"] = keys
     return out
 
 
-async def reads_after_writers(target: Target, latency: float, store: str, writers: int, duration: float) -> dict[str, Any]:
+async def reads_after_writers(
+    target: Target, latency: float, store: str, writers: int, duration: float
+) -> dict[str, Any]:
     """Warm point reads in the store a concurrent-writers run left (many small commits)."""
     async with open_store(target, store, latency, read_only=True) as db:
         keys = [b"w/%03d/%08d" % (w, i) for w in range(writers) for i in range(4)]
@@ -261,7 +278,9 @@ async def reads_after_writers(target: Target, latency: float, store: str, writer
     return r
 
 
-async def cold_reads(target: Target, latency: float, samples: int, entries: int, overlay_commits: int) -> dict[str, Any]:
+async def cold_reads(
+    target: Target, latency: float, samples: int, entries: int, overlay_commits: int
+) -> dict[str, Any]:
     """GETs for a point read with an empty cache, on a store with large segments
     (`entries` keys in transactions of 50k), then after `overlay_commits` small commits
     whose keys span the whole range (what a live store looks like)."""
@@ -338,7 +357,9 @@ async def scans(target: Target, latency: float, entries: int) -> dict[str, Any]:
         await load(db, bulk_keys(entries))
         out["disjoint_segments"] = await rate(db)
     keys = bulk_keys(entries)
-    async with open_store(target, unique("scanmerge"), latency, options=options(cache_bytes=512 * 1024 * 1024, auto_compact=False)) as db:
+    async with open_store(
+        target, unique("scanmerge"), latency, options=options(cache_bytes=512 * 1024 * 1024, auto_compact=False)
+    ) as db:
         for part in range(8):
             await load(db, keys[part::8])
         out["merge_8_segments"] = await rate(db)
@@ -356,8 +377,9 @@ def _manifest_sized(db: Any, fallback: bytes) -> bytes:
         return fallback
 
 
-async def commit_vs_floor(target: Target, latency: float, count: int, max_seconds: float,
-                          **opts: Any) -> dict[str, Any]:
+async def commit_vs_floor(
+    target: Target, latency: float, count: int, max_seconds: float, **opts: Any
+) -> dict[str, Any]:
     """Sequential kvstore commits interleaved with the raw floor of one commit, one of each
     in turn, so both see the same machine: other processes' load drifts over a run, and a
     ratio of figures measured minutes apart would measure that drift.
@@ -376,7 +398,11 @@ async def commit_vs_floor(target: Target, latency: float, count: int, max_second
     run = _uuid.uuid4().hex[:12]
     kv_lat: list[float] = []
     fl_lat: list[float] = []
-    async with s3_client(target.endpoint_url) as s3, open_store(target, unique("cvf"), latency, options=options(**opts)) as db:
+    async with (
+        s3_client(target.endpoint_url) as s3,
+        open_store(target, unique("cvf"), latency, options=options(**opts)) as db,
+    ):
+
         async def pause() -> None:
             if latency > 0:
                 await asyncio.sleep(latency)
@@ -394,8 +420,11 @@ async def commit_vs_floor(target: Target, latency: float, count: int, max_second
                 await pause()
                 await s3.put_object(Bucket=target.bucket, Key=f"cvf/{run}/{i}", Body=SMALL_BODY, IfNoneMatch="*")
             await pause()
-            etag = (await s3.put_object(Bucket=target.bucket, Key=cas_key,
-                                        Body=body[:-8] + i.to_bytes(8, "little"), IfMatch=etag))["ETag"]
+            etag = (
+                await s3.put_object(
+                    Bucket=target.bucket, Key=cas_key, Body=body[:-8] + i.to_bytes(8, "little"), IfMatch=etag
+                )
+            )["ETag"]
             t1 = time.perf_counter()
             await db.put(b"seq/%08d" % i, VALUE)
             t2 = time.perf_counter()

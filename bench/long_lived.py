@@ -60,7 +60,13 @@ async def bulk(url: str, entries: int) -> dict[str, float]:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         raw_mb = entries * (14 + len(value)) / 1e6
-        return {"entries": entries, "seconds": seconds, "raw_mb": raw_mb, "mb_per_s": raw_mb / seconds, "peak_mb": peak / 1e6}
+        return {
+            "entries": entries,
+            "seconds": seconds,
+            "raw_mb": raw_mb,
+            "mb_per_s": raw_mb / seconds,
+            "peak_mb": peak / 1e6,
+        }
 
 
 def main() -> None:

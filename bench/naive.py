@@ -48,8 +48,9 @@ async def naive(
         out["sequential_put"] = seq.summary()
         out["writers"] = {}
         for w in writers:
-            r = await closed_loop(lambda wk, i, w=w: put(f"naive/{run}/w{w}/{wk:03d}/{i:08d}"), w, duration,
-                                  warmup=warmup)
+            r = await closed_loop(
+                lambda wk, i, w=w: put(f"naive/{run}/w{w}/{wk:03d}/{i:08d}"), w, duration, warmup=warmup
+            )
             out["writers"][str(w)] = r
         # point reads: one GET each, sequential and 64 in flight
         keys = [f"naive/{run}/seq/{i:08d}" for i in range(min(read_keys, seq.summary()["n"]))]

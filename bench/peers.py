@@ -37,8 +37,6 @@ VALUE = os.urandom(100)
 CREDS = {"access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
 
 
-
-
 async def timed(op: Any, count: int, max_seconds: float) -> dict[str, float]:
     samples = []
     deadline = time.perf_counter() + max_seconds
@@ -66,8 +64,11 @@ def slatedb_store(endpoint: str, bucket: str) -> Any:
 
     b = ObjectStoreBuilder.from_env(ObjectStoreType.S3)
     config = {
-        "bucket": bucket, "endpoint": endpoint, "allow_http": "true",
-        "virtual_hosted_style_request": "false", **CREDS,
+        "bucket": bucket,
+        "endpoint": endpoint,
+        "allow_http": "true",
+        "virtual_hosted_style_request": "false",
+        **CREDS,
     }
     for k, v in config.items():
         b.with_config(k, v)
@@ -118,8 +119,9 @@ async def slatedb_main(args: argparse.Namespace) -> dict[str, Any]:
         out["writers"] = {}
         for w in args.writers:
             r0 = slate_requests(rec)
-            r = await closed_loop(lambda wk, i, w=w: durable_put(b"w%d/%03d/%08d" % (w, wk, i)), w, args.duration,
-                                  warmup=args.warmup)
+            r = await closed_loop(
+                lambda wk, i, w=w: durable_put(b"w%d/%03d/%08d" % (w, wk, i)), w, args.duration, warmup=args.warmup
+            )
             r["requests_per_put"] = (slate_requests(rec) - r0) / r["completed"] if r["completed"] else None
             out["writers"][str(w)] = r
         phases["writes"] = time.perf_counter() - t_phase
@@ -151,8 +153,9 @@ async def slatedb_main(args: argparse.Namespace) -> dict[str, Any]:
         rounds = [await get_rate(args.duration / 3) for _ in range(3)]
         seq = max(rounds, key=lambda r: r["gets_per_s"])  # best of 3: other processes share the CPU
         seq["rounds"] = [round(r["gets_per_s"]) for r in rounds]
-        conc = await closed_loop(lambda wk, i: db.get(keys[rng.randrange(len(keys))]), 64, args.duration,
-                                 warmup=args.warmup)
+        conc = await closed_loop(
+            lambda wk, i: db.get(keys[rng.randrange(len(keys))]), 64, args.duration, warmup=args.warmup
+        )
         out["gets"] = {"sequential": seq, "concurrent64": {**conc, "gets_per_s": conc["rate"]}}
         out["best_gets_per_s"] = max(seq["gets_per_s"], conc["rate"])
         phases["gets"] = time.perf_counter() - t_phase
@@ -201,8 +204,12 @@ def icechunk_storage(args: argparse.Namespace, prefix: str) -> Any:
     import icechunk
 
     return icechunk.s3_storage(
-        bucket=args.bucket, prefix=prefix, endpoint_url=args.endpoint, allow_http=True,
-        force_path_style=True, **CREDS,
+        bucket=args.bucket,
+        prefix=prefix,
+        endpoint_url=args.endpoint,
+        allow_http=True,
+        force_path_style=True,
+        **CREDS,
     )
 
 
@@ -274,9 +281,25 @@ def icechunk_fleet(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     procs = []
     try:
         for n in range(args.processes):
-            cmd = [sys.executable, __file__, "icechunk-worker", "--endpoint", args.endpoint, "--bucket", args.bucket,
-                   "--prefix", prefix, "--worker", str(n), "--proc-writers", str(args.proc_writers),
-                   "--duration", str(args.duration), "--warmup", str(args.warmup)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "icechunk-worker",
+                "--endpoint",
+                args.endpoint,
+                "--bucket",
+                args.bucket,
+                "--prefix",
+                prefix,
+                "--worker",
+                str(n),
+                "--proc-writers",
+                str(args.proc_writers),
+                "--duration",
+                str(args.duration),
+                "--warmup",
+                str(args.warmup),
+            ]
             procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for p in procs:
             assert p.stdout is not None
@@ -300,8 +323,12 @@ def icechunk_fleet(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     elapsed = max(r["seconds"] for r in results)
     ops = sum(r["ops"] for r in results)
     return {
-        "processes": args.processes, "writers_per_process": args.proc_writers, "ops": ops,
-        "errors": sum(r["errors"] for r in results), "seconds": elapsed, "rate": ops / elapsed,
+        "processes": args.processes,
+        "writers_per_process": args.proc_writers,
+        "ops": ops,
+        "errors": sum(r["errors"] for r in results),
+        "seconds": elapsed,
+        "rate": ops / elapsed,
     }
 
 

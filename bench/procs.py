@@ -44,7 +44,10 @@ def run_processes(specs: list[dict[str, Any]], duration: float) -> dict[str, Any
     """
     proc = subprocess.run(
         [str(MAIN_PYTHON), str(HERE / "procs.py")],
-        input=json.dumps(specs), capture_output=True, text=True, env=env_for_children(),
+        input=json.dumps(specs),
+        capture_output=True,
+        text=True,
+        env=env_for_children(),
         timeout=READY_TIMEOUT + duration + 180,
     )
     if proc.returncode != 0:
@@ -52,7 +55,9 @@ def run_processes(specs: list[dict[str, Any]], duration: float) -> dict[str, Any
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     results = doc["workers"]
     elapsed = max(r["seconds"] for r in results)
-    total = {k: sum(r[k] for r in results) for k in ("ops", "errors", "commits", "conflicts", "cas_retries", "unfinished")}
+    total = {
+        k: sum(r[k] for r in results) for k in ("ops", "errors", "commits", "conflicts", "cas_retries", "unfinished")
+    }
     requests: dict[str, int] = {}
     for r in results:
         for k, v in r["requests"].items():
@@ -75,13 +80,28 @@ def run_processes(specs: list[dict[str, Any]], duration: float) -> dict[str, Any
 
 
 def fleet(
-    target: Target, store: str, latency: float, processes: int, writers: int, duration: float,
-    mode: str = "put", hot_keys: int = 256, warmup: float = 0.5, opts: dict[str, Any] | None = None,
+    target: Target,
+    store: str,
+    latency: float,
+    processes: int,
+    writers: int,
+    duration: float,
+    mode: str = "put",
+    hot_keys: int = 256,
+    warmup: float = 0.5,
+    opts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     specs = [
         {
-            "target": target.to_json(), "store": store, "latency": latency, "writers": writers,
-            "duration": duration, "warmup": warmup, "mode": mode, "hot_keys": hot_keys, "worker": n,
+            "target": target.to_json(),
+            "store": store,
+            "latency": latency,
+            "writers": writers,
+            "duration": duration,
+            "warmup": warmup,
+            "mode": mode,
+            "hot_keys": hot_keys,
+            "worker": n,
             "options": opts or {},
         }
         for n in range(processes)
@@ -111,6 +131,7 @@ async def _work(spec: dict[str, Any], ready_fd: int, go_fd: int) -> dict[str, An
     start = float(line.split()[1])
     await asyncio.sleep(max(0.0, start - time.time()))
     if spec["mode"] == "put":
+
         def op(w: int, i: int) -> Any:
             return db.put(b"p%03d/%03d/%08d" % (worker, w, i), VALUE)
     else:
@@ -118,8 +139,16 @@ async def _work(spec: dict[str, Any], ready_fd: int, go_fd: int) -> dict[str, An
 
         def op(w: int, i: int) -> Any:
             return db.transact(increment, b"hot/%05d" % rng.randrange(hot))
-    r = await closed_loop(op, spec["writers"], spec["duration"], warmup=spec["warmup"], grace=0.0,
-                          probe=db.statistics, wait_for_warm=False)  # one window for every process
+
+    r = await closed_loop(
+        op,
+        spec["writers"],
+        spec["duration"],
+        warmup=spec["warmup"],
+        grace=0.0,
+        probe=db.statistics,
+        wait_for_warm=False,
+    )  # one window for every process
     before, after = r.pop("probe_start"), r.pop("probe_end")
     requests = {k: v - before["requests"].get(k, 0) for k, v in after["requests"].items()}
     return {

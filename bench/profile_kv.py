@@ -202,22 +202,45 @@ def profile(workload: str, target: Target, seconds: float, out_dir: Path) -> dic
     and samples the measured part only.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [str(MAIN_PYTHON), str(HERE / "profile_kv.py"), "--workload", workload,
-           "--target", json.dumps(target.to_json()), "--seconds", str(seconds)]
+    cmd = [
+        str(MAIN_PYTHON),
+        str(HERE / "profile_kv.py"),
+        "--workload",
+        workload,
+        "--target",
+        json.dumps(target.to_json()),
+        "--seconds",
+        str(seconds),
+    ]
     fallback = "py-spy not installed (run bench/setup.sh)"
     if PY_SPY.exists():
         raw_path = out_dir / f"profile-{workload}.pyspy.txt"
         raw_path.unlink(missing_ok=True)
-        child = subprocess.Popen([*cmd, "--handshake"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True, env=env_for_children())
+        child = subprocess.Popen(
+            [*cmd, "--handshake"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_for_children()
+        )
         try:
             assert child.stdin is not None and child.stdout is not None
             if child.stdout.readline().strip() != "READY":
                 raise RuntimeError("profiled workload did not start")
             spy = subprocess.Popen(
-                [str(PY_SPY), "record", "--pid", str(child.pid), "-r", "200", "-f", "raw", "-o", str(raw_path),
-                 "--duration", str(int(seconds) + 30)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                [
+                    str(PY_SPY),
+                    "record",
+                    "--pid",
+                    str(child.pid),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw_path),
+                    "--duration",
+                    str(int(seconds) + 30),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             time.sleep(0.5)  # let it attach
             child.stdin.write("GO\n")

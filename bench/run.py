@@ -50,8 +50,9 @@ def _pin_kvstore() -> None:
     if not ref or ref == "worktree" or os.environ.get("KVBENCH_KVSTORE_PATH"):
         return
     root = Path(__file__).resolve().parent.parent
-    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=root, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
     dest = tempfile.mkdtemp(prefix="kvbench-kvstore-")
     archive = subprocess.Popen(["git", "archive", ref, "kvstore"], cwd=root, stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", dest], stdin=archive.stdout, check=True)
@@ -159,43 +160,87 @@ class Suite:
         if self.on("floor"):
             await self.section(res, "floor", floor.s3_floor, self.endpoint, self.s3.bucket, L, seq_n, d)
         if self.on("naive"):
-            await self.section(res, "naive", naive.naive, self.endpoint, self.s3.bucket, L, a.writers, d, seq_n, 200,
-                               warmup=a.warmup)
+            await self.section(
+                res, "naive", naive.naive, self.endpoint, self.s3.bucket, L, a.writers, d, seq_n, 200, warmup=a.warmup
+            )
         if self.on("kvstore"):
             await self.section(res, "kv_sequential", kv.sequential_commits, self.s3, L, seq_n, d)
             cvf = res.setdefault("kv_commit_vs_floor", {})
             await self.section(cvf, "default", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d)
             if kv.has_option("auto_compact") and a.diagnostics:
-                await self.section(cvf, "no_compaction", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d,
-                                   auto_compact=False)
+                await self.section(
+                    cvf, "no_compaction", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d, auto_compact=False
+                )
             if kv.has_option("inline_segment_bytes") and a.diagnostics:  # what inline segments win
-                await self.section(cvf, "no_inline", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d,
-                                   inline_segment_bytes=0)
+                await self.section(
+                    cvf, "no_inline", kv.commit_vs_floor, self.s3, L, seq_n, 2 * d, inline_segment_bytes=0
+                )
             w = res.setdefault("kv_writers", {})
             for n in a.writers:
                 await self.section(w, str(n), kv.concurrent_writers, self.s3, L, n, d, warmup=a.warmup)
             await self.section(res, "kv_contended_1x64", kv.contended_writers, self.s3, L, 64, d, 256, warmup=a.warmup)
             if kv.has_option("auto_compact") and a.diagnostics:  # what background compaction costs
-                await self.section(res, "kv_writers_64_no_compaction", kv.concurrent_writers, self.s3, L, 64, d,
-                                   warmup=a.warmup, auto_compact=False)
+                await self.section(
+                    res,
+                    "kv_writers_64_no_compaction",
+                    kv.concurrent_writers,
+                    self.s3,
+                    L,
+                    64,
+                    d,
+                    warmup=a.warmup,
+                    auto_compact=False,
+                )
             if kv.has_option("inline_segment_bytes") and a.diagnostics:
-                await self.section(res, "kv_writers_64_no_inline", kv.concurrent_writers, self.s3, L, 64, d,
-                                   warmup=a.warmup, inline_segment_bytes=0)
+                await self.section(
+                    res,
+                    "kv_writers_64_no_inline",
+                    kv.concurrent_writers,
+                    self.s3,
+                    L,
+                    64,
+                    d,
+                    warmup=a.warmup,
+                    inline_segment_bytes=0,
+                )
             await self.section(res, "kv_warm_reads", kv.warm_reads, self.s3, L, 10_000, d)
             w64 = res.get("kv_writers", {}).get("64", {})
             if "store" in w64:
-                await self.section(res, "kv_warm_reads_after_writers", kv.reads_after_writers, self.s3, L, w64["store"], 64, d)
-            await self.section(res, "kv_cold_reads", kv.cold_reads, self.s3, L, a.cold_samples, a.cold_entries,
-                               a.cold_overlay)
+                await self.section(
+                    res, "kv_warm_reads_after_writers", kv.reads_after_writers, self.s3, L, w64["store"], 64, d
+                )
+            await self.section(
+                res, "kv_cold_reads", kv.cold_reads, self.s3, L, a.cold_samples, a.cold_entries, a.cold_overlay
+            )
         if self.on("procs"):
             for mode, key in (("put", "kv_4x16_disjoint"), ("increment", "kv_4x16_contended")):
                 await self.section(res, key, self.fleet, self.s3, L, 4, 16, d, mode)
             if kv.has_option("auto_compact") and a.diagnostics:
-                await self.section(res, "kv_4x16_disjoint_no_compaction", self.fleet, self.s3, L, 4, 16, d, "put",
-                                   {"auto_compact": False})
+                await self.section(
+                    res,
+                    "kv_4x16_disjoint_no_compaction",
+                    self.fleet,
+                    self.s3,
+                    L,
+                    4,
+                    16,
+                    d,
+                    "put",
+                    {"auto_compact": False},
+                )
             if kv.has_option("inline_segment_bytes") and a.diagnostics:
-                await self.section(res, "kv_4x16_disjoint_no_inline", self.fleet, self.s3, L, 4, 16, d, "put",
-                                   {"inline_segment_bytes": 0})
+                await self.section(
+                    res,
+                    "kv_4x16_disjoint_no_inline",
+                    self.fleet,
+                    self.s3,
+                    L,
+                    4,
+                    16,
+                    d,
+                    "put",
+                    {"inline_segment_bytes": 0},
+                )
         if self.on("ceiling"):
             c = res.setdefault("ceiling", {})
             for n in a.ceiling_processes:
@@ -204,8 +249,9 @@ class Suite:
             await self.run_peers(res, lat_ms)
         self.save()
 
-    async def fleet(self, target: Target, L: float, n: int, writers: int, d: float, mode: str,
-                    opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def fleet(
+        self, target: Target, L: float, n: int, writers: int, d: float, mode: str, opts: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         name = kv.unique(f"fleet{n}x{writers}-{mode}")
         async with kv.open_store(target, name, L) as db:  # create it once, before the race
             await db.put(b"created", b"1")
@@ -223,26 +269,66 @@ class Suite:
         try:
             if lat_ms > 0:
                 # the proxy's own floor, and kvstore through it (a network-delay model)
-                await self.section(peers, "floor_via_proxy", floor.s3_floor, endpoint, self.s3.bucket, 0.0,
-                                   a.proxy_count, a.duration)
+                await self.section(
+                    peers, "floor_via_proxy", floor.s3_floor, endpoint, self.s3.bucket, 0.0, a.proxy_count, a.duration
+                )
                 via = Target("s3", endpoint_url=endpoint, bucket=self.s3.bucket)
-                await self.section(peers, "kv_sequential_via_proxy", kv.sequential_commits, via, 0.0, a.proxy_count,
-                                   a.duration)
+                await self.section(
+                    peers, "kv_sequential_via_proxy", kv.sequential_commits, via, 0.0, a.proxy_count, a.duration
+                )
             if not PEERS_PYTHON.exists():
                 reason = "unavailable: bench/.venv-peers missing (run bench/setup.sh)"
                 peers["slatedb_default"] = peers["slatedb_tuned"] = peers["icechunk"] = {"unavailable": reason}
                 return
-            common_args = ["--endpoint", endpoint, "--bucket", self.s3.bucket, "--duration", str(a.duration),
-                           "--warmup", str(a.warmup),
-                           "--writers", ",".join(map(str, a.writers))]
+            common_args = [
+                "--endpoint",
+                endpoint,
+                "--bucket",
+                self.s3.bucket,
+                "--duration",
+                str(a.duration),
+                "--warmup",
+                str(a.warmup),
+                "--writers",
+                ",".join(map(str, a.writers)),
+            ]
             for config in ("default", "tuned"):
-                await self.section(peers, f"slatedb_{config}", run_peer, [
-                    "slatedb", *common_args, "--config", config, "--seq", str(a.peer_seq),
-                    "--read-keys", str(a.peer_read_keys), "--scan-entries", str(a.peer_scan_entries)], a.duration)
-            await self.section(peers, "icechunk", run_peer, [
-                "icechunk", *common_args, "--writers", ",".join(map(str, a.icechunk_writers)),
-                "--seq", str(a.peer_seq), "--processes", str(a.icechunk_processes),
-                "--proc-writers", "16"], a.duration)
+                await self.section(
+                    peers,
+                    f"slatedb_{config}",
+                    run_peer,
+                    [
+                        "slatedb",
+                        *common_args,
+                        "--config",
+                        config,
+                        "--seq",
+                        str(a.peer_seq),
+                        "--read-keys",
+                        str(a.peer_read_keys),
+                        "--scan-entries",
+                        str(a.peer_scan_entries),
+                    ],
+                    a.duration,
+                )
+            await self.section(
+                peers,
+                "icechunk",
+                run_peer,
+                [
+                    "icechunk",
+                    *common_args,
+                    "--writers",
+                    ",".join(map(str, a.icechunk_writers)),
+                    "--seq",
+                    str(a.peer_seq),
+                    "--processes",
+                    str(a.icechunk_processes),
+                    "--proc-writers",
+                    "16",
+                ],
+                a.duration,
+            )
         finally:
             if proxy is not None:
                 proxy.terminate()
@@ -256,8 +342,9 @@ class Suite:
         if self.on("bulk"):
             bulk = await self.section(once, "bulk", kv.bulk_load, self.s3, 0.0, a.bulk_entries)
             seg_bytes = kv.BULK_TXN_KEYS * 115
-            await self.section(once, "put_bandwidth", floor.s3_put_bandwidth, self.endpoint, self.s3.bucket,
-                               seg_bytes, a.duration)
+            await self.section(
+                once, "put_bandwidth", floor.s3_put_bandwidth, self.endpoint, self.s3.bucket, seg_bytes, a.duration
+            )
             if self.on("memory") and "store" in bulk:
                 mem = once.setdefault("memory", {})
                 for cache in a.memory_caches:
@@ -278,8 +365,16 @@ class Suite:
 
             prof = once.setdefault("profile", {})
             for workload in a.profile_workloads:
-                await self.section(prof, workload, asyncio.to_thread, profile_kv.profile, workload, self.s3,
-                                   a.profile_seconds, self.out)
+                await self.section(
+                    prof,
+                    workload,
+                    asyncio.to_thread,
+                    profile_kv.profile,
+                    workload,
+                    self.s3,
+                    a.profile_seconds,
+                    self.out,
+                )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -311,8 +406,12 @@ async def run_peer(argv: list[str], duration: float) -> dict[str, Any]:
 async def run_memory(target: Target, store: str, cache: int) -> dict[str, Any]:
     spec = json.dumps({"target": target.to_json(), "store": store, "cache_bytes": cache})
     proc = await asyncio.create_subprocess_exec(
-        str(MAIN_PYTHON), str(HERE / "memory.py"), spec, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env_for_children(),
+        str(MAIN_PYTHON),
+        str(HERE / "memory.py"),
+        spec,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env_for_children(),
     )
     out, err = await asyncio.wait_for(proc.communicate(), 900)
     if proc.returncode != 0:
@@ -323,9 +422,18 @@ async def run_memory(target: Target, store: str, cache: int) -> dict[str, Any]:
 def start_proxy(endpoint: str, delay_ms: float) -> tuple[subprocess.Popen[str], str]:
     upstream = endpoint.split("://", 1)[1]
     p = subprocess.Popen(
-        [sys.executable, str(HERE / "proxy.py"), "--upstream", upstream, "--delay-ms", str(delay_ms),
-         "--max-seconds", "3600"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(HERE / "proxy.py"),
+            "--upstream",
+            upstream,
+            "--delay-ms",
+            str(delay_ms),
+            "--max-seconds",
+            "3600",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout is not None
     line = p.stdout.readline().split()
@@ -358,27 +466,36 @@ def machine() -> dict[str, Any]:
                 mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "kernel": platform.release()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def kvstore_source() -> dict[str, Any]:
     import kvstore
 
-    return {"path": str(Path(kvstore.__file__).parent),
-            "ref": os.environ.get("KVBENCH_KVSTORE_REF", "working tree")}
+    return {"path": str(Path(kvstore.__file__).parent), "ref": os.environ.get("KVBENCH_KVSTORE_REF", "working tree")}
 
 
 def git_state() -> dict[str, Any]:
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     dirty = git("status", "--porcelain", "--", "kvstore")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "kvstore_dirty": bool(dirty),
-            "kvstore_changed_files": dirty.splitlines()[:30]}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "kvstore_dirty": bool(dirty),
+        "kvstore_changed_files": dirty.splitlines()[:30],
+    }
 
 
 def versions() -> dict[str, str]:
@@ -416,8 +533,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=None, help="seconds per throughput measurement (5; quick 1)")
     ap.add_argument("--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}")
     ap.add_argument("--chart", default="", help="also copy the chart PNG here")
-    ap.add_argument("--kvstore-ref", default="worktree",
-                    help="measure kvstore as committed at this git ref (e.g. HEAD) instead of the working tree")
+    ap.add_argument(
+        "--kvstore-ref",
+        default="worktree",
+        help="measure kvstore as committed at this git ref (e.g. HEAD) instead of the working tree",
+    )
     args = ap.parse_args(argv)
     args.latencies = [float(x) for x in args.latency_ms.split(",") if x.strip()]
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -486,8 +606,11 @@ def main() -> None:
     (suite.out / "table.md").write_text(report.render_markdown(suite.results))
     png = suite.out / "commit-throughput.png"
     if PEERS_PYTHON.exists():
-        r = subprocess.run([str(PEERS_PYTHON), str(HERE / "chart.py"), str(suite.out / "results.json"), str(png)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [str(PEERS_PYTHON), str(HERE / "chart.py"), str(suite.out / "results.json"), str(png)],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             log(f"chart failed: {r.stderr[-800:]}")
         elif args.chart:

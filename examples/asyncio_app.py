@@ -60,9 +60,7 @@ async def main(url: str) -> None:
         watcher = asyncio.create_task(watch_orders(db, run, start, expected))
 
         items = list(STOCK)
-        results = await asyncio.gather(
-            *(db.transact(order, run, c, items[c % len(items)]) for c in range(CUSTOMERS))
-        )
+        results = await asyncio.gather(*(db.transact(order, run, c, items[c % len(items)]) for c in range(CUSTOMERS)))
         sold = sum(results)
         print(f"{CUSTOMERS} customers, {sold} orders placed, {CUSTOMERS - sold} sold out")
 

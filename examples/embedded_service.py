@@ -166,7 +166,9 @@ def demo(url: str) -> None:
             limited = list(pool.map(lambda i: request("POST", f"{bases[i % 2]}/limit/{counter}"), range(15)))
         after = request("GET", f"{bases[1]}/count/{counter}")[1]["count"]
         print(f"40 hits through 2 workers: counter {counter} went from {before} to {after}")
-        print(f"every hit saw a distinct count: {sorted(b['count'] for _, b in hits) == list(range(before + 1, before + 41))}")
+        print(
+            f"every hit saw a distinct count: {sorted(b['count'] for _, b in hits) == list(range(before + 1, before + 41))}"
+        )
         allowed = sum(1 for status, _ in limited if status == 200)
         print(f"rate limiter: {allowed} of 15 requests allowed, {15 - allowed} refused (limit {LIMIT})")
     finally:

@@ -77,7 +77,7 @@ async def retract_shard(tx: kvstore.Transaction, name: str, version: int, shard:
 async def datasets_by(reader: kvstore.Reader, index: str, value: str) -> list[str]:
     """Dataset names through a secondary index: one prefix scan."""
     prefix = f"index/{index}/{value}/"
-    return [key.decode()[len(prefix):] async for key, _ in reader.scan(prefix)]
+    return [key.decode()[len(prefix) :] async for key, _ in reader.scan(prefix)]
 
 
 async def training_inputs(reader: kvstore.Reader, label: str = "train") -> list[dict[str, Any]]:

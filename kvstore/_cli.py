@@ -71,8 +71,7 @@ _EPILOG = (
     "S3 endpoint and credentials come the AWS way: --endpoint-url or\n"
     "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, --profile or AWS_PROFILE,\n"
     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, instance roles.\n"
-    "\b\nExit codes:\n"
-    + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 )
 
 
@@ -152,26 +151,73 @@ def _common_options(group_level: bool) -> Callable[[F], F]:
         return list(names) if group_level else None
 
     options = [
-        click.option("--json", "json_", is_flag=True, expose_value=False,
-                     callback=_setter("json"), help="Print JSON for scripts (one document; JSON Lines for export and watch)."),
-        click.option("--debug", is_flag=True, expose_value=False, callback=_setter("debug"),
-                     help="Show tracebacks and kvstore's debug log."),
-        click.option("--progress/--no-progress", default=None, expose_value=False, callback=_setter("progress"),
-                     help="Draw progress bars on stderr (default: when stderr is a terminal)."),
-        click.option("--endpoint-url", metavar="URL", envvar=env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-                     expose_value=False, callback=_setter("endpoint_url"),
-                     help="S3-compatible endpoint [env: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL]."),
-        click.option("--profile", metavar="NAME", envvar=env("AWS_PROFILE"), expose_value=False,
-                     callback=_setter("profile"), help="AWS shared-config profile [env: AWS_PROFILE]."),
-        click.option("--region", metavar="NAME", envvar=env("AWS_REGION", "AWS_DEFAULT_REGION"), expose_value=False,
-                     callback=_setter("region"), help="AWS region [env: AWS_REGION, AWS_DEFAULT_REGION]."),
-        click.option("--sse", type=click.Choice(["AES256", "aws:kms"]), expose_value=False, callback=_setter("sse"),
-                     help="Server-side encryption for new objects (SSE-S3 or SSE-KMS)."),
-        click.option("--sse-kms-key-id", metavar="KEY", expose_value=False, callback=_setter("sse_kms_key_id"),
-                     help="KMS key for --sse aws:kms."),
-        click.option("--sse-customer-key-file", metavar="PATH", expose_value=False,
-                     callback=_setter("sse_customer_key_file"),
-                     help="File holding a 32-byte SSE-C key, sent with every request."),
+        click.option(
+            "--json",
+            "json_",
+            is_flag=True,
+            expose_value=False,
+            callback=_setter("json"),
+            help="Print JSON for scripts (one document; JSON Lines for export and watch).",
+        ),
+        click.option(
+            "--debug",
+            is_flag=True,
+            expose_value=False,
+            callback=_setter("debug"),
+            help="Show tracebacks and kvstore's debug log.",
+        ),
+        click.option(
+            "--progress/--no-progress",
+            default=None,
+            expose_value=False,
+            callback=_setter("progress"),
+            help="Draw progress bars on stderr (default: when stderr is a terminal).",
+        ),
+        click.option(
+            "--endpoint-url",
+            metavar="URL",
+            envvar=env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            expose_value=False,
+            callback=_setter("endpoint_url"),
+            help="S3-compatible endpoint [env: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL].",
+        ),
+        click.option(
+            "--profile",
+            metavar="NAME",
+            envvar=env("AWS_PROFILE"),
+            expose_value=False,
+            callback=_setter("profile"),
+            help="AWS shared-config profile [env: AWS_PROFILE].",
+        ),
+        click.option(
+            "--region",
+            metavar="NAME",
+            envvar=env("AWS_REGION", "AWS_DEFAULT_REGION"),
+            expose_value=False,
+            callback=_setter("region"),
+            help="AWS region [env: AWS_REGION, AWS_DEFAULT_REGION].",
+        ),
+        click.option(
+            "--sse",
+            type=click.Choice(["AES256", "aws:kms"]),
+            expose_value=False,
+            callback=_setter("sse"),
+            help="Server-side encryption for new objects (SSE-S3 or SSE-KMS).",
+        ),
+        click.option(
+            "--sse-kms-key-id",
+            metavar="KEY",
+            expose_value=False,
+            callback=_setter("sse_kms_key_id"),
+            help="KMS key for --sse aws:kms.",
+        ),
+        click.option(
+            "--sse-customer-key-file",
+            metavar="PATH",
+            expose_value=False,
+            callback=_setter("sse_customer_key_file"),
+            help="File holding a 32-byte SSE-C key, sent with every request.",
+        ),
     ]
 
     def decorate(f: F) -> F:
@@ -245,13 +291,13 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
         quote = " (quote a VALUE that has spaces)" if names and names[-1] == "VALUE" else ""
         raise click.UsageError(f"too many arguments: expected {command} {spelled}, got {len(args)}{quote}")
     if args and _looks_like_url(args[0]):
-        missing = " ".join(names[len(args) - 1:])
+        missing = " ".join(names[len(args) - 1 :])
         raise click.UsageError(
             f"missing {missing}: {args[0]!r} is taken as the store URL, not as {names[0]} "
             f"(expected {command} {spelled})"
         )
     if len(args) < len(names):
-        raise click.UsageError(f"missing {' '.join(names[len(args):])}: expected {command} {spelled}")
+        raise click.UsageError(f"missing {' '.join(names[len(args) :])}: expected {command} {spelled}")
     url = os.environ.get(URL_ENV)
     if not url:
         raise click.UsageError(
@@ -270,8 +316,7 @@ def _aligned(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None)
     if not all_rows:
         return []
     widths = [max(len(r[i]) for r in all_rows if i < len(r)) for i in range(max(len(r) for r in all_rows))]
-    return ["  ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()
-            for r in all_rows]
+    return ["  ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip() for r in all_rows]
 
 
 class Output:
@@ -308,9 +353,7 @@ class Output:
         sys.stdout.flush()
 
     @contextmanager
-    def rows(
-        self, to_json: Callable[[T], Any], to_cells: Callable[[T], list[str]]
-    ) -> Iterator[Callable[[T], None]]:
+    def rows(self, to_json: Callable[[T], Any], to_cells: Callable[[T], list[str]]) -> Iterator[Callable[[T], None]]:
         """A list printed as it is read (scan): a JSON array, or a table aligned in pages.
 
         Yields the function that adds an item; only the form printed is computed.
@@ -400,8 +443,7 @@ def jsonable(value: Any, where: str = "value") -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise CliError(f"{where}: a map key {k!r} is not a string, which JSON cannot carry; "
-                               "use the Python API")
+                raise CliError(f"{where}: a map key {k!r} is not a string, which JSON cannot carry; use the Python API")
             out[k] = jsonable(v, where)
         return out
     raise CliError(f"{where}: a {type(value).__name__} has no JSON form; use the Python API")
@@ -484,8 +526,10 @@ class Values:
         try:
             return msgpack.unpackb(raw, raw=False)
         except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
-            raise CliError(f"the value of {_key_text(key)!r} is not msgpack ({exc}); "
-                           "it was written by a program that ignored the store's codec") from None
+            raise CliError(
+                f"the value of {_key_text(key)!r} is not msgpack ({exc}); "
+                "it was written by a program that ignored the store's codec"
+            ) from None
 
 
 # ----------------------------------------------------------------- the command skeleton
@@ -535,9 +579,11 @@ class Session:
             async with self._connect(mode, self._explicit):
                 pass
         except kvstore.CodecMismatchError as exc:
-            raise CliError(f"{self.url} stores {exc.recorded} values, not {self._explicit}: use --values "
-                           f"{exc.recorded}, or leave --values out (it defaults to the store's codec)",
-                           EXIT_USAGE) from exc
+            raise CliError(
+                f"{self.url} stores {exc.recorded} values, not {self._explicit}: use --values "
+                f"{exc.recorded}, or leave --values out (it defaults to the store's codec)",
+                EXIT_USAGE,
+            ) from exc
 
     def _connect(self, mode: Mode, values: Codec | None) -> kvstore.StoreOpener:
         """`kvstore.open` with the shared S3 settings.
@@ -572,12 +618,15 @@ async def _compact_if_due(db: kvstore.Store) -> None:
     try:
         results = await asyncio.wait_for(db.compact(), COMPACT_BUDGET)
     except asyncio.TimeoutError:
-        Output.note(f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; "
-                    f"run `kvstore compact {db.url}`")
+        Output.note(
+            f"kvstore: warning: compaction did not finish within {COMPACT_BUDGET:.0f} s; run `kvstore compact {db.url}`"
+        )
         return
     except kvstore.KvStoreError as exc:
-        Output.note(f"kvstore: warning: compaction failed ({cli_message(str(exc), db.url)}); "
-                    f"run `kvstore compact {db.url}` later")
+        Output.note(
+            f"kvstore: warning: compaction failed ({cli_message(str(exc), db.url)}); "
+            f"run `kvstore compact {db.url}` later"
+        )
         return
     for r in results:
         Output.note(f"kvstore: compacted {r.inputs} segments into level {r.level} (version {r.version})")
@@ -624,9 +673,12 @@ def store_command(
         command: Any = _common_options(group_level=False)(callback)
         if values:
             command = click.option(
-                "--values", type=click.Choice(list(values)), default=None,
+                "--values",
+                type=click.Choice(list(values)),
+                default=None,
                 help="How values are shown and read (default: the store's codec, set by `init --values`): "
-                     "bytes as they are (base64 in JSON); msgpack as JSON.")(command)
+                "bytes as they are (base64 in JSON); msgpack as JSON.",
+            )(command)
         command.__click_params__ += getattr(body, "__click_params__", [])
         command = click.argument("args", nargs=-1, metavar=("[URL] " + names).strip())(command)
         return group.command(name or body.__name__, help=inspect.getdoc(body))(command)
@@ -730,13 +782,20 @@ async def init(s: Session) -> None:
     except kvstore.StoreNotFoundError:
         async with s.open("create") as db:
             created = True
-    s.out.result({"url": db.url, "created": created, "version": db.version},
-                 f"{'created' if created else 'found existing'} store {db.url} at version {db.version}")
+    s.out.result(
+        {"url": db.url, "created": created, "version": db.version},
+        f"{'created' if created else 'found existing'} store {db.url} at version {db.version}",
+    )
 
 
 @store_command(cli)
-@click.option("--count-limit", type=click.IntRange(min=0), default=10_000, show_default=True,
-              help="Count keys up to this many (0: count all; counting reads the data).")
+@click.option(
+    "--count-limit",
+    type=click.IntRange(min=0),
+    default=10_000,
+    show_default=True,
+    help="Count keys up to this many (0: count all; counting reads the data).",
+)
 async def info(s: Session, *, count_limit: int) -> None:
     """Show the store's version, segments, keys and settings."""
     async with s.open() as db:
@@ -746,9 +805,11 @@ async def info(s: Session, *, count_limit: int) -> None:
         counted = 0
         async for _ in db.scan(limit=count_limit + 1 if count_limit else None):
             counted += 1
-        keys: dict[str, Any] = {"count": min(counted, count_limit) if count_limit else counted,
-                                "exact": not count_limit or counted <= count_limit,
-                                "stored_entries": described.entries}
+        keys: dict[str, Any] = {
+            "count": min(counted, count_limit) if count_limit else counted,
+            "exact": not count_limit or counted <= count_limit,
+            "stored_entries": described.entries,
+        }
         doc = {
             "url": db.url,
             "store_id": described.store_id,
@@ -763,8 +824,9 @@ async def info(s: Session, *, count_limit: int) -> None:
             "last_commit": history[0].time if history else None,
             "tags": len(tags),
             # Levels holding a full fanout of segments: what `kvstore compact` would merge.
-            "compaction_due": sorted(level for level, n in described.segments_per_level.items()
-                                     if n >= db.options.compaction_fanout),
+            "compaction_due": sorted(
+                level for level, n in described.segments_per_level.items() if n >= db.options.compaction_fanout
+            ),
             "options": dataclasses.asdict(db.options),
             "requests": db.statistics()["requests"],
         }
@@ -776,7 +838,10 @@ async def info(s: Session, *, count_limit: int) -> None:
         ["oldest readable version", str(doc["oldest_readable_version"])],
         ["segments", f"{doc['segments']} (per level: {doc['segments_per_level']})"],
         ["bytes", _size(doc["bytes"])],
-        ["keys", f"{keys['count']}" if keys["exact"] else f"more than {keys['count']} (at most {keys['stored_entries']})"],
+        [
+            "keys",
+            f"{keys['count']}" if keys["exact"] else f"more than {keys['count']} (at most {keys['stored_entries']})",
+        ],
         ["commits in log", str(doc["commits_in_log"])],
         ["last commit", _time(doc["last_commit"]) if doc["last_commit"] else "-"],
         ["tags", str(doc["tags"])],
@@ -791,8 +856,7 @@ def _compaction_state(doc: dict[str, Any]) -> str:
     if not due:
         return "not due"
     levels = ", ".join(f"level {level} holds {doc['segments_per_level'][level]} segments" for level in due)
-    return (f"due: {levels} (fanout {doc['options']['compaction_fanout']}); "
-            f"run `kvstore compact {doc['url']}`")
+    return f"due: {levels} (fanout {doc['options']['compaction_fanout']}); run `kvstore compact {doc['url']}`"
 
 
 @store_command(cli, "KEY", values=VALUE_CHOICES)
@@ -827,10 +891,21 @@ def _value_input(path: str) -> bytes:
         raise CliError(f"cannot read the value: {exc}") from None
 
 
-@store_command(cli, "KEY [VALUE|-]", mode="write", values=VALUE_CHOICES, compacts=True,
-               names_given=lambda options: ["KEY"] if options["file_"] is not None else ["KEY", "VALUE"])
-@click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH",
-              help="Read the value from this file ('-' for stdin) instead of an argument.")
+@store_command(
+    cli,
+    "KEY [VALUE|-]",
+    mode="write",
+    values=VALUE_CHOICES,
+    compacts=True,
+    names_given=lambda options: ["KEY"] if options["file_"] is not None else ["KEY", "VALUE"],
+)
+@click.option(
+    "--file",
+    "file_",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="PATH",
+    help="Read the value from this file ('-' for stdin) instead of an argument.",
+)
 async def put(s: Session, key: str, value: str | None = None, *, file_: str | None) -> None:
     """Set KEY to VALUE, to the bytes of --file, or to stdin ('-').
 
@@ -840,8 +915,10 @@ async def put(s: Session, key: str, value: str | None = None, *, file_: str | No
     async with s.open() as db:
         stored = s.values.encode(data, "the value")
         version = await db.put(key, stored)
-    s.out.result({**_key_json(key.encode()), "version": version, "bytes": len(stored)},
-                 f"put {key} ({len(stored)} bytes) at version {version}")
+    s.out.result(
+        {**_key_json(key.encode()), "version": version, "bytes": len(stored)},
+        f"put {key} ({len(stored)} bytes) at version {version}",
+    )
 
 
 @store_command(cli, "KEY", mode="write", compacts=True)
@@ -863,9 +940,12 @@ async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
     version = tx.committed_version if deleted else tx.read_version
     if not deleted and not missing_ok:
         raise CliError(f"key {key!r} not found at version {version}: nothing deleted", EXIT_NOT_FOUND)
-    s.out.result({**_key_json(key.encode()), "version": version, "deleted": deleted},
-                 f"deleted {key} at version {version}" if deleted
-                 else f"key {key} not found at version {version}: nothing deleted")
+    s.out.result(
+        {**_key_json(key.encode()), "version": version, "deleted": deleted},
+        f"deleted {key} at version {version}"
+        if deleted
+        else f"key {key} not found at version {version}: nothing deleted",
+    )
 
 
 @store_command(cli, values=VALUE_CHOICES)
@@ -911,10 +991,28 @@ async def history(s: Session, *, limit: int | None) -> None:
     """List recent commits, newest first (from the manifest's commit log)."""
     async with s.open() as db:
         commits = await db.history(limit=limit)
-    docs = [{"version": c.version, "time": c.time, "kind": c.kind, "transactions": c.transactions,
-             "key_count": c.key_count, "meta": jsonable(c.meta, f"meta of version {c.version}")} for c in commits]
-    rows = [[str(d["version"]), _time(d["time"]), d["kind"], str(d["transactions"]), str(d["key_count"]),
-             json.dumps(d["meta"], ensure_ascii=False) if d["meta"] and any(d["meta"]) else ""] for d in docs]
+    docs = [
+        {
+            "version": c.version,
+            "time": c.time,
+            "kind": c.kind,
+            "transactions": c.transactions,
+            "key_count": c.key_count,
+            "meta": jsonable(c.meta, f"meta of version {c.version}"),
+        }
+        for c in commits
+    ]
+    rows = [
+        [
+            str(d["version"]),
+            _time(d["time"]),
+            d["kind"],
+            str(d["transactions"]),
+            str(d["key_count"]),
+            json.dumps(d["meta"], ensure_ascii=False) if d["meta"] and any(d["meta"]) else "",
+        ]
+        for d in docs
+    ]
     s.out.result(docs, *_aligned(rows, header=["VERSION", "TIME", "KIND", "TXNS", "KEYS", "META"]))
 
 
@@ -940,8 +1038,10 @@ async def tag_list(s: Session) -> None:
     """List tags, oldest version first."""
     async with s.open() as db:
         tags = await db.tags()
-    s.out.result([_tag_json(t) for t in tags],
-                 *_aligned([[t.name, str(t.version), _time(t.created)] for t in tags], ["NAME", "VERSION", "CREATED"]))
+    s.out.result(
+        [_tag_json(t) for t in tags],
+        *_aligned([[t.name, str(t.version), _time(t.created)] for t in tags], ["NAME", "VERSION", "CREATED"]),
+    )
 
 
 @store_command(tag, "NAME", mode="write", name="delete")
@@ -958,11 +1058,15 @@ async def compact(s: Session, *, full: bool) -> None:
     """Merge segments now (commits by others go on meanwhile)."""
     async with s.open() as db:
         results = await _with_pulse("compacting", db.compact(full=full))
-    s.out.result([dataclasses.asdict(r) for r in results],
-                 *(["nothing to compact"] if not results else []),
-                 *(f"version {r.version}: merged {r.inputs} segments into level {r.level}: "
-                   f"{r.entries_in} -> {r.entries_out} entries, {_size(r.bytes_in)} -> {_size(r.bytes_out)}"
-                   for r in results))
+    s.out.result(
+        [dataclasses.asdict(r) for r in results],
+        *(["nothing to compact"] if not results else []),
+        *(
+            f"version {r.version}: merged {r.inputs} segments into level {r.level}: "
+            f"{r.entries_in} -> {r.entries_out} entries, {_size(r.bytes_in)} -> {_size(r.bytes_out)}"
+            for r in results
+        ),
+    )
 
 
 _LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reason in GcReport.kept
@@ -970,8 +1074,12 @@ _LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reas
 
 @store_command(cli, mode="write")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
-@click.option("--grace-period", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Keep objects younger than this (default: the store's segment_grace_period, 1 hour).")
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Keep objects younger than this (default: the store's segment_grace_period, 1 hour).",
+)
 async def gc(s: Session, *, dry_run: bool, grace_period: float | None) -> None:
     """Delete objects that nothing references any more."""
     async with s.open("read" if dry_run else "write") as db:
@@ -998,20 +1106,26 @@ def _gc_lines(report: kvstore.GcReport, grace: float, log_length: int) -> Iterat
     for why, n in sorted(reasons.items(), key=lambda item: -item[1]):
         yield f"  kept {n}: {why}"
     if log_versions:
-        yield (f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
-               f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
-               "pushed it out of the log, and collectable a grace period after that")
+        yield (
+            f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
+            f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
+            "pushed it out of the log, and collectable a grace period after that"
+        )
     if report.collectable_after:
         when = _time_minute(max(report.collectable_after.values()))
         first = _time_minute(min(report.collectable_after.values()))
         n = len(report.collectable_after)
-        yield (f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
-               f"({_duration(grace)}): collectable after {when}"
-               + (f" (the first after {first})" if first != when else "")
-               + ("; a dry run saves no marks, so the period starts at the next real gc" if report.dry_run else ""))
+        yield (
+            f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
+            f"({_duration(grace)}): collectable after {when}"
+            + (f" (the first after {first})" if first != when else "")
+            + ("; a dry run saves no marks, so the period starts at the next real gc" if report.dry_run else "")
+        )
     elif not report.deleted:
-        yield ("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
-               "tag (small commits live inside the manifest and never need collecting)")
+        yield (
+            "nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
+            "tag (small commits live inside the manifest and never need collecting)"
+        )
 
 
 @store_command(cli)
@@ -1020,10 +1134,16 @@ async def verify(s: Session) -> None:
     async with s.open() as db:
         report = await _with_pulse("verifying", db.verify())
     state = "ok" if report.ok else f"{len(report.damaged)} damaged"
-    s.out.result({"version": report.version, "objects_checked": report.objects_checked,
-                  "ok": report.ok, "damaged": report.damaged},
-                 *(f"DAMAGED {name}: {what}" for name, what in report.damaged.items()),
-                 f"checked {report.objects_checked} objects at version {report.version}: {state}")
+    s.out.result(
+        {
+            "version": report.version,
+            "objects_checked": report.objects_checked,
+            "ok": report.ok,
+            "damaged": report.damaged,
+        },
+        *(f"DAMAGED {name}: {what}" for name, what in report.damaged.items()),
+        f"checked {report.objects_checked} objects at version {report.version}: {state}",
+    )
     if not report.ok:
         raise click.exceptions.Exit(EXIT_DAMAGED)
 
@@ -1042,8 +1162,15 @@ def _writing(path: str) -> Iterator[IO[str]]:
 
 
 @store_command(cli, values=FILE_VALUE_CHOICES, name="export")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-",
-              show_default=True, metavar="PATH", help="Write JSON Lines here ('-': stdout).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+    default="-",
+    show_default=True,
+    metavar="PATH",
+    help="Write JSON Lines here ('-': stdout).",
+)
 @click.option("--prefix", help="Only keys starting with this.")
 @click.option("--start", help="Only keys >= this.")
 @click.option("--end", help="Only keys < this.")
@@ -1114,8 +1241,16 @@ def _reading(path: str) -> Iterator[tuple[IO[bytes], int | None]]:
 
 
 @store_command(cli, mode="create", values=FILE_VALUE_CHOICES, compacts=True, name="import")
-@click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              show_default=True, metavar="PATH", help="Read JSON Lines from here ('-': stdin).")
+@click.option(
+    "-f",
+    "--file",
+    "file_",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    metavar="PATH",
+    help="Read JSON Lines from here ('-': stdin).",
+)
 async def import_(s: Session, *, file_: str) -> None:
     """Load JSON Lines written by export, in one atomic commit (Store.bulk_load).
 
@@ -1164,10 +1299,20 @@ def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
 @click.option("--prefix", help="Only changes to keys starting with this.")
 @click.option("--start", help="Only changes to keys >= this.")
 @click.option("--end", help="Only changes to keys < this.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True, metavar="SECONDS",
-              help="How often to poll the manifest (a 304 when nothing changed).")
-@click.option("--since", type=click.IntRange(min=0), metavar="VERSION",
-              help="Report commits after this version (default: from now).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to poll the manifest (a 304 when nothing changed).",
+)
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    metavar="VERSION",
+    help="Report commits after this version (default: from now).",
+)
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N changes.")
 async def watch(
     s: Session,
@@ -1190,10 +1335,17 @@ async def watch(
                 ops = None if change.keys is None else await _operations(db, change)
                 when = _time(change.time)
                 s.out.event(
-                    {"version": change.version, "time": change.time,
-                     "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops]},
-                    *([f"{change.version}  {when}  ?       (too many keys to list: rescan)"] if ops is None else
-                      [f"{change.version}  {when}  {op:<6}  {_key_text(k)}" for k, op in ops]))
+                    {
+                        "version": change.version,
+                        "time": change.time,
+                        "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops],
+                    },
+                    *(
+                        [f"{change.version}  {when}  ?       (too many keys to list: rescan)"]
+                        if ops is None
+                        else [f"{change.version}  {when}  {op:<6}  {_key_text(k)}" for k, op in ops]
+                    ),
+                )
                 seen += 1
                 if count is not None and seen >= count:
                     return
@@ -1240,8 +1392,10 @@ _CLI_WORDS: list[tuple[str, str]] = [
     ("open it with create=True (and not read_only) to make one", "create it with `kvstore init {url}`"),
     ("Store.tags() lists the tags", "`kvstore tag list {url}` lists them"),
     ("pass version= or tag=, not both", "give --version or --tag, not both"),
-    ("keep more with StoreOptions.history_versions or tag versions",
-     "tag the versions you need to keep (`kvstore tag create {url} NAME`)"),
+    (
+        "keep more with StoreOptions.history_versions or tag versions",
+        "tag the versions you need to keep (`kvstore tag create {url} NAME`)",
+    ),
     ("run `Store.verify()`", "run `kvstore verify {url}`"),
     ("open it again with kvstore.open()", "run the command again"),
     ("retry it (Store.transact does)", "run the command again"),

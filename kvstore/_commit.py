@@ -137,7 +137,11 @@ class Committer:
                 batch = [self._queue.popleft()]  # a bulk load commits alone
             else:
                 batch = []
-                while self._queue and self._queue[0].segments is None and len(batch) < self._options.max_batch_transactions:
+                while (
+                    self._queue
+                    and self._queue[0].segments is None
+                    and len(batch) < self._options.max_batch_transactions
+                ):
                     batch.append(self._queue.popleft())
             try:
                 async with self._manifests.writing:
@@ -306,8 +310,9 @@ class Committer:
         encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
         size = len(encoded.data)
         if base is not None and self._fits_inline(base, size):
-            ref = SegmentRef(new_object_id(), encoded.min_key, encoded.max_key, encoded.count, size, 0, 0,
-                             inline=encoded.data)
+            ref = SegmentRef(
+                new_object_id(), encoded.min_key, encoded.max_key, encoded.count, size, 0, 0, inline=encoded.data
+            )
         else:
             segment_id = await self._segments.write(encoded)
             ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, size, 0, 0)
@@ -419,4 +424,3 @@ def _unknown(exc: BaseException) -> CommitOutcomeUnknownError:
     error = CommitOutcomeUnknownError(f"the commit was interrupted ({type(exc).__name__}); its outcome is unknown")
     error.__cause__ = exc
     return error
-

@@ -144,8 +144,15 @@ class Compactor:
             encoded = encode_segment(kept, uniform_version=False)
             segment_id = await self._segments.write(encoded)
             ref = SegmentRef(
-                segment_id, encoded.min_key, encoded.max_key, encoded.count, len(encoded.data),
-                encoded.min_version, encoded.max_version, None, level,
+                segment_id,
+                encoded.min_key,
+                encoded.max_key,
+                encoded.count,
+                len(encoded.data),
+                encoded.min_version,
+                encoded.max_version,
+                None,
+                level,
             )
         compaction_id = uuid.uuid4().bytes
 

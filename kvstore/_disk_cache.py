@@ -37,10 +37,11 @@ class DiskCache:
             ) from None
         try:
             # LRU by access, not by insertion: a hot block must outlive a one-off scan.
-            self._cache: Any = diskcache.Cache(directory, size_limit=size_limit,
-                                               eviction_policy="least-recently-used")
+            self._cache: Any = diskcache.Cache(directory, size_limit=size_limit, eviction_policy="least-recently-used")
         except (OSError, sqlite3.Error) as exc:
-            raise ValidationError(f"cannot use cache_dir {directory!r}: {exc}; point it at a writable directory") from exc
+            raise ValidationError(
+                f"cannot use cache_dir {directory!r}: {exc}; point it at a writable directory"
+            ) from exc
 
     async def get(self, key: str) -> bytes | None:
         """The bytes stored under `key`, or None (absent, evicted, damaged, or the disk failed)."""

@@ -316,7 +316,9 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
             _log.warning(
                 "background compaction or GC of %s failed (retried after a later commit): %s: %s",
-                self.url, type(exc).__name__, exc,
+                self.url,
+                type(exc).__name__,
+                exc,
             )
 
 

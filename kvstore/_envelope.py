@@ -1,6 +1,6 @@
 """The checksummed envelope around small documents (manifests, tags).
 
-    magic (4 bytes) | u16 format | u8 compression (0 none, 1 zstd) | u8 0 | payload | u64 xxh3 of all before
+magic (4 bytes) | u16 format | u8 compression (0 none, 1 zstd) | u8 0 | payload | u64 xxh3 of all before
 """
 
 from __future__ import annotations

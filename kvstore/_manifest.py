@@ -172,7 +172,9 @@ class Manifest:
             data, lengths = cached
             dropped = len(self.log) + 1 - len(log)
             row = _packed(record, _record_row)
-            object.__setattr__(new, "_packed_log", (data[sum(lengths[:dropped]) :] + row, lengths[dropped:] + (len(row),)))
+            object.__setattr__(
+                new, "_packed_log", (data[sum(lengths[:dropped]) :] + row, lengths[dropped:] + (len(row),))
+            )
         return new
 
 
@@ -245,8 +247,18 @@ def _segment_row(s: SegmentRef) -> list[Any]:
 
 def _record_row(r: CommitRecord) -> list[Any]:
     keys = None if r.keys is None else list(r.keys)
-    return [r.version, r.time, list(r.txn_ids), r.segment_id, r.key_count, r.min_key, r.max_key, keys, r.meta,
-            r.txn_count]
+    return [
+        r.version,
+        r.time,
+        list(r.txn_ids),
+        r.segment_id,
+        r.key_count,
+        r.min_key,
+        r.max_key,
+        keys,
+        r.meta,
+        r.txn_count,
+    ]
 
 
 def _packed(row: Any, to_list: Any) -> bytes:
@@ -271,8 +283,18 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
             history_floor=doc["history_floor"],
             segments=tuple(SegmentRef(*row) for row in doc["segments"]),
             log=tuple(
-                CommitRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], r[6], None if r[7] is None else tuple(r[7]), r[8],
-                             r[9] if len(r) > 9 else len(r[2]))  # format 1: every id listed
+                CommitRecord(
+                    r[0],
+                    r[1],
+                    tuple(r[2]),
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    None if r[7] is None else tuple(r[7]),
+                    r[8],
+                    r[9] if len(r) > 9 else len(r[2]),
+                )  # format 1: every id listed
                 for r in doc["log"]
             ),
         )

@@ -20,9 +20,7 @@ from ._segment_store import Entry
 _BATCH = 512
 
 
-async def merge(
-    sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool = False
-) -> AsyncIterator[list[Entry]]:
+async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool = False) -> AsyncIterator[list[Entry]]:
     """Every entry of `sources`, in batches, in order of key (descending with
     `reverse`), then version descending, then source position (an earlier
     source wins a tie).

@@ -258,7 +258,9 @@ class SegmentWriter:
         body = FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
         self._out.extend(index_block)
         self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(index_block)))
-        self._out.extend(FOOTER.pack(index_offset, index_length, self.count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC))
+        self._out.extend(
+            FOOTER.pack(index_offset, index_length, self.count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)
+        )
         return self.take()
 
     @property
@@ -270,10 +272,14 @@ class SegmentWriter:
         return self._index[-1][1]
 
     def _flush(self) -> None:
-        payload = msgpack.packb([self._keys, None if self._uniform else self._versions, self._values], use_bin_type=True)
+        payload = msgpack.packb(
+            [self._keys, None if self._uniform else self._versions, self._values], use_bin_type=True
+        )
         block = self._compressor.compress(payload)
         offset = self._written + len(self._out)
-        self._index.append((self._keys[0], self._keys[-1], offset, len(block) + CHECKSUM.size, build_filter(self._keys)))
+        self._index.append(
+            (self._keys[0], self._keys[-1], offset, len(block) + CHECKSUM.size, build_filter(self._keys))
+        )
         self._out.extend(block)
         self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(block)))
         self._keys, self._versions, self._values = [], [], []
@@ -295,7 +301,9 @@ def encode_segment(entries: Iterable[Entry], *, uniform_version: bool) -> Encode
 def parse_footer(tail: bytes, object_name: str) -> tuple[int, int, int]:
     """(index offset, index length, entry count) from bytes ending at the object's end."""
     if len(tail) < FOOTER.size:
-        raise CorruptionError(f"segment {object_name} is truncated (no footer)", object_name=object_name, block="footer")
+        raise CorruptionError(
+            f"segment {object_name} is truncated (no footer)", object_name=object_name, block="footer"
+        )
     footer = tail[-FOOTER.size :]
     index_offset, index_length, count, fmt, checksum, magic = FOOTER.unpack(footer)
     if magic != FOOTER_MAGIC or xxhash.xxh3_64_intdigest(footer[:FOOTER_BODY]) != checksum:
@@ -312,7 +320,9 @@ def parse_footer(tail: bytes, object_name: str) -> tuple[int, int, int]:
 def check_header(head: bytes, object_name: str) -> None:
     """Refuse a segment whose header is damaged or from a newer format."""
     if len(head) < HEADER.size:
-        raise CorruptionError(f"segment {object_name} is truncated (no header)", object_name=object_name, block="header")
+        raise CorruptionError(
+            f"segment {object_name} is truncated (no header)", object_name=object_name, block="header"
+        )
     magic, fmt, flags = HEADER.unpack_from(head)
     if magic != HEADER_MAGIC or flags != 0 or fmt == 0:
         raise CorruptionError(f"segment {object_name} has a damaged header", object_name=object_name, block="header")
@@ -332,7 +342,9 @@ def parse_index(data: bytes, count: int, object_name: str) -> SegmentIndex:
             count=count,
         )
     except (TypeError, IndexError, KeyError, ValueError) as exc:
-        raise CorruptionError(f"segment {object_name} has an undecodable index", object_name=object_name, block="index") from exc
+        raise CorruptionError(
+            f"segment {object_name} has an undecodable index", object_name=object_name, block="index"
+        ) from exc
 
 
 # In-memory cost of a decoded block beyond its data (cache accounting): a bytes
@@ -349,26 +361,30 @@ def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
     try:
         keys, versions, values = decoded
         per_entry = _BYTES_OBJECT + 2 * _SLOT + (0 if versions is None else _SLOT + _INT_OBJECT)
-        size = (sum(map(len, keys)) + sum(len(v) + _BYTES_OBJECT for v in values if v is not None)
-                + per_entry * len(keys))
+        size = (
+            sum(map(len, keys)) + sum(len(v) + _BYTES_OBJECT for v in values if v is not None) + per_entry * len(keys)
+        )
         return Block(keys, versions, values, size)
     except (TypeError, ValueError) as exc:
-        raise CorruptionError(f"segment {object_name} has an undecodable {label}", object_name=object_name, block=label) from exc
+        raise CorruptionError(
+            f"segment {object_name} has an undecodable {label}", object_name=object_name, block=label
+        ) from exc
 
 
 def _unpack_checked(data: bytes, object_name: str, label: str):  # type: ignore[no-untyped-def]
     body, trailer = data[: -CHECKSUM.size], data[-CHECKSUM.size :]
     if len(trailer) != CHECKSUM.size or xxhash.xxh3_64_intdigest(body) != CHECKSUM.unpack(trailer)[0]:
         raise CorruptionError(
-            f"segment {object_name}: checksum mismatch in its {label}; run `Store.verify()` "
-            "to list damaged objects",
+            f"segment {object_name}: checksum mismatch in its {label}; run `Store.verify()` to list damaged objects",
             object_name=object_name,
             block=label,
         )
     try:
         return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(body), raw=False, use_list=True)
     except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as exc:
-        raise CorruptionError(f"segment {object_name}: cannot decode its {label}", object_name=object_name, block=label) from exc
+        raise CorruptionError(
+            f"segment {object_name}: cannot decode its {label}", object_name=object_name, block=label
+        ) from exc
 
 
 def _check_format(fmt: int, object_name: str) -> None:

@@ -52,8 +52,9 @@ NOT_CACHED = Miss.NOT_CACHED
 class SegmentStore:
     """Segments under `<prefix>segments/`; indexes and blocks cached by bytes."""
 
-    def __init__(self, objects: RetryingObjectStore, layout: Layout, cache: ByteLRU,
-                 disk: DiskCache | None = None) -> None:
+    def __init__(
+        self, objects: RetryingObjectStore, layout: Layout, cache: ByteLRU, disk: DiskCache | None = None
+    ) -> None:
         self._objects = objects
         self._layout = layout
         self._cache = cache
@@ -92,7 +93,9 @@ class SegmentStore:
             await upload.abort()
             raise
         size = upload.size + len(tail)
-        ref = SegmentRef(segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version)
+        ref = SegmentRef(
+            segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version
+        )
         return asyncio.create_task(self._finish_upload(upload, tail, ref))
 
     async def _finish_upload(self, upload: _PartUploads, tail: bytes, ref: SegmentRef) -> SegmentRef:
@@ -126,7 +129,9 @@ class SegmentStore:
         return await self._cache.get_or_load(("index", ref.id), lambda: self._load_index(ref))
 
     async def block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> Block:
-        return await self._cache.get_or_load(("block", ref.id, block_no), lambda: self._load_block(ref, index, block_no))
+        return await self._cache.get_or_load(
+            ("block", ref.id, block_no), lambda: self._load_block(ref, index, block_no)
+        )
 
     async def get(
         self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
@@ -198,7 +203,9 @@ class SegmentStore:
     async def _fetch(self, name: str, byte_range: tuple[int, int] | None = None) -> bytes:
         if self._disk is None:
             return await self._get(name, byte_range)
-        key = f"{self._objects.description}/{name}" + ("" if byte_range is None else f"@{byte_range[0]}-{byte_range[1]}")
+        key = f"{self._objects.description}/{name}" + (
+            "" if byte_range is None else f"@{byte_range[0]}-{byte_range[1]}"
+        )
         data = await self._disk.get(key)
         if data is None:
             data = await self._get(name, byte_range)

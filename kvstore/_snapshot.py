@@ -52,7 +52,9 @@ class SnapshotView:
                 best = found
         return None if best is None else best[1]
 
-    def scan(self, start: bytes | None, end: bytes | None, *, reverse: bool = False) -> AsyncIterator[tuple[bytes, bytes]]:
+    def scan(
+        self, start: bytes | None, end: bytes | None, *, reverse: bool = False
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
         sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
         return visible(merge(sources, reverse=reverse), self.version)
@@ -100,7 +102,9 @@ class Snapshot:
             return pairs  # no per-pair work to add: hand out the view's iterator itself
         return self._decoded(pairs, limit)
 
-    async def _decoded(self, pairs: AsyncIterator[tuple[bytes, bytes]], limit: int | None) -> AsyncIterator[tuple[bytes, Any]]:
+    async def _decoded(
+        self, pairs: AsyncIterator[tuple[bytes, bytes]], limit: int | None
+    ) -> AsyncIterator[tuple[bytes, Any]]:
         if limit == 0:
             return
         count = 0

@@ -59,7 +59,7 @@ class StoreInfo:
     entries: int
     segments_per_level: dict[int, int]
     commit_log_length: int
-    values: str | None  # the value codec the store records ("bytes", "msgpack"); None: older stores
+    values: ValueMode  # the value codec the store records (see `Store.recorded_values`)
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ class Store:
             entries=sum(r.count for r in manifest.segments),
             segments_per_level=levels,
             commit_log_length=len(manifest.log),
-            values=manifest.settings.get("values"),
+            values=manifest.settings.get("values") or "bytes",
         )
 
     def statistics(self) -> dict[str, Any]:
@@ -422,7 +422,9 @@ class Store:
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
         if engine is not None and not engine.closed:
-            warnings.warn(f"{self!r} was never closed; use `async with kvstore.open(...)`", ResourceWarning, stacklevel=1)
+            warnings.warn(
+                f"{self!r} was never closed; use `async with kvstore.open(...)`", ResourceWarning, stacklevel=1
+            )
 
 
 class StoreOpener:
@@ -513,4 +515,3 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
             raise
 
     return StoreOpener(open_store)
-

@@ -215,6 +215,11 @@ class SyncStore(MutableMapping[bytes, Any]):
         return self._store.read_only
 
     @property
+    def recorded_values(self) -> ValueMode:
+        """Blocking form of `Store.recorded_values`."""
+        return self._store.recorded_values
+
+    @property
     def options(self) -> StoreOptions:
         """Blocking form of `Store.options`."""
         return self._store.options
@@ -430,10 +435,19 @@ def open_sync(
     """
     refuse_in_event_loop()
     opener = open(
-        url, create=create, read_only=read_only, values=values, options=options, endpoint_url=endpoint_url,
-        region_name=region_name, profile=profile, aws_access_key_id=aws_access_key_id,
-        aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token,
-        s3_options=s3_options, wrap_object_store=wrap_object_store,
+        url,
+        create=create,
+        read_only=read_only,
+        values=values,
+        options=options,
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        profile=profile,
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+        aws_session_token=aws_session_token,
+        s3_options=s3_options,
+        wrap_object_store=wrap_object_store,
     )
     runner = _LoopThread()
     try:
@@ -446,4 +460,3 @@ def open_sync(
 
 async def _await(opener: StoreOpener) -> Store:
     return await opener
-

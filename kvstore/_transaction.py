@@ -211,9 +211,7 @@ class Transaction:
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
-            raise TransactionStateError(
-                f"this transaction is {self._state}; start a new one with db.transaction()"
-            )
+            raise TransactionStateError(f"this transaction is {self._state}; start a new one with db.transaction()")
 
 
 async def _overlay(

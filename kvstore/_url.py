@@ -35,7 +35,9 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
         raise InvalidURLError(f"a store URL is a non-empty str, not {url!r}")
     mistyped = _MISTYPED.match(url)
     if mistyped:
-        raise InvalidURLError(f"{url!r} is not a store URL: {_corrected(mistyped.group(1).lower(), url[mistyped.end():])}")
+        raise InvalidURLError(
+            f"{url!r} is not a store URL: {_corrected(mistyped.group(1).lower(), url[mistyped.end() :])}"
+        )
     if "://" not in url:
         return _local(Path(url))
     parts = urlsplit(url)

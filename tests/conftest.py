@@ -35,8 +35,9 @@ def set_default_aws_env() -> None:
 
 def bypass_proxy_for_loopback() -> None:
     """If an HTTP proxy is configured, keep requests to the local emulators off it."""
-    if not any(os.environ.get(v) for v in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY",
-                                           "https_proxy", "ALL_PROXY", "all_proxy")):
+    if not any(
+        os.environ.get(v) for v in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return
     for var in ("NO_PROXY", "no_proxy"):
         entries = [e for e in os.environ.get(var, "").split(",") if e.strip()]

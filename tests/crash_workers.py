@@ -32,8 +32,9 @@ class StallingStore:
     def description(self) -> str:
         return self.inner.description
 
-    async def get(self, name: str, *, byte_range: tuple[int, int] | None = None,
-                  if_none_match: str | None = None) -> Blob | None:
+    async def get(
+        self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
+    ) -> Blob | None:
         return await self.inner.get(name, byte_range=byte_range, if_none_match=if_none_match)
 
     async def put_if_absent(self, name: str, data: bytes) -> str:
@@ -74,8 +75,13 @@ def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) 
 
     async def main() -> None:
         segment_objects = kvstore.StoreOptions(inline_segment_bytes=0)  # so that "segment-written" exists
-        async with kvstore.open(url, values="msgpack", options=segment_objects, **kwargs,
-                                wrap_object_store=lambda inner: StallingStore(inner, step, Path(marker))) as db:
+        async with kvstore.open(
+            url,
+            values="msgpack",
+            options=segment_objects,
+            **kwargs,
+            wrap_object_store=lambda inner: StallingStore(inner, step, Path(marker)),
+        ) as db:
             async with db.transaction(meta={"name": "crash-test"}) as tx:
                 n = await tx.get("n")
                 tx.put("n", n + 1)

@@ -94,8 +94,7 @@ STOP_TIMEOUT = 10.0
 _PORT_ATTEMPTS = 3  # a free port can be taken between probing and binding: retry on a new one
 
 # Never handed to the emulators: they run another interpreter or must not be redirected.
-_SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_S3")
+_SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 @dataclass
@@ -164,15 +163,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         _PRCTL(1, signal.SIGTERM)
 
 
-def _spawn(name: str, argv: list[str], env: Mapping[str, str], log_path: Path,
-           cwd: Path) -> subprocess.Popen[bytes]:
+def _spawn(name: str, argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         shown = [a if "\n" not in a else "<script>" for a in argv]
         log.write(f"--- {name}: {' '.join(shown)}\n".encode())
         log.flush()
         return subprocess.Popen(
-            argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
             stderr=subprocess.STDOUT,
             # PDEATHSIG follows the starting *thread*: only tie it to the main thread.
             preexec_fn=_die_with_parent  # noqa: PLW1509 - resolved before fork, no locks taken
@@ -201,14 +203,16 @@ def _wait_ready(server: Server, probe: Callable[[], bool], timeout: float) -> No
         if server.process.poll() is not None:
             raise RuntimeError(
                 f"{server.name} exited with code {server.process.returncode} before it was "
-                f"ready; log {server.log_path}:\n{server.log_tail()}")
+                f"ready; log {server.log_path}:\n{server.log_tail()}"
+            )
         if probe():
             return
         if time.monotonic() >= deadline:
             server.stop()
             raise RuntimeError(
                 f"{server.name} not ready at {server.endpoint_url} after {timeout:.0f} s; "
-                f"log {server.log_path}:\n{server.log_tail()}")
+                f"log {server.log_path}:\n{server.log_tail()}"
+            )
         time.sleep(POLL_INTERVAL)
 
 
@@ -219,8 +223,14 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def _start(name: str, make: Callable[[int], tuple[list[str], dict[str, str]]], log_path: Path,
-           cwd: Path, probe: Callable[[str], bool], timeout: float) -> Server:
+def _start(
+    name: str,
+    make: Callable[[int], tuple[list[str], dict[str, str]]],
+    log_path: Path,
+    cwd: Path,
+    probe: Callable[[str], bool],
+    timeout: float,
+) -> Server:
     """Spawn on a free port and wait until ``probe(endpoint_url)``; retry on a new port when
     the process dies early because the port was taken meanwhile."""
     for attempt in range(_PORT_ATTEMPTS):
@@ -257,15 +267,18 @@ def _aio_session() -> Any:
     return get_session()
 
 
-def s3_client(endpoint_url: str, *, credentials: Mapping[str, str] = TEST_CREDENTIALS,
-              **config: Any) -> Any:
+def s3_client(endpoint_url: str, *, credentials: Mapping[str, str] = TEST_CREDENTIALS, **config: Any) -> Any:
     """An aiobotocore S3 client (``async with``) for a test endpoint.  ``config`` goes to
     ``AioConfig`` (e.g. ``retries={"total_max_attempts": 1}``, ``max_pool_connections=32``)."""
     from aiobotocore.config import AioConfig
 
     return _aio_session().create_client(
-        "s3", endpoint_url=endpoint_url, region_name=TEST_REGION,
-        config=AioConfig(**config) if config else None, **credentials)
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=TEST_REGION,
+        config=AioConfig(**config) if config else None,
+        **credentials,
+    )
 
 
 def unique_bucket_name(prefix: str = "kvt") -> str:
@@ -334,7 +347,8 @@ def start_localstack(workdir: Path, timeout: float = LOCALSTACK_START_TIMEOUT) -
         raise RuntimeError(
             f"LocalStack interpreter {python} not found: run ./scripts/test.sh once to create "
             f".localstack-venv (or set {LOCALSTACK_PYTHON_ENV} to a Python 3.13 that has "
-            "localstack-core installed)")
+            "localstack-core installed)"
+        )
     workdir = Path(workdir).resolve()
     fs_root = workdir / "fs"
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -365,8 +379,7 @@ def start_localstack(workdir: Path, timeout: float = LOCALSTACK_START_TIMEOUT) -
         env["KVSTORE_S3_STORAGE_DIR"] = str(workdir / "tmp" / "s3-storage")
         return [str(python), "-c", _LOCALSTACK_BOOTSTRAP], env
 
-    server = _start("LocalStack", make, workdir / "localstack.log", workdir,
-                    _localstack_s3_ready, timeout)
+    server = _start("LocalStack", make, workdir / "localstack.log", workdir, _localstack_s3_ready, timeout)
     if shared_cache is not None:
         _publish_cache(run_cache, shared_cache)
         server._on_stop.append(lambda: _publish_cache(run_cache, shared_cache))
@@ -380,8 +393,7 @@ def _moto_ready(url: str) -> bool:
     return _http_get(f"{url}/moto-api/config") is not None
 
 
-def start_moto(auth: bool, log_dir: Path | None = None,
-               timeout: float = MOTO_START_TIMEOUT) -> Server:
+def start_moto(auth: bool, log_dir: Path | None = None, timeout: float = MOTO_START_TIMEOUT) -> Server:
     """Start ``moto_server`` from the running interpreter's environment.
 
     ``auth=True``: every request is authenticated (``INITIAL_NO_AUTH_ACTION_COUNT=0``), so any
@@ -416,8 +428,17 @@ def start_shield(upstream: str, log_dir: Path, timeout: float = MOTO_START_TIMEO
     log_path = Path(log_dir) / "shield.log"
 
     def make(port: int) -> tuple[list[str], dict[str, str]]:
-        argv = [sys.executable, "-m", "kvstore.testing.netproxy", "--upstream", upstream, "--port", str(port),
-                "--log-level", "ERROR"]
+        argv = [
+            sys.executable,
+            "-m",
+            "kvstore.testing.netproxy",
+            "--upstream",
+            upstream,
+            "--port",
+            str(port),
+            "--log-level",
+            "ERROR",
+        ]
         return argv, _base_env()
 
     def ready(url: str) -> bool:
@@ -425,4 +446,3 @@ def start_shield(upstream: str, log_dir: Path, timeout: float = MOTO_START_TIMEO
         return answer is not None and answer[0] == 200
 
     return _start("shield", make, log_path, Path(log_dir), ready, timeout)
-

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import crash_workers
-import kvstore
+import pytest
 import sabotage
+from targets import Target, engine_of, file_target, s3_target
+
+import kvstore
 from kvstore.testing.campaign import (
     CampaignConfig,
     CampaignResult,
@@ -37,7 +38,6 @@ from kvstore.testing.campaign import (
     txn_outcome,
 )
 from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
-from targets import Target, engine_of, file_target, s3_target
 
 # Few, fast retries: the scripts below can then exhaust them with a handful of faults.
 RETRY = kvstore.RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.005)
@@ -134,36 +134,109 @@ class CrashPoint:
 
 
 CRASH_POINTS = [
-    CrashPoint("segment PUT sent, never arrived; writer dies",
-               {"put_if_absent": ("crash",)}, "unknown", present=False, orphans=0),
-    CrashPoint("segment PUT applied, answer lost; writer dies",
-               {"put_if_absent": ("crash_after_apply",)}, "unknown", present=False, orphans=1),
-    CrashPoint("segment written; writer dies before the CAS is sent",
-               {"put_if_match": ("crash",)}, "unknown", present=False, orphans=1),
-    CrashPoint("CAS timed out before reaching the store; writer dies before the retry",
-               {"put_if_match": ("timeout", "crash")}, "unknown", present=False, orphans=1),
-    CrashPoint("CAS applied, answer lost; writer dies",
-               {"put_if_match": ("crash_after_apply",)}, "unknown", present=True, orphans=0, on_s3=True),
-    CrashPoint("CAS applied, answer lost, retry gets 412; writer dies resolving it",
-               {"put_if_match": ("lost_response",), "get": ("crash",)}, "unknown", present=True, orphans=0,
-               on_s3=True),
-    CrashPoint("CAS 412 (another writer committed); writer dies during the rebase",
-               {"get": ("crash",)}, "unknown", present=False, orphans=1, concurrent=True, on_s3=True),
-    CrashPoint("CAS 412, rebased CAS applied, answer lost; writer dies",
-               {"put_if_match": ("pass", "crash_after_apply")}, "unknown", present=True, orphans=0,
-               concurrent=True),
-    CrashPoint("CAS applied, answer lost; resolved through the commit log",
-               {"put_if_match": ("lost_response",)}, "ok", present=True, orphans=0, crashes=False, on_s3=True),
-    CrashPoint("CAS timed out before reaching the store; the retry commits",
-               {"put_if_match": ("timeout",)}, "ok", present=True, orphans=0, crashes=False),
-    CrashPoint("CAS 412, rebased CAS applied with its answer lost; resolved",
-               {"put_if_match": ("pass", "lost_response")}, "ok", present=True, orphans=0,
-               concurrent=True, crashes=False),
-    CrashPoint("CAS applied, answer lost, then the store unreachable: outcome unknown",
-               {"put_if_match": ("lost_response", "timeout", "timeout"), "get": ("error",) * 3},
-               "unknown", present=True, orphans=0, crashes=False),
-    CrashPoint("CAS never reaches the store (every attempt times out): outcome unknown",
-               {"put_if_match": ("timeout",) * 9}, "unknown", present=False, orphans=1, crashes=False),
+    CrashPoint(
+        "segment PUT sent, never arrived; writer dies",
+        {"put_if_absent": ("crash",)},
+        "unknown",
+        present=False,
+        orphans=0,
+    ),
+    CrashPoint(
+        "segment PUT applied, answer lost; writer dies",
+        {"put_if_absent": ("crash_after_apply",)},
+        "unknown",
+        present=False,
+        orphans=1,
+    ),
+    CrashPoint(
+        "segment written; writer dies before the CAS is sent",
+        {"put_if_match": ("crash",)},
+        "unknown",
+        present=False,
+        orphans=1,
+    ),
+    CrashPoint(
+        "CAS timed out before reaching the store; writer dies before the retry",
+        {"put_if_match": ("timeout", "crash")},
+        "unknown",
+        present=False,
+        orphans=1,
+    ),
+    CrashPoint(
+        "CAS applied, answer lost; writer dies",
+        {"put_if_match": ("crash_after_apply",)},
+        "unknown",
+        present=True,
+        orphans=0,
+        on_s3=True,
+    ),
+    CrashPoint(
+        "CAS applied, answer lost, retry gets 412; writer dies resolving it",
+        {"put_if_match": ("lost_response",), "get": ("crash",)},
+        "unknown",
+        present=True,
+        orphans=0,
+        on_s3=True,
+    ),
+    CrashPoint(
+        "CAS 412 (another writer committed); writer dies during the rebase",
+        {"get": ("crash",)},
+        "unknown",
+        present=False,
+        orphans=1,
+        concurrent=True,
+        on_s3=True,
+    ),
+    CrashPoint(
+        "CAS 412, rebased CAS applied, answer lost; writer dies",
+        {"put_if_match": ("pass", "crash_after_apply")},
+        "unknown",
+        present=True,
+        orphans=0,
+        concurrent=True,
+    ),
+    CrashPoint(
+        "CAS applied, answer lost; resolved through the commit log",
+        {"put_if_match": ("lost_response",)},
+        "ok",
+        present=True,
+        orphans=0,
+        crashes=False,
+        on_s3=True,
+    ),
+    CrashPoint(
+        "CAS timed out before reaching the store; the retry commits",
+        {"put_if_match": ("timeout",)},
+        "ok",
+        present=True,
+        orphans=0,
+        crashes=False,
+    ),
+    CrashPoint(
+        "CAS 412, rebased CAS applied with its answer lost; resolved",
+        {"put_if_match": ("pass", "lost_response")},
+        "ok",
+        present=True,
+        orphans=0,
+        concurrent=True,
+        crashes=False,
+    ),
+    CrashPoint(
+        "CAS applied, answer lost, then the store unreachable: outcome unknown",
+        {"put_if_match": ("lost_response", "timeout", "timeout"), "get": ("error",) * 3},
+        "unknown",
+        present=True,
+        orphans=0,
+        crashes=False,
+    ),
+    CrashPoint(
+        "CAS never reaches the store (every attempt times out): outcome unknown",
+        {"put_if_match": ("timeout",) * 9},
+        "unknown",
+        present=False,
+        orphans=1,
+        crashes=False,
+    ),
 ]
 
 
@@ -175,8 +248,12 @@ _CRASH_CASES = (
 )
 
 
-@pytest.mark.parametrize(("crash_target", "point", "inline"), _CRASH_CASES, indirect=["crash_target"],
-                         ids=[f"{kind}{'-inline' if inline else ''}-{p.name}" for kind, p, inline in _CRASH_CASES])
+@pytest.mark.parametrize(
+    ("crash_target", "point", "inline"),
+    _CRASH_CASES,
+    indirect=["crash_target"],
+    ids=[f"{kind}{'-inline' if inline else ''}-{p.name}" for kind, p, inline in _CRASH_CASES],
+)
 async def test_crash_point_leaves_the_transaction_all_or_nothing_and_at_most_once(
     crash_target: Target, point: CrashPoint, inline: bool
 ) -> None:
@@ -306,9 +383,18 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
     # duration limit is a safety net (a loaded machine), not the expected time.
     s3 = target.kind == "s3"
     settings: dict[str, Any] = {
-        "url": target.url, "endpoint_url": target.kwargs.get("endpoint_url"), "processes": 4, "tasks": 4,
-        "txns": 200 if s3 else 360, "seed": 11, "faults": True, "kills": True, "duration_limit": 90.0,
-        "kill_interval": 4.0 if s3 else 1.5, "max_kills": 3 if s3 else 6, "planned_kills": 1,
+        "url": target.url,
+        "endpoint_url": target.kwargs.get("endpoint_url"),
+        "processes": 4,
+        "tasks": 4,
+        "txns": 200 if s3 else 360,
+        "seed": 11,
+        "faults": True,
+        "kills": True,
+        "duration_limit": 90.0,
+        "kill_interval": 4.0 if s3 else 1.5,
+        "max_kills": 3 if s3 else 6,
+        "planned_kills": 1,
         "workdir": str(workdir),
     }
     return CampaignConfig(**{**settings, **overrides})
@@ -334,15 +420,17 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
 
 
 @pytest.mark.timeout(240)
-async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(s3_bucket: tuple[str, str],
-                                                                           tmp_path: Path) -> None:
+async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
+    s3_bucket: tuple[str, str], tmp_path: Path
+) -> None:
     # The reproduction: 4 processes x 4 tasks through a proxy that loses
     # answers after LocalStack applied them. On main before the fix every run had
     # 2-7 G1a anomalies (committed transactions reported as conflicts).
     endpoint_url, bucket = s3_bucket
     target = Target("s3", f"s3://{bucket}/wire", {"endpoint_url": endpoint_url})
-    config = _campaign(target, tmp_path / "campaign", txns=240, faults=False, net_faults=True,
-                       workloads=("list-append", "counter"))
+    config = _campaign(
+        target, tmp_path / "campaign", txns=240, faults=False, net_faults=True, workloads=("list-append", "counter")
+    )
     result: CampaignResult = await asyncio.to_thread(run_campaign, config)
     report = format_summary(result)
     assert result.ok, report
@@ -355,8 +443,15 @@ async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(s3_buck
 @pytest.mark.timeout(240)
 async def test_campaign_catches_a_store_without_conflict_checks(tmp_path: Path) -> None:
     target = Target("file", f"file://{tmp_path / 'broken'}")
-    config = _campaign(target, tmp_path / "campaign", processes=2, txns=240, faults=False, kills=False,
-                       worker_setup="sabotage:no_conflict_check")
+    config = _campaign(
+        target,
+        tmp_path / "campaign",
+        processes=2,
+        txns=240,
+        faults=False,
+        kills=False,
+        worker_setup="sabotage:no_conflict_check",
+    )
     result = await asyncio.to_thread(run_campaign, config)
     found = {(a["workload"], a["kind"]) for a in result.anomalies}
     assert any(w == "list-append" for w, _ in found), found
@@ -371,8 +466,14 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     target = Target("file", f"file://{tmp_path / 'broken'}")
     # 600 transactions: enough CAS requests (about 5 % lose their answer) that
     # each store meets several ambiguous commits.
-    config = _campaign(target, tmp_path / "campaign", processes=2, txns=600, kills=False,
-                       worker_setup="sabotage:no_ambiguity_resolution")
+    config = _campaign(
+        target,
+        tmp_path / "campaign",
+        processes=2,
+        txns=600,
+        kills=False,
+        worker_setup="sabotage:no_ambiguity_resolution",
+    )
     result = await asyncio.to_thread(run_campaign, config)
     found = {(a["workload"], a["kind"]) for a in result.anomalies}
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
@@ -380,18 +481,22 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     assert ("counter", "count") in found, found  # a "failed" increment was applied
 
 
-@pytest.mark.parametrize(("exc", "reached_commit", "expected"), [
-    (None, True, ("ok", None)),
-    (kvstore.StoreUnavailableError("x"), False, ("fail", "StoreUnavailableError before commit")),
-    (RuntimeError("x"), False, ("fail", "RuntimeError before commit")),
-    (kvstore.ConflictError("x"), True, ("fail", "ConflictError")),
-    (kvstore.TransactionTooOldError("x"), True, ("fail", "TransactionTooOldError")),
-    (kvstore.CommitOutcomeUnknownError("x"), True, ("info", "CommitOutcomeUnknownError")),
-    (kvstore.StoreUnavailableError("x"), True, ("info", "StoreUnavailableError")),
-    (RuntimeError("x"), True, ("info", "RuntimeError")),
-])
-def test_every_transaction_outcome_has_one_journal_status(exc: Exception | None, reached_commit: bool,
-                                                          expected: tuple[str, str | None]) -> None:
+@pytest.mark.parametrize(
+    ("exc", "reached_commit", "expected"),
+    [
+        (None, True, ("ok", None)),
+        (kvstore.StoreUnavailableError("x"), False, ("fail", "StoreUnavailableError before commit")),
+        (RuntimeError("x"), False, ("fail", "RuntimeError before commit")),
+        (kvstore.ConflictError("x"), True, ("fail", "ConflictError")),
+        (kvstore.TransactionTooOldError("x"), True, ("fail", "TransactionTooOldError")),
+        (kvstore.CommitOutcomeUnknownError("x"), True, ("info", "CommitOutcomeUnknownError")),
+        (kvstore.StoreUnavailableError("x"), True, ("info", "StoreUnavailableError")),
+        (RuntimeError("x"), True, ("info", "RuntimeError")),
+    ],
+)
+def test_every_transaction_outcome_has_one_journal_status(
+    exc: Exception | None, reached_commit: bool, expected: tuple[str, str | None]
+) -> None:
     # Nothing sent before the commit: fail. From the commit only a conflict is a
     # definite "not applied"; anything else may follow an applied CAS: unknown.
     assert txn_outcome(exc, reached_commit=reached_commit) == expected

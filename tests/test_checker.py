@@ -14,8 +14,14 @@ from typing import Any
 from kvstore.testing.listappend import CheckResult, HistoryRecorder, Status, Txn, check
 
 
-def T(tid: int, *ops: tuple[str, Any, Any], status: Status = "ok", process: int = 0,
-      invoke: float | None = None, complete: float | None = None) -> Txn:
+def T(
+    tid: int,
+    *ops: tuple[str, Any, Any],
+    status: Status = "ok",
+    process: int = 0,
+    invoke: float | None = None,
+    complete: float | None = None,
+) -> Txn:
     """Build a txn; times default to a serial schedule by id."""
     inv = float(tid) if invoke is None else invoke
     comp = complete if complete is not None else (None if status == "info" else inv + 0.5)
@@ -176,8 +182,7 @@ def test_unobserved_info_txn_is_ignored() -> None:
 
 
 def test_unseen_failed_write_is_fine() -> None:
-    h = [T(1, ("append", "x", 1), status="fail"), T(2, ("r", "x", [])), T(3, ("append", "x", 2)),
-         T(4, ("r", "x", [2]))]
+    h = [T(1, ("append", "x", 1), status="fail"), T(2, ("r", "x", [])), T(3, ("append", "x", 2)), T(4, ("r", "x", [2]))]
     r = check(h)
     assert r.ok, r.summary()
     assert r.fail_count == 1
@@ -230,11 +235,9 @@ def test_unobserved_append_still_ordered() -> None:
 
 
 def test_append_order_within_txn() -> None:
-    h = [T(1, ("append", "x", 1), ("append", "x", 2), ("append", "x", 3)),
-         T(2, ("r", "x", [2, 1, 3]))]
+    h = [T(1, ("append", "x", 1), ("append", "x", 2), ("append", "x", 3)), T(2, ("r", "x", [2, 1, 3]))]
     only(check(h), "incompatible-order")
-    h = [T(1, ("append", "x", 1), ("append", "x", 2), ("append", "x", 3)),
-         T(2, ("r", "x", [1, 3]))]
+    h = [T(1, ("append", "x", 1), ("append", "x", 2), ("append", "x", 3)), T(2, ("r", "x", [1, 3]))]
     only(check(h), "incompatible-order")
 
 
@@ -302,8 +305,16 @@ def si_history(n: int, keys: list[Any], seed: int, concurrency: int = 6) -> list
         if started < n and (len(active) < concurrency and rng.random() < 0.5 or not active):
             rk = rng.sample(keys, 2)
             plan: list[tuple[str, Any]] = [("r", rk[0]), ("r", rk[1]), ("append", rng.choice(rk))]
-            active.append({"id": started, "plan": plan, "ops": [], "start": len(log),
-                           "snap": {k: list(v) for k, v in state.items()}, "invoke": clock})
+            active.append(
+                {
+                    "id": started,
+                    "plan": plan,
+                    "ops": [],
+                    "start": len(log),
+                    "snap": {k: list(v) for k, v in state.items()},
+                    "invoke": clock,
+                }
+            )
             started += 1
             continue
         t = rng.choice(active)
@@ -319,7 +330,7 @@ def si_history(n: int, keys: list[Any], seed: int, concurrency: int = 6) -> list
         active.remove(t)
         written = {k for f, k, _ in t["ops"] if f == "append"}
         status: Status = "ok"
-        if any(written & w for w in log[t["start"]:]):
+        if any(written & w for w in log[t["start"] :]):
             status = "fail"
         else:
             for k in written:
@@ -400,9 +411,8 @@ def replays(order: Iterable[Txn]) -> bool:
 
 def random_small_history(rng: random.Random) -> list[Txn]:
     """A few txns interleaved op by op, reads seeing random (often bogus) states."""
-    n, keys = rng.randint(2, 5), ["x", "y", 3][:rng.randint(1, 3)]
-    plans = [[(rng.choice(["r", "append"]), rng.choice(keys)) for _ in range(rng.randint(1, 3))]
-             for _ in range(n)]
+    n, keys = rng.randint(2, 5), ["x", "y", 3][: rng.randint(1, 3)]
+    plans = [[(rng.choice(["r", "append"]), rng.choice(keys)) for _ in range(rng.randint(1, 3))] for _ in range(n)]
     outcomes: list[Status] = ["ok", "fail", "info"]
     statuses = rng.choices(outcomes, [6, 1, 1], k=n)
     state: dict[Any, list[int]] = {k: [] for k in keys}
@@ -417,8 +427,13 @@ def random_small_history(rng: random.Random) -> list[Txn]:
             ops[i].append(("append", k, counter))
         else:
             cur, mode = state[k], rng.random()
-            val = (list(cur) if mode < 0.75 else cur[:rng.randint(0, len(cur))] if mode < 0.95
-                   else rng.sample(cur, rng.randint(0, len(cur))))
+            val = (
+                list(cur)
+                if mode < 0.75
+                else cur[: rng.randint(0, len(cur))]
+                if mode < 0.95
+                else rng.sample(cur, rng.randint(0, len(cur)))
+            )
             ops[i].append(("r", k, None if statuses[i] == "info" else val))
     return [Txn(i, i, ops[i], statuses[i]) for i in range(n)]
 
@@ -441,8 +456,10 @@ def test_random_serial_history_is_clean() -> None:
     elapsed = time.perf_counter() - start
     r_rt = check(h, realtime=True)
     elapsed_rt = time.perf_counter() - start - elapsed
-    print(f"\n5000-txn serial history: check {elapsed:.3f}s, realtime check {elapsed_rt:.3f}s; "
-          f"{r.graph_edges} edges ({r_rt.graph_edges} with realtime)")
+    print(
+        f"\n5000-txn serial history: check {elapsed:.3f}s, realtime check {elapsed_rt:.3f}s; "
+        f"{r.graph_edges} edges ({r_rt.graph_edges} with realtime)"
+    )
     assert r.ok, r.summary()
     assert r_rt.ok, r_rt.summary()
     assert r.txn_count == 5000 and r.info_committed_count > 0 and r.graph_edges > 5000
@@ -490,8 +507,7 @@ def test_recorder_asyncio_tasks_and_check() -> None:
     h = rec.history()
     assert [t.id for t in h] == list(range(len(h))) and len(h) == 30 * 21
     assert all(t.complete_time is None and t.status == "info" for t in h if len(t.ops) == 1)
-    assert all(t.complete_time is not None and t.complete_time >= t.invoke_time
-               for t in h if t.status == "ok")
+    assert all(t.complete_time is not None and t.complete_time >= t.invoke_time for t in h if t.status == "ok")
     r = check(h, realtime=True)
     assert r.ok, r.summary()
 

@@ -28,8 +28,13 @@ def steps(*txns: Txn) -> tuple[la._Appends, dict[Any, la._KeyOrder], set[int]]:
 
 
 def edges(g: la._Graph) -> set[tuple[int, int, str]]:
-    return {(a, b, name) for a, d in g.adj.items() for b, m in d.items()
-            for kind, name in la._EDGE_NAMES.items() if m & kind}
+    return {
+        (a, b, name)
+        for a, d in g.adj.items()
+        for b, m in d.items()
+        for kind, name in la._EDGE_NAMES.items()
+        if m & kind
+    }
 
 
 def test_index_txns_rejects_duplicate_ids_and_bad_statuses() -> None:
@@ -40,8 +45,7 @@ def test_index_txns_rejects_duplicate_ids_and_bad_statuses() -> None:
 
 
 def test_index_appends_names_writers_order_within_txn_and_duplicates() -> None:
-    a = la._index_appends([T(1, ("append", "x", 1), ("append", "x", 2), ("append", "y", 1)),
-                           T(2, ("append", "x", 2))])
+    a = la._index_appends([T(1, ("append", "x", 1), ("append", "x", 2), ("append", "y", 1)), T(2, ("append", "x", 2))])
     assert a.writers == {"x": {1: 1, 2: 1}, "y": {1: 1}}
     assert a.seq == {"x": {1: 0, 2: 1}, "y": {1: 0}}
     assert a.intermediate == {"x": {1}}  # T1 appended 2 to x after 1
@@ -52,19 +56,27 @@ def test_index_appends_names_writers_order_within_txn_and_duplicates() -> None:
 
 
 def test_collect_reads_marks_external_reads_and_checks_each_txn_against_itself() -> None:
-    reads, internal = la._collect_reads([
-        T(1, ("r", "x", [1]), ("append", "x", 2), ("r", "x", [1, 2])),  # consistent
-        T(2, ("append", "x", 3), ("r", "x", [1, 2])),  # misses its own append
-        T(3, ("r", "x", [9]), status="fail"),  # failed: ignored
-    ])
+    reads, internal = la._collect_reads(
+        [
+            T(1, ("r", "x", [1]), ("append", "x", 2), ("r", "x", [1, 2])),  # consistent
+            T(2, ("append", "x", 3), ("r", "x", [1, 2])),  # misses its own append
+            T(3, ("r", "x", [9]), status="fail"),  # failed: ignored
+        ]
+    )
     assert [(a.kind, a.txns) for a in internal] == [("internal", [2])]
     found = {tuple(r.value): r.readers for group in reads["x"].values() for r in group}
     assert found == {(1,): [(1, True)], (1, 2): [(1, False), (2, False)]}
 
 
 def test_version_order_is_the_longest_read_and_separates_incompatible_reads() -> None:
-    _, orders, _ = steps(T(1, ("append", "x", 1)), T(2, ("append", "x", 2)), T(3, ("append", "x", 3)),
-                         T(4, ("r", "x", [1])), T(5, ("r", "x", [1, 2, 3])), T(6, ("r", "x", [2])))
+    _, orders, _ = steps(
+        T(1, ("append", "x", 1)),
+        T(2, ("append", "x", 2)),
+        T(3, ("append", "x", 3)),
+        T(4, ("r", "x", [1])),
+        T(5, ("r", "x", [1, 2, 3])),
+        T(6, ("r", "x", [2])),
+    )
     ko = orders["x"]
     assert ko.order == [1, 2, 3] and not ko.chain
     assert [r.value for r in ko.compat] == [[1], [1, 2, 3]]
@@ -74,8 +86,7 @@ def test_version_order_is_the_longest_read_and_separates_incompatible_reads() ->
 
 
 def test_key_checks_find_duplicates_gaps_and_garbage() -> None:
-    appends, orders, _ = steps(T(1, ("append", "x", 1), ("append", "x", 2)),
-                               T(2, ("r", "x", [2, 2, 7])))
+    appends, orders, _ = steps(T(1, ("append", "x", 1), ("append", "x", 2)), T(2, ("r", "x", [2, 2, 7])))
     ko = orders["x"]
     assert [a.kind for a in la._duplicates_in_reads("x", ko)] == ["duplicate"]
     assert [a.txns for a in la._appends_out_of_order("x", ko, appends)] == [[1, 2]]  # #2 without #1
@@ -83,14 +94,20 @@ def test_key_checks_find_duplicates_gaps_and_garbage() -> None:
 
 
 def test_committed_counts_info_txns_only_when_another_txn_saw_their_append() -> None:
-    _, _, committed = steps(T(1, ("append", "x", 1), status="info"), T(2, ("r", "x", [1])),
-                            T(3, ("append", "y", 1), ("r", "y", [1]), status="info"))
+    _, _, committed = steps(
+        T(1, ("append", "x", 1), status="info"),
+        T(2, ("r", "x", [1])),
+        T(3, ("append", "y", 1), ("r", "y", [1]), status="info"),
+    )
     assert committed == {1, 2}  # T3 only saw its own append
 
 
 def test_aborted_and_intermediate_reads() -> None:
-    history = [T(1, ("append", "x", 1), status="fail"), T(2, ("append", "y", 1), ("append", "y", 2)),
-               T(3, ("r", "x", [1]), ("r", "y", [1]))]
+    history = [
+        T(1, ("append", "x", 1), status="fail"),
+        T(2, ("append", "y", 1), ("append", "y", 2)),
+        T(3, ("r", "x", [1]), ("r", "y", [1])),
+    ]
     appends, orders, committed = steps(*history)
     by_id = {t.id: t for t in history}
     assert [a.txns for a in la._aborted_reads(appends, orders, by_id, committed)] == [[1, 3]]
@@ -98,19 +115,32 @@ def test_aborted_and_intermediate_reads() -> None:
 
 
 def test_dependency_graph_ww_wr_rw_and_unobserved_appends() -> None:
-    history = [T(1, ("append", "x", 1)), T(2, ("r", "x", [1])), T(3, ("append", "x", 2)),
-               T(4, ("r", "x", [1, 2])), T(5, ("append", "x", 3))]
+    history = [
+        T(1, ("append", "x", 1)),
+        T(2, ("r", "x", [1])),
+        T(3, ("append", "x", 2)),
+        T(4, ("r", "x", [1, 2])),
+        T(5, ("append", "x", 3)),
+    ]
     appends, orders, committed = steps(*history)
     g = la._dependency_graph(orders, appends, committed, {t.id: t for t in history}, realtime=False)
     assert edges(g) == {
-        (1, 3, "ww"), (1, 2, "wr"), (2, 3, "rw"), (3, 4, "wr"),  # wr: from the last writer only
-        (3, 5, "ww"), (4, 5, "rw"),  # T5's 3 was never read: after the whole order
+        (1, 3, "ww"),
+        (1, 2, "wr"),
+        (2, 3, "rw"),
+        (3, 4, "wr"),  # wr: from the last writer only
+        (3, 5, "ww"),
+        (4, 5, "rw"),  # T5's 3 was never read: after the whole order
     }
 
 
 def test_realtime_edges_are_sparse_but_keep_the_order() -> None:
-    history = [Txn(1, 0, [], "ok", 0.0, 1.0), Txn(2, 0, [], "ok", 2.0, 3.0), Txn(3, 0, [], "ok", 4.0, 5.0),
-               Txn(4, 0, [], "info", 0.5, None)]
+    history = [
+        Txn(1, 0, [], "ok", 0.0, 1.0),
+        Txn(2, 0, [], "ok", 2.0, 3.0),
+        Txn(3, 0, [], "ok", 4.0, 5.0),
+        Txn(4, 0, [], "info", 0.5, None),
+    ]
     g = la._Graph()
     la._add_realtime_edges(g, {t.id: t for t in history}, {1, 2, 3, 4})
     assert edges(g) == {(1, 2, "rt"), (2, 3, "rt")}  # 1 -> 3 follows; 4 never completed

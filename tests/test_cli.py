@@ -79,8 +79,11 @@ class Done:
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KVSTORE_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KVSTORE_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
+    }
     return {**env, **extra}
 
 
@@ -98,7 +101,7 @@ def run(*calls: Call) -> list[Done]:
     """Run `calls` concurrently; wait for all of them."""
     procs = [_start(c) for c in calls]
     done = []
-    for call, proc in zip(calls, procs):
+    for call, proc in zip(calls, procs, strict=True):
         out, err = proc.communicate(call.stdin, timeout=TIMEOUT)
         done.append(Done(call.args, proc.returncode, out, err.decode()))
     return done
@@ -174,8 +177,22 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     assert len(versions) == 3 and versions <= {1, 2, 3, 4}
     bad_import.one_line_error(1, "line 2", "not JSON")
     text = help_.ok().text
-    for command in ("init", "info", "get", "put", "delete", "scan", "history", "tag", "compact",
-                    "gc", "verify", "export", "import", "watch"):
+    for command in (
+        "init",
+        "info",
+        "get",
+        "put",
+        "delete",
+        "scan",
+        "history",
+        "tag",
+        "compact",
+        "gc",
+        "verify",
+        "export",
+        "import",
+        "watch",
+    ):
         assert f"\n  {command} " in text, command
     assert "alias: ls" in text and "Exit codes:" in text and "KVSTORE_URL" in text
     assert no_url.rc == 2 and "KVSTORE_URL" in no_url.err, no_url.describe()
@@ -198,11 +215,16 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     assert get_json.json() == {"key": "blob", "value": b64(BLOB), "version": 4}
     assert json.loads(get_doc.ok().out) == DOC
     get_missing.one_line_error(3, "'nope' not found")
-    assert scan_json.json() == [{"key": f"users/{i}", "value": b64(v)}
-                                for i, v in ((1, b"one"), (2, b"two"), (3, b"three"))]
+    assert scan_json.json() == [
+        {"key": f"users/{i}", "value": b64(v)} for i, v in ((1, b"one"), (2, b"two"), (3, b"three"))
+    ]
     assert ls_keys.ok().text == "users/3\n"
-    assert [(c["version"], c["kind"]) for c in hist.json()] == [(4, "commit"), (3, "commit"), (2, "commit"),
-                                                                (1, "commit")]
+    assert [(c["version"], c["kind"]) for c in hist.json()] == [
+        (4, "commit"),
+        (3, "commit"),
+        (2, "commit"),
+        (1, "commit"),
+    ]
     assert sorted(c["key_count"] for c in hist.json()) == [1, 1, 1, 4]
     facts = info.json()
     assert facts["version"] == 4 and facts["keys"] == {"count": 7, "exact": True, "stored_entries": 7}
@@ -217,8 +239,9 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     assert {"key": "greeting", "value": b64(b"hello")} in lines
 
     # Round 4: a delete seen by a watcher, a taken tag, compaction, import elsewhere.
-    watcher = _start(kv("watch", url, "--since", "4", "--count", "1", "--interval", "0.05", "--json",
-                        "--prefix", "greet"))
+    watcher = _start(
+        kv("watch", url, "--since", "4", "--count", "1", "--interval", "0.05", "--json", "--prefix", "greet")
+    )
     deleted, tag_taken, tags, at_tag, compacted, imported2, keys = run(
         kv("delete", url, "greeting", "--json"),
         kv("tag", "create", url, "release"),
@@ -230,8 +253,11 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
     )
     out, err = watcher.communicate(timeout=TIMEOUT)
     assert watcher.returncode == 0, err
-    assert json.loads(out) == {"version": deleted.json()["version"], "time": json.loads(out)["time"],
-                               "keys": [{"key": "greeting", "op": "delete"}]}
+    assert json.loads(out) == {
+        "version": deleted.json()["version"],
+        "time": json.loads(out)["time"],
+        "keys": [{"key": "greeting", "op": "delete"}],
+    }
     tag_taken.one_line_error(4, "'release' exists")
     assert [(t["name"], t["version"]) for t in tags.json()] == [("release", 4)]
     assert at_tag.ok().out == b"hello"
@@ -241,7 +267,8 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
 
     # Round 5: the copy equals the original; the tag goes.
     copy, untag, missing_tag = run(
-        kv("export", url2), kv("tag", "delete", url, "release", "--json"), kv("get", url, "k", "--tag", "nope"))
+        kv("export", url2), kv("tag", "delete", url, "release", "--json"), kv("get", url, "k", "--tag", "nope")
+    )
     assert copy.ok().text == exported.read_text()
     assert untag.json() == {"name": "release", "deleted": True}
     missing_tag.one_line_error(3, "no tag 'nope'")
@@ -343,8 +370,9 @@ class _Stream(io.TextIOWrapper):
         return buffer.getvalue()
 
 
-def invoke(monkeypatch: pytest.MonkeyPatch, *args: str, tty: bool = False, stdin: bytes = b"",
-           url: str | None = None) -> Done:
+def invoke(
+    monkeypatch: pytest.MonkeyPatch, *args: str, tty: bool = False, stdin: bytes = b"", url: str | None = None
+) -> Done:
     """Run `kvstore ARGS` through `_cli.main` in this process; stdout and stderr are terminals
     when `tty`; KVSTORE_URL is `url` (unset when None)."""
     out, err = _Stream(tty), _Stream(tty)
@@ -379,8 +407,11 @@ def test_a_url_is_never_taken_as_a_key(tmp_path: Path, monkeypatch: pytest.Monke
     invoke(monkeypatch, "init", env_store).ok()
 
     for first in ("./s2", "s1", str(tmp_path / "s2"), "s3://bucket/app", "~/s2", "../s2"):
-        _usage_error(invoke(monkeypatch, "put", first, "greeting", url=env_store),
-                     "missing VALUE", f"{first!r} is taken as the store URL")
+        _usage_error(
+            invoke(monkeypatch, "put", first, "greeting", url=env_store),
+            "missing VALUE",
+            f"{first!r} is taken as the store URL",
+        )
     _usage_error(invoke(monkeypatch, "put", "s1", "onlykey"), "missing VALUE", "kvstore put [URL] KEY VALUE")
     _usage_error(invoke(monkeypatch, "get", "./s1", url=env_store), "missing KEY")
     _usage_error(invoke(monkeypatch, "put", "s1", "k", "v", "extra"), "too many arguments")
@@ -404,7 +435,8 @@ def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.Mo
     invoke(monkeypatch, "put", "nostore", "k", "v").one_line_error(3, "no kvstore at", "`kvstore init nostore`")
     invoke(monkeypatch, "get", "s1", "k", "--tag", "nope").one_line_error(3, "`kvstore tag list s1` lists them")
     invoke(monkeypatch, "get", "s1", "k", "--version", "1", "--tag", "x").one_line_error(
-        2, "give --version or --tag, not both")
+        2, "give --version or --tag, not both"
+    )
     invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(1, "version 99 is not retained")
     invoke(monkeypatch, "put", "s1", "", "v").one_line_error(2, "key")
     invoke(monkeypatch, "init", "m1", "--values", "msgpack").ok()
@@ -413,17 +445,26 @@ def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.Mo
     blocked.write_text("")
     invoke(monkeypatch, "init", f"{blocked}/store").one_line_error(1, f"cannot use {blocked}", "Not a directory")
     invoke(monkeypatch, "init", "/proc/kvstore-test").one_line_error(
-        1, "cannot use /proc/kvstore-test", "No such file or directory")
-    for done in [invoke(monkeypatch, *a) for a in (
-            ("put", "nostore", "k", "v"), ("get", "s1", "k", "--tag", "nope"),
-            ("get", "s1", "k", "--version", "99"), ("init", "/proc/kvstore-test"))]:
+        1, "cannot use /proc/kvstore-test", "No such file or directory"
+    )
+    for done in [
+        invoke(monkeypatch, *a)
+        for a in (
+            ("put", "nostore", "k", "v"),
+            ("get", "s1", "k", "--tag", "nope"),
+            ("get", "s1", "k", "--version", "99"),
+            ("init", "/proc/kvstore-test"),
+        )
+    ]:
         assert not re.search(r"\w=\W|\w\(\)|StoreOptions|Store\.|unexpected", done.err), done.describe()
 
     # Messages hard to provoke from the command line.
     messages = [
         "no kvstore at s3://b/p/: open it with create=True (and not read_only) to make one, or check the URL",
-        ("transaction read data that version 7 changed after its read version 6; nothing was written: "
-        "retry it (Store.transact does)"),
+        (
+            "transaction read data that version 7 changed after its read version 6; nothing was written: "
+            "retry it (Store.transact does)"
+        ),
         "segment segments/x.seg: checksum mismatch in its index; run `Store.verify()` to list damaged objects",
     ]
     for message in messages:
@@ -459,8 +500,10 @@ def test_watch_shows_puts_and_deletes(tmp_path: Path, monkeypatch: pytest.Monkey
     invoke(monkeypatch, "delete", url, "a").ok()
     text = invoke(monkeypatch, "watch", url, "--since", "0", "--count", "2").ok().text
     assert [line.split()[2:] for line in text.splitlines()] == [["put", "a"], ["delete", "a"]]
-    docs = [json.loads(line) for line in
-            invoke(monkeypatch, "watch", url, "--since", "0", "--count", "2", "--json").ok().text.splitlines()]
+    docs = [
+        json.loads(line)
+        for line in invoke(monkeypatch, "watch", url, "--since", "0", "--count", "2", "--json").ok().text.splitlines()
+    ]
     assert [d["keys"] for d in docs] == [[{"key": "a", "op": "put"}], [{"key": "a", "op": "delete"}]]
 
 
@@ -469,8 +512,7 @@ def test_deleting_a_missing_key_changes_nothing(tmp_path: Path, monkeypatch: pyt
     url = str(tmp_path / "s")
     invoke(monkeypatch, "init", url).ok()
     invoke(monkeypatch, "put", url, "k", "v").ok()
-    invoke(monkeypatch, "delete", url, "nope").one_line_error(3, "key 'nope' not found at version 1",
-                                                               "nothing deleted")
+    invoke(monkeypatch, "delete", url, "nope").one_line_error(3, "key 'nope' not found at version 1", "nothing deleted")
     quiet = invoke(monkeypatch, "delete", url, "nope", "--missing-ok", "--json").json()
     assert quiet == {"key": "nope", "version": 1, "deleted": False}
     assert invoke(monkeypatch, "info", url, "--json").json()["version"] == 1
@@ -498,10 +540,13 @@ def test_writing_commands_compact_when_a_level_is_due(tmp_path: Path, monkeypatc
 
     asyncio.run(fill())
     assert invoke(monkeypatch, "info", other, "--json").json()["compaction_due"] == [0]
-    row = [line for line in invoke(monkeypatch, "info", other).ok().text.splitlines()
-           if line.startswith("compaction ")]
-    assert row == [(f"compaction                     due: level 0 holds 8 segments (fanout 8); "
-                   f"run `kvstore compact file://{other}`")]
+    row = [line for line in invoke(monkeypatch, "info", other).ok().text.splitlines() if line.startswith("compaction ")]
+    assert row == [
+        (
+            f"compaction                     due: level 0 holds 8 segments (fanout 8); "
+            f"run `kvstore compact file://{other}`"
+        )
+    ]
 
 
 def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -510,8 +555,10 @@ def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch
     invoke(monkeypatch, "put", url, "k", "v").ok()
     assert invoke(monkeypatch, "gc", url).ok().text.splitlines() == [
         "deleted 0 objects (0 B); kept 0",
-        ("nothing is unreferenced yet: every object belongs to the latest version, the commit log or a tag "
-        "(small commits live inside the manifest and never need collecting)"),
+        (
+            "nothing is unreferenced yet: every object belongs to the latest version, the commit log or a tag "
+            "(small commits live inside the manifest and never need collecting)"
+        ),
     ]
     # Merged segments named by the log, and an orphan (a commit that never finished).
     for i in range(16):
@@ -523,8 +570,10 @@ def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch
     mtime = orphan.stat().st_mtime
     lines = invoke(monkeypatch, "gc", url).ok().text.splitlines()
     assert lines[0] == "deleted 0 objects (0 B); kept 4"
-    assert "  kept 2: named by the commit log (versions 9..18); each becomes unreferenced when 1000 later " \
-           "commits have pushed it out of the log, and collectable a grace period after that" in lines
+    assert (
+        "  kept 2: named by the commit log (versions 9..18); each becomes unreferenced when 1000 later "
+        "commits have pushed it out of the log, and collectable a grace period after that" in lines
+    )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime + 3600))
     assert lines[-1] == f"1 unreferenced object kept for the grace period (1 h): collectable after {when}"
     report = invoke(monkeypatch, "gc", url, "--dry-run", "--json").json()
@@ -544,8 +593,13 @@ def test_local_s3_script_serves_a_bucket(tmp_path: Path) -> None:
     """scripts/local-s3.sh --background: the printed exports reach a bucket kvstore can use."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "local-s3.sh"
     state = tmp_path / "local-s3"
-    started = subprocess.run([str(script), "--background", "--dir", str(state), "--bucket", "try"],
-                             capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    started = subprocess.run(
+        [str(script), "--background", "--dir", str(state), "--bucket", "try"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     try:
         assert started.returncode == 0, started.stderr
         exports = dict(re.findall(r"^export (\w+)=(\S+)$", started.stdout, re.MULTILINE))
@@ -558,8 +612,9 @@ def test_local_s3_script_serves_a_bucket(tmp_path: Path) -> None:
         get = run(kv("get", "s3://try/app", "greeting", **exports))[0]
         assert get.ok().out == b"hello"
     finally:
-        stopped = subprocess.run([str(script), "--stop", "--dir", str(state)],
-                                 capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        stopped = subprocess.run(
+            [str(script), "--stop", "--dir", str(state)], capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
     assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
     assert not (state / "pid").exists() and not (state / "env").exists()
 
@@ -588,8 +643,9 @@ def test_init_records_the_codec_every_command_then_uses(tmp_path: Path, monkeypa
     assert created == {"url": f"file://{tmp_path}/m", "created": True, "version": 0}
     invoke(monkeypatch, "init", "b").ok()
     assert invoke(monkeypatch, "info", "m", "--json").json()["values"] == "msgpack"
-    assert [line.split() for line in invoke(monkeypatch, "info", "b").ok().text.splitlines()
-            if line.startswith("values ")] == [["values", "bytes"]]
+    assert [
+        line.split() for line in invoke(monkeypatch, "info", "b").ok().text.splitlines() if line.startswith("values ")
+    ] == [["values", "bytes"]]
 
     for store in ("m", "b"):
         invoke(monkeypatch, "put", store, "doc", OBJECT_JSON).ok()
@@ -608,26 +664,32 @@ def test_init_records_the_codec_every_command_then_uses(tmp_path: Path, monkeypa
     assert invoke(monkeypatch, "get", "m", "py", "--json").json()["value"] == [1, {"$base64": "AA=="}]
 
 
-def test_a_values_option_the_store_does_not_record_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_values_option_the_store_does_not_record_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 2 naming the --values to use, and nothing written; an empty store takes the --values
     of its first write, as kvstore.open does, but not of a read."""
     monkeypatch.chdir(tmp_path)
     invoke(monkeypatch, "init", "m", "--values", "msgpack").ok()
     invoke(monkeypatch, "put", "m", "k", "1").ok()
     line = b'{"key": "x", "value": "eA=="}\n'
-    for args in (("get", "m", "k"), ("put", "m", "k", "v"), ("scan", "m"), ("export", "m"), ("import", "m"),
-                 ("init", "m")):
+    for args in (
+        ("get", "m", "k"),
+        ("put", "m", "k", "v"),
+        ("scan", "m"),
+        ("export", "m"),
+        ("import", "m"),
+        ("init", "m"),
+    ):
         invoke(monkeypatch, *args, "--values", "bytes", stdin=line).one_line_error(
-            2, "m stores msgpack values, not bytes: use --values msgpack, or leave --values out")
+            2, "m stores msgpack values, not bytes: use --values msgpack, or leave --values out"
+        )
     invoke(monkeypatch, "export", "m", "--values", "base64").one_line_error(2, "use --values msgpack")
     assert invoke(monkeypatch, "info", "m", "--json").json()["version"] == 1
 
     invoke(monkeypatch, "init", "b").ok()
     invoke(monkeypatch, "put", "b", "k", "v").ok()
     invoke(monkeypatch, "put", "b", "k", "1", "--values", "msgpack").one_line_error(
-        2, "b stores bytes values, not msgpack: use --values bytes")
+        2, "b stores bytes values, not msgpack: use --values bytes"
+    )
     assert _python_get("b", "k", "bytes") == b"v"
 
     invoke(monkeypatch, "init", "e").ok()
@@ -640,11 +702,17 @@ def test_a_values_option_the_store_does_not_record_is_refused(
 def test_import_creates_a_store_of_its_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed, _, _ = _seed_files(tmp_path)
     objects = tmp_path / "objects.jsonl"
-    objects.write_text(json.dumps({"key": "users/ada", "value": {**OBJECT, "raw": {"$base64": b64(b"\x00")}}})
-                       + "\n" + json.dumps({"key": "n", "value": 7}) + "\n")
+    objects.write_text(
+        json.dumps({"key": "users/ada", "value": {**OBJECT, "raw": {"$base64": b64(b"\x00")}}})
+        + "\n"
+        + json.dumps({"key": "n", "value": 7})
+        + "\n"
+    )
     m, b = str(tmp_path / "m"), str(tmp_path / "b")
-    assert invoke(monkeypatch, "import", m, "-f", str(objects), "--values", "msgpack").ok().text == \
-        "imported 2 keys at version 1\n"
+    assert (
+        invoke(monkeypatch, "import", m, "-f", str(objects), "--values", "msgpack").ok().text
+        == "imported 2 keys at version 1\n"
+    )
     assert _python_get(m, "users/ada", "msgpack") == {**OBJECT, "raw": b"\x00"}
     invoke(monkeypatch, "import", b, "-f", str(seed)).ok()
     assert _python_get(b, "users/1", "bytes") == b"one"
@@ -654,7 +722,8 @@ def test_import_creates_a_store_of_its_codec(tmp_path: Path, monkeypatch: pytest
     # An export is in its store's codec: a copy made with the same --values is equal.
     exported = invoke(monkeypatch, "export", m).ok().out
     invoke(monkeypatch, "import", str(tmp_path / "without"), stdin=exported).one_line_error(
-        1, "line 1: the value must be base64 text (or use --values msgpack)")
+        1, "line 1: the value must be base64 text (or use --values msgpack)"
+    )
     invoke(monkeypatch, "import", str(tmp_path / "m2"), "--values", "msgpack", stdin=exported).ok()
     assert invoke(monkeypatch, "export", str(tmp_path / "m2")).ok().out == exported
 
@@ -705,9 +774,23 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
     (shell,) = _markdown_blocks(guide, "A first store, from the shell", "sh")
     python = _markdown_blocks(guide, "A first store, from Python", "python")
     env = {**_env({}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", shell],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert done.returncode == 0 and '"hello"\n' in done.stdout, done
-    done = subprocess.run([sys.executable, "-c", "\n".join(python)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", "\n".join(python)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert done.returncode == 0 and "{'name': 'Ada'}" in done.stdout, done

@@ -30,7 +30,11 @@ def test_merge_keeps_newest_and_what_readable_versions_see() -> None:
 def test_merge_drops_tombstones_only_when_nothing_older_exists() -> None:
     entries = [(b"a", 7, None), (b"a", 3, b"old"), (b"b", 6, None), (b"c", 1, b"c")]
     assert list(merge_entries(entries, floor=10, tombstone_droppable=ALWAYS)) == [(b"c", 1, b"c")]
-    assert list(merge_entries(entries, floor=10, tombstone_droppable=NEVER)) == [(b"a", 7, None), (b"b", 6, None), (b"c", 1, b"c")]
+    assert list(merge_entries(entries, floor=10, tombstone_droppable=NEVER)) == [
+        (b"a", 7, None),
+        (b"b", 6, None),
+        (b"c", 1, b"c"),
+    ]
     # a readable version (5) still sees "old": both entries stay
     assert list(merge_entries(entries, floor=5, tombstone_droppable=ALWAYS))[:2] == [(b"a", 7, None), (b"a", 3, b"old")]
 

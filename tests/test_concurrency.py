@@ -88,8 +88,9 @@ def test_a_writer_on_a_winning_streak_gives_the_others_a_turn() -> None:
     now = _time.time()
 
     def manifest(writers: list[bytes], age: float = 0.0) -> Manifest:
-        log = tuple(CommitRecord(v + 1, now - age, (w + bytes(10),), "s", 1, b"a", b"a", (b"a",))
-                    for v, w in enumerate(writers))
+        log = tuple(
+            CommitRecord(v + 1, now - age, (w + bytes(10),), "s", 1, b"a", b"a", (b"a",)) for v, w in enumerate(writers)
+        )
         return Manifest("id", len(log), 0.0, log=log)
 
     mine = committer.new_txn_id()

@@ -29,8 +29,11 @@ async def test_open_and_reads_give_up_on_a_store_that_never_answers(target: Targ
     retry = kvstore.RetryPolicy(attempt_timeout=0.3, total_timeout=1.0)
     started = time.monotonic()
     with pytest.raises(kvstore.StoreUnavailableError, match="deadline"):
-        await target.open(options=kvstore.StoreOptions(retry=retry), create=False,
-                          wrap_object_store=lambda inner: FaultInjectingStore(inner, stuck))
+        await target.open(
+            options=kvstore.StoreOptions(retry=retry),
+            create=False,
+            wrap_object_store=lambda inner: FaultInjectingStore(inner, stuck),
+        )
     assert time.monotonic() - started < 1.0 + 1.0
 
 

@@ -116,7 +116,9 @@ def _check_catalog(out: str) -> None:
     reproduced = json.loads(next(v for k, v in lines.items() if k.startswith("reproduced inputs")))
     assert reproduced == recorded and lines["reproduced == recorded"].strip() == "True"
     assert [(i["dataset"].split("-")[0], i["version"], len(i["shards"])) for i in recorded] == [
-        ("captions", 1, 1), ("images", 1, 3)]
+        ("captions", 1, 1),
+        ("images", 1, 3),
+    ]
     # Later changes are visible at the latest version only.
     assert [(i["dataset"].split("-")[0], i["version"], len(i["shards"])) for i in latest] == [("images", 2, 2)]
 
@@ -159,6 +161,9 @@ def test_api_reference_is_up_to_date() -> None:
     """docs/api.md is generated from the docstrings: regenerate it with python docs/gen_api.py."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "docs" / "gen_api.py"), "--check"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -89,8 +89,9 @@ def test_formats_know_no_io() -> None:
 
 def test_the_cli_uses_only_the_public_api() -> None:
     path = PACKAGE / "_cli.py"
-    offences = [f"_cli.py:{line} imports {module}" for line, module in _imports(path)
-                if _internal(module) not in (None, "")]
+    offences = [
+        f"_cli.py:{line} imports {module}" for line, module in _imports(path) if _internal(module) not in (None, "")
+    ]
     assert offences == []
 
 

@@ -21,8 +21,9 @@ async def _segment_objects(db: kvstore.Store) -> set[str]:
 
 @pytest.mark.parametrize("inline", [0, 16 * 1024])
 async def test_tag_reads_the_past_after_compaction_and_gc(target: Target, inline: int) -> None:
-    options = kvstore.StoreOptions(auto_compact=False, history_versions=0, commit_log_length=2,
-                                   inline_segment_bytes=inline)
+    options = kvstore.StoreOptions(
+        auto_compact=False, history_versions=0, commit_log_length=2, inline_segment_bytes=inline
+    )
     async with target.open(options=options, values="msgpack") as db:
         await db.put("ds/a", {"rows": 10})
         await db.put("ds/b", {"rows": 20})

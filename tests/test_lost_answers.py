@@ -47,6 +47,7 @@ async def test_transact_applies_each_increment_once_when_commits_are_resent(targ
     plan = FaultPlan(seed=5, rules={"put_if_match": FaultRule(resent=0.25)})
     made, wrap = fault_injecting(plan)
     async with target.open(wrap_object_store=wrap) as db:
+
         async def worker() -> int:
             return len([await db.transact(_increment) for _ in range(8)])
 
@@ -69,8 +70,9 @@ async def test_a_resent_segment_create_is_recognised_as_ours(target: Target) -> 
 
 async def test_compaction_with_resent_writes_neither_fails_nor_duplicates(target: Target) -> None:
     made, wrap = fault_injecting(FaultPlan())
-    async with target.open(wrap_object_store=wrap, options=kvstore.StoreOptions(auto_compact=False,
-                                                                               inline_segment_bytes=0)) as db:
+    async with target.open(
+        wrap_object_store=wrap, options=kvstore.StoreOptions(auto_compact=False, inline_segment_bytes=0)
+    ) as db:
         for i in range(10):
             await db.put(f"k{i}", f"v{i}".encode())
         made[0].script("put_if_absent", "resent")  # the merged segment

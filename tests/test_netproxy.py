@@ -148,7 +148,8 @@ async def test_expect_100_continue_does_not_deadlock(proxy: FaultProxy, direct: 
 
 
 async def test_lose_answer_applies_the_write_but_the_client_sees_a_connection_error(
-        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
+    proxy: FaultProxy, via: Any, direct: Any, bucket: str
+) -> None:
     proxy.script("lose_answer", "lose_answer", methods={"PUT"})  # twice: aiohttp retries once
     with pytest.raises(CONNECTION_ERRORS):
         await via.put_object(Bucket=bucket, Key="lost", Body=b"applied")
@@ -157,7 +158,8 @@ async def test_lose_answer_applies_the_write_but_the_client_sees_a_connection_er
 
 
 async def test_one_lost_answer_on_a_conditional_create_comes_back_as_412(
-        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
+    proxy: FaultProxy, via: Any, direct: Any, bucket: str
+) -> None:
     # The bug this proxy was built to reproduce: aiohttp silently re-sends the PUT, and the
     # retry fails its own precondition.
     proxy.script("lose_answer", methods={"PUT"})
@@ -184,7 +186,8 @@ async def test_reset_is_not_applied(proxy: FaultProxy, via: Any, direct: Any, bu
 @pytest.mark.parametrize("fault", ["swallow", "stop_after_headers", "stop_mid_body"])
 @pytest.mark.parametrize("operation", ["put", "get"])
 async def test_stalled_answers_time_out_and_stop_does_not_hang(
-        localstack: str, direct: Any, bucket: str, fault: str, operation: str) -> None:
+    localstack: str, direct: Any, bucket: str, fault: str, operation: str
+) -> None:
     await direct.put_object(Bucket=bucket, Key="k", Body=b"v" * 5000)
     proxy = FaultProxy(localstack).start()
     try:
@@ -228,7 +231,8 @@ async def test_stop_closes_a_stalled_raw_connection(proxy: FaultProxy, direct: A
 
 
 async def test_truncate_is_an_error_and_trickle_is_slow_but_whole(
-        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
+    proxy: FaultProxy, via: Any, direct: Any, bucket: str
+) -> None:
     body = bytes(range(256)) * 8  # 2 KiB
     await direct.put_object(Bucket=bucket, Key="t", Body=body)
 
@@ -260,8 +264,12 @@ async def test_script_order_and_filters(proxy: FaultProxy, via: Any, direct: Any
         await via.put_object(Bucket=bucket, Key="manifest", Body=b"m2")  # reset + aiohttp's reset
     assert proxy.scripted_pending == 0
     assert [(e.method, e.fault) for e in proxy.history] == [
-        ("PUT", "pass"), ("PUT", "pass"), ("GET", "truncate"), ("HEAD", "pass"),
-        ("PUT", "reset"), ("PUT", "reset"),
+        ("PUT", "pass"),
+        ("PUT", "pass"),
+        ("GET", "truncate"),
+        ("HEAD", "pass"),
+        ("PUT", "reset"),
+        ("PUT", "reset"),
     ]
     assert await _get(direct, bucket, "manifest") == b"m1"  # the reset PUTs were never applied
 
@@ -314,7 +322,8 @@ def test_netrule_validates() -> None:
 
 
 async def test_kvstore_commit_whose_cas_answer_is_lost_on_the_wire(
-        proxy: FaultProxy, s3_bucket: tuple[str, str]) -> None:
+    proxy: FaultProxy, s3_bucket: tuple[str, str]
+) -> None:
     endpoint, bucket = s3_bucket
     target = s3_target(proxy.endpoint_url, bucket)
     async with target.open() as db:
@@ -342,7 +351,8 @@ async def test_kvstore_commit_whose_cas_answer_is_lost_on_the_wire(
 
 
 async def test_a_client_that_vanishes_does_not_break_upstream(
-        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
+    proxy: FaultProxy, via: Any, direct: Any, bucket: str
+) -> None:
     big = b"z" * (2 * 1024 * 1024)
     await direct.put_object(Bucket=bucket, Key="big", Body=big)
     for _ in range(3):  # GET a large answer, and die at once (RST) before reading a byte
@@ -362,10 +372,21 @@ async def test_a_client_that_vanishes_does_not_break_upstream(
 
 
 async def test_concurrent_clients_under_random_faults_leave_proxy_and_upstream_healthy(
-        proxy: FaultProxy, via: Any, direct: Any, bucket: str) -> None:
-    proxy.set_rule(NetRule(lose_answer=0.1, reset=0.1, truncate=0.1, swallow=0.03,
-                           stop_mid_body=0.03, trickle=0.1, trickle_bytes_per_s=200_000,
-                           latency=0.002, jitter=0.01))
+    proxy: FaultProxy, via: Any, direct: Any, bucket: str
+) -> None:
+    proxy.set_rule(
+        NetRule(
+            lose_answer=0.1,
+            reset=0.1,
+            truncate=0.1,
+            swallow=0.03,
+            stop_mid_body=0.03,
+            trickle=0.1,
+            trickle_bytes_per_s=200_000,
+            latency=0.002,
+            jitter=0.01,
+        )
+    )
     body = b"b" * 20_000
     outcomes: list[str] = []
 
@@ -426,8 +447,17 @@ async def test_an_unreachable_upstream_resets_the_client() -> None:
 
 
 def test_cli_prints_endpoint_and_stops_on_sigterm(localstack: str) -> None:
-    argv = [sys.executable, "-m", "kvstore.testing.netproxy", "--upstream", localstack,
-            "--lose-answer", "0.5", "--methods", "PUT"]
+    argv = [
+        sys.executable,
+        "-m",
+        "kvstore.testing.netproxy",
+        "--upstream",
+        localstack,
+        "--lose-answer",
+        "0.5",
+        "--methods",
+        "PUT",
+    ]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -520,14 +550,14 @@ async def _read_exactly(reader: asyncio.StreamReader, expected: bytes) -> None:
 
 async def test_framing_is_relayed_verbatim_on_one_connection() -> None:
     continue_then_ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"5;x=y\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
     head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"  # HEAD: no body follows
-    not_modified = b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nContent-Length: 7\r\n\r\n"
+    not_modified = b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\nContent-Length: 7\r\n\r\n'
     no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
     until_eof = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until the close"
-    upstream = CannedUpstream([continue_then_ok, chunked, chunked, head_answer, not_modified,
-                               no_content, until_eof], close_after_last=True)
+    upstream = CannedUpstream(
+        [continue_then_ok, chunked, chunked, head_answer, not_modified, no_content, until_eof], close_after_last=True
+    )
     async with upstream as address:
         proxy = FaultProxy(address).start()
         try:
@@ -540,12 +570,10 @@ async def test_framing_is_relayed_verbatim_on_one_connection() -> None:
             await _read_exactly(reader, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             writer.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
             await _read_exactly(reader, chunked)
-            chunked_request = (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                               b"3\r\nabc\r\n0\r\n\r\n")
+            chunked_request = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
             writer.write(chunked_request)
             await _read_exactly(reader, chunked)
-            for request, answer in ((b"HEAD /d", head_answer), (b"GET /e", not_modified),
-                                    (b"DELETE /f", no_content)):
+            for request, answer in ((b"HEAD /d", head_answer), (b"GET /e", not_modified), (b"DELETE /f", no_content)):
                 writer.write(request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
                 await _read_exactly(reader, answer)
             writer.write(b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -555,11 +583,20 @@ async def test_framing_is_relayed_verbatim_on_one_connection() -> None:
             await asyncio.to_thread(proxy.stop)
     assert upstream.connections == 1
     assert [head.split(b" ", 1)[0] for head, _ in upstream.requests] == [
-        b"PUT", b"GET", b"POST", b"HEAD", b"GET", b"DELETE", b"GET"]
+        b"PUT",
+        b"GET",
+        b"POST",
+        b"HEAD",
+        b"GET",
+        b"DELETE",
+        b"GET",
+    ]
     put_head, put_body = upstream.requests[0]
     assert b"expect" not in put_head.lower() and put_body == b"12345"
-    assert upstream.requests[2] == (chunked_request[:-len(b"3\r\nabc\r\n0\r\n\r\n")],
-                                    b"3\r\nabc\r\n0\r\n\r\n")  # forwarded verbatim
+    assert upstream.requests[2] == (
+        chunked_request[: -len(b"3\r\nabc\r\n0\r\n\r\n")],
+        b"3\r\nabc\r\n0\r\n\r\n",
+    )  # forwarded verbatim
     assert proxy.stats.forwarded == {"PUT": 1, "GET": 3, "POST": 1, "HEAD": 1, "DELETE": 1}
 
 

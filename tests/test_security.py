@@ -32,8 +32,7 @@ async def test_sse_headers_on_every_write(s3_bucket: tuple[str, str], sse: str, 
     endpoint_url, bucket = s3_bucket
     options = kvstore.S3Options(sse=sse, sse_kms_key_id=kms_key)
     objects = kvstore.StoreOptions(inline_segment_bytes=0)  # the segment is a PUT of its own too
-    async with kvstore.open(f"s3://{bucket}/sse", endpoint_url=endpoint_url, s3_options=options,
-                            options=objects) as db:
+    async with kvstore.open(f"s3://{bucket}/sse", endpoint_url=endpoint_url, s3_options=options, options=objects) as db:
         seen = _capture_requests(db)
         await db.put(b"k", b"v")
         await db.tag("t")

@@ -25,8 +25,14 @@ from servers import (
     unique_bucket_name,
 )
 
-AUTH_ERROR_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-                    "InvalidToken", "InvalidClientTokenId", "UnrecognizedClientException"}
+AUTH_ERROR_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+}
 
 
 def code(exc: ClientError) -> str:
@@ -73,8 +79,7 @@ async def test_default_credential_chain_reaches_localstack(s3_bucket: tuple[str,
         assert (await read_object(s3, bucket, "k"))[0] == b"v"
 
 
-def test_missing_localstack_venv_says_how_to_make_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_localstack_venv_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOCALSTACK_PYTHON_ENV, str(tmp_path / "no-venv" / "bin" / "python"))
     with pytest.raises(RuntimeError, match=r"\./scripts/test\.sh"):
         start_localstack(tmp_path / "ls")
@@ -87,19 +92,18 @@ def _fake_python(tmp_path: Path, script: str) -> Path:
     return path
 
 
-def test_server_that_dies_at_start_is_reported_with_its_log(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(LOCALSTACK_PYTHON_ENV,
-                       str(_fake_python(tmp_path, "echo 'boom: cannot start'; exit 3")))
+def test_server_that_dies_at_start_is_reported_with_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOCALSTACK_PYTHON_ENV, str(_fake_python(tmp_path, "echo 'boom: cannot start'; exit 3")))
     with pytest.raises(RuntimeError, match=r"(?s)exited with code 3.*boom: cannot start"):
         start_localstack(tmp_path / "ls")
 
 
-def test_server_that_never_gets_ready_times_out_and_is_stopped(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pid_file = tmp_path / "pid"
-    monkeypatch.setenv(LOCALSTACK_PYTHON_ENV, str(_fake_python(
-        tmp_path, f"echo $$ > {pid_file}; echo 'still warming up'; exec sleep 60")))
+    monkeypatch.setenv(
+        LOCALSTACK_PYTHON_ENV,
+        str(_fake_python(tmp_path, f"echo $$ > {pid_file}; echo 'still warming up'; exec sleep 60")),
+    )
     with pytest.raises(RuntimeError, match=r"(?s)not ready.*still warming up"):
         start_localstack(tmp_path / "ls", timeout=0.5)
     pid = int(pid_file.read_text())
@@ -159,8 +163,13 @@ CAS_ROUNDS = 30
 CAS_WRITERS = 16
 
 
-async def _cas_put(s3, bucket: str, body: bytes, expected: str,  # type: ignore[no-untyped-def]
-                   go: asyncio.Event) -> tuple[bytes, str | ClientError]:
+async def _cas_put(
+    s3,
+    bucket: str,
+    body: bytes,
+    expected: str,  # type: ignore[no-untyped-def]
+    go: asyncio.Event,
+) -> tuple[bytes, str | ClientError]:
     await go.wait()
     try:
         resp = await s3.put_object(Bucket=bucket, Key="cas", Body=body, IfMatch=expected)
@@ -174,14 +183,14 @@ async def test_cas_race_has_exactly_one_winner_per_round(s3_bucket: tuple[str, s
     (real S3 may answer 409 ConditionalRequestConflict instead).  No automatic retries, so a
     retried own write cannot masquerade as a 412."""
     endpoint, bucket = s3_bucket
-    async with s3_client(endpoint, max_pool_connections=CAS_WRITERS,
-                         retries={"total_max_attempts": 1}) as s3:
+    async with s3_client(endpoint, max_pool_connections=CAS_WRITERS, retries={"total_max_attempts": 1}) as s3:
         etag = (await s3.put_object(Bucket=bucket, Key="cas", Body=b"round-0"))["ETag"]
         for rnd in range(1, CAS_ROUNDS + 1):
             go = asyncio.Event()
-            tasks = [asyncio.create_task(_cas_put(s3, bucket, f"round-{rnd}-writer-{i}".encode(),
-                                                  etag, go))
-                     for i in range(CAS_WRITERS)]
+            tasks = [
+                asyncio.create_task(_cas_put(s3, bucket, f"round-{rnd}-writer-{i}".encode(), etag, go))
+                for i in range(CAS_WRITERS)
+            ]
             await asyncio.sleep(0)  # every writer is parked on the event
             go.set()
             results = await asyncio.gather(*tasks)
@@ -190,9 +199,8 @@ async def test_cas_race_has_exactly_one_winner_per_round(s3_bucket: tuple[str, s
             losers = [exc for _, exc in results if isinstance(exc, ClientError)]
             assert len(winners) == 1, f"round {rnd}: {len(winners)} winners"
             assert len(losers) == CAS_WRITERS - 1, results
-            assert {code(e) for e in losers} <= {"PreconditionFailed",
-                                                 "ConditionalRequestConflict"}, results
-            (won_body, won_etag), = winners
+            assert {code(e) for e in losers} <= {"PreconditionFailed", "ConditionalRequestConflict"}, results
+            ((won_body, won_etag),) = winners
             assert won_etag == md5_etag(won_body)
             assert await read_object(s3, bucket, "cas") == (won_body, won_etag)
             etag = won_etag
@@ -204,8 +212,7 @@ async def test_cas_race_has_exactly_one_winner_per_round(s3_bucket: tuple[str, s
 @pytest.mark.parametrize("key_id", ["AKIA" + uuid.uuid4().hex[:16].upper(), "test"])
 async def test_moto_auth_rejects_unknown_credentials(moto_auth: str, key_id: str) -> None:
     credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": uuid.uuid4().hex}
-    async with s3_client(moto_auth, credentials=credentials,
-                         retries={"total_max_attempts": 1}) as s3:
+    async with s3_client(moto_auth, credentials=credentials, retries={"total_max_attempts": 1}) as s3:
         with pytest.raises(ClientError) as info:
             await s3.put_object(Bucket=unique_bucket_name(), Key="k", Body=b"x")
     assert status(info.value) == 403
@@ -217,8 +224,10 @@ async def test_moto_without_auth_accepts_the_same_credentials(tmp_path: Path) ->
     really stops the server."""
     server = start_moto(auth=False, log_dir=tmp_path)
     try:
-        credentials = {"aws_access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
-                       "aws_secret_access_key": uuid.uuid4().hex}
+        credentials = {
+            "aws_access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
+            "aws_secret_access_key": uuid.uuid4().hex,
+        }
         bucket = unique_bucket_name()
         async with s3_client(server.endpoint_url, credentials=credentials) as s3:
             await s3.create_bucket(Bucket=bucket)

@@ -114,8 +114,9 @@ async def _rewrite_settings(db: kvstore.Store, settings: dict[str, Any]) -> None
     manifest = await engine.refresh()
     current = await engine.objects.get(engine.layout.manifest)
     assert current is not None and current.etag is not None
-    await engine.objects.put_if_match(engine.layout.manifest, encode_manifest(replace(manifest, settings=settings)),
-                                      current.etag)
+    await engine.objects.put_if_match(
+        engine.layout.manifest, encode_manifest(replace(manifest, settings=settings)), current.etag
+    )
 
 
 async def test_a_store_without_a_recorded_codec_opens_as_before(target: Target) -> None:

@@ -67,8 +67,15 @@ async def test_a_single_writer_sees_no_false_conflicts_when_answers_are_lost(wir
     async with wire.open(options=_options()) as db:
         proxy.set_rule(NetRule(lose_answer=0.2, methods=frozenset({"PUT"}), path_contains="manifest"))
         # The first three CAS answers are lost whatever the draws; the rule adds more.
-        proxy.script("lose_answer", "pass", "lose_answer", "pass", "lose_answer",
-                     methods=frozenset({"PUT"}), path_contains="manifest")
+        proxy.script(
+            "lose_answer",
+            "pass",
+            "lose_answer",
+            "pass",
+            "lose_answer",
+            methods=frozenset({"PUT"}),
+            path_contains="manifest",
+        )
         conflicts = 0
         for _ in range(60):
             try:
@@ -108,11 +115,21 @@ async def test_transact_counters_from_several_processes_are_exact(wire: Target, 
     processes, tasks, increments, counters = 3, 3, 6, 2
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        acked_per_worker = await asyncio.gather(*(
-            loop.run_in_executor(pool, workers.count, wire.url, {**wire.kwargs, "options": _options()},
-                                 w, tasks, increments, counters)
-            for w in range(processes)
-        ))
+        acked_per_worker = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool,
+                    workers.count,
+                    wire.url,
+                    {**wire.kwargs, "options": _options()},
+                    w,
+                    tasks,
+                    increments,
+                    counters,
+                )
+                for w in range(processes)
+            )
+        )
     proxy.set_rule(NetRule())
     assert proxy.stats.faults["lose_answer"] >= 3
     async with wire.open(values="msgpack", options=_options()) as db:
@@ -212,8 +229,11 @@ async def test_core_operations_through_a_faulty_wire(wire: Target, proxy: FaultP
         assert await before.get("k02") == {"n": 2, "blob": "x" * 80}
     assert all(proxy.stats.faults[kind] >= 2 for kind in kinds), proxy.stats.faults
     assert report.ok, report.damaged
-    expected = sorted([f"k{i:02d}".encode() for i in range(1, 20) if i != 2] + [b"k02-moved"]
-                      + [f"bulk/{i:04d}".encode() for i in range(500)])
+    expected = sorted(
+        [f"k{i:02d}".encode() for i in range(1, 20) if i != 2]
+        + [b"k02-moved"]
+        + [f"bulk/{i:04d}".encode() for i in range(500)]
+    )
     assert keys == expected
     async with wire.open(values="msgpack", options=options) as db:
         assert await db.get("k01") == {"n": 100}

@@ -285,5 +285,7 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
         raise AccessDeniedError(f"permission denied: {exc.filename}: check the directory's owner and mode") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-            raise StoreUnavailableError(f"local store I/O failed: {exc}; free space or fix the disk, then retry") from exc
+            raise StoreUnavailableError(
+                f"local store I/O failed: {exc}; free space or fix the disk, then retry"
+            ) from exc
         raise

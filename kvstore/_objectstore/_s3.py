@@ -222,7 +222,9 @@ class S3ObjectStore:
     async def _put(self, name: str, data: bytes, **condition: str) -> str:
         client = await self._get_client()
         try:
-            response = await client.put_object(Bucket=self._bucket, Key=name, Body=data, **condition, **self._write_args)
+            response = await client.put_object(
+                Bucket=self._bucket, Key=name, Body=data, **condition, **self._write_args
+            )
         except Exception as exc:
             raise self._translate(exc, name) from exc
         etag = response.get("ETag")

@@ -95,8 +95,7 @@ _SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr"}
 FAULT_RULES: dict[str, FaultRule] = {
     "get": FaultRule(error=0.02, timeout=0.01, lost_response=0.01, jitter=0.002),
     "put_if_absent": FaultRule(error=0.03, conflict=0.01, timeout=0.02, lost_response=0.03, jitter=0.003),
-    "put_if_match": FaultRule(error=0.03, conflict=0.03, timeout=0.03, lost_response=0.04, resent=0.02,
-                              jitter=0.003),
+    "put_if_match": FaultRule(error=0.03, conflict=0.03, timeout=0.03, lost_response=0.04, resent=0.02, jitter=0.003),
 }
 FAULT_DEFAULT = FaultRule(error=0.02)
 FAULT_OUTAGE = 0.002
@@ -108,8 +107,9 @@ NET_RULE = NetRule(lose_answer=0.03, reset=0.01, truncate=0.01, stop_mid_body=0.
 # Fewer, faster retries than the default policy: faults then exhaust them now
 # and then, which is what exercises the unknown-outcome paths. Short deadlines
 # too: a stalled answer on the wire is given up after about a second.
-CAMPAIGN_RETRY = kvstore.RetryPolicy(max_attempts=4, base_delay=0.002, max_delay=0.05, attempt_timeout=2.0,
-                                     total_timeout=10.0)
+CAMPAIGN_RETRY = kvstore.RetryPolicy(
+    max_attempts=4, base_delay=0.002, max_delay=0.05, attempt_timeout=2.0, total_timeout=10.0
+)
 CAMPAIGN_S3 = kvstore.S3Options(connect_timeout=2.0, read_timeout=1.0)
 
 # Seconds the coordinator waits past the duration limit before it calls a worker hung.
@@ -261,8 +261,14 @@ class _Client:
 
     def error(self, txn_id: int, exc: BaseException) -> None:
         """An exception kvstore should never raise here: a finding, journaled with its traceback."""
-        self.journal.write({"e": "error", "w": _SHORT[self.name], "id": txn_id,
-                            "error": "".join(traceback.format_exception(exc))[-4000:]})
+        self.journal.write(
+            {
+                "e": "error",
+                "w": _SHORT[self.name],
+                "id": txn_id,
+                "error": "".join(traceback.format_exception(exc))[-4000:],
+            }
+        )
 
     async def attempt(self, txn_id: int, body: _TxnBody) -> tuple[Status, str | None, dict[str, Any]]:
         """Run `body` in a new transaction and commit it: the one path of every outcome.
@@ -294,8 +300,9 @@ class ListAppendClient(_Client):
 
     name = "list-append"
 
-    def __init__(self, db: kvstore.Store, journal: Journal, spec: WorkerSpec, ids: Iterator[int],
-                 low_hint: Any, first_id: int) -> None:
+    def __init__(
+        self, db: kvstore.Store, journal: Journal, spec: WorkerSpec, ids: Iterator[int], low_hint: Any, first_id: int
+    ) -> None:
         super().__init__(db, journal, spec, ids)
         self._clock = _Clock()
         self.recorder = HistoryRecorder(first_id=first_id, clock=self._clock)
@@ -327,8 +334,7 @@ class ListAppendClient(_Client):
         self.recorder.complete(txn_id, status, final_ops)
         self.complete(txn_id, status, why, t=self._clock.last, ops=final_ops)
 
-    async def _apply(self, tx: kvstore.Transaction, ops: list[list[Any]],
-                     done: list[list[Any]]) -> dict[str, Any]:
+    async def _apply(self, tx: kvstore.Transaction, ops: list[list[Any]], done: list[list[Any]]) -> dict[str, Any]:
         """Run `ops` in `tx`, appending each with its read result to `done`."""
         for f, key, value in ops:
             current = await tx.get(f"la/{key:08d}", [])
@@ -422,8 +428,13 @@ def store_options(*, inline: bool) -> kvstore.StoreOptions:
 
 def fault_plan(seed: int) -> FaultPlan:
     """The fault matrix of a campaign process (see FAULT_RULES)."""
-    return FaultPlan(seed=seed, rules=dict(FAULT_RULES), default=FAULT_DEFAULT,
-                     outage=FAULT_OUTAGE, outage_length=FAULT_OUTAGE_LENGTH)
+    return FaultPlan(
+        seed=seed,
+        rules=dict(FAULT_RULES),
+        default=FAULT_DEFAULT,
+        outage=FAULT_OUTAGE,
+        outage_length=FAULT_OUTAGE_LENGTH,
+    )
 
 
 def resolve_worker_setup(name: str) -> Callable[[], object]:
@@ -545,8 +556,7 @@ def _freeze_soon(delay: float) -> None:
     timer.start()
 
 
-def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal,
-                  low_hint: Any) -> list[_Client]:
+def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal, low_hint: Any) -> list[_Client]:
     """One client per workload, with transaction ids from this process's own range."""
     base = spec.incarnation * _IDS_PER_PROCESS
     ids = iter(range(base + _IDS_PER_PROCESS // 2, base + _IDS_PER_PROCESS))  # list-append takes the lower half
@@ -561,8 +571,9 @@ def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: J
     return clients
 
 
-async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
-                           injectors: list[FaultInjectingStore]) -> kvstore.Store:
+async def _open_with_retry(
+    cfg: CampaignConfig, workload: str, spec: WorkerSpec, injectors: list[FaultInjectingStore]
+) -> kvstore.Store:
     """Open one workload's store, through a fault injector if faults are on.
 
     An injected outage can outlast the retry policy, so opening is tried
@@ -573,10 +584,15 @@ async def _open_with_retry(cfg: CampaignConfig, workload: str, spec: WorkerSpec,
     for attempt in range(_OPEN_ATTEMPTS):
         wrap = _fault_wrapper(f"{cfg.seed}/{spec.incarnation}/{workload}/{attempt}", inline, injectors)
         try:
-            return await kvstore.open(store_url(cfg.url, workload), values="msgpack",
-                                      options=store_options(inline=inline), endpoint_url=spec.endpoint_url,
-                                      s3_options=CAMPAIGN_S3, create=False,
-                                      wrap_object_store=wrap if cfg.faults else None)
+            return await kvstore.open(
+                store_url(cfg.url, workload),
+                values="msgpack",
+                options=store_options(inline=inline),
+                endpoint_url=spec.endpoint_url,
+                s3_options=CAMPAIGN_S3,
+                create=False,
+                wrap_object_store=wrap if cfg.faults else None,
+            )
         except kvstore.StoreUnavailableError:
             if attempt + 1 == _OPEN_ATTEMPTS:
                 raise  # the worker exits non-zero: reported as a finding
@@ -663,8 +679,7 @@ def run_campaign(config: CampaignConfig) -> CampaignResult:
 async def _prepare_stores(config: CampaignConfig) -> None:
     """Create each workload's store (and the bank's accounts) before any worker starts."""
     for w in config.workloads:
-        async with kvstore.open(store_url(config.url, w), values="msgpack",
-                                endpoint_url=config.endpoint_url) as db:
+        async with kvstore.open(store_url(config.url, w), values="msgpack", endpoint_url=config.endpoint_url) as db:
             if w == "bank":
                 async with db.transaction() as tx:
                     for i in range(config.accounts):
@@ -698,8 +713,7 @@ class _Coordinator:
     limit (the hang watchdog).
     """
 
-    def __init__(self, config: CampaignConfig, workdir: Path, result: CampaignResult,
-                 endpoint_url: str | None) -> None:
+    def __init__(self, config: CampaignConfig, workdir: Path, result: CampaignResult, endpoint_url: str | None) -> None:
         self.config = config
         self.workdir = workdir
         self.result = result
@@ -737,8 +751,7 @@ class _Coordinator:
         slot.journals.append(journal)
         freeze_after = self._plan_freeze(quota)
         slot.freezing = freeze_after is not None
-        spec = WorkerSpec(self.config, slot.index, inc, quota, self._stop_at, journal, freeze_after,
-                          self.endpoint_url)
+        spec = WorkerSpec(self.config, slot.index, inc, quota, self._stop_at, journal, freeze_after, self.endpoint_url)
         slot.process = self._ctx.Process(target=worker_main, args=(spec, self._low_hint), name=f"campaign-{inc}")
         slot.process.start()
 
@@ -808,8 +821,11 @@ class _Coordinator:
             return
         for s in self.slots:
             if s.process is not None:
-                self.result.add("campaign", "hang", f"worker {s.process.name} still running "
-                                f"{_HANG_GRACE:.0f} s after the duration limit; killed")
+                self.result.add(
+                    "campaign",
+                    "hang",
+                    f"worker {s.process.name} still running {_HANG_GRACE:.0f} s after the duration limit; killed",
+                )
                 _kill(s, self.result)
 
 
@@ -821,8 +837,11 @@ def _is_stopped(pid: int) -> bool:
 
 def _pick_victim(slots: list[_Slot], rng: random.Random) -> _Slot | None:
     """A random running worker that has started transactions (killing a booting one tests little)."""
-    running = [s for s in slots if s.process is not None and s.process.is_alive()
-               and _journal_size(s.journals[-1]) > _STARTED_BYTES]
+    running = [
+        s
+        for s in slots
+        if s.process is not None and s.process.is_alive() and _journal_size(s.journals[-1]) > _STARTED_BYTES
+    ]
     return rng.choice(running) if running else None
 
 
@@ -867,11 +886,13 @@ async def _check_all(config: CampaignConfig, journals: list[str], result: Campai
         await _check_workload(config, w, by_workload[w], journals, result)
 
 
-async def _check_workload(config: CampaignConfig, workload: str, records: list[dict[str, Any]],
-                          journals: list[str], result: CampaignResult) -> None:
+async def _check_workload(
+    config: CampaignConfig, workload: str, records: list[dict[str, Any]], journals: list[str], result: CampaignResult
+) -> None:
     """One workload's checks of its journal records and final state, then `verify` of its store."""
-    async with kvstore.open(store_url(config.url, workload), values="msgpack", endpoint_url=config.endpoint_url,
-                            create=False) as db:
+    async with kvstore.open(
+        store_url(config.url, workload), values="msgpack", endpoint_url=config.endpoint_url, create=False
+    ) as db:
         if workload == "list-append":
             await _check_list_append(db, records, journals, result)
         elif workload == "bank":
@@ -911,23 +932,36 @@ def _outcomes(records: Sequence[dict[str, Any]]) -> tuple[dict[int, dict[str, An
 def _counts(invoked: dict[int, Any], completed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """ok / fail / info counts, and why transactions failed or ended unknown."""
     status = Counter(completed[i]["s"] if i in completed else "info" for i in invoked)
-    why = Counter(f"{completed[i]['s']}: {completed[i].get('why')}" if i in completed else "info: killed"
-                  for i in invoked if i not in completed or completed[i]["s"] != "ok")
-    return {"invoked": len(invoked), "ok": status["ok"], "fail": status["fail"], "info": status["info"],
-            "unfinished": sum(1 for i in invoked if i not in completed), "why": dict(sorted(why.items()))}
+    why = Counter(
+        f"{completed[i]['s']}: {completed[i].get('why')}" if i in completed else "info: killed"
+        for i in invoked
+        if i not in completed or completed[i]["s"] != "ok"
+    )
+    return {
+        "invoked": len(invoked),
+        "ok": status["ok"],
+        "fail": status["fail"],
+        "info": status["info"],
+        "unfinished": sum(1 for i in invoked if i not in completed),
+        "why": dict(sorted(why.items())),
+    }
 
 
-async def _check_list_append(db: kvstore.Store, records: list[dict[str, Any]], journals: list[str],
-                             result: CampaignResult) -> None:
+async def _check_list_append(
+    db: kvstore.Store, records: list[dict[str, Any]], journals: list[str], result: CampaignResult
+) -> None:
     invoked, completed = _outcomes(records)
     history = [_txn(inv, completed.get(tid)) for tid, inv in sorted(invoked.items())]
     _cross_check_recorders(journals, history, result)
     keys = sorted({op[1] for t in history for op in t.ops})
     history.append(await _final_read(db, keys, max(invoked, default=0) + 1))
     checked = check(history, realtime=True)
-    result.workloads["list-append"] = {**_counts(invoked, completed), "keys": len(keys),
-                                       "info_committed": checked.info_committed_count,
-                                       "graph_edges": checked.graph_edges}
+    result.workloads["list-append"] = {
+        **_counts(invoked, completed),
+        "keys": len(keys),
+        "info_committed": checked.info_committed_count,
+        "graph_edges": checked.graph_edges,
+    }
     for a in checked.anomalies:
         result.add("list-append", a.kind, str(a))
 
@@ -965,26 +999,34 @@ async def _final_read(db: kvstore.Store, keys: list[int], txn_id: int) -> Txn:
     return Txn(txn_id, -1, ops, "ok", invoked, time.monotonic())
 
 
-async def _check_bank(db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]],
-                      result: CampaignResult) -> None:
+async def _check_bank(
+    db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]], result: CampaignResult
+) -> None:
     total = config.accounts * _INITIAL_BALANCE
     audits = [r for r in records if r["e"] == "a"]
     for a in audits:
         if a["sum"] != total or a["bad"]:
-            result.add("bank", "audit", f"snapshot {a['v']} sums to {a['sum']} (expected {total}); "
-                                        f"bad balances {a['bad']}")
+            result.add(
+                "bank", "audit", f"snapshot {a['v']} sums to {a['sum']} (expected {total}); bad balances {a['bad']}"
+            )
     snap = await db.snapshot()
     final = [await snap.get(f"acct/{i:04d}") for i in range(config.accounts)]
     if sum(final) != total or any(b < 0 for b in final):
         result.add("bank", "final-total", f"final balances {final} sum to {sum(final)}, expected {total}")
     invoked, completed = _outcomes(records)
     moved = sum(1 for c in completed.values() if c["s"] == "ok" and c.get("moved"))
-    result.workloads["bank"] = {**_counts(invoked, completed), "transfers_moved": moved, "audits": len(audits),
-                                "audited_versions": len({a["v"] for a in audits}), "final_total": sum(final)}
+    result.workloads["bank"] = {
+        **_counts(invoked, completed),
+        "transfers_moved": moved,
+        "audits": len(audits),
+        "audited_versions": len({a["v"] for a in audits}),
+        "final_total": sum(final),
+    }
 
 
-async def _check_counter(db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]],
-                         result: CampaignResult) -> None:
+async def _check_counter(
+    db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]], result: CampaignResult
+) -> None:
     invoked, completed = _outcomes(records)
     snap = await db.snapshot()
     summary: dict[str, Any] = _counts(invoked, completed)
@@ -995,8 +1037,9 @@ async def _check_counter(db: kvstore.Store, config: CampaignConfig, records: lis
     result.workloads["counter"] = summary
 
 
-def _check_one_counter(name: str, value: int, mine: list[int], completed: dict[int, dict[str, Any]],
-                       result: CampaignResult) -> dict[str, int]:
+def _check_one_counter(
+    name: str, value: int, mine: list[int], completed: dict[int, dict[str, Any]], result: CampaignResult
+) -> dict[str, int]:
     """Exactly-once checks of one counter whose final value is `value`.
 
     The committed increments read exactly 0, 1, ..., value - 1, each once. So:
@@ -1010,19 +1053,29 @@ def _check_one_counter(name: str, value: int, mine: list[int], completed: dict[i
     acked: list[int] = [c["r"] for c in outcome.values() if c["s"] == "ok"]
     unknown = [c.get("r") for c in outcome.values() if c["s"] == "info"]
     if not len(acked) <= value <= len(acked) + len(unknown):
-        result.add("counter", "count", f"{name} = {value}, but {len(acked)} increments were acknowledged "
-                                       f"and {len(unknown)} are unknown")
+        result.add(
+            "counter",
+            "count",
+            f"{name} = {value}, but {len(acked)} increments were acknowledged and {len(unknown)} are unknown",
+        )
     twice = sorted(v for v, n in Counter(acked).items() if n > 1)
     if twice:
-        result.add("counter", "lost-update", f"{name}: acknowledged increments read the same value(s) "
-                                             f"{twice[:10]} ({len(twice)} in all)")
+        result.add(
+            "counter",
+            "lost-update",
+            f"{name}: acknowledged increments read the same value(s) {twice[:10]} ({len(twice)} in all)",
+        )
     if acked and max(acked) >= value:
         result.add("counter", "count", f"{name} = {value}, but an acknowledged increment read {max(acked)}")
     explained = set(acked) | {r for r in unknown if r is not None}
     unexplained = [v for v in range(value) if v not in explained]
     if len(unexplained) > sum(1 for r in unknown if r is None):
-        result.add("counter", "count", f"{name}: the increments that read {unexplained[:10]} were committed, "
-                                       "but only failed increments read those values")
+        result.add(
+            "counter",
+            "count",
+            f"{name}: the increments that read {unexplained[:10]} were committed, "
+            "but only failed increments read those values",
+        )
     return {"value": value, "acked": len(acked), "unknown": len(unknown)}
 
 
@@ -1033,18 +1086,23 @@ def format_summary(result: CampaignResult) -> str:
     """The human summary table of a result."""
     lines = [f"{'workload':<12} {'invoked':>8} {'ok':>8} {'fail':>8} {'info':>8}  details"]
     for w, s in result.workloads.items():
-        details = ", ".join(f"{k}={v}" for k, v in s.items()
-                            if k not in ("invoked", "ok", "fail", "info") and not isinstance(v, dict))
-        lines.append(f"{w:<12} {s.get('invoked', 0):>8} {s.get('ok', 0):>8} {s.get('fail', 0):>8} "
-                     f"{s.get('info', 0):>8}  {details}")
+        details = ", ".join(
+            f"{k}={v}" for k, v in s.items() if k not in ("invoked", "ok", "fail", "info") and not isinstance(v, dict)
+        )
+        lines.append(
+            f"{w:<12} {s.get('invoked', 0):>8} {s.get('ok', 0):>8} {s.get('fail', 0):>8} "
+            f"{s.get('info', 0):>8}  {details}"
+        )
     for w, s in result.workloads.items():
         if s.get("why"):
             lines.append(f"  {w} not ok: " + ", ".join(f"{k} x{v}" for k, v in s["why"].items()))
     total = sum(s.get("invoked", 0) for s in result.workloads.values())
     faults = sum(v for k, v in result.faults_injected.items())
-    lines.append(f"total transactions {total}, duration {result.duration:.1f} s, processes started "
-                 f"{result.incarnations}, SIGKILLs {result.kills}, faults injected {faults}"
-                 f"{' (stopped by the duration limit)' if result.stopped_by_duration_limit else ''}")
+    lines.append(
+        f"total transactions {total}, duration {result.duration:.1f} s, processes started "
+        f"{result.incarnations}, SIGKILLs {result.kills}, faults injected {faults}"
+        f"{' (stopped by the duration limit)' if result.stopped_by_duration_limit else ''}"
+    )
     lines.append("faults: " + (", ".join(f"{k}={v}" for k, v in result.faults_injected.items()) or "none"))
     if result.log_records:
         lines.append("kvstore log records in workers: " + ", ".join(f"{k}={v}" for k, v in result.log_records.items()))
@@ -1075,12 +1133,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-limit", type=float, default=300.0, help="seconds")
     p.add_argument("--kill-interval", type=float, default=3.0, help="mean seconds between SIGKILLs")
     p.add_argument("--max-kills", type=int, default=None, help="stop killing after this many SIGKILLs")
-    p.add_argument("--planned-kills", type=int, default=0,
-                   help="workers that also freeze themselves at a random invocation and are SIGKILLed")
-    p.add_argument("--net-faults", type=_on_off, default=False, metavar="on|off",
-                   help="S3 only: inject faults on the wire (lost answers, resets, cut answers)")
-    p.add_argument("--worker-setup", default=None, metavar="MODULE:FUNCTION",
-                   help="a function every worker calls before it starts (importable in the workers)")
+    p.add_argument(
+        "--planned-kills",
+        type=int,
+        default=0,
+        help="workers that also freeze themselves at a random invocation and are SIGKILLed",
+    )
+    p.add_argument(
+        "--net-faults",
+        type=_on_off,
+        default=False,
+        metavar="on|off",
+        help="S3 only: inject faults on the wire (lost answers, resets, cut answers)",
+    )
+    p.add_argument(
+        "--worker-setup",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="a function every worker calls before it starts (importable in the workers)",
+    )
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     return p
@@ -1090,11 +1161,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
     """The campaign configuration and the --out path from the command line."""
     a = _parser().parse_args(argv)
     workloads = WORKLOADS if a.workload == "all" else (a.workload,)
-    config = CampaignConfig(url=a.url, endpoint_url=a.endpoint_url, processes=a.processes, tasks=a.tasks,
-                            txns=a.txns, seed=a.seed, faults=a.faults, net_faults=a.net_faults, kills=a.kills,
-                            workloads=workloads, duration_limit=a.duration_limit, kill_interval=a.kill_interval,
-                            max_kills=a.max_kills, planned_kills=a.planned_kills,
-                            worker_setup=a.worker_setup, workdir=a.workdir)
+    config = CampaignConfig(
+        url=a.url,
+        endpoint_url=a.endpoint_url,
+        processes=a.processes,
+        tasks=a.tasks,
+        txns=a.txns,
+        seed=a.seed,
+        faults=a.faults,
+        net_faults=a.net_faults,
+        kills=a.kills,
+        workloads=workloads,
+        duration_limit=a.duration_limit,
+        kill_interval=a.kill_interval,
+        max_kills=a.max_kills,
+        planned_kills=a.planned_kills,
+        worker_setup=a.worker_setup,
+        workdir=a.workdir,
+    )
     return config, a.out
 
 

@@ -73,9 +73,23 @@ _EDGE_NAMES = {WW: "ww", WR: "wr", RW: "rw", RT: "rt"}
 _SEARCH_BUDGET = 1_000_000  # BFS node visits per SCC spent looking for G-single
 _MAX_EDGES_EXPLAINED = 12
 _MAX_READERS_LISTED = 10
-_KIND_ORDER = ["internal", "duplicate-append", "duplicate", "garbage-read",
-               "incompatible-order", "G1a", "G1b", "G0", "G0-realtime",
-               "G1c", "G1c-realtime", "G-single", "G-single-realtime", "G2", "G2-realtime"]
+_KIND_ORDER = [
+    "internal",
+    "duplicate-append",
+    "duplicate",
+    "garbage-read",
+    "incompatible-order",
+    "G1a",
+    "G1b",
+    "G0",
+    "G0-realtime",
+    "G1c",
+    "G1c-realtime",
+    "G-single",
+    "G-single-realtime",
+    "G2",
+    "G2-realtime",
+]
 
 
 @dataclass
@@ -126,10 +140,12 @@ class CheckResult:
 
     def summary(self, max_examples: int = 10) -> str:
         """A short multi-line human-readable report."""
-        head = (f"list-append check (realtime={self.realtime}): {self.txn_count} txns "
-                f"(ok {self.ok_count}, fail {self.fail_count}, info {self.info_count}, "
-                f"{self.info_committed_count} info treated as committed), "
-                f"{self.graph_edges} dependency edges: ")
+        head = (
+            f"list-append check (realtime={self.realtime}): {self.txn_count} txns "
+            f"(ok {self.ok_count}, fail {self.fail_count}, info {self.info_count}, "
+            f"{self.info_committed_count} info treated as committed), "
+            f"{self.graph_edges} dependency edges: "
+        )
         if self.ok:
             return head + "no anomalies"
         counts = ", ".join(f"{k} x{n}" for k, n in sorted(self.kinds().items()))
@@ -213,10 +229,10 @@ class _Graph:
 
         def f(v: int) -> Iterable[int]:
             return [w for w, m in adj.get(v, {}).items() if m & mask and w in allowed]
+
         return f
 
-    def path(self, src: int, dst: int, mask: int, allowed: set[int],
-             budget: list[int]) -> list[int] | None:
+    def path(self, src: int, dst: int, mask: int, allowed: set[int], budget: list[int]) -> list[int] | None:
         """Shortest path src -> ... -> dst (a cycle if src == dst) over ``mask`` edges."""
         parent: dict[int, int] = {}
         queue = deque([src])
@@ -245,35 +261,31 @@ class _Graph:
         r = self.why[(a, b, kind)]
         later = "later, never-observed" if kind in (WW, RW) and r[3] else "next"
         if kind == WW:
-            return (f"T{a} appended {r[1]!r} to {r[0]!r} and T{b} appended the {later} "
-                    f"value {r[2]!r}")
+            return f"T{a} appended {r[1]!r} to {r[0]!r} and T{b} appended the {later} value {r[2]!r}"
         if kind == WR:
             return f"T{b} read {r[0]!r} ending in {r[1]!r}, appended by T{a}"
         if kind == RW:
             seen = "an empty list" if r[1] is None else f"a list ending in {r[1]!r}"
             return f"T{a} read {r[0]!r} as {seen}; T{b} appended the {later} value {r[2]!r}"
-        return (f"T{a} completed at {times[a].complete_time} before T{b} was invoked "
-                f"at {times[b].invoke_time}")
+        return f"T{a} completed at {times[a].complete_time} before T{b} was invoked at {times[b].invoke_time}"
 
 
-def _cycle_anomaly(g: _Graph, cycle: list[int], labels: list[int],
-                   by_id: dict[int, Txn]) -> Anomaly:
+def _cycle_anomaly(g: _Graph, cycle: list[int], labels: list[int], by_id: dict[int, Txn]) -> Anomaly:
     n_rw = labels.count(RW)
-    kind = ("G0" if all(k in (WW, RT) for k in labels) else "G1c") if n_rw == 0 else (
-        "G-single" if n_rw == 1 else "G2")
+    kind = ("G0" if all(k in (WW, RT) for k in labels) else "G1c") if n_rw == 0 else ("G-single" if n_rw == 1 else "G2")
     if RT in labels:
         kind += "-realtime"
     hops = [f"T{cycle[i]} -{_EDGE_NAMES[k]}-> " for i, k in enumerate(labels)]
-    why = [g.explain(cycle[i], cycle[(i + 1) % len(cycle)], k, by_id)
-           for i, k in enumerate(labels[:_MAX_EDGES_EXPLAINED])]
+    why = [
+        g.explain(cycle[i], cycle[(i + 1) % len(cycle)], k, by_id) for i, k in enumerate(labels[:_MAX_EDGES_EXPLAINED])
+    ]
     if len(labels) > _MAX_EDGES_EXPLAINED:
         why.append(f"... {len(labels) - _MAX_EDGES_EXPLAINED} more edges")
     text = f"cycle of {len(cycle)} txns: {''.join(hops)}T{cycle[0]}. " + "; ".join(why)
     return Anomaly(kind, list(cycle), text)
 
 
-def _classify_scc(g: _Graph, scc: list[int], realtime: bool,
-                  by_id: dict[int, Txn]) -> Anomaly:
+def _classify_scc(g: _Graph, scc: list[int], realtime: bool, by_id: dict[int, Txn]) -> Anomaly:
     """Find a concrete cycle of the weakest anomaly class inside one SCC.
 
     Tries G0, G1c, G-single, G2 without real-time edges, then (if enabled)
@@ -366,8 +378,16 @@ def check(history: Iterable[Txn], *, realtime: bool = False) -> CheckResult:
     graph = _dependency_graph(orders, appends, committed, by_id, realtime)
     out += _cycle_anomalies(graph, realtime, by_id)
     status = Counter(t.status for t in txns)
-    return CheckResult(_ranked(out), len(txns), status["ok"], status["fail"], status["info"],
-                       len(committed) - status["ok"], graph.edges, realtime)
+    return CheckResult(
+        _ranked(out),
+        len(txns),
+        status["ok"],
+        status["fail"],
+        status["info"],
+        len(committed) - status["ok"],
+        graph.edges,
+        realtime,
+    )
 
 
 # --------------------------------------------------------------- check: transactions and appends
@@ -429,10 +449,15 @@ def _duplicate_appends(appends: _Appends) -> list[Anomaly]:
     The checker relies on every appended value being unique per key; a
     history that breaks the rule cannot be checked reliably, so say so.
     """
-    return [Anomaly("duplicate-append", ids,
-                    f"value {v!r} appended to {k!r} more than once, by "
-                    f"{_readers_text(ids)} (history violates the uniqueness rule)")
-            for (k, v), ids in appends.duplicates.items()]
+    return [
+        Anomaly(
+            "duplicate-append",
+            ids,
+            f"value {v!r} appended to {k!r} more than once, by "
+            f"{_readers_text(ids)} (history violates the uniqueness rule)",
+        )
+        for (k, v), ids in appends.duplicates.items()
+    ]
 
 
 # --------------------------------------------------------------- check: reads
@@ -490,20 +515,22 @@ def _read_ops(t: Txn, reads: dict[Any, _ReadGroups]) -> list[Anomaly]:
     return out
 
 
-def _internal_anomaly(t: Txn, k: Any, obs: list[Any], base: list[Any] | None,
-                      since: list[Any]) -> Anomaly | None:
+def _internal_anomaly(t: Txn, k: Any, obs: list[Any], base: list[Any] | None, since: list[Any]) -> Anomaly | None:
     """An ``internal`` anomaly if `t` read `obs` from `k` after reading `base` and appending `since`."""
     if base is not None:
         exp = base + since if since else base
         bad = obs != exp
     else:
         exp = since
-        bad = bool(since) and (len(obs) < len(since) or obs[len(obs) - len(since):] != since)
+        bad = bool(since) and (len(obs) < len(since) or obs[len(obs) - len(since) :] != since)
     if not bad:
         return None
     what = "" if base is not None else "... + "
-    return Anomaly("internal", [t.id], f"T{t.id} read {k!r} = {_short(obs)} but its own earlier "
-                                       f"reads/appends imply {what}{_short(exp)}")
+    return Anomaly(
+        "internal",
+        [t.id],
+        f"T{t.id} read {k!r} = {_short(obs)} but its own earlier reads/appends imply {what}{_short(exp)}",
+    )
 
 
 # --------------------------------------------------------------- check: version orders
@@ -531,8 +558,9 @@ class _KeyOrder:
     def readers_of(self, v: Any) -> list[tuple[int, bool]]:
         """Every (txn, external) that observed value `v`."""
         p = self.positions.get(v)
-        found = [] if p is None else [
-            x for r in self.compat[bisect.bisect_right(self.compat_lens, p):] for x in r.readers]
+        found = (
+            [] if p is None else [x for r in self.compat[bisect.bisect_right(self.compat_lens, p) :] for x in r.readers]
+        )
         return found + [x for r in self.incompat if v in r.value for x in r.readers]
 
 
@@ -544,7 +572,7 @@ def _version_order(groups: _ReadGroups) -> _KeyOrder:
     knowledge of the order in which the key's appends were applied.
     """
     rs = sorted((r for g in groups.values() for r in g), key=lambda r: len(r.value))
-    chain = all(b.value[:len(a.value)] == a.value for a, b in itertools.pairwise(rs))
+    chain = all(b.value[: len(a.value)] == a.value for a, b in itertools.pairwise(rs))
     order_read = rs[-1] if chain else max(rs, key=lambda r: len(r.value))
     order = order_read.value
     positions: dict[Any, int] = {}
@@ -556,18 +584,32 @@ def _version_order(groups: _ReadGroups) -> _KeyOrder:
             positions[v] = i
     observed = set(positions)
     for r in rs:
-        r.compatible = chain or order[:len(r.value)] == r.value
+        r.compatible = chain or order[: len(r.value)] == r.value
         if not r.compatible:
             observed.update(r.value)
     compat = [r for r in rs if r.compatible]
-    return _KeyOrder(groups, rs, chain, order_read, positions, repeats, observed, compat,
-                     [len(r.value) for r in compat], [r for r in rs if not r.compatible])
+    return _KeyOrder(
+        groups,
+        rs,
+        chain,
+        order_read,
+        positions,
+        repeats,
+        observed,
+        compat,
+        [len(r.value) for r in compat],
+        [r for r in rs if not r.compatible],
+    )
 
 
 def _key_anomalies(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anomaly]:
     """Every check of one key's reads against each other and against its appends."""
-    return (_incompatible_reads(k, ko) + _duplicates_in_reads(k, ko)
-            + _appends_out_of_order(k, ko, appends) + _garbage_reads(k, ko, appends))
+    return (
+        _incompatible_reads(k, ko)
+        + _duplicates_in_reads(k, ko)
+        + _appends_out_of_order(k, ko, appends)
+        + _garbage_reads(k, ko, appends)
+    )
 
 
 def _incompatible_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
@@ -580,12 +622,17 @@ def _incompatible_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
     if ko.chain:
         return out
     for a, b in itertools.pairwise(ko.by_len):
-        if b.value[:len(a.value)] != a.value:
-            i = next(i for i, (x, y) in enumerate(zip(a.value, b.value)) if x != y)
+        if b.value[: len(a.value)] != a.value:
+            i = next(i for i, (x, y) in enumerate(zip(a.value, b.value, strict=False)) if x != y)
             ta, tb = a.readers[0][0], b.readers[0][0]
-            out.append(Anomaly("incompatible-order", [ta, tb],
-                               f"reads of {k!r} disagree at index {i}: T{ta} saw "
-                               f"{_short(a.value, i)}, T{tb} saw {_short(b.value, i)}"))
+            out.append(
+                Anomaly(
+                    "incompatible-order",
+                    [ta, tb],
+                    f"reads of {k!r} disagree at index {i}: T{ta} saw "
+                    f"{_short(a.value, i)}, T{tb} saw {_short(b.value, i)}",
+                )
+            )
     return out
 
 
@@ -593,7 +640,7 @@ def _duplicates_in_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
     """``duplicate``: a read of `k` showing one value more than once (an append applied twice)."""
     dup: dict[Any, list[int]] = {}
     for v, i in ko.repeats.items():
-        dup[v] = [x for r in ko.compat[bisect.bisect_right(ko.compat_lens, i):] for x, _ in r.readers]
+        dup[v] = [x for r in ko.compat[bisect.bisect_right(ko.compat_lens, i) :] for x, _ in r.readers]
     for r in ko.incompat:
         for v, n in Counter(r.value).items():
             if n > 1:
@@ -601,8 +648,9 @@ def _duplicates_in_reads(k: Any, ko: _KeyOrder) -> list[Anomaly]:
     out: list[Anomaly] = []
     for v in sorted(dup, key=repr):
         ids = sorted(set(dup[v]))
-        out.append(Anomaly("duplicate", ids, f"{_readers_text(ids)} read {k!r} with "
-                                             f"value {v!r} appearing more than once"))
+        out.append(
+            Anomaly("duplicate", ids, f"{_readers_text(ids)} read {k!r} with value {v!r} appearing more than once")
+        )
     return out
 
 
@@ -626,11 +674,16 @@ def _appends_out_of_order(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anom
             j = sk[v]
             if j != got.get(w, 0):
                 ids = [w] + [i for i, _ in r.readers]
-                out.append(Anomaly("incompatible-order", ids,
-                                   f"T{w}'s appends to {k!r} were observed out of order or "
-                                   f"with gaps: its append #{j + 1} ({v!r}) follows "
-                                   f"{got.get(w, 0)} of its appends in {_short(r.value)}, "
-                                   f"read by {_readers_text(ids[1:])}"))
+                out.append(
+                    Anomaly(
+                        "incompatible-order",
+                        ids,
+                        f"T{w}'s appends to {k!r} were observed out of order or "
+                        f"with gaps: its append #{j + 1} ({v!r}) follows "
+                        f"{got.get(w, 0)} of its appends in {_short(r.value)}, "
+                        f"read by {_readers_text(ids[1:])}",
+                    )
+                )
                 break
             got[w] = j + 1
     return out
@@ -642,8 +695,9 @@ def _garbage_reads(k: Any, ko: _KeyOrder, appends: _Appends) -> list[Anomaly]:
     out: list[Anomaly] = []
     for v in sorted((v for v in ko.observed if v not in wk), key=repr):
         ids = sorted({i for i, _ in ko.readers_of(v)})
-        out.append(Anomaly("garbage-read", ids, f"{_readers_text(ids)} read value {v!r} of {k!r}, "
-                                                f"which no txn appended"))
+        out.append(
+            Anomaly("garbage-read", ids, f"{_readers_text(ids)} read value {v!r} of {k!r}, which no txn appended")
+        )
     return out
 
 
@@ -656,15 +710,20 @@ def _committed(txns: list[Txn], appends: _Appends, orders: dict[Any, _KeyOrder])
     committed = {t.id for t in txns if t.status == "ok"}
     for t in txns:
         if t.status == "info" and any(
-                f == "append" and k in orders and v in orders[k].observed
-                and appends.writers[k].get(v) == t.id
-                and any(i != t.id for i, _ in orders[k].readers_of(v)) for f, k, v in t.ops):
+            f == "append"
+            and k in orders
+            and v in orders[k].observed
+            and appends.writers[k].get(v) == t.id
+            and any(i != t.id for i, _ in orders[k].readers_of(v))
+            for f, k, v in t.ops
+        ):
             committed.add(t.id)
     return committed
 
 
-def _aborted_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn],
-                   committed: set[int]) -> list[Anomaly]:
+def _aborted_reads(
+    appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn], committed: set[int]
+) -> list[Anomaly]:
     """``G1a``: a committed txn read a value appended by a failed txn (an aborted read)."""
     out: list[Anomaly] = []
     for k, wk in appends.writers.items():
@@ -675,13 +734,17 @@ def _aborted_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[
             if by_id[w].status == "fail" and v in ko.observed:
                 ids = sorted({i for i, _ in ko.readers_of(v) if i in committed and i != w})
                 if ids:
-                    out.append(Anomaly("G1a", [w] + ids, f"{_readers_text(ids)} read {v!r} from {k!r}, "
-                                                         f"appended by failed txn T{w}"))
+                    out.append(
+                        Anomaly(
+                            "G1a", [w] + ids, f"{_readers_text(ids)} read {v!r} from {k!r}, appended by failed txn T{w}"
+                        )
+                    )
     return out
 
 
-def _intermediate_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn],
-                        committed: set[int]) -> list[Anomaly]:
+def _intermediate_reads(
+    appends: _Appends, orders: dict[Any, _KeyOrder], by_id: dict[int, Txn], committed: set[int]
+) -> list[Anomaly]:
     """``G1b``: a committed txn read a list ending in a value its writer followed with
     another append to the same key: a state in the middle of a transaction."""
     out: list[Anomaly] = []
@@ -694,17 +757,23 @@ def _intermediate_reads(appends: _Appends, orders: dict[Any, _KeyOrder], by_id: 
                 continue
             ids = sorted({i for r in group for i, _ in r.readers if i in committed and i != iw})
             if ids:
-                out.append(Anomaly("G1b", [iw] + ids,
-                                   f"{_readers_text(ids)} read {k!r} ending in {v!r}, an "
-                                   f"intermediate state: T{iw} appended more to {k!r} after it"))
+                out.append(
+                    Anomaly(
+                        "G1b",
+                        [iw] + ids,
+                        f"{_readers_text(ids)} read {k!r} ending in {v!r}, an "
+                        f"intermediate state: T{iw} appended more to {k!r} after it",
+                    )
+                )
     return out
 
 
 # --------------------------------------------------------------- check: the dependency graph
 
 
-def _dependency_graph(orders: dict[Any, _KeyOrder], appends: _Appends, committed: set[int],
-                      by_id: dict[int, Txn], realtime: bool) -> _Graph:
+def _dependency_graph(
+    orders: dict[Any, _KeyOrder], appends: _Appends, committed: set[int], by_id: dict[int, Txn], realtime: bool
+) -> _Graph:
     """The ww, wr and rw edges between committed txns, key by key, then the rt edges if asked."""
     g = _Graph()
     for k, ko in orders.items():
@@ -739,8 +808,7 @@ def _last_committed(values: list[Any], wk: dict[Any, int], committed: set[int]) 
     return (wk[values[i]], values[i]) if i >= 0 else (None, None)
 
 
-def _add_read_edges(g: _Graph, k: Any, ko: _KeyOrder, r: _Read, wk: dict[Any, int],
-                    committed: set[int]) -> None:
+def _add_read_edges(g: _Graph, k: Any, ko: _KeyOrder, r: _Read, wk: dict[Any, int], committed: set[int]) -> None:
     """``wr`` and ``rw`` edges of one distinct read `r` of `k`, for its external committed readers.
 
     ``wr``: the writer of the last value read precedes the reader. ``rw``: the
@@ -753,7 +821,7 @@ def _add_read_edges(g: _Graph, k: Any, ko: _KeyOrder, r: _Read, wk: dict[Any, in
     nxt: int | None = None
     v_next: Any = None
     if r.compatible:
-        for v in ko.order[len(r.value):]:
+        for v in ko.order[len(r.value) :]:
             nw = wk.get(v)
             if nw is not None and nw in committed and nw != w_last:
                 nxt, v_next = nw, v
@@ -767,8 +835,7 @@ def _add_read_edges(g: _Graph, k: Any, ko: _KeyOrder, r: _Read, wk: dict[Any, in
             g.add(reader, nxt, RW, (k, v_last, v_next, False))
 
 
-def _add_unobserved_append_edges(g: _Graph, k: Any, ko: _KeyOrder, wk: dict[Any, int],
-                                 committed: set[int]) -> None:
+def _add_unobserved_append_edges(g: _Graph, k: Any, ko: _KeyOrder, wk: dict[Any, int], committed: set[int]) -> None:
     """A committed append no read observed comes after the whole version order.
 
     So it gets a ``ww`` edge from the order's last committed writer and an
@@ -820,8 +887,11 @@ def _cycle_anomalies(g: _Graph, realtime: bool, by_id: dict[int, Txn]) -> list[A
     """``G0``, ``G1c``, ``G-single``, ``G2`` (``-realtime``): one cycle per strongly connected
     component of the graph, of the weakest class it contains. A cycle means no serial
     order is consistent with what the txns observed."""
-    return [_classify_scc(g, sorted(scc), realtime, by_id)
-            for scc in _tarjan(sorted(g.adj), lambda v: g.adj.get(v, {}).keys()) if len(scc) > 1]
+    return [
+        _classify_scc(g, sorted(scc), realtime, by_id)
+        for scc in _tarjan(sorted(g.adj), lambda v: g.adj.get(v, {}).keys())
+        if len(scc) > 1
+    ]
 
 
 def _ranked(anomalies: list[Anomaly]) -> list[Anomaly]:
@@ -848,8 +918,7 @@ class HistoryRecorder:
     Linux host but not across hosts.
     """
 
-    def __init__(self, *, first_id: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, first_id: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._next_id = first_id
         self._clock = clock
@@ -864,8 +933,7 @@ class HistoryRecorder:
             self._txns[tid] = Txn(tid, process, copied, "info", self._clock(), None)
         return tid
 
-    def complete(self, txn_id: int, status: Status,
-                 ops_with_reads: Iterable[Sequence[Any]] | None = None) -> None:
+    def complete(self, txn_id: int, status: Status, ops_with_reads: Iterable[Sequence[Any]] | None = None) -> None:
         """Record a transaction's outcome (and its ops with read results)."""
         if status not in ("ok", "fail", "info"):
             raise ValueError(f"bad status {status!r}")
@@ -882,8 +950,10 @@ class HistoryRecorder:
     def history(self) -> list[Txn]:
         """A snapshot of the recorded transactions, ordered by id."""
         with self._lock:
-            return [Txn(t.id, t.process, _copy_ops(t.ops), t.status, t.invoke_time,
-                        t.complete_time) for _, t in sorted(self._txns.items())]
+            return [
+                Txn(t.id, t.process, _copy_ops(t.ops), t.status, t.invoke_time, t.complete_time)
+                for _, t in sorted(self._txns.items())
+            ]
 
     def to_jsonl(self, path: str) -> None:
         """Write the history as JSON lines (keys must be ints or strings)."""
@@ -892,10 +962,19 @@ class HistoryRecorder:
                 for _, k, _ in t.ops:
                     if not isinstance(k, (int, str)):
                         raise TypeError(f"T{t.id}: key {k!r} is not an int or str")
-                fh.write(json.dumps({"id": t.id, "process": t.process, "status": t.status,
-                                     "invoke_time": t.invoke_time,
-                                     "complete_time": t.complete_time,
-                                     "ops": [list(op) for op in t.ops]}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": t.id,
+                            "process": t.process,
+                            "status": t.status,
+                            "invoke_time": t.invoke_time,
+                            "complete_time": t.complete_time,
+                            "ops": [list(op) for op in t.ops],
+                        }
+                    )
+                    + "\n"
+                )
 
     @staticmethod
     def from_jsonl(path: str) -> list[Txn]:
@@ -905,6 +984,14 @@ class HistoryRecorder:
             for line in fh:
                 if line.strip():
                     d = json.loads(line)
-                    txns.append(Txn(d["id"], d["process"], _copy_ops(d["ops"]), d["status"],
-                                    d["invoke_time"], d["complete_time"]))
+                    txns.append(
+                        Txn(
+                            d["id"],
+                            d["process"],
+                            _copy_ops(d["ops"]),
+                            d["status"],
+                            d["invoke_time"],
+                            d["complete_time"],
+                        )
+                    )
         return txns

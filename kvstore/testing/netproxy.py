@@ -240,8 +240,7 @@ async def _read_head(reader: asyncio.StreamReader) -> _Message:
         except asyncio.IncompleteReadError as exc:
             if not exc.partial.strip(_CRLF):
                 raise _PeerClosed() from None
-            raise _ProtocolError(
-                f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
+            raise _ProtocolError(f"connection closed inside a message head ({len(exc.partial)} bytes)") from None
         except asyncio.LimitOverrunError:
             raise _ProtocolError(f"message head longer than {_HEAD_LIMIT} bytes") from None
         # Tolerate stray CRLFs between messages (RFC 9112 section 2.2).
@@ -258,8 +257,9 @@ async def _read_head(reader: asyncio.StreamReader) -> _Message:
     return _Message(lines[0].decode("latin-1"), lines[1:], headers, stripped)
 
 
-async def _read_body(reader: asyncio.StreamReader, msg: _Message, *, has_body: bool, until_eof: bool,
-                     limit: int) -> bytes:
+async def _read_body(
+    reader: asyncio.StreamReader, msg: _Message, *, has_body: bool, until_eof: bool, limit: int
+) -> bytes:
     """Read a body verbatim, framed by chunked or Content-Length; for an answer with
     neither, until the upstream closes (`until_eof`)."""
     if not has_body:
@@ -342,8 +342,12 @@ class _Upstream:
         self.in_flight: asyncio.Task[_Message] | None = None
 
     def usable(self) -> bool:
-        return (self.reader is not None and self.writer is not None
-                and not self.reader.at_eof() and not self.writer.transport.is_closing())
+        return (
+            self.reader is not None
+            and self.writer is not None
+            and not self.reader.at_eof()
+            and not self.writer.transport.is_closing()
+        )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -446,8 +450,9 @@ class FaultProxy:
         with self._lock:
             self._rule = rule
 
-    def script(self, *faults: FaultKind, methods: Iterable[str] | None = None,
-               path_contains: str | None = None) -> None:
+    def script(
+        self, *faults: FaultKind, methods: Iterable[str] | None = None, path_contains: str | None = None
+    ) -> None:
         """Inject exactly these faults into the next exchanges matching the filters, in order.
 
         Scripted faults take precedence over the rule (a scripted exchange draws nothing
@@ -501,8 +506,12 @@ class FaultProxy:
                 return self
             ready = threading.Event()
             errors: list[BaseException] = []
-            thread = threading.Thread(target=self._run, args=(ready, errors), daemon=True,
-                                      name=f"FaultProxy->{self._upstream[0]}:{self._upstream[1]}")
+            thread = threading.Thread(
+                target=self._run,
+                args=(ready, errors),
+                daemon=True,
+                name=f"FaultProxy->{self._upstream[0]}:{self._upstream[1]}",
+            )
             self._thread = thread
             thread.start()
         if not ready.wait(30.0):
@@ -544,8 +553,9 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ loop thread
@@ -556,7 +566,8 @@ class FaultProxy:
         try:
             try:
                 server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, self._host, self._port, limit=_HEAD_LIMIT))
+                    asyncio.start_server(self._handle, self._host, self._port, limit=_HEAD_LIMIT)
+                )
             except BaseException as exc:  # noqa: BLE001 - handed to start()
                 errors.append(exc)
                 ready.set()
@@ -672,8 +683,7 @@ class FaultProxy:
                 upstream.close()
                 self._upstreams.discard(upstream)
 
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         upstream: _Upstream) -> bool:
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: _Upstream) -> bool:
         """Serve one exchange; returns whether to keep the client connection open."""
         try:
             request = await _read_head(reader)
@@ -695,8 +705,7 @@ class FaultProxy:
             # server's go-ahead: give it ourselves, and strip Expect from what we forward.
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            request.body = await _read_body(reader, request, has_body=True, until_eof=False,
-                                            limit=self._max_message)
+            request.body = await _read_body(reader, request, has_body=True, until_eof=False, limit=self._max_message)
         except _ProtocolError as exc:
             with self._lock:
                 self._stats.incomplete_requests += 1
@@ -713,24 +722,24 @@ class FaultProxy:
         forward_head = _forward_head(request)
         # A task of its own, shielded: if this handler is cancelled (stop), the answer is
         # still read whole within the grace period, and only then is upstream closed.
-        exchange = asyncio.get_running_loop().create_task(asyncio.wait_for(
-            self._exchange(upstream, method, forward_head + request.body), self._upstream_timeout))
+        exchange = asyncio.get_running_loop().create_task(
+            asyncio.wait_for(self._exchange(upstream, method, forward_head + request.body), self._upstream_timeout)
+        )
         self._exchanges.add(exchange)
         exchange.add_done_callback(self._exchanges.discard)
         upstream.in_flight = exchange
         try:
             answer = await asyncio.shield(exchange)
         except (OSError, _ProtocolError, asyncio.TimeoutError) as exc:
-            log.warning("FaultProxy: upstream failed on %s %s: %s: %s", method, target[:100],
-                        type(exc).__name__, exc)
+            log.warning("FaultProxy: upstream failed on %s %s: %s: %s", method, target[:100], type(exc).__name__, exc)
             upstream.abort()
             _abort_with_rst(writer)  # we have no answer to give: make that visible
             return False
 
-        upstream_done = ("close" in answer.tokens("connection") or upstream.reader is None
-                         or upstream.reader.at_eof())
+        upstream_done = "close" in answer.tokens("connection") or upstream.reader is None or upstream.reader.at_eof()
         client_done = "close" in request.tokens("connection") or (
-            version == "HTTP/1.0" and "keep-alive" not in request.tokens("connection"))
+            version == "HTTP/1.0" and "keep-alive" not in request.tokens("connection")
+        )
         wire = answer.head + answer.body
         if answer.body:
             head_len = len(answer.head)
@@ -752,8 +761,9 @@ class FaultProxy:
                 writer.close()
                 return False
             else:  # swallow, stop_after_headers, stop_mid_body: send a part, then stall
-                cut = {"swallow": 0, "stop_after_headers": head_len,
-                       "stop_mid_body": head_len + len(answer.body) // 2}[fault]
+                cut = {"swallow": 0, "stop_after_headers": head_len, "stop_mid_body": head_len + len(answer.body) // 2}[
+                    fault
+                ]
                 if cut:
                     writer.write(wire[:cut])
                     await writer.drain()
@@ -768,7 +778,8 @@ class FaultProxy:
         if not upstream.usable():
             upstream.close()
             upstream.reader, upstream.writer = await asyncio.wait_for(
-                asyncio.open_connection(*self._upstream, limit=_HEAD_LIMIT), self._connect_timeout)
+                asyncio.open_connection(*self._upstream, limit=_HEAD_LIMIT), self._connect_timeout
+            )
         assert upstream.reader is not None and upstream.writer is not None
         reader, writer = upstream.reader, upstream.writer
         writer.write(data)
@@ -789,15 +800,13 @@ class FaultProxy:
                 continue  # interim answer: the client never asked for it (Expect stripped)
             break
         has_body = not (method == "HEAD" or 100 <= status < 200 or status in (204, 304))
-        answer.body = await _read_body(reader, answer, has_body=has_body, until_eof=True,
-                                       limit=self._max_message)
+        answer.body = await _read_body(reader, answer, has_body=has_body, until_eof=True, limit=self._max_message)
         return answer
 
 
 def _forward_head(request: _Message) -> bytes:
     """The request head as forwarded: verbatim but for any Expect header (answered here)."""
-    kept = [line for line in request.header_lines
-            if line.partition(b":")[0].strip().lower() != b"expect"]
+    kept = [line for line in request.header_lines if line.partition(b":")[0].strip().lower() != b"expect"]
     return _CRLF.join([request.start_line.encode("latin-1"), *kept]) + _CRLF + _CRLF
 
 
@@ -805,7 +814,7 @@ async def _trickle(writer: asyncio.StreamWriter, data: bytes, rate: int) -> None
     """Send `data` at about `rate` bytes/s, in slices of 1/20 s."""
     step = max(1, rate // 20)
     for start in range(0, len(data), step):
-        piece = data[start:start + step]
+        piece = data[start : start + step]
         writer.write(piece)
         await writer.drain()
         if start + step < len(data):
@@ -827,14 +836,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m kvstore.testing.netproxy",
         description="Fault-injecting store-and-forward HTTP proxy in front of an S3 endpoint. "
-                    "Prints its endpoint URL, then runs until interrupted.")
+        "Prints its endpoint URL, then runs until interrupted.",
+    )
     parser.add_argument("--upstream", required=True, help="upstream URL, e.g. http://127.0.0.1:4566")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="listening port (default: any free one)")
     parser.add_argument("--seed", type=int, default=0)
     for kind in _RULE_KINDS:
-        parser.add_argument(f"--{kind.replace('_', '-')}", type=float, default=0.0, metavar="P",
-                            help=f"probability of {kind} per matching exchange")
+        parser.add_argument(
+            f"--{kind.replace('_', '-')}",
+            type=float,
+            default=0.0,
+            metavar="P",
+            help=f"probability of {kind} per matching exchange",
+        )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before forwarding")
     parser.add_argument("--jitter", type=float, default=0.0, help="up to this many extra seconds")
     parser.add_argument("--trickle-bytes-per-s", type=int, default=2000)
@@ -854,8 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         jitter=args.jitter,
         trickle_bytes_per_s=args.trickle_bytes_per_s,
-        methods=None if args.methods is None else frozenset(
-            m.strip() for m in args.methods.split(",") if m.strip()),
+        methods=None if args.methods is None else frozenset(m.strip() for m in args.methods.split(",") if m.strip()),
         path_contains=args.path_contains,
     )
     done = threading.Event()
@@ -871,8 +885,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not done.wait(1.0):
             pass
         stats = proxy.stats
-        log.info("FaultProxy stopping: requests %s, forwarded %s, faults %s",
-                 dict(stats.requests), dict(stats.forwarded), dict(stats.faults))
+        log.info(
+            "FaultProxy stopping: requests %s, forwarded %s, faults %s",
+            dict(stats.requests),
+            dict(stats.forwarded),
+            dict(stats.faults),
+        )
     return 0
 
 
