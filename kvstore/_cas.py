@@ -48,6 +48,7 @@ async def read_modify_cas(
         except PreconditionFailed:
             fresh = True
     raise ContentionError(
-        f"{what} lost {attempts} compare-and-swap races in a row to other writers of the store; "
-        "nothing was changed: retry it later, or when fewer processes write"
+        f"{what} lost {attempts} compare-and-swap races in a row to other writers of the store "
+        "(the last may have been its own write, its answer lost): retry it later, or when fewer "
+        "processes write; retrying is safe"
     )

@@ -153,12 +153,27 @@ class Committer:
                     raise
 
     async def _commit_batch(self, batch: list[CommitRequest]) -> None:
+        maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
+        try:
+            await self._commit_batch_once(batch, maybe_applied)
+        except CommitOutcomeUnknownError:
+            raise
+        except Exception as exc:  # interruptions (BaseException) pass through: _drain handles them
+            if not maybe_applied:
+                raise
+            # An attempt may still land (an abandoned request in flight, a lost answer):
+            # whatever failed afterwards, "failed" would be a guess (I5).
+            raise CommitOutcomeUnknownError(
+                f"the commit failed ({type(exc).__name__}: {exc}) after a manifest update whose outcome "
+                "is unknown; read the data to find out before retrying"
+            ) from exc
+
+    async def _commit_batch_once(self, batch: list[CommitRequest], maybe_applied: list[int]) -> None:
         base, etag = self._manifests.current
         accepted = self._admit(batch, base, check_age=True)
         if not accepted:
             return
         pending = await self._write_segment(accepted, base)
-        maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
         failures = 0
         lost_races = 0
         while True:
@@ -191,6 +206,18 @@ class Committer:
                         "the object store kept failing during the commit, so whether it was applied "
                         "is unknown; read the data to find out before retrying"
                     ) from exc
+            except KvStoreError:
+                # A lasting error (credentials expired, bucket gone) may follow an attempt
+                # whose answer was lost: look for our commit before reporting it (I5).
+                maybe_applied.append(new.version)
+                base, etag = await self._fetch_latest()
+                version = self._find_own_commit(base, accepted, pending, maybe_applied)
+                if version is None:
+                    maybe_applied.clear()  # not applied at any version the store reached
+                    raise
+                self.stats.ambiguous_resolved += 1
+                self._succeed(accepted, version)
+                return
             else:
                 self._cas_seconds = time.monotonic() - sent
                 self._succeed(accepted, new.version)

@@ -146,6 +146,9 @@ class Engine:
     async def view_at(self, version: int) -> SnapshotView:
         """A view of `version`: the latest, a recent one compaction still keeps, or a tagged one."""
         latest = await self.latest_view()
+        if version > latest.version:  # committed after the copy `max_staleness` let us reuse
+            await self._manifests.refresh()
+            latest = await self.latest_view()
         if version == latest.version:
             return latest
         manifest = latest.manifest
@@ -185,6 +188,7 @@ class Engine:
 
     async def commit(self, request: CommitRequest) -> int:
         """Commit one transaction (group-committed with others of this process)."""
+        self.check_open()
         return await self._committer.commit(request)
 
     async def bulk_commit(
@@ -230,10 +234,11 @@ class Engine:
 
     # ------------------------------------------------------------------ tags, maintenance
 
-    async def tag(self, name: str) -> Tag:
-        """Retain the latest version under `name` (one COPY and one PUT)."""
+    async def tag(self, name: str, *, version: int | None = None) -> Tag:
+        """Retain the latest version under `name` (one COPY and one PUT); with `version`,
+        only if that is still the latest."""
         self.check_writable("tags are writes")
-        return await self._tags.create_at_latest(name, self._manifests)
+        return await self._tags.create_at_latest(name, self._manifests, expected=version)
 
     async def tags(self) -> list[Tag]:
         self.check_open()

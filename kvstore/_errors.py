@@ -123,7 +123,7 @@ class StoreUnavailableError(KvStoreError):
 
 class ContentionError(KvStoreError):
     """A compaction, tag or garbage collection lost compare-and-swap races to other
-    writers too many times in a row. Nothing was changed; retry later."""
+    writers too many times in a row. Retrying later is safe."""
 
 
 class UnsafeStoreError(KvStoreError):

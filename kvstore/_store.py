@@ -296,15 +296,9 @@ class Store:
         exact bytes of that version) and creates the tag object: one COPY and
         one PUT. Tags never move: TagExistsError if the name is taken.
         `version` must be None or the latest version: tagging a past version
-        is not supported yet.
+        is not supported yet (ValidationError).
         """
-        self._engine.check_writable("tags are writes")
-        if version is not None and version != (await self._engine.refresh()).version:
-            raise ValidationError(
-                f"tagging a past version ({version}) is not supported yet: tag the latest version "
-                "(or read the past one with snapshot(version=...))"
-            )
-        return await self._engine.tag(name)
+        return await self._engine.tag(name, version=version)
 
     async def tags(self) -> list[Tag]:
         """Every tag, oldest version first. One LIST and one GET per tag."""

@@ -46,9 +46,13 @@ class TagStore:
         self._objects = objects
         self._layout = layout
 
-    async def create_at_latest(self, name: str, manifests: ManifestStore) -> Tag:
+    async def create_at_latest(self, name: str, manifests: ManifestStore, *, expected: int | None = None) -> Tag:
         """Retain the latest version under `name`: one COPY and one PUT, again with a
-        fresh manifest whenever a commit moves it between our read and the copy."""
+        fresh manifest whenever a commit moves it between our read and the copy.
+
+        With `expected`, only that version: if a commit moved the store past it,
+        ValidationError (past versions cannot be tagged yet).
+        """
         _check_name(name)
 
         async def load(fresh: bool) -> tuple[Manifest, str]:
@@ -57,6 +61,12 @@ class TagStore:
 
         async def write(current: tuple[Manifest, str]) -> Tag:
             manifest, etag = current
+            if expected is not None and manifest.version != expected:
+                raise ValidationError(
+                    f"version {expected} is no longer the latest (the store is at {manifest.version}), and "
+                    "tagging a past version is not supported yet: tag the latest version, or read the past "
+                    "one with snapshot(version=...)"
+                )
             return await self._create(name, etag, manifest.version)
 
         return await read_modify_cas(f"tagging {name!r}", load, write)

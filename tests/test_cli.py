@@ -94,7 +94,16 @@ def _start(call: Call, stderr: int = subprocess.PIPE) -> subprocess.Popen[bytes]
         stdout=subprocess.PIPE,
         stderr=stderr,
         env=_env(call.env),
+        preexec_fn=_hear_ctrl_c,  # noqa: PLW1509 - one signal call, no locks
     )
+
+
+def _hear_ctrl_c() -> None:
+    """Give the command Ctrl-C's default behaviour, as in a terminal. A test run started
+    in the background of a non-interactive shell (nohup, `cmd &`) inherits SIGINT
+    ignored, and Python then never turns SIGINT into KeyboardInterrupt: the watcher
+    would not stop when the test interrupts it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(*calls: Call) -> list[Done]:

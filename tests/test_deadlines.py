@@ -17,6 +17,7 @@ import pytest
 from targets import Target, file_target
 
 import kvstore
+from kvstore._objectstore import TransientError
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,8 +47,8 @@ async def test_the_local_cas_lock_wait_is_bounded(tmp_path: Path) -> None:
         with open(lock_path, "a+b") as holder:  # another writer, stopped while holding the lock
             fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
             started = time.monotonic()
-            # Unknown, not failed: the CAS was sent, and a thread still waiting for the
-            # lock could apply it once the holder lets go.
+            # Unknown, not failed: the CAS was sent, and the commit protocol cannot tell
+            # how far it got (the worker thread gives up once the caller has).
             with pytest.raises(kvstore.CommitOutcomeUnknownError) as caught:
                 await db.put(b"k", b"2")
             waited = time.monotonic() - started
@@ -102,3 +103,57 @@ async def test_close_waits_for_requests_in_flight(durable_target: Target) -> Non
     await closing
     assert reading.done() and reading.result() == b"v"
     assert backend.events[-2:] == ["read done", "closed"]
+
+
+class _FailsOnce:
+    """Delegates to a backend; once `armed`, the next read fails transiently (so the
+    retry layer backs off before trying again) and reads after `close` are counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.armed = False
+        self.failed = asyncio.Event()
+        self.closed = False
+        self.reads_after_close = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get(self, name: str, **kwargs: Any) -> Any:
+        if self.closed:
+            self.reads_after_close += 1
+        if self.armed:
+            self.armed = False
+            self.failed.set()
+            raise TransientError("a 503, say")
+        return await self._inner.get(name, **kwargs)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._inner.close()
+
+
+async def test_close_waits_for_an_operation_between_two_attempts(durable_target: Target) -> None:
+    async with durable_target.open() as db:
+        await db.put(b"k", b"v")
+    made: list[_FailsOnce] = []
+    retry = kvstore.RetryPolicy(base_delay=0.2, max_delay=0.2)  # a real pause between the attempts
+    db = await durable_target.open(
+        options=kvstore.StoreOptions(retry=retry),
+        wrap_object_store=lambda inner: made.append(_FailsOnce(inner)) or made[-1],
+    )
+    made[0].armed = True
+    reading = asyncio.create_task(db.get(b"k"))
+    await made[0].failed.wait()  # the read is now backing off before its second attempt
+    await db.close()
+    assert reading.done() and reading.result() == b"v"
+    assert made[0].reads_after_close == 0
+
+
+async def test_a_past_version_newer_than_the_reused_manifest_is_read(tmp_path: Path) -> None:
+    target = file_target(tmp_path)
+    stale_ok = kvstore.StoreOptions(max_staleness=3600.0)  # reads may reuse the manifest for an hour
+    async with target.open(options=stale_ok) as db, target.open() as other:
+        await db.put(b"k", b"1")
+        later = await other.put(b"k", b"2")
+        assert await (await db.snapshot(version=later)).get(b"k") == b"2"

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from targets import Target, engine_of, fault_injecting, s3_target
 
 import kvstore
-from kvstore._objectstore import ObjectNotFound
+from kvstore._objectstore import ObjectNotFound, TransientError
 from kvstore.testing.faults import FaultPlan, FaultRule
 
 pytestmark = pytest.mark.timeout(120)
@@ -135,3 +137,69 @@ async def test_a_resent_abort_of_a_multipart_upload_succeeds(s3_bucket: tuple[st
         assert made[0].injected["abort_multipart:resent"] == 1
         with pytest.raises(ObjectNotFound):  # it was aborted, once
             await objects.complete_multipart_if_absent("scratch/upload", upload, [(1, '"x"')])
+
+
+class _Interposer:
+    """Delegates to a backend; `before_copy` runs once before the next copy, and
+    `expire_after_lost_cas` makes the next manifest CAS apply, lose its answer, and
+    meet expired credentials when retried."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.before_copy: Callable[[], Awaitable[object]] | None = None
+        self.expire_after_lost_cas = False
+        self._cas_calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        if self.before_copy is not None:
+            hook, self.before_copy = self.before_copy, None
+            await hook()
+        return str(await self._inner.copy_if_match(source, destination, etag))
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        if not self.expire_after_lost_cas:
+            return str(await self._inner.put_if_match(name, data, etag))
+        self._cas_calls += 1
+        if self._cas_calls == 1:
+            await self._inner.put_if_match(name, data, etag)
+            raise TransientError("the answer was lost")
+        raise kvstore.AccessDeniedError("the credentials expired")
+
+
+def _interposing() -> tuple[list[_Interposer], Callable[[Any], Any]]:
+    made: list[_Interposer] = []
+
+    def wrap(inner: Any) -> _Interposer:
+        made.append(_Interposer(inner))
+        return made[-1]
+
+    return made, wrap
+
+
+async def test_a_lasting_error_after_a_lost_answer_does_not_hide_the_commit(target: Target) -> None:
+    # The retry after a lost answer meets expired credentials. The commit was applied:
+    # it must be reported committed, not failed (a caller would apply it twice).
+    made, wrap = _interposing()
+    async with target.open(wrap_object_store=wrap) as db:
+        await db.put(b"k", b"1")
+        made[0].expire_after_lost_cas = True
+        version = await db.put(b"k", b"2")
+        made[0].expire_after_lost_cas = False
+        assert version == 2
+        assert await db.get(b"k") == b"2"
+        assert [c.version for c in await db.history()] == [2, 1]
+
+
+async def test_tagging_a_version_never_tags_a_later_one(target: Target) -> None:
+    made, wrap = _interposing()
+    async with target.open(wrap_object_store=wrap) as db, target.open() as other:
+        version = await db.put(b"k", b"1")
+        made[0].before_copy = lambda: other.put(b"k", b"2")  # a commit lands just before the copy
+        with pytest.raises(kvstore.ValidationError, match=f"version {version} is no longer the latest"):
+            await db.tag("release", version=version)
+        assert await db.tags() == []
+        tag = await db.tag("release", version=db.version)
+        assert tag.version == version + 1

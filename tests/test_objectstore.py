@@ -19,6 +19,7 @@ from kvstore._objectstore import (
     ObjectStore,
     PreconditionFailed,
     S3Options,
+    TransientError,
 )
 from kvstore._objectstore._s3 import S3ObjectStore
 
@@ -198,3 +199,13 @@ async def test_s3_sessions_are_shared_per_loop_and_profile() -> None:
     there = await asyncio.to_thread(asyncio.run, elsewhere())
     assert there is not here
     assert there.get_component("data_loader") is here.get_component("data_loader")
+
+
+@pytest.mark.parametrize(("code", "status"), [("TooManyRequests", 429), ("RequestLimitExceeded", 503), ("SlowDown", 503)])
+def test_throttling_answers_are_retried(code: str, status: int) -> None:
+    """GCS and R2 throttle with 429: like S3's SlowDown, a retry cures it."""
+    from botocore.exceptions import ClientError
+
+    store = S3ObjectStore("bucket", S3Options())
+    answer = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    assert isinstance(store._translate(ClientError(answer, "GetObject"), "k"), TransientError)  # type: ignore[arg-type]

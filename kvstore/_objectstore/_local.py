@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -64,10 +65,10 @@ class LocalObjectStore:
         return await _in_thread(self._put_if_absent, name, data)
 
     async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
-        return await _in_thread(self._put_if_match, name, data, etag)
+        return await _abandonable(self._put_if_match, name, data, etag)
 
     async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
-        return await _in_thread(self._copy_if_match, source, destination, etag)
+        return await _abandonable(self._copy_if_match, source, destination, etag)
 
     async def start_multipart(self, name: str) -> str:
         return await _in_thread(self._start_multipart)
@@ -132,9 +133,9 @@ class LocalObjectStore:
             tmp.unlink()
         _fsync_dir(path.parent)
 
-    def _put_if_match(self, name: str, data: bytes, etag: str) -> str:
+    def _put_if_match(self, name: str, data: bytes, etag: str, abandoned: threading.Event) -> str:
         path = self._path(name)
-        with self._locked(name):
+        with self._locked(name, abandoned):
             try:
                 current = path.read_bytes()
             except FileNotFoundError:
@@ -146,9 +147,9 @@ class LocalObjectStore:
             _fsync_dir(path.parent)
         return content_etag(data)
 
-    def _copy_if_match(self, source: str, destination: str, etag: str) -> str:
+    def _copy_if_match(self, source: str, destination: str, etag: str, abandoned: threading.Event) -> str:
         # Under the source's CAS lock, so the content compared is the content copied.
-        with self._locked(source):
+        with self._locked(source, abandoned):
             blob = self._get(source, None, None)
             assert blob is not None
             if blob.etag != etag:
@@ -237,30 +238,37 @@ class LocalObjectStore:
         return tmp
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str, abandoned: threading.Event) -> Iterator[None]:
         locks = self._root / _WORK_DIR / "locks"
         locks.mkdir(parents=True, exist_ok=True)
         with open(locks / name.replace("/", "%"), "a+b") as f:
-            _lock_within(f.fileno(), _LOCK_WAIT_SECONDS, name)
+            _lock_within(f.fileno(), _LOCK_WAIT_SECONDS, name, abandoned)
             try:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _lock_within(fd: int, seconds: float, name: str) -> None:
-    """Take an exclusive flock on `fd`, waiting at most `seconds`.
+def _lock_within(fd: int, seconds: float, name: str, abandoned: threading.Event) -> None:
+    """Take an exclusive flock on `fd`, waiting at most `seconds`, and only while the
+    caller still waits for the result.
 
     A holder is another writer in its short read-compare-rename, so waits are
     brief; one that stays, such as a process stopped while holding the lock,
     must not hang every other writer: the wait ends in TransientError, which
-    the retry layer retries within its deadline.
+    the retry layer retries within its deadline. A caller that gave up
+    (`abandoned`) must not have its write applied later behind its back.
     """
     deadline = time.monotonic() + seconds
     pause = 0.001
     while True:
+        if abandoned.is_set():
+            raise TransientError(f"gave up waiting for the lock of {name!r}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if abandoned.is_set():  # given up while we took it: write nothing
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise TransientError(f"gave up waiting for the lock of {name!r}")
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -275,6 +283,18 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+async def _abandonable(fn: Callable[..., T], *args: Any) -> T:
+    """`_in_thread` for a write under a lock: `fn` gets a last argument, an event set
+    when the caller stops waiting (its deadline passed), so that the thread does
+    not apply the write afterwards."""
+    abandoned = threading.Event()
+    try:
+        return await _in_thread(fn, *args, abandoned)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .._errors import StoreUnavailableError, ValidationError
+from .._errors import ClosedError, StoreUnavailableError, ValidationError
 from ._protocol import Blob, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, TransientError
 
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class RetryingObjectStore:
         # attempt of ours had been applied.
         self.own_creates_found = 0
         self._in_flight = 0
+        self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._rng = random.Random(seed)
@@ -166,16 +167,31 @@ class RetryingObjectStore:
         await self._call("DELETE", lambda: self.inner.delete(name))
 
     async def close(self) -> None:
-        """Wait for requests in flight (prefetches, shared refreshes), at most one
+        """Wait for operations in flight (prefetches, shared refreshes), at most one
         attempt's deadline, then release the backend's connections. A request
-        abandoned mid-answer is what some servers handle worst."""
+        abandoned mid-answer is what some servers handle worst. Later attempts
+        (of an operation still retrying) raise ClosedError instead of reaching
+        the closed backend."""
         try:
             await asyncio.wait_for(self._idle.wait(), self.policy.attempt_timeout)
         except asyncio.TimeoutError:
             pass  # each request has its own deadline; closing now ends the stragglers
+        self._closed = True
         await self.inner.close()
 
     async def _call(self, kind: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        # In flight from the first attempt to the last, backoff included, so that
+        # close() does not release the backend between two attempts.
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._attempts(kind, attempt_once)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _attempts(self, kind: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.total_timeout
@@ -187,10 +203,10 @@ class RetryingObjectStore:
             left = deadline - loop.time()
             if left <= 0:
                 break
+            if self._closed:
+                raise ClosedError(f"{self.description}: the store was closed during a {kind}; open it again")
             attempt += 1
             self.requests[kind] += 1
-            self._in_flight += 1
-            self._idle.clear()
             limit = min(policy.attempt_timeout, left)
             try:
                 # Cancelling a stalled request closes its connection: the retry gets a fresh one.
@@ -199,10 +215,6 @@ class RetryingObjectStore:
                 last = exc
             except asyncio.TimeoutError:
                 last = TransientError(f"no answer within {limit:.3g} s")
-            finally:
-                self._in_flight -= 1
-                if not self._in_flight:
-                    self._idle.set()
         raise self._unavailable(kind, attempt, last) from last
 
     def _unavailable(self, what: str, attempts: int, last: TransientError | None) -> StoreUnavailableError:

@@ -79,6 +79,9 @@ _RETRYABLE_CODES = frozenset(
         "RequestTimeTooSkewed",
         "Throttling",
         "ThrottlingException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "429",
         "503",
         "500",
         "409",
@@ -299,7 +302,7 @@ class S3ObjectStore:
                 return UnsafeEndpointError(
                     f"{self.description} does not implement a request kvstore needs ({code}) on {name!r}"
                 )
-            if code in _RETRYABLE_CODES or status == 409 or status >= 500:
+            if code in _RETRYABLE_CODES or status in (409, 429) or status >= 500:
                 return TransientError(f"{self.description}: {code} on {name!r}")
             return StoreUnavailableError(f"{self.description} rejected a request on {name!r}: {code} (HTTP {status})")
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):

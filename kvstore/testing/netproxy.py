@@ -50,11 +50,11 @@ answer (``Connection: close``, or an answer delimited by the close), the client 
 is closed after the answer is relayed; an upstream connection the server closed while idle
 (LocalStack does after 60 s) is reopened for the client's next request.
 
-Note for test writers: aiohttp re-sends an idempotent request (GET, HEAD, PUT, DELETE) once
-when the connection dies before an answer starts, even with botocore's retries off.  A
-single ``lose_answer`` or ``reset`` on a PUT is therefore invisible to an aiobotocore client
-(or, on a conditional PUT, becomes a 412 for its own write); script the fault twice to make
-the client see a connection error.
+Note for test writers: a plain aiohttp client re-sends an idempotent request (GET, HEAD,
+PUT, DELETE) once when the connection dies before an answer starts, even with botocore's
+retries off, so one ``lose_answer`` or ``reset`` is invisible to it (or, on a conditional
+PUT, becomes a 412 for its own write).  kvstore's S3 backend turns that resend off, so its
+retry layer sees every fault; a bare aiobotocore client in a test needs the fault twice.
 
 Command line, for campaigns with worker processes (prints the endpoint, runs until killed)::
 
