@@ -201,7 +201,9 @@ async def test_s3_sessions_are_shared_per_loop_and_profile() -> None:
     assert there.get_component("data_loader") is here.get_component("data_loader")
 
 
-@pytest.mark.parametrize(("code", "status"), [("TooManyRequests", 429), ("RequestLimitExceeded", 503), ("SlowDown", 503)])
+@pytest.mark.parametrize(
+    ("code", "status"), [("TooManyRequests", 429), ("RequestLimitExceeded", 503), ("SlowDown", 503)]
+)
 def test_throttling_answers_are_retried(code: str, status: int) -> None:
     """GCS and R2 throttle with 429: like S3's SlowDown, a retry cures it."""
     from botocore.exceptions import ClientError
