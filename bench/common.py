@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,42 @@ def random_values(count: int, size: int = VALUE_BYTES) -> list[bytes]:
 
 
 VALUE = random_values(1)[0]  # the value of every small write
+
+# The data of the scale benchmark (bench/scale.py) and its SlateDB peer: pair i is a
+# random 16-byte key and a random 100-byte value, both from a seed, drawn in batches of
+# SCALE_BATCH so that pair i is the same whatever the count. Stdlib only: the peers' venv
+# runs it too.
+SCALE_KEY_BYTES = 16
+SCALE_BATCH = 65_536
+
+
+def scale_batches(seed: int, count: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """The first `count` pairs of `seed`, as (keys, values) lists of up to SCALE_BATCH."""
+    keys_rng, values_rng = random.Random(seed), random.Random(seed + 1)
+    kb, vb = SCALE_KEY_BYTES, VALUE_BYTES
+    for start in range(0, count, SCALE_BATCH):
+        n = min(SCALE_BATCH, count - start)
+        keys, values = keys_rng.randbytes(kb * n), values_rng.randbytes(vb * n)
+        yield [keys[i : i + kb] for i in range(0, kb * n, kb)], [values[i : i + vb] for i in range(0, vb * n, vb)]
+
+
+def scale_pairs(seed: int, count: int) -> Iterator[tuple[bytes, bytes]]:
+    for keys, values in scale_batches(seed, count):
+        yield from zip(keys, values)
+
+
+def scale_sample(seed: int, count: int, n: int, pick_seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """`n` of the first `count` pairs of `seed`, chosen at random (by `pick_seed`)."""
+    wanted = sorted(random.Random(pick_seed).sample(range(count), min(n, count)))
+    out: list[tuple[bytes, bytes]] = []
+    base = 0
+    for keys, values in scale_batches(seed, (wanted[-1] + 1) if wanted else 0):
+        while len(out) < len(wanted) and wanted[len(out)] < base + len(keys):
+            i = wanted[len(out)] - base
+            out.append((keys[i], values[i]))
+        base += len(keys)
+    random.Random(pick_seed).shuffle(out)  # not in key-index order
+    return out
 
 
 def log(msg: str) -> None:

@@ -31,7 +31,12 @@ import time
 import uuid
 from typing import Any
 
-from common import closed_loop  # stdlib-only at import, so it runs in the peers' venv too
+from common import (  # stdlib-only: runs in the peers' venv too
+    closed_loop,
+    peak_rss_bytes,
+    scale_batches,
+    scale_sample,
+)
 
 VALUE = os.urandom(100)
 CREDS = {"access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
@@ -197,6 +202,77 @@ async def slatedb_main(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def slatedb_scale_main(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/scale.py's peer: load the scale pairs (WriteBatch of 10,000, each durable, then a
+    memtable flush), cold gets (a fresh Db per key), warm gets, a full scan; local or S3."""
+    from slatedb.uniffi import (
+        DbBuilder,
+        FlushOptions,
+        FlushType,
+        KeyRange,
+        ObjectStoreBuilder,
+        ObjectStoreType,
+        WriteBatch,
+    )
+
+    if args.local_path:
+        b = ObjectStoreBuilder.from_env(ObjectStoreType.LOCAL)
+        b.with_config("local_path", args.local_path)
+        store = b.build()
+    else:
+        store = slatedb_store(args.endpoint, args.bucket)
+
+    async def open_db() -> Any:
+        return await DbBuilder(args.path, store).build()
+
+    out: dict[str, Any] = {"peer": "slatedb", "version": _version("slatedb"), "entries": args.entries}
+    db = await open_db()
+    t0 = time.perf_counter()
+    for keys, values in scale_batches(args.seed, args.entries):
+        for start in range(0, len(keys), 10_000):
+            batch = WriteBatch()
+            for k, v in zip(keys[start : start + 10_000], values[start : start + 10_000]):
+                batch.put(k, v)
+            await (await db.write(batch)).await_durable()
+    await db.flush_with_options(FlushOptions(flush_type=FlushType.MEM_TABLE))
+    elapsed = time.perf_counter() - t0
+    nbytes = args.entries * (len(keys[0]) + len(values[0]))
+    out["load"] = {"seconds": elapsed, "bytes": nbytes, "mb_per_s": nbytes / elapsed / 1e6,
+                   "entries_per_s": args.entries / elapsed}
+    await db.shutdown()
+    sample = scale_sample(args.seed, args.entries, args.gets)
+    cold = []
+    for key, value in sample:
+        db = await open_db()
+        t0 = time.perf_counter()
+        got = await db.get(key)
+        cold.append(time.perf_counter() - t0)
+        await db.shutdown()
+        if got != value:
+            raise AssertionError(f"slatedb cold get of {key!r} returned a wrong value")
+    db = await open_db()
+    warm = []
+    for key, _ in sample:
+        await db.get(key)
+    for _ in range(5):
+        for key, _ in sample:
+            t0 = time.perf_counter()
+            await db.get(key)
+            warm.append(time.perf_counter() - t0)
+    it = await db.scan(KeyRange(start=None, start_inclusive=True, end=None, end_inclusive=False))
+    n = 0
+    t0 = time.perf_counter()
+    while rows := await it.next_batch(1024):
+        n += len(rows)
+    elapsed = time.perf_counter() - t0
+    await db.shutdown()
+    out["gets"] = {"n": len(sample), "cold_p50_ms": sorted(cold)[len(cold) // 2] * 1e3,
+                   "warm_p50_ms": sorted(warm)[len(warm) // 2] * 1e3}
+    out["scan"] = {"entries": n, "seconds": elapsed, "entries_per_s": n / elapsed}
+    out["peak_rss"] = peak_rss_bytes()
+    return out
+
+
 # --------------------------------------------------------------------------- Icechunk
 
 
@@ -354,9 +430,14 @@ def _version(dist: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("peer", choices=["slatedb", "icechunk", "icechunk-worker"])
-    ap.add_argument("--endpoint", required=True)
-    ap.add_argument("--bucket", required=True)
+    ap.add_argument("peer", choices=["slatedb", "slatedb-scale", "icechunk", "icechunk-worker"])
+    ap.add_argument("--endpoint", default="")
+    ap.add_argument("--bucket", default="")
+    ap.add_argument("--local-path", default="", help="slatedb-scale: a local directory instead of S3")
+    ap.add_argument("--path", default="slate-scale", help="slatedb-scale: the database path")
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--gets", type=int, default=20)
     ap.add_argument("--config", default="default", choices=["default", "tuned"])
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=0.5)
@@ -370,7 +451,7 @@ def main() -> None:
     ap.add_argument("--worker", type=int, default=0)
     args = ap.parse_args()
     args.writers = [int(w) for w in str(args.writers).split(",") if w]
-    fn = {"slatedb": slatedb_main, "icechunk": icechunk_main, "icechunk-worker": icechunk_worker}[args.peer]
+    fn = {"slatedb": slatedb_main, "slatedb-scale": slatedb_scale_main, "icechunk": icechunk_main, "icechunk-worker": icechunk_worker}[args.peer]
     result = asyncio.run(fn(args))
     print(json.dumps(result), flush=True)
     sys.stdout.flush()
