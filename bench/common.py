@@ -323,7 +323,7 @@ def scale_batches(seed: int, count: int) -> Iterator[tuple[list[bytes], list[byt
 
 def scale_pairs(seed: int, count: int) -> Iterator[tuple[bytes, bytes]]:
     for keys, values in scale_batches(seed, count):
-        yield from zip(keys, values)
+        yield from zip(keys, values, strict=True)
 
 
 def scale_sample(seed: int, count: int, n: int, pick_seed: int = 7) -> list[tuple[bytes, bytes]]:

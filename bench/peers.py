@@ -231,14 +231,18 @@ async def slatedb_scale_main(args: argparse.Namespace) -> dict[str, Any]:
     for keys, values in scale_batches(args.seed, args.entries):
         for start in range(0, len(keys), 10_000):
             batch = WriteBatch()
-            for k, v in zip(keys[start : start + 10_000], values[start : start + 10_000]):
+            for k, v in zip(keys[start : start + 10_000], values[start : start + 10_000], strict=True):
                 batch.put(k, v)
             await (await db.write(batch)).await_durable()
     await db.flush_with_options(FlushOptions(flush_type=FlushType.MEM_TABLE))
     elapsed = time.perf_counter() - t0
     nbytes = args.entries * (len(keys[0]) + len(values[0]))
-    out["load"] = {"seconds": elapsed, "bytes": nbytes, "mb_per_s": nbytes / elapsed / 1e6,
-                   "entries_per_s": args.entries / elapsed}
+    out["load"] = {
+        "seconds": elapsed,
+        "bytes": nbytes,
+        "mb_per_s": nbytes / elapsed / 1e6,
+        "entries_per_s": args.entries / elapsed,
+    }
     await db.shutdown()
     sample = scale_sample(args.seed, args.entries, args.gets)
     cold = []
@@ -266,8 +270,11 @@ async def slatedb_scale_main(args: argparse.Namespace) -> dict[str, Any]:
         n += len(rows)
     elapsed = time.perf_counter() - t0
     await db.shutdown()
-    out["gets"] = {"n": len(sample), "cold_p50_ms": sorted(cold)[len(cold) // 2] * 1e3,
-                   "warm_p50_ms": sorted(warm)[len(warm) // 2] * 1e3}
+    out["gets"] = {
+        "n": len(sample),
+        "cold_p50_ms": sorted(cold)[len(cold) // 2] * 1e3,
+        "warm_p50_ms": sorted(warm)[len(warm) // 2] * 1e3,
+    }
     out["scan"] = {"entries": n, "seconds": elapsed, "entries_per_s": n / elapsed}
     out["peak_rss"] = peak_rss_bytes()
     return out
@@ -451,7 +458,12 @@ def main() -> None:
     ap.add_argument("--worker", type=int, default=0)
     args = ap.parse_args()
     args.writers = [int(w) for w in str(args.writers).split(",") if w]
-    fn = {"slatedb": slatedb_main, "slatedb-scale": slatedb_scale_main, "icechunk": icechunk_main, "icechunk-worker": icechunk_worker}[args.peer]
+    fn = {
+        "slatedb": slatedb_main,
+        "slatedb-scale": slatedb_scale_main,
+        "icechunk": icechunk_main,
+        "icechunk-worker": icechunk_worker,
+    }[args.peer]
     result = asyncio.run(fn(args))
     print(json.dumps(result), flush=True)
     sys.stdout.flush()

@@ -138,12 +138,22 @@ async def commit_latencies(stores: list[tuple[Any, str]], n: int, target: Target
             await db.put(b"commit/%08d" % i, value)
             times[j].append(time.perf_counter() - t0)
             sizes[j].append(await manifest_bytes(target, name))
-    return [{"n": n, "p50_ms": ms(t), "mean_ms": statistics.fmean(t) * 1e3, "max_ms": max(t) * 1e3,
-             "manifest_bytes_p50": statistics.median(z), "manifest_bytes_max": max(z)} for t, z in zip(times, sizes)]
+    return [
+        {
+            "n": n,
+            "p50_ms": ms(t),
+            "mean_ms": statistics.fmean(t) * 1e3,
+            "max_ms": max(t) * 1e3,
+            "manifest_bytes_p50": statistics.median(z),
+            "manifest_bytes_max": max(z),
+        }
+        for t, z in zip(times, sizes, strict=True)
+    ]
 
 
-async def get_latencies(target: Target, stores: list[tuple[str, list[tuple[bytes, bytes]]]],
-                        warm_rounds: int) -> list[dict[str, Any]]:
+async def get_latencies(
+    target: Target, stores: list[tuple[str, list[tuple[bytes, bytes]]]], warm_rounds: int
+) -> list[dict[str, Any]]:
     """Per store (name, sampled pairs): cold gets (a fresh open per key: empty cache) and warm
     gets (one open, each key read once before). The stores take turns key by key, so that
     all see the same machine load."""
@@ -166,12 +176,12 @@ async def get_latencies(target: Target, stores: list[tuple[str, list[tuple[bytes
     dbs = [await open_store(target, name, 0.0) for name, _ in stores]
     try:
         snaps = [await db.snapshot() for db in dbs]
-        for db, (_, sample) in zip(dbs, stores):
+        for db, (_, sample) in zip(dbs, stores, strict=True):
             for key, _ in sample:
                 await db.get(key)
         for _ in range(warm_rounds):
             for i in range(max(len(sample) for _, sample in stores)):
-                for j, (db, snap, (_, sample)) in enumerate(zip(dbs, snaps, stores)):
+                for j, (db, snap, (_, sample)) in enumerate(zip(dbs, snaps, stores, strict=True)):
                     key, value = sample[i % len(sample)]
                     t0 = time.perf_counter()
                     got = await db.get(key)
@@ -183,14 +193,27 @@ async def get_latencies(target: Target, stores: list[tuple[str, list[tuple[bytes
     finally:
         for db in dbs:
             await db.close()
-    return [{"n": len(c), "cold_p50_ms": ms(c), "cold_max_ms": max(c) * 1e3, "warm_p50_ms": ms(w),
-             "warm_snapshot_p50_ms": ms(sw)} for c, w, sw in zip(cold, warm, snap_warm)]
+    return [
+        {
+            "n": len(c),
+            "cold_p50_ms": ms(c),
+            "cold_max_ms": max(c) * 1e3,
+            "warm_p50_ms": ms(w),
+            "warm_snapshot_p50_ms": ms(sw),
+        }
+        for c, w, sw in zip(cold, warm, snap_warm, strict=True)
+    ]
 
 
 async def describe(db: Any) -> dict[str, Any]:
     info = await db.describe()
-    return {"segments": info.segments, "segment_bytes": info.segment_bytes, "entries": info.entries,
-            "segments_per_level": {str(k): v for k, v in info.segments_per_level.items()}, "version": info.version}
+    return {
+        "segments": info.segments,
+        "segment_bytes": info.segment_bytes,
+        "entries": info.entries,
+        "segments_per_level": {str(k): v for k, v in info.segments_per_level.items()},
+        "version": info.version,
+    }
 
 
 async def phase_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -228,18 +251,28 @@ async def phase_load(spec: dict[str, Any]) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         shape = await describe(db)
         stats = db.statistics()
-    return {"entries": n, "bytes": n * PAIR_BYTES, "seconds": elapsed, "mb_per_s": n * PAIR_BYTES / elapsed / 1e6,
-            "entries_per_s": n / elapsed, "input_generation_seconds_est": gen_seconds, "version": version,
-            "store": shape, "manifest_bytes": await manifest_bytes(target, spec["store"]),
-            "rss_before": rss0, "requests": stats.get("requests")}
+    return {
+        "entries": n,
+        "bytes": n * PAIR_BYTES,
+        "seconds": elapsed,
+        "mb_per_s": n * PAIR_BYTES / elapsed / 1e6,
+        "entries_per_s": n / elapsed,
+        "input_generation_seconds_est": gen_seconds,
+        "version": version,
+        "store": shape,
+        "manifest_bytes": await manifest_bytes(target, spec["store"]),
+        "rss_before": rss0,
+        "requests": stats.get("requests"),
+    }
 
 
 async def phase_gets(spec: dict[str, Any]) -> dict[str, Any]:
     """Get latencies of the store, taking turns with the small store of the baseline."""
     target = Target.from_json(spec["target"])
     sample = scale_sample(spec["seed"], spec["entries"], spec["gets"])
-    big, small = await get_latencies(target, [(spec["store"], sample), (spec["small_store"], small_sample(spec))],
-                                     spec["warm_rounds"])
+    big, small = await get_latencies(
+        target, [(spec["store"], sample), (spec["small_store"], small_sample(spec))], spec["warm_rounds"]
+    )
     return {**big, "small_store": small}
 
 
@@ -252,11 +285,19 @@ async def phase_compact(spec: dict[str, Any]) -> dict[str, Any]:
         results = await db.compact(full=True)
         elapsed = time.perf_counter() - t0
         after = await describe(db)
-    return {"seconds": elapsed, "before": before, "after": after, "rss_before": rss0,
-            "results": [{k: getattr(r, k) for k in ("inputs", "entries_in", "entries_out", "bytes_in", "bytes_out", "level")}
-                        for r in results],
-            "bytes_written": sum(r.bytes_out for r in results), "bytes_read": sum(r.bytes_in for r in results),
-            "manifest_bytes": await manifest_bytes(target, spec["store"])}
+    return {
+        "seconds": elapsed,
+        "before": before,
+        "after": after,
+        "rss_before": rss0,
+        "results": [
+            {k: getattr(r, k) for k in ("inputs", "entries_in", "entries_out", "bytes_in", "bytes_out", "level")}
+            for r in results
+        ],
+        "bytes_written": sum(r.bytes_out for r in results),
+        "bytes_read": sum(r.bytes_in for r in results),
+        "manifest_bytes": await manifest_bytes(target, spec["store"]),
+    }
 
 
 async def phase_reads(spec: dict[str, Any]) -> dict[str, Any]:
@@ -276,12 +317,19 @@ async def phase_reads(spec: dict[str, Any]) -> dict[str, Any]:
             raise AssertionError(f"scan saw {n} entries, {spec['entries']} loaded")
         async with open_store(target, spec["empty_store"], 0.0) as empty:  # taking turns with it
             out["commits"], out["commits_empty_store"] = await commit_latencies(
-                [(db, spec["store"]), (empty, spec["empty_store"])], spec["commits"], target)
+                [(db, spec["store"]), (empty, spec["empty_store"])], spec["commits"], target
+            )
     return out
 
 
-PHASES = {"raw": phase_raw, "baseline": phase_baseline, "load": phase_load, "gets": phase_gets,
-          "compact": phase_compact, "reads": phase_reads}
+PHASES = {
+    "raw": phase_raw,
+    "baseline": phase_baseline,
+    "load": phase_load,
+    "gets": phase_gets,
+    "compact": phase_compact,
+    "reads": phase_reads,
+}
 
 
 def child_main(phase: str, spec: dict[str, Any]) -> None:
@@ -299,19 +347,35 @@ def child_main(phase: str, spec: dict[str, Any]) -> None:
 
 def run_child(argv: list[str], timeout: float, profile: Path | None = None) -> dict[str, Any]:
     if profile is not None:
-        argv = [str(PEERS_PYTHON.parent / "py-spy"), "record", "--rate", "50", "--format", "raw", "--nonblocking",
-                "-o", str(profile), "--", *argv]
-    proc = subprocess.run(argv, check=False, stdout=subprocess.PIPE, text=True, env=env_for_children(), timeout=timeout,
-                          cwd=REPO_ROOT)
+        argv = [
+            str(PEERS_PYTHON.parent / "py-spy"),
+            "record",
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(profile),
+            "--",
+            *argv,
+        ]
+    proc = subprocess.run(
+        argv, check=False, stdout=subprocess.PIPE, text=True, env=env_for_children(), timeout=timeout, cwd=REPO_ROOT
+    )
     lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{argv[-2] if len(argv) > 2 else argv}: exit {proc.returncode}, output {proc.stdout[-500:]!r}")
+        raise RuntimeError(
+            f"{argv[-2] if len(argv) > 2 else argv}: exit {proc.returncode}, output {proc.stdout[-500:]!r}"
+        )
     return json.loads(lines[-1])
 
 
 def phase(name: str, spec: dict[str, Any], timeout: float = 3600, profile: Path | None = None) -> dict[str, Any]:
     log(f"  {name} ...")
-    out = run_child([sys.executable, str(Path(__file__).resolve()), "--phase", name, json.dumps(spec)], timeout, profile)
+    out = run_child(
+        [sys.executable, str(Path(__file__).resolve()), "--phase", name, json.dumps(spec)], timeout, profile
+    )
     log(f"  {name}: {out['phase_seconds']:.1f} s, peak RSS {out['peak_rss'] / MiB:,.0f} MiB")
     return out
 
@@ -319,8 +383,19 @@ def phase(name: str, spec: dict[str, Any], timeout: float = 3600, profile: Path 
 def slatedb_peer(target: Target, entries: int, seed: int, gets: int, name: str) -> dict[str, Any]:
     if not PEERS_PYTHON.exists():
         return {"unavailable": f"{PEERS_PYTHON} missing (bash bench/setup.sh could not create it)"}
-    argv = [str(PEERS_PYTHON), str(HERE / "peers.py"), "slatedb-scale", "--entries", str(entries), "--seed", str(seed),
-            "--gets", str(gets), "--path", name]
+    argv = [
+        str(PEERS_PYTHON),
+        str(HERE / "peers.py"),
+        "slatedb-scale",
+        "--entries",
+        str(entries),
+        "--seed",
+        str(seed),
+        "--gets",
+        str(gets),
+        "--path",
+        name,
+    ]
     if target.kind == "s3":
         argv += ["--endpoint", target.endpoint_url, "--bucket", target.bucket]
     else:
@@ -336,8 +411,16 @@ def slatedb_peer(target: Target, entries: int, seed: int, gets: int, name: str) 
 
 def run_size(gb: float, target: Target, args: argparse.Namespace, with_peer: bool, ns: str) -> dict[str, Any]:
     entries = entries_for(gb)
-    base = {"target": target.to_json(), "seed": args.seed, "entries": entries, "gets": args.gets,
-            "warm_rounds": 5, "commits": args.commits, "empty_store": f"{ns}-empty", "small_store": f"{ns}-small"}
+    base = {
+        "target": target.to_json(),
+        "seed": args.seed,
+        "entries": entries,
+        "gets": args.gets,
+        "warm_rounds": 5,
+        "commits": args.commits,
+        "empty_store": f"{ns}-empty",
+        "small_store": f"{ns}-small",
+    }
     started = time.perf_counter()
     res: dict[str, Any] = {"gb": gb, "entries": entries, "logical_bytes": entries * PAIR_BYTES}
     res["baseline"] = phase("baseline", base)
@@ -348,8 +431,10 @@ def run_size(gb: float, target: Target, args: argparse.Namespace, with_peer: boo
     # full compaction materialises every input entry: about 6x the data today
     estimate = 6.5 * entries * PAIR_BYTES
     if estimate > args.max_compaction_rss_gb * 1e9:
-        res["compact"] = {"skipped": f"estimated peak RSS {estimate / 1e9:.1f} GB > --max-compaction-rss-gb "
-                                     f"{args.max_compaction_rss_gb}"}
+        res["compact"] = {
+            "skipped": f"estimated peak RSS {estimate / 1e9:.1f} GB > --max-compaction-rss-gb "
+            f"{args.max_compaction_rss_gb}"
+        }
     else:
         res["compact"] = phase("compact", store, profile=args.profile)
     res["reads"] = phase("reads", store)
@@ -371,62 +456,170 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         sec = f"{r['gb']:g} GB ({r['entries']:,} pairs)"
         logical = r["logical_bytes"]
         raw, b, load = r["raw"], r["baseline"], r["load"]
-        t.add(sec, "raw write bandwidth, 8 MiB objects", raw["best_mb_per_s"], "MB/s",
-              note=f"1 stream {raw['streams_1']['mb_per_s']:.0f}, 4 streams {raw['streams_4']['mb_per_s']:.0f} MB/s")
-        t.add(sec, "bulk load", load["mb_per_s"], "MB/s", "raw write bandwidth (best)", raw["best_mb_per_s"],
-              note=f"{load['seconds']:.1f} s, {load['entries_per_s']:,.0f} pairs/s, {load['store']['segments']} segments; "
-                   f"input generation ~{load['input_generation_seconds_est']:.1f} s of it")
-        t.add(sec, "bulk load peak RSS", load["peak_rss"] / MiB, "MiB", "logical data", logical / MiB,
-              note=f"process at start {load['rss_start'] / MiB:.0f} MiB")
+        t.add(
+            sec,
+            "raw write bandwidth, 8 MiB objects",
+            raw["best_mb_per_s"],
+            "MB/s",
+            note=f"1 stream {raw['streams_1']['mb_per_s']:.0f}, 4 streams {raw['streams_4']['mb_per_s']:.0f} MB/s",
+        )
+        t.add(
+            sec,
+            "bulk load",
+            load["mb_per_s"],
+            "MB/s",
+            "raw write bandwidth (best)",
+            raw["best_mb_per_s"],
+            note=f"{load['seconds']:.1f} s, {load['entries_per_s']:,.0f} pairs/s, {load['store']['segments']} segments; "
+            f"input generation ~{load['input_generation_seconds_est']:.1f} s of it",
+        )
+        t.add(
+            sec,
+            "bulk load peak RSS",
+            load["peak_rss"] / MiB,
+            "MiB",
+            "logical data",
+            logical / MiB,
+            note=f"process at start {load['rss_start'] / MiB:.0f} MiB",
+        )
         g0 = r["gets_before_compaction"]
-        t.add(sec, "cold get before compaction (p50)", g0["cold_p50_ms"], "ms", "small store, same moments",
-              g0["small_store"]["cold_p50_ms"], note=f"{load['store']['segments']} segments")
-        t.add(sec, "space amplification after load", load["store"]["segment_bytes"] / logical, "x",
-              note=f"{load['store']['segment_bytes'] / 1e6:,.0f} MB of segments")
+        t.add(
+            sec,
+            "cold get before compaction (p50)",
+            g0["cold_p50_ms"],
+            "ms",
+            "small store, same moments",
+            g0["small_store"]["cold_p50_ms"],
+            note=f"{load['store']['segments']} segments",
+        )
+        t.add(
+            sec,
+            "space amplification after load",
+            load["store"]["segment_bytes"] / logical,
+            "x",
+            note=f"{load['store']['segment_bytes'] / 1e6:,.0f} MB of segments",
+        )
         t.add(sec, "manifest bytes after load", load["manifest_bytes"], "B")
         c = r["compact"]
         if "skipped" in c or not c["results"]:
             t.add(sec, "compact(full=True)", None, "", note=c.get("skipped", "nothing to merge (one segment)"))
         else:
-            t.add(sec, "compact(full=True) time", c["seconds"], "s", "bulk load time", load["seconds"],
-                  note="target <= 1.5x")
+            t.add(
+                sec,
+                "compact(full=True) time",
+                c["seconds"],
+                "s",
+                "bulk load time",
+                load["seconds"],
+                note="target <= 1.5x",
+            )
             t.add(sec, "compaction rate (logical)", logical / c["seconds"] / 1e6, "MB/s", "bulk load", load["mb_per_s"])
-            t.add(sec, "compaction peak RSS", c["peak_rss"] / MiB, "MiB", "target 1 GiB", gib / MiB,
-                  note=f"{c['peak_rss'] / logical:.1f}x the logical data; process at start {c['rss_start'] / MiB:.0f} MiB")
-            t.add(sec, "write amplification of compaction", c["bytes_written"] / logical, "x",
-                  note=f"{c['bytes_written'] / 1e6:,.0f} MB written, {c['bytes_read'] / 1e6:,.0f} MB read")
-            t.add(sec, "space amplification after compaction", c["after"]["segment_bytes"] / logical, "x",
-                  note=f"{c['after']['segments']} segment(s)")
+            t.add(
+                sec,
+                "compaction peak RSS",
+                c["peak_rss"] / MiB,
+                "MiB",
+                "target 1 GiB",
+                gib / MiB,
+                note=f"{c['peak_rss'] / logical:.1f}x the logical data; process at start {c['rss_start'] / MiB:.0f} MiB",
+            )
+            t.add(
+                sec,
+                "write amplification of compaction",
+                c["bytes_written"] / logical,
+                "x",
+                note=f"{c['bytes_written'] / 1e6:,.0f} MB written, {c['bytes_read'] / 1e6:,.0f} MB read",
+            )
+            t.add(
+                sec,
+                "space amplification after compaction",
+                c["after"]["segment_bytes"] / logical,
+                "x",
+                note=f"{c['after']['segments']} segment(s)",
+            )
             t.add(sec, "manifest bytes after compaction", c["manifest_bytes"], "B")
         if "reads" in r:
             rd = r["reads"]
             ce, sm = rd["commits_empty_store"], rd["small_store"]
-            t.add(sec, "commit latency (p50 of small puts)", rd["commits"]["p50_ms"], "ms", "empty store, taking turns",
-                  ce["p50_ms"], note=f"target <= 1.2x; empty store alone {b['commits']['p50_ms']:.2f} ms")
-            t.add(sec, "manifest bytes per commit (p50)", rd["commits"]["manifest_bytes_p50"], "B", "empty store",
-                  ce["manifest_bytes_p50"])
-            t.add(sec, "cold get (p50, fresh open per key)", rd["cold_p50_ms"], "ms", "small store, taking turns",
-                  sm["cold_p50_ms"], note=f"max {rd['cold_max_ms']:.1f} ms; target <= 1.2x; small store alone "
-                                          f"{b['gets']['cold_p50_ms']:.2f} ms")
-            t.add(sec, "warm get, db.get (p50)", rd["warm_p50_ms"] * 1e3, "µs", "small store, taking turns",
-                  sm["warm_p50_ms"] * 1e3, note=f"snapshot.get {rd['warm_snapshot_p50_ms'] * 1e3:.1f} µs "
-                                               f"(small store {sm['warm_snapshot_p50_ms'] * 1e3:.1f} µs)")
+            t.add(
+                sec,
+                "commit latency (p50 of small puts)",
+                rd["commits"]["p50_ms"],
+                "ms",
+                "empty store, taking turns",
+                ce["p50_ms"],
+                note=f"target <= 1.2x; empty store alone {b['commits']['p50_ms']:.2f} ms",
+            )
+            t.add(
+                sec,
+                "manifest bytes per commit (p50)",
+                rd["commits"]["manifest_bytes_p50"],
+                "B",
+                "empty store",
+                ce["manifest_bytes_p50"],
+            )
+            t.add(
+                sec,
+                "cold get (p50, fresh open per key)",
+                rd["cold_p50_ms"],
+                "ms",
+                "small store, taking turns",
+                sm["cold_p50_ms"],
+                note=f"max {rd['cold_max_ms']:.1f} ms; target <= 1.2x; small store alone "
+                f"{b['gets']['cold_p50_ms']:.2f} ms",
+            )
+            t.add(
+                sec,
+                "warm get, db.get (p50)",
+                rd["warm_p50_ms"] * 1e3,
+                "µs",
+                "small store, taking turns",
+                sm["warm_p50_ms"] * 1e3,
+                note=f"snapshot.get {rd['warm_snapshot_p50_ms'] * 1e3:.1f} µs "
+                f"(small store {sm['warm_snapshot_p50_ms'] * 1e3:.1f} µs)",
+            )
             sl = r.get("slatedb") or {}
             scan_base = sl.get("scan", {}).get("entries_per_s") if "unavailable" not in sl else None
-            t.add(sec, "full scan", rd["scan"]["entries_per_s"], "entries/s",
-                  "SlateDB full scan" if scan_base else "", scan_base, note=f"{rd['scan']['seconds']:.1f} s")
+            t.add(
+                sec,
+                "full scan",
+                rd["scan"]["entries_per_s"],
+                "entries/s",
+                "SlateDB full scan" if scan_base else "",
+                scan_base,
+                note=f"{rd['scan']['seconds']:.1f} s",
+            )
             t.add(sec, "reads phase peak RSS", rd["peak_rss"] / MiB, "MiB")
         sl = r.get("slatedb")
         if sl is not None:
             if "unavailable" in sl:
                 t.add(sec, "SlateDB peer", None, "", note=f"unavailable: {sl['unavailable']}")
             else:
-                t.add(sec, "SlateDB load (WriteBatch 10k, durable)", sl["load"]["mb_per_s"], "MB/s",
-                      "kvstore bulk load", load["mb_per_s"], note=f"{sl['load']['seconds']:.1f} s incl. final flush")
-                t.add(sec, "SlateDB cold get (p50, fresh open per key)", sl["gets"]["cold_p50_ms"], "ms",
-                      "kvstore cold get", r.get("reads", g0)["cold_p50_ms"])
-                t.add(sec, "SlateDB warm get (p50)", sl["gets"]["warm_p50_ms"] * 1e3, "µs", "kvstore warm db.get",
-                      r.get("reads", g0)["warm_p50_ms"] * 1e3)
+                t.add(
+                    sec,
+                    "SlateDB load (WriteBatch 10k, durable)",
+                    sl["load"]["mb_per_s"],
+                    "MB/s",
+                    "kvstore bulk load",
+                    load["mb_per_s"],
+                    note=f"{sl['load']['seconds']:.1f} s incl. final flush",
+                )
+                t.add(
+                    sec,
+                    "SlateDB cold get (p50, fresh open per key)",
+                    sl["gets"]["cold_p50_ms"],
+                    "ms",
+                    "kvstore cold get",
+                    r.get("reads", g0)["cold_p50_ms"],
+                )
+                t.add(
+                    sec,
+                    "SlateDB warm get (p50)",
+                    sl["gets"]["warm_p50_ms"] * 1e3,
+                    "µs",
+                    "kvstore warm db.get",
+                    r.get("reads", g0)["warm_p50_ms"] * 1e3,
+                )
                 t.add(sec, "SlateDB full scan", sl["scan"]["entries_per_s"], "entries/s")
                 t.add(sec, "SlateDB peak RSS", sl["peak_rss"] / MiB, "MiB")
         t.add(sec, "runtime of this size", r["seconds"], "s")
@@ -436,12 +629,16 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
 def render(rows: list[dict[str, Any]]) -> str:
     from report import _fmt
 
-    lines = ["| size | metric | kvstore | unit | baseline | baseline value | ratio | note |",
-             "|---|---|---:|---|---|---:|---:|---|"]
+    lines = [
+        "| size | metric | kvstore | unit | baseline | baseline value | ratio | note |",
+        "|---|---|---:|---|---|---:|---:|---|",
+    ]
     for row in rows:
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
-        lines.append(f"| {row['section']} | {row['metric']} | {_fmt(row['kvstore'])} | {row['unit']} | "
-                     f"{row['baseline']} | {_fmt(row['baseline_value'])} | {ratio} | {row['note']} |")
+        lines.append(
+            f"| {row['section']} | {row['metric']} | {_fmt(row['kvstore'])} | {row['unit']} | "
+            f"{row['baseline']} | {_fmt(row['baseline_value'])} | {ratio} | {row['note']} |"
+        )
     return "\n".join(lines)
 
 
@@ -457,8 +654,12 @@ def main() -> None:
     ap.add_argument("--gets", type=int, default=20, help="random keys for the get latencies")
     ap.add_argument("--commits", type=int, default=30, help="small puts for the commit latency")
     ap.add_argument("--no-peer", action="store_true", help="skip SlateDB")
-    ap.add_argument("--max-compaction-rss-gb", type=float, default=8.0,
-                    help="skip a full compaction whose estimated peak RSS (6.5x the data: 4.6-6x measured on main) exceeds this")
+    ap.add_argument(
+        "--max-compaction-rss-gb",
+        type=float,
+        default=8.0,
+        help="skip a full compaction whose estimated peak RSS (6.5x the data: 4.6-6x measured on main) exceeds this",
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the compaction phase (bench/.venv-peers)")
     ap.add_argument("--workdir", default=None, help="parent of the temporary directories (default: system temp)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only print the table of an earlier run's JSON")
@@ -472,11 +673,18 @@ def main() -> None:
     args.profile = out_path.with_name(out_path.stem + "-compact.pyspy.txt") if args.profile else None
     from run import git_state, loadavg, machine, versions
 
-    results: dict[str, Any] = {"meta": {
-        "command": " ".join([".venv/bin/python", "bench/scale.py", *sys.argv[1:]]),
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "loadavg_start": loadavg(),
-        "git": git_state(), "versions": versions(), "settings": {k: str(v) for k, v in vars(args).items()},
-    }, "sizes": []}
+    results: dict[str, Any] = {
+        "meta": {
+            "command": " ".join([".venv/bin/python", "bench/scale.py", *sys.argv[1:]]),
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "loadavg_start": loadavg(),
+            "git": git_state(),
+            "versions": versions(),
+            "settings": {k: str(v) for k, v in vars(args).items()},
+        },
+        "sizes": [],
+    }
     server = None
     try:
         if args.backend == "s3":
@@ -488,8 +696,11 @@ def main() -> None:
             asyncio.run(ensure_bucket(server.endpoint_url, BUCKET))
         for n, gb in enumerate(sizes):
             tmp = Path(tempfile.mkdtemp(prefix=f"kvscale-{gb:g}-", dir=args.workdir))
-            target = (Target("s3", endpoint_url=server.endpoint_url, bucket=BUCKET) if server is not None
-                      else Target("fs", root=str(tmp)))
+            target = (
+                Target("s3", endpoint_url=server.endpoint_url, bucket=BUCKET)
+                if server is not None
+                else Target("fs", root=str(tmp))
+            )
             log(f"size {gb:g} GB: {entries_for(gb):,} pairs in {target.url('')}")
             try:
                 res = run_size(gb, target, args, with_peer=n == 0 and not args.no_peer, ns=f"{gb:g}gb-{os.getpid()}")
