@@ -10,8 +10,11 @@ only), so the manifest carries no GC state and commits never contend with GC.
 Why both clocks: a segment replaced by compaction may still be read through
 an older snapshot; it is deleted only a grace period after it stopped being
 referenced. A segment written by a commit in progress is unreferenced but
-young; it is kept until it is older than the grace period, and writers never
-commit a segment that old (I8). Listing happens before the manifest is read,
+young; it is kept, and not even marked, until it is older than the grace
+period, and writers never commit a segment that old (I8). (A mark taken
+while it was young could outlive its commit and its compaction, and let it
+go too soon.) So an orphan goes after two grace periods, a segment
+compacted away after one (counted from the first run that sees it so). Listing happens before the manifest is read,
 so a segment committed during the run is seen as referenced.
 """
 
@@ -81,12 +84,21 @@ class GarbageCollector:
         report = GcReport(dry_run)
         new_marks: dict[str, float] = {}
         for info in listed:
-            reason = reasons.get(info.name) or self._too_young(info, marks.get(info.name, now), now, grace_period)
+            # Only an object older than the grace period is marked. A younger one may be a
+            # segment not committed yet: committed and compacted away again before the next
+            # run, a mark taken before its commit would let it go less than a grace period
+            # after it stopped being referenced (I6). An older one never becomes referenced
+            # again, since writers commit no segment that old (I8).
+            young = now - info.last_modified < grace_period
+            marked_at = now if young else marks.get(info.name, now)
+            reason = reasons.get(info.name) or self._too_young(info, marked_at, now, grace_period)
             if reason is not None:
                 report.kept[info.name] = reason
                 if info.name not in reasons:
-                    new_marks[info.name] = marks.get(info.name, now)
-                    report.collectable_after[info.name] = max(info.last_modified, new_marks[info.name]) + grace_period
+                    if not young:
+                        new_marks[info.name] = marked_at
+                    first_marked = info.last_modified + grace_period if young else marked_at
+                    report.collectable_after[info.name] = first_marked + grace_period
             else:
                 report.deleted.append(info.name)
                 report.bytes_deleted += info.size

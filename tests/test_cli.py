@@ -583,10 +583,11 @@ def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch
         "  kept 2: named by the commit log (versions 9..18); each becomes unreferenced when 1000 later "
         "commits have pushed it out of the log, and collectable a grace period after that" in lines
     )
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime + 3600))
+    # Young, so not marked yet: marked once it is a grace period old, collectable one later.
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime + 2 * 3600))
     assert lines[-1] == f"1 unreferenced object kept for the grace period (1 h): collectable after {when}"
     report = invoke(monkeypatch, "gc", url, "--dry-run", "--json").json()
-    assert report["collectable_after"] == {f"segments/{orphan.name}": pytest.approx(mtime + 3600)}
+    assert report["collectable_after"] == {f"segments/{orphan.name}": pytest.approx(mtime + 2 * 3600)}
 
 
 def test_import_progress_counts_pairs_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
-from targets import Target, engine_of
+from targets import Target, engine_of, file_target
 
 import kvstore
+from kvstore._envelope import unseal
 
 NO_AUTO = kvstore.StoreOptions(auto_compact=False, history_versions=3)
 # Tests about segment objects (GC, missing objects) make every commit write one.
@@ -172,3 +178,29 @@ async def test_missing_segment_is_a_clear_error_and_verify_reports_it(target: Ta
         assert await db.get(b"b") == b"2"
         report = await db.verify()
         assert report.damaged == {victim: "missing: referenced by the manifest but absent"}
+
+
+async def test_gc_marks_no_object_younger_than_the_grace_period(tmp_path: Path) -> None:
+    """A young unreferenced segment may be a commit in progress: it may yet be committed,
+    and then compacted away. A mark taken now would outlive both and let a later run
+    delete it less than a grace period after it stopped being referenced (I6)."""
+    target = file_target(tmp_path)
+    async with target.open(options=kvstore.StoreOptions(auto_compact=False)) as db:
+        await db.put(b"k", b"v")
+        engine = engine_of(db)
+        young = engine.layout.segment("000000000001-inflight00000000")
+        old = engine.layout.segment("000000000000-crashed000000000")
+        await engine.objects.put_if_absent(young, b"a segment of a commit in progress")
+        await engine.objects.put_if_absent(old, b"a crashed writer's segment")
+        two_hours_ago = time.time() - 7200
+        os.utime(tmp_path / "store" / old, (two_hours_ago, two_hours_ago))
+        report = await db.gc(grace_period=3600)
+        marks = await _gc_marks(engine)
+        assert young not in marks and old in marks
+        assert report.deleted == []  # the old one is marked now: collectable an hour from now
+        assert report.collectable_after[young] == pytest.approx(time.time() + 7200, abs=60)
+
+
+async def _gc_marks(engine: Any) -> dict[str, float]:
+    blob = await engine.objects.get(engine.layout.gc_marks)
+    return dict(msgpack.unpackb(unseal(blob.data, b"KVGC", 1, "marks", "gc marks"), raw=False))
