@@ -102,7 +102,7 @@ def _faults(proxy: FaultProxy) -> list[str]:
     return [e.fault for e in proxy.history]
 
 
-async def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Poll a condition the proxy thread makes true (not a sleep: it fails if it never does)."""
     deadline = time.monotonic() + timeout
     while not condition():
