@@ -1,32 +1,44 @@
-"""Compaction: merging segments, committed as an ordinary manifest CAS.
+"""Compaction: merging segments and runs, committed as an ordinary manifest CAS.
 
-Policy: size-tiered by level. Commits write level-0 segments; when a level
-holds `compaction_fanout` segments they are merged into one segment of the
-next level. Every entry is rewritten once per level (about log_fanout of the
-number of commits), and a store holds at most fanout - 1 segments per level
-after compaction. Tiered beats leveled here because S3 charges per request,
-commit segments are tiny, and a leveled merge would rewrite a large
-neighbour for every small input.
+Policy: size-tiered by level, over sorted runs. Commits write level-0
+segments; when a level holds `compaction_fanout` sources (segments or runs)
+they are merged into one sorted run of the next level. Every entry is
+rewritten once per level (about log_fanout of the number of commits), and a
+store holds at most fanout - 1 sources per level after compaction. Tiered
+beats leveled here because S3 charges per request, commit segments are tiny,
+and a leveled merge would rewrite a large neighbour for every small input
+(docs/design.md has the measured amplification).
+
+A merge streams: its output is a sorted run of segments of at most about
+`target_segment_bytes`, each uploaded as it fills. The key space is split
+into ranges of a few segments' worth of input (`plan_ranges`); each range is
+a `SubCompaction`, self-contained so that any executor could run it, and
+they run concurrently, as many as `compaction_memory_bytes` allows. Memory
+is bounded by that budget whatever the store size. All ranges commit in one
+CAS: the run replaces its inputs atomically.
 
 A compaction writes nothing users can see: its commit record lists no keys,
 so it never conflicts with a transaction; it conflicts only with another
-compaction of the same segments, and then gives up.
+compaction of the same sources, and then gives up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 from ._cas import read_modify_cas
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions
-from ._segment import encode_segment
-from ._segment_store import Entry, SegmentStore
+from ._segment import BLOCK_TARGET_BYTES
+from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, Entry, SegmentOutput
+from ._sources import Sources
 
 TombstoneCheck = Callable[[bytes, int], bool]
 
@@ -42,15 +54,21 @@ class CompactionResult:
     bytes_in: int
     bytes_out: int
     level: int
+    outputs: int = 0  # segments written
+    sub_compactions: int = 0  # key ranges merged
 
 
-def choose_inputs(manifest: Manifest, fanout: int, *, full: bool = False) -> list[SegmentRef]:
+def choose_inputs(manifest: Manifest, fanout: int, *, full: bool = False, target_bytes: int = 0) -> list[SegmentRef]:
     """The segments to merge next, newest first; empty if nothing is due.
 
-    `full` merges every segment into one (when there are at least two).
+    `full` merges every source into one run (when there are at least two, or one
+    segment larger than `target_bytes`, which a full compaction splits).
     """
     if full:
-        return list(manifest.segments) if len(manifest.segments) > 1 else []
+        sources = list(manifest.segments)
+        if len(sources) > 1 or (sources and not sources[0].is_run and sources[0].size > target_bytes):
+            return sources
+        return []
     by_level: dict[int, list[SegmentRef]] = {}
     for ref in manifest.segments:
         by_level.setdefault(ref.level, []).append(ref)
@@ -76,22 +94,37 @@ def history_floor(manifest: Manifest, options: StoreOptions, now: float) -> int:
     return max(manifest.history_floor, min(by_count, by_time), 0)
 
 
-def merge_entries(ordered: Iterable[Entry], floor: int, tombstone_droppable: TombstoneCheck) -> Iterator[Entry]:
-    """Entries to keep, from entries sorted by key, version descending, source priority.
+class Retention:
+    """Compaction's retention rule, over entries fed in merged order (key ascending,
+    version descending, source priority) a batch at a time.
 
     Keeps each key's newest entry, and an older one while the entry after it
     is newer than `floor` (some readable version still sees it). A key's
     oldest kept entry is dropped while it is a tombstone that
     `tombstone_droppable(key, version)` allows: nothing older exists elsewhere.
     """
-    group: list[Entry] = []
-    for entry in ordered:
-        if group and entry[0] != group[0][0]:
-            yield from _trim(group, floor, tombstone_droppable)
-            group = []
-        group.append(entry)
-    if group:
-        yield from _trim(group, floor, tombstone_droppable)
+
+    def __init__(self, floor: int, tombstone_droppable: TombstoneCheck) -> None:
+        self._floor = floor
+        self._droppable = tombstone_droppable
+        self._group: list[Entry] = []  # the entries of the key not yet complete
+
+    def feed(self, batch: Iterable[Entry]) -> list[Entry]:
+        """The entries to keep of the keys `batch` completes (whole keys only)."""
+        kept: list[Entry] = []
+        group = self._group
+        for entry in batch:
+            if group and entry[0] != group[0][0]:
+                kept += _trim(group, self._floor, self._droppable)
+                group = []
+            group.append(entry)
+        self._group = group
+        return kept
+
+    def finish(self) -> list[Entry]:
+        """The entries to keep of the last key."""
+        group, self._group = self._group, []
+        return _trim(group, self._floor, self._droppable) if group else []
 
 
 def _trim(group: list[Entry], floor: int, tombstone_droppable: TombstoneCheck) -> list[Entry]:
@@ -108,52 +141,214 @@ def _trim(group: list[Entry], floor: int, tombstone_droppable: TombstoneCheck) -
     return kept
 
 
-class Compactor:
-    """Merges segments of one store and commits the result."""
+# Memory a decoded block takes, as a multiple of its raw bytes (Python objects per
+# key and value; `_segment.decode_block` has the exact accounting).
+_DECODED_BLOCK_FACTOR = 4
+# A sub-compaction covers about this many output segments' worth of input: enough
+# that its last, partly filled segment is a small share of its output.
+_RANGE_SEGMENTS = 4
+# At most this many sub-compactions run at once (more do not help on a few cores).
+MAX_SUB_COMPACTIONS = 4
 
-    def __init__(self, manifests: ManifestStore, segments: SegmentStore, options: StoreOptions) -> None:
+
+def sub_compaction_bytes(inputs: int, target_segment_bytes: int) -> int:
+    """Memory one sub-compaction holds: an input block and the one prefetched per
+    input, and its output's unsent bytes and parts in flight (`SegmentOutput`)."""
+    reading = inputs * 2 * _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES
+    writing = min(target_segment_bytes, (PARTS_IN_FLIGHT + 1) * PART_BYTES) + BLOCK_TARGET_BYTES
+    return reading + writing
+
+
+def plan_ranges(samples: Iterable[tuple[bytes, int]], range_bytes: int) -> list[tuple[bytes | None, bytes | None]]:
+    """Split the key space into [start, end) ranges holding about `range_bytes` of input each.
+
+    `samples` are (key, bytes): each input's data from `key` on, up to its next
+    sample (its segments' or index partitions' first keys). The first range starts
+    at None and the last ends at None, so together they cover every key.
+    """
+    cuts: list[bytes] = []
+    pending = 0
+    for key, size in sorted(samples):
+        if pending >= range_bytes and (not cuts or key > cuts[-1]):
+            cuts.append(key)
+            pending = 0
+        pending += size
+    return list(pairwise([None, *cuts, None]))
+
+
+@dataclass(frozen=True)
+class SubCompaction:
+    """One key range of a compaction: merge `inputs` within [start, end) into segments.
+
+    Plain data, so that any executor can run it (`run_sub_compaction` here, an
+    asyncio pool; a distributed engine could ship it to a worker).
+    """
+
+    start: bytes | None
+    end: bytes | None
+    inputs: tuple[SegmentRef, ...]  # newest first: an earlier input wins a tie
+    others: tuple[SegmentRef, ...]  # live sources not merged (may hold older entries)
+    floor: int  # see `history_floor`
+    level: int
+    target_segment_bytes: int
+
+    def tombstone_droppable(self, key: bytes, version: int) -> bool:
+        """Whether a tombstone may go: no other source can hold an older entry of `key`."""
+        return not any(r.min_version < version and r.may_contain(key) for r in self.others)
+
+
+@dataclass
+class SubCompactionResult:
+    parts: list[SegmentRef] = field(default_factory=list)  # in key order
+    entries_in: int = 0
+    entries_out: int = 0
+
+
+async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompactionResult:
+    """Merge one key range into segments of about `target_segment_bytes`, each uploaded as
+    it fills; returns them in key order. Abandoned outputs are left to GC (never committed)."""
+    result = SubCompactionResult()
+    streams = [
+        sources.blocks(ref, sub.start, sub.end, False, fill_cache=False)
+        for ref in sub.inputs
+        if ref.overlaps(sub.start, sub.end)
+    ]
+    output: SegmentOutput | None = None
+    try:
+        async for kept in _retained(merge(streams), sub, result):
+            if output is not None and output.size >= sub.target_segment_bytes:
+                result.parts.append(await output.finish(level=sub.level))
+                output = None
+            if output is None:
+                output = sources.segments.new_output(uniform_version=False)
+            add = output.writer.add
+            for key, version, value in kept:
+                add(key, version, value)
+            await output.send_full_parts()
+        if output is not None:
+            result.parts.append(await output.finish(level=sub.level))
+            output = None
+    finally:
+        if output is not None:
+            await output.abort()
+    return result
+
+
+async def _retained(
+    batches: AsyncIterator[list[Entry]], sub: SubCompaction, counts: SubCompactionResult
+) -> AsyncIterator[list[Entry]]:
+    """The entries to keep (`Retention`), in batches of whole keys, so that an output
+    segment can end after any batch."""
+    retention = Retention(sub.floor, sub.tombstone_droppable)
+    async for batch in batches:
+        counts.entries_in += len(batch)
+        kept = retention.feed(batch)
+        if kept:
+            counts.entries_out += len(kept)
+            yield kept
+    last = retention.finish()
+    if last:
+        counts.entries_out += len(last)
+        yield last
+
+
+async def run_all(subs: Sequence[SubCompaction], sources: Sources, concurrency: int) -> list[SubCompactionResult]:
+    """Run `subs`, at most `concurrency` at once; results in the order of `subs`.
+    The first failure cancels the others (each aborts its unfinished upload)."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(sub: SubCompaction) -> SubCompactionResult:
+        async with limit:
+            return await run_sub_compaction(sub, sources)
+
+    tasks = [asyncio.ensure_future(one(sub)) for sub in subs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Compactor:
+    """Merges segments and runs of one store and commits the result."""
+
+    def __init__(self, manifests: ManifestStore, sources: Sources, options: StoreOptions) -> None:
         self._manifests = manifests
-        self._segments = segments
+        self._sources = sources
         self._options = options
 
     async def compact(self, *, full: bool = False) -> CompactionResult | None:
-        """Merge the next due group of segments (or all, with `full`).
+        """Merge the next due group of sources (or all, with `full`) into one sorted run.
 
         Returns None when nothing was due or a concurrent compaction took the
-        same segments first. Costs one GET per input segment not cached, one
-        PUT for the merged segment and one manifest CAS (more on contention).
+        same sources first. Costs a GET per input index or run not cached, ranged
+        GETs of every input block, a PUT (or multipart upload) per output segment,
+        a PUT of the run object when there are several, and one manifest CAS (more
+        on contention).
         """
-        base, etag = self._manifests.current
-        inputs = choose_inputs(base, self._options.compaction_fanout, full=full)
+        options = self._options
+        base, _ = self._manifests.current
+        inputs = choose_inputs(base, options.compaction_fanout, full=full, target_bytes=options.target_segment_bytes)
         if not inputs:
             return None
-        floor = history_floor(base, self._options, time.time())
-        input_ids = frozenset(r.id for r in inputs)
-        others = [r for r in base.segments if r.id not in input_ids]
-
-        def tombstone_droppable(key: bytes, version: int) -> bool:
-            return not any(r.min_version < version and r.may_contain(key) for r in others)
-
-        sources = [self._segments.blocks(ref, None, None, False) for ref in inputs]
-        merged = [entry async for batch in merge(sources) for entry in batch]
-        kept = list(merge_entries(merged, floor, tombstone_droppable))
         level = max(r.level for r in inputs) + 1
-        if not kept:
-            ref = None
-        else:
-            encoded = encode_segment(kept, uniform_version=False)
-            segment_id = await self._segments.write(encoded)
-            ref = SegmentRef(
-                segment_id,
-                encoded.min_key,
-                encoded.max_key,
-                encoded.count,
-                len(encoded.data),
-                encoded.min_version,
-                encoded.max_version,
-                None,
+        floor = history_floor(base, options, time.time())
+        input_ids = frozenset(r.id for r in inputs)
+        subs = [
+            SubCompaction(
+                start,
+                end,
+                tuple(inputs),
+                tuple(r for r in base.segments if r.id not in input_ids),
+                floor,
                 level,
+                options.target_segment_bytes,
             )
+            for start, end in plan_ranges(await self._samples(inputs), _RANGE_SEGMENTS * options.target_segment_bytes)
+        ]
+        per_sub = sub_compaction_bytes(len(inputs), options.target_segment_bytes)
+        concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
+        results = await run_all(subs, self._sources, concurrency)
+        parts = [part for r in results for part in r.parts]
+        ref: SegmentRef | None
+        if not parts:
+            ref = None
+        elif len(parts) == 1:
+            ref = parts[0]
+        else:
+            ref = await self._sources.write_run(parts, level)
+        version = await self._commit(inputs, ref, level, floor)
+        if version is None:
+            return None
+        return CompactionResult(
+            version=version,
+            inputs=len(inputs),
+            entries_in=sum(r.entries_in for r in results),
+            entries_out=sum(r.entries_out for r in results),
+            bytes_in=sum(r.size for r in inputs),
+            bytes_out=sum(p.size for p in parts),
+            level=level,
+            outputs=len(parts),
+            sub_compactions=len(subs),
+        )
+
+    async def _samples(self, inputs: Sequence[SegmentRef]) -> list[tuple[bytes, int]]:
+        """Where the inputs' data lies in the key space, to split it (`plan_ranges`)."""
+        samples: list[tuple[bytes, int]] = []
+        for ref in inputs:
+            for part in await self._sources.parts(ref):
+                samples += await self._sources.segments.key_samples(part)
+        return samples
+
+    async def _commit(self, inputs: Sequence[SegmentRef], ref: SegmentRef | None, level: int, floor: int) -> int | None:
+        """Replace `inputs` by `ref` in one manifest CAS; the version, or None if another
+        compaction merged some of them first."""
+        input_ids = frozenset(r.id for r in inputs)
         compaction_id = uuid.uuid4().bytes
 
         async def load(fresh: bool) -> tuple[Manifest, str]:
@@ -190,15 +385,4 @@ class Compactor:
             return new.version
 
         async with self._manifests.writing:
-            version = await read_modify_cas("a compaction", load, write)
-        if version is None:
-            return None
-        return CompactionResult(
-            version=version,
-            inputs=len(inputs),
-            entries_in=len(merged),
-            entries_out=len(kept),
-            bytes_in=sum(r.size for r in inputs),
-            bytes_out=0 if ref is None else ref.size,
-            level=level,
-        )
+            return await read_modify_cas("a compaction", load, write)

@@ -41,6 +41,7 @@ from ._options import StoreOptions
 from ._probe import check_conditional_writes
 from ._segment_store import SegmentStore
 from ._snapshot import SnapshotView
+from ._sources import Sources
 from ._tags import Tag, TagStore
 from ._url import Location
 
@@ -83,10 +84,11 @@ class Engine:
         self._cache = ByteLRU(options.cache_bytes)
         self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
         self._segments = SegmentStore(objects, layout, self._cache, self._disk_cache)
+        self._sources = Sources(objects, layout, self._segments, self._cache)
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
-        self._compactor = Compactor(manifests, self._segments, options)
+        self._compactor = Compactor(manifests, self._sources, options)
         self._tags = TagStore(objects, layout)
-        self._gc = GarbageCollector(objects, manifests, self._tags, layout)
+        self._gc = GarbageCollector(objects, manifests, self._tags, self._sources, layout)
         self._last_gc = time.monotonic()
         self._background: asyncio.Task[None] | None = None
         self._latest: SnapshotView | None = None
@@ -140,7 +142,7 @@ class Engine:
         self.check_open()
         manifest = await self._manifests.refresh_if_older_than(self.options.max_staleness)
         if self._latest is None or self._latest.manifest is not manifest:
-            self._latest = SnapshotView(manifest, self._segments)
+            self._latest = SnapshotView(manifest, self._sources)
         return self._latest
 
     async def view_at(self, version: int) -> SnapshotView:
@@ -153,10 +155,10 @@ class Engine:
             return latest
         manifest = latest.manifest
         if manifest.history_floor <= version < manifest.version:
-            return SnapshotView(manifest, self._segments, version)
+            return SnapshotView(manifest, self._sources, version)
         for tag in await self._tags.list():
             if tag.version == version:
-                return SnapshotView(await self._tags.manifest(tag), self._segments)
+                return SnapshotView(await self._tags.manifest(tag), self._sources)
         raise VersionNotRetainedError(
             f"version {version} is not retained: readable versions are {manifest.history_floor}.."
             f"{manifest.version} and tagged ones; keep more with StoreOptions.history_versions or tag versions"
@@ -166,7 +168,7 @@ class Engine:
         """A view of the version retained under tag `name`."""
         self.check_open()
         tag = await self._tags.get(name)
-        return SnapshotView(await self._tags.manifest(tag), self._segments)
+        return SnapshotView(await self._tags.manifest(tag), self._sources)
 
     async def commits_after(self, version: int) -> list[CommitRecord]:
         """The commit records after `version`, oldest first (one conditional GET).
@@ -275,15 +277,28 @@ class Engine:
         except CorruptionError as exc:
             return VerifyReport(self.manifest.version, 1, {exc.object_name: str(exc)})
         report = VerifyReport(manifest.version, 1)
-        uncached = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
+        uncached_segments = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
+        uncached = Sources(self.objects, self.layout, uncached_segments, ByteLRU(_VERIFY_CACHE_BYTES))
         for ref in manifest.segments:
-            report.objects_checked += 1
+            name = self.layout.run(ref.id) if ref.is_run else self.layout.segment(ref.id)
             try:
-                await uncached.read_all(ref)
+                parts = await uncached.parts(ref)
+                if ref.is_run:
+                    report.objects_checked += 1
             except (CorruptionError, UnsupportedFormatError) as exc:
-                report.damaged[self.layout.segment(ref.id)] = str(exc)
+                report.damaged[name] = str(exc)
+                continue
             except VersionNotRetainedError:
-                report.damaged[self.layout.segment(ref.id)] = "missing: referenced by the manifest but absent"
+                report.damaged[name] = "missing: referenced by the manifest but absent"
+                continue
+            for part in parts:
+                report.objects_checked += 1
+                try:
+                    await uncached_segments.read_all(part)
+                except (CorruptionError, UnsupportedFormatError) as exc:
+                    report.damaged[self.layout.segment(part.id)] = str(exc)
+                except VersionNotRetainedError:
+                    report.damaged[self.layout.segment(part.id)] = "missing: referenced by the manifest but absent"
         return report
 
     async def close(self) -> None:

@@ -28,8 +28,10 @@ import msgpack
 from ._cas import read_modify_cas
 from ._envelope import seal, unseal
 from ._layout import Layout
+from ._manifest import SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectInfo, ObjectNotFound, RetryingObjectStore
+from ._sources import Sources
 from ._tags import TagStore
 
 _FORMAT = 1
@@ -52,8 +54,11 @@ class GcReport:
 class GarbageCollector:
     """Collects one store's unreferenced segments and manifest copies."""
 
-    def __init__(self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, layout: Layout) -> None:
+    def __init__(
+        self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, sources: Sources, layout: Layout
+    ) -> None:
         self._objects = objects
+        self._sources = sources
         self._manifests = manifests
         self._tags = tags
         self._layout = layout
@@ -71,14 +76,15 @@ class GarbageCollector:
 
         reasons: dict[str, str] = {}
         for record in manifest.log:
-            if record.segment_id is not None:
-                reasons[self._layout.segment(record.segment_id)] = f"named by the commit log (version {record.version})"
+            if record.segment_id is not None:  # a commit's segment, or a compaction's segment or run
+                why = f"named by the commit log (version {record.version})"
+                reasons[self._layout.segment(record.segment_id)] = reasons[self._layout.run(record.segment_id)] = why
         for tag in tags:
             reasons[self._layout.snapshot(tag.version)] = f"manifest copy of tag {tag.name!r}"
             for ref in (await self._tags.manifest(tag)).segments:
-                reasons[self._layout.segment(ref.id)] = f"kept by tag {tag.name!r}"
+                await self._keep(ref, f"kept by tag {tag.name!r}", reasons)
         for ref in manifest.segments:
-            reasons[self._layout.segment(ref.id)] = "live"
+            await self._keep(ref, "live", reasons)
 
         marks, marks_etag = await self._read_marks()
         report = GcReport(dry_run)
@@ -108,6 +114,15 @@ class GarbageCollector:
             await self._objects.delete(name)
         await self._write_marks(new_marks, marks_etag)
         return report
+
+    async def _keep(self, ref: SegmentRef, why: str, reasons: dict[str, str]) -> None:
+        """Keep the objects `ref` reads: its segment, or its run object and the run's segments."""
+        if not ref.is_run:
+            reasons[self._layout.segment(ref.id)] = why
+            return
+        reasons[self._layout.run(ref.id)] = why
+        for part in (await self._sources.run(ref)).parts:
+            reasons[self._layout.segment(part.id)] = f"{why} (in run {ref.id})"
 
     @staticmethod
     def _too_young(info: ObjectInfo, marked_at: float, now: float, grace: float) -> str | None:

@@ -2,7 +2,8 @@
 
     <prefix>manifest                   the current manifest (the only object ever replaced: CAS)
     <prefix>probe                      written once per process to prove conditional writes work
-    <prefix>segments/<id>.seg          immutable sorted runs (safe create)
+    <prefix>segments/<id>.seg          immutable segments: sorted entries (safe create)
+    <prefix>segments/<id>.run          immutable sorted runs: lists of key-disjoint segments (safe create)
     <prefix>snapshots/<version>.mf     manifest copies kept by tags (server-side copy)
     <prefix>tags/<hash of name>.tag    tags (safe create)
     <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
@@ -50,6 +51,9 @@ class Layout:
 
     def segment(self, segment_id: str) -> str:
         return f"{self.segments_prefix}{segment_id}.seg"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.segments_prefix}{run_id}.run"
 
     @property
     def snapshots_prefix(self) -> str:

@@ -23,8 +23,9 @@ import msgpack
 from ._envelope import seal, unseal
 from ._errors import CorruptionError
 
-# 2: segment rows may carry an inline segment (format 1 manifests are still read).
-FORMAT = 2
+# 2: segment rows may carry an inline segment; 3: rows may name a sorted run
+# (formats 1 and 2 are still read).
+FORMAT = 3
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
@@ -38,7 +39,13 @@ LOG_KEYS_BUDGET_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class SegmentRef:
-    """The manifest's record of one live segment."""
+    """The manifest's record of one live source: a segment, or a sorted run of them.
+
+    A sorted run (`parts` > 0) is what a compaction writes: `parts` segments with
+    disjoint, ascending key ranges, listed by an immutable run object (`_run.py`)
+    that `id` names. The manifest holds one row per run, however many segments it
+    has, so a commit's manifest does not grow with the store.
+    """
 
     id: str
     min_key: bytes
@@ -53,6 +60,13 @@ class SegmentRef:
     # The segment's bytes, for a small commit segment kept in the manifest
     # instead of its own object (no PUT to write it, no GET to read it).
     inline: bytes | None = field(default=None, repr=False)
+    # > 0: `id` names a run object listing this many segments (`min_key`..`count`,
+    # `size` and versions then describe the whole run).
+    parts: int = 0
+
+    @property
+    def is_run(self) -> bool:
+        return self.parts > 0
 
     def may_contain(self, key: bytes) -> bool:
         return self.min_key <= key <= self.max_key
@@ -242,6 +256,8 @@ def _packed_log(m: Manifest) -> bytes:
 
 def _segment_row(s: SegmentRef) -> list[Any]:
     row = [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+    if s.parts:
+        return [*row, None, s.parts]
     return row if s.inline is None else [*row, s.inline]
 
 

@@ -46,7 +46,18 @@ class StoreOptions:
             the last `ConflictError` propagate.
         retry: backoff policy for transient object-store failures.
         auto_compact: merge segments in the background after commits.
-        compaction_fanout: segments of one level merged together (tiered).
+        compaction_fanout: sources (segments or sorted runs) of one level
+            merged together (tiered).
+        target_segment_bytes: size a compaction's output segments are cut at
+            (at the first key boundary past it). 64 MiB: large enough that a
+            100 GB store is ~1,600 objects and a segment's fixed costs (a PUT,
+            a run-object row, a footer read) are noise; small enough that a
+            segment is a unit of work one sub-compaction rewrites in about a
+            second, and that a multipart upload has 8 parts.
+        compaction_memory_bytes: memory a compaction may hold beyond the cache.
+            It runs as many key-range sub-compactions at once as fit (at most
+            4; at least 1, which needs about min(target_segment_bytes, 24 MiB)
+            + 2 MiB per input), whatever the store size.
         history_versions: recent versions `snapshot(version=N)` can read
             exactly (compaction keeps their data); tags keep older ones.
         history_seconds: also keep versions committed this recently.
@@ -77,6 +88,8 @@ class StoreOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     auto_compact: bool = True
     compaction_fanout: int = 8
+    target_segment_bytes: int = 64 * MiB
+    compaction_memory_bytes: int = 256 * MiB
     history_versions: int = 100
     history_seconds: float = 0.0
     auto_gc_interval: float | None = None
@@ -90,5 +103,7 @@ class StoreOptions:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
         if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:
             raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")
+        if self.target_segment_bytes < 64 * KiB or self.compaction_memory_bytes < 1 * MiB:
+            raise ValidationError("target_segment_bytes must be >= 64 KiB and compaction_memory_bytes >= 1 MiB")
         if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
             raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")

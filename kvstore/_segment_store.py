@@ -63,53 +63,34 @@ class SegmentStore:
     def object_name(self, segment_id: str) -> str:
         return self._layout.segment(segment_id)
 
+    async def read(self, name: str) -> bytes:
+        """A whole immutable object of the store (through the disk cache, if any)."""
+        return await self._fetch(name)
+
     async def write(self, encoded: EncodedSegment) -> str:
         """Safe-create a new segment object; returns its id. One PUT (I1)."""
         segment_id = new_object_id()
         await self._objects.put_if_absent(self.object_name(segment_id), encoded.data)
         return segment_id
 
+    def new_output(self, *, uniform_version: bool) -> SegmentOutput:
+        """A new segment to stream entries into (`SegmentOutput`)."""
+        return SegmentOutput(self, uniform_version=uniform_version)
+
     async def write_sorted(self, keys: Sequence[bytes], values: Sequence[bytes]) -> asyncio.Task[SegmentRef]:
         """Encode distinct ascending keys and their values as a new segment whose entries take
         the version it commits at. Returns once it is encoded, with a task that finishes the
         upload and returns the segment's record (versions unset); cancelling it abandons the
-        upload.
-
-        A segment that fits in one part is one PUT; a larger one is a multipart upload
-        completed with If-None-Match: * (POST, a PUT per part, POST). Parts upload while
-        the next ones are encoded; memory holds up to PARTS_IN_FLIGHT + 1 parts.
+        upload. Memory holds up to PARTS_IN_FLIGHT + 1 parts (`SegmentOutput`).
         """
-        writer = SegmentWriter(uniform_version=True)
-        segment_id = new_object_id()
-        upload = _PartUploads(self._objects, self.object_name(segment_id))
+        output = self.new_output(uniform_version=True)
         try:
-            for _ in writer.add_many(keys, values, 0):  # a block at a time
-                if writer.pending_bytes >= PART_BYTES:
-                    await upload.send(writer.take())
-                if upload.upload_id is not None:
-                    await asyncio.sleep(0)  # let the parts in flight make progress
-            tail = writer.finish()
+            for _ in output.writer.add_many(keys, values, 0):  # a block at a time
+                await output.send_full_parts()
         except BaseException:
-            await upload.abort()
+            await output.abort()
             raise
-        size = upload.size + len(tail)
-        ref = SegmentRef(
-            segment_id, writer.min_key, writer.max_key, writer.count, size, writer.min_version, writer.max_version
-        )
-        return asyncio.create_task(self._finish_upload(upload, tail, ref))
-
-    async def _finish_upload(self, upload: _PartUploads, tail: bytes, ref: SegmentRef) -> SegmentRef:
-        name = self.object_name(ref.id)
-        try:
-            if upload.upload_id is None:
-                await self._objects.put_if_absent(name, tail)
-            else:
-                await upload.send(tail)
-                await self._complete(name, upload.upload_id, await upload.parts(), tail, ref.size)
-        except BaseException:
-            await upload.abort()
-            raise
-        return ref
+        return asyncio.create_task(output.finish(level=0, versioned=False))
 
     async def _complete(self, name: str, upload_id: str, parts: list[tuple[int, str]], tail: bytes, size: int) -> None:
         try:
@@ -166,13 +147,20 @@ class SegmentStore:
             return NOT_CACHED
         return _newest(block, ref, key, max_version)
 
+    async def key_samples(self, ref: SegmentRef) -> list[tuple[bytes, int]]:
+        """(first key, bytes) of each block: where the segment's data lies in the key space."""
+        index = await self.index(ref)
+        return list(zip(index.first_keys, index.lengths, strict=True))
+
     async def blocks(
-        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool
+        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool, *, fill_cache: bool = True
     ) -> AsyncIterator[list[Entry]]:
         """Entries in [start, end), a block at a time, in scan order.
 
         Forward: key ascending, version descending. Reverse: key descending,
-        version descending (each key's versions keep their order).
+        version descending (each key's versions keep their order). Without
+        `fill_cache` the blocks read are not cached (a compaction's reads would
+        evict what readers use).
         """
         index = await self.index(ref)
         order = index.blocks_between(start, end)
@@ -180,12 +168,12 @@ class SegmentStore:
             order = order[::-1]
         ahead: asyncio.Future[Block] | None = None
         for i, block_no in enumerate(order):
-            current = ahead if ahead is not None else self.block(ref, index, block_no)
+            current = ahead if ahead is not None else self._block_for_scan(ref, index, block_no, fill_cache)
             # Have the next block on its way while this one arrives and is consumed
             # (only when it is not cached: a task per cached block costs more than it saves).
             ahead = None
             if i + 1 < len(order) and self._cache.get(("block", ref.id, order[i + 1])) is None:
-                ahead = asyncio.ensure_future(self.block(ref, index, order[i + 1]))
+                ahead = asyncio.ensure_future(self._block_for_scan(ref, index, order[i + 1], fill_cache))
                 ahead.add_done_callback(_retrieve)  # an abandoned scan must not warn
             block = await current
             entries = _entries_in_range(block, ref, start, end)
@@ -193,6 +181,12 @@ class SegmentStore:
                 entries = _reverse_keys(entries)
             if entries:
                 yield entries
+
+    async def _block_for_scan(self, ref: SegmentRef, index: SegmentIndex, block_no: int, fill_cache: bool) -> Block:
+        if fill_cache:
+            return await self.block(ref, index, block_no)
+        cached: Block | None = self._cache.get(("block", ref.id, block_no))
+        return cached if cached is not None else (await self._load_block(ref, index, block_no))[0]
 
     async def read_all(self, ref: SegmentRef) -> None:
         """Fetch and verify every block of a segment (raises CorruptionError)."""
@@ -345,3 +339,57 @@ class _PartUploads:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.upload_id is not None:
             await self._objects.abort_multipart(self._name, self.upload_id)
+
+
+class SegmentOutput:
+    """A new segment, uploaded while entries are added to its `writer`.
+
+    `send_full_parts` uploads what the writer has produced once it reaches
+    PART_BYTES, as parts of a multipart upload running in the background;
+    `finish` closes the segment: one PUT if it never reached a part, else the
+    last part and a multipart complete with If-None-Match: * (I1). Memory
+    holds the unsent bytes (< PART_BYTES plus a block) and up to
+    PARTS_IN_FLIGHT parts being sent.
+    """
+
+    def __init__(self, store: SegmentStore, *, uniform_version: bool) -> None:
+        self._store = store
+        self.writer = SegmentWriter(uniform_version=uniform_version)
+        self.id = new_object_id()
+        self._name = store.object_name(self.id)
+        self._upload = _PartUploads(store._objects, self._name)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the segment produced so far (sent or not)."""
+        return self._upload.size + self.writer.pending_bytes
+
+    async def send_full_parts(self) -> None:
+        """Start uploading a part if a whole one is ready; let the parts in flight progress."""
+        if self.writer.pending_bytes >= PART_BYTES:
+            await self._upload.send(self.writer.take())
+        if self._upload.upload_id is not None:
+            await asyncio.sleep(0)
+
+    async def finish(self, *, level: int, versioned: bool = True) -> SegmentRef:
+        """Close and upload the rest; the segment's record. Without `versioned` (a commit
+        segment) its versions are left for the commit to set."""
+        try:
+            tail = self.writer.finish()
+            size = self._upload.size + len(tail)
+            if self._upload.upload_id is None:
+                await self._store._objects.put_if_absent(self._name, tail)
+            else:
+                await self._upload.send(tail)
+                await self._store._complete(self._name, self._upload.upload_id, await self._upload.parts(), tail, size)
+        except BaseException:
+            await self._upload.abort()
+            raise
+        w = self.writer
+        if not versioned:
+            return SegmentRef(self.id, w.min_key, w.max_key, w.count, size, 0, 0)
+        return SegmentRef(self.id, w.min_key, w.max_key, w.count, size, w.min_version, w.max_version, None, level)
+
+    async def abort(self) -> None:
+        """Give the segment up: cancel parts in flight and abort the multipart upload."""
+        await self._upload.abort()

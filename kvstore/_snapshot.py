@@ -13,13 +13,14 @@ from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
 from ._options import StoreOptions
 from ._segment import probe
-from ._segment_store import NOT_CACHED, SegmentStore
+from ._segment_store import NOT_CACHED
+from ._sources import Sources
 
 
 class SnapshotView:
     """The store as of `manifest.version`. Costs no manifest reads; segments are cached."""
 
-    def __init__(self, manifest: Manifest, segments: SegmentStore, version: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, segments: Sources, version: int | None = None) -> None:
         """A view of `manifest` as of `version` (default: the manifest's own).
 
         An older version is exact only if it is >= manifest.history_floor.

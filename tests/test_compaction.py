@@ -11,12 +11,21 @@ import workers
 from targets import Target, engine_of, memory_target
 
 import kvstore
-from kvstore._compact import merge_entries
+from kvstore._compact import Retention, TombstoneCheck
 from kvstore._engine import ours_to_compact
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef
 
 NEVER = lambda key, version: False  # noqa: E731 - a tombstone check that keeps every tombstone
 ALWAYS = lambda key, version: True  # noqa: E731
+
+
+def merge_entries(
+    entries: list[tuple[bytes, int, bytes | None]], *, floor: int, tombstone_droppable: TombstoneCheck
+) -> list[tuple[bytes, int, bytes | None]]:
+    """What `Retention` keeps of `entries`, fed one entry per batch (keys span batches)."""
+    retention = Retention(floor, tombstone_droppable)
+    kept = [e for entry in entries for e in retention.feed([entry])]
+    return kept + retention.finish()
 
 
 def test_merge_keeps_newest_and_what_readable_versions_see() -> None:

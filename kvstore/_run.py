@@ -1,0 +1,88 @@
+"""The run object format: the segments of one sorted run (bytes only, no I/O).
+
+A compaction writes its output as a sorted run: segments of bounded size with
+disjoint key ranges, in key order. The run object lists them, so the manifest
+carries one row per run instead of one per segment (docs/format.md)::
+
+    envelope("KVRN", format 1, msgpack([[id, min_key, max_key, count, size,
+                                         min_version, max_version], ...]))
+
+Run objects are immutable (safe create) and named `segments/<id>.run`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+
+from ._envelope import seal, unseal
+from ._errors import CorruptionError
+from ._manifest import SegmentRef
+
+FORMAT = 1
+_MAGIC = b"KVRN"
+
+
+def encode_run(parts: Sequence[SegmentRef]) -> bytes:
+    """The run object listing `parts` (segments in ascending, disjoint key order)."""
+    rows = [[p.id, p.min_key, p.max_key, p.count, p.size, p.min_version, p.max_version] for p in parts]
+    return seal(_MAGIC, FORMAT, msgpack.packb(rows, use_bin_type=True))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A decoded run object: its segments, in key order."""
+
+    parts: tuple[SegmentRef, ...]
+    _min_keys: list[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_min_keys", [p.min_key for p in self.parts])
+
+    def part_for(self, key: bytes) -> SegmentRef | None:
+        """The segment whose key range holds `key`, if any."""
+        i = bisect_right(self._min_keys, key) - 1
+        return self.parts[i] if i >= 0 and key <= self.parts[i].max_key else None
+
+    def parts_between(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
+        """The segments that may hold keys in [start, end), in key order."""
+        return [p for p in self.parts if p.overlaps(start, end)]
+
+    @property
+    def size(self) -> int:
+        """Approximate memory of the decoded run (cache accounting)."""
+        return sum(200 + len(p.id) + len(p.min_key) + len(p.max_key) for p in self.parts)
+
+
+def decode_run(data: bytes, level: int, object_name: str) -> Run:
+    """The run an object lists, its segments as records at the run's `level`."""
+    payload = unseal(data, _MAGIC, FORMAT, object_name, "run")
+    try:
+        rows = msgpack.unpackb(payload, raw=False)
+        return Run(tuple(SegmentRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], level=level) for r in rows))
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+        raise CorruptionError(
+            f"run {object_name} is damaged (undecodable); run `Store.verify()`",
+            object_name=object_name,
+            block="run",
+        ) from exc
+
+
+def run_ref(run_id: str, parts: Sequence[SegmentRef], level: int) -> SegmentRef:
+    """The manifest row of a run made of `parts`."""
+    return SegmentRef(
+        run_id,
+        parts[0].min_key,
+        parts[-1].max_key,
+        sum(p.count for p in parts),
+        sum(p.size for p in parts),
+        min(p.min_version for p in parts),
+        max(p.max_version for p in parts),
+        None,
+        level,
+        None,
+        len(parts),
+    )
