@@ -153,9 +153,10 @@ MAX_SUB_COMPACTIONS = 4
 
 def sub_compaction_bytes(inputs: int, target_segment_bytes: int) -> int:
     """Memory one sub-compaction holds: an input block and the one prefetched per
-    input, and its output's unsent bytes and parts in flight (`SegmentOutput`)."""
+    input, and its output's unsent bytes and parts in flight (`SegmentOutput`),
+    counted twice: they are copied once on their way out."""
     reading = inputs * 2 * _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES
-    writing = min(target_segment_bytes, (PARTS_IN_FLIGHT + 1) * PART_BYTES) + BLOCK_TARGET_BYTES
+    writing = 2 * min(target_segment_bytes, (PARTS_IN_FLIGHT + 1) * PART_BYTES) + BLOCK_TARGET_BYTES
     return reading + writing
 
 

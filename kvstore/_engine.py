@@ -269,6 +269,11 @@ class Engine:
             if full:
                 return results
 
+    async def load_runs(self) -> None:
+        """Fetch the run objects of the latest version (one GET each, concurrently), so that
+        a point read of a sorted run costs only its segment's reads."""
+        await asyncio.gather(*(self._sources.run(r) for r in self.manifest.segments if r.is_run))
+
     async def verify(self) -> VerifyReport:
         """Read and check every object the latest version references, bypassing the caches."""
         self.check_open()
@@ -373,7 +378,7 @@ async def open_engine(
     (version 0) takes `adopt_settings` where they differ from what it
     records (one manifest CAS), since no data yet depends on them.
 
-    Costs one GET of the manifest, plus, the first time a process opens a
+    Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
     conditional writes.
     """
@@ -400,7 +405,9 @@ async def open_engine(
         differ = {k: v for k, v in adopt_settings.items() if manifest.settings.get(k) != v}
         if differ and manifest.version == 0 and not read_only:
             await manifests.settle_empty(differ, options.commit_log_length)
-        return Engine(location.url, objects, layout, manifests, options, read_only)
+        engine = Engine(location.url, objects, layout, manifests, options, read_only)
+        await engine.load_runs()
+        return engine
     except BaseException:
         await objects.close()
         raise

@@ -56,7 +56,7 @@ class StoreOptions:
             second, and that a multipart upload has 8 parts.
         compaction_memory_bytes: memory a compaction may hold beyond the cache.
             It runs as many key-range sub-compactions at once as fit (at most
-            4; at least 1, which needs about min(target_segment_bytes, 24 MiB)
+            4; at least 1, which needs about 2 x min(target_segment_bytes, 24 MiB)
             + 2 MiB per input), whatever the store size.
         history_versions: recent versions `snapshot(version=N)` can read
             exactly (compaction keeps their data); tags keep older ones.
@@ -103,7 +103,7 @@ class StoreOptions:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
         if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:
             raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")
-        if self.target_segment_bytes < 64 * KiB or self.compaction_memory_bytes < 1 * MiB:
-            raise ValidationError("target_segment_bytes must be >= 64 KiB and compaction_memory_bytes >= 1 MiB")
+        if self.target_segment_bytes < 1 * KiB or self.compaction_memory_bytes < 1 * MiB:
+            raise ValidationError("target_segment_bytes must be >= 1 KiB and compaction_memory_bytes >= 1 MiB")
         if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
             raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")

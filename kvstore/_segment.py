@@ -246,6 +246,11 @@ class SegmentWriter:
     def pending_bytes(self) -> int:
         return len(self._out)
 
+    @property
+    def open_block_bytes(self) -> int:
+        """Raw bytes of the entries in the block being filled (not encoded yet)."""
+        return self._raw_bytes
+
     def finish(self) -> bytes:
         """Close the segment: the last block, the index and the footer (plus untaken bytes)."""
         if not self.count:

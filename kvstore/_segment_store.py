@@ -361,8 +361,9 @@ class SegmentOutput:
 
     @property
     def size(self) -> int:
-        """Bytes of the segment produced so far (sent or not)."""
-        return self._upload.size + self.writer.pending_bytes
+        """Bytes of the segment so far: produced (sent or not), and the open block's raw
+        bytes (an upper bound of what they encode to)."""
+        return self._upload.size + self.writer.pending_bytes + self.writer.open_block_bytes
 
     async def send_full_parts(self) -> None:
         """Start uploading a part if a whole one is ready; let the parts in flight progress."""

@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -153,6 +154,9 @@ class CampaignConfig:
     # module must be importable there (spawned workers inherit the coordinator's
     # sys.path). The tests use it to break kvstore on purpose (tests/sabotage.py).
     worker_setup: str | None = None
+    # StoreOptions.target_segment_bytes of every worker (None: the default). A few KiB
+    # make every compaction write many segments and a sorted run.
+    target_segment_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -420,10 +424,13 @@ def store_url(base: str, workload: str) -> str:
     return f"{base.rstrip('/')}/{workload}"
 
 
-def store_options(*, inline: bool) -> kvstore.StoreOptions:
+def store_options(*, inline: bool, target_segment_bytes: int | None = None) -> kvstore.StoreOptions:
     """A worker's options. Half the incarnations write every commit's segment as an
     object (`inline=False`), so safe creates meet faults as often as CAS does."""
-    return kvstore.StoreOptions(retry=CAMPAIGN_RETRY, inline_segment_bytes=16 * 1024 if inline else 0)
+    options = kvstore.StoreOptions(retry=CAMPAIGN_RETRY, inline_segment_bytes=16 * 1024 if inline else 0)
+    if target_segment_bytes is None:
+        return options
+    return dataclasses.replace(options, target_segment_bytes=target_segment_bytes)
 
 
 def fault_plan(seed: int) -> FaultPlan:
@@ -587,7 +594,7 @@ async def _open_with_retry(
             return await kvstore.open(
                 store_url(cfg.url, workload),
                 values="msgpack",
-                options=store_options(inline=inline),
+                options=store_options(inline=inline, target_segment_bytes=cfg.target_segment_bytes),
                 endpoint_url=spec.endpoint_url,
                 s3_options=CAMPAIGN_S3,
                 create=False,
@@ -1152,6 +1159,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="a function every worker calls before it starts (importable in the workers)",
     )
+    p.add_argument(
+        "--target-segment-bytes",
+        type=int,
+        default=None,
+        help="StoreOptions.target_segment_bytes of the workers (a few KiB: compactions write many segments)",
+    )
     p.add_argument("--workdir", default=None, help="journals and result.json (default: a new temp dir)")
     p.add_argument("--out", default=None, help="also write the JSON result here")
     return p
@@ -1178,6 +1191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
         planned_kills=a.planned_kills,
         worker_setup=a.worker_setup,
         workdir=a.workdir,
+        target_segment_bytes=a.target_segment_bytes,
     )
     return config, a.out
 
