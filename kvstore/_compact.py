@@ -217,15 +217,15 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
     output: SegmentOutput | None = None
     try:
         async for kept in _retained(merge(streams), sub, result):
-            if output is not None and output.size >= sub.target_segment_bytes:
-                result.parts.append(await output.finish(level=sub.level))
-                output = None
-            if output is None:
-                output = sources.segments.new_output(uniform_version=False)
-            add = output.writer.add
-            for key, version, value in kept:
-                add(key, version, value)
-            await output.send_full_parts()
+            done = 0
+            while done < len(kept):
+                if output is None:
+                    output = sources.segments.new_output(uniform_version=False)
+                done = output.add_until(kept, done, sub.target_segment_bytes)
+                await output.send_full_parts()
+                if done < len(kept):  # this segment is full: the rest goes to the next one
+                    result.parts.append(await output.finish(level=sub.level))
+                    output = None
         if output is not None:
             result.parts.append(await output.finish(level=sub.level))
             output = None

@@ -103,7 +103,7 @@ class StoreOptions:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
         if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:
             raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")
-        if self.target_segment_bytes < 1 * KiB or self.compaction_memory_bytes < 1 * MiB:
-            raise ValidationError("target_segment_bytes must be >= 1 KiB and compaction_memory_bytes >= 1 MiB")
+        if self.target_segment_bytes < 256 or self.compaction_memory_bytes < 1 * MiB:
+            raise ValidationError("target_segment_bytes must be >= 256 and compaction_memory_bytes >= 1 MiB")
         if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
             raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")

@@ -365,6 +365,23 @@ class SegmentOutput:
         bytes (an upper bound of what they encode to)."""
         return self._upload.size + self.writer.pending_bytes + self.writer.open_block_bytes
 
+    def add_until(self, entries: Sequence[Entry], start: int, limit: int) -> int:
+        """Add `entries[start:]` (in segment order) until the segment reaches about `limit`
+        bytes, ending at a key boundary; returns the index of the first entry not added."""
+        writer = self.writer
+        add = writer.add
+        # Bytes produced before this call; a block closed during it is then counted
+        # neither here nor in the open block, so the segment may exceed `limit` by a block.
+        produced = self._upload.size + writer.pending_bytes
+        last = None
+        for i in range(start, len(entries)):
+            key, version, value = entries[i]
+            if key != last and writer.count and produced + writer.open_block_bytes >= limit:
+                return i
+            add(key, version, value)
+            last = key
+        return len(entries)
+
     async def send_full_parts(self) -> None:
         """Start uploading a part if a whole one is ready; let the parts in flight progress."""
         if self.writer.pending_bytes >= PART_BYTES:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,15 @@ class StallingStore:
         await asyncio.Event().wait()  # never set: the parent kills us here
 
 
+async def wait_for_marker(marker: Path, child: Any, timeout: float) -> None:
+    """Wait until the child announces it stalled (or fail if it dies or takes too long)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert child.is_alive(), f"the writer exited with {child.exitcode} before reaching the step"
+        assert time.monotonic() < deadline, "the writer never reached the step"
+        await asyncio.sleep(0.02)
+
+
 def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) -> None:
     """Commit {n: n+1, a, b, c} (the transaction `crash-test`) and get killed at `step`."""
 
@@ -88,5 +98,23 @@ def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) 
                 for key in ("a", "b", "c"):
                     tx.put(key, "written")
         raise AssertionError("the stalling store should have stopped this commit")
+
+    asyncio.run(main())
+
+
+def compact_then_stall(url: str, kwargs: dict[str, Any], target_segment_bytes: int, marker: str) -> None:
+    """Compact the store fully into segments of `target_segment_bytes`, and get killed once
+    the first output segment is written (other sub-compactions may be writing theirs)."""
+
+    async def main() -> None:
+        options = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=target_segment_bytes)
+        async with kvstore.open(
+            url,
+            options=options,
+            **kwargs,
+            wrap_object_store=lambda inner: StallingStore(inner, "segment-written", Path(marker)),
+        ) as db:
+            await db.compact(full=True)
+        raise AssertionError("the stalling store should have stopped this compaction")
 
     asyncio.run(main())

@@ -17,7 +17,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from kvstore.testing.campaign import (
     read_journal,
     resolve_worker_setup,
     run_campaign,
+    store_url,
     txn_outcome,
 )
 from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
@@ -350,7 +350,7 @@ async def test_sigkill_at_a_commit_step(durable_target: Target, tmp_path: Path, 
     child = ctx.Process(target=crash_workers.commit_then_stall, args=(target.url, target.kwargs, step, str(marker)))
     child.start()
     try:
-        await _wait_for(marker, child, timeout=60)
+        await crash_workers.wait_for_marker(marker, child, timeout=60)
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
     finally:
         child.join(10)
@@ -363,15 +363,6 @@ async def test_sigkill_at_a_commit_step(durable_target: Target, tmp_path: Path, 
         assert (n, values, len(mine)) == (1, ["written"] * 3, 1)  # fully present, once
     else:
         assert (n, values, len(mine)) == (0, [None] * 3, 0)  # fully absent
-
-
-async def _wait_for(marker: Path, child: Any, timeout: float) -> None:
-    """Wait until the child announces it stalled (or fail if it dies or takes too long)."""
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        assert child.is_alive(), f"the writer exited with {child.exitcode} before reaching the step"
-        assert time.monotonic() < deadline, "the writer never reached the step"
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- campaign
@@ -402,7 +393,8 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
 
 @pytest.mark.timeout(240)
 async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_path: Path) -> None:
-    config = _campaign(durable_target, tmp_path / "campaign")
+    # Segments of 256 bytes: a compaction writes several, and a sorted run.
+    config = _campaign(durable_target, tmp_path / "campaign", target_segment_bytes=256)
     result: CampaignResult = await asyncio.to_thread(run_campaign, config)
     report = format_summary(result)
     assert result.ok, report
@@ -417,6 +409,11 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
     assert w["bank"]["audits"] > 0 and w["bank"]["final_total"] == config.accounts * 100, report
     assert w["list-append"]["graph_edges"] > 0, report
     assert (tmp_path / "campaign" / "result.json").is_file()
+    runs = 0
+    for workload in config.workloads:
+        async with kvstore.open(store_url(config.url, workload), **durable_target.kwargs) as db:
+            runs += sum(r.is_run for r in engine_of(db).manifest.segments)
+    assert runs > 0, "no compaction wrote a sorted run"
 
 
 @pytest.mark.timeout(240)

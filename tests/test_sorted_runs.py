@@ -3,10 +3,14 @@ manifest carries, what GC and verify keep, memory, and crash points with many ou
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
+import signal
 import tracemalloc
 from pathlib import Path
 
+import crash_workers
 import pytest
 from targets import Target, engine_of, fault_injecting, file_target, memory_target
 
@@ -247,3 +251,27 @@ async def test_a_compaction_with_many_outputs_is_safe_at_every_crash_point(tmp_p
         await db.gc(grace_period=0, dry_run=False)
         assert await _state(db) == dict(sorted(expected.items()))
         assert (await db.verify()).ok
+
+
+async def test_a_compactor_killed_between_outputs_changes_nothing(durable_target: Target, tmp_path: Path) -> None:
+    target = durable_target
+    async with target.open(options=SMALL) as db:
+        expected = await _load(db)
+        version, sources = db.version, _live(db)
+    marker = tmp_path / "stalled"
+    ctx = multiprocessing.get_context("spawn")
+    args = (target.url, target.kwargs, SMALL.target_segment_bytes, str(marker))
+    child = ctx.Process(target=crash_workers.compact_then_stall, args=args)
+    child.start()
+    try:
+        await crash_workers.wait_for_marker(marker, child, timeout=60)
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    finally:
+        child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    async with target.open(options=SMALL) as db:
+        assert (db.version, _live(db)) == (version, sources)
+        assert await _state(db) == dict(sorted(expected.items()))
+        [result] = await db.compact(full=True)
+        assert result.outputs > 10
+        assert await _state(db) == dict(sorted(expected.items()))
