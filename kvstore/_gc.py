@@ -14,13 +14,19 @@ young; it is kept, and not even marked, until it is older than the grace
 period, and writers never commit a segment that old (I8). (A mark taken
 while it was young could outlive its commit and its compaction, and let it
 go too soon.) So an orphan goes after two grace periods, a segment
-compacted away after one (counted from the first run that sees it so). Listing happens before the manifest is read,
-so a segment committed during the run is seen as referenced.
+compacted away after one (counted from the first run that sees it so).
+
+The references are computed first (they are bounded by the live segments);
+the listing is then judged object by object as it arrives and the doomed
+deleted 1000 at a time, so a run holds no list of the store's objects. A
+segment committed during the run is young, hence kept; and each batch is
+checked against the latest manifest before it goes (`_sweep`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -28,11 +34,11 @@ import msgpack
 from ._cas import read_modify_cas
 from ._envelope import seal, unseal
 from ._layout import Layout
-from ._manifest import SegmentRef
+from ._manifest import Manifest, SegmentRef
 from ._manifest_store import ManifestStore
-from ._objectstore import ObjectInfo, ObjectNotFound, RetryingObjectStore
+from ._objectstore import MAX_DELETE_BATCH, ObjectInfo, ObjectNotFound, RetryingObjectStore
 from ._sources import Sources
-from ._tags import TagStore
+from ._tags import Tag, TagStore
 
 _FORMAT = 1
 _MAGIC = b"KVGC"
@@ -65,15 +71,34 @@ class GarbageCollector:
         self._marks_name = layout.gc_marks
 
     async def collect(self, *, grace_period: float, dry_run: bool) -> GcReport:
-        """One pass. Costs a LIST of segments and of manifest copies, a LIST and a
-        GET per tag, a GET per tagged manifest, a GET and (unless a dry run) a PUT
-        of the marks, and a DELETE per deleted object."""
-        now = time.time()
-        listed = [o async for o in self._objects.list(self._layout.segments_prefix)]
-        listed += [o async for o in self._objects.list(self._layout.snapshots_prefix)]
+        """One pass, streaming: objects are judged as the listing arrives and deleted
+        in batches. Costs a LIST and a GET per tag, a GET per tagged manifest, a LIST
+        of segments and of manifest copies (a request per 1000 objects), a
+        conditional GET of the manifest and (unless a dry run) a DeleteObjects per
+        1000 deleted objects, and a GET and (unless a dry run) a PUT of the marks."""
+        now = time.time()  # before the manifest is read: see `_sweep`
         tags = await self._tags.list()
         manifest = await self._manifests.refresh()
+        reasons = await self._referenced(manifest, tags)
+        marks, marks_etag = await self._read_marks()
+        report = GcReport(dry_run)
+        new_marks: dict[str, float] = {}
+        doomed: list[ObjectInfo] = []
+        for prefix in (self._layout.segments_prefix, self._layout.snapshots_prefix):
+            async for info in self._objects.list(prefix):
+                if self._keep(info, reasons, marks, now, grace_period, report, new_marks):
+                    continue
+                doomed.append(info)
+                if len(doomed) == MAX_DELETE_BATCH:
+                    manifest = await self._sweep(doomed, manifest, reasons, report)
+                    doomed = []
+        await self._sweep(doomed, manifest, reasons, report)
+        if not dry_run:
+            await self._write_marks(new_marks, marks_etag)
+        return report
 
+    async def _referenced(self, manifest: Manifest, tags: Sequence[Tag]) -> dict[str, str]:
+        """Every object the manifest, its commit log or a tag names -> why it is kept."""
         reasons: dict[str, str] = {}
         for record in manifest.log:
             if record.segment_id is not None:  # a commit's segment, or a compaction's segment or run
@@ -82,40 +107,12 @@ class GarbageCollector:
         for tag in tags:
             reasons[self._layout.snapshot(tag.version)] = f"manifest copy of tag {tag.name!r}"
             for ref in (await self._tags.manifest(tag)).segments:
-                await self._keep(ref, f"kept by tag {tag.name!r}", reasons)
+                await self._keep_source(ref, f"kept by tag {tag.name!r}", reasons)
         for ref in manifest.segments:
-            await self._keep(ref, "live", reasons)
+            await self._keep_source(ref, "live", reasons)
+        return reasons
 
-        marks, marks_etag = await self._read_marks()
-        report = GcReport(dry_run)
-        new_marks: dict[str, float] = {}
-        for info in listed:
-            # Only an object older than the grace period is marked. A younger one may be a
-            # segment not committed yet: committed and compacted away again before the next
-            # run, a mark taken before its commit would let it go less than a grace period
-            # after it stopped being referenced (I6). An older one never becomes referenced
-            # again, since writers commit no segment that old (I8).
-            young = now - info.last_modified < grace_period
-            marked_at = now if young else marks.get(info.name, now)
-            reason = reasons.get(info.name) or self._too_young(info, marked_at, now, grace_period)
-            if reason is not None:
-                report.kept[info.name] = reason
-                if info.name not in reasons:
-                    if not young:
-                        new_marks[info.name] = marked_at
-                    first_marked = info.last_modified + grace_period if young else marked_at
-                    report.collectable_after[info.name] = first_marked + grace_period
-            else:
-                report.deleted.append(info.name)
-                report.bytes_deleted += info.size
-        if dry_run:
-            return report
-        for name in report.deleted:
-            await self._objects.delete(name)
-        await self._write_marks(new_marks, marks_etag)
-        return report
-
-    async def _keep(self, ref: SegmentRef, why: str, reasons: dict[str, str]) -> None:
+    async def _keep_source(self, ref: SegmentRef, why: str, reasons: dict[str, str]) -> None:
         """Keep the objects `ref` reads: its segment, or its run object and the run's segments."""
         if not ref.is_run:
             reasons[self._layout.segment(ref.id)] = why
@@ -123,6 +120,67 @@ class GarbageCollector:
         reasons[self._layout.run(ref.id)] = why
         for part in (await self._sources.run(ref)).parts:
             reasons[self._layout.segment(part.id)] = f"{why} (in run {ref.id})"
+
+    def _keep(
+        self,
+        info: ObjectInfo,
+        reasons: dict[str, str],
+        marks: dict[str, float],
+        now: float,
+        grace_period: float,
+        report: GcReport,
+        new_marks: dict[str, float],
+    ) -> bool:
+        """Whether `info` stays; if so, record why (and its mark) in `report` and `new_marks`."""
+        # Only an object older than the grace period is marked. A younger one may be a
+        # segment not committed yet: committed and compacted away again before the next
+        # run, a mark taken before its commit would let it go less than a grace period
+        # after it stopped being referenced (I6). An older one never becomes referenced
+        # again, since writers commit no segment that old (I8).
+        young = now - info.last_modified < grace_period
+        marked_at = now if young else marks.get(info.name, now)
+        reason = reasons.get(info.name) or self._too_young(info, marked_at, now, grace_period)
+        if reason is None:
+            return False
+        report.kept[info.name] = reason
+        if info.name not in reasons:
+            if not young:
+                new_marks[info.name] = marked_at
+            first_marked = info.last_modified + grace_period if young else marked_at
+            report.collectable_after[info.name] = first_marked + grace_period
+        return True
+
+    async def _sweep(
+        self, doomed: list[ObjectInfo], seen: Manifest, reasons: dict[str, str], report: GcReport
+    ) -> Manifest:
+        """Delete `doomed` (unless a dry run) but what a manifest newer than `seen` names.
+
+        The references were computed before these objects were listed, so a segment
+        committed since is not in them. It was young when the run began (`now` is
+        taken before the manifest is read, and writers commit no segment older than
+        the grace period, I8), so `_keep` kept it anyway; still, as when GC listed
+        before reading the manifest, nothing goes that the latest manifest names:
+        a conditional GET per batch, and new references only if it moved.
+        Returns the manifest read.
+        """
+        manifest = await self._manifests.refresh()
+        if manifest.version != seen.version:
+            # Tags were read once: a tag made during the run names segments its manifest
+            # had, which were either in the references already or committed since.
+            for name, why in (await self._referenced(manifest, ())).items():
+                reasons.setdefault(name, why)
+        names: list[str] = []
+        for info in doomed:
+            reason = reasons.get(info.name)
+            if reason is not None:
+                report.kept[info.name] = reason
+                continue
+            names.append(info.name)
+            report.deleted.append(info.name)
+            report.bytes_deleted += info.size
+        if names and not report.dry_run:
+            await self._objects.delete_many(names)
+        return manifest
 
     @staticmethod
     def _too_young(info: ObjectInfo, marked_at: float, now: float, grace: float) -> str | None:

@@ -5,6 +5,7 @@ A `Target` is a store URL plus the keyword arguments `kvstore.open` needs for it
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,14 @@ def engine_of(db: kvstore.Store) -> Engine:
     """The engine under a store, for white-box tests that read its manifest or reach its
     object store (the one place the tests look under the public face)."""
     return db._engine
+
+
+async def make_orphans(engine: Engine, count: int) -> set[str]:
+    """`count` segments no manifest references, as crashed writers leave them."""
+    names = [engine.layout.segment(f"{i:012d}-orphan{i:018d}") for i in range(count)]
+    for start in range(0, count, 100):
+        await asyncio.gather(*(engine.objects.put_if_absent(n, b"lost") for n in names[start : start + 100]))
+    return set(names)
 
 
 def fault_injecting(plan: FaultPlan | None = None) -> tuple[list[FaultInjectingStore], Callable[[Any], Any]]:

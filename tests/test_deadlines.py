@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from targets import Target, file_target
 
 import kvstore
-from kvstore._objectstore import TransientError
+from kvstore._objectstore import ObjectInfo, RetryingObjectStore, TransientError
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,6 +37,60 @@ async def test_open_and_reads_give_up_on_a_store_that_never_answers(target: Targ
             wrap_object_store=lambda inner: FaultInjectingStore(inner, stuck),
         )
     assert time.monotonic() - started < 1.0 + 1.0
+
+
+class _ListsThenStalls:
+    """A backend whose listing yields `names` and then, unless `finishes`, never answers again."""
+
+    description = "a listing that stalls"
+
+    def __init__(self, names: int, *, finishes: bool) -> None:
+        self._names = names
+        self._finishes = finishes
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for i in range(self._names):
+            yield ObjectInfo(f"{prefix}{i:06d}", 1, '"e"', 0.0)
+        if not self._finishes:
+            await asyncio.Event().wait()
+
+
+async def test_a_listing_has_one_deadline_per_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a `wait_for` (a task, before Python 3.12) per listed name: a million-object
+    listing would make a million."""
+    waits = 0
+    real_wait_for = asyncio.wait_for
+
+    def counting(awaitable: Any, timeout: float | None) -> Any:
+        nonlocal waits
+        waits += 1
+        return real_wait_for(awaitable, timeout)
+
+    monkeypatch.setattr(asyncio, "wait_for", counting)
+    objects = RetryingObjectStore(_ListsThenStalls(2500, finishes=True))  # type: ignore[arg-type]
+    assert len([info async for info in objects.list("p/")]) == 2500
+    assert waits == 3
+
+
+@pytest.mark.parametrize(("listed", "pages"), [(0, 0), (1500, 1)])
+async def test_a_stalled_listing_fails_within_its_deadline(listed: int, pages: int) -> None:
+    """Before the first name it is retried until the total deadline; after names were
+    consumed it fails at once (one page's deadline), since it cannot be retried. Names
+    come a page (1000) at a time: the 500 of the page that never completes are not seen."""
+    retry = kvstore.RetryPolicy(attempt_timeout=0.3, total_timeout=1.0)
+    objects = RetryingObjectStore(_ListsThenStalls(listed, finishes=False), retry)  # type: ignore[arg-type]
+    seen = 0
+    started = time.monotonic()
+    with pytest.raises(kvstore.StoreUnavailableError, match="deadline") as caught:
+        async for _ in objects.list("p/"):
+            seen += 1
+    elapsed = time.monotonic() - started
+    assert seen == pages * 1000
+    assert "no page within 0.3 s" in str(caught.value)
+    if listed:
+        assert objects.requests["LIST"] == 1 and elapsed < 0.3 + 0.5
+    else:  # the last attempt may start just before the total deadline
+        assert objects.requests["LIST"] >= 3 and elapsed < 1.0 + 0.3 + 0.5
 
 
 async def test_the_local_cas_lock_wait_is_bounded(tmp_path: Path) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from targets import Target, engine_of, file_target
+from targets import Target, engine_of, file_target, make_orphans
 
 import kvstore
 from kvstore._envelope import unseal
@@ -199,6 +200,91 @@ async def test_gc_marks_no_object_younger_than_the_grace_period(tmp_path: Path) 
         assert young not in marks and old in marks
         assert report.deleted == []  # the old one is marked now: collectable an hour from now
         assert report.collectable_after[young] == pytest.approx(time.time() + 7200, abs=60)
+
+
+class _CountsDeletes:
+    """Delegates to a backend and records the size of every delete_many and each delete."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.batches: list[int] = []
+        self.single_deletes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def delete(self, name: str) -> None:
+        self.single_deletes += 1
+        await self._inner.delete(name)
+
+    async def delete_many(self, names: list[str]) -> None:
+        self.batches.append(len(names))
+        await self._inner.delete_many(names)
+
+
+async def test_gc_deletes_many_objects_in_batches_as_it_lists(target: Target) -> None:
+    made: list[_CountsDeletes] = []
+    async with target.open(
+        options=replace(NO_AUTO, **NO_INLINE),
+        wrap_object_store=lambda inner: made.append(_CountsDeletes(inner)) or made[-1],
+    ) as db:
+        await db.put(b"a", b"1")
+        live = await _segment_objects(db)
+        orphans = await make_orphans(engine_of(db), 2500)
+        dry = await db.gc(grace_period=0, dry_run=True)
+        assert set(dry.deleted) == orphans and dry.bytes_deleted == 2500 * len(b"lost")
+        assert made[0].batches == [] and await _segment_objects(db) == live | orphans
+        report = await db.gc(grace_period=0)
+        assert set(report.deleted) == orphans and len(report.deleted) == 2500
+        assert report.kept == dict.fromkeys(live, "live")
+        assert made[0].batches == [1000, 1000, 500] and made[0].single_deletes == 0
+        assert await _segment_objects(db) == live
+        assert await db.get(b"a") == b"1"
+
+
+class _CommitsWhileListed:
+    """Delegates to a backend; the first listing starts only after `during_listing` ran."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.during_listing: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def list(self, prefix: str) -> AsyncIterator[Any]:
+        if self.during_listing is not None and "segments/" in prefix:
+            hook, self.during_listing = self.during_listing, None
+            await hook()
+        async for info in self._inner.list(prefix):
+            yield info
+
+
+async def test_gc_deletes_nothing_committed_while_it_listed(tmp_path: Path) -> None:
+    """The references are computed before the listing; a segment committed meanwhile is
+    young, hence kept. Made to look old here, the latest manifest still spares it."""
+    target = file_target(tmp_path)
+    made: list[_CommitsWhileListed] = []
+    options = replace(NO_AUTO, **NO_INLINE)
+    async with (
+        target.open(
+            options=options, wrap_object_store=lambda inner: made.append(_CommitsWhileListed(inner)) or made[-1]
+        ) as db,
+        target.open(options=options) as writer,
+    ):
+        await db.put(b"a", b"1")
+
+        async def commit_and_age() -> None:
+            await writer.put(b"late", b"2")
+            for segment in (tmp_path / "store" / "segments").iterdir():
+                os.utime(segment, (time.time() - 7200, time.time() - 7200))
+
+        made[0].during_listing = commit_and_age
+        report = await db.gc(grace_period=0)
+        assert made[0].during_listing is None  # the commit landed during the listing
+        assert report.deleted == []
+        assert list(report.kept.values()) == ["live", "live"]
+        assert await db.get(b"late") == b"2" and await db.get(b"a") == b"1"
 
 
 async def _gc_marks(engine: Any) -> dict[str, float]:

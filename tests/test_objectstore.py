@@ -8,20 +8,24 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import workers
 
+from kvstore import AccessDeniedError, StoreUnavailableError
 from kvstore._objectstore import (
     LocalObjectStore,
     MemoryObjectStore,
     ObjectNotFound,
     ObjectStore,
     PreconditionFailed,
+    RetryingObjectStore,
     S3Options,
     TransientError,
 )
 from kvstore._objectstore._s3 import S3ObjectStore
+from kvstore.testing.faults import FaultInjectingStore
 
 
 @pytest.fixture(params=["memory", "file", "s3"])
@@ -83,6 +87,62 @@ async def test_head_list_delete(objects: ObjectStore) -> None:
     assert [i.name async for i in objects.list("p/")] == ["p/2"]
     with pytest.raises(ObjectNotFound):
         await objects.head("p/1")
+
+
+async def test_delete_many_deletes_present_and_absent_names(objects: ObjectStore) -> None:
+    for name in ("d/1", "d/2", "d/3", "e/1"):
+        await objects.put_if_absent(name, name.encode())
+    await objects.delete_many(["d/1", "d/3", "d/never-was"])
+    assert [i.name async for i in objects.list("")] == ["d/2", "e/1"]
+    await objects.delete_many(["d/1", "d/3"])  # deleting twice is fine
+    await objects.delete_many([])
+    assert [i.name async for i in objects.list("")] == ["d/2", "e/1"]
+
+
+async def test_a_lost_delete_many_answer_is_retried() -> None:
+    faulty = FaultInjectingStore(MemoryObjectStore(uuid.uuid4().hex))
+    objects = RetryingObjectStore(faulty, seed=1)
+    for i in range(5):
+        await objects.put_if_absent(f"x/{i}", b"x")
+    faulty.script("delete_many", "lost_response", "error")
+    await objects.delete_many([f"x/{i}" for i in range(4)])
+    assert faulty.injected == {"delete_many:lost_response": 1, "delete_many:error": 1}
+    assert objects.requests["DELETE"] == 3  # the whole batch, again, each time
+    assert [i.name async for i in objects.list("")] == ["x/4"]
+
+
+class _AnswersDeleteObjects:
+    """A stand-in for the aiobotocore client that answers DeleteObjects with `errors`."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.errors = errors
+        self.sent: list[dict[str, Any]] = []
+
+    async def delete_objects(self, **request: Any) -> dict[str, Any]:
+        self.sent.append(request)
+        return {"Errors": self.errors} if self.errors else {}
+
+
+@pytest.mark.parametrize(
+    ("errors", "raised"),
+    [
+        ([], None),
+        ([{"Key": "a", "Code": "NoSuchKey"}], None),  # absent: deleted, as DeleteObject says
+        ([{"Key": "a", "Code": "InternalError"}], TransientError),
+        ([{"Key": "a", "Code": "InternalError"}, {"Key": "b", "Code": "AccessDenied"}], AccessDeniedError),
+        ([{"Key": "b", "Code": "WhoKnows"}], StoreUnavailableError),
+    ],
+)
+async def test_s3_delete_many_raises_per_key_errors(errors: list[dict[str, str]], raised: type | None) -> None:
+    store = S3ObjectStore("bucket", S3Options())
+    client = _AnswersDeleteObjects(errors)
+    store._client = client
+    if raised is None:
+        await store.delete_many(["a", "b"])
+    else:
+        with pytest.raises(raised):
+            await store.delete_many(["a", "b"])
+    assert client.sent == [{"Bucket": "bucket", "Delete": {"Objects": [{"Key": "a"}, {"Key": "b"}], "Quiet": True}}]
 
 
 async def test_concurrent_creates_have_one_winner(objects: ObjectStore) -> None:
@@ -185,8 +245,6 @@ def test_s3_timestamp_parser_agrees_with_botocore() -> None:
 async def test_s3_sessions_are_shared_per_loop_and_profile() -> None:
     """Stores on one event loop share an aiobotocore session (its S3 model is parsed once);
     another loop gets its own session but the same loaded models."""
-    from typing import Any
-
     from kvstore._objectstore._s3 import _session_for
 
     here = _session_for(None)

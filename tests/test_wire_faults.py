@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import workers
-from targets import Target, s3_target
+from targets import Target, engine_of, make_orphans, s3_target
 
 import kvstore
 from kvstore.testing.netproxy import FaultProxy, NetRule
@@ -157,6 +157,22 @@ async def test_compaction_and_tags_survive_lost_answers(wire: Target, proxy: Fau
         assert tag.version == db.version
         assert (await db.describe()).segments == 1
         assert [k async for k, _ in db.scan()] == [f"k{i:02d}".encode() for i in range(12)]
+
+
+async def test_gc_deletes_in_batches_of_1000_and_retries_a_lost_batch(wire: Target, proxy: FaultProxy) -> None:
+    async with wire.open(options=_options(auto_compact=False)) as db:
+        await db.put(b"a", b"1")
+        orphans = await make_orphans(engine_of(db), 2500)
+        proxy.reset_stats()
+        proxy.script("lose_answer", methods=frozenset({"POST"}), path_contains="?delete")
+        report = await db.gc(grace_period=0)
+        assert proxy.stats.faults["lose_answer"] == 1
+        deletes = [e for e in proxy.history if e.method == "POST" and "?delete" in e.target]
+        assert len(deletes) == 3 + 1  # 2500 names in three DeleteObjects, one resent
+        assert set(report.deleted) == orphans
+        segments = engine_of(db).layout.segments_prefix
+        assert not orphans & {info.name async for info in engine_of(db).objects.list(segments)}
+        assert await db.get(b"a") == b"1"
 
 
 # --------------------------------------------------------------------------- deadlines

@@ -6,11 +6,20 @@ opened, since aiobotocore takes most of the import time.
 
 from ._local import LocalObjectStore
 from ._memory import MemoryObjectStore
-from ._protocol import Blob, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, TransientError
+from ._protocol import (
+    MAX_DELETE_BATCH,
+    Blob,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    TransientError,
+)
 from ._retry import RetryingObjectStore, RetryPolicy
 from ._s3_options import S3Options
 
 __all__ = [
+    "MAX_DELETE_BATCH",
     "Blob",
     "LocalObjectStore",
     "MemoryObjectStore",

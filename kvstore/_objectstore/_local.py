@@ -92,6 +92,10 @@ class LocalObjectStore:
     async def delete(self, name: str) -> None:
         await _in_thread(self._delete, name)
 
+    async def delete_many(self, names: Sequence[str]) -> None:
+        # A filesystem has no batch delete: one worker thread unlinks them all.
+        await _in_thread(self._delete_many, names)
+
     async def close(self) -> None:
         pass
 
@@ -226,6 +230,10 @@ class LocalObjectStore:
             self._path(name).unlink()
         except FileNotFoundError:
             pass
+
+    def _delete_many(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._delete(name)
 
     def _write_temp(self, data: bytes) -> Path:
         work = self._root / _WORK_DIR

@@ -99,6 +99,10 @@ class MemoryObjectStore:
     async def delete(self, name: str) -> None:
         self._objects.pop(name, None)
 
+    async def delete_many(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._objects.pop(name, None)
+
     async def close(self) -> None:
         pass
 

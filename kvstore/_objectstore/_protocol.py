@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+MAX_DELETE_BATCH = 1000  # names per delete_many: S3 DeleteObjects' limit
+LIST_PAGE = 1000  # names per page of a listing: S3 ListObjectsV2's MaxKeys
+
 
 @dataclass(frozen=True)
 class Blob:
@@ -124,11 +127,23 @@ class ObjectStore(Protocol):
         ...
 
     def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object whose name starts with `prefix`, in name order."""
+        """Every object whose name starts with `prefix`, in name order.
+
+        A backend that lists in requests asks for `LIST_PAGE` names a request: the
+        retry layer gives each `LIST_PAGE` names one deadline.
+        """
         ...
 
     async def delete(self, name: str) -> None:
         """Delete an object; deleting a missing object is not an error."""
+        ...
+
+    async def delete_many(self, names: Sequence[str]) -> None:
+        """Delete these objects (at most `MAX_DELETE_BATCH`); missing ones are not an error.
+
+        One request where the backend has a batch delete. A failure may leave
+        any subset deleted: deleting again is harmless.
+        """
         ...
 
     async def close(self) -> None:

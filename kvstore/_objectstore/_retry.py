@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .._errors import ClosedError, StoreUnavailableError, ValidationError
-from ._protocol import Blob, ObjectInfo, ObjectNotFound, ObjectStore, PreconditionFailed, TransientError
+from ._protocol import (
+    LIST_PAGE,
+    Blob,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    PreconditionFailed,
+    TransientError,
+)
 
 T = TypeVar("T")
 
@@ -134,9 +142,10 @@ class RetryingObjectStore:
         return await self._call("HEAD", lambda: self.inner.head(name))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        # Each page has the attempt deadline. A listing is retried as a whole only
-        # before it yields anything; a failure halfway raises, since the caller has
-        # already consumed names.
+        # Each page has the attempt deadline: one `wait_for` (a task, before Python 3.12)
+        # per LIST_PAGE names, not per name. A listing is retried as a whole only before
+        # it yields anything; a failure halfway raises, since the caller has already
+        # consumed names.
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.total_timeout
@@ -148,13 +157,14 @@ class RetryingObjectStore:
             try:
                 while True:
                     try:
-                        info = await asyncio.wait_for(anext(listing), policy.attempt_timeout)
-                    except StopAsyncIteration:
-                        return
+                        page = await asyncio.wait_for(_take(listing, LIST_PAGE), policy.attempt_timeout)
                     except asyncio.TimeoutError:
                         raise TransientError(f"no page within {policy.attempt_timeout:.3g} s") from None
-                    yield info
-                    yielded = True
+                    for info in page:
+                        yield info
+                        yielded = True
+                    if len(page) < LIST_PAGE:
+                        return
             except TransientError as exc:
                 attempt += 1
                 if yielded or attempt >= policy.max_attempts or loop.time() >= deadline:
@@ -165,6 +175,10 @@ class RetryingObjectStore:
 
     async def delete(self, name: str) -> None:
         await self._call("DELETE", lambda: self.inner.delete(name))
+
+    async def delete_many(self, names: Sequence[str]) -> None:
+        # Retried as a whole: deleting is idempotent, and a missing name is not an error.
+        await self._call("DELETE", lambda: self.inner.delete_many(names))
 
     async def close(self) -> None:
         """Wait for operations in flight (prefetches, shared refreshes), at most one
@@ -225,3 +239,13 @@ class RetryingObjectStore:
             f"deadline (last: {cause}); check the endpoint and network, then retry "
             "(kvstore.RetryPolicy sets the deadlines)"
         )
+
+
+async def _take(items: AsyncIterator[T], n: int) -> list[T]:
+    """The next `n` items of `items`, or fewer at its end."""
+    taken: list[T] = []
+    async for item in items:
+        taken.append(item)
+        if len(taken) == n:
+            break
+    return taken

@@ -52,7 +52,7 @@ from .._errors import (
     UnsafeEndpointError,
 )
 from .._version import __version__
-from ._protocol import Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
+from ._protocol import LIST_PAGE, MAX_DELETE_BATCH, Blob, ObjectInfo, ObjectNotFound, PreconditionFailed, TransientError
 from ._s3_options import S3Options
 
 _AUTH_CODES = frozenset(
@@ -205,7 +205,8 @@ class S3ObjectStore:
         client = await self._get_client()
         paginator = client.get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+            pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE})
+            async for page in pages:
                 for item in page.get("Contents", ()):
                     yield ObjectInfo(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
         except Exception as exc:
@@ -217,6 +218,30 @@ class S3ObjectStore:
             await client.delete_object(Bucket=self._bucket, Key=name)
         except Exception as exc:
             raise self._translate(exc, name) from exc
+
+    async def delete_many(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        assert len(names) <= MAX_DELETE_BATCH, "DeleteObjects takes at most 1000 keys"
+        what = f"{names[0]} and {len(names) - 1} more"
+        client = await self._get_client()
+        try:
+            # Quiet: the answer lists only the keys that failed. A missing key is deleted
+            # as far as S3 is concerned, as with DeleteObject.
+            response = await client.delete_objects(
+                Bucket=self._bucket, Delete={"Objects": [{"Key": n} for n in names], "Quiet": True}
+            )
+        except Exception as exc:
+            raise self._translate(exc, what) from exc
+        failures = [
+            self._translate_code(str(e.get("Code", "")), 0, str(e.get("Key", "")))
+            for e in response.get("Errors", ())
+            if e.get("Code") != "NoSuchKey"
+        ]
+        if failures:
+            # A lasting failure (access denied) says more than a transient one, which a
+            # retry of the whole batch might cure.
+            raise next((f for f in failures if not isinstance(f, TransientError)), failures[0])
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -281,30 +306,8 @@ class S3ObjectStore:
     def _translate(self, exc: Exception, name: str) -> Exception:
         """Map a botocore/aiohttp failure to the protocol's or kvstore's errors."""
         if isinstance(exc, ClientError):
-            code = _code(exc)
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
-                return ObjectNotFound(name)
-            if code in ("PreconditionFailed", "412"):
-                return PreconditionFailed(f"{name}: precondition failed")
-            if code == "NoSuchBucket":
-                return StoreNotFoundError(
-                    f"bucket {self._bucket!r} does not exist at {self._options.endpoint_url or 'AWS S3'}: "
-                    "create it first, or check the bucket name and endpoint_url"
-                )
-            if code in _AUTH_CODES or status == 403:
-                return AccessDeniedError(
-                    f"{self.description} refused the credentials for {name!r} ({code}): check "
-                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / the profile, and that the policy "
-                    "allows this action (see docs/operations.md)"
-                )
-            if code == "NotImplemented" or status == 501:
-                return UnsafeEndpointError(
-                    f"{self.description} does not implement a request kvstore needs ({code}) on {name!r}"
-                )
-            if code in _RETRYABLE_CODES or status in (409, 429) or status >= 500:
-                return TransientError(f"{self.description}: {code} on {name!r}")
-            return StoreUnavailableError(f"{self.description} rejected a request on {name!r}: {code} (HTTP {status})")
+            return self._translate_code(_code(exc), status, name)
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
             return AccessDeniedError(
                 f"no usable AWS credentials for {self.description}: set AWS_ACCESS_KEY_ID and "
@@ -313,6 +316,32 @@ class S3ObjectStore:
         if isinstance(exc, (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)):
             return TransientError(f"{self.description}: {type(exc).__name__} on {name!r}")
         return exc
+
+    def _translate_code(self, code: str, status: int, name: str) -> Exception:
+        """Map an S3 error code (and HTTP status, 0 for a per-key error of a batch) to
+        the protocol's or kvstore's errors."""
+        if code in ("NoSuchKey", "404", "NotFound", "NoSuchUpload"):
+            return ObjectNotFound(name)
+        if code in ("PreconditionFailed", "412"):
+            return PreconditionFailed(f"{name}: precondition failed")
+        if code == "NoSuchBucket":
+            return StoreNotFoundError(
+                f"bucket {self._bucket!r} does not exist at {self._options.endpoint_url or 'AWS S3'}: "
+                "create it first, or check the bucket name and endpoint_url"
+            )
+        if code in _AUTH_CODES or status == 403:
+            return AccessDeniedError(
+                f"{self.description} refused the credentials for {name!r} ({code}): check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / the profile, and that the policy "
+                "allows this action (see docs/operations.md)"
+            )
+        if code == "NotImplemented" or status == 501:
+            return UnsafeEndpointError(
+                f"{self.description} does not implement a request kvstore needs ({code}) on {name!r}"
+            )
+        if code in _RETRYABLE_CODES or status in (409, 429) or status >= 500:
+            return TransientError(f"{self.description}: {code} on {name!r}")
+        return StoreUnavailableError(f"{self.description} rejected a request on {name!r}: {code} (HTTP {status})")
 
 
 class _SingleAttemptHTTPSession(AIOHTTPSession):  # type: ignore[misc]  # untyped base

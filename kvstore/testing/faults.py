@@ -6,7 +6,7 @@ Wrap any backend and pass it to `kvstore.open(..., wrap_object_store=...)`::
     db = await kvstore.open(url, wrap_object_store=lambda inner: FaultInjectingStore(inner, plan))
 
 Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
-`list`, `delete`):
+`list`, `delete`, `delete_many`):
 
 * ``error``: the store answers 503 and does nothing;
 * ``conflict``: the store answers 409 ConditionalRequestConflict (writes only) and does nothing;
@@ -60,10 +60,19 @@ Operation = Literal[
     "head",
     "list",
     "delete",
+    "delete_many",
 ]
 FaultKind = Literal["error", "conflict", "timeout", "lost_response", "resent", "crash", "crash_after_apply", "pass"]
 _WRITES = frozenset(
-    {"put_if_absent", "put_if_match", "copy_if_match", "upload_part", "complete_multipart_if_absent", "delete"}
+    {
+        "put_if_absent",
+        "put_if_match",
+        "copy_if_match",
+        "upload_part",
+        "complete_multipart_if_absent",
+        "delete",
+        "delete_many",
+    }
 )
 
 
@@ -184,6 +193,9 @@ class FaultInjectingStore:
 
     async def delete(self, name: str) -> None:
         await self._run("delete", lambda: self.inner.delete(name))
+
+    async def delete_many(self, names: Sequence[str]) -> None:
+        await self._run("delete_many", lambda: self.inner.delete_many(names))
 
     async def close(self) -> None:
         await self.inner.close()
