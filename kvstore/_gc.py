@@ -1,8 +1,8 @@
 """Garbage collection: deleting segments and manifest copies nothing needs (I7).
 
-Mark and sweep across runs. An object is *unreferenced* when no current
-manifest, tagged manifest or commit-log record names it. A run deletes an
-unreferenced object only if it was already unreferenced when some run saw it
+Mark and sweep across passes. An object is *unreferenced* when no current
+manifest, tagged manifest or commit-log record names it. A pass deletes an
+unreferenced object only if it was already unreferenced when some pass saw it
 at least `grace_period` ago **and** the object itself is older than that.
 The marks live in `<prefix>gc/marks` (replaced with If-Match by GC runs
 only), so the manifest carries no GC state and commits never contend with GC.

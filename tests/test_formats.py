@@ -191,3 +191,25 @@ def test_commit_log_keeps_exact_keys_within_its_budget() -> None:
     for v in range(1, 31):  # the log keeps 10 records: trimmed records leave the total too
         short = short.with_commit(CommitRecord(v, 0.0, (b"t" * 16,), "s", 1, b"k", b"k", (b"k" * v,)), log_length=10)
     assert _log_key_bytes(short) == sum(range(21, 31))
+
+
+def test_run_object_golden_bytes() -> None:
+    # docs/format.md, "Run object"
+    from kvstore._run import decode_run, encode_run
+
+    data = encode_run([SegmentRef("r", b"a", b"b", 1, 2, 3, 4)])
+    assert data.hex() == "4b56524e01000000" + "9197a172c40161c40162010203" + "04" + "9026759f7fb43d46"
+    [part] = decode_run(data, level=2, object_name="r.run").parts
+    assert part == SegmentRef("r", b"a", b"b", 1, 2, 3, 4, None, 2)
+
+
+def test_a_run_row_round_trips_and_format_2_manifests_are_read() -> None:
+    from kvstore._envelope import seal, unseal
+
+    run = SegmentRef("run", b"a", b"z", 10, 1000, 1, 9, None, 2, None, 7)
+    m = Manifest(store_id="s", version=3, created=1.0, segments=(run, SegmentRef("seg", b"a", b"b", 1, 2, 3, 3)))
+    decoded = decode_manifest(encode_manifest(m), "m")
+    assert decoded == m and decoded.segments[0].is_run and not decoded.segments[1].is_run
+    older = Manifest(store_id="s", version=3, created=1.0, segments=(SegmentRef("seg", b"a", b"b", 1, 2, 3, 3),))
+    payload = unseal(encode_manifest(older), b"KVMF", 3, "m", "manifest")
+    assert decode_manifest(seal(b"KVMF", 2, payload), "m") == older
