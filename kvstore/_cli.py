@@ -817,6 +817,7 @@ async def info(s: Session, *, count_limit: int) -> None:
             "version": described.version,
             "oldest_readable_version": described.oldest_readable_version,
             "segments": described.segments,
+            "sorted_runs": described.sorted_runs,
             "segments_per_level": described.segments_per_level,
             "bytes": described.segment_bytes,
             "keys": keys,
@@ -836,7 +837,10 @@ async def info(s: Session, *, count_limit: int) -> None:
         ["values", doc["values"]],
         ["version", str(doc["version"])],
         ["oldest readable version", str(doc["oldest_readable_version"])],
-        ["segments", f"{doc['segments']} (per level: {doc['segments_per_level']})"],
+        [
+            "segments",
+            f"{doc['segments']}, {doc['sorted_runs']} sorted runs (sources per level: {doc['segments_per_level']})",
+        ],
         ["bytes", _size(doc["bytes"])],
         [
             "keys",
@@ -855,7 +859,7 @@ def _compaction_state(doc: dict[str, Any]) -> str:
     due = doc["compaction_due"]
     if not due:
         return "not due"
-    levels = ", ".join(f"level {level} holds {doc['segments_per_level'][level]} segments" for level in due)
+    levels = ", ".join(f"level {level} holds {doc['segments_per_level'][level]} sources" for level in due)
     return f"due: {levels} (fanout {doc['options']['compaction_fanout']}); run `kvstore compact {doc['url']}`"
 
 

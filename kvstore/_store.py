@@ -47,6 +47,9 @@ class StoreInfo:
 
     `entries` counts stored entries, including shadowed versions and
     tombstones not yet compacted away: an upper bound on the number of keys.
+    `segments` counts segment objects (and inline segments), those of sorted
+    runs included; `sorted_runs` counts the runs (what compactions wrote).
+    `segments_per_level` counts what compaction counts, a run as one source.
     """
 
     url: str
@@ -60,6 +63,7 @@ class StoreInfo:
     segments_per_level: dict[int, int]
     commit_log_length: int
     values: ValueMode  # the value codec the store records (see `Store.recorded_values`)
+    sorted_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -368,12 +372,13 @@ class Store:
             created=manifest.created,
             version=manifest.version,
             oldest_readable_version=manifest.history_floor,
-            segments=len(manifest.segments),
+            segments=sum(max(r.parts, 1) for r in manifest.segments),
             segment_bytes=sum(r.size for r in manifest.segments),
             entries=sum(r.count for r in manifest.segments),
             segments_per_level=levels,
             commit_log_length=len(manifest.log),
             values=manifest.settings.get("values") or "bytes",
+            sorted_runs=sum(r.is_run for r in manifest.segments),
         )
 
     def statistics(self) -> dict[str, Any]:

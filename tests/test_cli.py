@@ -552,7 +552,7 @@ def test_writing_commands_compact_when_a_level_is_due(tmp_path: Path, monkeypatc
     row = [line for line in invoke(monkeypatch, "info", other).ok().text.splitlines() if line.startswith("compaction ")]
     assert row == [
         (
-            f"compaction                     due: level 0 holds 8 segments (fanout 8); "
+            f"compaction                      due: level 0 holds 8 sources (fanout 8); "
             f"run `kvstore compact file://{other}`"
         )
     ]
