@@ -388,16 +388,20 @@ class Store:
     async def verify(self) -> VerifyReport:
         """Read and check every object the latest version references.
 
-        Costs one GET of the manifest and one GET per segment (ranged for large
-        ones), bypassing the caches. Damaged objects are reported, not raised.
+        Costs one GET of the manifest, one per sorted run object and one or more
+        per segment (ranged for large ones), bypassing the caches, one segment at
+        a time. Damaged objects are reported, not raised.
         """
         return await self._engine.verify()
 
     async def compact(self, *, full: bool = False) -> list[CompactionResult]:
-        """Merge segments until no level is due (or everything into one, with `full`).
+        """Merge segments until no level is due (or everything into one sorted run, with `full`).
 
-        Compaction commits never conflict with transactions. Costs a GET per
-        uncached input segment, a PUT per merged segment and a manifest CAS each.
+        A merge streams into segments of about `StoreOptions.target_segment_bytes`,
+        in key ranges run concurrently within `StoreOptions.compaction_memory_bytes`.
+        Compaction commits never conflict with transactions. Costs ranged GETs of
+        the inputs, a PUT (or multipart upload) per output segment, a PUT of the run
+        object and a manifest CAS per merge.
         """
         return await self._engine.compact(full=full)
 
