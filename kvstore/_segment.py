@@ -152,7 +152,6 @@ class TopIndex:
     offsets: list[int]
     lengths: list[int]
     first_blocks: list[int]  # partition p indexes blocks first_blocks[p] to first_blocks[p + 1] - 1
-    count: int  # entries in the segment
 
     def partition_for(self, key: bytes) -> int | None:
         """The partition whose key range holds `key`, or None."""
@@ -166,10 +165,6 @@ class TopIndex:
     def span(self, partition: int) -> tuple[int, int]:
         """Where a partition's bytes (checksum included) start and end in the segment."""
         return self.offsets[partition], self.offsets[partition] + self.lengths[partition]
-
-    @property
-    def block_count(self) -> int:
-        return self.first_blocks[-1]
 
     @property
     def size(self) -> int:
@@ -443,9 +438,7 @@ def parse_index(data: bytes, footer: Footer, object_name: str) -> tuple[TopIndex
     if footer.format == 1:
         part = _partition(rows, 0, object_name, "index")
         offsets, lengths, first_blocks = [footer.index_offset], [footer.index_length], [0, len(part.offsets)]
-        return TopIndex(
-            [part.first_keys[0]], [part.last_keys[-1]], offsets, lengths, first_blocks, footer.entry_count
-        ), part
+        return TopIndex([part.first_keys[0]], [part.last_keys[-1]], offsets, lengths, first_blocks), part
     try:
         block_counts = [r[4] for r in rows]
         if not rows or min(block_counts) < 1:
@@ -456,7 +449,6 @@ def parse_index(data: bytes, footer: Footer, object_name: str) -> tuple[TopIndex
             offsets=[r[2] for r in rows],
             lengths=[r[3] for r in rows],
             first_blocks=list(accumulate(block_counts, initial=0)),
-            count=footer.entry_count,
         )
     except (TypeError, IndexError, KeyError, ValueError) as exc:
         raise _undecodable(object_name, "index") from exc

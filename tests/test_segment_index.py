@@ -29,6 +29,7 @@ VALUES = [_rng.randbytes(8) for _ in KEYS]
 ENTRIES: list[Entry] = [(k, 1, v) for k, v in zip(KEYS, VALUES, strict=True)]
 DATA = encode_segment(ENTRIES, uniform_version=True).data
 TOP, PARTS = index_of(DATA)
+BLOCKS = TOP.first_blocks[-1]
 
 
 def _absent(i: int) -> bytes:
@@ -65,8 +66,8 @@ async def _scan(
 
 
 def test_partitions_are_written_between_the_blocks_they_index() -> None:
-    assert len(DATA) > WHOLE_READ_MAX_BYTES and len(TOP.offsets) >= 4 and TOP.block_count > 40
-    assert TOP.first_blocks == [p.first_block for p in PARTS] + [TOP.block_count]
+    assert len(DATA) > WHOLE_READ_MAX_BYTES and len(TOP.offsets) >= 4 and BLOCKS > 40
+    assert TOP.first_blocks[:-1] == [p.first_block for p in PARTS]
     for p, part in enumerate(PARTS):
         assert (TOP.first_keys[p], TOP.last_keys[p]) == (part.first_keys[0], part.last_keys[-1])
         # its blocks come just before it, and the next partition's blocks just after
@@ -183,10 +184,10 @@ async def test_fill_cache_false_leaves_the_cache_as_it_was() -> None:
     assert list(cache._items.items()) == before_items and cache.size == before_size  # LRU order too
     # Each scan fetched what the cache lacked, once: every block but the cached one, and
     # the partitions neither cached (1) nor in the cached tail bytes (the last).
-    assert seg.gets() - before == 2 * (TOP.block_count - 1 + len(PARTS) - 2)
+    assert seg.gets() - before == 2 * (BLOCKS - 1 + len(PARTS) - 2)
     # The control: a scan that fills the cache adds every block and partition.
     assert await _scan(store, seg.ref, None, None, False) == ENTRIES
-    assert len(cache._items) == len(before_items) + TOP.block_count - 1 + len(PARTS) - 1
+    assert len(cache._items) == len(before_items) + BLOCKS - 1 + len(PARTS) - 1
 
 
 async def test_fill_cache_false_reads_a_small_segment_in_one_get() -> None:
@@ -223,7 +224,7 @@ async def test_a_damaged_partition_is_named_and_spares_the_others(p: int) -> Non
 async def test_read_all_checks_every_block_a_partition_at_a_time() -> None:
     seg = await _Segment(DATA).put()
     await seg.store().read_all(seg.ref)
-    assert seg.gets() == 1 + len(PARTS) - 1 + TOP.block_count  # the last partition came with the tail
+    assert seg.gets() == 1 + len(PARTS) - 1 + BLOCKS  # the last partition came with the tail
     last_block = PARTS[-1].first_block + len(PARTS[-1].offsets) - 1
     start, end = PARTS[-1].span(last_block)
     seg = await _Segment(_damaged(DATA, (start + end) // 2), intact=DATA).put()
