@@ -58,11 +58,11 @@ CHECKSUM = struct.Struct("<Q")
 BLOCK_TARGET_BYTES = 64 * 1024
 _ENTRY_OVERHEAD = 12  # bytes counted per entry towards BLOCK_TARGET_BYTES, besides key and value
 # A partition closes once its rows reach this many bytes (keys, filter and _ROW_OVERHEAD
-# each; filters dominate: ~1.25 bytes per key). A 64 MiB segment then has ~1 MiB of rows in
-# ~32 partitions and a top index of a few KiB, and even a 1 GiB one's top index (~500 rows)
-# fits in the reader's first tail read of 64 KiB. Past that, smaller is better: a cold point
-# read fetches and decodes one whole partition, and a segment of up to a few MiB has one
-# partition that the same tail read usually holds too.
+# each; filters dominate: 1.25 bytes per key). A 64 MiB segment then has 20 to 60
+# partitions (100- to 20-byte values) and a top index under 1 KiB; a 1 GiB one's, about
+# 10 KiB, still fits in the reader's first tail read of 64 KiB. Past that, smaller is
+# better: a cold point read fetches and decodes one whole partition, and a segment of up
+# to a few MiB has one partition, which that tail read then usually holds too.
 PARTITION_TARGET_BYTES = 32 * 1024
 _ROW_OVERHEAD = 24  # msgpack framing and the two ints of a row, roughly
 _ZSTD_LEVEL = 3

@@ -40,7 +40,7 @@ from ._segment import (
 # Segments up to this size are read whole in one GET; larger ones by ranges.
 WHOLE_READ_MAX_BYTES = 1024 * 1024
 # The first ranged read of a large segment fetches its last TAIL_READ_BYTES: the footer,
-# the top index (a few KiB for 64 MiB segments, tens of KiB for 1 GiB ones) and the
+# the top index (under 1 KiB for 64 MiB segments, about 10 KiB for 1 GiB ones) and the
 # partitions that fit. A format-1 index (one row and filter per block) is larger: a second GET.
 TAIL_READ_BYTES = 64 * 1024
 # Multipart upload part size for streamed segments (S3 needs >= 5 MiB but the last).
