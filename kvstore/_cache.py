@@ -46,6 +46,11 @@ class ByteLRU:
         self._items.move_to_end(key)
         return item[0]
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The cached value, left where it is in the LRU order."""
+        item = self._items.get(key)
+        return None if item is None else item[0]
+
     def put(self, key: Hashable, value: Any, size: int) -> None:
         """Cache `value`, whose in-memory size (object headers included) is `size` bytes."""
         size += ENTRY_OVERHEAD

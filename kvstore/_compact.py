@@ -72,10 +72,10 @@ def choose_inputs(manifest: Manifest, fanout: int, *, full: bool = False, target
     by_level: dict[int, list[SegmentRef]] = {}
     for ref in manifest.segments:
         by_level.setdefault(ref.level, []).append(ref)
-    for level in sorted(by_level):
-        if len(by_level[level]) >= fanout:
-            return by_level[level]
-    return []
+    # Of the due levels, the fullest (the lowest on a tie): while commits keep level 0
+    # due, always taking the lowest would starve the levels above it.
+    due = [(-len(refs), level) for level, refs in by_level.items() if len(refs) >= fanout]
+    return by_level[min(due)[1]] if due else []
 
 
 def history_floor(manifest: Manifest, options: StoreOptions, now: float) -> int:

@@ -1,12 +1,19 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
-Layout (docs/format.md has the byte-level description)::
+Layout of format 2 (docs/format.md has the byte-level description)::
 
-    header  8 bytes   b"KVSG", u16 format, u16 flags (0)
-    block*            zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
-    index             zstd(msgpack([[first_key, last_key, offset, length, filter], ...])) + u64 xxh3
-    footer  36 bytes  u64 index offset, u32 index length, u64 entry count,
-                      u16 format, 2 zero bytes, u64 xxh3 of the previous 24 bytes, b"KVSE"
+    header     8 bytes   b"KVSG", u16 format, u16 flags (0)
+    block*               zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
+    partition*           zstd(msgpack([[first_key, last_key, offset, length, filter], ...])) + u64 xxh3
+                         (one row per block, written after the blocks it indexes, between blocks)
+    top index            zstd(msgpack([[first_key, last_key, offset, length, block_count], ...])) + u64 xxh3
+                         (one row per partition)
+    footer     36 bytes  u64 top index offset, u32 top index length, u64 entry count,
+                         u16 format, 2 zero bytes, u64 xxh3 of the previous 24 bytes, b"KVSE"
+
+Format 1 (still read) has no partitions: its footer points at a single index
+block of block rows, which a reader takes as the one partition of a one-row
+top index.
 
 Entries are sorted by key, then by version descending; all versions of a
 key sit in one block. A value of nil is a tombstone. A block whose versions
@@ -14,9 +21,13 @@ are nil belongs to a *commit segment*: every entry has the version at which
 the manifest committed the segment (not known when the segment is written,
 since a rebased commit changes it).
 
-Each index row carries a key filter for its block: a blocked bloom filter
+Blocks are numbered from 0 across the whole segment; partition p indexes the
+`block_count` blocks after those of partitions 0..p-1.
+
+Each block row carries a key filter for its block: a blocked bloom filter
 (all of a key's probe bits in one 64-bit word) that lets a point read of an
-absent key skip the block. Rows without one (older writers) answer "maybe".
+absent key skip the block. Rows without one (older format-1 writers) answer
+"maybe".
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add
+from typing import Any, NamedTuple
 
 import msgpack
 import xxhash
@@ -36,7 +48,7 @@ import zstandard
 
 from ._errors import CorruptionError, UnsupportedFormatError
 
-FORMAT = 1
+FORMAT = 2  # format 1 (one index block, no partitions) is still read
 HEADER = struct.Struct("<4sHH")
 FOOTER = struct.Struct("<QIQH2xQ4s")
 FOOTER_BODY = 24  # bytes of the footer covered by its checksum
@@ -45,6 +57,14 @@ FOOTER_MAGIC = b"KVSE"
 CHECKSUM = struct.Struct("<Q")
 BLOCK_TARGET_BYTES = 64 * 1024
 _ENTRY_OVERHEAD = 12  # bytes counted per entry towards BLOCK_TARGET_BYTES, besides key and value
+# A partition closes once its rows reach this many bytes (keys, filter and _ROW_OVERHEAD
+# each; filters dominate: 1.25 bytes per key). A 64 MiB segment then has 20 to 60
+# partitions (100- to 20-byte values) and a top index under 1 KiB; a 1 GiB one's, about
+# 10 KiB, still fits in the reader's first tail read of 64 KiB. Past that, smaller is
+# better: a cold point read fetches and decodes one whole partition, and a segment of up
+# to a few MiB has one partition, which that tail read then usually holds too.
+PARTITION_TARGET_BYTES = 32 * 1024
+_ROW_OVERHEAD = 24  # msgpack framing and the two ints of a row, roughly
 _ZSTD_LEVEL = 3
 
 Entry = tuple[bytes, int, "bytes | None"]
@@ -116,20 +136,56 @@ class EncodedSegment:
     max_version: int
 
 
+class Footer(NamedTuple):
+    index_offset: int  # of the top index (format 1: of the index block)
+    index_length: int  # checksum included
+    entry_count: int
+    format: int
+
+
 @dataclass(frozen=True)
-class SegmentIndex:
-    """Where each block is, and the key range it holds."""
+class TopIndex:
+    """Where each index partition is, the key range it covers and the blocks it indexes."""
 
     first_keys: list[bytes]
     last_keys: list[bytes]
     offsets: list[int]
     lengths: list[int]
+    first_blocks: list[int]  # partition p indexes blocks first_blocks[p] to first_blocks[p + 1] - 1
+
+    def partition_for(self, key: bytes) -> int | None:
+        """The partition whose key range holds `key`, or None."""
+        p = bisect_right(self.first_keys, key) - 1
+        return None if p < 0 or key > self.last_keys[p] else p
+
+    def partitions_between(self, start: bytes | None, end: bytes | None) -> range:
+        """Partitions that may hold keys in [start, end)."""
+        return _between(self.first_keys, self.last_keys, start, end)
+
+    def span(self, partition: int) -> tuple[int, int]:
+        """Where a partition's bytes (checksum included) start and end in the segment."""
+        return self.offsets[partition], self.offsets[partition] + self.lengths[partition]
+
+    @property
+    def size(self) -> int:
+        """Decoded bytes, for cache accounting."""
+        return _rows_size(self.first_keys, self.last_keys, ints=3)
+
+
+@dataclass(frozen=True)
+class IndexPartition:
+    """Consecutive block rows of the index: where each block is, its key range and filter."""
+
+    first_block: int  # the number of its first block in the segment
+    first_keys: list[bytes]
+    last_keys: list[bytes]
+    offsets: list[int]
+    lengths: list[int]
     filters: list[array[int]]  # per block; empty: no filter
-    count: int
 
     def block_for(self, key: bytes, key_probe: Probe | None = None) -> int | None:
-        """The block that may hold `key`, or None if no block can (by key range, and by
-        the block's filter when given the key's probe)."""
+        """The number of the block that may hold `key`, or None if no block can (by key
+        range, and by the block's filter when given the key's probe)."""
         i = bisect_right(self.first_keys, key) - 1
         if i < 0 or key > self.last_keys[i]:
             return None
@@ -139,17 +195,44 @@ class SegmentIndex:
                 selector, pattern = key_probe
                 if words[selector % len(words)] & pattern != pattern:
                     return None
-        return i
-
-    @property
-    def filter_bytes(self) -> int:
-        return 8 * sum(map(len, self.filters))
+        return self.first_block + i
 
     def blocks_between(self, start: bytes | None, end: bytes | None) -> range:
-        """Blocks that may hold keys in [start, end)."""
-        lo = 0 if start is None else max(0, bisect_right(self.first_keys, start) - 1)
-        hi = len(self.first_keys) if end is None else bisect_left(self.first_keys, end)
-        return range(lo, hi)
+        """Numbers of its blocks that may hold keys in [start, end)."""
+        r = _between(self.first_keys, self.last_keys, start, end)
+        return range(self.first_block + r.start, self.first_block + r.stop)
+
+    def span(self, block_no: int) -> tuple[int, int]:
+        """Where a block's bytes (checksum included) start and end in the segment."""
+        i = block_no - self.first_block
+        return self.offsets[i], self.offsets[i] + self.lengths[i]
+
+    @property
+    def size(self) -> int:
+        """Decoded bytes, for cache accounting (filters stay packed words)."""
+        filters = sum(8 * len(words) + _ARRAY_OBJECT + _SLOT for words in self.filters)
+        return _rows_size(self.first_keys, self.last_keys, ints=2) + filters
+
+
+def _between(first_keys: list[bytes], last_keys: list[bytes], start: bytes | None, end: bytes | None) -> range:
+    """Rows, sorted by key range, whose range may hold keys in [start, end)."""
+    lo = 0 if start is None else bisect_left(last_keys, start)
+    hi = len(first_keys) if end is None else bisect_left(first_keys, end)
+    return range(lo, hi)
+
+
+# In-memory cost of decoded rows and blocks beyond their data (cache accounting): a bytes
+# object per key and value, a list slot for each, an int object per large int.
+_BYTES_OBJECT = sys.getsizeof(b"")
+_INT_OBJECT = sys.getsizeof(2**40)
+_ARRAY_OBJECT = sys.getsizeof(array("Q"))
+_SLOT = 8
+
+
+def _rows_size(first_keys: list[bytes], last_keys: list[bytes], ints: int) -> int:
+    """Decoded bytes of index rows held as parallel lists: two keys and `ints` ints a row."""
+    per_row = 2 * _BYTES_OBJECT + ints * _INT_OBJECT + (2 + ints) * _SLOT
+    return sum(map(len, first_keys)) + sum(map(len, last_keys)) + per_row * len(first_keys)
 
 
 @dataclass(frozen=True)
@@ -170,8 +253,9 @@ class Block:
 class SegmentWriter:
     """Builds a segment from entries added in order, handing out bytes as blocks fill.
 
-    Memory holds one block being filled, the bytes not yet taken and the
-    index (one row per block), so a segment of any size can be streamed.
+    Memory holds one block being filled, the bytes not yet taken, the rows of
+    the index partition being filled and the top index (one row per
+    partition), so a segment of any size can be streamed.
     """
 
     def __init__(self, *, uniform_version: bool) -> None:
@@ -179,8 +263,11 @@ class SegmentWriter:
         self._compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         self._out = bytearray(HEADER.pack(HEADER_MAGIC, FORMAT, 0))
         self._written = 0  # bytes already taken from _out
-        # rows as tuples: the garbage collector stops tracking them (a bulk load makes many)
-        self._index: list[tuple[bytes, bytes, int, int, bytes]] = []
+        # rows as tuples: the garbage collector stops tracking them
+        self._rows: list[tuple[bytes, bytes, int, int, bytes]] = []  # the partition being filled
+        self._row_bytes = 0
+        self._top: list[tuple[bytes, bytes, int, int, int]] = []
+        self._min_key = self._max_key = b""
         self._keys: list[bytes] = []
         self._versions: list[int] = []
         self._values: list[bytes | None] = []
@@ -236,7 +323,7 @@ class SegmentWriter:
         self.count += entries
 
     def take(self) -> bytes:
-        """The bytes produced since the last call (whole blocks only)."""
+        """The bytes produced since the last call (whole blocks and partitions only)."""
         data = bytes(self._out)
         self._written += len(data)
         self._out.clear()
@@ -252,17 +339,16 @@ class SegmentWriter:
         return self._raw_bytes
 
     def finish(self) -> bytes:
-        """Close the segment: the last block, the index and the footer (plus untaken bytes)."""
+        """Close the segment: the last block and partition, the top index and the footer
+        (plus untaken bytes)."""
         if not self.count:
             raise ValueError("a segment needs at least one entry")
         if self._keys:
             self._flush()
-        index_offset = self._written + len(self._out)
-        index_block = self._compressor.compress(msgpack.packb(self._index, use_bin_type=True))
-        index_length = len(index_block) + CHECKSUM.size
+        if self._rows:
+            self._flush_partition()
+        index_offset, index_length = self._append_checked(self._top)
         body = FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
-        self._out.extend(index_block)
-        self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(index_block)))
         self._out.extend(
             FOOTER.pack(index_offset, index_length, self.count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)
         )
@@ -270,25 +356,40 @@ class SegmentWriter:
 
     @property
     def min_key(self) -> bytes:
-        return self._index[0][0]
+        """The first key of the blocks closed so far (all of them after `finish`)."""
+        return self._min_key
 
     @property
     def max_key(self) -> bytes:
-        return self._index[-1][1]
+        """The last key of the blocks closed so far (all of them after `finish`)."""
+        return self._max_key
 
     def _flush(self) -> None:
-        payload = msgpack.packb(
-            [self._keys, None if self._uniform else self._versions, self._values], use_bin_type=True
-        )
-        block = self._compressor.compress(payload)
-        offset = self._written + len(self._out)
-        self._index.append(
-            (self._keys[0], self._keys[-1], offset, len(block) + CHECKSUM.size, build_filter(self._keys))
-        )
-        self._out.extend(block)
-        self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(block)))
+        offset, length = self._append_checked([self._keys, None if self._uniform else self._versions, self._values])
+        first, last, key_filter = self._keys[0], self._keys[-1], build_filter(self._keys)
+        if not self._top and not self._rows:
+            self._min_key = first
+        self._max_key = last
+        self._rows.append((first, last, offset, length, key_filter))
+        self._row_bytes += len(first) + len(last) + len(key_filter) + _ROW_OVERHEAD
         self._keys, self._versions, self._values = [], [], []
         self._raw_bytes = 0
+        if self._row_bytes >= PARTITION_TARGET_BYTES:
+            self._flush_partition()
+
+    def _flush_partition(self) -> None:
+        offset, length = self._append_checked(self._rows)
+        self._top.append((self._rows[0][0], self._rows[-1][1], offset, length, len(self._rows)))
+        self._rows = []
+        self._row_bytes = 0
+
+    def _append_checked(self, obj: object) -> tuple[int, int]:
+        """Append zstd(msgpack(obj)) and its checksum; returns their offset and length."""
+        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True))
+        offset = self._written + len(self._out)
+        self._out.extend(compressed)
+        self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(compressed)))
+        return offset, len(compressed) + CHECKSUM.size
 
 
 def encode_segment(entries: Iterable[Entry], *, uniform_version: bool) -> EncodedSegment:
@@ -303,15 +404,15 @@ def encode_segment(entries: Iterable[Entry], *, uniform_version: bool) -> Encode
     return EncodedSegment(data, writer.count, writer.min_key, writer.max_key, writer.min_version, writer.max_version)
 
 
-def parse_footer(tail: bytes, object_name: str) -> tuple[int, int, int]:
-    """(index offset, index length, entry count) from bytes ending at the object's end."""
+def parse_footer(tail: bytes, object_name: str) -> Footer:
+    """The footer, from bytes ending at the object's end."""
     if len(tail) < FOOTER.size:
         raise CorruptionError(
             f"segment {object_name} is truncated (no footer)", object_name=object_name, block="footer"
         )
     footer = tail[-FOOTER.size :]
     index_offset, index_length, count, fmt, checksum, magic = FOOTER.unpack(footer)
-    if magic != FOOTER_MAGIC or xxhash.xxh3_64_intdigest(footer[:FOOTER_BODY]) != checksum:
+    if magic != FOOTER_MAGIC or xxhash.xxh3_64_intdigest(footer[:FOOTER_BODY]) != checksum or fmt == 0:
         raise CorruptionError(
             f"segment {object_name} has a damaged footer: run `Store.verify()`; "
             "restore the object from a backup or a replica if it fails again",
@@ -319,7 +420,7 @@ def parse_footer(tail: bytes, object_name: str) -> tuple[int, int, int]:
             block="footer",
         )
     _check_format(fmt, object_name)
-    return index_offset, index_length, count
+    return Footer(index_offset, index_length, count, fmt)
 
 
 def check_header(head: bytes, object_name: str) -> None:
@@ -334,29 +435,58 @@ def check_header(head: bytes, object_name: str) -> None:
     _check_format(fmt, object_name)
 
 
-def parse_index(data: bytes, count: int, object_name: str) -> SegmentIndex:
-    """Decode the index block (including its trailing checksum)."""
+def parse_index(data: bytes, footer: Footer, object_name: str) -> tuple[TopIndex, IndexPartition | None]:
+    """Decode what the footer points at (checksum included): the top index, and None.
+    Format 1's single index block is read as the one partition of a one-row top index:
+    (that top index, that partition)."""
     rows = _unpack_checked(data, object_name, "index")
+    if footer.format == 1:
+        part = _partition(rows, 0, object_name, "index")
+        offsets, lengths, first_blocks = [footer.index_offset], [footer.index_length], [0, len(part.offsets)]
+        return TopIndex([part.first_keys[0]], [part.last_keys[-1]], offsets, lengths, first_blocks), part
     try:
-        return SegmentIndex(
+        block_counts = [r[4] for r in rows]
+        if not rows or min(block_counts) < 1:
+            raise ValueError("a top index row per partition, each of at least one block")
+        top = TopIndex(
+            first_keys=[r[0] for r in rows],
+            last_keys=[r[1] for r in rows],
+            offsets=[r[2] for r in rows],
+            lengths=[r[3] for r in rows],
+            first_blocks=list(accumulate(block_counts, initial=0)),
+        )
+    except (TypeError, IndexError, KeyError, ValueError) as exc:
+        raise _undecodable(object_name, "index") from exc
+    return top, None
+
+
+def parse_partition(data: bytes, top: TopIndex, partition: int, object_name: str) -> IndexPartition:
+    """Decode one index partition of a format-2 segment (checksum included)."""
+    label = f"index partition {partition}"
+    part = _partition(_unpack_checked(data, object_name, label), top.first_blocks[partition], object_name, label)
+    if len(part.offsets) != top.first_blocks[partition + 1] - top.first_blocks[partition]:
+        raise _undecodable(object_name, label)  # not the block count the top index gives it
+    return part
+
+
+def _partition(rows: Any, first_block: int, object_name: str, label: str) -> IndexPartition:
+    try:
+        if not rows:
+            raise ValueError("an index partition has at least one row")
+        return IndexPartition(
+            first_block=first_block,
             first_keys=[r[0] for r in rows],
             last_keys=[r[1] for r in rows],
             offsets=[r[2] for r in rows],
             lengths=[r[3] for r in rows],
             filters=[_filter_words(r[4]) if len(r) > 4 else _NO_FILTER for r in rows],
-            count=count,
         )
     except (TypeError, IndexError, KeyError, ValueError) as exc:
-        raise CorruptionError(
-            f"segment {object_name} has an undecodable index", object_name=object_name, block="index"
-        ) from exc
+        raise _undecodable(object_name, label) from exc
 
 
-# In-memory cost of a decoded block beyond its data (cache accounting): a bytes
-# object per key and value, a list slot for each, an int per entry with versions.
-_BYTES_OBJECT = sys.getsizeof(b"")
-_INT_OBJECT = sys.getsizeof(2**40)
-_SLOT = 8
+def _undecodable(object_name: str, label: str) -> CorruptionError:
+    return CorruptionError(f"segment {object_name} has an undecodable {label}", object_name=object_name, block=label)
 
 
 def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
@@ -371,9 +501,7 @@ def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
         )
         return Block(keys, versions, values, size)
     except (TypeError, ValueError) as exc:
-        raise CorruptionError(
-            f"segment {object_name} has an undecodable {label}", object_name=object_name, block=label
-        ) from exc
+        raise _undecodable(object_name, label) from exc
 
 
 def _unpack_checked(data: bytes, object_name: str, label: str):  # type: ignore[no-untyped-def]

@@ -1,11 +1,21 @@
-"""Reading and writing segment objects through the object store and the cache."""
+"""Reading and writing segment objects through the object store and the cache.
+
+A cold point read of a large segment is at most three GETs: its tail (footer, top
+index and usually the last index partition), the one partition whose key range holds
+the key (whose filter may rule out the block) and the block. The memory cache holds
+top indexes under ("index", id), partitions under ("part", id, p), blocks under
+("block", id, n) with n counted across the segment, and segment bytes already fetched
+that later reads may slice under ("raw", id).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import aclosing
+from typing import Any, Protocol, TypeVar
 
 from ._cache import ByteLRU
 from ._disk_cache import DiskCache
@@ -14,23 +24,25 @@ from ._layout import Layout, new_object_id
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
-    FILTER_BITS_PER_KEY,
-    FOOTER,
+    HEADER,
     Block,
     EncodedSegment,
+    IndexPartition,
     Probe,
-    SegmentIndex,
     SegmentWriter,
+    TopIndex,
     check_header,
     decode_block,
     parse_footer,
     parse_index,
+    parse_partition,
 )
 
 # Segments up to this size are read whole in one GET; larger ones by ranges.
 WHOLE_READ_MAX_BYTES = 1024 * 1024
-# A ranged read of a large segment's tail fetches this much more than its key filters:
-# footer and, usually, index.
+# The first ranged read of a large segment fetches its last TAIL_READ_BYTES: the footer,
+# the top index (under 1 KiB for 64 MiB segments, about 10 KiB for 1 GiB ones) and the
+# partitions that fit. A format-1 index (one row and filter per block) is larger: a second GET.
 TAIL_READ_BYTES = 64 * 1024
 # Multipart upload part size for streamed segments (S3 needs >= 5 MiB but the last).
 PART_BYTES = 8 * 1024 * 1024
@@ -38,6 +50,9 @@ PART_BYTES = 8 * 1024 * 1024
 PARTS_IN_FLIGHT = 2
 
 Entry = tuple[bytes, int, "bytes | None"]
+V = TypeVar("V")
+# (start, bytes): a stretch of a segment object already fetched, from `start` on
+Held = tuple[int, bytes]
 
 
 class Miss(enum.Enum):
@@ -106,14 +121,6 @@ class SegmentStore:
             if blob is None or blob.data != tail:
                 raise
 
-    async def index(self, ref: SegmentRef) -> SegmentIndex:
-        return await self._cache.get_or_load(("index", ref.id), lambda: self._load_index(ref))
-
-    async def block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> Block:
-        return await self._cache.get_or_load(
-            ("block", ref.id, block_no), lambda: self._load_block(ref, index, block_no)
-        )
-
     async def get(
         self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
     ) -> tuple[int, bytes | None] | None:
@@ -121,25 +128,37 @@ class SegmentStore:
 
         `key_probe` is `probe(key)`: a key the block's filter rules out costs no block read.
         """
-        index = self._cache.get(("index", ref.id)) or await self.index(ref)
-        block_no = index.block_for(key, key_probe)
+        cache = self._cache
+        top = cache.get(("index", ref.id)) or await self._index(cache, ref)
+        p = top.partition_for(key)
+        if p is None:
+            return None
+        part = cache.get(("part", ref.id, p)) or await self._partition(cache, ref, top, p)
+        block_no = part.block_for(key, key_probe)
         if block_no is None:
             return None
-        block = self._cache.get(("block", ref.id, block_no)) or await self.block(ref, index, block_no)
+        block = cache.get(("block", ref.id, block_no)) or await self._block(cache, ref, part, block_no)
         return _newest(block, ref, key, max_version)
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
     ) -> tuple[int, bytes | None] | None | Miss:
-        """Like `get`, without awaiting: `NOT_CACHED` when the index or block is not cached.
+        """Like `get`, without awaiting: `NOT_CACHED` when the top index, the partition or
+        the block is not cached.
 
         Without `key_probe` the block's filter is not consulted (a cached block answers
         exactly).
         """
-        index = self._cache.get(("index", ref.id))
-        if index is None:
+        top: TopIndex | None = self._cache.get(("index", ref.id))
+        if top is None:
             return NOT_CACHED
-        block_no = index.block_for(key, key_probe)
+        p = top.partition_for(key)
+        if p is None:
+            return None
+        part: IndexPartition | None = self._cache.get(("part", ref.id, p))
+        if part is None:
+            return NOT_CACHED
+        block_no = part.block_for(key, key_probe)
         if block_no is None:
             return None
         block = self._cache.get(("block", ref.id, block_no))
@@ -148,9 +167,17 @@ class SegmentStore:
         return _newest(block, ref, key, max_version)
 
     async def key_samples(self, ref: SegmentRef) -> list[tuple[bytes, int]]:
-        """(first key, bytes) of each block: where the segment's data lies in the key space."""
-        index = await self.index(ref)
-        return list(zip(index.first_keys, index.lengths, strict=True))
+        """Where the segment's data lies in the key space: (first key, bytes of blocks) per
+        index partition, or per block when there is one partition (a small segment, or
+        a format-1 one). Reads around the cache, like a compaction's other reads."""
+        cache = _Overlay(self._cache)
+        top = await self._index(cache, ref)
+        if len(top.offsets) == 1:
+            part = await self._partition(cache, ref, top, 0)
+            return list(zip(part.first_keys, part.lengths, strict=True))
+        # Partition p follows the blocks it indexes: they lie between it and the partition before.
+        starts = [HEADER.size] + [offset + length for offset, length in zip(top.offsets, top.lengths, strict=True)]
+        return [(key, offset - start) for key, offset, start in zip(top.first_keys, top.offsets, starts, strict=False)]
 
     async def blocks(
         self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool, *, fill_cache: bool = True
@@ -158,41 +185,72 @@ class SegmentStore:
         """Entries in [start, end), a block at a time, in scan order.
 
         Forward: key ascending, version descending. Reverse: key descending,
-        version descending (each key's versions keep their order). Without
-        `fill_cache` the blocks read are not cached (a compaction's reads would
-        evict what readers use).
-        """
-        index = await self.index(ref)
-        order = index.blocks_between(start, end)
-        if reverse:
-            order = order[::-1]
-        ahead: asyncio.Future[Block] | None = None
-        for i, block_no in enumerate(order):
-            current = ahead if ahead is not None else self._block_for_scan(ref, index, block_no, fill_cache)
-            # Have the next block on its way while this one arrives and is consumed
-            # (only when it is not cached: a task per cached block costs more than it saves).
-            ahead = None
-            if i + 1 < len(order) and self._cache.get(("block", ref.id, order[i + 1])) is None:
-                ahead = asyncio.ensure_future(self._block_for_scan(ref, index, order[i + 1], fill_cache))
-                ahead.add_done_callback(_retrieve)  # an abandoned scan must not warn
-            block = await current
-            entries = _entries_in_range(block, ref, start, end)
-            if reverse:
-                entries = _reverse_keys(entries)
-            if entries:
-                yield entries
+        version descending (each key's versions keep their order).
 
-    async def _block_for_scan(self, ref: SegmentRef, index: SegmentIndex, block_no: int, fill_cache: bool) -> Block:
-        if fill_cache:
-            return await self.block(ref, index, block_no)
-        cached: Block | None = self._cache.get(("block", ref.id, block_no))
-        return cached if cached is not None else (await self._load_block(ref, index, block_no))[0]
+        With `fill_cache` False what this iteration reads is neither put in the memory
+        cache nor evicts from it (a compaction must not flush the hot data), though what
+        the cache holds is used.
+        """
+        cache: _Cache = self._cache if fill_cache else _Overlay(self._cache)
+        top = await self._index(cache, ref)
+        async with aclosing(self._walk(cache, ref, top, start, end, reverse)) as walk:
+            step = await anext(walk, None)
+            ahead: Block | asyncio.Future[Block] | None = None
+            while step is not None:
+                current = ahead if ahead is not None else self._start_block(cache, ref, *step)
+                # Have the next block on its way while this one arrives and is consumed
+                # (finding it may need the next partition: fetched meanwhile too).
+                step = await anext(walk, None)
+                ahead = None if step is None else self._start_block(cache, ref, *step)
+                block = current if isinstance(current, Block) else await current
+                entries = _entries_in_range(block, ref, start, end)
+                if reverse:
+                    entries = _reverse_keys(entries)
+                if entries:
+                    yield entries
+
+    async def _walk(
+        self, cache: _Cache, ref: SegmentRef, top: TopIndex, start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncGenerator[tuple[IndexPartition, int], None]:
+        """(partition, block number) of the blocks in scan order; partitions load as reached."""
+        partitions = top.partitions_between(start, end)
+        for p in partitions[::-1] if reverse else partitions:
+            part = cache.get(("part", ref.id, p)) or await self._partition(cache, ref, top, p)
+            block_numbers = part.blocks_between(start, end)
+            for block_no in block_numbers[::-1] if reverse else block_numbers:
+                yield part, block_no
+
+    def _start_block(
+        self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int
+    ) -> Block | asyncio.Future[Block]:
+        """The block if cached, else its fetch under way (a task per cached block would
+        cost more than it saves)."""
+        block: Block | None = cache.get(("block", ref.id, block_no))
+        if block is not None:
+            return block
+        future = asyncio.ensure_future(self._block(cache, ref, part, block_no))
+        future.add_done_callback(_retrieve)  # an abandoned scan must not warn
+        return future
 
     async def read_all(self, ref: SegmentRef) -> None:
-        """Fetch and verify every block of a segment (raises CorruptionError)."""
-        index, _ = await self._load_index(ref)
-        for block_no in range(len(index.offsets)):
-            await self._load_block(ref, index, block_no)
+        """Fetch and verify every partition and block of a segment (raises CorruptionError),
+        holding one partition and one block at a time."""
+        top, only = await self._read_index(self._cache, ref)
+        for p in range(len(top.offsets)):
+            part = only if only is not None else (await self._load_partition(self._cache, ref, top, p))[0]
+            for block_no in range(part.first_block, part.first_block + len(part.offsets)):
+                await self._load_block(self._cache, ref, part, block_no)
+
+    async def _index(self, cache: _Cache, ref: SegmentRef) -> TopIndex:
+        return await cache.get_or_load(("index", ref.id), lambda: self._load_index(cache, ref))
+
+    async def _partition(self, cache: _Cache, ref: SegmentRef, top: TopIndex, p: int) -> IndexPartition:
+        return await cache.get_or_load(("part", ref.id, p), lambda: self._load_partition(cache, ref, top, p))
+
+    async def _block(self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int) -> Block:
+        return await cache.get_or_load(
+            ("block", ref.id, block_no), lambda: self._load_block(cache, ref, part, block_no)
+        )
 
     async def _fetch(self, name: str, byte_range: tuple[int, int] | None = None) -> bytes:
         if self._disk is None:
@@ -218,44 +276,100 @@ class SegmentStore:
         assert blob is not None
         return blob.data
 
-    async def _load_index(self, ref: SegmentRef) -> tuple[SegmentIndex, int]:
+    async def _read(self, cache: _Cache, ref: SegmentRef, begin: int, end: int) -> bytes:
+        """Bytes [begin, end) of a segment: sliced from bytes already held when they cover
+        them, else a ranged GET."""
+        held: Held | None = (0, ref.inline) if ref.inline is not None else cache.get(("raw", ref.id))
+        if held is not None and held[0] <= begin and end <= held[0] + len(held[1]):
+            return held[1][begin - held[0] : end - held[0]]
+        return await self._fetch(self.object_name(ref.id), (begin, end))
+
+    async def _load_index(self, cache: _Cache, ref: SegmentRef) -> tuple[TopIndex, int]:
+        top, only = await self._read_index(cache, ref)
+        if only is not None:
+            cache.put(("part", ref.id, 0), only, only.size)
+        return top, top.size
+
+    async def _read_index(self, cache: _Cache, ref: SegmentRef) -> tuple[TopIndex, IndexPartition | None]:
+        """The top index, and a format-1 segment's only partition (its index block).
+
+        Keeps under ("raw", id) the fetched bytes that hold partitions or blocks: the
+        whole object of a small segment, or the partitions in a large one's tail."""
         name = self.object_name(ref.id)
         if ref.size <= WHOLE_READ_MAX_BYTES:
-            data = ref.inline if ref.inline is not None else await self._fetch(name)
-            check_header(data, name)
-            index_offset, index_length, count = parse_footer(data, name)
-            index = parse_index(data[index_offset : index_offset + index_length], count, name)
-            if ref.inline is None:  # keep the whole (compressed) object: blocks need no further GET
-                self._cache.put(("raw", ref.id), data, len(data))
-            return index, len(data) // 4 + 64 * len(index.offsets) + index.filter_bytes
-        tail_start = max(0, ref.size - _tail_read_bytes(ref))
-        tail = await self._fetch(name, (tail_start, ref.size))
-        index_offset, index_length, count = parse_footer(tail, name)
-        if index_offset >= tail_start:
-            raw_index = tail[index_offset - tail_start : index_offset - tail_start + index_length]
+            tail = ref.inline if ref.inline is not None else await self._fetch(name)
+            tail_start = 0
+            check_header(tail, name)
+            if ref.inline is None:
+                cache.put(("raw", ref.id), (0, tail), len(tail))
         else:
-            raw_index = await self._fetch(name, (index_offset, index_offset + index_length))
-        index = parse_index(raw_index, count, name)
-        # Rows and keys decode to about 4x their compressed size; filters stay as they are.
-        return index, (len(raw_index) - index.filter_bytes) * 4 + index.filter_bytes + FOOTER.size
+            tail_start = max(0, ref.size - TAIL_READ_BYTES)
+            tail = await self._fetch(name, (tail_start, ref.size))
+        footer = parse_footer(tail, name)
+        begin, end = footer.index_offset, footer.index_offset + footer.index_length
+        if begin >= tail_start:
+            raw_index = tail[begin - tail_start : end - tail_start]
+        else:
+            raw_index = await self._fetch(name, (begin, end))
+        top, only = parse_index(raw_index, footer, name)
+        held_from = next((offset for offset in top.offsets if offset >= tail_start), None)
+        if tail_start > 0 and only is None and held_from is not None:
+            # partitions wholly in the tail, up to the top index (all those after the first)
+            held = tail[held_from - tail_start : begin - tail_start]
+            cache.put(("raw", ref.id), (held_from, held), len(held))
+        return top, only
 
-    async def _load_block(self, ref: SegmentRef, index: SegmentIndex, block_no: int) -> tuple[Block, int]:
-        name = self.object_name(ref.id)
-        start = index.offsets[block_no]
-        end = start + index.lengths[block_no]
-        raw = ref.inline if ref.inline is not None else self._cache.get(("raw", ref.id))
-        if raw is None:
-            data = await self._fetch(name, (start, end))
-        else:
-            data = raw[start:end]
-        block = decode_block(data, name, block_no)
+    async def _load_partition(
+        self, cache: _Cache, ref: SegmentRef, top: TopIndex, p: int
+    ) -> tuple[IndexPartition, int]:
+        part = parse_partition(await self._read(cache, ref, *top.span(p)), top, p, self.object_name(ref.id))
+        return part, part.size
+
+    async def _load_block(
+        self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int
+    ) -> tuple[Block, int]:
+        block = decode_block(await self._read(cache, ref, *part.span(block_no)), self.object_name(ref.id), block_no)
         return block, block.size
 
 
-def _tail_read_bytes(ref: SegmentRef) -> int:
-    """How much of a large segment's end to read first: the footer and, usually, the index,
-    which grows by the key filters' FILTER_BITS_PER_KEY bits per entry."""
-    return TAIL_READ_BYTES + ref.count * FILTER_BITS_PER_KEY // 8
+class _Cache(Protocol):
+    """What reads need of a cache: the ByteLRU, or an _Overlay over it."""
+
+    def get(self, key: Hashable) -> Any | None: ...
+
+    def put(self, key: Hashable, value: Any, size: int) -> None: ...
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[tuple[V, int]]]) -> V: ...
+
+
+class _Overlay:
+    """The memory cache as a `fill_cache=False` iteration sees it: what the cache holds
+    is used (without counting a hit or making it recent); what the iteration loads stays
+    here, for the iteration only: the top index, the held bytes and the latest partition.
+    Blocks are not kept (the iteration holds the one it yields)."""
+
+    def __init__(self, cache: ByteLRU) -> None:
+        self._cache = cache
+        self._own: dict[Hashable, Any] = {}
+
+    def get(self, key: Hashable) -> Any | None:
+        value = self._cache.peek(key)
+        return value if value is not None else self._own.get(key)
+
+    def put(self, key: Hashable, value: Any, size: int) -> None:
+        kind = key[0] if isinstance(key, tuple) else None
+        if kind == "block":
+            return
+        if kind == "part":  # a walk moves on from partition to partition
+            self._own = {k: v for k, v in self._own.items() if not (isinstance(k, tuple) and k[0] == "part")}
+        self._own[key] = value
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
+        value = self.get(key)
+        if value is None:
+            value, size = await load()
+            self.put(key, value, size)
+        return value
 
 
 def _retrieve(future: asyncio.Future[Block]) -> None:

@@ -6,31 +6,12 @@ import os
 import random
 from pathlib import Path
 
-import msgpack
 import pytest
-import xxhash
-import zstandard
+from segment_bytes import as_format_1, whole_index
 from targets import Target
 
 import kvstore
-from kvstore._segment import (
-    CHECKSUM,
-    FOOTER,
-    FOOTER_BODY,
-    FOOTER_MAGIC,
-    FORMAT,
-    SegmentIndex,
-    build_filter,
-    encode_segment,
-    parse_footer,
-    parse_index,
-    probe,
-)
-
-
-def _index(data: bytes) -> SegmentIndex:
-    offset, length, count = parse_footer(data, "s")
-    return parse_index(data[offset : offset + length], count, "s")
+from kvstore._segment import build_filter, encode_segment, probe
 
 
 def _random_keys(rng: random.Random, n: int) -> list[bytes]:
@@ -43,7 +24,7 @@ def test_no_false_negatives(seed: int) -> None:
     keys = _random_keys(rng, 20_000)
     versions = rng.choice([1, 3])  # several versions of a key are one filter entry
     entries = [(k, v, rng.randbytes(rng.randint(0, 60))) for k in keys for v in range(versions, 0, -1)]
-    index = _index(encode_segment(entries, uniform_version=versions == 1).data)
+    index = whole_index(encode_segment(entries, uniform_version=versions == 1).data)
     assert len(index.offsets) > 5 and all(index.filters)
     assert all(index.block_for(k, probe(k)) is not None for k in keys)
 
@@ -52,7 +33,7 @@ def test_false_positive_rate_is_near_the_design() -> None:
     rng = random.Random(7)
     keys = _random_keys(rng, 50_000)
     present = set(keys)
-    index = _index(encode_segment([(k, 1, b"v") for k in keys], uniform_version=True).data)
+    index = whole_index(encode_segment([(k, 1, b"v") for k in keys], uniform_version=True).data)
     passed = tested = 0
     while tested < 50_000:
         key = rng.randbytes(rng.randint(1, 40))
@@ -73,20 +54,11 @@ def test_filter_bytes_are_pinned() -> None:
     assert len(build_filter([b"%d" % i for i in range(100)])) == 8 * 16  # ceil(1000 / 64) words
 
 
-def _without_filters(data: bytes) -> bytes:
-    """The segment as a writer without key filters (same format number) wrote it."""
-    offset, length, count = parse_footer(data, "s")
-    rows = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data[offset : offset + length - CHECKSUM.size]))
-    index = zstandard.ZstdCompressor(level=3).compress(msgpack.packb([r[:4] for r in rows], use_bin_type=True))
-    index_length = len(index) + CHECKSUM.size
-    body = FOOTER.pack(offset, index_length, count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
-    footer = FOOTER.pack(offset, index_length, count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)
-    return data[:offset] + index + CHECKSUM.pack(xxhash.xxh3_64_intdigest(index)) + footer
-
-
 def test_a_segment_without_filters_answers_maybe() -> None:
     keys = [b"k%05d" % i for i in range(0, 20_000, 2)]
-    index = _index(_without_filters(encode_segment([(k, 1, b"v" * 50) for k in keys], uniform_version=True).data))
+    index = whole_index(
+        as_format_1(encode_segment([(k, 1, b"v" * 50) for k in keys], uniform_version=True).data, filters=False)
+    )
     assert len(index.offsets) > 1 and not any(index.filters)
     for absent in (b"k%05d" % i for i in range(1, 20_000, 2)):
         assert index.block_for(absent, probe(absent)) == index.block_for(absent)
@@ -100,7 +72,7 @@ async def test_stores_written_without_filters_still_read(tmp_path: Path) -> None
         await db.put(b"b", b"2")  # two overlapping segments: reads filter both
         await db.put(b"c", b"3")
     for seg in (tmp_path / "s" / "segments").glob("*.seg"):
-        seg.write_bytes(_without_filters(seg.read_bytes()))
+        seg.write_bytes(as_format_1(seg.read_bytes(), filters=False))  # format 1 before filters
     async with target.open(options=options) as db:
         assert [await db.get(k) for k in (b"a", b"b", b"c", b"bb", b"d")] == [b"1", b"2", b"3", None, None]
         assert (await db.verify()).ok
@@ -121,7 +93,7 @@ async def test_cold_read_of_an_absent_key_fetches_no_block(target: Target) -> No
         assert segment.size > 2 * 1024 * 1024
         before = _gets(db)
         assert await snap.get(b"key/0000003") is None  # ruled out by its filter (not key/0000001)
-        assert _gets(db) - before == 1  # the segment's tail (footer, index and filters), no block
+        assert _gets(db) - before == 1  # the tail (footer, top index, the one partition with the filters), no block
         before = _gets(db)
         assert await snap.get(b"key/0030000") is not None
         assert _gets(db) - before == 1  # the block

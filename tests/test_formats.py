@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
 import pytest
+from segment_bytes import as_format_1, index_of, whole_index
 from targets import Target, engine_of
 
 import kvstore
+import kvstore._segment as segment
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
-from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer, parse_index
+from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer
 
 
 def _entries(n: int, versions: int = 1) -> list[tuple[bytes, int, bytes | None]]:
@@ -29,8 +32,7 @@ def test_segment_round_trip(n: int, versions: int) -> None:
     seg = encode_segment(entries, uniform_version=versions == 1)
     assert (seg.count, seg.min_key, seg.max_key) == (len(entries), entries[0][0], entries[-1][0])
     check_header(seg.data, "s")
-    offset, length, count = parse_footer(seg.data, "s")
-    index = parse_index(seg.data[offset : offset + length], count, "s")
+    index = whole_index(seg.data)
     decoded = []
     for b in range(len(index.offsets)):
         block = decode_block(seg.data[index.offsets[b] : index.offsets[b] + index.lengths[b]], "s", b)
@@ -45,17 +47,22 @@ def test_segment_round_trip(n: int, versions: int) -> None:
             assert index.first_keys[b] > index.last_keys[b - 1]
 
 
-def test_segment_detects_every_flipped_byte() -> None:
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_segment_detects_every_flipped_byte(monkeypatch: pytest.MonkeyPatch, partitioned: bool) -> None:
+    if partitioned:  # small blocks, a partition per two blocks: every kind of part, several times
+        monkeypatch.setattr(segment, "BLOCK_TARGET_BYTES", 1024)
+        monkeypatch.setattr(segment, "PARTITION_TARGET_BYTES", 100)
     seg = encode_segment(_entries(40), uniform_version=True).data
+    assert len(index_of(seg)[0].offsets) == (3 if partitioned else 1)
     for pos in range(len(seg)):
         damaged = bytearray(seg)
         damaged[pos] ^= 0x10
         with pytest.raises((kvstore.CorruptionError, kvstore.UnsupportedFormatError)) as info:
             check_header(damaged, "seg-x")
-            offset, length, count = parse_footer(damaged, "seg-x")
-            index = parse_index(damaged[offset : offset + length], count, "seg-x")
-            for b in range(len(index.offsets)):
-                decode_block(damaged[index.offsets[b] : index.offsets[b] + index.lengths[b]], "seg-x", b)
+            _, parts = index_of(bytes(damaged), "seg-x")
+            for part in parts:
+                for b in part.blocks_between(None, None):
+                    decode_block(damaged[slice(*part.span(b))], "seg-x", b)
         assert "seg-x" in str(info.value)
 
 
@@ -63,6 +70,36 @@ def test_segment_truncated() -> None:
     seg = encode_segment(_entries(10), uniform_version=True).data
     with pytest.raises(kvstore.CorruptionError, match="damaged footer|truncated"):
         parse_footer(seg[: -FOOTER.size // 2], "s")
+
+
+GOLDEN_ENTRIES = [(b"apple", 2, b"red"), (b"apple", 1, b"green"), (b"kiwi", 1, None)]
+
+
+def _golden(name: str) -> bytes:
+    """The bytes of a hex dump in docs/format.md (offset, hex, # comment), offsets checked."""
+    doc = (Path(__file__).parent.parent / "docs" / "format.md").read_text()
+    match = re.search(rf"```hexdump {name}\n(.*?)```", doc, re.S)
+    assert match, name
+    data = b""
+    for line in match.group(1).splitlines():
+        offset, hex_bytes = line.split("#")[0].split()
+        assert int(offset, 16) == len(data), line
+        data += bytes.fromhex(hex_bytes)
+    return data
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_golden_segments_in_the_docs(fmt: int) -> None:
+    golden = _golden(f"segment-format-{fmt}")
+    written = encode_segment(GOLDEN_ENTRIES, uniform_version=False).data
+    assert (written if fmt == 2 else as_format_1(written)) == golden  # the writer, and the helper for format 1
+    check_header(golden, "s")
+    assert parse_footer(golden, "s").format == fmt
+    top, parts = index_of(golden)
+    assert (top.first_keys, top.last_keys, top.first_blocks) == ([b"apple"], [b"kiwi"], [0, 1])
+    (part,) = parts
+    block = decode_block(golden[slice(*part.span(0))], "s", 0)
+    assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == GOLDEN_ENTRIES
 
 
 def _manifest(log: int = 3) -> Manifest:
