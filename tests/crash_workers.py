@@ -9,8 +9,11 @@ process at exactly that point of the commit protocol.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,19 @@ class StallingStore:
         tmp.write_text(f"{os.getpid()} {name}\n")
         os.replace(tmp, self._marker)
         await asyncio.Event().wait()  # never set: the parent kills us here
+
+
+async def kill_when_stalled(worker: Callable[..., None], *args: Any, marker: Path) -> None:
+    """Run `worker(*args, str(marker))` in a spawned process, SIGKILL it once it announces
+    that it stalled, and check that the kill is what ended it."""
+    child = multiprocessing.get_context("spawn").Process(target=worker, args=(*args, str(marker)))
+    child.start()
+    try:
+        await wait_for_marker(marker, child, timeout=60)
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    finally:
+        child.join(10)
+    assert child.exitcode == -signal.SIGKILL
 
 
 async def wait_for_marker(marker: Path, child: Any, timeout: float) -> None:

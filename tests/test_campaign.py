@@ -14,9 +14,6 @@ stores (`tests/sabotage.py`, applied in the workers through
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,16 +342,9 @@ async def test_compaction_crash_point_changes_no_data(tmp_path: Path, name: str)
 async def test_sigkill_at_a_commit_step(durable_target: Target, tmp_path: Path, step: str) -> None:
     target = durable_target
     await _setup(target)
-    marker = tmp_path / "stalled"
-    ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(target=crash_workers.commit_then_stall, args=(target.url, target.kwargs, step, str(marker)))
-    child.start()
-    try:
-        await crash_workers.wait_for_marker(marker, child, timeout=60)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    finally:
-        child.join(10)
-    assert child.exitcode == -signal.SIGKILL
+    await crash_workers.kill_when_stalled(
+        crash_workers.commit_then_stall, target.url, target.kwargs, step, marker=tmp_path / "stalled"
+    )
     async with target.open(values="msgpack", options=OPTIONS) as db:
         log = engine_of(db).manifest.log  # white-box: find the transaction by its meta
         mine = [r for r in log if r.meta and {"name": "crash-test"} in r.meta.get("txns", [])]

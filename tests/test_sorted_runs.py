@@ -3,10 +3,7 @@ manifest carries, what GC and verify keep, memory, and crash points with many ou
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import random
-import signal
 import tracemalloc
 from pathlib import Path
 
@@ -258,17 +255,13 @@ async def test_a_compactor_killed_between_outputs_changes_nothing(durable_target
     async with target.open(options=SMALL) as db:
         expected = await _load(db)
         version, sources = db.version, _live(db)
-    marker = tmp_path / "stalled"
-    ctx = multiprocessing.get_context("spawn")
-    args = (target.url, target.kwargs, SMALL.target_segment_bytes, str(marker))
-    child = ctx.Process(target=crash_workers.compact_then_stall, args=args)
-    child.start()
-    try:
-        await crash_workers.wait_for_marker(marker, child, timeout=60)
-        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    finally:
-        child.join(10)
-    assert child.exitcode == -signal.SIGKILL
+    await crash_workers.kill_when_stalled(
+        crash_workers.compact_then_stall,
+        target.url,
+        target.kwargs,
+        SMALL.target_segment_bytes,
+        marker=tmp_path / "stalled",
+    )
     async with target.open(options=SMALL) as db:
         assert (db.version, _live(db)) == (version, sources)
         assert await _state(db) == dict(sorted(expected.items()))
