@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from ._cas import read_modify_cas
+from ._errors import CompactionTooSlowError
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions
 from ._segment import BLOCK_TARGET_BYTES
-from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, Entry, SegmentOutput
+from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
 from ._sources import Sources
 
 TombstoneCheck = Callable[[bytes, int], bool]
@@ -209,8 +210,11 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
     """Merge one key range into segments of about `target_segment_bytes`, each uploaded as
     it fills; returns them in key order. Abandoned outputs are left to GC (never committed)."""
     result = SubCompactionResult()
+    # A small input (one GET reads it whole) is read through the cache: every key range
+    # it overlaps would fetch it again otherwise. A large one is read around the cache,
+    # so that a merge of GBs does not evict what readers use.
     streams = [
-        sources.blocks(ref, sub.start, sub.end, False, fill_cache=False)
+        sources.blocks(ref, sub.start, sub.end, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES)
         for ref in sub.inputs
         if ref.overlaps(sub.start, sub.end)
     ]
@@ -224,11 +228,11 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
                 done = output.add_until(kept, done, sub.target_segment_bytes)
                 await output.send_full_parts()
                 if done < len(kept):  # this segment is full: the rest goes to the next one
-                    result.parts.append(await output.finish(level=sub.level))
-                    output = None
+                    full, output = output, None  # `finish` aborts the upload itself if it fails
+                    result.parts.append(await full.finish(level=sub.level))
         if output is not None:
-            result.parts.append(await output.finish(level=sub.level))
-            output = None
+            last, output = output, None
+            result.parts.append(await last.finish(level=sub.level))
     finally:
         if output is not None:
             await output.abort()
@@ -314,6 +318,7 @@ class Compactor:
         ]
         per_sub = sub_compaction_bytes(len(inputs), options.target_segment_bytes)
         concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
+        started = time.monotonic()  # before any output is written
         results = await run_all(subs, self._sources, concurrency)
         parts = [part for r in results for part in r.parts]
         ref: SegmentRef | None
@@ -322,8 +327,9 @@ class Compactor:
         elif len(parts) == 1:
             ref = parts[0]
         else:
+            self._check_age(started)
             ref = await self._sources.write_run(parts, level)
-        version = await self._commit(inputs, ref, level, floor)
+        version = await self._commit(inputs, ref, level, floor, started)
         if version is None:
             return None
         return CompactionResult(
@@ -338,15 +344,33 @@ class Compactor:
             sub_compactions=len(subs),
         )
 
+    def _check_age(self, started: float) -> None:
+        """I8: never commit outputs that garbage collection may already have marked."""
+        grace = self._options.segment_grace_period
+        if time.monotonic() - started > grace / 2:
+            raise CompactionTooSlowError(
+                f"the compaction ran {time.monotonic() - started:.0f} s, more than half of segment_grace_period "
+                f"({grace:.0f} s), so GC could collect its outputs before its commit (I8); it was abandoned. "
+                "Set StoreOptions.segment_grace_period above twice the longest compaction"
+            )
+
     async def _samples(self, inputs: Sequence[SegmentRef]) -> list[tuple[bytes, int]]:
-        """Where the inputs' data lies in the key space, to split it (`plan_ranges`)."""
+        """Where the inputs' data lies in the key space, to split it (`plan_ranges`): a run's
+        segments as its manifest row lists them; inside a segment, its index rows."""
         samples: list[tuple[bytes, int]] = []
+        segments = []
         for ref in inputs:
-            for part in await self._sources.parts(ref):
-                samples += await self._sources.segments.key_samples(part)
+            if ref.is_run:
+                samples += [(part.min_key, part.size) for part in await self._sources.parts(ref)]
+            else:
+                segments.append(ref)
+        for found in await asyncio.gather(*(self._sources.segments.key_samples(ref) for ref in segments)):
+            samples += found
         return samples
 
-    async def _commit(self, inputs: Sequence[SegmentRef], ref: SegmentRef | None, level: int, floor: int) -> int | None:
+    async def _commit(
+        self, inputs: Sequence[SegmentRef], ref: SegmentRef | None, level: int, floor: int, started: float
+    ) -> int | None:
         """Replace `inputs` by `ref` in one manifest CAS; the version, or None if another
         compaction merged some of them first."""
         input_ids = frozenset(r.id for r in inputs)
@@ -364,6 +388,7 @@ class Compactor:
                 return found.version  # an attempt of ours whose answer was lost was applied (I5)
             if not input_ids <= {r.id for r in base.segments}:
                 return None  # another compaction merged some of them first
+            self._check_age(started)
             record = CommitRecord(
                 version=base.version + 1,
                 time=time.time(),

@@ -26,6 +26,7 @@ from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
     CorruptionError,
+    KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
     UnsupportedFormatError,
@@ -271,8 +272,17 @@ class Engine:
 
     async def load_runs(self) -> None:
         """Fetch the run objects of the latest version (one GET each, concurrently), so that
-        a point read of a sorted run costs only its segment's reads."""
-        await asyncio.gather(*(self._sources.run(r) for r in self.manifest.segments if r.is_run))
+        a point read of a sorted run costs only its segment's reads. Best effort: a damaged
+        or missing run object fails the reads that need it (and `verify` names it), not
+        the open."""
+        runs = [r for r in self.manifest.segments if r.is_run]
+        for ref, outcome in zip(
+            runs, await asyncio.gather(*(self._sources.run(r) for r in runs), return_exceptions=True), strict=True
+        ):
+            if isinstance(outcome, KvStoreError):
+                _log.warning("run %s of %s is unreadable: %s", ref.id, self.url, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def verify(self) -> VerifyReport:
         """Read and check every object the latest version references, bypassing the caches."""
@@ -322,6 +332,11 @@ class Engine:
             if self._disk_cache is not None:
                 self._disk_cache.close()
 
+    async def background_idle(self) -> None:
+        """Wait for the background compaction under way, if any (it ends once nothing is due)."""
+        if self._background is not None:
+            await asyncio.wait([self._background])
+
     def _after_commit(self, manifest: Manifest) -> None:
         if not self.options.auto_compact or self.closed:
             return
@@ -355,11 +370,11 @@ def ours_to_compact(manifest: Manifest, fanout: int) -> bool:
     writer whose commit made the level due compacts it, and anyone does once
     the level holds twice the fanout (that writer died or fell behind).
     """
-    inputs = choose_inputs(manifest, fanout)
-    if len(inputs) >= 2 * fanout:
+    if len(choose_inputs(manifest, fanout)) >= 2 * fanout:
         return True
     newest = manifest.log[-1].segment_id if manifest.log else None
-    return len(inputs) == fanout and any(r.id == newest for r in inputs)
+    level = next((r.level for r in manifest.segments if r.id == newest), None)
+    return level is not None and sum(r.level == level for r in manifest.segments) == fanout
 
 
 async def open_engine(

@@ -99,6 +99,17 @@ class TransactionTooOldError(ConflictError):
     """
 
 
+class CompactionTooSlowError(KvStoreError):
+    """A compaction ran longer than half of `StoreOptions.segment_grace_period`.
+
+    Its first outputs could be collected by garbage collection before its
+    commit made them live (I8), so it was abandoned, committing nothing; its
+    outputs are left to GC. Raise `segment_grace_period` above twice the
+    longest compaction (a full compaction of a store takes about as long as
+    bulk-loading it).
+    """
+
+
 class CommitOutcomeUnknownError(KvStoreError):
     """The commit request's outcome could not be determined.
 

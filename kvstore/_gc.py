@@ -92,7 +92,8 @@ class GarbageCollector:
                 if len(doomed) == MAX_DELETE_BATCH:
                     manifest = await self._sweep(doomed, manifest, reasons, report)
                     doomed = []
-        await self._sweep(doomed, manifest, reasons, report)
+        if doomed:
+            await self._sweep(doomed, manifest, reasons, report)
         if not dry_run:
             await self._write_marks(new_marks, marks_etag)
         return report

@@ -4,7 +4,7 @@ A source is a segment's entries a block at a time (`SegmentStore.blocks`).
 `merge` interleaves any number of sources into scan order, a batch at a
 time; `visible` then keeps, per key, the newest entry a snapshot may see.
 Compaction applies its own retention rule to `merge`'s output instead
-(`_compact.merge_entries`).
+(`_compact.Retention`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from functools import total_ordering
 from ._segment_store import Entry
 
 # Entries handed out per batch when several sources interleave (a single source
-# passes its blocks through). Batches keep the per-entry cost synchronous.
+# passes its blocks through). Batches keep the per-entry cost synchronous; the byte
+# bound keeps a batch of large values as small as a few blocks (compaction's memory).
 _BATCH = 512
+_BATCH_VALUE_BYTES = 256 * 1024
 
 
 async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool = False) -> AsyncIterator[list[Entry]]:
@@ -26,7 +28,8 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
     source wins a tie).
 
     Each source must already be in that order, as segment blocks are. Holds
-    one block per source and one batch.
+    one block per source and one batch (at most _BATCH entries, and values of
+    about _BATCH_VALUE_BYTES).
     """
     if len(sources) == 1:  # the common case of a compacted store: nothing to interleave
         async for entries in sources[0]:
@@ -38,15 +41,20 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         if await cursor.fill():
             heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
     batch: list[Entry] = []
+    value_bytes = 0
     while heap:
         _, n = heapq.heappop(heap)
         cursor = cursors[n]
-        batch.append(cursor.take())
+        entry = cursor.take()
+        batch.append(entry)
+        if entry[2]:
+            value_bytes += len(entry[2])
         if cursor.has_more() or await cursor.fill():
             heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
-        if len(batch) >= _BATCH:
+        if len(batch) >= _BATCH or value_bytes >= _BATCH_VALUE_BYTES:
             yield batch
             batch = []
+            value_bytes = 0
     if batch:
         yield batch
 

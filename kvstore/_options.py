@@ -57,7 +57,7 @@ class StoreOptions:
         compaction_memory_bytes: memory a compaction may hold beyond the cache.
             It runs as many key-range sub-compactions at once as fit (at most
             4; at least 1, which needs about 2 x min(target_segment_bytes, 24 MiB)
-            + 2 MiB per input), whatever the store size.
+            + 512 KiB per input), whatever the store size.
         history_versions: recent versions `snapshot(version=N)` can read
             exactly (compaction keeps their data); tags keep older ones.
         history_seconds: also keep versions committed this recently.

@@ -12,7 +12,7 @@ Run objects are immutable (safe create) and named `segments/<id>.run`.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,9 +38,11 @@ class Run:
 
     parts: tuple[SegmentRef, ...]
     _min_keys: list[bytes] = field(init=False, repr=False, compare=False)
+    _max_keys: list[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_min_keys", [p.min_key for p in self.parts])
+        object.__setattr__(self, "_max_keys", [p.max_key for p in self.parts])
 
     def part_for(self, key: bytes) -> SegmentRef | None:
         """The segment whose key range holds `key`, if any."""
@@ -49,7 +51,9 @@ class Run:
 
     def parts_between(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
         """The segments that may hold keys in [start, end), in key order."""
-        return [p for p in self.parts if p.overlaps(start, end)]
+        lo = 0 if start is None else bisect_left(self._max_keys, start)  # the first ending at or past start
+        hi = len(self.parts) if end is None else bisect_left(self._min_keys, end)  # those starting before end
+        return list(self.parts[lo:hi])
 
     @property
     def size(self) -> int:

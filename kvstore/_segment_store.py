@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import aclosing
@@ -19,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._cache import ByteLRU
 from ._disk_cache import DiskCache
-from ._errors import VersionNotRetainedError
+from ._errors import KvStoreError, VersionNotRetainedError
 from ._layout import Layout, new_object_id
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
@@ -37,6 +38,8 @@ from ._segment import (
     parse_index,
     parse_partition,
 )
+
+_log = logging.getLogger("kvstore")
 
 # Segments up to this size are read whole in one GET; larger ones by ranges.
 WHOLE_READ_MAX_BYTES = 1024 * 1024
@@ -269,7 +272,7 @@ class SegmentStore:
             blob = await self._objects.get(name, byte_range=byte_range)
         except ObjectNotFound:
             raise VersionNotRetainedError(
-                f"segment {name} no longer exists: this snapshot is older than the garbage-collection "
+                f"object {name} no longer exists: this snapshot is older than the garbage-collection "
                 "grace period (or the object was deleted by hand); read a fresh snapshot, or tag "
                 "versions you need to keep"
             ) from None
@@ -448,11 +451,19 @@ class _PartUploads:
         return list(enumerate(await asyncio.gather(*self._tasks), start=1))
 
     async def abort(self) -> None:
+        """Cancel the parts in flight and abort the upload, best effort: this runs while
+        another error is on its way, which must not be replaced (an upload left behind
+        costs storage until a lifecycle rule removes it, and is never part of the store)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.upload_id is not None:
-            await self._objects.abort_multipart(self._name, self.upload_id)
+            try:
+                await self._objects.abort_multipart(self._name, self.upload_id)
+            except KvStoreError as exc:
+                _log.warning(
+                    "could not abort the multipart upload of %s (left to a lifecycle rule): %s", self._name, exc
+                )
 
 
 class SegmentOutput:
@@ -472,12 +483,6 @@ class SegmentOutput:
         self.id = new_object_id()
         self._name = store.object_name(self.id)
         self._upload = _PartUploads(store._objects, self._name)
-
-    @property
-    def size(self) -> int:
-        """Bytes of the segment so far: produced (sent or not), and the open block's raw
-        bytes (an upper bound of what they encode to)."""
-        return self._upload.size + self.writer.pending_bytes + self.writer.open_block_bytes
 
     def add_until(self, entries: Sequence[Entry], start: int, limit: int) -> int:
         """Add `entries[start:]` (in segment order) until the segment reaches about `limit`

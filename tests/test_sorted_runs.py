@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import crash_workers
@@ -15,7 +16,9 @@ import kvstore
 from kvstore._compact import plan_ranges
 from kvstore._envelope import seal, unseal
 from kvstore._manifest import SegmentRef
-from kvstore.testing.faults import SimulatedCrash
+from kvstore._merge import merge
+from kvstore._run import Run
+from kvstore.testing.faults import FaultPlan, FaultRule, SimulatedCrash
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -137,8 +140,10 @@ async def test_verify_names_a_damaged_run_object_and_a_missing_run_segment(tmp_p
     data = bytearray((tmp_path / "store" / run_name).read_bytes())
     data[20] ^= 0xFF
     (tmp_path / "store" / run_name).write_bytes(bytes(data))
-    with pytest.raises(kvstore.CorruptionError, match=r"run .*\.run is damaged"):
-        await file_target(tmp_path).open(options=SMALL, read_only=True)  # open reads the runs
+    async with file_target(tmp_path).open(options=SMALL, read_only=True) as db:  # opens all the same
+        assert set((await db.verify()).damaged) == {run_name}
+        with pytest.raises(kvstore.CorruptionError, match=r"run .*\.run is damaged"):
+            await db.get(b"k000100")
 
 
 async def test_a_store_of_manifest_format_2_with_one_large_segment_compacts_into_a_run(tmp_path: Path) -> None:
@@ -268,3 +273,48 @@ async def test_a_compactor_killed_between_outputs_changes_nothing(durable_target
         [result] = await db.compact(full=True)
         assert result.outputs > 10
         assert await _state(db) == dict(sorted(expected.items()))
+
+
+async def test_a_compaction_longer_than_half_the_grace_period_commits_nothing(tmp_path: Path) -> None:
+    # I8: GC may collect an unreferenced object older than the grace period; a compaction
+    # must not make such outputs live. 50 ms per PUT makes this one take longer than 0.1 s.
+    options = kvstore.StoreOptions(
+        auto_compact=False,
+        target_segment_bytes=4 * KiB,
+        history_versions=0,
+        segment_grace_period=0.2,
+        max_transaction_age=0.05,
+    )
+    target = file_target(tmp_path)
+    async with target.open(options=SMALL) as db:
+        expected = await _load(db, loads=2)
+        version = db.version
+    made, wrap = fault_injecting(FaultPlan(rules={"put_if_absent": FaultRule(latency=0.05)}))
+    async with target.open(options=options, wrap_object_store=wrap) as db:
+        with pytest.raises(kvstore.CompactionTooSlowError, match="segment_grace_period"):
+            await db.compact(full=True)
+        assert db.version == version
+    async with target.open(options=SMALL) as db:
+        assert db.version == version and await _state(db) == dict(sorted(expected.items()))
+
+
+async def test_merge_batches_of_large_values_stay_small() -> None:
+    value = bytes(100 * KiB)
+
+    async def source(keys: range) -> AsyncIterator[list[tuple[bytes, int, bytes | None]]]:
+        for k in keys:
+            yield [(b"%04d" % k, 1, value)]
+
+    batches = [b async for b in merge([source(range(0, 60, 2)), source(range(1, 60, 2))])]
+    assert [e[0] for b in batches for e in b] == [b"%04d" % k for k in range(60)]
+    assert max(sum(len(e[2] or b"") for e in b) for b in batches) <= 256 * KiB + len(value)
+
+
+def test_a_run_finds_the_segments_of_a_key_range() -> None:
+    parts = tuple(SegmentRef(f"s{i}", b"%02d" % (10 * i), b"%02d" % (10 * i + 5), 1, 1, 1, 1) for i in range(6))
+    run = Run(parts)
+    bounds = [None, b"", b"00", b"03", b"05", b"07", b"10", b"33", b"55", b"56", b"99"]
+    for start in bounds:
+        for end in bounds:
+            assert run.parts_between(start, end) == [p for p in parts if p.overlaps(start, end)], (start, end)
+    assert run.part_for(b"12") == parts[1] and run.part_for(b"17") is None and run.part_for(b"") is None
