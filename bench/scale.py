@@ -141,6 +141,26 @@ async def raw_get_floor(objects: Any, names: list[str], n: int = 50) -> dict[str
     return {"n": n, "bytes": 65536, "p50_ms": ms(times)}
 
 
+async def raw_gets_of_store(target: Target, name: str, n: int = 50) -> dict[str, Any]:
+    """Ranged GETs of 64 KiB at random offsets of the store's own segment objects, right
+    after the cold gets: the floor with the same objects, as cold in any cache (the
+    operating system's page cache for a local store) as the cold gets found them."""
+    objects, prefix = object_store(target, name)
+    try:
+        segments = [o async for o in objects.list(prefix + "segments/") if o.size > 65536]
+        rnd = random.Random(8)
+        times = []
+        for _ in range(n):
+            info = rnd.choice(segments)
+            start = rnd.randrange(info.size - 65536)
+            t0 = time.perf_counter()
+            await objects.get(info.name, byte_range=(start, start + 65536))
+            times.append(time.perf_counter() - t0)
+    finally:
+        await objects.close()
+    return {"n": n, "bytes": 65536, "p50_ms": ms(times)}
+
+
 async def commit_latencies(stores: list[tuple[Any, str]], n: int, target: Target) -> list[dict[str, Any]]:
     """Median of `n` sequential small puts on each of `stores` (db, name), taken in turn (one
     put on each, then again) so that all see the same machine load; and the manifest
@@ -339,6 +359,7 @@ async def phase_reads(spec: dict[str, Any]) -> dict[str, Any]:
     with the small and the empty store of the baseline."""
     target = Target.from_json(spec["target"])
     out = await phase_gets(spec)
+    out["raw_get_store_objects"] = await raw_gets_of_store(target, spec["store"])
     async with open_store(target, spec["store"], 0.0) as db:
         snap = await db.snapshot()
         n = 0
@@ -595,6 +616,18 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 note=f"max {rd['cold_max_ms']:.1f} ms; target <= 1.2x; small store alone "
                 f"{b['gets']['cold_p50_ms']:.2f} ms; at most {rd['cold_segment_gets_max']} segment GETs",
             )
+            if "raw_get_store_objects" in rd:
+                gets = rd["cold_segment_gets_max"] + 1  # and the manifest's conditional GET
+                t.add(
+                    sec,
+                    "cold get vs raw GETs of the store's segments",
+                    rd["cold_p50_ms"],
+                    "ms",
+                    f"{gets} raw 64 KiB ranged GETs",
+                    gets * rd["raw_get_store_objects"]["p50_ms"],
+                    note=f"target <= 2x; one GET {rd['raw_get_store_objects']['p50_ms']:.2f} ms (p50), random "
+                    "offsets of the store's own segment objects",
+                )
             if "get" in raw:
                 gets = rd["cold_segment_gets_max"] + 1  # and the manifest's conditional GET
                 t.add(
