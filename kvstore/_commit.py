@@ -282,7 +282,10 @@ class Committer:
         batch_writes: list[bytes] = []  # sorted keys written by accepted requests
         now = time.monotonic()
         for request in requests:
-            if check_age and now - request.started > self._options.max_transaction_age:
+            # A bulk load reads nothing, so its age needs no log to check it against; its
+            # segments' age (I8) is checked where they are committed (`_write_segment`).
+            bulk = request.segments is not None
+            if check_age and not bulk and now - request.started > self._options.max_transaction_age:
                 _fail(
                     request,
                     TransactionTooOldError(

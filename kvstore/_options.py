@@ -22,7 +22,9 @@ class StoreOptions:
         max_transaction_keys: distinct keys one transaction may write.
         max_transaction_age: seconds a transaction may run before its commit
             is refused with `TransactionTooOldError`. Must stay well below
-            `segment_grace_period`.
+            `segment_grace_period`. A bulk load is not held to it (it reads
+            nothing), only to committing its first segment within half of
+            `segment_grace_period` (I8).
         commit_log_length: commits kept in the manifest's log. A transaction
             whose read version is older than the log cannot be checked and
             fails with `TransactionTooOldError`.

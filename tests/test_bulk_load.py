@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from targets import Target
+from targets import Target, fault_injecting, file_target
 
 import kvstore
 import kvstore._segment_store as segment_store
 from kvstore._objectstore import RetryPolicy
-from kvstore.testing.faults import FaultInjectingStore
+from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 
 
 async def test_unsorted_input_with_repeats_last_wins(target: Target) -> None:
@@ -142,3 +142,21 @@ async def test_a_failed_part_fails_the_load_and_commits_nothing(
         assert [kv async for kv in db.scan()] == []
     work = [p.name for p in (Path(tmp_path) / "s" / ".kvstore-work").iterdir()]
     assert not [name for name in work if name.startswith("upload-")]  # the upload was aborted
+
+
+async def test_a_bulk_load_may_take_longer_than_max_transaction_age(tmp_path: Path) -> None:
+    # A bulk load reads nothing: only its segments' age counts (I8, half the grace period).
+    # 0.15 s per segment PUT makes this one take longer than max_transaction_age (0.1 s).
+
+    options = kvstore.StoreOptions(max_transaction_age=0.1, segment_grace_period=2.0)
+    _, wrap = fault_injecting(FaultPlan(rules={"put_if_absent": FaultRule(latency=0.15)}))
+    async with file_target(tmp_path).open(options=options, wrap_object_store=wrap) as db:
+        pairs = [(b"k%05d" % i, os.urandom(100)) for i in range(2000)]
+        await db.bulk_load(pairs, chunk_bytes=64 * 1024)  # several segments, 0.15 s each
+        assert [k async for k, _ in db.scan()] == [k for k, _ in pairs]
+    # An ordinary transaction still is: here its cold read alone takes 0.15 s.
+    _, slow_reads = fault_injecting(FaultPlan(rules={"get": FaultRule(latency=0.15)}))
+    async with file_target(tmp_path).open(options=options, wrap_object_store=slow_reads) as db:
+        with pytest.raises(kvstore.TransactionTooOldError, match="max_transaction_age"):
+            async with db.transaction() as tx:
+                tx.put(b"k00001", await tx.get(b"k00002"))
