@@ -93,6 +93,8 @@ async def wait_for_marker(marker: Path, child: Any, timeout: float) -> None:
     while not marker.exists():
         assert child.is_alive(), f"the writer exited with {child.exitcode} before reaching the step"
         assert time.monotonic() < deadline, "the writer never reached the step"
+        # Polls a condition another process makes true (a file), bounded by the deadline
+        # and the child's liveness: no fixed wait stands in for the event itself.
         await asyncio.sleep(0.02)
 
 
