@@ -8,7 +8,9 @@ object-store boundary, so callers only ever catch these::
     │   ├── InvalidKeyError (also TypeError)
     │   ├── InvalidValueError (also TypeError)
     │   ├── TransactionTooLargeError
-    │   └── InvalidURLError
+    │   ├── InvalidURLError
+    │   ├── CodecMismatchError                  values= differs from the store's codec
+    │   └── FutureVersionError                  the asked-for version is not committed yet
     ├── ConflictError                           lost a race; retry the transaction
     │   └── TransactionTooOldError
     ├── CommitOutcomeUnknownError               may or may not have committed
@@ -73,6 +75,21 @@ class CodecMismatchError(ValidationError):
     def __init__(self, message: str, *, recorded: str) -> None:
         super().__init__(message)
         self.recorded = recorded
+
+
+class FutureVersionError(ValidationError):
+    """`snapshot(version=N)` asked for a version no commit has made yet.
+
+    The store was read afresh and its latest version is older than N: the
+    version number did not come from this store (or from a commit that was
+    never made). Unlike VersionNotRetainedError (a past version that is
+    gone), waiting or retrying the same read is no help. `latest` is the
+    store's latest version.
+    """
+
+    def __init__(self, message: str, *, latest: int) -> None:
+        super().__init__(message)
+        self.latest = latest
 
 
 class ConflictError(KvStoreError):
