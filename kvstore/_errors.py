@@ -69,7 +69,8 @@ class CodecMismatchError(ValidationError):
 
     Opening a store of bytes as msgpack (or the reverse) would misread every
     value, so it is refused at open. `recorded` is the store's codec: pass
-    ``values=recorded``, or leave `values` out to read the raw bytes.
+    ``values=recorded`` or leave `values` out (a store uses the codec it
+    records); ``values="raw"`` reads the stored bytes of any store.
     """
 
     def __init__(self, message: str, *, recorded: str) -> None:
@@ -189,7 +190,7 @@ class ValueDecodeError(KvStoreError):
     The bytes are intact (they passed their checksum): they were written in
     another codec, e.g. raw bytes put into a msgpack store by an opener with
     another `values=`. The message names the store and the key; read that
-    key's raw bytes by opening without `values`, and rewrite or delete it.
+    key's stored bytes by opening with ``values="raw"``, and rewrite or delete it.
     """
 
     def __init__(self, message: str, *, store: str, key: bytes) -> None:

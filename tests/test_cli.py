@@ -796,16 +796,20 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and '"hello"\n' in done.stdout, done
-    done = subprocess.run(
-        [sys.executable, "-c", "\n".join(python)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0 and "{'name': 'Ada'}" in done.stdout, done
+    outputs = []
+    for block in python:  # each in a fresh interpreter, as pasted into one
+        done = subprocess.run(
+            [sys.executable, "-c", block],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, done
+        outputs.append(done.stdout)
+    assert "{'name': 'Ada'}" in outputs[0], outputs
 
 
 # ----------------------------------------------------------------- traps a new user met (issue 16)
