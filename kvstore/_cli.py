@@ -336,7 +336,7 @@ def _local_dir(url: str) -> str | None:
     return unquote(parts.path) if parts.scheme.lower() == "file" else None
 
 
-def refuse_foreign_dir(url: str, advice: str) -> None:
+def _refuse_foreign_dir(url: str, advice: str) -> None:
     """Refuse to create a local store in a directory that already holds other files.
 
     A store's objects would be mixed with them, and `kvstore init` would seem
@@ -351,7 +351,8 @@ def refuse_foreign_dir(url: str, advice: str) -> None:
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise CliError(
-            f"{path} is not empty ({len(entries)} entries: {shown}) and holds no kvstore, so a store "
+            f"{path} is not empty ({len(entries)} {'entry' if len(entries) == 1 else 'entries'}: {shown}) "
+            "and holds no kvstore, so a store "
             f"made there would mix its objects with these files; use a new or empty directory, or {advice}",
             EXIT_USAGE,
         )
@@ -845,7 +846,7 @@ async def init(s: Session, *, force: bool) -> None:
             created = False
     except kvstore.StoreNotFoundError:
         if not force:
-            refuse_foreign_dir(s.url, "pass --force to create the store there anyway")
+            _refuse_foreign_dir(s.url, "pass --force to create the store there anyway")
         async with s.open("create") as db:
             created = True
     s.out.result(
@@ -1386,11 +1387,14 @@ def _checked_input(stream: IO[bytes], s: Session) -> Iterator[IO[bytes]]:
     --values names (bytes by default), and the stream is given back rewound
     (stdin is kept in a temporary file).
     """
-    refuse_foreign_dir(s.url, "create the store first (`kvstore init URL --force`)")
+    _refuse_foreign_dir(s.url, "create the store first (`kvstore init URL --force`)")
     with ExitStack() as stack:
         kept = stream if stream.seekable() else stack.enter_context(tempfile.TemporaryFile())
         start = stream.tell() if stream is kept else 0
-        _check_lines(_read_jsonl(stream if stream is kept else _copied(stream, kept), [0]), s)
+        try:
+            _check_lines(_read_jsonl(stream if stream is kept else _copied(stream, kept), [0]), s)
+        except CliError as exc:
+            raise CliError(f"{exc}; nothing was imported, and no store was created at {s.url}", exc.exit_code) from exc
         kept.seek(start)
         yield kept
 

@@ -786,27 +786,17 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
     (shell,) = _markdown_blocks(guide, "A first store, from the shell", "sh")
     python = _markdown_blocks(guide, "A first store, from Python", "python")
     env = {**_env({}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", shell],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+
+    def run_in(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
+
+    done = run_in(["bash", "-euo", "pipefail", "-c", shell])
     assert done.returncode == 0 and '"hello"\n' in done.stdout, done
     outputs = []
     for block in python:  # each in a fresh interpreter, as pasted into one
-        done = subprocess.run(
-            [sys.executable, "-c", block],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        done = run_in([sys.executable, "-c", block])
         assert done.returncode == 0, done
         outputs.append(done.stdout)
     assert "{'name': 'Ada'}" in outputs[0], outputs
@@ -851,7 +841,7 @@ def test_a_failed_import_leaves_no_store_it_created(tmp_path: Path, monkeypatch:
     monkeypatch.chdir(tmp_path)
     for good_lines in (0, 3):
         invoke(monkeypatch, "import", "./new", "-f", str(_bad_base64(tmp_path, good_lines))).one_line_error(
-            1, f"line {good_lines + 1}: the value is not valid base64"
+            1, f"line {good_lines + 1}: the value is not valid base64", "no store was created at ./new"
         )
         assert not (tmp_path / "new").exists()
     stdin = _bad_base64(tmp_path, 2).read_bytes()
@@ -885,7 +875,7 @@ def test_init_refuses_a_directory_of_other_files_unless_forced(tmp_path: Path, m
     (tmp_path / "dir" / "notes.txt").write_text("mine")
     for url in ("./dir", f"file://{tmp_path}/dir"):
         invoke(monkeypatch, "init", url).one_line_error(
-            2, f"{tmp_path}/dir is not empty (1 entries: notes.txt) and holds no kvstore", "pass --force"
+            2, f"{tmp_path}/dir is not empty (1 entry: notes.txt) and holds no kvstore", "pass --force"
         )
     invoke(monkeypatch, "import", "./dir", stdin=b'{"key": "a", "value": "eA=="}\n').one_line_error(
         2, "is not empty", "`kvstore init URL --force`"
