@@ -71,8 +71,8 @@ def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
             data = bytes(value)
         else:
             raise InvalidValueError(
-                f"values are bytes in this store, not {type(value).__name__}; encode it, "
-                "or open the store with values='msgpack' to store Python objects"
+                f"this store records values='bytes', so its values are bytes, not {type(value).__name__}: "
+                "encode it, or keep Python objects in a store created with values='msgpack'"
             )
     elif mode == "raw":
         data = _checked_msgpack(value)

@@ -282,7 +282,8 @@ class Store:
         `version=N` reads version N exactly: any of the last
         `StoreOptions.history_versions` versions, or a tagged one.
         `tag="name"` reads the version retained under that tag. A version no
-        longer retained raises VersionNotRetainedError, never a wrong answer.
+        longer retained raises VersionNotRetainedError, never a wrong answer;
+        one no commit has made yet raises FutureVersionError, naming the latest.
         """
         if tag is not None:
             if version is not None:

@@ -138,6 +138,10 @@ async def test_raw_opens_a_bytes_store_as_bytes_and_records_no_codec(target: Tar
     async with target.open(values="raw") as db:  # a new store: raw chooses no codec
         await db.put("k", b"\x01\x02")
         assert db.recorded_values == "bytes"
+        with pytest.raises(
+            kvstore.InvalidValueError, match="records values='bytes', so its values are bytes, not dict"
+        ):
+            await db.put("k", {"a": 1})
     with pytest.raises(kvstore.CodecMismatchError, match="open it with values='bytes' or without values=$"):
         await target.open(values="msgpack")
     async with target.open() as db:
