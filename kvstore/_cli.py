@@ -27,13 +27,16 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from typing import IO, Any, ClassVar, Literal, NoReturn, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import click
 import msgpack
@@ -76,11 +79,16 @@ _EPILOG = (
 
 
 class CliError(Exception):
-    """An error of the command line itself (bad input file, missing key), with its exit code."""
+    """An error of the command line itself (bad input file, missing key), with its exit code.
 
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+    `name` is what ``--json`` reports as the error's name: the kvstore
+    exception's when one caused it (see `_error_name`), else this one's.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR, *, name: str = "CliError") -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.name = name
 
 
 @dataclasses.dataclass
@@ -307,6 +315,49 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
     return url, list(args)
 
 
+def _refuse_memory_url(url: str) -> None:
+    """A memory:// store lives in the memory of one process: each command is a process of its
+    own, so `init` would make a store that is gone when it exits and the next command finds none."""
+    if url.lower().startswith("memory:"):
+        raise CliError(
+            f"{url} is a memory store, which lives only inside one process and is gone when it exits, "
+            "so every kvstore command would see a new, empty store; use a local directory "
+            "(e.g. ./data) or s3://bucket/prefix (memory:// is for tests through the Python API)",
+            EXIT_USAGE,
+            name="InvalidURLError",
+        )
+
+
+def _local_dir(url: str) -> str | None:
+    """The directory of a local store URL (a plain path or file://), None for other schemes."""
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    parts = urlsplit(url)
+    return unquote(parts.path) if parts.scheme.lower() == "file" else None
+
+
+def _refuse_foreign_dir(url: str, advice: str) -> None:
+    """Refuse to create a local store in a directory that already holds other files.
+
+    A store's objects would be mixed with them, and `kvstore init` would seem
+    to take the directory over (a mistyped path, the wrong working directory).
+    `advice` says how to go on anyway. Nothing to check for S3: a prefix with
+    objects but no manifest is as likely a store being made by another host.
+    """
+    path = _local_dir(url)
+    if path is None or not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest")):
+        return
+    entries = sorted(os.listdir(path))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CliError(
+            f"{path} is not empty ({len(entries)} {'entry' if len(entries) == 1 else 'entries'}: {shown}) "
+            "and holds no kvstore, so a store "
+            f"made there would mix its objects with these files; use a new or empty directory, or {advice}",
+            EXIT_USAGE,
+        )
+
+
 # ----------------------------------------------------------------- output
 
 
@@ -465,7 +516,7 @@ class Values:
     """How a command shows and reads values, by the store's codec.
 
     The command line reads and writes a store's raw bytes (it opens stores
-    without ``values=``) and does the codec's work itself, since it must turn
+    with ``values="raw"``) and does the codec's work itself, since it must turn
     msgpack values into JSON and back: ``bytes`` values are shown as they are
     (base64 in JSON), ``msgpack`` values as JSON.
     """
@@ -505,7 +556,7 @@ class Values:
         try:
             value = from_jsonable(json.loads(data))
         except ValueError as exc:
-            raise CliError(f"{where}: the store's values are msgpack, so it takes JSON: {exc}", EXIT_USAGE) from None
+            raise CliError(f"{where} is not JSON ({exc}): {_json_advice(data)}", EXIT_USAGE) from None
         return bytes(msgpack.packb(value, use_bin_type=True))
 
     def from_json(self, value: Any, where: str) -> bytes:
@@ -532,6 +583,17 @@ class Values:
             ) from None
 
 
+def _json_advice(data: bytes) -> str:
+    """Why a msgpack store wants JSON, and the given text as the JSON string it may have meant."""
+    advice = "this store records values='msgpack', so values are given as JSON text"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return advice + "; store raw bytes in a store of bytes (kvstore init URL)"
+    quoted = shlex.quote(json.dumps(text.rstrip("\n"), ensure_ascii=False))
+    return f"{advice}: a string is quoted, as in {quoted}"
+
+
 # ----------------------------------------------------------------- the command skeleton
 
 Mode = Literal["read", "write", "create"]  # read-only; for writing; for writing, creating a missing store
@@ -547,7 +609,7 @@ class Session:
         self.out = Output(_state().json)
         self.values = Values(values or "bytes")  # set again by `open`, from the store when values is None
         self._mode = mode
-        self._explicit = values
+        self.explicit = values  # the codec --values names, None when it was not given
         self._compacts = compacts
 
     @asynccontextmanager
@@ -555,19 +617,19 @@ class Session:
         """Open the store (in the command's mode unless `mode` says otherwise) and set `values`.
 
         The command works on raw bytes (`Values`), so it opens the store with
-        no ``values=``. An explicit ``--values`` that the store does not
+        ``values="raw"``. An explicit ``--values`` that the store does not
         record is put to the library's rule in a short open of its own (one
         more manifest GET): a store created now records it, an empty store
         opened for writing adopts it, any other store refuses it. After a
         commit of a compacting command, the levels it made due are merged.
         """
         mode = mode or self._mode
-        if self._explicit is not None and mode == "create":
+        if self.explicit is not None and mode == "create":
             await self._check_codec(mode)  # before the raw open, which would create a store of bytes
-        async with self._connect(mode, None) as db:
-            if self._explicit not in (None, db.recorded_values):
+        async with self._connect(mode, "raw") as db:
+            if self.explicit not in (None, db.recorded_values):
                 await self._check_codec(mode)
-            self.values = Values(self._explicit or db.recorded_values)
+            self.values = Values(self.explicit or db.recorded_values)
             opened_at = db.version
             yield db
             if self._compacts and db.version != opened_at:
@@ -576,16 +638,16 @@ class Session:
     async def _check_codec(self, mode: Mode) -> None:
         """Open with ``values=`` the explicit codec: kvstore records, adopts or refuses it."""
         try:
-            async with self._connect(mode, self._explicit):
+            async with self._connect(mode, self.explicit):
                 pass
         except kvstore.CodecMismatchError as exc:
             raise CliError(
-                f"{self.url} stores {exc.recorded} values, not {self._explicit}: use --values "
+                f"{self.url} stores {exc.recorded} values, not {self.explicit}: use --values "
                 f"{exc.recorded}, or leave --values out (it defaults to the store's codec)",
                 EXIT_USAGE,
             ) from exc
 
-    def _connect(self, mode: Mode, values: Codec | None) -> kvstore.StoreOpener:
+    def _connect(self, mode: Mode, values: Codec | Literal["raw"] | None) -> kvstore.StoreOpener:
         """`kvstore.open` with the shared S3 settings.
 
         Writers open with auto_compact off: a command exits right after its
@@ -660,6 +722,7 @@ def store_command(
     def decorate(body: Body) -> click.Command:
         def callback(args: tuple[str, ...], **options: Any) -> None:
             url, rest = _split_args(args, names_given(options) if names_given else names.split())
+            _refuse_memory_url(url)
             given = options.pop("values", None)
             session = Session(url, mode, None if given is None else CODEC_WORDS[given], compacts)
             try:
@@ -770,16 +833,20 @@ FILE_VALUE_CHOICES = ("bytes", "base64", "msgpack")  # export and import: base64
 
 
 @store_command(cli, values=VALUE_CHOICES)
-async def init(s: Session) -> None:
+@click.option("--force", is_flag=True, help="Create the store in a local directory that holds other files.")
+async def init(s: Session, *, force: bool) -> None:
     """Create a store (an existing one is left as it is).
 
     --values records how the store's values are encoded (default: bytes);
-    every command then shows and reads them that way.
+    every command then shows and reads them that way. A local directory
+    that holds other files but no store is refused, unless --force.
     """
     try:
         async with s.open("read") as db:
             created = False
     except kvstore.StoreNotFoundError:
+        if not force:
+            _refuse_foreign_dir(s.url, "pass --force to create the store there anyway")
         async with s.open("create") as db:
             created = True
     s.out.result(
@@ -875,7 +942,7 @@ async def get(s: Session, key: str, *, at_version: int | None, tag_name: str | N
         snap = await db.snapshot(version=at_version, tag=tag_name)
         raw = await snap.get(key, missing)
     if raw is missing:
-        raise CliError(f"key {key!r} not found at version {snap.version}", EXIT_NOT_FOUND)
+        raise CliError(f"key {key!r} not found at version {snap.version}", EXIT_NOT_FOUND, name="KeyNotFound")
     kb = key.encode()
     doc = {**_key_json(kb), "value": s.values.json(raw, kb), "version": snap.version}
     if s.values.codec == "msgpack":
@@ -943,7 +1010,9 @@ async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
         tx, deleted = await db.transact(attempt)
     version = tx.committed_version if deleted else tx.read_version
     if not deleted and not missing_ok:
-        raise CliError(f"key {key!r} not found at version {version}: nothing deleted", EXIT_NOT_FOUND)
+        raise CliError(
+            f"key {key!r} not found at version {version}: nothing deleted", EXIT_NOT_FOUND, name="KeyNotFound"
+        )
     s.out.result(
         {**_key_json(key.encode()), "version": version, "deleted": deleted},
         f"deleted {key} at version {version}"
@@ -1211,7 +1280,7 @@ async def export_(
         s.out.result({"version": snap.version, "keys": n, "output": output}, f"{summary} to {output}")
 
 
-def _read_jsonl(stream: IO[bytes], counter: list[int]) -> Iterator[tuple[bytes, Any, str]]:
+def _read_jsonl(stream: Iterable[bytes], counter: list[int]) -> Iterator[tuple[bytes, Any, str]]:
     """Parse export lines into (key, "value" as in the file, where); counter[0] counts lines read."""
     for number, line in enumerate(stream, 1):
         counter[0] = number
@@ -1259,8 +1328,9 @@ async def import_(s: Session, *, file_: str) -> None:
     """Load JSON Lines written by export, in one atomic commit (Store.bulk_load).
 
     Existing keys not in the input are kept; keys in it are overwritten. The
-    store is created if it does not exist, recording --values (default: bytes).
-    Values are read in the store's codec: base64 text, or JSON for msgpack.
+    store is created if it does not exist, recording --values (default: bytes),
+    once the whole input has been read and checked: a bad line leaves nothing
+    behind. Values are read in the store's codec: base64 text, or JSON for msgpack.
     """
     lines_read = [0]
     pairs = [0]  # pairs read from the input
@@ -1269,7 +1339,11 @@ async def import_(s: Session, *, file_: str) -> None:
     def shown(_: Any) -> str:
         return f"{written[0]} of {pairs[0]} pairs written"
 
-    with _reading(file_) as (stream, lines), _bar("importing", length=lines, item=shown) as bar:
+    with ExitStack() as stack:
+        stream, lines = stack.enter_context(_reading(file_))
+        if not await _store_exists(s):
+            stream = stack.enter_context(_checked_input(stream, s))
+        bar = stack.enter_context(_bar("importing", length=lines, item=shown))
 
         def progress(n: int) -> None:
             written[0] = n
@@ -1292,6 +1366,60 @@ async def import_(s: Session, *, file_: str) -> None:
             version = await db.bulk_load(items(first), progress=progress)
             progress(pairs[0])  # committed: every pair is in the store
     s.out.result({"version": version, "keys": pairs[0]}, f"imported {pairs[0]} keys at version {version}")
+
+
+async def _store_exists(s: Session) -> bool:
+    """Whether the session's store exists (one manifest GET; nothing is created)."""
+    try:
+        async with s.open("read"):
+            return True
+    except kvstore.StoreNotFoundError:
+        return False
+
+
+@contextmanager
+def _checked_input(stream: IO[bytes], s: Session) -> Iterator[IO[bytes]]:
+    """The import's input, every line read and checked before a store is created for it.
+
+    A store made by `import` exists only once its input is known to load: a bad
+    line (not JSON, bad base64, a key or value over the limits) fails here, with
+    nothing created. The lines are checked as they will be loaded, in the codec
+    --values names (bytes by default), and the stream is given back rewound
+    (stdin is kept in a temporary file).
+    """
+    _refuse_foreign_dir(s.url, "create the store first (`kvstore init URL --force`)")
+    with ExitStack() as stack:
+        kept = stream if stream.seekable() else stack.enter_context(tempfile.TemporaryFile())
+        start = stream.tell() if stream is kept else 0
+        try:
+            _check_lines(_read_jsonl(stream if stream is kept else _copied(stream, kept), [0]), s)
+        except CliError as exc:
+            raise CliError(f"{exc}; nothing was imported, and no store was created at {s.url}", exc.exit_code) from exc
+        kept.seek(start)
+        yield kept
+
+
+def _check_lines(lines: Iterator[tuple[bytes, Any, str]], s: Session) -> None:
+    """Every pair of an import encodes, in the codec --values names, within the default limits."""
+    values = Values(s.explicit or "bytes")
+    limits = kvstore.StoreOptions()
+    for key, value, where in lines:
+        stored = values.from_json(value, where)
+        if not 0 < len(key) <= limits.max_key_bytes:
+            raise CliError(f"{where}: a key is 1 to {limits.max_key_bytes} bytes, not {len(key)}", EXIT_USAGE)
+        if len(stored) > limits.max_value_bytes:
+            raise CliError(
+                f"{where}: the value of {len(stored)} bytes is over the {limits.max_value_bytes}-byte limit; "
+                "split it across keys",
+                EXIT_USAGE,
+            )
+
+
+def _copied(stream: IO[bytes], into: IO[bytes]) -> Iterator[bytes]:
+    """The lines of `stream`, each written to `into` as it is read."""
+    for line in stream:
+        into.write(line)
+        yield line
 
 
 def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
@@ -1397,6 +1525,10 @@ _CLI_WORDS: list[tuple[str, str]] = [
     ("Store.tags() lists the tags", "`kvstore tag list {url}` lists them"),
     ("pass version= or tag=, not both", "give --version or --tag, not both"),
     (
+        "pass a version that has been committed, or leave version= out",
+        "give a --version that has been committed, or leave --version out",
+    ),
+    (
         "keep more with StoreOptions.history_versions or tag versions",
         "tag the versions you need to keep (`kvstore tag create {url} NAME`)",
     ),
@@ -1423,11 +1555,28 @@ def _os_message(exc: OSError) -> str:
     return f"cannot use {path}: {reason}; check that the path is right and that you may write there"
 
 
-def _fail(message: str, code: int, state: State, exc: BaseException | None = None) -> NoReturn:
-    if state.debug and exc is not None:
+def _error_name(exc: BaseException) -> str:
+    """The name --json gives an error: the kvstore exception's, even when the command line
+    rewrote its message (`CliError` from it), else the CliError's own or the exception type's."""
+    if isinstance(exc, CliError):
+        return type(exc.__cause__).__name__ if isinstance(exc.__cause__, kvstore.KvStoreError) else exc.name
+    return type(exc).__name__
+
+
+def _fail(message: str, code: int, state: State, exc: BaseException, *, shown: bool = False) -> NoReturn:
+    """Exit with `code` after the error: one line on stderr (unless click `shown` it already) and,
+    with --json, one JSON document on stdout, so a script reads every outcome from stdout."""
+    if state.debug and not shown:
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     text = " ".join(message.split())  # always one line
-    click.echo(f"kvstore: error: {text}", err=True)
+    if not shown:
+        click.echo(f"kvstore: error: {text}", err=True)
+    if state.json:
+        doc = {"error": {"name": _error_name(exc), "message": text, "exit_code": code}}
+        try:
+            click.echo(json.dumps(doc, ensure_ascii=False))
+        except OSError:
+            pass  # stdout is gone (a closed pipe): the exit code and stderr still tell
     sys.exit(code)
 
 
@@ -1435,7 +1584,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the command line (the `kvstore` console script and ``python -m kvstore``)."""
     state = State()
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args[: args.index("--") if "--" in args else len(args)]:
+    options = args[: args.index("--") if "--" in args else len(args)]
+    state.json = "--json" in options  # known before parsing, so a usage error is JSON too
+    if "--debug" in options:
         state.debug = True  # known before parsing, so a parse-time failure shows its traceback too
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("kvstore").setLevel(logging.DEBUG)
@@ -1445,10 +1596,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail(exc.format_message(), exc.exit_code, state, exc, shown=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         click.echo("kvstore: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail("interrupted", EXIT_INTERRUPTED, state, exc, shown=True)
     except CliError as exc:
         _fail(str(exc), exc.exit_code, state, exc)
     except OSError as exc:  # a local store's directory: missing, not writable, not a directory

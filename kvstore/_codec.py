@@ -21,8 +21,14 @@ from ._errors import (
     ValueDecodeError,
 )
 
-ValueMode = Literal["bytes", "msgpack"]
-VALUE_MODES: tuple[ValueMode, ...] = ("bytes", "msgpack")
+ValueMode = Literal["bytes", "msgpack", "raw"]
+VALUE_MODES: tuple[ValueMode, ...] = ("bytes", "msgpack", "raw")
+# The codecs a store can record; "raw" is a way of opening one, never recorded.
+Codec = Literal["bytes", "msgpack"]
+CODECS: tuple[Codec, ...] = ("bytes", "msgpack")
+# The mode a Store works in is the `value_mode` of its codec and the request:
+# "bytes" (a store of bytes, whether or not "raw" was asked for), "msgpack",
+# or "raw" (the stored bytes of a msgpack store; writes must be msgpack).
 # Subclasses of the plain types pack as their base type, to which they compare equal
 # (an IntEnum as its int, an OrderedDict as a dict); the unbound methods copy the
 # value itself, whatever the subclass's __str__ or __int__ say.
@@ -65,9 +71,11 @@ def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
             data = bytes(value)
         else:
             raise InvalidValueError(
-                f"values are bytes in this store, not {type(value).__name__}; encode it, "
-                "or open the store with values='msgpack' to store Python objects"
+                f"this store records values='bytes', so its values are bytes, not {type(value).__name__}: "
+                "encode it, or keep Python objects in a store created with values='msgpack'"
             )
+    elif mode == "raw":
+        data = _checked_msgpack(value)
     else:
         try:
             data = msgpack.packb(value, use_bin_type=True, strict_types=True, default=_as_base)
@@ -97,16 +105,37 @@ def _as_base(obj: object) -> object:
     raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
+def _checked_msgpack(value: object) -> bytes:
+    """`value` as given to a msgpack store opened with values="raw": bytes that are
+    already one msgpack object, stored as they are. Anything else would make every
+    later read of the key fail, so it is refused (InvalidValueError)."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidValueError(
+            f"this store records values='msgpack' and was opened with values='raw', which takes bytes that "
+            f"are already msgpack, not {type(value).__name__}; open it without values= to store Python objects"
+        )
+    data = bytes(value)
+    try:
+        msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InvalidValueError(
+            f"this store records values='msgpack', and these {len(data)} bytes are not one msgpack object "
+            f"({type(exc).__name__}: {exc}), so every read of the key would fail; open the store without "
+            "values= to store them as a bytes value (or any Python object), or pack them with msgpack.packb"
+        ) from exc
+    return data
+
+
 def decode_value(data: bytes, mode: ValueMode, key: bytes, store: str) -> Any:
     """A stored value as `put` was given it. Raises ValueDecodeError naming the store and key."""
-    if mode == "bytes":
+    if mode != "msgpack":
         return data
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ValueDecodeError(
             f"the value of key {key!r} in {store} is not msgpack ({type(exc).__name__}: {exc}); it was written "
-            "with another values= setting: open the store without values= to read its raw bytes, "
+            "with another values= setting: open the store with values='raw' to read its raw bytes, "
             "then rewrite or delete the key",
             store=store,
             key=key,
@@ -114,25 +143,29 @@ def decode_value(data: bytes, mode: ValueMode, key: bytes, store: str) -> Any:
 
 
 def value_mode(recorded: object, requested: ValueMode | None, url: str) -> ValueMode:
-    """The value codec to open a store with, given the one its manifest records (None: none).
+    """The mode to open a store in, given the codec its manifest records (None: none).
 
-    `requested` None reads and writes raw bytes, whatever the store records
-    (what tools such as the command line do); an explicit choice must match
-    the recorded one. CodecMismatchError, or UnsupportedFormatError for a
-    codec this version does not know.
+    `requested` None uses the recorded codec (bytes when none is recorded);
+    "raw" gives the stored bytes of any store (see `CODECS` for what the mode
+    then does); an explicit codec must match the recorded one.
+    CodecMismatchError, or UnsupportedFormatError for a codec this version
+    does not know.
     """
-    if recorded is not None and recorded not in VALUE_MODES:
+    if recorded is not None and recorded not in CODECS:
         raise UnsupportedFormatError(
             f"{url} records values={recorded!r}, a value codec this kvstore does not know; upgrade kvstore"
         )
+    codec: ValueMode = "msgpack" if recorded == "msgpack" else "bytes"
     if requested is None:
-        return "bytes"
+        return codec
+    if requested == "raw":
+        return "raw" if codec == "msgpack" else "bytes"
     if recorded is None or recorded == requested:
         return requested
+    raw = ", or with values='raw' to read the stored bytes" if recorded == "msgpack" else ""
     raise CodecMismatchError(
         f"{url} stores {recorded} values (it was created with values={recorded!r}), so it cannot be "
-        f"opened with values={requested!r}: open it with values={recorded!r}, or without values= "
-        "to read the raw bytes",
+        f"opened with values={requested!r}: open it with values={recorded!r} or without values={raw}",
         recorded=str(recorded),
     )
 

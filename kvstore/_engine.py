@@ -26,6 +26,7 @@ from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
     CorruptionError,
+    FutureVersionError,
     KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
@@ -152,6 +153,12 @@ class Engine:
         if version > latest.version:  # committed after the copy `max_staleness` let us reuse
             await self._manifests.refresh()
             latest = await self.latest_view()
+        if version > latest.version:  # not gone: never made, so "not retained" would mislead
+            raise FutureVersionError(
+                f"version {version} does not exist yet: the latest version of {self.url} is {latest.version}; "
+                "pass a version that has been committed, or leave version= out to read the latest",
+                latest=latest.version,
+            )
         if version == latest.version:
             return latest
         manifest = latest.manifest

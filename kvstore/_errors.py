@@ -8,7 +8,9 @@ object-store boundary, so callers only ever catch these::
     │   ├── InvalidKeyError (also TypeError)
     │   ├── InvalidValueError (also TypeError)
     │   ├── TransactionTooLargeError
-    │   └── InvalidURLError
+    │   ├── InvalidURLError
+    │   ├── CodecMismatchError                  values= differs from the store's codec
+    │   └── FutureVersionError                  the asked-for version is not committed yet
     ├── ConflictError                           lost a race; retry the transaction
     │   └── TransactionTooOldError
     ├── CommitOutcomeUnknownError               may or may not have committed
@@ -67,12 +69,28 @@ class CodecMismatchError(ValidationError):
 
     Opening a store of bytes as msgpack (or the reverse) would misread every
     value, so it is refused at open. `recorded` is the store's codec: pass
-    ``values=recorded``, or leave `values` out to read the raw bytes.
+    ``values=recorded`` or leave `values` out (a store uses the codec it
+    records); ``values="raw"`` reads the stored bytes of any store.
     """
 
     def __init__(self, message: str, *, recorded: str) -> None:
         super().__init__(message)
         self.recorded = recorded
+
+
+class FutureVersionError(ValidationError):
+    """`snapshot(version=N)` asked for a version no commit has made yet.
+
+    The store was read afresh and its latest version is older than N: the
+    version number did not come from this store (or from a commit that was
+    never made). Unlike VersionNotRetainedError (a past version that is
+    gone), waiting or retrying the same read is no help. `latest` is the
+    store's latest version.
+    """
+
+    def __init__(self, message: str, *, latest: int) -> None:
+        super().__init__(message)
+        self.latest = latest
 
 
 class ConflictError(KvStoreError):
@@ -172,7 +190,7 @@ class ValueDecodeError(KvStoreError):
     The bytes are intact (they passed their checksum): they were written in
     another codec, e.g. raw bytes put into a msgpack store by an opener with
     another `values=`. The message names the store and the key; read that
-    key's raw bytes by opening without `values`, and rewrite or delete it.
+    key's stored bytes by opening with ``values="raw"``, and rewrite or delete it.
     """
 
     def __init__(self, message: str, *, store: str, key: bytes) -> None:

@@ -99,7 +99,7 @@ class Snapshot:
             raise ValidationError(f"limit must be >= 0, not {limit}")
         lo, hi = key_range(self._options.max_key_bytes, prefix, start, end)
         pairs = self._view.scan(lo, hi, reverse=reverse)
-        if self._values == "bytes" and limit is None:
+        if self._values != "msgpack" and limit is None:
             return pairs  # no per-pair work to add: hand out the view's iterator itself
         return self._decoded(pairs, limit)
 

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._bulk import encoded_batches
-from ._codec import VALUE_MODES, ValueMode, key_range, value_mode
+from ._codec import VALUE_MODES, Codec, ValueMode, key_range, value_mode
 from ._compact import CompactionResult
 from ._engine import Engine, VerifyReport, open_engine
 from ._errors import ConflictError, ValidationError
@@ -62,7 +62,7 @@ class StoreInfo:
     entries: int
     segments_per_level: dict[int, int]
     commit_log_length: int
-    values: ValueMode  # the value codec the store records (see `Store.recorded_values`)
+    values: Codec  # the value codec the store records (see `Store.recorded_values`)
     sorted_runs: int = 0
 
 
@@ -147,14 +147,15 @@ class Store:
         return self._engine.options
 
     @property
-    def recorded_values(self) -> ValueMode:
+    def recorded_values(self) -> Codec:
         """The value codec the store records, ``"bytes"`` or ``"msgpack"`` (no request).
 
-        What `values=` must be when it is given: tools that open stores with
-        no `values=` read it to decode raw values. A store made before
-        codecs were recorded says ``"bytes"`` (and accepts any `values=`).
+        The codec a store opened without `values=` uses, and the only one
+        `values=` may name besides ``"raw"``: tools that open stores with
+        ``values="raw"`` read it to decode the stored bytes. A store made
+        before codecs were recorded says ``"bytes"`` (and accepts any `values=`).
         """
-        recorded: ValueMode = self._engine.manifest.settings.get("values") or "bytes"
+        recorded: Codec = self._engine.manifest.settings.get("values") or "bytes"
         return recorded
 
     def __repr__(self) -> str:
@@ -281,7 +282,8 @@ class Store:
         `version=N` reads version N exactly: any of the last
         `StoreOptions.history_versions` versions, or a tagged one.
         `tag="name"` reads the version retained under that tag. A version no
-        longer retained raises VersionNotRetainedError, never a wrong answer.
+        longer retained raises VersionNotRetainedError, never a wrong answer;
+        one no commit has made yet raises FutureVersionError, naming the latest.
         """
         if tag is not None:
             if version is not None:
@@ -475,10 +477,13 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     S3-compatible service. `values="msgpack"` stores any msgpack-serializable
     object instead of bytes (a value that would not read back equal, such as
     a tuple, is refused at `put`). A store records the `values` it was
-    created with (bytes by default) and refuses another explicit one with
-    CodecMismatchError; leaving `values` out reads and writes raw bytes in
-    any store. A store that has never committed takes the `values` of the
-    first writable opener that names one. `wrap_object_store` wraps the
+    created with (bytes by default): leaving `values` out uses the recorded
+    codec, and another explicit one is refused with CodecMismatchError.
+    `values="raw"` reads the stored bytes of any store (to repair or copy
+    values); in a msgpack store its writes take only bytes that are already
+    one msgpack object (InvalidValueError otherwise), so it cannot make a
+    key unreadable. A store that has never committed takes the `values` of
+    the first writable opener that names a codec. `wrap_object_store` wraps the
     backend (used to inject faults in tests).
 
     Opening costs one GET of the manifest, plus, the first time a process
@@ -507,8 +512,9 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
             store_options,
             create=create,
             read_only=read_only,
-            new_settings={"values": values or "bytes"},
-            adopt_settings={} if values is None else {"values": values},
+            # "raw" chooses no codec: a store it creates records bytes, as without values=.
+            new_settings={"values": "bytes" if values in (None, "raw") else values},
+            adopt_settings={} if values in (None, "raw") else {"values": values},
             wrap_object_store=wrap_object_store,
         )
         try:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from ._codec import ValueMode
+from ._codec import Codec, ValueMode
 from ._compact import CompactionResult
 from ._engine import VerifyReport
 from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
@@ -215,7 +215,7 @@ class SyncStore(MutableMapping[bytes, Any]):
         return self._store.read_only
 
     @property
-    def recorded_values(self) -> ValueMode:
+    def recorded_values(self) -> Codec:
         """Blocking form of `Store.recorded_values`."""
         return self._store.recorded_values
 

@@ -446,10 +446,12 @@ def test_errors_are_in_command_line_words(tmp_path: Path, monkeypatch: pytest.Mo
     invoke(monkeypatch, "get", "s1", "k", "--version", "1", "--tag", "x").one_line_error(
         2, "give --version or --tag, not both"
     )
-    invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(1, "version 99 is not retained")
+    invoke(monkeypatch, "get", "s1", "k", "--version", "99").one_line_error(
+        2, "version 99 does not exist yet: the latest version of", "s1 is 1;", "leave --version out"
+    )
     invoke(monkeypatch, "put", "s1", "", "v").one_line_error(2, "key")
     invoke(monkeypatch, "init", "m1", "--values", "msgpack").ok()
-    invoke(monkeypatch, "put", "m1", "k", "{").one_line_error(2, "takes JSON")
+    invoke(monkeypatch, "put", "m1", "k", "{").one_line_error(2, "values are given as JSON text")
     blocked = tmp_path / "file"
     blocked.write_text("")
     invoke(monkeypatch, "init", f"{blocked}/store").one_line_error(1, f"cannot use {blocked}", "Not a directory")
@@ -784,23 +786,152 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
     (shell,) = _markdown_blocks(guide, "A first store, from the shell", "sh")
     python = _markdown_blocks(guide, "A first store, from Python", "python")
     env = {**_env({}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", shell],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+
+    def run_in(command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
+
+    done = run_in(["bash", "-euo", "pipefail", "-c", shell])
     assert done.returncode == 0 and '"hello"\n' in done.stdout, done
-    done = subprocess.run(
-        [sys.executable, "-c", "\n".join(python)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
+    outputs = []
+    for block in python:  # each in a fresh interpreter, as pasted into one
+        done = run_in([sys.executable, "-c", block])
+        assert done.returncode == 0, done
+        outputs.append(done.stdout)
+    assert "{'name': 'Ada'}" in outputs[0], outputs
+
+
+# ----------------------------------------------------------------- traps a new user met (issue 16)
+
+
+def test_memory_urls_are_refused_saying_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memory store lives in one process: `init` used to report a store the next command could not find."""
+    for args in (("init", "memory://foo"), ("put", "memory://foo", "a", "b"), ("scan", "MEMORY://foo")):
+        invoke(monkeypatch, *args).one_line_error(
+            2, "is a memory store, which lives only inside one process", "use a local directory"
+        )
+
+
+def test_the_exit_codes_in_troubleshooting_are_the_cli_ones() -> None:
+    """Every error row of docs/troubleshooting.md gives the exit code the command line uses for it,
+    and every public kvstore error has a row."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+Error)`[^|]*\|.*\| (\d+) \|$", doc, re.MULTILINE))
+    errors = {
+        name: cls
+        for name in kvstore.__all__
+        if isinstance(cls := getattr(kvstore, name), type) and issubclass(cls, kvstore.KvStoreError)
+    }
+    assert set(rows) == set(errors) - {"KvStoreError"}, set(rows) ^ (set(errors) - {"KvStoreError"})
+    # __new__ only: _exit_code looks at the class, and some constructors want keyword arguments.
+    codes = {name: _cli._exit_code(cls.__new__(cls)) for name, cls in errors.items()}
+    assert {name: int(code) for name, code in rows.items()} == {name: codes[name] for name in rows}
+
+
+def _bad_base64(tmp_path: Path, good_lines: int) -> Path:
+    path = tmp_path / "m.jsonl"
+    lines = [json.dumps({"key": f"k{i}", "value": b64(b"v")}) for i in range(good_lines)]
+    path.write_text("\n".join([*lines, json.dumps({"key": "bad", "value": "hello"})]) + "\n")
+    return path
+
+
+def test_a_failed_import_leaves_no_store_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store `import` would create is created only once its input is known to load."""
+    monkeypatch.chdir(tmp_path)
+    for good_lines in (0, 3):
+        invoke(monkeypatch, "import", "./new", "-f", str(_bad_base64(tmp_path, good_lines))).one_line_error(
+            1, f"line {good_lines + 1}: the value is not valid base64", "no store was created at ./new"
+        )
+        assert not (tmp_path / "new").exists()
+    stdin = _bad_base64(tmp_path, 2).read_bytes()
+    invoke(monkeypatch, "import", "./new", stdin=stdin).one_line_error(1, "line 3: the value is not valid base64")
+    long_key = json.dumps({"key": "k" * 5000, "value": b64(b"v")}) + "\n"
+    invoke(monkeypatch, "import", "./new", stdin=long_key.encode()).one_line_error(2, "line 1: a key is 1 to 4096")
+    invoke(
+        monkeypatch, "import", "./new", "--values", "msgpack", stdin=b'{"key": "a", "value": {"$base64": "!"}}\n'
+    ).one_line_error(1, "line 1: cannot encode the value as msgpack")
+    assert not (tmp_path / "new").exists()
+    # Once checked, stdin loads from its copy; an existing store is imported into in one pass.
+    good = "".join(json.dumps({"key": f"k{i}", "value": b64(b"v")}) + "\n" for i in range(3)).encode()
+    assert invoke(monkeypatch, "import", "./new", stdin=good).ok().text == "imported 3 keys at version 1\n"
+    invoke(monkeypatch, "import", "./new", stdin=stdin).one_line_error(1, "line 3")
+    assert invoke(monkeypatch, "info", "./new", "--json").json()["version"] == 1
+
+
+def test_a_failed_import_leaves_no_store_on_s3(
+    s3_bucket: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint_url, bucket = s3_bucket
+    url = f"s3://{bucket}/import-{os.getpid()}-{time.monotonic_ns()}"
+    e = ("--endpoint-url", endpoint_url)
+    invoke(monkeypatch, *e, "import", url, "-f", str(_bad_base64(tmp_path, 2))).one_line_error(1, "line 3")
+    invoke(monkeypatch, *e, "info", url).one_line_error(3, "no kvstore at")
+
+
+def test_init_refuses_a_directory_of_other_files_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "notes.txt").write_text("mine")
+    for url in ("./dir", f"file://{tmp_path}/dir"):
+        invoke(monkeypatch, "init", url).one_line_error(
+            2, f"{tmp_path}/dir is not empty (1 entry: notes.txt) and holds no kvstore", "pass --force"
+        )
+    invoke(monkeypatch, "import", "./dir", stdin=b'{"key": "a", "value": "eA=="}\n').one_line_error(
+        2, "is not empty", "`kvstore init URL --force`"
     )
-    assert done.returncode == 0 and "{'name': 'Ada'}" in done.stdout, done
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["notes.txt"]
+    assert invoke(monkeypatch, "init", "./dir", "--force").ok().text.startswith("created store")
+    assert invoke(monkeypatch, "init", "./dir").ok().text.startswith("found existing store")  # a store now
+    (tmp_path / "empty").mkdir()
+    assert invoke(monkeypatch, "init", "./empty").ok().text.startswith("created store")
+
+
+def test_json_errors_are_json_on_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --json, a failing command prints one JSON document on stdout naming the error and the
+    exit code, and its one line on stderr as always."""
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "s1").ok()
+    cases = [
+        (("--json", "get", "./s1", "missing"), 3, "KeyNotFound", "key 'missing' not found"),
+        (("get", "./s1", "missing", "--json"), 3, "KeyNotFound", "key 'missing' not found"),
+        (("--json", "get", "./nostore", "k"), 3, "StoreNotFoundError", "no kvstore at"),
+        (("--json", "get", "./s1", "k", "--version", "9"), 2, "FutureVersionError", "does not exist yet"),
+        (("--json", "get", "./s1", "k", "--values", "msgpack"), 2, "CodecMismatchError", "use --values bytes"),
+        (("--json", "get", "./s1"), 2, "UsageError", "missing KEY"),
+        (("--json", "init", "memory://x"), 2, "InvalidURLError", "memory store"),
+    ]
+    for args, rc, name, words in cases:
+        done = invoke(monkeypatch, *args)
+        assert done.rc == rc, done.describe()
+        doc = json.loads(done.out)
+        assert doc == {"error": {"name": name, "message": doc["error"]["message"], "exit_code": rc}}, doc
+        assert words in doc["error"]["message"] and words in done.err, done.describe()
+    invoke(monkeypatch, "get", "./s1", "missing").one_line_error(3, "not found")
+    assert invoke(monkeypatch, "get", "./s1", "missing").out == b""  # without --json, stdout stays empty
+
+
+def test_put_of_bare_text_in_a_msgpack_store_shows_it_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "./m", "--values", "msgpack").ok()
+    invoke(monkeypatch, "put", "./m", "greeting", "hello").one_line_error(
+        2, "values are given as JSON text", """a string is quoted, as in '"hello"'"""
+    )
+    invoke(monkeypatch, "put", "./m", "greeting", '"hello"').ok()
+    assert invoke(monkeypatch, "get", "./m", "greeting").ok().text == '"hello"\n'
+
+
+def test_commands_and_python_agree_on_a_msgpack_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python opening the store without values= writes msgpack, which get and scan show as JSON;
+    what the commands write, Python reads back as objects."""
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "./m", "--values", "msgpack").ok()
+    invoke(monkeypatch, "put", "./m", "doc", '{"a": [1, 2]}').ok()
+    with kvstore.open_sync("./m") as db:
+        assert db["doc"] == {"a": [1, 2]}
+        db["user2"] = b"hello"
+    assert invoke(monkeypatch, "get", "./m", "user2").ok().text == '{"$base64": "aGVsbG8="}\n'
+    assert invoke(monkeypatch, "scan", "./m", "--json").json() == [
+        {"key": "doc", "value": {"a": [1, 2]}},
+        {"key": "user2", "value": {"$base64": "aGVsbG8="}},
+    ]

@@ -73,8 +73,31 @@ async def test_snapshot_of_recent_versions_is_exact(target: Target) -> None:
             assert await snap.get(b"k") == expected
         with pytest.raises(kvstore.VersionNotRetainedError, match="history_versions"):
             await db.snapshot(version=1)
-        with pytest.raises(kvstore.VersionNotRetainedError):
+        with pytest.raises(kvstore.FutureVersionError):
             await db.snapshot(version=latest + 5)
+
+
+async def test_a_version_not_committed_yet_says_so_with_the_latest(target: Target) -> None:
+    """A future version is not "not retained": FutureVersionError (a ValidationError, not a
+    VersionNotRetainedError) names the latest version, read afresh, so a version another
+    opener committed meanwhile is still found."""
+    async with target.open(options=NO_AUTO) as db, target.open(options=NO_AUTO) as other:
+        await db.put(b"k", b"1")
+        newer = await other.put(b"k", b"2")  # db has not seen it yet
+        assert await (await db.snapshot(version=newer)).get(b"k") == b"2"
+        for future in (newer + 1, 10**6):
+            with pytest.raises(kvstore.FutureVersionError, match=f"version {future} does not exist yet") as raised:
+                await db.snapshot(version=future)
+            assert raised.value.latest == newer
+            assert f"the latest version of {db.url} is {newer}" in str(raised.value)
+            assert isinstance(raised.value, kvstore.ValidationError)
+            assert not isinstance(raised.value, kvstore.VersionNotRetainedError)
+    await asyncio.to_thread(_sync_future_version, target, newer)
+
+
+def _sync_future_version(target: Target, latest: int) -> None:
+    with target.open_sync() as db, pytest.raises(kvstore.FutureVersionError, match=f"latest version .* is {latest}"):
+        db.snapshot(version=10**6)
 
 
 async def test_gc_keeps_young_orphans_and_collects_old_ones(target: Target) -> None:

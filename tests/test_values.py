@@ -80,12 +80,72 @@ async def test_a_new_store_records_its_codec_and_refuses_another(target: Target)
     async with target.open(values="msgpack") as db:
         await db.put("k", {"a": 1})
         assert engine_of(db).manifest.settings == {"values": "msgpack"}
-    with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'") as raised:
+    with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'.*values='raw'") as raised:
         await target.open(values="bytes")
     assert raised.value.recorded == "msgpack"
     assert isinstance(raised.value, kvstore.ValidationError)
-    async with target.open() as db:  # without values=: the raw bytes, as tools read them
+    async with target.open(values="raw") as db:  # the stored bytes, as tools read them
         assert await db.get("k") == b"\x81\xa1a\x01"
+
+
+async def test_a_store_opened_without_values_uses_the_codec_it_records(target: Target) -> None:
+    """Without values=, a msgpack store stays msgpack: bytes are a msgpack value like any other,
+    so nothing put without values= can make a key unreadable for the other openers."""
+    async with target.open(values="msgpack") as db:
+        await db.put("user1", {"name": "Ada"})
+    async with target.open() as db:
+        assert await db.get("user1") == {"name": "Ada"}
+        await db.put("user2", b"hello")
+        await db.put("user3", {"name": "Alan"})  # was: "values are bytes in this store, not dict"
+        assert [k async for k, _ in db.scan()] == [b"user1", b"user2", b"user3"]
+    async with target.open(values="msgpack") as db:
+        assert [v async for _, v in db.scan()] == [{"name": "Ada"}, b"hello", {"name": "Alan"}]
+    await asyncio.to_thread(_sync_uses_the_recorded_codec, target)  # the blocking face too
+    async with target.open(values="raw") as db:  # raw bytes only when asked for
+        assert await db.get("user2") == b"\xc4\x05hello"
+
+
+def _sync_uses_the_recorded_codec(target: Target) -> None:
+    with target.open_sync() as db:
+        db["user4"] = [1, 2]
+        assert db["user2"] == b"hello" and db["user4"] == [1, 2]
+
+
+async def test_raw_writes_into_a_msgpack_store_must_be_msgpack(target: Target) -> None:
+    """values="raw" reads the stored bytes; it writes only bytes that decode, naming the codec."""
+    async with target.open(values="msgpack") as db:
+        await db.put("k", {"a": 1})
+        version = db.version
+    async with target.open(values="raw") as db:
+        for refused in (b"hello", b"\x01\x02"):  # not msgpack; two objects (ExtraData)
+            with pytest.raises(kvstore.InvalidValueError, match="records values='msgpack'"):
+                await db.put("bad", refused)
+            with pytest.raises(kvstore.InvalidValueError, match="records values='msgpack'"):
+                async with db.transaction() as tx:
+                    tx.put("bad", refused)
+            with pytest.raises(kvstore.InvalidValueError, match="records values='msgpack'"):
+                await db.bulk_load([(b"bad", refused)])
+        with pytest.raises(kvstore.InvalidValueError, match="records values='msgpack'.*not dict"):
+            await db.put("bad", {"a": 1})
+        await db.put("copy", await db.get("k"))  # bytes that are msgpack: stored as they are
+        assert db.recorded_values == "msgpack"
+    async with target.open() as db:
+        assert await db.get("copy") == {"a": 1} and await db.get("bad") is None
+        assert db.version == version + 1
+
+
+async def test_raw_opens_a_bytes_store_as_bytes_and_records_no_codec(target: Target) -> None:
+    async with target.open(values="raw") as db:  # a new store: raw chooses no codec
+        await db.put("k", b"\x01\x02")
+        assert db.recorded_values == "bytes"
+        with pytest.raises(
+            kvstore.InvalidValueError, match="records values='bytes', so its values are bytes, not dict"
+        ):
+            await db.put("k", {"a": 1})
+    with pytest.raises(kvstore.CodecMismatchError, match="open it with values='bytes' or without values=$"):
+        await target.open(values="msgpack")
+    async with target.open() as db:
+        assert await db.get("k") == b"\x01\x02"
 
 
 async def test_a_bytes_store_opened_as_msgpack_is_refused_at_open(target: Target) -> None:
