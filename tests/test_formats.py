@@ -42,7 +42,7 @@ def test_segment_round_trip(n: int, versions: int) -> None:
     assert decoded == entries
     if n > 1000:
         assert len(index.offsets) > 1  # large segments really have several blocks
-        # all versions of one key sit in one block
+        # a key whose versions fit in a block has them all in one block
         for b in range(1, len(index.offsets)):
             assert index.first_keys[b] > index.last_keys[b - 1]
 

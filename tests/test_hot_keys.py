@@ -201,6 +201,7 @@ async def test_every_retained_version_of_hot_keys_reads_back(target: Target, tin
                 await db.compact()  # tiered: a run merged with newer segments
             states[db.version] = dict(state)
         assert await _most_blocks_holding(db, b"hot1") >= 3  # a hot key really spans blocks
+        assert (await db.verify()).ok
         runs = [r for r in engine_of(db).manifest.segments if r.is_run]
         assert runs
         for run in runs:
