@@ -103,43 +103,54 @@ class Retention:
     is newer than `floor` (some readable version still sees it). A key's
     oldest kept entry is dropped while it is a tombstone that
     `tombstone_droppable(key, version)` allows: nothing older exists elsewhere.
+
+    Entries stream through: a key's kept entries are handed out as they come
+    (a key's history may be far larger than memory), except the tombstones that
+    end them so far, held (they are small) until a value or the key's end
+    decides them.
     """
 
     def __init__(self, floor: int, tombstone_droppable: TombstoneCheck) -> None:
         self._floor = floor
         self._droppable = tombstone_droppable
-        self._group: list[Entry] = []  # the entries of the key not yet complete
+        self._key: bytes | None = None  # the key being fed
+        self._newer = 0  # the version of its last entry kept (or held)
+        self._past_floor = False  # its remaining entries are dropped
+        self._tombstones: list[Entry] = []  # kept tombstones ending its entries so far
 
     def feed(self, batch: Iterable[Entry]) -> list[Entry]:
-        """The entries to keep of the keys `batch` completes (whole keys only)."""
+        """The entries to keep, of those `batch` decides, in order."""
         kept: list[Entry] = []
-        group = self._group
         for entry in batch:
-            if group and entry[0] != group[0][0]:
-                kept += _trim(group, self._floor, self._droppable)
-                group = []
-            group.append(entry)
-        self._group = group
+            key, version, value = entry
+            if key != self._key:
+                kept += self._end_key()
+                self._key, self._past_floor = key, False
+            elif self._past_floor or version == self._newer:
+                continue  # nothing readable sees it, or the same version in two sources: the first won
+            elif self._newer <= self._floor:
+                self._past_floor = True  # no readable version sees this or anything older
+                continue
+            self._newer = version
+            if value is None:
+                self._tombstones.append(entry)
+            else:
+                if self._tombstones:
+                    kept += self._tombstones
+                    self._tombstones = []
+                kept.append(entry)
         return kept
 
     def finish(self) -> list[Entry]:
         """The entries to keep of the last key."""
-        group, self._group = self._group, []
-        return _trim(group, self._floor, self._droppable) if group else []
+        return self._end_key()
 
-
-def _trim(group: list[Entry], floor: int, tombstone_droppable: TombstoneCheck) -> list[Entry]:
-    kept = [group[0]]
-    for entry in group[1:]:
-        newer = kept[-1][1]
-        if entry[1] == newer:
-            continue  # same version in two sources: the first (newer segment) won
-        if newer <= floor:
-            break  # no readable version sees this or anything older
-        kept.append(entry)
-    while kept and kept[-1][2] is None and tombstone_droppable(kept[-1][0], kept[-1][1]):
-        kept.pop()
-    return kept
+    def _end_key(self) -> list[Entry]:
+        """The held tombstones of the key just ended that must stay."""
+        tombstones, self._tombstones = self._tombstones, []
+        while tombstones and self._droppable(tombstones[-1][0], tombstones[-1][1]):
+            tombstones.pop()
+        return tombstones
 
 
 # Memory a decoded block takes, as a multiple of its raw bytes (Python objects per
@@ -242,8 +253,8 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
 async def _retained(
     batches: AsyncIterator[list[Entry]], sub: SubCompaction, counts: SubCompactionResult
 ) -> AsyncIterator[list[Entry]]:
-    """The entries to keep (`Retention`), in batches of whole keys, so that an output
-    segment can end after any batch."""
+    """The entries to keep (`Retention`), in batches (a key's entries may run over
+    several: an output segment ends only at a key boundary, `SegmentOutput.add_until`)."""
     retention = Retention(sub.floor, sub.tombstone_droppable)
     async for batch in batches:
         counts.entries_in += len(batch)

@@ -1,6 +1,6 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
-Layout of format 2 (docs/format.md has the byte-level description)::
+Layout of format 3 (docs/format.md has the byte-level description)::
 
     header     8 bytes   b"KVSG", u16 format, u16 flags (0)
     block*               zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
@@ -11,15 +11,23 @@ Layout of format 2 (docs/format.md has the byte-level description)::
     footer     36 bytes  u64 top index offset, u32 top index length, u64 entry count,
                          u16 format, 2 zero bytes, u64 xxh3 of the previous 24 bytes, b"KVSE"
 
+Entries are sorted by key, then by version descending. A key's versions sit
+in one block, or, when they exceed a block, fill consecutive blocks that hold
+no other key (and may span index partitions). So a reader looks a key up in
+the FIRST block (and partition) whose key range holds it, which has its
+newest versions, and goes on to the next block only for older versions.
+
+Format 2 (still read) is the same bytes, but its writer kept all versions of
+a key in one block (unbounded for a rewritten key): a format-2 reader would
+look in the last block whose range holds the key, hence the new number.
 Format 1 (still read) has no partitions: its footer points at a single index
 block of block rows, which a reader takes as the one partition of a one-row
 top index.
 
-Entries are sorted by key, then by version descending; all versions of a
-key sit in one block. A value of nil is a tombstone. A block whose versions
+A value of nil is a tombstone. A block whose versions
 are nil belongs to a *commit segment*: every entry has the version at which
 the manifest committed the segment (not known when the segment is written,
-since a rebased commit changes it).
+since a rebased commit changes it). Its keys are distinct.
 
 Blocks are numbered from 0 across the whole segment; partition p indexes the
 `block_count` blocks after those of partitions 0..p-1.
@@ -35,7 +43,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, repeat
@@ -48,7 +56,7 @@ import zstandard
 
 from ._errors import CorruptionError, UnsupportedFormatError
 
-FORMAT = 2  # format 1 (one index block, no partitions) is still read
+FORMAT = 3  # formats 1 (one index block, no partitions) and 2 (no key spans blocks) are still read
 HEADER = struct.Struct("<4sHH")
 FOOTER = struct.Struct("<QIQH2xQ4s")
 FOOTER_BODY = 24  # bytes of the footer covered by its checksum
@@ -154,9 +162,8 @@ class TopIndex:
     first_blocks: list[int]  # partition p indexes blocks first_blocks[p] to first_blocks[p + 1] - 1
 
     def partition_for(self, key: bytes) -> int | None:
-        """The partition whose key range holds `key`, or None."""
-        p = bisect_right(self.first_keys, key) - 1
-        return None if p < 0 or key > self.last_keys[p] else p
+        """The first partition whose key range holds `key` (the key's newest versions), or None."""
+        return _first_holding(self.first_keys, self.last_keys, key)
 
     def partitions_between(self, start: bytes | None, end: bytes | None) -> range:
         """Partitions that may hold keys in [start, end)."""
@@ -184,10 +191,10 @@ class IndexPartition:
     filters: list[array[int]]  # per block; empty: no filter
 
     def block_for(self, key: bytes, key_probe: Probe | None = None) -> int | None:
-        """The number of the block that may hold `key`, or None if no block can (by key
-        range, and by the block's filter when given the key's probe)."""
-        i = bisect_right(self.first_keys, key) - 1
-        if i < 0 or key > self.last_keys[i]:
+        """The number of the first block that may hold `key` (its newest versions), or None
+        if no block can (by key range, and by the block's filter when given the key's probe)."""
+        i = _first_holding(self.first_keys, self.last_keys, key)
+        if i is None:
             return None
         if key_probe is not None:
             words = self.filters[i]
@@ -202,6 +209,17 @@ class IndexPartition:
         r = _between(self.first_keys, self.last_keys, start, end)
         return range(self.first_block + r.start, self.first_block + r.stop)
 
+    def sole_key(self, block_no: int) -> bytes | None:
+        """The key of a block whose entries are all of one key, else None."""
+        i = block_no - self.first_block
+        return self.first_keys[i] if self.first_keys[i] == self.last_keys[i] else None
+
+    def next_holds(self, block_no: int, key: bytes) -> bool | None:
+        """Whether the block after `block_no` holds `key` too (older versions of a key whose
+        versions span blocks); None when that block is not in this partition."""
+        i = block_no + 1 - self.first_block
+        return self.first_keys[i] == key if i < len(self.first_keys) else None
+
     def span(self, block_no: int) -> tuple[int, int]:
         """Where a block's bytes (checksum included) start and end in the segment."""
         i = block_no - self.first_block
@@ -212,6 +230,13 @@ class IndexPartition:
         """Decoded bytes, for cache accounting (filters stay packed words)."""
         filters = sum(8 * len(words) + _ARRAY_OBJECT + _SLOT for words in self.filters)
         return _rows_size(self.first_keys, self.last_keys, ints=2) + filters
+
+
+def _first_holding(first_keys: list[bytes], last_keys: list[bytes], key: bytes) -> int | None:
+    """The first row, sorted by key range, whose range holds `key` (rows of a key whose
+    versions span blocks all hold it: the first has the newest), or None."""
+    i = bisect_left(last_keys, key)
+    return i if i < len(first_keys) and first_keys[i] <= key else None
 
 
 def _between(first_keys: list[bytes], last_keys: list[bytes], start: bytes | None, end: bytes | None) -> range:
@@ -272,17 +297,40 @@ class SegmentWriter:
         self._versions: list[int] = []
         self._values: list[bytes | None] = []
         self._raw_bytes = 0
+        # Where the last key's entries begin in the open block, and the raw bytes before them.
+        self._key_start = 0
+        self._raw_before_key = 0
+        self._spanning = False  # the last key's earlier versions are in closed blocks
+        self.last_key: bytes | None = None  # of the last entry added
         self.count = 0
         self.min_version = 0
         self.max_version = 0
 
     def add(self, key: bytes, version: int, value: bytes | None) -> None:
-        """Append an entry; keys ascending, a key's versions descending."""
-        if self._keys and key != self._keys[-1] and self._raw_bytes >= BLOCK_TARGET_BYTES:
-            self._flush()
+        """Append an entry; keys ascending, a key's versions descending.
+
+        A block closes at a key boundary once it reaches BLOCK_TARGET_BYTES. A key whose
+        versions alone exceed that fills blocks of its own: the block closes before the
+        key's first entry, then every time the key's entries reach the target, and after
+        its last entry. So a block is at most the target plus one entry, whatever a key's
+        history, and a key either lies in one block or has its blocks to itself.
+        """
+        keys = self._keys
+        if keys and key != keys[-1]:
+            if self._raw_bytes >= BLOCK_TARGET_BYTES or self._spanning:
+                self._flush()
+                self._spanning = False
+            self._key_start, self._raw_before_key = len(self._keys), self._raw_bytes
+        elif keys and self._raw_bytes >= BLOCK_TARGET_BYTES:  # a version of the key ending the block
+            if self._key_start:  # the key's first entries share the block with other keys
+                self._flush(self._key_start)
+            if self._raw_bytes >= BLOCK_TARGET_BYTES:
+                self._flush()
+                self._spanning = True
         self._keys.append(key)
         self._versions.append(version)
         self._values.append(value)
+        self.last_key = key
         self._raw_bytes += len(key) + (len(value) if value is not None else 0) + _ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
@@ -295,8 +343,9 @@ class SegmentWriter:
         """
         if not keys:
             return
-        if self._raw_bytes >= BLOCK_TARGET_BYTES:
+        if self._raw_bytes >= BLOCK_TARGET_BYTES or self._spanning:
             self._flush()
+            self._spanning = False
             yield
         self._count_versions(version, len(keys))
         # ends[i]: raw bytes of the first i entries, as `add` counts them
@@ -314,6 +363,10 @@ class SegmentWriter:
             if start < len(keys):
                 self._flush()
                 yield
+        # the last key's entry, as `add` would have left it
+        self.last_key = keys[-1]
+        self._key_start = len(self._keys) - 1
+        self._raw_before_key = self._raw_bytes - (ends[-1] - ends[-2])
 
     def _count_versions(self, version: int, entries: int) -> None:
         if not self.count:
@@ -364,16 +417,25 @@ class SegmentWriter:
         """The last key of the blocks closed so far (all of them after `finish`)."""
         return self._max_key
 
-    def _flush(self) -> None:
-        offset, length = self._append_checked([self._keys, None if self._uniform else self._versions, self._values])
-        first, last, key_filter = self._keys[0], self._keys[-1], build_filter(self._keys)
+    def _flush(self, end: int | None = None) -> None:
+        """Close a block of the open entries: all of them, or (`end`, the start of the last
+        key's entries) those of the keys before the last, which stays open."""
+        if end is None:
+            keys, versions, values = self._keys, self._versions, self._values
+            self._keys, self._versions, self._values = [], [], []
+            self._raw_bytes = 0
+        else:
+            keys, versions, values = self._keys[:end], self._versions[:end], self._values[:end]
+            del self._keys[:end], self._versions[:end], self._values[:end]
+            self._raw_bytes -= self._raw_before_key
+        self._key_start = self._raw_before_key = 0
+        offset, length = self._append_checked([keys, None if self._uniform else versions, values])
+        first, last, key_filter = keys[0], keys[-1], build_filter(keys)
         if not self._top and not self._rows:
             self._min_key = first
         self._max_key = last
         self._rows.append((first, last, offset, length, key_filter))
         self._row_bytes += len(first) + len(last) + len(key_filter) + _ROW_OVERHEAD
-        self._keys, self._versions, self._values = [], [], []
-        self._raw_bytes = 0
         if self._row_bytes >= PARTITION_TARGET_BYTES:
             self._flush_partition()
 

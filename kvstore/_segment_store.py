@@ -138,10 +138,20 @@ class SegmentStore:
             return None
         part = cache.get(("part", ref.id, p)) or await self._partition(cache, ref, top, p)
         block_no = part.block_for(key, key_probe)
-        if block_no is None:
-            return None
-        block = cache.get(("block", ref.id, block_no)) or await self._block(cache, ref, part, block_no)
-        return _newest(block, ref, key, max_version)
+        while block_no is not None:
+            block = cache.get(("block", ref.id, block_no)) or await self._block(cache, ref, part, block_no)
+            found = _newest(block, ref, key, max_version)
+            if found is not None or block.keys[-1] != key:
+                return found
+            # All its versions here are too new: older ones may fill the next block.
+            step = _next_block(top, p, part, block_no, key)
+            if step is None:
+                return None
+            if step[0] != p:
+                p = step[0]
+                part = cache.get(("part", ref.id, p)) or await self._partition(cache, ref, top, p)
+            block_no = step[1]
+        return None
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
@@ -162,12 +172,23 @@ class SegmentStore:
         if part is None:
             return NOT_CACHED
         block_no = part.block_for(key, key_probe)
-        if block_no is None:
-            return None
-        block = self._cache.get(("block", ref.id, block_no))
-        if block is None:
-            return NOT_CACHED
-        return _newest(block, ref, key, max_version)
+        while block_no is not None:
+            block = self._cache.get(("block", ref.id, block_no))
+            if block is None:
+                return NOT_CACHED
+            found = _newest(block, ref, key, max_version)
+            if found is not None or block.keys[-1] != key:
+                return found
+            step = _next_block(top, p, part, block_no, key)  # as in `get`
+            if step is None:
+                return None
+            if step[0] != p:
+                p = step[0]
+                part = self._cache.get(("part", ref.id, p))
+                if part is None:
+                    return NOT_CACHED
+            block_no = step[1]
+        return None
 
     async def key_samples(self, ref: SegmentRef) -> list[tuple[bytes, int]]:
         """Where the segment's data lies in the key space: (first key, bytes of blocks) per
@@ -215,13 +236,32 @@ class SegmentStore:
     async def _walk(
         self, cache: _Cache, ref: SegmentRef, top: TopIndex, start: bytes | None, end: bytes | None, reverse: bool
     ) -> AsyncGenerator[tuple[IndexPartition, int], None]:
-        """(partition, block number) of the blocks in scan order; partitions load as reached."""
+        """(partition, block number) of the blocks in scan order; partitions load as reached.
+
+        In reverse, the blocks of a key whose versions span blocks (consecutive blocks of
+        that key only) come in forward order, so that its versions stay newest first: a
+        run of such blocks is gathered (their numbers) and then handed out."""
         partitions = top.partitions_between(start, end)
+        run: list[tuple[IndexPartition, int]] = []  # reverse: one key's blocks, last first
         for p in partitions[::-1] if reverse else partitions:
             part = cache.get(("part", ref.id, p)) or await self._partition(cache, ref, top, p)
             block_numbers = part.blocks_between(start, end)
-            for block_no in block_numbers[::-1] if reverse else block_numbers:
-                yield part, block_no
+            if not reverse:
+                for block_no in block_numbers:
+                    yield part, block_no
+                continue
+            for block_no in block_numbers[::-1]:
+                key = part.sole_key(block_no)
+                if run and key != run[0][0].sole_key(run[0][1]):
+                    for step in run[::-1]:
+                        yield step
+                    run = []
+                if key is None:
+                    yield part, block_no
+                else:
+                    run.append((part, block_no))
+        for step in run[::-1]:
+            yield step
 
     def _start_block(
         self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int
@@ -380,6 +420,15 @@ def _retrieve(future: asyncio.Future[Block]) -> None:
         future.exception()
 
 
+def _next_block(top: TopIndex, p: int, part: IndexPartition, block_no: int, key: bytes) -> tuple[int, int] | None:
+    """(partition, block number) of the block after `block_no` (in partition `p`) if it
+    holds `key` too, the older versions of a key whose versions span blocks; else None."""
+    holds = part.next_holds(block_no, key)
+    if holds is None:  # the next block opens the next partition
+        return (p + 1, block_no + 1) if p + 1 < len(top.offsets) and top.first_keys[p + 1] == key else None
+    return (p, block_no + 1) if holds else None
+
+
 def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
     i = block.find(key)
     if i is None:
@@ -486,13 +535,18 @@ class SegmentOutput:
 
     def add_until(self, entries: Sequence[Entry], start: int, limit: int) -> int:
         """Add `entries[start:]` (in segment order) until the segment reaches about `limit`
-        bytes, ending at a key boundary; returns the index of the first entry not added."""
+        bytes, ending at a key boundary; returns the index of the first entry not added.
+
+        The segment never ends inside a key's versions, even those of earlier calls: the
+        segments of a sorted run have disjoint key ranges, so that a point read looks in
+        one. A key with a long history of large values makes its segment that much larger
+        than `limit` (streamed all the same, a block at a time)."""
         writer = self.writer
         add = writer.add
         # Bytes produced before this call; a block closed during it is then counted
         # neither here nor in the open block, so the segment may exceed `limit` by a block.
         produced = self._upload.size + writer.pending_bytes
-        last = None
+        last = writer.last_key
         for i in range(start, len(entries)):
             key, version, value = entries[i]
             if key != last and writer.count and produced + writer.open_block_bytes >= limit:

@@ -1,4 +1,4 @@
-"""Reading segment bytes in memory for tests: the whole index at once, and format 1."""
+"""Reading segment bytes in memory for tests: the whole index at once, and formats 1 and 2."""
 
 from __future__ import annotations
 
@@ -63,5 +63,26 @@ def as_format_1(data: bytes, *, filters: bool = True) -> bytes:
             index,
             CHECKSUM.pack(xxhash.xxh3_64_intdigest(index)),
             FOOTER.pack(offset, length, footer.entry_count, 1, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC),
+        ]
+    )
+
+
+def as_format_2(data: bytes) -> bytes:
+    """A segment with no key over several blocks as format 2 wrote it: the same bytes but
+    the format number in the header and the footer (and the footer's checksum)."""
+    footer = parse_footer(data, "s")
+    body = FOOTER.pack(footer.index_offset, footer.index_length, footer.entry_count, 2, 0, FOOTER_MAGIC)[:FOOTER_BODY]
+    return b"".join(
+        [
+            HEADER.pack(HEADER_MAGIC, 2, 0),
+            data[HEADER.size : -FOOTER.size],
+            FOOTER.pack(
+                footer.index_offset,
+                footer.index_length,
+                footer.entry_count,
+                2,
+                xxhash.xxh3_64_intdigest(body),
+                FOOTER_MAGIC,
+            ),
         ]
     )
