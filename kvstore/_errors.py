@@ -8,7 +8,9 @@ object-store boundary, so callers only ever catch these::
     │   ├── InvalidKeyError (also TypeError)
     │   ├── InvalidValueError (also TypeError)
     │   ├── TransactionTooLargeError
-    │   └── InvalidURLError
+    │   ├── InvalidURLError
+    │   ├── CodecMismatchError
+    │   └── GracePeriodTooShortError            GC below the writers' grace period
     ├── ConflictError                           lost a race; retry the transaction
     │   └── TransactionTooOldError
     ├── CommitOutcomeUnknownError               may or may not have committed
@@ -73,6 +75,21 @@ class CodecMismatchError(ValidationError):
     def __init__(self, message: str, *, recorded: str) -> None:
         super().__init__(message)
         self.recorded = recorded
+
+
+class GracePeriodTooShortError(ValidationError):
+    """A garbage collection was asked for a grace period shorter than the store's.
+
+    The store records the `segment_grace_period` of its writers (the longest any
+    writer opened it with); a writer may commit a segment up to half of it old (I8),
+    so a shorter grace period could let GC delete the segment of a commit in flight.
+    `minimum` is the recorded period: give at least that, or no grace period at all.
+    """
+
+    def __init__(self, message: str, *, requested: float, minimum: float) -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.minimum = minimum
 
 
 class ConflictError(KvStoreError):
