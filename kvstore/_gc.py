@@ -325,9 +325,9 @@ def gc_grace_period(manifest: Manifest, requested: float | None, own: float) -> 
     if requested < minimum:
         raise GracePeriodTooShortError(
             f"grace_period={requested:g} s is shorter than the store's segment_grace_period "
-            f"({minimum:g} s, recorded by its writers): a writer may still be committing a segment "
-            f"that young (I8), so GC could delete the data of an acknowledged commit. Use at least "
-            f"{minimum:g} s, or leave the grace period out",
+            f"({minimum:g} s, recorded by its writers): a writer may commit a segment up to "
+            f"{minimum / 2:g} s after writing it (I8), so GC could delete the data of a commit in "
+            f"flight. Use at least {minimum:g} s, or leave the grace period out",
             requested=requested,
             minimum=minimum,
         )
