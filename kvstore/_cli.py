@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -1142,59 +1141,51 @@ async def compact(s: Session, *, full: bool) -> None:
     )
 
 
-_LOG_REASON = re.compile(r"named by the commit log \(version (\d+)\)")  # a reason in GcReport.kept
-
-
 @store_command(cli, mode="write")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
     "--grace-period",
     type=click.FloatRange(min=0),
     metavar="SECONDS",
-    help="Keep objects younger than this (default: the store's segment_grace_period, 1 hour).",
+    help="Keep objects younger than this (default and minimum: the store's recorded segment_grace_period, "
+    "1 hour unless a writer opened it with a longer one).",
 )
 async def gc(s: Session, *, dry_run: bool, grace_period: float | None) -> None:
     """Delete objects that nothing references any more."""
     async with s.open("read" if dry_run else "write") as db:
-        grace = db.options.segment_grace_period if grace_period is None else grace_period
-        report = await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace))
+        report = await _with_pulse("collecting", db.gc(dry_run=dry_run, grace_period=grace_period))
         log_length = db.options.commit_log_length
-    s.out.result(dataclasses.asdict(report), *_gc_lines(report, grace, log_length))
+    s.out.result(dataclasses.asdict(report), *_gc_lines(report, log_length))
 
 
-def _gc_lines(report: kvstore.GcReport, grace: float, log_length: int) -> Iterator[str]:
+def _gc_lines(report: kvstore.GcReport, log_length: int) -> Iterator[str]:
     """What gc did and, for what it kept, why and until when."""
     verb = "would delete" if report.dry_run else "deleted"
     for name in report.deleted:
         yield f"{verb} {name}"
-    yield f"{verb} {len(report.deleted)} objects ({_size(report.bytes_deleted)}); kept {len(report.kept)}"
-    reasons: dict[str, int] = {}
-    log_versions: list[int] = []
-    for why in report.kept.values():
-        named = _LOG_REASON.fullmatch(why)
-        if named:  # one line for all of them, not one per commit
-            log_versions.append(int(named.group(1)))
+    if report.objects_deleted > len(report.deleted):
+        yield f"... and {report.objects_deleted - len(report.deleted)} more"
+    yield (f"{verb} {report.objects_deleted} objects ({_size(report.bytes_deleted)}); kept {sum(report.kept.values())}")
+    for why, n in sorted(report.kept.items(), key=lambda item: -item[1]):
+        if why == kvstore.GcReport.NAMED_BY_LOG and report.commit_log_versions is not None:
+            oldest, newest = report.commit_log_versions
+            yield (
+                f"  kept {n}: {why} (versions {oldest}..{newest}); each becomes unreferenced when {log_length} "
+                "later commits have pushed it out of the log, and collectable a grace period after that"
+            )
         else:
-            reasons[why] = reasons.get(why, 0) + 1
-    for why, n in sorted(reasons.items(), key=lambda item: -item[1]):
-        yield f"  kept {n}: {why}"
-    if log_versions:
-        yield (
-            f"  kept {len(log_versions)}: named by the commit log (versions {min(log_versions)}.."
-            f"{max(log_versions)}); each becomes unreferenced when {log_length} later commits have "
-            "pushed it out of the log, and collectable a grace period after that"
-        )
-    if report.collectable_after:
-        when = _time_minute(max(report.collectable_after.values()))
-        first = _time_minute(min(report.collectable_after.values()))
-        n = len(report.collectable_after)
+            yield f"  kept {n}: {why}"
+    if report.first_collectable is not None and report.last_collectable is not None:
+        when = _time_minute(report.last_collectable)
+        first = _time_minute(report.first_collectable)
+        n = report.objects_waiting
         yield (
             f"{n} unreferenced object{'s' if n != 1 else ''} kept for the grace period "
-            f"({_duration(grace)}): collectable after {when}"
+            f"({_duration(report.grace_period)}): collectable after {when}"
             + (f" (the first after {first})" if first != when else "")
             + ("; a dry run saves no marks, so the period starts at the next real gc" if report.dry_run else "")
         )
-    elif not report.deleted:
+    elif not report.objects_deleted:
         yield (
             "nothing is unreferenced yet: every object belongs to the latest version, the commit log or a "
             "tag (small commits live inside the manifest and never need collecting)"
@@ -1536,6 +1527,8 @@ _CLI_WORDS: list[tuple[str, str]] = [
     ("open it again with kvstore.open()", "run the command again"),
     ("retry it (Store.transact does)", "run the command again"),
     ("use dry_run=True", "use --dry-run"),
+    ("grace_period=", "--grace-period "),
+    ("or leave the grace period out", "or leave --grace-period out"),
     (" (StoreOptions.max_key_bytes)", ""),
     (" (StoreOptions.max_value_bytes)", ""),
 ]

@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._gc import GarbageCollector, GcReport
 from ._layout import Layout
-from ._manifest import CommitRecord, Manifest
+from ._manifest import GRACE_SETTING, CommitRecord, Manifest, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions
@@ -90,7 +90,9 @@ class Engine:
         self._committer = Committer(manifests, self._segments, options, self._after_commit)
         self._compactor = Compactor(manifests, self._sources, options)
         self._tags = TagStore(objects, layout)
-        self._gc = GarbageCollector(objects, manifests, self._tags, self._sources, layout)
+        # The wall clock GC compares objects' ages with (tests move it on instead of waiting).
+        self.wall_clock: Callable[[], float] = time.time
+        self._gc = GarbageCollector(objects, manifests, self._tags, self._sources, layout, lambda: self.wall_clock())
         self._last_gc = time.monotonic()
         self._background: asyncio.Task[None] | None = None
         self._latest: SnapshotView | None = None
@@ -258,11 +260,14 @@ class Engine:
         self.check_writable("deleting a tag is a write")
         await self._tags.delete(name)
 
-    async def gc(self, *, grace_period: float, dry_run: bool) -> GcReport:
+    async def gc(self, *, grace_period: float | None, dry_run: bool) -> GcReport:
+        """A GC pass; `grace_period` None: the store's (see `gc_grace_period`)."""
         if not dry_run:
             self.check_writable("garbage collection deletes; use dry_run=True to only look")
         self.check_open()
-        return await self._gc.collect(grace_period=grace_period, dry_run=dry_run)
+        return await self._gc.collect(
+            grace_period=grace_period, own_grace_period=self.options.segment_grace_period, dry_run=dry_run
+        )
 
     async def compact(self, *, full: bool) -> list[CompactionResult]:
         """Merge segments until no level is due (or everything into one, with `full`)."""
@@ -359,7 +364,9 @@ class Engine:
             interval = self.options.auto_gc_interval
             if interval is not None and time.monotonic() - self._last_gc >= interval:
                 self._last_gc = time.monotonic()
-                await self._gc.collect(grace_period=self.options.segment_grace_period, dry_run=False)
+                await self._gc.collect(
+                    grace_period=None, own_grace_period=self.options.segment_grace_period, dry_run=False
+                )
         except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
             _log.warning(
                 "background compaction or GC of %s failed (retried after a later commit): %s: %s",
@@ -398,7 +405,10 @@ async def open_engine(
 
     A new store records `new_settings`. A store that has never committed
     (version 0) takes `adopt_settings` where they differ from what it
-    records (one manifest CAS), since no data yet depends on them.
+    records (one manifest CAS), since no data yet depends on them. A writer
+    whose `segment_grace_period` is longer than the store records (or that
+    finds none recorded) records its own (one manifest CAS): GC never
+    applies less than the record.
 
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
@@ -422,11 +432,16 @@ async def open_engine(
         if not read_only:
             await check_conditional_writes(objects, layout)
         if not exists:
-            await manifests.create(dict(new_settings))
+            await manifests.create({**new_settings, GRACE_SETTING: options.segment_grace_period})
         manifest = manifests.current[0]
         differ = {k: v for k, v in adopt_settings.items() if manifest.settings.get(k) != v}
         if differ and manifest.version == 0 and not read_only:
-            await manifests.settle_empty(differ, options.commit_log_length)
+            manifest = await manifests.settle_empty(differ, options.commit_log_length)
+        recorded = recorded_grace_period(manifest)
+        if not read_only and (recorded is None or recorded < options.segment_grace_period):
+            # This writer's I8 holds its segments to half of its own grace period: GC (in
+            # any process) must not apply less, and never applies less than the record.
+            await manifests.raise_grace_period(options.segment_grace_period, options.commit_log_length)
         engine = Engine(location.url, objects, layout, manifests, options, read_only)
         await engine.load_runs()
         return engine

@@ -10,7 +10,8 @@ object-store boundary, so callers only ever catch these::
     │   ├── TransactionTooLargeError
     │   ├── InvalidURLError
     │   ├── CodecMismatchError                  values= differs from the store's codec
-    │   └── FutureVersionError                  the asked-for version is not committed yet
+    │   ├── FutureVersionError                  the asked-for version is not committed yet
+    │   └── GracePeriodTooShortError            GC below the writers' grace period
     ├── ConflictError                           lost a race; retry the transaction
     │   └── TransactionTooOldError
     ├── CommitOutcomeUnknownError               may or may not have committed
@@ -91,6 +92,21 @@ class FutureVersionError(ValidationError):
     def __init__(self, message: str, *, latest: int) -> None:
         super().__init__(message)
         self.latest = latest
+
+
+class GracePeriodTooShortError(ValidationError):
+    """A garbage collection was asked for a grace period shorter than the store's.
+
+    The store records the `segment_grace_period` of its writers (the longest any
+    writer opened it with); a writer may commit a segment up to half of it old (I8),
+    so a shorter grace period could let GC delete the segment of a commit in flight.
+    `minimum` is the recorded period: give at least that, or no grace period at all.
+    """
+
+    def __init__(self, message: str, *, requested: float, minimum: float) -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.minimum = minimum
 
 
 class ConflictError(KvStoreError):

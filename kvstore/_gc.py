@@ -20,21 +20,31 @@ The references are computed first (they are bounded by the live segments);
 the listing is then judged object by object as it arrives and the doomed
 deleted 1000 at a time, so a run holds no list of the store's objects. A
 segment committed during the run is young, hence kept; and each batch is
-checked against the latest manifest before it goes (`_sweep`).
+checked against the latest manifest before it goes (`_sweep`). The report
+counts what it keeps, by reason, and names only a bounded number of the
+objects deleted and waiting.
+
+The grace period is the store's, not the caller's: the manifest records the
+longest `segment_grace_period` its writers opened it with, and a run never
+applies less (`gc_grace_period`), since a writer commits segments up to half
+of it old (I8) and a shorter period would delete the segment of a commit in
+flight.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import msgpack
 
 from ._cas import read_modify_cas
 from ._envelope import seal, unseal
+from ._errors import GracePeriodTooShortError
 from ._layout import Layout
-from ._manifest import Manifest, SegmentRef
+from ._manifest import Manifest, SegmentRef, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import MAX_DELETE_BATCH, ObjectInfo, ObjectNotFound, RetryingObjectStore
 from ._sources import Sources
@@ -44,24 +54,69 @@ _FORMAT = 1
 _MAGIC = b"KVGC"
 
 
+# A report lists at most this many names of each kind (deleted, waiting); it counts them all.
+REPORT_NAMES_MAX = 10_000
+
+
 @dataclass
 class GcReport:
-    """What a garbage collection deleted (or would delete, in a dry run) and kept, and why."""
+    """What a garbage collection deleted (or would delete, in a dry run) and kept, and why.
+
+    A run holds counts, not the store's object names: it lists only the objects it
+    deleted and those waiting out the grace period, the first `REPORT_NAMES_MAX` of
+    each (`objects_deleted` and `objects_waiting` count them all).
+
+    Attributes:
+        dry_run: nothing was deleted and no marks were saved.
+        grace_period: the grace period the run applied: at least the store's recorded
+            `segment_grace_period`.
+        deleted: names of the objects deleted (would be, in a dry run), the first
+            REPORT_NAMES_MAX.
+        objects_deleted: how many were deleted.
+        bytes_deleted: their bytes.
+        kept: why objects were kept -> how many were kept for that reason (one
+            reason, `NAMED_BY_LOG`, for every object a commit-log record names).
+        commit_log_versions: the oldest and newest commit-log versions that kept an
+            object, or None.
+        collectable_after: unreferenced objects kept only for the grace period -> when
+            a run may delete them (in a dry run, assuming a real run marks them now),
+            the first REPORT_NAMES_MAX.
+        objects_waiting: how many objects wait out the grace period.
+        first_collectable: the earliest of their times (None if none waits).
+        last_collectable: the latest of their times (None if none waits).
+    """
+
+    # The reason of every object a commit-log record names (`kept` counts them together).
+    NAMED_BY_LOG: ClassVar[str] = "named by the commit log"
 
     dry_run: bool
+    grace_period: float = 0.0
     deleted: list[str] = field(default_factory=list)
+    objects_deleted: int = 0
     bytes_deleted: int = 0
-    kept: dict[str, str] = field(default_factory=dict)  # object name -> reason
-    # Unreferenced objects kept only for the grace period -> when a run may delete them
-    # (in a dry run, assuming a real run marks them now).
+    kept: dict[str, int] = field(default_factory=dict)
+    commit_log_versions: tuple[int, int] | None = None
     collectable_after: dict[str, float] = field(default_factory=dict)
+    objects_waiting: int = 0
+    first_collectable: float | None = None
+    last_collectable: float | None = None
+
+
+# Why an object is kept, and the commit-log version that names it (if one does).
+_Reason = tuple[str, "int | None"]
 
 
 class GarbageCollector:
     """Collects one store's unreferenced segments and manifest copies."""
 
     def __init__(
-        self, objects: RetryingObjectStore, manifests: ManifestStore, tags: TagStore, sources: Sources, layout: Layout
+        self,
+        objects: RetryingObjectStore,
+        manifests: ManifestStore,
+        tags: TagStore,
+        sources: Sources,
+        layout: Layout,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._objects = objects
         self._sources = sources
@@ -69,24 +124,33 @@ class GarbageCollector:
         self._tags = tags
         self._layout = layout
         self._marks_name = layout.gc_marks
+        # Wall-clock time, compared with objects' last-modified times (tests move it on).
+        self._clock = clock
 
-    async def collect(self, *, grace_period: float, dry_run: bool) -> GcReport:
+    async def collect(self, *, grace_period: float | None, own_grace_period: float, dry_run: bool) -> GcReport:
         """One pass, streaming: objects are judged as the listing arrives and deleted
         in batches. Costs a LIST and a GET per tag, a GET per tagged manifest, a LIST
         of segments and of manifest copies (a request per 1000 objects), a
         conditional GET of the manifest and (unless a dry run) a DeleteObjects per
-        1000 deleted objects, and a GET and (unless a dry run) a PUT of the marks."""
-        now = time.time()  # before the manifest is read: see `_sweep`
+        1000 deleted objects, and a GET and (unless a dry run) a PUT of the marks.
+
+        `grace_period` None means the longer of the store's recorded grace period and
+        `own_grace_period`; a shorter one than recorded raises GracePeriodTooShortError.
+        """
         tags = await self._tags.list()
         manifest = await self._manifests.refresh()
+        grace = gc_grace_period(manifest, grace_period, own_grace_period)
+        # After the manifest read: an object it does not name was unreferenced by then,
+        # so a mark stamped now never predates its last reference (I6).
+        now = self._clock()
         reasons = await self._referenced(manifest, tags)
         marks, marks_etag = await self._read_marks()
-        report = GcReport(dry_run)
+        report = GcReport(dry_run, grace)
         new_marks: dict[str, float] = {}
         doomed: list[ObjectInfo] = []
         for prefix in (self._layout.segments_prefix, self._layout.snapshots_prefix):
             async for info in self._objects.list(prefix):
-                if self._keep(info, reasons, marks, now, grace_period, report, new_marks):
+                if self._keep(info, reasons, marks, now, grace, report, new_marks):
                     continue
                 doomed.append(info)
                 if len(doomed) == MAX_DELETE_BATCH:
@@ -98,41 +162,41 @@ class GarbageCollector:
             await self._write_marks(new_marks, marks_etag)
         return report
 
-    async def _referenced(self, manifest: Manifest, tags: Sequence[Tag]) -> dict[str, str]:
+    async def _referenced(self, manifest: Manifest, tags: Sequence[Tag]) -> dict[str, _Reason]:
         """Every object the manifest, its commit log or a tag names -> why it is kept."""
-        reasons: dict[str, str] = {}
+        reasons: dict[str, _Reason] = {}
         for record in manifest.log:
             if record.segment_id is not None:  # a commit's segment, or a compaction's segment or run
-                why = f"named by the commit log (version {record.version})"
+                why = (GcReport.NAMED_BY_LOG, record.version)
                 reasons[self._layout.segment(record.segment_id)] = reasons[self._layout.run(record.segment_id)] = why
         for tag in tags:
-            reasons[self._layout.snapshot(tag.version)] = f"manifest copy of tag {tag.name!r}"
+            reasons[self._layout.snapshot(tag.version)] = (f"manifest copy of tag {tag.name!r}", None)
             for ref in (await self._tags.manifest(tag)).segments:
                 await self._keep_source(ref, f"kept by tag {tag.name!r}", reasons)
         for ref in manifest.segments:
             await self._keep_source(ref, "live", reasons)
         return reasons
 
-    async def _keep_source(self, ref: SegmentRef, why: str, reasons: dict[str, str]) -> None:
+    async def _keep_source(self, ref: SegmentRef, why: str, reasons: dict[str, _Reason]) -> None:
         """Keep the objects `ref` reads: its segment, or its run object and the run's segments."""
         if not ref.is_run:
-            reasons[self._layout.segment(ref.id)] = why
+            reasons[self._layout.segment(ref.id)] = (why, None)
             return
-        reasons[self._layout.run(ref.id)] = why
+        reasons[self._layout.run(ref.id)] = (why, None)
         for part in (await self._sources.run(ref)).parts:
-            reasons[self._layout.segment(part.id)] = f"{why} (in run {ref.id})"
+            reasons[self._layout.segment(part.id)] = (f"{why} (in a sorted run)", None)
 
     def _keep(
         self,
         info: ObjectInfo,
-        reasons: dict[str, str],
+        reasons: dict[str, _Reason],
         marks: dict[str, float],
         now: float,
         grace_period: float,
         report: GcReport,
         new_marks: dict[str, float],
     ) -> bool:
-        """Whether `info` stays; if so, record why (and its mark) in `report` and `new_marks`."""
+        """Whether `info` stays; if so, count why in `report` (and record its mark in `new_marks`)."""
         # Only an object older than the grace period is marked. A younger one may be a
         # segment not committed yet: committed and compacted away again before the next
         # run, a mark taken before its commit would let it go less than a grace period
@@ -140,28 +204,30 @@ class GarbageCollector:
         # again, since writers commit no segment that old (I8).
         young = now - info.last_modified < grace_period
         marked_at = now if young else marks.get(info.name, now)
-        reason = reasons.get(info.name) or self._too_young(info, marked_at, now, grace_period)
+        referenced = reasons.get(info.name)
+        waiting = None if referenced else self._too_young(info, marked_at, now, grace_period)
+        reason = referenced or (None if waiting is None else (waiting, None))
         if reason is None:
             return False
-        report.kept[info.name] = reason
-        if info.name not in reasons:
+        _count_kept(report, reason)
+        if referenced is None:
             if not young:
                 new_marks[info.name] = marked_at
             first_marked = info.last_modified + grace_period if young else marked_at
-            report.collectable_after[info.name] = first_marked + grace_period
+            _count_waiting(report, info.name, first_marked + grace_period)
         return True
 
     async def _sweep(
-        self, doomed: list[ObjectInfo], seen: Manifest, reasons: dict[str, str], report: GcReport
+        self, doomed: list[ObjectInfo], seen: Manifest, reasons: dict[str, _Reason], report: GcReport
     ) -> Manifest:
         """Delete `doomed` (unless a dry run) but what a manifest newer than `seen` names.
 
         The references were computed before these objects were listed, so a segment
-        committed since is not in them. It was young when the run began (`now` is
-        taken before the manifest is read, and writers commit no segment older than
-        the grace period, I8), so `_keep` kept it anyway; still, as when GC listed
-        before reading the manifest, nothing goes that the latest manifest names:
-        a conditional GET per batch, and new references only if it moved.
+        committed since is not in them. It was young when the run read the manifest
+        (writers commit no segment older than half the grace period, I8, and `now` is
+        taken right after that read), so `_keep` kept it anyway; still, as when GC
+        listed before reading the manifest, nothing goes that the latest manifest
+        names: a conditional GET per batch, and new references only if it moved.
         Returns the manifest read.
         """
         manifest = await self._manifests.refresh()
@@ -174,11 +240,10 @@ class GarbageCollector:
         for info in doomed:
             reason = reasons.get(info.name)
             if reason is not None:
-                report.kept[info.name] = reason
+                _count_kept(report, reason)
                 continue
             names.append(info.name)
-            report.deleted.append(info.name)
-            report.bytes_deleted += info.size
+            _count_deleted(report, info)
         if names and not report.dry_run:
             await self._objects.delete_many(names)
         return manifest
@@ -220,3 +285,50 @@ class GarbageCollector:
                 await self._objects.put_if_match(self._marks_name, data, current)
 
         await read_modify_cas("garbage collection's marks", load, write)
+
+
+def _count_kept(report: GcReport, reason: _Reason) -> None:
+    why, log_version = reason
+    report.kept[why] = report.kept.get(why, 0) + 1
+    if log_version is not None:
+        lo, hi = report.commit_log_versions or (log_version, log_version)
+        report.commit_log_versions = (min(lo, log_version), max(hi, log_version))
+
+
+def _count_waiting(report: GcReport, name: str, when: float) -> None:
+    report.objects_waiting += 1
+    if len(report.collectable_after) < REPORT_NAMES_MAX:
+        report.collectable_after[name] = when
+    first, last = report.first_collectable, report.last_collectable
+    report.first_collectable = when if first is None else min(first, when)
+    report.last_collectable = when if last is None else max(last, when)
+
+
+def _count_deleted(report: GcReport, info: ObjectInfo) -> None:
+    report.objects_deleted += 1
+    report.bytes_deleted += info.size
+    if len(report.deleted) < REPORT_NAMES_MAX:
+        report.deleted.append(info.name)
+
+
+def gc_grace_period(manifest: Manifest, requested: float | None, own: float) -> float:
+    """The grace period a GC run applies: `requested`, or by default the longer of the
+    store's recorded one and `own`; never shorter than the recorded one (I7, I8).
+
+    A store that records none (made before it was recorded, and not opened for writing
+    since) is held to `own`.
+    """
+    recorded = recorded_grace_period(manifest)
+    minimum = own if recorded is None else recorded
+    if requested is None:
+        return max(minimum, own)
+    if requested < minimum:
+        raise GracePeriodTooShortError(
+            f"grace_period={requested:g} s is shorter than the store's segment_grace_period "
+            f"({minimum:g} s, recorded by its writers): a writer may commit a segment up to "
+            f"{minimum / 2:g} s after writing it (I8), so GC could delete the data of a commit in "
+            f"flight. Use at least {minimum:g} s, or leave the grace period out",
+            requested=requested,
+            minimum=minimum,
+        )
+    return requested

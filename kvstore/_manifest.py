@@ -37,6 +37,17 @@ LOG_KEYS_MAX_BYTES = 4096
 LOG_KEYS_BUDGET_BYTES = 256 * 1024
 
 
+# The settings key recording the longest `segment_grace_period` any writer opened the
+# store with: GC never applies a shorter one (I7, I8). Absent in stores made before it.
+GRACE_SETTING = "segment_grace_period"
+
+
+def recorded_grace_period(m: Manifest) -> float | None:
+    """The writers' grace period `m` records, or None if it records none."""
+    value = m.settings.get(GRACE_SETTING)
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class SegmentRef:
     """The manifest's record of one live source: a segment, or a sorted run of them.

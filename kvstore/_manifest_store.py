@@ -10,8 +10,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
+from ._cas import read_modify_cas
 from ._layout import Layout
-from ._manifest import CommitRecord, Manifest, decode_manifest, encode_manifest
+from ._manifest import (
+    GRACE_SETTING,
+    CommitRecord,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+    recorded_grace_period,
+)
 from ._objectstore import PreconditionFailed, RetryingObjectStore
 
 T = TypeVar("T")
@@ -63,24 +71,37 @@ class ManifestStore:
             manifest, etag = self.current
             if manifest.version != 0:
                 return manifest
-            record = CommitRecord(
-                version=1,
-                time=time.time(),
-                txn_ids=(os.urandom(16),),
-                segment_id=None,
-                key_count=0,
-                min_key=b"",
-                max_key=b"",
-                keys=(),
-                meta={"settings": settings},
-                txn_count=0,
-            )
-            new = replace(manifest.with_commit(record, log_length), settings={**manifest.settings, **settings})
+            new = _with_settings(manifest, settings, log_length)
             try:
                 await self.compare_and_swap(new, etag)
             except PreconditionFailed:
                 return await self.refresh()  # another process committed (or ours landed): read which
             return new
+
+    async def raise_grace_period(self, seconds: float, log_length: int) -> Manifest:
+        """Make the store record a writers' grace period of at least `seconds` (one settings
+        commit, unless it already does); returns the latest manifest.
+
+        The record only ever rises, so GC (which never applies less than it) keeps the
+        segments of this writer's commits in flight for as long as its I8 allows them.
+        A CAS whose answer was lost is recognised by the record it left (idempotent).
+        """
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            if fresh:
+                await self.refresh()
+            return self.current
+
+        async def write(state: tuple[Manifest, str]) -> Manifest:
+            manifest, etag = state
+            recorded = recorded_grace_period(manifest)
+            if recorded is not None and recorded >= seconds:
+                return manifest
+            await self.compare_and_swap(_with_settings(manifest, {GRACE_SETTING: seconds}, log_length), etag)
+            return self.current[0]
+
+        async with self.writing:
+            return await read_modify_cas("recording the store's grace period", load, write)
 
     async def refresh(self) -> Manifest:
         """The latest manifest: one conditional GET (304 and no body if unchanged).
@@ -152,3 +173,20 @@ class _Coalescer(Generic[T]):
             if self._queued is None:
                 self._running = None
             # else: the queued fetch takes over `_running` when it wakes.
+
+
+def _with_settings(manifest: Manifest, settings: dict[str, Any], log_length: int) -> Manifest:
+    """`manifest` with `settings` recorded, as the next version: a commit that writes no key."""
+    record = CommitRecord(
+        version=manifest.version + 1,
+        time=time.time(),
+        txn_ids=(os.urandom(16),),
+        segment_id=None,
+        key_count=0,
+        min_key=b"",
+        max_key=b"",
+        keys=(),
+        meta={"settings": settings},
+        txn_count=0,
+    )
+    return replace(manifest.with_commit(record, log_length), settings={**manifest.settings, **settings})

@@ -339,7 +339,8 @@ class SegmentStore:
         Keeps under ("raw", id) the fetched bytes that hold partitions or blocks: the
         whole object of a small segment, or the partitions in a large one's tail."""
         name = self.object_name(ref.id)
-        if ref.size <= WHOLE_READ_MAX_BYTES:
+        # An inline segment has no object: whatever its size, its bytes are in the manifest.
+        if ref.inline is not None or ref.size <= WHOLE_READ_MAX_BYTES:
             tail = ref.inline if ref.inline is not None else await self._fetch(name)
             tail_start = 0
             check_header(tail, name)

@@ -72,7 +72,7 @@ class CommitInfo:
 
     version: int
     time: float  # seconds since the epoch
-    kind: str  # "commit", "compaction", "gc" or "settings" (values= recorded in an empty store)
+    kind: str  # "commit", "compaction", "gc" or "settings" (values= or the writers' grace period recorded)
     transactions: int
     key_count: int
     meta: list[dict[str, Any] | None] | None  # per transaction, as given to `transaction(meta=...)`
@@ -351,12 +351,15 @@ class Store:
     async def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
         """Delete objects nothing references any more (I7); report what was kept and why.
 
-        Only objects older than `grace_period` (default
-        `StoreOptions.segment_grace_period`) are deleted, which protects
-        commits in progress and readers of snapshots younger than that.
+        Only objects older than the grace period are deleted (and only once they
+        have been unreferenced that long), which protects commits in progress and
+        readers of snapshots younger than that. The grace period defaults to the
+        longer of the store's recorded one (the longest `segment_grace_period` its
+        writers opened it with) and this store's `StoreOptions.segment_grace_period`.
+        A `grace_period` shorter than the recorded one raises
+        `GracePeriodTooShortError`: a writer may still commit a segment that old.
         """
-        grace = self.options.segment_grace_period if grace_period is None else grace_period
-        return await self._engine.gc(grace_period=grace, dry_run=dry_run)
+        return await self._engine.gc(grace_period=grace_period, dry_run=dry_run)
 
     async def refresh(self) -> int:
         """Fetch the latest manifest now (one conditional GET); returns its version."""

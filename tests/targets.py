@@ -48,6 +48,29 @@ def engine_of(db: kvstore.Store) -> Engine:
     return db._engine
 
 
+# How far `gc_later` moves GC's clock on: far beyond any grace period a test uses.
+LATER = 100_000_000.0  # about three years
+
+
+async def gc_later(db: kvstore.Store, *, dry_run: bool = False) -> kvstore.GcReport:
+    """A GC pass as if the store had then been left alone for long: every unreferenced object
+    is older than the grace period and has been unreferenced for that long. (GC refuses a
+    grace period shorter than the writers'; tests move its clock on instead of waiting.)
+
+    Two passes with GC's clock moved on: the first (a real one) marks what is unreferenced,
+    the second, LATER after it, deletes (or with `dry_run`, would delete) what was marked.
+    """
+    engine = engine_of(db)
+    real = engine.wall_clock
+    try:
+        engine.wall_clock = lambda: real() + LATER
+        await db.gc()
+        engine.wall_clock = lambda: real() + 2 * LATER
+        return await db.gc(dry_run=dry_run)
+    finally:
+        engine.wall_clock = real
+
+
 async def make_orphans(engine: Engine, count: int) -> set[str]:
     """`count` segments no manifest references, as crashed writers leave them."""
     names = [engine.layout.segment(f"{i:012d}-orphan{i:018d}") for i in range(count)]

@@ -12,10 +12,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from targets import Target, engine_of, file_target, make_orphans
+from targets import LATER, Target, engine_of, file_target, gc_later, make_orphans
 
 import kvstore
+import kvstore._gc
 from kvstore._envelope import unseal
+from kvstore._manifest import decode_manifest, encode_manifest
 
 NO_AUTO = kvstore.StoreOptions(auto_compact=False, history_versions=3)
 # Tests about segment objects (GC, missing objects) make every commit write one.
@@ -40,7 +42,7 @@ async def test_tag_reads_the_past_after_compaction_and_gc(target: Target, inline
         await db.delete("ds/b")
         await db.put("ds/c", {"rows": 30})
         await db.compact(full=True)
-        report = await db.gc(grace_period=0)
+        report = await gc_later(db)
         # the segments of versions 3 and 4 (none when they rode inline in the manifest) ...
         assert len(report.deleted) == (0 if inline else 2)
         snap = await db.snapshot(tag="release-2026-11")
@@ -55,7 +57,7 @@ async def test_tag_reads_the_past_after_compaction_and_gc(target: Target, inline
         await db.delete_tag("release-2026-11")
         with pytest.raises(kvstore.TagNotFoundError):
             await db.snapshot(tag="release-2026-11")
-        report = await db.gc(grace_period=0)
+        report = await gc_later(db)
         assert any("snapshots/" in name for name in report.deleted)  # the manifest copy went too
 
 
@@ -107,14 +109,15 @@ async def test_gc_keeps_young_orphans_and_collects_old_ones(target: Target) -> N
         orphan = engine_of(db).layout.segment("000000000000-crashedwriter0000")
         await engine_of(db).objects.put_if_absent(orphan, b"a crashed writer's segment")
         report = await db.gc()  # default grace: an hour
-        assert orphan not in report.deleted and "younger than the grace period" in report.kept[orphan]
-        dry = await db.gc(grace_period=0, dry_run=True)
+        assert orphan not in report.deleted and orphan in report.collectable_after
+        assert any("younger than the grace period" in why for why in report.kept)
+        dry = await gc_later(db, dry_run=True)
         assert dry.deleted == [orphan] and orphan in await _segment_objects(db)
-        report = await db.gc(grace_period=0)
+        report = await gc_later(db)
         assert report.deleted == [orphan]
         assert orphan not in await _segment_objects(db)
         assert await db.get(b"a") == b"1"
-        assert all(reason for reason in report.kept.values())
+        assert all(n > 0 for n in report.kept.values())
 
 
 async def test_gc_spares_segments_an_old_snapshot_still_reads(target: Target) -> None:
@@ -127,7 +130,7 @@ async def test_gc_spares_segments_an_old_snapshot_still_reads(target: Target) ->
             await other.compact(full=True)
             report = await other.gc()  # default grace
             assert not report.deleted
-            assert sum("grace period" in r for r in report.kept.values()) >= 5  # the replaced segments
+            assert sum(n for why, n in report.kept.items() if "grace period" in why) >= 5  # the replaced segments
         assert [k async for k, _ in reader.scan()] == [f"k{i}".encode() for i in range(6)]
         assert await reader.get(b"k3") == b"v"
 
@@ -141,10 +144,10 @@ async def test_gc_after_log_moves_on_deletes_replaced_segments(target: Target) -
         await db.compact(full=True)
         await db.put(b"k9", b"v")
         await db.put(b"k8", b"v")  # the compaction record leaves the 2-entry log
-        report = await db.gc(grace_period=0)
+        report = await gc_later(db)
         assert set(report.deleted) == before  # the 5 replaced segments
-        again = await db.gc(grace_period=0)
-        assert again.deleted == [] and set(again.kept.values()) == {"live"}  # merged, k9, k8
+        again = await gc_later(db)
+        assert again.deleted == [] and set(again.kept) == {"live"}  # what is live (small commits ride inline)
         assert [k async for k, _ in db.scan()] == [b"k0", b"k1", b"k2", b"k3", b"k4", b"k8", b"k9"]
         assert (await db.verify()).ok
 
@@ -225,6 +228,95 @@ async def test_gc_marks_no_object_younger_than_the_grace_period(tmp_path: Path) 
         assert report.collectable_after[young] == pytest.approx(time.time() + 7200, abs=60)
 
 
+class _HoldsACommit:
+    """Delegates to a backend; once armed, the next manifest CAS sets `held` and waits for
+    `release` (a slow CAS: contention, backoff, a slow network) before it is sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        if self.armed and name.endswith("manifest"):
+            self.armed = False
+            self.held.set()
+            await self.release.wait()
+        result: str = await self._inner.put_if_match(name, data, etag)
+        return result
+
+
+async def test_gc_from_another_process_spares_the_segment_of_a_commit_in_flight(target: Target) -> None:
+    """I7 with I8: a writer may commit a segment up to half of its grace period old, so GC
+    (in any process, whatever its own options) never applies a shorter one than the store
+    records. A shorter `grace_period` is refused; a GC process opened with a short
+    `segment_grace_period` still applies the recorded one. Its clock is moved past two of
+    its own grace periods instead of waiting for them."""
+    made: list[_HoldsACommit] = []
+    writer_options = replace(NO_AUTO, **NO_INLINE)  # segment_grace_period: an hour
+    hasty = kvstore.StoreOptions(auto_compact=False, segment_grace_period=2.0, max_transaction_age=0.5)
+    async with (
+        target.open(
+            options=writer_options, wrap_object_store=lambda inner: made.append(_HoldsACommit(inner)) or made[-1]
+        ) as db,
+        target.open(options=hasty) as other,
+    ):
+        made[0].armed = True
+        commit = asyncio.create_task(db.put(b"k", b"v"))
+        try:
+            await asyncio.wait_for(made[0].held.wait(), 30)  # the segment is written, its CAS held
+            (segment,) = await _segment_objects(db)
+            with pytest.raises(kvstore.GracePeriodTooShortError, match="Use at least 3600 s") as refused:
+                await other.gc(grace_period=1)
+            assert (refused.value.requested, refused.value.minimum) == (1, 3600)
+            clock = engine_of(other)
+            for ahead in (3.0, 6.0):  # marked at +3 s, two of `hasty`'s grace periods later: +6 s
+                clock.wall_clock = lambda ahead=ahead: time.time() + ahead
+                report = await other.gc()
+                assert report.grace_period == 3600 and report.deleted == []
+            assert await _segment_objects(db) == {segment}
+        finally:
+            made[0].release.set()  # a failed check must not leave the commit (and close) waiting
+        version = await asyncio.wait_for(commit, 30)
+        assert engine_of(db).manifest.segments[0].id in segment
+        async with target.open(options=writer_options) as reader:
+            assert reader.version == version and await reader.get(b"k") == b"v"
+            assert (await reader.verify()).ok
+
+
+async def test_the_store_records_the_longest_grace_period_of_its_writers(target: Target) -> None:
+    """Created with its creator's grace period, raised (one settings commit) by a writer
+    opening with a longer one, never lowered; a store that records none (made before it was
+    recorded) is held to the GC process's own, and records it at its next writable open."""
+    longer = replace(NO_AUTO, segment_grace_period=7200)
+    async with target.open(options=NO_AUTO) as db:
+        await db.put(b"a", b"1")
+        assert engine_of(db).manifest.settings["segment_grace_period"] == 3600
+        async with target.open(options=longer) as patient:
+            assert patient.version == 2 and [c.kind for c in await patient.history()][0] == "settings"
+        async with target.open(options=replace(NO_AUTO, segment_grace_period=10, max_transaction_age=1)) as hasty:
+            assert hasty.version == 2  # nothing recorded: the record only rises
+            assert (await hasty.gc()).grace_period == 7200
+        with pytest.raises(kvstore.GracePeriodTooShortError, match="7200 s"):
+            await db.gc(grace_period=3600)
+        assert (await db.gc(grace_period=9000)).grace_period == 9000
+        # A store made before the record: its manifest rewritten without it.
+        engine = engine_of(db)
+        blob = await engine.objects.get(engine.layout.manifest)
+        assert blob is not None and blob.etag is not None
+        unrecorded = replace(decode_manifest(blob.data, "manifest"), settings={"values": "bytes"})
+        await engine.objects.put_if_match(engine.layout.manifest, encode_manifest(unrecorded), blob.etag)
+    async with target.open(read_only=True) as reader:
+        with pytest.raises(kvstore.GracePeriodTooShortError, match="3600 s"):
+            await reader.gc(dry_run=True, grace_period=60)
+    async with target.open(options=longer) as writer:
+        assert engine_of(writer).manifest.settings["segment_grace_period"] == 7200
+
+
 class _CountsDeletes:
     """Delegates to a backend and records the size of every delete_many and each delete."""
 
@@ -254,29 +346,31 @@ async def test_gc_deletes_many_objects_in_batches_as_it_lists(target: Target) ->
         await db.put(b"a", b"1")
         live = await _segment_objects(db)
         orphans = await make_orphans(engine_of(db), 2500)
-        dry = await db.gc(grace_period=0, dry_run=True)
+        dry = await gc_later(db, dry_run=True)
         assert set(dry.deleted) == orphans and dry.bytes_deleted == 2500 * len(b"lost")
         assert made[0].batches == [] and await _segment_objects(db) == live | orphans
-        report = await db.gc(grace_period=0)
+        report = await gc_later(db)
         assert set(report.deleted) == orphans and len(report.deleted) == 2500
-        assert report.kept == dict.fromkeys(live, "live")
+        assert report.kept == {"live": len(live)}
         assert made[0].batches == [1000, 1000, 500] and made[0].single_deletes == 0
         assert await _segment_objects(db) == live
         assert await db.get(b"a") == b"1"
 
 
 class _CommitsWhileListed:
-    """Delegates to a backend; the first listing starts only after `during_listing` ran."""
+    """Delegates to a backend; the first listing of a prefix ending in `listed` (segments,
+    by default) starts only after `during_listing` ran."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.during_listing: Any = None
+        self.listed = "segments/"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def list(self, prefix: str) -> AsyncIterator[Any]:
-        if self.during_listing is not None and "segments/" in prefix:
+        if self.during_listing is not None and prefix.endswith(self.listed):
             hook, self.during_listing = self.during_listing, None
             await hook()
         async for info in self._inner.list(prefix):
@@ -285,29 +379,104 @@ class _CommitsWhileListed:
 
 async def test_gc_deletes_nothing_committed_while_it_listed(tmp_path: Path) -> None:
     """The references are computed before the listing; a segment committed meanwhile is
-    young, hence kept. Made to look old here, the latest manifest still spares it."""
+    young, hence kept. Made to look old and long unreferenced here (GC's clock moved on
+    while its commit was held: marked by one run, deletable by the next), the latest
+    manifest, read again before each batch of deletes, still spares it."""
     target = file_target(tmp_path)
     made: list[_CommitsWhileListed] = []
+    held: list[_HoldsACommit] = []
     options = replace(NO_AUTO, **NO_INLINE)
     async with (
         target.open(
             options=options, wrap_object_store=lambda inner: made.append(_CommitsWhileListed(inner)) or made[-1]
         ) as db,
-        target.open(options=options) as writer,
+        target.open(
+            options=options, wrap_object_store=lambda inner: held.append(_HoldsACommit(inner)) or held[-1]
+        ) as writer,
     ):
         await db.put(b"a", b"1")
+        held[0].armed = True
+        commit = asyncio.create_task(writer.put(b"late", b"2"))
+        try:
+            await asyncio.wait_for(held[0].held.wait(), 30)  # the segment is written, its CAS held
+            late = await _segment_objects(db) - await _live_segments(db)
+            engine, real = engine_of(db), time.time
+            engine.wall_clock = lambda: real() + LATER
+            first = await db.gc()
+            assert first.objects_waiting == 1 and set(first.collectable_after) == late  # marked
 
-        async def commit_and_age() -> None:
-            await writer.put(b"late", b"2")
-            for segment in (tmp_path / "store" / "segments").iterdir():
-                os.utime(segment, (time.time() - 7200, time.time() - 7200))
+            async def commit_now() -> None:
+                held[0].release.set()
+                await asyncio.wait_for(commit, 30)
 
-        made[0].during_listing = commit_and_age
-        report = await db.gc(grace_period=0)
+            made[0].during_listing = commit_now
+            engine.wall_clock = lambda: real() + 2 * LATER
+            report = await db.gc()
+        finally:
+            held[0].release.set()
         assert made[0].during_listing is None  # the commit landed during the listing
-        assert report.deleted == []
-        assert list(report.kept.values()) == ["live", "live"]
+        assert report.deleted == [] and report.kept == {"live": 2}
+        assert await _segment_objects(db) == await _live_segments(db)
         assert await db.get(b"late") == b"2" and await db.get(b"a") == b"1"
+
+
+async def _live_segments(db: kvstore.Store) -> set[str]:
+    manifest = await engine_of(db).refresh()
+    return {engine_of(db).layout.segment(ref.id) for ref in manifest.segments}
+
+
+async def test_gc_marks_carry_a_time_after_the_objects_stopped_being_referenced(tmp_path: Path) -> None:
+    """A mark says since when an object has been unreferenced, so a snapshot taken before
+    that keeps it for a grace period (I6). Segments compacted away after a run started, but
+    before it read the manifest, are marked no earlier than their compaction."""
+    target = file_target(tmp_path)
+    made: list[_CommitsWhileListed] = []
+    options = replace(NO_AUTO, commit_log_length=2, **NO_INLINE)
+    async with (
+        target.open(
+            options=options, wrap_object_store=lambda inner: made.append(_CommitsWhileListed(inner)) or made[-1]
+        ) as db,
+        target.open(options=options) as compactor,
+    ):
+        for i in range(3):
+            await db.put(f"k{i}", b"v")
+        replaced = await _live_segments(db)
+        compacted_at: list[float] = []
+
+        async def compact() -> None:
+            await compactor.compact(full=True)
+            for i in range(3, 5):  # the log moves past the compaction: nothing names `replaced`
+                await compactor.put(f"k{i}", b"v")
+            compacted_at.append(time.time())
+            for name in replaced:  # old enough to be marked
+                os.utime(tmp_path / "store" / name, (time.time() - 7200, time.time() - 7200))
+
+        made[0].listed, made[0].during_listing = "tags/", compact  # where a GC run starts
+        report = await db.gc()
+        assert made[0].during_listing is None and report.objects_waiting == len(replaced) == 3
+        marks = await _gc_marks(engine_of(db))
+        assert set(marks) == replaced
+        assert min(marks.values()) >= compacted_at[0]
+
+
+async def test_gc_report_counts_every_object_and_names_a_bounded_few(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GC memory is not O(objects): the report counts what it kept by reason, and names
+    only what it deleted and what waits out the grace period, up to REPORT_NAMES_MAX each."""
+    monkeypatch.setattr(kvstore._gc, "REPORT_NAMES_MAX", 4)
+    async with target.open(options=replace(NO_AUTO, **NO_INLINE)) as db:
+        await db.put(b"a", b"1")
+        orphans = await make_orphans(engine_of(db), 10)
+        waiting = await db.gc()
+        assert (waiting.objects_waiting, len(waiting.collectable_after)) == (10, 4)
+        assert set(waiting.collectable_after) < orphans and waiting.deleted == []
+        assert waiting.first_collectable is not None and waiting.last_collectable is not None
+        assert waiting.first_collectable <= min(waiting.collectable_after.values()) <= waiting.last_collectable
+        assert waiting.kept == {"live": 1, "younger than the grace period (may belong to a commit in progress)": 10}
+        report = await gc_later(db)
+        assert (report.objects_deleted, len(report.deleted)) == (10, 4) and set(report.deleted) < orphans
+        assert report.bytes_deleted == 10 * len(b"lost") and report.kept == {"live": 1}
 
 
 async def _gc_marks(engine: Any) -> dict[str, float]:

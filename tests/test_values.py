@@ -79,7 +79,7 @@ async def test_what_would_not_read_back_equal_is_refused_everywhere(value: Any, 
 async def test_a_new_store_records_its_codec_and_refuses_another(target: Target) -> None:
     async with target.open(values="msgpack") as db:
         await db.put("k", {"a": 1})
-        assert engine_of(db).manifest.settings == {"values": "msgpack"}
+        assert engine_of(db).manifest.settings == {"values": "msgpack", "segment_grace_period": 3600}
     with pytest.raises(kvstore.CodecMismatchError, match="values='msgpack'.*values='raw'") as raised:
         await target.open(values="bytes")
     assert raised.value.recorded == "msgpack"
@@ -151,7 +151,7 @@ async def test_raw_opens_a_bytes_store_as_bytes_and_records_no_codec(target: Tar
 async def test_a_bytes_store_opened_as_msgpack_is_refused_at_open(target: Target) -> None:
     async with target.open() as db:
         await db.put("k", b"\x01\x02")
-        assert engine_of(db).manifest.settings == {"values": "bytes"}
+        assert engine_of(db).manifest.settings == {"values": "bytes", "segment_grace_period": 3600}
     with pytest.raises(kvstore.CodecMismatchError, match="open it with values='bytes'"):
         await target.open(values="msgpack")
     with pytest.raises(kvstore.CodecMismatchError, match="values='bytes'"):
