@@ -99,6 +99,19 @@ async def _loader_and_joiner(
     return a, b
 
 
+async def _loader_cancelled(target: Target) -> tuple[kvstore.Store, HeldSegmentReads, asyncio.Task[Any]]:
+    """A store whose segment GETs are held; the reader that loaded the segment was
+    cancelled, and B, which had joined its load, has sent a GET of its own."""
+    await _store_of_two_keys(target)
+    db, held = await _open_held(target)
+    a, b = await _loader_and_joiner(db, held, db.get(b"a"))
+    a.cancel()
+    await _until(lambda: a.done(), "A ends")
+    assert not b.done()  # B, never cancelled, still waits for the segment
+    await _until(lambda: held.segment_gets == 2, "B loads the segment itself")
+    return db, held, b
+
+
 async def test_a_cancelled_reader_leaves_the_shared_load_to_the_others(target: Target) -> None:
     await _store_of_two_keys(target)
     db, held = await _open_held(target)
@@ -132,12 +145,7 @@ async def test_a_reader_that_times_out_leaves_the_shared_load_to_the_others(targ
 
 
 async def test_close_during_a_shared_load_waits_for_the_reader_still_waiting(target: Target) -> None:
-    await _store_of_two_keys(target)
-    db, held = await _open_held(target)
-    a, b = await _loader_and_joiner(db, held, db.get(b"a"))
-    a.cancel()
-    await _until(lambda: a.done(), "A ends")
-    await _until(lambda: held.segment_gets == 2, "B loads the segment itself")
+    db, held, b = await _loader_cancelled(target)
     closing = asyncio.create_task(db.close())
     for _ in range(100):  # loop turns enough for close to reach its wait
         await asyncio.sleep(0)
@@ -149,16 +157,10 @@ async def test_close_during_a_shared_load_waits_for_the_reader_still_waiting(tar
 
 
 async def test_a_load_every_reader_left_stops_and_close_does_not_wait_for_it(target: Target) -> None:
-    await _store_of_two_keys(target)
-    db, held = await _open_held(target)
-    a, b = await _loader_and_joiner(db, held, db.get(b"a"))
-    a.cancel()
-    await _until(lambda: a.done(), "A ends")
-    assert not b.done()  # B still wants the segment: it loads it itself
-    await _until(lambda: held.segment_gets == 2, "B loads the segment itself")
+    db, held, b = await _loader_cancelled(target)
     b.cancel()
     await _until(lambda: b.done(), "B ends")
-    assert held.cancelled_gets == 2  # no GET goes on for nobody
+    assert held.cancelled_gets == 2  # no GET goes on once no reader wants it
     # The held GET is never released: close must not wait for it (nor for its deadline).
     await asyncio.wait_for(db.close(), DEADLINE)
     assert asyncio.all_tasks() == {asyncio.current_task()}
