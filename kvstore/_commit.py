@@ -422,8 +422,8 @@ class Committer:
 def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:
     """Drop the attempts `base` decided. One at a version the store has reached was
     not applied (`_find_own_commit` looked); one at a version it has not reached was
-    made with base's ETag and is still undecided: a delayed request may yet apply it,
-    until a CAS with that ETag moves it on (I5)."""
+    made on base's version and is still undecided: a delayed request may apply it
+    as long as the manifest keeps the ETag it was sent with (I5)."""
     maybe_applied[:] = [v for v in maybe_applied if v > base.version]
 
 
