@@ -66,21 +66,35 @@ class ByteLRU:
             self.size -= evicted
 
     async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[tuple[V, int]]]) -> V:
-        """The cached value, or the result of `load()` (value, size), loaded once for all waiters."""
-        item = self._items.get(key)
-        if item is not None:
+        """The cached value, or the result of `load()` (value, size), loaded once for all waiters.
+
+        The first caller runs the load in its own task (a task per miss would cost
+        more than the load itself when the bytes are at hand: an inline segment).
+        If that caller is cancelled (or times out), its cancellation is not the
+        waiters': they stop waiting and one of them loads the value again.
+        """
+        while True:
+            item = self._items.get(key)
+            if item is not None:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return item[0]  # type: ignore[no-any-return]
+            pending = self._loading.get(key)
+            if pending is None:
+                break
             self.hits += 1
-            self._items.move_to_end(key)
-            return item[0]  # type: ignore[no-any-return]
-        pending = self._loading.get(key)
-        if pending is not None:
-            self.hits += 1
-            return await asyncio.shield(pending)
+            await asyncio.wait([pending])  # unlike awaiting it, cancelling this caller leaves it alone
+            if not pending.cancelled():
+                return pending.result()  # type: ignore[no-any-return]
+            # Its loader was cancelled: look again (cached by now, or load it, or join who does).
         self.misses += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
             value, size = await load()
+        except asyncio.CancelledError:
+            future.cancel()  # the loader's cancellation, not a result: the waiters try again
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else must

@@ -33,7 +33,7 @@ from ._errors import (
 from ._layout import new_object_id
 from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
-from ._objectstore import PreconditionFailed
+from ._objectstore import PreconditionFailed, follows_uncertain_attempt
 from ._options import StoreOptions
 from ._segment import encode_segment
 from ._segment_store import SegmentStore
@@ -153,7 +153,10 @@ class Committer:
                     raise
 
     async def _commit_batch(self, batch: list[CommitRequest]) -> None:
-        maybe_applied: list[int] = []  # versions an uncertain CAS of ours would have produced
+        # Versions an attempt of ours would have produced and that no manifest read has
+        # decided yet. Updated in place: what it holds when the batch fails says whether
+        # the failure is definite.
+        maybe_applied: list[int] = []
         try:
             await self._commit_batch_once(batch, maybe_applied)
         except CommitOutcomeUnknownError:
@@ -206,15 +209,20 @@ class Committer:
                         "the object store kept failing during the commit, so whether it was applied "
                         "is unknown; read the data to find out before retrying"
                     ) from exc
-            except KvStoreError:
-                # A lasting error (credentials expired, bucket gone) may follow an attempt
-                # whose answer was lost: look for our commit before reporting it (I5).
-                maybe_applied.append(new.version)
-                base, etag = await self._fetch_latest()
+            except KvStoreError as exc:
+                # A lasting error (credentials expired, bucket gone) refused this request, but
+                # decides nothing about an attempt before it whose answer was lost: an earlier
+                # try of this CAS (the retry layer marks the error then), or an earlier CAS at
+                # this ETag. Only the log decides those (I5); until then the outcome is unknown.
+                if follows_uncertain_attempt(exc):
+                    maybe_applied.append(new.version)
+                if not maybe_applied:
+                    raise  # no attempt of ours in doubt: a definite failure
+                base, etag = await self._fetch_to_decide(maybe_applied)
                 version = self._find_own_commit(base, accepted, pending, maybe_applied)
                 if version is None:
-                    maybe_applied.clear()  # not applied at any version the store reached
-                    raise
+                    _keep_undecided(maybe_applied, base)
+                    raise  # `_commit_batch`: CommitOutcomeUnknownError if any attempt is left undecided
                 self.stats.ambiguous_resolved += 1
                 self._succeed(accepted, version)
                 return
@@ -222,23 +230,13 @@ class Committer:
                 self._cas_seconds = time.monotonic() - sent
                 self._succeed(accepted, new.version)
                 return
-            try:
-                base, etag = await self._fetch_latest()
-            except KvStoreError as exc:
-                if maybe_applied:
-                    raise CommitOutcomeUnknownError(
-                        "the commit may have been applied, and the manifest could not be read to "
-                        "find out; read the data before retrying"
-                    ) from exc
-                raise
+            base, etag = await self._fetch_to_decide(maybe_applied)
             version = self._find_own_commit(base, accepted, pending, maybe_applied)
             if version is not None:
                 self.stats.ambiguous_resolved += 1
                 self._succeed(accepted, version)
                 return
-            # Attempts at versions the store has reached were not applied; one at a
-            # version it has not reached (same ETag) is still undecided: keep it.
-            maybe_applied = [v for v in maybe_applied if v > base.version]
+            _keep_undecided(maybe_applied, base)
             self.stats.cas_retries += 1
             still = self._admit(accepted, base, check_age=False)
             if not still:
@@ -373,8 +371,17 @@ class Committer:
         )
         return base.with_commit(record, self._options.commit_log_length, add=refs)
 
-    async def _fetch_latest(self) -> tuple[Manifest, str]:
-        await self._manifests.refresh()
+    async def _fetch_to_decide(self, maybe_applied: list[int]) -> tuple[Manifest, str]:
+        """The latest manifest, read to decide the attempts in `maybe_applied`."""
+        try:
+            await self._manifests.refresh()
+        except KvStoreError as exc:
+            if maybe_applied:
+                raise CommitOutcomeUnknownError(
+                    "the commit may have been applied, and the manifest could not be read to "
+                    f"find out ({type(exc).__name__}: {exc}); read the data before retrying"
+                ) from exc
+            raise
         return self._manifests.current
 
     def _find_own_commit(
@@ -410,6 +417,14 @@ class Committer:
                 request.future.set_result(version)
         if self._after_commit is not None:
             self._after_commit(self._manifests.current[0])
+
+
+def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:
+    """Drop the attempts `base` decided. One at a version the store has reached was
+    not applied (`_find_own_commit` looked); one at a version it has not reached was
+    made on base's version and is still undecided: a delayed request may apply it
+    as long as the manifest keeps the ETag it was sent with (I5)."""
+    maybe_applied[:] = [v for v in maybe_applied if v > base.version]
 
 
 def _backoff_after_lost_race(cas_seconds: float, lost_races: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import tracemalloc
@@ -39,3 +40,49 @@ def test_memory_held_stays_within_the_capacity() -> None:
         tracemalloc.stop()
     assert cache.size <= capacity
     assert held <= capacity * 1.03, held / capacity  # the hash table's slack varies
+
+
+# Single-flight loading: the first caller loads, the others wait for it.
+
+DEADLINE = 10.0  # seconds any one wait below may take
+
+
+class _HeldLoad:
+    """A load that waits for `release`, counting its runs and those cancelled."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.runs = 0
+        self.cancelled = 0
+
+    async def __call__(self) -> tuple[str, int]:
+        self.runs += 1
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return f"value of run {self.runs}", 100
+
+
+async def _turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_cancelled_loader_leaves_the_load_to_the_callers_waiting_for_it() -> None:
+    cache, load = ByteLRU(1 << 20), _HeldLoad()
+    loader = asyncio.create_task(cache.get_or_load("k", load))
+    await asyncio.wait_for(load.started.wait(), DEADLINE)
+    waiters = [asyncio.create_task(cache.get_or_load("k", load)) for _ in range(2)]
+    await _turns()
+    loader.cancel()
+    await _turns()
+    assert loader.cancelled()
+    assert not any(w.done() for w in waiters)  # not cancelled, so they do not end with CancelledError
+    assert (load.runs, load.cancelled) == (2, 1)  # one of them loads again, the other joins it
+    load.release.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), DEADLINE) == ["value of run 2"] * 2
+    assert cache.get("k") == "value of run 2"

@@ -15,7 +15,7 @@ from ._protocol import (
     PreconditionFailed,
     TransientError,
 )
-from ._retry import RetryingObjectStore, RetryPolicy
+from ._retry import RetryingObjectStore, RetryPolicy, follows_uncertain_attempt
 from ._s3_options import S3Options
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "RetryingObjectStore",
     "S3Options",
     "TransientError",
+    "follows_uncertain_attempt",
 ]

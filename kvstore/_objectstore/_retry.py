@@ -11,6 +11,12 @@ layer never saw. So for a safe create every 412 is checked by reading the
 object back and comparing it with what we wrote; for a compare-and-swap the
 412 is passed up as it is, and the caller looks for its own id in what it finds (the commit
 protocol in the manifest's commit log, design I5).
+
+A lasting error (access denied, no such bucket) is not retried. When it ends an
+operation an earlier attempt of which failed transiently, that attempt may have been
+applied, or may still be (a request delayed in the network): the error is marked so
+(`follows_uncertain_attempt`), and a conditional write's caller must not read it as
+"not applied".
 """
 
 from __future__ import annotations
@@ -34,6 +40,20 @@ from ._protocol import (
 )
 
 T = TypeVar("T")
+
+_AFTER_UNCERTAIN_ATTEMPT = "_kvstore_follows_uncertain_attempt"
+
+
+def follows_uncertain_attempt(exc: BaseException) -> bool:
+    """Whether `exc` ended an operation after an earlier attempt of it failed transiently
+    (no answer, a timeout, a 5xx): for a write, that attempt's outcome is unknown."""
+    return getattr(exc, _AFTER_UNCERTAIN_ATTEMPT, False) is True
+
+
+def _mark(exc: BaseException, last: TransientError | None) -> None:
+    """Mark `exc` as following an uncertain attempt, if there was one (`last`)."""
+    if last is not None:
+        setattr(exc, _AFTER_UNCERTAIN_ATTEMPT, True)
 
 
 @dataclass(frozen=True)
@@ -218,7 +238,9 @@ class RetryingObjectStore:
             if left <= 0:
                 break
             if self._closed:
-                raise ClosedError(f"{self.description}: the store was closed during a {kind}; open it again")
+                closed = ClosedError(f"{self.description}: the store was closed during a {kind}; open it again")
+                _mark(closed, last)
+                raise closed
             attempt += 1
             self.requests[kind] += 1
             limit = min(policy.attempt_timeout, left)
@@ -229,6 +251,9 @@ class RetryingObjectStore:
                 last = exc
             except asyncio.TimeoutError:
                 last = TransientError(f"no answer within {limit:.3g} s")
+            except Exception as exc:  # a lasting answer: not retried
+                _mark(exc, last)
+                raise
         raise self._unavailable(kind, attempt, last) from last
 
     def _unavailable(self, what: str, attempts: int, last: TransientError | None) -> StoreUnavailableError:

@@ -20,6 +20,9 @@ Fault kinds, per operation (`get`, `put_if_absent`, `put_if_match`, `head`,
 * ``latency`` + ``jitter``: seconds added before each request;
 * ``pass`` (scripted only): no fault for this call, to aim the next scripted
   fault at a later call;
+* ``denied`` (scripted only): the store answers 403 AccessDenied and does
+  nothing, a lasting error (credentials expired, a policy changed) that the
+  retry layer does not retry;
 * ``crash`` / ``crash_after_apply`` (scripted only): the writer stops right
   before / right after the request reaches the store. `SimulatedCrash` is
   raised and every later call raises it too, so the store sees nothing more
@@ -45,6 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from kvstore._errors import AccessDeniedError
 from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, PreconditionFailed, TransientError
 
 T = TypeVar("T")
@@ -62,7 +66,9 @@ Operation = Literal[
     "delete",
     "delete_many",
 ]
-FaultKind = Literal["error", "conflict", "timeout", "lost_response", "resent", "crash", "crash_after_apply", "pass"]
+FaultKind = Literal[
+    "error", "conflict", "timeout", "lost_response", "resent", "crash", "crash_after_apply", "pass", "denied"
+]
 _WRITES = frozenset(
     {
         "put_if_absent",
@@ -186,6 +192,8 @@ class FaultInjectingStore:
         await self._delay("list")
         if fault in ("crash", "crash_after_apply"):
             self._crash("list")
+        if fault == "denied":
+            raise _denied("list")
         if fault is not None:
             raise TransientError(f"injected {fault} on list")
         async for info in self.inner.list(prefix):
@@ -206,6 +214,8 @@ class FaultInjectingStore:
         write = operation in _WRITES
         if fault == "crash":
             self._crash(operation)
+        if fault == "denied":
+            raise _denied(operation)
         if fault == "error":
             raise TransientError(f"injected 503 on {operation}")
         if fault == "conflict" and write:
@@ -268,3 +278,7 @@ class FaultInjectingStore:
         rule = self.plan.rules.get(operation, self.plan.default)
         if rule.latency or rule.jitter:
             await asyncio.sleep(rule.latency + self._rng.uniform(0, rule.jitter))
+
+
+def _denied(operation: str) -> AccessDeniedError:
+    return AccessDeniedError(f"injected 403 AccessDenied on {operation}: check the credentials and the bucket policy")
