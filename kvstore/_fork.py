@@ -29,11 +29,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 _generation = 0
 _lock = threading.Lock()
 _kept: weakref.WeakSet[object] = weakref.WeakSet()
 _kept_here: list[object] = []  # the fallback where the C API cannot pin (see `_pin`)
+_pin: Callable[[object], None] | None = None  # set by `_load_pin`, in the parent
 
 
 def generation() -> int:
@@ -53,6 +55,8 @@ def lock() -> threading.Lock:
 
 def keep_in_children(obj: object) -> None:
     """Never finalise `obj` in a forked child: it holds the parent's connections."""
+    if _pin is None:
+        _load_pin()
     _kept.add(obj)
 
 
@@ -68,23 +72,33 @@ def _after_fork_in_child() -> None:
     inherited = list(_kept)
     _kept.clear()  # pinned below, for this process and its own children
     for obj in inherited:
-        _pin(obj)
+        (_pin or _kept_here.append)(obj)
 
 
-def _pin(obj: object) -> None:
-    """Keep `obj` alive until the process ends, through interpreter shutdown.
+def _load_pin() -> None:
+    """Choose how a child keeps an object alive until it ends, through interpreter shutdown.
 
     A list in a module is not enough: shutdown clears module globals and then
     runs the finalisers. An extra reference taken through the C API is never
-    given back, so the object is never collected (the memory goes back to
-    the system with the process).
+    given back, so the object is never collected (its memory goes back to
+    the system with the process). Loaded here, in the parent, so that the
+    child loads no library (a parent thread may have held the loader's lock
+    at the fork).
     """
+    global _pin
     try:
         import ctypes
 
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+        incref = ctypes.pythonapi.Py_IncRef
+        py_object = ctypes.py_object
     except (ImportError, AttributeError):  # an interpreter without CPython's C API
-        _kept_here.append(obj)
+        _pin = _kept_here.append
+        return
+
+    def pin(obj: object) -> None:
+        incref(py_object(obj))
+
+    _pin = pin
 
 
 if hasattr(os, "register_at_fork"):
