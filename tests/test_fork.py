@@ -352,6 +352,15 @@ def test_concepts_multiprocessing_example(tmp_path: Path) -> None:
     assert done.stdout == "n = 9\n"
 
 
+def test_concepts_async_example(tmp_path: Path) -> None:
+    code = _concepts_block("An async application")
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[1, 1]\n"
+
+
 def test_concepts_gunicorn_example(tmp_path: Path) -> None:
     """A preloading gunicorn master opens the store; its two forked workers serve 40 concurrent
     increments, each of which sees a distinct count."""
