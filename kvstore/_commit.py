@@ -107,6 +107,7 @@ class Committer:
         self._segments = segments
         self._options = options
         self._queue: deque[CommitRequest] = deque()
+        self._batch: list[CommitRequest] = []  # the batch `_drain` is committing
         self._worker: asyncio.Task[None] | None = None
         self.stats = CommitStatistics()
         self.writer_id = os.urandom(_WRITER_ID_BYTES)
@@ -126,6 +127,10 @@ class Committer:
             self._worker.add_done_callback(_retrieve)
         return await request.future
 
+    def in_flight(self) -> int:
+        """Requests queued or being committed whose outcome is not known yet."""
+        return sum(not r.future.done() for r in (*self._batch, *self._queue))
+
     async def wait_idle(self) -> None:
         """Wait until every queued commit has finished."""
         while self._worker is not None and not self._worker.done():
@@ -143,6 +148,7 @@ class Committer:
                     and len(batch) < self._options.max_batch_transactions
                 ):
                     batch.append(self._queue.popleft())
+            self._batch = batch
             try:
                 async with self._manifests.writing:
                     await self._commit_batch(batch)
@@ -151,6 +157,8 @@ class Committer:
                     _fail(request, exc if isinstance(exc, KvStoreError) else _unknown(exc))
                 if not isinstance(exc, Exception):
                     raise
+            finally:
+                self._batch = []
 
     async def _commit_batch(self, batch: list[CommitRequest]) -> None:
         # Versions an attempt of ours would have produced and that no manifest read has

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _fork
 from ._bulk import Batch, ChunkBuffer, ChunkUploads
 from ._cache import ByteLRU
 from ._commit import CommitRequest, Committer
@@ -31,6 +33,7 @@ from ._errors import (
     ReadOnlyError,
     StoreNotFoundError,
     UnsupportedFormatError,
+    UsedAfterForkError,
     ValidationError,
     VersionNotRetainedError,
 )
@@ -97,6 +100,10 @@ class Engine:
         self._background: asyncio.Task[None] | None = None
         self._latest: SnapshotView | None = None
         self.closed = False
+        # A forked child must neither use nor finalise what this engine holds (`_fork`).
+        self._pid = os.getpid()
+        self._fork_generation = _fork.generation()
+        _fork.keep_in_children(self)
 
     # ------------------------------------------------------------------ state, no requests
 
@@ -109,9 +116,26 @@ class Engine:
     def store_id(self) -> str:
         return self.manifest.store_id
 
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a fork of the one that opened the engine."""
+        return _fork.forked_since(self._fork_generation)
+
     def check_open(self) -> None:
+        self.check_same_process()
         if self.closed:
             raise ClosedError(f"{self.url} was closed; open it again with kvstore.open()")
+
+    def check_same_process(self) -> None:
+        """Raise UsedAfterForkError in a forked child: the connections, queued commits and
+        background work belong to the parent, and no thread of the child runs them."""
+        if self.forked:
+            raise UsedAfterForkError(
+                f"{self.url} was opened in process {self._pid}, and this process ({os.getpid()}) is a fork "
+                "of it: an async kvstore.Store belongs to the process and event loop that opened it. Open the "
+                "store again in this process (`async with kvstore.open(url) as db:` in its own event loop, "
+                "e.g. in the worker's start-up hook); a blocking kvstore.open_sync store re-opens by itself"
+            )
 
     def check_writable(self, what: str) -> None:
         self.check_open()
@@ -328,12 +352,21 @@ class Engine:
                     report.damaged[self.layout.segment(part.id)] = "missing: referenced by the manifest but absent"
         return report
 
+    def commits_in_flight(self) -> int:
+        """Commits queued or under way and not finished (no request)."""
+        return self._committer.in_flight()
+
     async def close(self) -> None:
         """Finish queued commits, cancel background compaction, wait for requests in
-        flight (bounded) and release connections. Idempotent."""
+        flight (bounded) and release connections. Idempotent.
+
+        In a forked child it only marks the engine closed: its commits, tasks and
+        connections are the parent's, to finish and close there."""
         if self.closed:
             return
         self.closed = True
+        if self.forked:
+            return
         try:
             await self._committer.wait_idle()
             if self._background is not None:
@@ -343,6 +376,7 @@ class Engine:
             await self.objects.close()
             if self._disk_cache is not None:
                 self._disk_cache.close()
+            _fork.forget(self)
 
     async def background_idle(self) -> None:
         """Wait for the background compaction under way, if any (it ends once nothing is due)."""

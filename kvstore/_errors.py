@@ -29,6 +29,7 @@ object-store boundary, so callers only ever catch these::
     ├── TagExistsError                          a tag of that name exists
     ├── ReadOnlyError                           a write to a store opened read-only
     ├── ClosedError                             the store was closed
+    ├── UsedAfterForkError                      an object from before a fork used in the child
     ├── SyncInAsyncError (also RuntimeError)    the blocking API called inside an event loop
     └── TransactionStateError                   a transaction used after it ended
         └── NestedTransactionError              a transaction started inside another
@@ -232,7 +233,20 @@ class ReadOnlyError(KvStoreError):
 
 
 class ClosedError(KvStoreError):
-    """The store was used after `close()`."""
+    """The store was used after `close()`, or after the event-loop thread of a
+    `SyncStore` stopped (an operation on it raised SystemExit or KeyboardInterrupt)."""
+
+
+class UsedAfterForkError(KvStoreError):
+    """An object opened or begun before `os.fork()` was used in the forked child.
+
+    The child has the parent's memory but not its threads: the store's
+    connections, queued commits and background work belong to the parent.
+    A `SyncStore` opens the store again in the child by itself. An async
+    `Store` raises this: open the store again in the child (in its own event
+    loop, e.g. in a worker's start-up hook). A transaction, snapshot or scan
+    begun before the fork raises this too: begin a new one in the child.
+    """
 
 
 class SyncInAsyncError(KvStoreError, RuntimeError):

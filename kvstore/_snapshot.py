@@ -3,7 +3,7 @@ transactions) and the public `Snapshot` over it (keys and values encoded)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
 from typing import Any
 
@@ -68,11 +68,20 @@ class Snapshot:
     segment data comes from the cache or from ranged GETs.
     """
 
-    def __init__(self, view: SnapshotView, options: StoreOptions, values: ValueMode, url: str) -> None:
+    def __init__(
+        self,
+        view: SnapshotView,
+        options: StoreOptions,
+        values: ValueMode,
+        url: str,
+        check_process: Callable[[], None] | None = None,
+    ) -> None:
         self._view = view
         self._options = options
         self._values = values
         self._url = url
+        # Raises in a forked child: the view's connections and caches are the parent's.
+        self._check_process = check_process or _no_check
 
     @property
     def version(self) -> int:
@@ -81,6 +90,7 @@ class Snapshot:
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of `key` at this version, or `default`."""
+        self._check_process()
         k = encode_key(key, self._options.max_key_bytes)
         raw = await self._view.get(k)
         return default if raw is None else decode_value(raw, self._values, k, self._url)
@@ -95,6 +105,7 @@ class Snapshot:
         reverse: bool = False,
     ) -> AsyncIterator[tuple[bytes, Any]]:
         """(key, value) pairs with keys starting with `prefix` and in [start, end), in key order."""
+        self._check_process()
         if limit is not None and limit < 0:
             raise ValidationError(f"limit must be >= 0, not {limit}")
         lo, hi = key_range(self._options.max_key_bytes, prefix, start, end)
@@ -115,6 +126,10 @@ class Snapshot:
             count += 1
             if limit is not None and count >= limit:
                 return
+
+
+def _no_check() -> None:
+    pass
 
 
 def _any_overlap(refs: list[SegmentRef]) -> bool:

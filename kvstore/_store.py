@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import warnings
 from collections.abc import (
@@ -39,6 +40,7 @@ from ._transaction import TransactAttempts, Transaction
 from ._url import parse_url
 
 T = TypeVar("T")
+_log = logging.getLogger("kvstore")
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,7 @@ class Store:
             view = await self._engine.view_at(version)
         else:
             view = await self._engine.latest_view()
-        return Snapshot(view, self.options, self._values, self.url)
+        return Snapshot(view, self.options, self._values, self.url, self._engine.check_same_process)
 
     async def tag(self, name: str, *, version: int | None = None) -> Tag:
         """Retain the latest version under `name`.
@@ -429,10 +431,22 @@ class Store:
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)
-        if engine is not None and not engine.closed:
+        if engine is None or engine.closed or engine.forked:
+            return  # in a forked child the engine is the parent's, to close there
+        in_flight = engine.commits_in_flight()
+        if not in_flight:
             warnings.warn(
                 f"{self!r} was never closed; use `async with kvstore.open(...)`", ResourceWarning, stacklevel=1
             )
+            return
+        message = (
+            f"{self!r} was garbage-collected, never closed, with {in_flight} commit(s) in flight: nothing "
+            "waits for them any more, so their outcome is not reported, and they are lost if the process "
+            "ends first; use `async with kvstore.open(...)` (or `with kvstore.open_sync(...)`), whose "
+            "close() waits for queued commits"
+        )
+        _log.error(message)  # lost writes must be seen: a ResourceWarning is hidden by default
+        warnings.warn(message, ResourceWarning, stacklevel=1)
 
 
 class StoreOpener:

@@ -3,12 +3,22 @@
 Every `SyncStore` owns one background thread running an asyncio loop; each
 call submits the async operation there and waits. Nothing is implemented
 twice: the sync classes only forward.
+
+After `os.fork()` the child has no loop thread: a `SyncStore` used there
+opens the store again, on a loop thread of the child's own, from the
+arguments it was opened with (`_fork` keeps the parent's objects untouched).
+Transactions, snapshots and scans begun before the fork raise
+UsedAfterForkError in the child. No wait here is endless: a call waits for
+its operation, whose requests have their deadlines, and checks every
+`_LIVENESS_SECONDS` that the loop thread still runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
+import logging
 import os
 import threading
 import time
@@ -16,10 +26,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from . import _fork
 from ._codec import Codec, ValueMode
 from ._compact import CompactionResult
 from ._engine import VerifyReport
-from ._errors import ClosedError, ConflictError, SyncInAsyncError, ValidationError
+from ._errors import ClosedError, ConflictError, SyncInAsyncError, UsedAfterForkError, ValidationError
 from ._gc import GcReport
 from ._nesting import Scope, enter, leave
 from ._objectstore import ObjectStore, S3Options
@@ -31,26 +42,85 @@ from ._transaction import TransactAttempts, Transaction
 
 T = TypeVar("T")
 _SCAN_BATCH = 256  # pairs fetched per hop to the loop thread
+# How often a waiting call checks that the loop thread still runs: one that died
+# (SystemExit or KeyboardInterrupt raised on it) would never answer.
+_LIVENESS_SECONDS = 1.0
+_STOP_SECONDS = 30.0  # longest wait for the loop thread to stop when closing
+_log = logging.getLogger("kvstore")
 
 
 class _LoopThread:
-    """An event loop running forever in a daemon thread."""
+    """An event loop running forever in a daemon thread, in the process that made it."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="kvstore-loop", daemon=True)
+        self.stopped = False
+        self._pid = os.getpid()
+        self._fork_generation = _fork.generation()
+        self.died_of: BaseException | None = None
+        self._thread = threading.Thread(target=self._run_forever, name="kvstore-loop", daemon=True)
         self._thread.start()
+        # In a forked child the loop (its epoll set, self-pipe, sockets) is the parent's.
+        _fork.keep_in_children(self)
+
+    def _run_forever(self) -> None:
+        try:
+            self.loop.run_forever()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit or KeyboardInterrupt raised by a task
+            self.died_of = exc  # reported to the callers, who would otherwise wait for ever
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a fork of the one that runs this loop thread."""
+        return _fork.forked_since(self._fork_generation)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop thread runs (in the process that made it)."""
+        return self._thread.is_alive() and not self.forked
+
+    def check_process(self) -> None:
+        """Raise UsedAfterForkError in a forked child: this loop thread is the parent's."""
+        if self.forked:
+            raise UsedAfterForkError(
+                f"this transaction, snapshot or scan was begun in process {self._pid} before it forked, and "
+                f"this process ({os.getpid()}) is the child: it can only be finished in the process that "
+                "began it. Begin a new one here from the SyncStore, which re-opens the store in this process"
+            )
+
+    def check(self) -> None:
+        """Raise if a call cannot run here: closed, forked, or the loop thread is gone."""
+        if self.stopped or self.loop.is_closed():
+            raise ClosedError("this store was closed; open it again with kvstore.open_sync()")
+        self.check_process()
+        if not self._thread.is_alive():
+            raise ClosedError(
+                f"the loop thread of this store has stopped: an operation on it raised {self.died_of!r}; "
+                "open the store again with kvstore.open_sync()"
+            ) from self.died_of
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.loop.is_closed():
-            coro.close()
-            raise ClosedError("this store was closed; open it again with kvstore.open_sync()")
         try:
+            self.check()
             refuse_in_event_loop()
-        except SyncInAsyncError:
+        except (ClosedError, UsedAfterForkError, SyncInAsyncError):
             coro.close()
             raise
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return self._wait(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def _wait(self, future: concurrent.futures.Future[T]) -> T:
+        """The operation's result. Its own deadlines bound it while the loop thread runs
+        (`watch` and a bulk load's iterator excepted, which wait as long as they are
+        meant to); a loop thread found dead ends the wait at once."""
+        while True:
+            try:
+                return future.result(timeout=_LIVENESS_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if future.done():  # finished meanwhile, or the operation itself raised TimeoutError
+                    return future.result()
+                if not self._thread.is_alive():
+                    future.cancel()
+                    self.check()
 
     def iterate(self, agen: AsyncIterator[T], batch_size: int = _SCAN_BATCH) -> Iterator[T]:
         async def next_batch() -> list[T]:
@@ -69,9 +139,19 @@ class _LoopThread:
                 return
 
     def stop(self) -> None:
+        """Stop the loop thread and close the loop (in the process that made them)."""
+        self.stopped = True
+        if self.forked or self.loop.is_closed():
+            return  # the parent's loop: the parent stops it
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
+        self._thread.join(_STOP_SECONDS)
+        if self._thread.is_alive():
+            # Something blocks the loop (a bulk load's iterator, a progress callback): the
+            # loop cannot be closed while it runs, so the daemon thread is left to it.
+            _log.warning("the loop thread of a kvstore SyncStore did not stop within %g s; left running", _STOP_SECONDS)
+            return
         self.loop.close()
+        _fork.forget(self)
 
 
 def refuse_in_event_loop() -> None:
@@ -141,10 +221,12 @@ class SyncTransaction:
 
     def put(self, key: str | bytes, value: Any) -> None:
         """Blocking form of `Transaction.put`."""
+        self._runner.check_process()
         self._tx.put(key, value)
 
     def delete(self, key: str | bytes) -> None:
         """Blocking form of `Transaction.delete`."""
+        self._runner.check_process()
         self._tx.delete(key)
 
     def scan(
@@ -184,12 +266,46 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     ``db[k]`` raises KeyError for a missing key; ``len(db)`` and iteration
     scan the whole store (cost grows with its size).
+
+    Safe to use from several threads, and in a process forked after it was
+    opened: its first call there opens the store again (one GET of the
+    manifest), with its own loop thread, connections and caches; the
+    parent's are left alone. Until then its properties and `statistics`
+    report what the parent had seen. A transaction, snapshot or scan begun
+    before the fork raises UsedAfterForkError in the child.
     """
 
-    def __init__(self, store: Store, runner: _LoopThread) -> None:
+    def __init__(self, store: Store, runner: _LoopThread, reopen: Callable[[], StoreOpener] | None = None) -> None:
         self._store = store
         self._runner = runner
+        self._reopen = reopen  # how a forked child opens the store again
         self._attempts = TransactAttempts(store.options.transact_max_attempts, store.url)
+
+    def _live(self) -> tuple[Store, _LoopThread]:
+        """The store and loop thread to use in this process: opened again on the first
+        call in a forked child."""
+        runner = self._runner
+        if runner.forked and not runner.stopped and not runner.loop.is_closed():
+            self._open_in_child()
+        return self._store, self._runner
+
+    def _open_in_child(self) -> None:
+        with _fork.lock():
+            if not self._runner.forked:
+                return  # another thread of this process did it
+            if self._reopen is None:
+                self._runner.check()  # raises UsedAfterForkError
+            assert self._reopen is not None
+            runner = _LoopThread()
+            try:
+                store = runner.run(_await(self._reopen()))
+            except BaseException:
+                runner.stop()
+                raise
+            # The parent's store and loop thread are dropped here, never closed: `_fork`
+            # keeps what they hold, which is the parent's.
+            self._store, self._runner = store, runner
+            self._attempts = TransactAttempts(store.options.transact_max_attempts, store.url)
 
     def __repr__(self) -> str:
         return repr(self._store).replace("kvstore.Store", "kvstore.SyncStore")
@@ -226,15 +342,18 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """Blocking form of `Store.get`."""
-        return self._runner.run(self._store.get(key, default))
+        store, runner = self._live()
+        return runner.run(store.get(key, default))
 
     def put(self, key: str | bytes, value: Any) -> int:
         """Blocking form of `Store.put`."""
-        return self._runner.run(self._store.put(key, value))
+        store, runner = self._live()
+        return runner.run(store.put(key, value))
 
     def delete(self, key: str | bytes) -> int:
         """Blocking form of `Store.delete`."""
-        return self._runner.run(self._store.delete(key))
+        store, runner = self._live()
+        return runner.run(store.delete(key))
 
     def scan(
         self,
@@ -246,11 +365,13 @@ class SyncStore(MutableMapping[bytes, Any]):
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, Any]]:
         """Blocking form of `Store.scan`; pairs are fetched in batches."""
-        return self._runner.iterate(self._store.scan(prefix, start=start, end=end, limit=limit, reverse=reverse))
+        store, runner = self._live()
+        return runner.iterate(store.scan(prefix, start=start, end=end, limit=limit, reverse=reverse))
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> SyncTransaction:
         """Blocking form of `Store.transaction`."""
-        return SyncTransaction(self._store.transaction(meta=meta), self._runner, self._store.store_id)
+        store, runner = self._live()
+        return SyncTransaction(store.transaction(meta=meta), runner, store.store_id)
 
     @overload
     def transact(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T: ...
@@ -268,10 +389,11 @@ class SyncStore(MutableMapping[bytes, Any]):
         ``async def``.
         """
         if inspect.iscoroutinefunction(fn):
-            return self._runner.run(self._store.transact(fn, *args, **kwargs))
+            store, runner = self._live()
+            return runner.run(store.transact(fn, *args, **kwargs))
         for attempt in self._attempts:
             tx = self.transaction()
-            scope = enter(self._store.store_id, tx._tx)
+            scope = enter(tx._store_id, tx._tx)
             try:
                 result = fn(tx, *args, **kwargs)
                 if inspect.isawaitable(result):
@@ -295,23 +417,28 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def snapshot(self, *, version: int | None = None, tag: str | None = None) -> SyncSnapshot:
         """Blocking form of `Store.snapshot`."""
-        return SyncSnapshot(self._runner.run(self._store.snapshot(version=version, tag=tag)), self._runner)
+        store, runner = self._live()
+        return SyncSnapshot(runner.run(store.snapshot(version=version, tag=tag)), runner)
 
     def tag(self, name: str, *, version: int | None = None) -> Tag:
         """Blocking form of `Store.tag`."""
-        return self._runner.run(self._store.tag(name, version=version))
+        store, runner = self._live()
+        return runner.run(store.tag(name, version=version))
 
     def tags(self) -> list[Tag]:
         """Blocking form of `Store.tags`."""
-        return self._runner.run(self._store.tags())
+        store, runner = self._live()
+        return runner.run(store.tags())
 
     def delete_tag(self, name: str) -> None:
         """Blocking form of `Store.delete_tag`."""
-        self._runner.run(self._store.delete_tag(name))
+        store, runner = self._live()
+        runner.run(store.delete_tag(name))
 
     def history(self, *, limit: int | None = None) -> list[CommitInfo]:
         """Blocking form of `Store.history`."""
-        return self._runner.run(self._store.history(limit=limit))
+        store, runner = self._live()
+        return runner.run(store.history(limit=limit))
 
     def watch(
         self,
@@ -323,8 +450,8 @@ class SyncStore(MutableMapping[bytes, Any]):
         since: int | None = None,
     ) -> Iterator[Change]:
         """Blocking form of `Store.watch`: yields each change as it is seen."""
-        changes = self._store.watch(prefix, start=start, end=end, interval=interval, since=since)
-        return self._runner.iterate(changes, batch_size=1)
+        store, runner = self._live()
+        return runner.iterate(store.watch(prefix, start=start, end=end, interval=interval, since=since), batch_size=1)
 
     def bulk_load(
         self,
@@ -335,23 +462,28 @@ class SyncStore(MutableMapping[bytes, Any]):
     ) -> int:
         """Blocking form of `Store.bulk_load`. `items` is iterated on the store's loop
         thread, and `progress` called there."""
-        return self._runner.run(self._store.bulk_load(items, progress=progress, chunk_bytes=chunk_bytes))
+        store, runner = self._live()
+        return runner.run(store.bulk_load(items, progress=progress, chunk_bytes=chunk_bytes))
 
     def compact(self, *, full: bool = False) -> list[CompactionResult]:
         """Blocking form of `Store.compact`."""
-        return self._runner.run(self._store.compact(full=full))
+        store, runner = self._live()
+        return runner.run(store.compact(full=full))
 
     def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
         """Blocking form of `Store.gc`."""
-        return self._runner.run(self._store.gc(dry_run=dry_run, grace_period=grace_period))
+        store, runner = self._live()
+        return runner.run(store.gc(dry_run=dry_run, grace_period=grace_period))
 
     def describe(self) -> StoreInfo:
         """Blocking form of `Store.describe`."""
-        return self._runner.run(self._store.describe())
+        store, runner = self._live()
+        return runner.run(store.describe())
 
     def refresh(self) -> int:
         """Blocking form of `Store.refresh`."""
-        return self._runner.run(self._store.refresh())
+        store, runner = self._live()
+        return runner.run(store.refresh())
 
     def statistics(self) -> dict[str, Any]:
         """Blocking form of `Store.statistics`."""
@@ -359,16 +491,25 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def verify(self) -> VerifyReport:
         """Blocking form of `Store.verify`."""
-        return self._runner.run(self._store.verify())
+        store, runner = self._live()
+        return runner.run(store.verify())
 
     def close(self) -> None:
-        """Finish queued commits, release connections and stop the loop thread."""
-        if self._runner.loop.is_closed():
+        """Finish queued commits, release connections and stop the loop thread.
+
+        In a forked child that has not used the store, it only marks it
+        closed: the parent's commits and connections are the parent's."""
+        runner = self._runner
+        if runner.stopped or runner.loop.is_closed():
+            return
+        if runner.forked:
+            runner.stopped = True
             return
         try:
-            self._runner.run(self._store.close())
+            if runner.alive:  # a dead loop thread cannot close anything: only the loop is left
+                runner.run(self._store.close())
         finally:
-            self._runner.stop()
+            runner.stop()
 
     def __enter__(self) -> SyncStore:
         return self
@@ -434,28 +575,33 @@ def open_sync(
     Use ``with kvstore.open_sync(url) as db:`` so the loop thread is stopped.
     """
     refuse_in_event_loop()
-    opener = open(
-        url,
-        create=create,
-        read_only=read_only,
-        values=values,
-        options=options,
-        endpoint_url=endpoint_url,
-        region_name=region_name,
-        profile=profile,
-        aws_access_key_id=aws_access_key_id,
-        aws_secret_access_key=aws_secret_access_key,
-        aws_session_token=aws_session_token,
-        s3_options=s3_options,
-        wrap_object_store=wrap_object_store,
-    )
+
+    def opener() -> StoreOpener:
+        # Called again in a forked child: a new backend, so no connection of the parent's.
+        return open(
+            url,
+            create=create,
+            read_only=read_only,
+            values=values,
+            options=options,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            profile=profile,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            s3_options=s3_options,
+            wrap_object_store=wrap_object_store,
+        )
+
+    first = opener()  # checks the arguments before a thread is started
     runner = _LoopThread()
     try:
-        store = runner.run(_await(opener))
+        store = runner.run(_await(first))
     except BaseException:
         runner.stop()
         raise
-    return SyncStore(store, runner)
+    return SyncStore(store, runner, opener)
 
 
 async def _await(opener: StoreOpener) -> Store:

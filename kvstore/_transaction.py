@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
@@ -17,6 +18,7 @@ from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._snapshot import SnapshotView
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
+_log = logging.getLogger("kvstore")
 
 
 class Transaction:
@@ -30,7 +32,8 @@ class Transaction:
     While the ``async with`` block runs, starting another transaction on the
     same store in the same task raises NestedTransactionError: use this `tx`.
     A transaction garbage-collected with writes neither committed nor
-    discarded emits a ResourceWarning naming them (they are dropped).
+    discarded logs an error on the ``kvstore`` logger naming them (they are
+    dropped), and emits a ResourceWarning.
 
     Cost: the snapshot is taken on first use (one conditional GET of the
     manifest unless the store allows staleness); a commit with writes is one
@@ -175,15 +178,18 @@ class Transaction:
 
     def __del__(self) -> None:
         writes = getattr(self, "_writes", None)
-        if getattr(self, "_state", None) == _OPEN and writes:
-            keys = ", ".join(repr(k) for k in list(writes)[:3]) + (", ..." if len(writes) > 3 else "")
-            warnings.warn(
-                f"a kvstore transaction on {self._url} with {len(writes)} buffered write(s) ({keys}) was "
-                "garbage-collected without commit() or discard(): the writes were dropped; use "
-                "`async with db.transaction() as tx:` (or `with` in the blocking API), which commits",
-                ResourceWarning,
-                stacklevel=1,
-            )
+        if getattr(self, "_state", None) != _OPEN or not writes or self._engine.forked:
+            return  # in a forked child this is a copy: the parent's transaction is the one that counts
+        keys = ", ".join(repr(k) for k in list(writes)[:3]) + (", ..." if len(writes) > 3 else "")
+        message = (
+            f"a kvstore transaction on {self._url} with {len(writes)} buffered write(s) ({keys}) was "
+            "garbage-collected without commit() or discard(): the writes were dropped; use "
+            "`async with db.transaction() as tx:` (or `with` in the blocking API), which commits"
+        )
+        # Lost writes must be seen: a ResourceWarning is hidden by default, a logged error is
+        # not (as asyncio logs a pending task that is destroyed).
+        _log.error(message)
+        warnings.warn(message, ResourceWarning, stacklevel=1)
 
     async def _snapshot(self) -> SnapshotView:
         if self._view is None:
@@ -210,6 +216,7 @@ class Transaction:
         self._write_bytes += new_size - old_size
 
     def _check_open(self) -> None:
+        self._engine.check_same_process()
         if self._state != _OPEN:
             raise TransactionStateError(f"this transaction is {self._state}; start a new one with db.transaction()")
 

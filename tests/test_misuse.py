@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import warnings
+from typing import Any
 
 import pytest
-from targets import Target, memory_target
+from targets import Target, engine_of, memory_target
 
 import kvstore
 
@@ -31,7 +33,40 @@ async def test_collected_transaction_with_writes_warns() -> None:
         assert await db.get(b"dropped") is None
 
 
-async def test_finished_or_empty_transactions_do_not_warn() -> None:
+def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kvstore" and r.levelno >= logging.ERROR]
+
+
+async def test_collected_transaction_with_writes_logs_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Lost writes are seen by default: ResourceWarning is hidden unless asked for, a logged error is not."""
+    async with memory_target().open() as db:
+        tx = db.transaction()
+        tx.put(b"a", b"1")
+        tx.put(b"b", b"2")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # the default filter: hidden
+            del tx
+            gc.collect()
+    (message,) = _errors_logged(caplog)
+    assert message.startswith("a kvstore transaction on memory://")
+    assert "with 2 buffered write(s) (b'a', b'b') was garbage-collected without commit() or discard()" in message
+    assert "the writes were dropped" in message
+
+
+def test_collected_blocking_transaction_with_writes_logs_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    with memory_target().open_sync() as db:
+        tx = db.transaction()
+        tx.put(b"lost", b"1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del tx
+            gc.collect()
+        assert db.get(b"lost") is None
+    (message,) = _errors_logged(caplog)
+    assert "1 buffered write(s) (b'lost')" in message and "the writes were dropped" in message
+
+
+async def test_finished_or_empty_transactions_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     async with memory_target().open() as db:
         with warnings.catch_warnings():
             warnings.simplefilter("error", ResourceWarning)
@@ -45,6 +80,67 @@ async def test_finished_or_empty_transactions_do_not_warn() -> None:
             await read_only.get(b"a")
             del committed, discarded, read_only
             gc.collect()
+    assert _errors_logged(caplog) == []
+
+
+class _HeldCAS:
+    """A backend whose manifest compare-and-swaps wait, once `holding`, until `release` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.holding = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        if self.holding:
+            self.held.set()
+            await self.release.wait()
+        result: str = await self.inner.put_if_match(name, data, etag)
+        return result
+
+
+async def test_store_collected_with_commits_in_flight_logs_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    backend: list[_HeldCAS] = []
+
+    def wrap(inner: Any) -> _HeldCAS:
+        backend.append(_HeldCAS(inner))
+        return backend[0]
+
+    db = await memory_target().open(wrap_object_store=wrap)
+    engine = engine_of(db)
+    backend[0].holding = True
+    tx = db.transaction()
+    tx.put(b"k", b"v")
+    commit = asyncio.create_task(tx.commit())
+    await asyncio.wait_for(backend[0].held.wait(), 10)  # the commit is in flight
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del db
+        gc.collect()
+    (message,) = _errors_logged(caplog)
+    assert message.startswith("<kvstore.Store memory://")
+    assert "was garbage-collected, never closed, with 1 commit(s) in flight" in message
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == [message]
+    backend[0].release.set()
+    assert await asyncio.wait_for(commit, 10) == 1
+    await engine.close()
+
+
+async def test_store_collected_without_commits_in_flight_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    db = await memory_target().open()
+    await db.put(b"k", b"v")
+    engine = engine_of(db)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del db
+        gc.collect()
+    assert any("was never closed" in str(w.message) for w in caught if w.category is ResourceWarning)
+    assert _errors_logged(caplog) == []
+    await engine.close()
 
 
 # -- nested transactions -----------------------------------------------------

@@ -22,13 +22,14 @@ applied, or may still be (a request delayed in the network): the error is marked
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .._errors import ClosedError, StoreUnavailableError, ValidationError
+from .._errors import ClosedError, StoreUnavailableError, UsedAfterForkError, ValidationError
 from ._protocol import (
     LIST_PAGE,
     Blob,
@@ -106,10 +107,20 @@ class RetryingObjectStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._rng = random.Random(seed)
+        self._pid = os.getpid()
 
     @property
     def description(self) -> str:
         return self.inner.description
+
+    def _check_process(self) -> None:
+        """Refuse to send from a forked child: the backend's connections are the parent's,
+        and a request or a close on them from here would corrupt the parent's."""
+        if os.getpid() != self._pid:
+            raise UsedAfterForkError(
+                f"{self.description} was opened in process {self._pid}, and this process ({os.getpid()}) is "
+                "a fork of it: its connections belong to the parent. Open the store again in this process"
+            )
 
     async def get(
         self,
@@ -171,6 +182,7 @@ class RetryingObjectStore:
         deadline = loop.time() + policy.total_timeout
         attempt = 0
         while True:
+            self._check_process()
             self.requests["LIST"] += 1
             listing = self.inner.list(prefix)
             yielded = False
@@ -205,7 +217,10 @@ class RetryingObjectStore:
         attempt's deadline, then release the backend's connections. A request
         abandoned mid-answer is what some servers handle worst. Later attempts
         (of an operation still retrying) raise ClosedError instead of reaching
-        the closed backend."""
+        the closed backend. In a forked child it does nothing: the connections
+        are the parent's."""
+        if os.getpid() != self._pid:
+            return
         try:
             await asyncio.wait_for(self._idle.wait(), self.policy.attempt_timeout)
         except asyncio.TimeoutError:
@@ -241,6 +256,7 @@ class RetryingObjectStore:
                 closed = ClosedError(f"{self.description}: the store was closed during a {kind}; open it again")
                 _mark(closed, last)
                 raise closed
+            self._check_process()
             attempt += 1
             self.requests[kind] += 1
             limit = min(policy.attempt_timeout, left)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import platform
 import threading
 import weakref
@@ -364,6 +365,17 @@ _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None,
     weakref.WeakKeyDictionary()
 )
 _data_loader: Any = None
+
+
+def _renew_sessions_lock() -> None:
+    # In a forked child: a parent thread may have held the lock at the fork, and no
+    # thread here would ever release it.
+    global _sessions_lock
+    _sessions_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_sessions_lock)
 
 
 def _session_for(profile: str | None) -> AioSession:
