@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from ._codec import ValueMode, encode_key, encode_value
 from ._manifest import SegmentRef
+from ._segment_store import SegmentStore
 
 # Pairs taken from the input at a time: enough to amortise the per-batch work, few
 # enough that a batch is small beside a chunk.
@@ -139,6 +140,36 @@ class ChunkUploads:
         self.refs.append(await upload)
         if self._progress is not None:
             self._progress(taken)
+
+
+async def write_chunks(
+    batches: AsyncIterable[Batch],
+    segments: SegmentStore,
+    *,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[SegmentRef]:
+    """Write encoded batches as segments of about `chunk_bytes` each (entries taking the
+    version they commit at); their records in chunk order. Nothing is committed: a
+    bulk load and a distributed write's parts both commit what this returns.
+    On any failure the uploads in flight are abandoned."""
+    chunk = ChunkBuffer(chunk_bytes)
+    uploads = ChunkUploads(progress)
+
+    async def write(keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        await uploads.add(await segments.write_sorted(keys, values), chunk.taken)
+
+    try:
+        async for batch in batches:
+            for full in chunk.add(batch):
+                await write(*full)
+            await uploads.let_run()
+        if len(chunk):
+            await write(*chunk.take())
+        return await uploads.finish()
+    except BaseException:
+        await uploads.cancel()
+        raise
 
 
 def _ascending(keys: Sequence[bytes]) -> bool:

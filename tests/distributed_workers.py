@@ -1,0 +1,53 @@
+"""Functions that worker processes (a ProcessPoolExecutor, Dask workers) run in the
+distributed-write tests: importable by name from a spawned process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import kvstore
+
+
+def pairs(index: int, count: int, tag: str = "") -> list[tuple[bytes, bytes]]:
+    """Part `index`'s pairs: keys k<index>-<i>, values naming the part (and `tag`)."""
+    return [(f"k{index:03d}-{i:05d}".encode(), f"{tag}part{index}-{i}".encode()) for i in range(count)]
+
+
+def write_part(job: kvstore.DistributedWrite, index: int, count: int) -> kvstore.Part:
+    """A task: write part `index` of `count` pairs."""
+    return job.write(pairs(index, count), index=index)
+
+
+def write_part_and_pid(job: kvstore.DistributedWrite, index: int, count: int) -> tuple[kvstore.Part, int]:
+    return job.write(pairs(index, count), index=index), os.getpid()
+
+
+def announce(marker: Path, text: str) -> None:
+    """Write `marker` atomically (rename), so a reader never sees half of it."""
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, marker)
+
+
+def write_or_stall(
+    job: kvstore.DistributedWrite, index: int, count: int, stall_index: int, markers: str, deadline: float
+) -> kvstore.Part:
+    """A task that writes its part; the task of `stall_index` writes it too, then, on its
+    first attempt only, announces itself (marker file `<markers>/stalled`, with its pid)
+    and blocks until its process is killed (or `deadline`, epoch seconds, passes: then
+    it fails). A retry (after the kill) writes and returns normally."""
+    part = job.write(pairs(index, count), index=index)
+    directory = Path(markers)
+    if index == stall_index and not (directory / "stalled").exists():
+        announce(directory / "stalled", f"{os.getpid()}\n")
+        threading.Event().wait(max(0.0, deadline - time.time()))  # never set: SIGKILL ends it
+        raise TimeoutError("the stalled task was never killed")
+    return part
+
+
+def identity(x: Any) -> Any:
+    return x
