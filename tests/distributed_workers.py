@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import kvstore
 
@@ -33,21 +32,13 @@ def announce(marker: Path, text: str) -> None:
     os.replace(tmp, marker)
 
 
-def write_or_stall(
-    job: kvstore.DistributedWrite, index: int, count: int, stall_index: int, markers: str, deadline: float
-) -> kvstore.Part:
-    """A task that writes its part; the task of `stall_index` writes it too, then, on its
-    first attempt only, announces itself (marker file `<markers>/stalled`, with its pid)
-    and blocks until its process is killed (or `deadline`, epoch seconds, passes: then
-    it fails). A retry (after the kill) writes and returns normally."""
-    part = job.write(pairs(index, count), index=index)
-    directory = Path(markers)
-    if index == stall_index and not (directory / "stalled").exists():
-        announce(directory / "stalled", f"{os.getpid()}\n")
+def stall_at(pair: tuple[bytes, bytes], key: bytes, markers: str, deadline: float) -> tuple[bytes, bytes]:
+    """Pass `pair` through (mapped over a Bag); at `key`, on the first attempt only,
+    announce the process (marker `<markers>/stalled` holding its pid) and block until it
+    is killed; past `deadline` (epoch seconds) fail instead."""
+    marker = Path(markers) / "stalled"
+    if pair[0] == key and not marker.exists():
+        announce(marker, f"{os.getpid()}\n")
         threading.Event().wait(max(0.0, deadline - time.time()))  # never set: SIGKILL ends it
         raise TimeoutError("the stalled task was never killed")
-    return part
-
-
-def identity(x: Any) -> Any:
-    return x
+    return pair
