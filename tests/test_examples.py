@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,19 @@ def test_ml_catalog_dask_on_s3(s3_bucket: tuple[str, str]) -> None:
         env={"KVSTORE_EXAMPLE_RECORDS": "6400", "KVSTORE_ENDPOINT_URL": endpoint_url},
     )
     _check_dask_catalog(out, 6400)
+
+
+def test_the_process_pool_example_of_docs_distributed_runs(tmp_path: Path) -> None:
+    """docs/distributed.md, "concurrent.futures": the example runs as written."""
+    text = (ROOT / "docs" / "distributed.md").read_text().split("\n## concurrent.futures\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    script = tmp_path / "pool_example.py"  # a file: spawned workers import the main module
+    script.write_text(block)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "committed 8 parts at version 1: 80000 entries\n"
 
 
 def test_api_reference_is_up_to_date() -> None:
