@@ -13,6 +13,7 @@ from operator import add, lt
 from typing import Any, NamedTuple
 
 from ._codec import ValueMode, encode_key, encode_value
+from ._errors import ValidationError
 from ._manifest import SegmentRef
 from ._segment_store import SegmentStore
 
@@ -37,7 +38,11 @@ async def encoded_batches(
 ) -> AsyncIterator[Batch]:
     """The input as batches of checked, encoded keys and values (InvalidKeyError, InvalidValueError)."""
     async for batch in _batches(items):
-        raw_keys, raw_values = zip(*batch, strict=True)
+        try:
+            raw_keys, raw_values = zip(*batch, strict=True)
+        except (TypeError, ValueError):
+            bad = next((item for item in batch if not (isinstance(item, (tuple, list)) and len(item) == 2)), None)
+            raise ValidationError(f"items must be (key, value) pairs, not {type(bad).__name__} {bad!r:.80}") from None
         keys, key_bytes = _encoded_keys(raw_keys, max_key_bytes)
         values, value_bytes = _encoded_values(raw_values, mode, max_value_bytes)
         yield Batch(keys, values, key_bytes + value_bytes)

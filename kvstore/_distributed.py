@@ -35,17 +35,21 @@ from typing import Any, TypeVar
 from ._bulk import encoded_batches, write_chunks
 from ._cache import ByteLRU
 from ._codec import ValueMode
+from ._compact import SubCompaction, SubCompactionResult, run_sub_compaction
 from ._errors import InvalidPartError, JobAlreadyCommittedError, PartTooOldError, SyncInAsyncError, ValidationError
 from ._layout import Layout
 from ._manifest import SegmentRef
 from ._objectstore import RetryingObjectStore, S3Options
 from ._options import StoreOptions
 from ._segment_store import SegmentStore
+from ._sources import Sources
 from ._url import parse_url
 
 T = TypeVar("T")
 # Object-store clients a process keeps open for distributed writes (one per store).
 _MAX_CLIENTS = 4
+# Cache of one key range's compaction in a worker (indexes, run objects, small inputs).
+_WORKER_CACHE_BYTES = 32 * 1024 * 1024
 # Seconds `atexit` waits for a process's object-store clients to close.
 _CLOSE_DEADLINE = 10.0
 
@@ -221,6 +225,28 @@ class DistributedWrite:
         return Part(self.job_id, index, tuple(refs), written_at, counted.count)
 
 
+@dataclass(frozen=True)
+class StoreAddress:
+    """What a worker process needs to reach a store's objects: picklable, no client."""
+
+    url: str
+    s3: S3Options
+    options: StoreOptions
+
+
+def compact_range(address: StoreAddress, sub: SubCompaction) -> SubCompactionResult:
+    """Run one key range of a compaction in this process (blocking): read its inputs and
+    write its output segments through this process's client for the store. Commits
+    nothing: the compacting process commits every range's outputs in one CAS."""
+    return _worker_runtime().run(_compact_range(address, sub))
+
+
+async def _compact_range(address: StoreAddress, sub: SubCompaction) -> SubCompactionResult:
+    async with _worker_runtime().objects(address) as (objects, layout):
+        cache = ByteLRU(_WORKER_CACHE_BYTES)  # the inputs' indexes and small segments, for this range only
+        return await run_sub_compaction(sub, Sources(objects, layout, SegmentStore(objects, layout, cache), cache))
+
+
 class _Counted:
     """An iterable that counts what was taken from it."""
 
@@ -252,7 +278,7 @@ class _WorkerRuntime:
         return self.submit(coro).result()
 
     @asynccontextmanager
-    async def objects(self, job: DistributedWrite) -> AsyncIterator[tuple[RetryingObjectStore, Layout]]:
+    async def objects(self, job: StoreAddress | DistributedWrite) -> AsyncIterator[tuple[RetryingObjectStore, Layout]]:
         """The process's client for the job's store, made on first use. The least recently
         used idle clients beyond `_MAX_CLIENTS` are closed (a process that writes to many
         stores in turn does not keep every connection pool)."""

@@ -21,7 +21,7 @@ from typing import Any
 from ._bulk import Batch, write_chunks
 from ._cache import ByteLRU
 from ._commit import CommitRequest, Committer
-from ._compact import CompactionResult, Compactor, choose_inputs
+from ._compact import CompactionResult, Compactor, SubCompactionRunner, choose_inputs
 from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
@@ -285,13 +285,14 @@ class Engine:
         self.check_open()
         return await self._gc.collect(grace_period=grace_period, dry_run=dry_run)
 
-    async def compact(self, *, full: bool) -> list[CompactionResult]:
-        """Merge segments until no level is due (or everything into one, with `full`)."""
+    async def compact(self, *, full: bool, run: SubCompactionRunner | None = None) -> list[CompactionResult]:
+        """Merge segments until no level is due (or everything into one, with `full`);
+        `run` runs the key ranges elsewhere (`Compactor.compact`)."""
         self.check_writable("compaction writes")
         await self._manifests.refresh()
         results: list[CompactionResult] = []
         while True:
-            result = await self._compactor.compact(full=full)
+            result = await self._compactor.compact(full=full, run=run)
             if result is None:
                 return results
             results.append(result)

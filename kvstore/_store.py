@@ -26,7 +26,7 @@ from typing import Any, TypeVar, overload
 from ._bulk import encoded_batches
 from ._codec import VALUE_MODES, ValueMode, key_range, value_mode
 from ._compact import CompactionResult
-from ._distributed import DistributedWrite
+from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport, open_engine
 from ._errors import ConflictError, ValidationError
 from ._gc import GcReport
@@ -426,16 +426,24 @@ class Store:
         """
         return await self._engine.verify()
 
-    async def compact(self, *, full: bool = False) -> list[CompactionResult]:
+    async def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
         """Merge segments until no level is due (or everything into one sorted run, with `full`).
 
         A merge streams into segments of about `StoreOptions.target_segment_bytes`,
         in key ranges run concurrently within `StoreOptions.compaction_memory_bytes`.
+        With `client` (a `distributed.Client`; needs ``kvstore[dask]``) the key
+        ranges run as tasks on its Dask cluster instead, each worker reading and
+        writing the store itself; this process commits them all in one CAS.
         Compaction commits never conflict with transactions. Costs ranged GETs of
         the inputs, a PUT (or multipart upload) per output segment, a PUT of the run
         object and a manifest CAS per merge.
         """
-        return await self._engine.compact(full=full)
+        run = None
+        if client is not None:
+            from .dask import sub_compactions_on
+
+            run = sub_compactions_on(client, StoreAddress(self.url, self._s3, self.options))
+        return await self._engine.compact(full=full, run=run)
 
     async def close(self) -> None:
         """Finish queued commits and release connections. Idempotent.

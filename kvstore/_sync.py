@@ -378,9 +378,9 @@ class SyncStore(MutableMapping[bytes, Any]):
         job = self._runner.run(self._store.distributed_write(meta=meta, chunk_bytes=chunk_bytes))
         return SyncDistributedWrite(job, self._runner)
 
-    def compact(self, *, full: bool = False) -> list[CompactionResult]:
+    def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
         """Blocking form of `Store.compact`."""
-        return self._runner.run(self._store.compact(full=full))
+        return self._runner.run(self._store.compact(full=full, client=client))
 
     def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
         """Blocking form of `Store.gc`."""

@@ -30,7 +30,8 @@ from typing import Any
 
 import msgpack
 
-from ._distributed import DistributedWrite, Part
+from ._compact import SubCompaction, SubCompactionResult, SubCompactionRunner
+from ._distributed import DistributedWrite, Part, StoreAddress, compact_range
 from ._errors import InvalidValueError, ValidationError
 
 try:
@@ -40,7 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError("kvstore.dask needs Dask: pip install 'kvstore[dask]'") from exc
 
-__all__ = ["compute_parts", "store", "store_sync", "write_parts"]
+__all__ = ["compute_parts", "store", "store_sync", "sub_compactions_on", "write_parts"]
 
 
 def write_parts(job: DistributedWrite, data: Any, *, key: str | None = None, value: str | None = None) -> list[Any]:
@@ -122,6 +123,23 @@ def store_sync(
     parts = compute_parts(job.job, data, key=key, value=value, client=client)
     version: int = job.commit(parts)
     return version
+
+
+def sub_compactions_on(client: Any, address: StoreAddress) -> SubCompactionRunner:
+    """A runner for `Compactor.compact` that runs each key range as a task on `client`'s
+    cluster (`Store.compact(client=...)` uses it). The first failure fails the compaction;
+    outputs already written are left to GC."""
+
+    async def run(subs: Sequence[SubCompaction]) -> list[SubCompactionResult]:
+        futures = client.map(compact_range, [address] * len(subs), subs, pure=False)
+        try:
+            results: list[SubCompactionResult] = await asyncio.to_thread(client.gather, futures)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return results
+
+    return run
 
 
 def _write_pairs(job: DistributedWrite, pairs: Iterable[tuple[Any, Any]], index: int) -> Part:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -157,3 +158,25 @@ def test_what_kvstore_dask_refuses(healthy: Client, tmp_path: Path) -> None:
             kvstore.dask.write_parts(job.job, [(b"k", b"v")])
         assert kvstore.dask.store_sync(db, frame, key="k", value="v", client=healthy) == db.version
         assert db[b"a"] == b"1"
+
+
+async def test_a_full_compaction_runs_its_key_ranges_on_the_cluster(durable_target: Target, healthy: Client) -> None:
+    options = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=16 * 1024, history_versions=0)
+    rng = random.Random(5)
+    async with durable_target.open(options=options) as db:
+        for i in range(4):  # four overlapping loads (incompressible values): later ones overwrite some keys
+            await db.bulk_load((k, rng.randbytes(200)) for j in range(i, i + 3) for k, _ in pairs(j, 300))
+        await db.delete(b"k002-00007")
+        expected = await _content(db)
+        version = db.version
+        driver = engine_of(db).objects.requests
+        puts_before = driver["PUT"] + driver["POST"]
+        [result] = await db.compact(full=True, client=healthy)
+        assert result.version == version + 1 and await db.refresh() == version + 1
+        assert result.sub_compactions >= 3 and result.outputs >= result.sub_compactions
+        # The outputs were written by the workers: this process wrote only the run object
+        # and the manifest.
+        assert driver["PUT"] + driver["POST"] - puts_before == 2
+        assert [r.level for r in engine_of(db).manifest.segments] == [1]
+        assert await _content(db) == expected and b"k002-00007" not in expected
+        assert result.entries_out == len(expected) == 6 * 300 - 1  # old versions and the tombstone dropped

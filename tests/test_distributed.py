@@ -181,6 +181,8 @@ async def test_workers_check_keys_and_values_like_bulk_load(target: Target) -> N
             await job.write_async([(b"k", b"v" * 101)])
         with pytest.raises(kvstore.InvalidValueError):
             await job.write_async([(b"k", 5)])  # a bytes store takes bytes
+        with pytest.raises(kvstore.ValidationError, match="items must be \\(key, value\\) pairs, not list"):
+            await job.write_async([[(b"k", b"v")]])  # a list of pairs where a pair belongs
         with pytest.raises(kvstore.InvalidKeyError):
             await db.bulk_load([(b"", b"v")])  # the same errors as bulk_load
 
