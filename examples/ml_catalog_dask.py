@@ -109,7 +109,7 @@ def run() -> None:
     parser.add_argument("--records", type=int, default=int(os.environ.get("KVSTORE_EXAMPLE_RECORDS", 1_000_000)))
     args = parser.parse_args()
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         asyncio.run(main(args.url, args.records, client))
