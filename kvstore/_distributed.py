@@ -12,10 +12,10 @@ entries take the version they commit at (`SegmentRef.commit_version`, set at
 the CAS), so nothing needs the commit version before the commit. A `Part`
 lists those segments. Nothing is visible until `commit`, whose one CAS adds
 every part's segments or none; a part never committed is an orphan that GC
-collects after the grace period (I7). The job id is the commit's transaction
-id: the commit log names it, which is how a second commit (from any process)
-is refused and how an uncertain CAS is resolved (I5). docs/distributed.md
-has the guide, docs/design.md the protocol.
+collects after the grace period (I7). The commit record names the job id,
+which is how a second commit (from any process) is refused; an uncertain
+CAS is resolved by the commit's own transaction id, like any commit (I5).
+docs/distributed.md has the guide, docs/design.md the protocol.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class DistributedWrite:
 
     url: str
     store_id: str
-    job_id: str  # hex; the commit's transaction id in the commit log
+    job_id: str  # hex; the commit record's meta names it ("job")
     values: ValueMode
     options: StoreOptions
     s3: S3Options
@@ -215,6 +215,8 @@ class DistributedWrite:
             await engine.close()
 
     async def _write(self, pairs: Iterable[tuple[str | bytes, Any]], index: int | None) -> Part:
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            raise ValidationError(f"index must be an int (the task's number) or None, not {index!r}")
         async with _worker_runtime().objects(self) as (objects, layout):
             segments = SegmentStore(objects, layout, ByteLRU(0))
             limits = self.options.max_key_bytes, self.options.max_value_bytes

@@ -168,6 +168,8 @@ async def test_parts_of_another_job_or_store_are_refused(target: Target) -> None
             await job.commit([part])
         with pytest.raises(kvstore.InvalidPartError, match="sequence of parts"):
             await job.commit(part)  # type: ignore[arg-type]
+        with pytest.raises(kvstore.ValidationError, match="index must be an int"):
+            await job.write_async([(b"k", b"v")], index="3")  # type: ignore[arg-type]
         with pytest.raises(kvstore.ValidationError, match="no pairs"):
             await job.commit([await job.write_async([])])
 
