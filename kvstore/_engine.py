@@ -230,8 +230,8 @@ class Engine:
         meta: dict[str, Any] | None,
     ) -> int:
         """Commit segments written elsewhere (a distributed write's parts; newest first) in
-        one manifest CAS, at most once per `job_id` (hex), which the commit record keeps. `written_at` is the writer's clock (epoch seconds) before the
-        oldest was written."""
+        one manifest CAS, at most once per `job_id` (hex), which the commit record keeps.
+        `written_at` is the writer's clock (epoch seconds) before the oldest was written."""
         self.check_writable("distributed writes are writes")
         manifest = await self.refresh()
         if manifest.store_id != store_id:
