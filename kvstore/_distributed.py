@@ -220,11 +220,11 @@ class DistributedWrite:
         async with _worker_runtime().objects(self) as (objects, layout):
             segments = SegmentStore(objects, layout, ByteLRU(0))
             limits = self.options.max_key_bytes, self.options.max_value_bytes
-            counted = _Counted(pairs)
+            taken = [0]  # pairs taken, as of the last chunk uploaded (no step per pair here)
             written_at = time.time()  # before the first segment: the part is at least this old
-            batches = encoded_batches(counted, self.values, *limits)
-            refs = await write_chunks(batches, segments, chunk_bytes=self.chunk_bytes)
-        return Part(self.job_id, index, tuple(refs), written_at, counted.count)
+            batches = encoded_batches(pairs, self.values, *limits)
+            refs = await write_chunks(batches, segments, chunk_bytes=self.chunk_bytes, progress=taken.append)
+        return Part(self.job_id, index, tuple(refs), written_at, taken[-1])
 
 
 @dataclass(frozen=True)
@@ -247,19 +247,6 @@ async def _compact_range(address: StoreAddress, sub: SubCompaction) -> SubCompac
     async with _worker_runtime().objects(address) as (objects, layout):
         cache = ByteLRU(_WORKER_CACHE_BYTES)  # the inputs' indexes and small segments, for this range only
         return await run_sub_compaction(sub, Sources(objects, layout, SegmentStore(objects, layout, cache), cache))
-
-
-class _Counted:
-    """An iterable that counts what was taken from it."""
-
-    def __init__(self, items: Iterable[Any]) -> None:
-        self._items = items
-        self.count = 0
-
-    def __iter__(self) -> Any:
-        for item in self._items:
-            self.count += 1
-            yield item
 
 
 class _WorkerRuntime:
