@@ -32,6 +32,11 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "Thin faces over the async API: one event-loop thread per `SyncStore`.",
         ["SyncStore", "SyncSnapshot", "SyncTransaction"],
     ),
+    (
+        "Distributed writes",
+        "A picklable job whose parts any process writes; one commit publishes them (docs/distributed.md).",
+        ["DistributedWrite", "Part", "SyncDistributedWrite"],
+    ),
     ("Results", "", ["CommitInfo", "Change", "Tag", "VerifyReport", "CompactionResult", "GcReport"]),
     ("Options", "", ["StoreOptions", "S3Options", "RetryPolicy"]),
 ]

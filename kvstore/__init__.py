@@ -9,6 +9,7 @@ See README.md for a tour and docs/ for concepts, formats and operations.
 """
 
 from ._compact import CompactionResult
+from ._distributed import DistributedWrite, Part
 from ._engine import VerifyReport
 from ._errors import (
     AccessDeniedError,
@@ -22,10 +23,13 @@ from ._errors import (
     FutureVersionError,
     GracePeriodTooShortError,
     InvalidKeyError,
+    InvalidPartError,
     InvalidURLError,
     InvalidValueError,
+    JobAlreadyCommittedError,
     KvStoreError,
     NestedTransactionError,
+    PartTooOldError,
     ReadOnlyError,
     StoreNotFoundError,
     StoreUnavailableError,
@@ -49,7 +53,7 @@ from ._options import StoreOptions
 from ._reader import Reader
 from ._snapshot import Snapshot
 from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
-from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
+from ._sync import SyncDistributedWrite, SyncSnapshot, SyncStore, SyncTransaction, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
 from ._version import __version__ as __version__
@@ -66,14 +70,19 @@ __all__ = [
     "ConflictError",
     "ContentionError",
     "CorruptionError",
+    "DistributedWrite",
     "FutureVersionError",
     "GcReport",
     "GracePeriodTooShortError",
     "InvalidKeyError",
+    "InvalidPartError",
     "InvalidURLError",
     "InvalidValueError",
+    "JobAlreadyCommittedError",
     "KvStoreError",
     "NestedTransactionError",
+    "Part",
+    "PartTooOldError",
     "ReadOnlyError",
     "Reader",
     "RetryPolicy",
@@ -85,6 +94,7 @@ __all__ = [
     "StoreOpener",
     "StoreOptions",
     "StoreUnavailableError",
+    "SyncDistributedWrite",
     "SyncInAsyncError",
     "SyncSnapshot",
     "SyncStore",

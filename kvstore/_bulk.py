@@ -13,7 +13,9 @@ from operator import add, lt
 from typing import Any, NamedTuple
 
 from ._codec import ValueMode, encode_key, encode_value
+from ._errors import ValidationError
 from ._manifest import SegmentRef
+from ._segment_store import SegmentStore
 
 # Pairs taken from the input at a time: enough to amortise the per-batch work, few
 # enough that a batch is small beside a chunk.
@@ -36,7 +38,11 @@ async def encoded_batches(
 ) -> AsyncIterator[Batch]:
     """The input as batches of checked, encoded keys and values (InvalidKeyError, InvalidValueError)."""
     async for batch in _batches(items):
-        raw_keys, raw_values = zip(*batch, strict=True)
+        try:
+            raw_keys, raw_values = zip(*batch, strict=True)
+        except (TypeError, ValueError):
+            bad = next((item for item in batch if not (isinstance(item, (tuple, list)) and len(item) == 2)), None)
+            raise ValidationError(f"items must be (key, value) pairs, not {type(bad).__name__} {bad!r:.80}") from None
         keys, key_bytes = _encoded_keys(raw_keys, max_key_bytes)
         values, value_bytes = _encoded_values(raw_values, mode, max_value_bytes)
         yield Batch(keys, values, key_bytes + value_bytes)
@@ -139,6 +145,36 @@ class ChunkUploads:
         self.refs.append(await upload)
         if self._progress is not None:
             self._progress(taken)
+
+
+async def write_chunks(
+    batches: AsyncIterable[Batch],
+    segments: SegmentStore,
+    *,
+    chunk_bytes: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[SegmentRef]:
+    """Write encoded batches as segments of about `chunk_bytes` each (entries taking the
+    version they commit at); their records in chunk order. Nothing is committed: a
+    bulk load and a distributed write's parts both commit what this returns.
+    On any failure the uploads in flight are abandoned."""
+    chunk = ChunkBuffer(chunk_bytes)
+    uploads = ChunkUploads(progress)
+
+    async def write(keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        await uploads.add(await segments.write_sorted(keys, values), chunk.taken)
+
+    try:
+        async for batch in batches:
+            for full in chunk.add(batch):
+                await write(*full)
+            await uploads.let_run()
+        if len(chunk):
+            await write(*chunk.take())
+        return await uploads.finish()
+    except BaseException:
+        await uploads.cancel()
+        raise
 
 
 def _ascending(keys: Sequence[bytes]) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 from ._errors import (
     CommitOutcomeUnknownError,
     ConflictError,
+    JobAlreadyCommittedError,
     KvStoreError,
     StoreUnavailableError,
     TransactionTooOldError,
@@ -63,6 +64,9 @@ class CommitRequest:
     meta: dict[str, Any] | None = None
     # Segments written beforehand (bulk loads): committed as they are, alone.
     segments: list[SegmentRef] | None = None
+    # A distributed write's job id (hex): recorded in the commit's meta, and the commit is
+    # refused if one after `read_version` records it (another driver committed the job).
+    job: str | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -310,6 +314,9 @@ class Committer:
                     ),
                 )
                 continue
+            if request.job is not None and any(c.job == request.job for c in commits):
+                _fail(request, _already_committed(request.job))
+                continue
             clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
             if clash is not None or _reads_any(request, batch_writes):
                 self.stats.conflicts += 1
@@ -365,6 +372,7 @@ class Committer:
         keys = pending.keys
         exact = keys is not None and sum(map(len, keys)) <= LOG_KEYS_MAX_BYTES
         metas = [r.meta for r in accepted]
+        job = accepted[0].job  # a distributed write commits alone
         record = CommitRecord(
             version=version,
             time=time.time(),
@@ -375,7 +383,7 @@ class Committer:
             min_key=min(r.min_key for r in refs),
             max_key=max(r.max_key for r in refs),
             keys=tuple(keys) if exact and keys is not None else None,
-            meta={"txns": metas} if any(m is not None for m in metas) else None,
+            meta=_record_meta(metas, job),
         )
         return base.with_commit(record, self._options.commit_log_length, add=refs)
 
@@ -460,6 +468,20 @@ def _reads_any(request: CommitRequest, sorted_writes: list[bytes]) -> bool:
         if i < len(sorted_writes) and (end is None or sorted_writes[i] < end):
             return True
     return False
+
+
+def _record_meta(metas: list[dict[str, Any] | None], job: str | None) -> dict[str, Any] | None:
+    """A commit record's meta: the transactions' metas, and a distributed write's job id."""
+    meta: dict[str, Any] = {"txns": metas} if any(m is not None for m in metas) else {}
+    if job is not None:
+        meta["job"] = job
+    return meta or None
+
+
+def _already_committed(job: str) -> JobAlreadyCommittedError:
+    return JobAlreadyCommittedError(
+        f"distributed write {job} has already committed (the commit log names it); start a new job to write more"
+    )
 
 
 def _fail(request: CommitRequest, exc: BaseException) -> None:

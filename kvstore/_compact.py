@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -42,6 +42,8 @@ from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, E
 from ._sources import Sources
 
 TombstoneCheck = Callable[[bytes, int], bool]
+# Runs a compaction's key ranges elsewhere (e.g. on a Dask cluster): results in the order given.
+SubCompactionRunner = Callable[[Sequence["SubCompaction"]], Awaitable[list["SubCompactionResult"]]]
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ class SubCompaction:
 
 @dataclass
 class SubCompactionResult:
+    """What one key range wrote (plain data: it may come back from another process)."""
+
     parts: list[SegmentRef] = field(default_factory=list)  # in key order
     entries_in: int = 0
     entries_out: int = 0
@@ -298,8 +302,11 @@ class Compactor:
         self._sources = sources
         self._options = options
 
-    async def compact(self, *, full: bool = False) -> CompactionResult | None:
+    async def compact(self, *, full: bool = False, run: SubCompactionRunner | None = None) -> CompactionResult | None:
         """Merge the next due group of sources (or all, with `full`) into one sorted run.
+
+        `run` runs the key ranges (`SubCompaction`s) elsewhere; by default they run
+        here, as many at once as `compaction_memory_bytes` holds.
 
         Returns None when nothing was due or a concurrent compaction took the
         same sources first. Costs a GET per input index or run not cached, ranged
@@ -330,7 +337,7 @@ class Compactor:
         per_sub = sub_compaction_bytes(len(inputs), options.target_segment_bytes)
         concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
         started = time.monotonic()  # before any output is written
-        results = await run_all(subs, self._sources, concurrency)
+        results = await (run_all(subs, self._sources, concurrency) if run is None else run(subs))
         parts = [part for r in results for part in r.parts]
         ref: SegmentRef | None
         if not parts:

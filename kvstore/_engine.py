@@ -15,20 +15,21 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fork
-from ._bulk import Batch, ChunkBuffer, ChunkUploads
+from ._bulk import Batch, write_chunks
 from ._cache import ByteLRU
 from ._commit import CommitRequest, Committer
-from ._compact import CompactionResult, Compactor, choose_inputs
+from ._compact import CompactionResult, Compactor, SubCompactionRunner, choose_inputs
 from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
     CorruptionError,
     FutureVersionError,
+    JobAlreadyCommittedError,
     KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
@@ -39,7 +40,7 @@ from ._errors import (
 )
 from ._gc import GarbageCollector, GcReport
 from ._layout import Layout
-from ._manifest import GRACE_SETTING, CommitRecord, Manifest, recorded_grace_period
+from ._manifest import GRACE_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions
@@ -238,23 +239,7 @@ class Engine:
         then commit them all in one manifest CAS; returns the version."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()
-        chunk = ChunkBuffer(chunk_bytes)
-        uploads = ChunkUploads(progress)
-
-        async def write(keys: Sequence[bytes], values: Sequence[bytes]) -> None:
-            await uploads.add(await self._segments.write_sorted(keys, values), chunk.taken)
-
-        try:
-            async for batch in batches:
-                for full in chunk.add(batch):
-                    await write(*full)
-                await uploads.let_run()
-            if len(chunk):
-                await write(*chunk.take())
-            refs = await uploads.finish()
-        except BaseException:
-            await uploads.cancel()
-            raise
+        refs = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
         if not refs:
             raise ValidationError("bulk_load got no items")
         request = CommitRequest(
@@ -265,6 +250,49 @@ class Engine:
             read_ranges=[],
             writes={},
             segments=refs[::-1],  # newest first: a later chunk wins a repeated key
+        )
+        return await self.commit(request)
+
+    async def commit_parts(
+        self,
+        *,
+        store_id: str,
+        job_id: str,
+        segments: list[SegmentRef],
+        written_at: float,
+        meta: dict[str, Any] | None,
+    ) -> int:
+        """Commit segments written elsewhere (a distributed write's parts; newest first) in
+        one manifest CAS, at most once per `job_id` (hex), which the commit record keeps.
+        `written_at` is the writer's clock (epoch seconds) before the oldest was written."""
+        self.check_writable("distributed writes are writes")
+        manifest = await self.refresh()
+        if manifest.store_id != store_id:
+            raise StoreNotFoundError(
+                f"the store at {self.url} is not the one this distributed write was made for (store id "
+                f"{store_id}, now {manifest.store_id}): it was deleted and made again; run the job again"
+            )
+        live = {s.id for s in manifest.segments}
+        done = next((r.version for r in manifest.log if r.job == job_id), None)
+        if done is not None or any(s.id in live for s in segments):
+            raise JobAlreadyCommittedError(
+                f"distributed write {job_id} has already committed"
+                f"{'' if done is None else f' (version {done})'}; start a new job to write more"
+            )
+        request = CommitRequest(
+            # A new id per attempt to commit: two drivers committing one job must not take
+            # each other's commit for their own (I5 looks for this id), so the job id goes
+            # in the record's meta, where the check above and the committer find it.
+            txn_id=self.new_txn_id(),
+            read_version=manifest.version,  # commits after it are checked for this job id
+            # The committer holds segments to I8 by monotonic time; the parts' clock is another host's.
+            started=time.monotonic() - max(0.0, time.time() - written_at),
+            read_keys=set(),
+            read_ranges=[],
+            writes={},
+            meta=meta,
+            segments=segments,
+            job=job_id,
         )
         return await self.commit(request)
 
@@ -293,13 +321,14 @@ class Engine:
             grace_period=grace_period, own_grace_period=self.options.segment_grace_period, dry_run=dry_run
         )
 
-    async def compact(self, *, full: bool) -> list[CompactionResult]:
-        """Merge segments until no level is due (or everything into one, with `full`)."""
+    async def compact(self, *, full: bool, run: SubCompactionRunner | None = None) -> list[CompactionResult]:
+        """Merge segments until no level is due (or everything into one, with `full`);
+        `run` runs the key ranges elsewhere (`Compactor.compact`)."""
         self.check_writable("compaction writes")
         await self._manifests.refresh()
         results: list[CompactionResult] = []
         while True:
-            result = await self._compactor.compact(full=full)
+            result = await self._compactor.compact(full=full, run=run)
             if result is None:
                 return results
             results.append(result)

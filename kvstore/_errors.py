@@ -11,10 +11,13 @@ object-store boundary, so callers only ever catch these::
     │   ├── InvalidURLError
     │   ├── CodecMismatchError                  values= differs from the store's codec
     │   ├── FutureVersionError                  the asked-for version is not committed yet
-    │   └── GracePeriodTooShortError            GC below the writers' grace period
+    │   ├── GracePeriodTooShortError            GC below the writers' grace period
+    │   └── InvalidPartError                    a distributed write's commit given wrong parts
     ├── ConflictError                           lost a race; retry the transaction
     │   └── TransactionTooOldError
     ├── CommitOutcomeUnknownError               may or may not have committed
+    ├── JobAlreadyCommittedError                a distributed write committed already
+    ├── PartTooOldError                         a distributed write's part is too old to commit
     ├── StoreNotFoundError                      no store, or no bucket
     ├── AccessDeniedError                       credentials missing, wrong or not allowed
     ├── StoreUnavailableError                   endpoint unreachable or failing
@@ -64,6 +67,12 @@ class InvalidURLError(ValidationError):
     A mistyped scheme (``s3:/bucket``, ``file:relative``) is refused rather than
     taken as a local directory named ``s3:``; the message gives the corrected URL.
     """
+
+
+class InvalidPartError(ValidationError):
+    """`DistributedWrite.commit` was given a part it cannot take: not a `Part`, a part
+    of another job, or the same part (or two parts of one index) twice. Nothing was
+    committed; pass each task's part once."""
 
 
 class CodecMismatchError(ValidationError):
@@ -152,6 +161,27 @@ class CommitOutcomeUnknownError(KvStoreError):
     applied (or the evidence had already been trimmed from the commit log).
     Read the data to learn the outcome before retrying a non-idempotent
     transaction.
+    """
+
+
+class JobAlreadyCommittedError(KvStoreError):
+    """A distributed write (`Store.distributed_write`) was committed a second time.
+
+    A job commits at most once: its parts are in the store already (this
+    commit changed nothing). The commit log names the job's id, so this is
+    found from any process while that commit is among the last
+    `StoreOptions.commit_log_length` commits (or its segments are still
+    live). Start a new job to write more.
+    """
+
+
+class PartTooOldError(KvStoreError):
+    """A distributed write's part was written longer ago than half of
+    `StoreOptions.segment_grace_period`.
+
+    Garbage collection may already delete its segments (I8), so the commit
+    was refused and nothing was committed. Write the parts again with a new
+    job, or open the store with a grace period above twice the job's length.
     """
 
 

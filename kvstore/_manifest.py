@@ -104,6 +104,11 @@ class CommitRecord:
     meta: dict[str, Any] | None = None
     txn_count: int = 1  # transactions the commit carried
 
+    @property
+    def job(self) -> str | None:
+        """The distributed write (`Store.distributed_write`) this commit published, if any."""
+        return None if self.meta is None else self.meta.get("job")
+
     def wrote_any(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Whether this commit wrote one of `keys` or a key in one of the [start, end) ranges."""
         if self.key_count == 0:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, overload
 from ._bulk import encoded_batches
 from ._codec import VALUE_MODES, Codec, ValueMode, key_range, value_mode
 from ._compact import CompactionResult
+from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport, open_engine
 from ._errors import ConflictError, ValidationError
 from ._gc import GcReport
@@ -123,9 +124,10 @@ class Store:
     rest to the store's engine (`kvstore._engine.Engine`).
     """
 
-    def __init__(self, engine: Engine, values: ValueMode) -> None:
+    def __init__(self, engine: Engine, values: ValueMode, s3: S3Options | None = None) -> None:
         self._engine = engine
         self._values = values
+        self._s3 = s3 or S3Options()  # what a distributed write's workers open the store with
         self._attempts = TransactAttempts(engine.options.transact_max_attempts, engine.url)
 
     @property
@@ -278,6 +280,36 @@ class Store:
         batches = encoded_batches(items, self._values, *limits)
         return await self._engine.bulk_commit(batches, progress=progress, chunk_bytes=chunk_bytes)
 
+    async def distributed_write(
+        self, *, meta: dict[str, Any] | None = None, chunk_bytes: int = 64 * 1024 * 1024
+    ) -> DistributedWrite:
+        """A new distributed write: a small, picklable job whose parts any process writes.
+
+        Send the job to workers (Dask, Ray, `concurrent.futures`, other hosts);
+        each calls ``part = job.write(pairs, index=i)``, which checks and encodes
+        the pairs like `bulk_load` and writes them as immutable segments (chunks
+        of about `chunk_bytes`), committing nothing. ``await job.commit(parts)``
+        on the driver publishes every part in one manifest CAS, or none, at most
+        once; `meta` is kept in the commit log. Where parts overlap in keys, the
+        later part in `parts` wins. Parts never committed stay invisible and are
+        collected by `gc` after the grace period. See docs/distributed.md.
+        """
+        self._engine.check_writable("distributed writes are writes")
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValidationError(f"chunk_bytes must be a positive int, not {chunk_bytes!r}")
+        await self._engine.refresh()
+        return DistributedWrite(
+            url=self.url,
+            store_id=self.store_id,
+            job_id=self._engine.new_txn_id().hex(),
+            values=self._values,
+            options=self.options,
+            s3=self._s3,
+            chunk_bytes=chunk_bytes,
+            meta=meta,
+            _committer=self._engine.commit_parts,
+        )
+
     async def snapshot(self, *, version: int | None = None, tag: str | None = None) -> Snapshot:
         """A consistent read-only view of the latest version, or of the past.
 
@@ -401,16 +433,24 @@ class Store:
         """
         return await self._engine.verify()
 
-    async def compact(self, *, full: bool = False) -> list[CompactionResult]:
+    async def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
         """Merge segments until no level is due (or everything into one sorted run, with `full`).
 
         A merge streams into segments of about `StoreOptions.target_segment_bytes`,
         in key ranges run concurrently within `StoreOptions.compaction_memory_bytes`.
+        With `client` (a `distributed.Client`; needs ``kvstore[dask]``) the key
+        ranges run as tasks on its Dask cluster instead, each worker reading and
+        writing the store itself; this process commits them all in one CAS.
         Compaction commits never conflict with transactions. Costs ranged GETs of
         the inputs, a PUT (or multipart upload) per output segment, a PUT of the run
         object and a manifest CAS per merge.
         """
-        return await self._engine.compact(full=full)
+        run = None
+        if client is not None:
+            from .dask import sub_compactions_on
+
+            run = sub_compactions_on(client, StoreAddress(self.url, self._s3, self.options))
+        return await self._engine.compact(full=full, run=run)
 
     async def close(self) -> None:
         """Finish queued commits and release connections. Idempotent.
@@ -535,7 +575,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
             wrap_object_store=wrap_object_store,
         )
         try:
-            return Store(engine, value_mode(engine.manifest.settings.get("values"), values, location.url))
+            return Store(engine, value_mode(engine.manifest.settings.get("values"), values, location.url), s3)
         except BaseException:
             await engine.close()
             raise

@@ -22,13 +22,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from . import _fork
 from ._codec import Codec, ValueMode
 from ._compact import CompactionResult
+from ._distributed import DistributedWrite, Part
 from ._engine import VerifyReport
 from ._errors import ClosedError, ConflictError, SyncInAsyncError, UsedAfterForkError, ValidationError
 from ._gc import GcReport
@@ -261,6 +262,39 @@ class SyncTransaction:
         self._runner.run(self._tx.__aexit__(exc_type, exc, tb))
 
 
+class SyncDistributedWrite:
+    """Blocking face of `DistributedWrite`: the same picklable job, whose `commit` blocks.
+
+    `write` and `write_async` are the job's own; `job` is the async job itself.
+    """
+
+    def __init__(self, job: DistributedWrite, runner: _LoopThread | None) -> None:
+        self.job = job
+        self._runner = runner
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"job": self.job, "_runner": None}  # workers get the job, not the driver's thread
+
+    def __repr__(self) -> str:
+        return f"<kvstore.SyncDistributedWrite {self.job.job_id} of {self.job.url}>"
+
+    def write(self, pairs: Iterable[tuple[str | bytes, Any]], *, index: int | None = None) -> Part:
+        """`DistributedWrite.write` (blocking)."""
+        return self.job.write(pairs, index=index)
+
+    async def write_async(self, pairs: Iterable[tuple[str | bytes, Any]], *, index: int | None = None) -> Part:
+        """`DistributedWrite.write_async`."""
+        return await self.job.write_async(pairs, index=index)
+
+    def commit(self, parts: Sequence[Part]) -> int:
+        """Blocking form of `DistributedWrite.commit`. An unpickled copy (no store thread)
+        opens the store by its URL to commit."""
+        if self._runner is not None:
+            return self._runner.run(self.job.commit(parts))
+        refuse_in_event_loop()
+        return asyncio.run(self.job.commit(parts))
+
+
 class SyncStore(MutableMapping[bytes, Any]):
     """Blocking face of `Store`, and a `MutableMapping` of its latest version.
 
@@ -465,10 +499,18 @@ class SyncStore(MutableMapping[bytes, Any]):
         store, runner = self._live()
         return runner.run(store.bulk_load(items, progress=progress, chunk_bytes=chunk_bytes))
 
-    def compact(self, *, full: bool = False) -> list[CompactionResult]:
+    def distributed_write(
+        self, *, meta: dict[str, Any] | None = None, chunk_bytes: int = 64 * 1024 * 1024
+    ) -> SyncDistributedWrite:
+        """Blocking form of `Store.distributed_write`: the job's `commit` blocks."""
+        store, runner = self._live()
+        job = runner.run(store.distributed_write(meta=meta, chunk_bytes=chunk_bytes))
+        return SyncDistributedWrite(job, runner)
+
+    def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
         """Blocking form of `Store.compact`."""
         store, runner = self._live()
-        return runner.run(store.compact(full=full))
+        return runner.run(store.compact(full=full, client=client))
 
     def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
         """Blocking form of `Store.gc`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,47 @@ def test_asyncio_app_on_s3(s3_bucket: tuple[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------- docs/api.md
+
+
+# --------------------------------------------------------------------------- ml_catalog_dask.py
+
+
+def _check_dask_catalog(out: str, records: int) -> None:
+    assert f"wrote {records:,} file records with Dask" in out
+    assert "committed as version 1, one commit: [{'release': 'catalog-" in out
+    assert "at 'catalog-" in out and "files/01/00000001.jpg is a dog, files/02/00000002.jpg exists: True" in out
+    assert "latest:  files/01/00000001.jpg is a wolf, files/02/00000002.jpg exists: False" in out
+    per_shard = records // 64
+    assert f"files in shard files/07/: {per_shard:,} at the release, {per_shard + per_shard // 10:,} now" in out
+
+
+def test_ml_catalog_dask_on_local_filesystem(tmp_path: Path) -> None:
+    # 1M records by default (about 20-30 s here); the test builds a smaller catalog.
+    _check_dask_catalog(_run("ml_catalog_dask.py", "--records", "6400", cwd=tmp_path), 6400)
+    assert (tmp_path / "ml-catalog-dask-store" / "manifest").is_file()
+
+
+def test_ml_catalog_dask_on_s3(s3_bucket: tuple[str, str]) -> None:
+    endpoint_url, bucket = s3_bucket
+    out = _run(
+        "ml_catalog_dask.py",
+        f"s3://{bucket}/catalog-dask",
+        env={"KVSTORE_EXAMPLE_RECORDS": "6400", "KVSTORE_ENDPOINT_URL": endpoint_url},
+    )
+    _check_dask_catalog(out, 6400)
+
+
+def test_the_process_pool_example_of_docs_distributed_runs(tmp_path: Path) -> None:
+    """docs/distributed.md, "concurrent.futures": the example runs as written."""
+    text = (ROOT / "docs" / "distributed.md").read_text().split("\n## concurrent.futures\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    script = tmp_path / "pool_example.py"  # a file: spawned workers import the main module
+    script.write_text(block)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "committed 8 parts at version 1: 80000 entries\n"
 
 
 def test_api_reference_is_up_to_date() -> None:
