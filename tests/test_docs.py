@@ -110,6 +110,10 @@ def test_blocks_not_run_are_few_and_say_why() -> None:
         "concepts.md: async with db.transaction() as tx:  # commits when the block ends normally",
         'concepts.md: options = kvstore.StoreOptions(cache_dir="/var/cache/kvstore", cache_dir_bytes=20 * 2**30)',
         "concepts.md: snap = await db.snapshot()  # the latest version",
+        "distributed.md: import kvstore, kvstore.dask",  # needs a Dask scheduler and S3
+        "distributed.md: import ray",  # Ray is not a dependency
+        'distributed.md: job = await db.distributed_write(meta={"source": "nightly"})  # on the driver',
+        "distributed.md: results = await db.compact(full=True, client=client)  # SyncStore.compact(full=True, client=client)",
         'getting-started.md: async with kvstore.open("s3://my-bucket/stores/app") as db:  # endpoint_url="http://..." '
         "for others",
     ], exempt
