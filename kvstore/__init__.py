@@ -9,6 +9,7 @@ See README.md for a tour and docs/ for concepts, formats and operations.
 """
 
 from ._compact import CompactionResult
+from ._doctor import DoctorCheck, DoctorReport, doctor
 from ._engine import VerifyReport
 from ._errors import (
     AccessDeniedError,
@@ -47,7 +48,7 @@ from ._options import StoreOptions
 from ._reader import Reader
 from ._snapshot import Snapshot
 from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
-from ._sync import SyncSnapshot, SyncStore, SyncTransaction, open_sync
+from ._sync import SyncSnapshot, SyncStore, SyncTransaction, doctor_sync, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
 from ._version import __version__ as __version__
@@ -64,6 +65,8 @@ __all__ = [
     "ConflictError",
     "ContentionError",
     "CorruptionError",
+    "DoctorCheck",
+    "DoctorReport",
     "FutureVersionError",
     "GcReport",
     "InvalidKeyError",
@@ -100,6 +103,8 @@ __all__ = [
     "ValueDecodeError",
     "VerifyReport",
     "VersionNotRetainedError",
+    "doctor",
+    "doctor_sync",
     "open",
     "open_sync",
 ]

@@ -1221,6 +1221,54 @@ async def verify(s: Session) -> None:
         raise click.exceptions.Exit(EXIT_DAMAGED)
 
 
+@store_command(cli)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="The segment_grace_period the clock skew is judged against (default: 1 hour).",
+)
+async def doctor(s: Session, *, grace_period: float | None) -> None:
+    """Check that the endpoint has every property kvstore relies on (exit 1 if one fails).
+
+    Writes scratch objects under PREFIX/doctor/ and deletes them before it
+    exits; no store needs to exist at URL (for S3, the bucket must). Prints
+    each property, its result (pass, fail, or n/a where it does not apply),
+    what was seen, and what kvstore does with it.
+    """
+    state = _state()
+    report = await _with_pulse(
+        "checking",
+        kvstore.doctor(
+            s.url,
+            endpoint_url=state.endpoint_url or None,
+            profile=state.profile or None,
+            region_name=state.region or None,
+            s3_options=state.s3_options(),
+            grace_period=grace_period,
+        ),
+    )
+    rows = [
+        [c.name, c.result.upper() if c.result == "fail" else c.result, c.detail, c.kvstore_does] for c in report.checks
+    ]
+    failed = report.failed
+    verdict = (
+        f"FAILED: {', '.join(failed)}: kvstore is not safe on this endpoint"
+        if failed
+        else f"ok: every property kvstore relies on holds ({sum(c.result == 'n/a' for c in report.checks)} n/a)"
+    )
+    s.out.result(
+        report.to_dict(),
+        f"endpoint: {report.endpoint}",
+        *_aligned(rows, ["property", "result", "seen", "what kvstore does"]),
+        verdict,
+    )
+    if report.leftovers:
+        Output.note(f"kvstore: warning: could not delete the scratch objects {', '.join(report.leftovers)}")
+    if failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
 @contextmanager
 def _writing(path: str) -> Iterator[IO[str]]:
     """The export's destination: stdout for '-', else the file, with write errors in CLI words."""
