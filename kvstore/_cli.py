@@ -55,7 +55,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
+    EXIT_ERROR: "a kvstore error (the message says what to do); doctor: a property failed; "
+    "also when the output pipe closes",
     EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
     EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
@@ -1253,7 +1254,8 @@ async def doctor(s: Session, *, grace_period: float | None) -> None:
     ]
     failed = report.failed
     verdict = (
-        f"FAILED: {', '.join(failed)}: kvstore is not safe on this endpoint"
+        f"FAILED: {', '.join(failed)}: kvstore relies on {'it' if len(failed) == 1 else 'each'} "
+        "(docs/operations.md, 'Checking an endpoint')"
         if failed
         else f"ok: every property kvstore relies on holds ({sum(c.result == 'n/a' for c in report.checks)} n/a)"
     )
