@@ -199,7 +199,8 @@ async def diagnose(
 
     Requests go to `wrapped` (a wrapper of `location_objects`) when given.
     Raises the errors no check can judge (missing bucket, refused
-    credentials, an endpoint that does not answer at all).
+    credentials, an endpoint that does not answer its first listing); a
+    request the endpoint rejects later fails the check that sent it.
     """
     kind = _kind(location_objects)
     watched = _Watched(wrapped or location_objects)
@@ -209,6 +210,10 @@ async def diagnose(
     checks: list[DoctorCheck] = []
     leftovers: tuple[str, ...] = ()
     try:
+        # One listing first: an endpoint that cannot be reached, a missing bucket or refused
+        # credentials are reported as such (raised), not as twelve failed properties.
+        async for _ in objects.list(scratch):
+            pass
         for name, run in doctor.all():
             checks.append(await _judged(name, run, check_timeout))
     finally:
@@ -223,10 +228,14 @@ async def _judged(name: str, run: Callable[[], Awaitable[tuple[Result, str]]], t
     """Run one check within `timeout`; a refusal the check did not expect is its failure."""
     try:
         result, detail = await asyncio.wait_for(run(), timeout)
-    except (AccessDeniedError, StoreNotFoundError, StoreUnavailableError):
+    except (AccessDeniedError, StoreNotFoundError):
         raise  # about the endpoint as a whole, not this property
     except asyncio.TimeoutError:
         result, detail = "fail", f"no answer within {timeout:g} s"
+    except StoreUnavailableError as exc:
+        # The endpoint answered the listing before the checks: a request it rejects (400
+        # InvalidRequest for a header it does not take) or keeps failing is this property's.
+        result, detail = "fail", str(exc)
     except (PreconditionFailed, ObjectNotFound, TransientError) as exc:
         result, detail = "fail", f"unexpected {_status(exc)}: {exc}"
     except Exception as exc:  # noqa: BLE001 - UnsafeEndpointError (501) and what a server may invent

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -236,3 +238,34 @@ async def test_listing_must_be_complete_not_ordered(tmp_path: Path, drop_one: bo
     else:
         assert check.result == "pass" and "not in byte order" in check.detail, check
         assert report.ok
+
+
+class _RejectsCopyConditions(LocalObjectStore):
+    """An endpoint that answers 400 to a conditional CopyObject, as some refuse a header they lack."""
+
+    async def copy_if_match(self, source: str, destination: str, etag: str) -> str:
+        raise kvstore.StoreUnavailableError(
+            f"{self.description} rejected a request on {destination!r}: InvalidRequest (HTTP 400)"
+        )
+
+
+async def test_a_rejected_request_fails_its_property_only(tmp_path: Path) -> None:
+    report = await kvstore.doctor(tmp_path, wrap_object_store=lambda _: _RejectsCopyConditions(tmp_path))
+    assert report.failed == ["copy-conditions"]
+    assert "InvalidRequest (HTTP 400)" in report.checks[ALL.index("copy-conditions")].detail
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_an_unreachable_endpoint_raises_within_the_deadline() -> None:
+    """Nothing listens there: one error naming the endpoint, not a report of twelve failures."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: connections are refused
+    started = time.monotonic()
+    with pytest.raises(kvstore.StoreUnavailableError, match=f"127.0.0.1:{port}"):
+        await kvstore.doctor(
+            "s3://bucket",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            retry=kvstore.RetryPolicy(max_attempts=3, attempt_timeout=2, total_timeout=4),
+        )
+    assert time.monotonic() - started < 30
