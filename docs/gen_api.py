@@ -39,6 +39,11 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ),
     ("Results", "", ["CommitInfo", "Change", "Tag", "VerifyReport", "CompactionResult", "GcReport"]),
     ("Options", "", ["StoreOptions", "S3Options", "RetryPolicy"]),
+    (
+        "Checking an endpoint",
+        "What `kvstore doctor URL` runs: every property kvstore relies on, on scratch objects it deletes.",
+        ["doctor", "doctor_sync", "DoctorReport", "DoctorCheck"],
+    ),
 ]
 
 

@@ -10,6 +10,7 @@ See README.md for a tour and docs/ for concepts, formats and operations.
 
 from ._compact import CompactionResult
 from ._distributed import DistributedWrite, Part
+from ._doctor import DoctorCheck, DoctorReport, doctor
 from ._engine import VerifyReport
 from ._errors import (
     AccessDeniedError,
@@ -53,7 +54,7 @@ from ._options import StoreOptions
 from ._reader import Reader
 from ._snapshot import Snapshot
 from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
-from ._sync import SyncDistributedWrite, SyncSnapshot, SyncStore, SyncTransaction, open_sync
+from ._sync import SyncDistributedWrite, SyncSnapshot, SyncStore, SyncTransaction, doctor_sync, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
 from ._version import __version__ as __version__
@@ -71,6 +72,8 @@ __all__ = [
     "ContentionError",
     "CorruptionError",
     "DistributedWrite",
+    "DoctorCheck",
+    "DoctorReport",
     "FutureVersionError",
     "GcReport",
     "GracePeriodTooShortError",
@@ -114,6 +117,8 @@ __all__ = [
     "ValueDecodeError",
     "VerifyReport",
     "VersionNotRetainedError",
+    "doctor",
+    "doctor_sync",
     "open",
     "open_sync",
 ]

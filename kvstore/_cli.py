@@ -54,7 +54,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
+    EXIT_ERROR: "a kvstore error (the message says what to do); doctor: a property failed; "
+    "also when the output pipe closes",
     EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
     EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
@@ -1210,6 +1211,55 @@ async def verify(s: Session) -> None:
     )
     if not report.ok:
         raise click.exceptions.Exit(EXIT_DAMAGED)
+
+
+@store_command(cli)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="The segment_grace_period the clock skew is judged against (default: 1 hour).",
+)
+async def doctor(s: Session, *, grace_period: float | None) -> None:
+    """Check that the endpoint has every property kvstore relies on (exit 1 if one fails).
+
+    Writes scratch objects under PREFIX/doctor/ and deletes them before it
+    exits; no store needs to exist at URL (for S3, the bucket must). Prints
+    each property, its result (pass, fail, or n/a where it does not apply),
+    what was seen, and what kvstore does with it.
+    """
+    state = _state()
+    report = await _with_pulse(
+        "checking",
+        kvstore.doctor(
+            s.url,
+            endpoint_url=state.endpoint_url or None,
+            profile=state.profile or None,
+            region_name=state.region or None,
+            s3_options=state.s3_options(),
+            grace_period=grace_period,
+        ),
+    )
+    rows = [
+        [c.name, c.result.upper() if c.result == "fail" else c.result, c.detail, c.kvstore_does] for c in report.checks
+    ]
+    failed = report.failed
+    verdict = (
+        f"FAILED: {', '.join(failed)}: kvstore relies on {'it' if len(failed) == 1 else 'each'} "
+        "(docs/operations.md, 'Checking an endpoint')"
+        if failed
+        else f"ok: every property kvstore relies on holds ({sum(c.result == 'n/a' for c in report.checks)} n/a)"
+    )
+    s.out.result(
+        report.to_dict(),
+        f"endpoint: {report.endpoint}",
+        *_aligned(rows, ["property", "result", "seen", "what kvstore does"]),
+        verdict,
+    )
+    if report.leftovers:
+        Output.note(f"kvstore: warning: could not delete the scratch objects {', '.join(report.leftovers)}")
+    if failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
 
 
 @contextmanager

@@ -7,6 +7,7 @@
     <prefix>snapshots/<version>.mf     manifest copies kept by tags (server-side copy)
     <prefix>tags/<hash of name>.tag    tags (safe create)
     <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
+    <prefix>doctor/<id>/...            `kvstore doctor`'s scratch objects, deleted when it ends
 
 Writers, readers, garbage collection and tags all name objects through a
 `Layout`, so GC can never spell a live segment's name differently from the
@@ -40,6 +41,10 @@ class Layout:
     @property
     def probe(self) -> str:
         return f"{self.prefix}probe"
+
+    def doctor_scratch(self, run_id: str) -> str:
+        """The prefix of one `kvstore doctor` run's scratch objects (ends with '/')."""
+        return f"{self.prefix}doctor/{run_id}/"
 
     @property
     def gc_marks(self) -> str:

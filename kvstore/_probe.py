@@ -9,7 +9,7 @@ from ._layout import Layout
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 
 _PROBE_BODY = b"kvstore conditional-write probe; safe to keep, never overwritten\n"
-_NO_SUCH_ETAG = '"00000000000000000000000000000000"'
+NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 # Stores already probed by this process (description + prefix).
 _PROBED: set[str] = set()
 
@@ -25,20 +25,20 @@ async def check_conditional_writes(objects: RetryingObjectStore, layout: Layout)
     if key in _PROBED:
         return
     try:
-        await objects.put_if_absent(name, _probe_body())
+        await objects.put_if_absent(name, unique_body())
     except PreconditionFailed:
         pass  # it exists and the create was refused: If-None-Match works
     else:
         try:
             # Different bytes: our own first create cannot pass for this one (a 412 on a
             # safe create counts as ours only when the object holds exactly our bytes).
-            await objects.put_if_absent(name, _probe_body())
+            await objects.put_if_absent(name, unique_body())
         except PreconditionFailed:
             pass
         else:
             raise _unsafe(objects, "If-None-Match: * (a second create of the same object succeeded)")
     try:
-        await objects.put_if_match(name, _probe_body(), _NO_SUCH_ETAG)
+        await objects.put_if_match(name, unique_body(), NO_SUCH_ETAG)
     except (PreconditionFailed, ObjectNotFound):
         pass
     else:
@@ -46,7 +46,7 @@ async def check_conditional_writes(objects: RetryingObjectStore, layout: Layout)
     _PROBED.add(key)
 
 
-def _probe_body() -> bytes:
+def unique_body() -> bytes:
     """A body no other probe write has: a 412 must never be read as our own create."""
     return _PROBE_BODY + os.urandom(8).hex().encode() + b"\n"
 

@@ -20,7 +20,7 @@ from collections.abc import (
     Generator,
     Iterable,
 )
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -38,7 +38,7 @@ from ._options import StoreOptions
 from ._snapshot import Snapshot
 from ._tags import Tag
 from ._transaction import TransactAttempts, Transaction
-from ._url import parse_url
+from ._url import parse_url, s3_settings
 
 T = TypeVar("T")
 _log = logging.getLogger("kvstore")
@@ -550,16 +550,15 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     """
     if values is not None and values not in VALUE_MODES:
         raise ValidationError(f"values must be one of {VALUE_MODES}, not {values!r}")
-    s3 = s3_options or S3Options()
-    explicit: dict[str, Any] = {
-        "endpoint_url": endpoint_url,
-        "region_name": region_name,
-        "profile": profile,
-        "aws_access_key_id": aws_access_key_id,
-        "aws_secret_access_key": aws_secret_access_key,
-        "aws_session_token": aws_session_token,
-    }
-    s3 = replace(s3, **{k: v for k, v in explicit.items() if v is not None})
+    s3 = s3_settings(
+        s3_options,
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        profile=profile,
+        aws_access_key_id=aws_access_key_id,
+        aws_secret_access_key=aws_secret_access_key,
+        aws_session_token=aws_session_token,
+    )
     location = parse_url(url, s3)
     store_options = options or StoreOptions()
 

@@ -30,11 +30,12 @@ from . import _fork
 from ._codec import Codec, ValueMode
 from ._compact import CompactionResult
 from ._distributed import DistributedWrite, Part
+from ._doctor import DoctorReport, doctor
 from ._engine import VerifyReport
 from ._errors import ClosedError, ConflictError, SyncInAsyncError, UsedAfterForkError, ValidationError
 from ._gc import GcReport
 from ._nesting import Scope, enter, leave
-from ._objectstore import ObjectStore, S3Options
+from ._objectstore import ObjectStore, RetryPolicy, S3Options
 from ._options import StoreOptions
 from ._snapshot import Snapshot
 from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
@@ -644,6 +645,39 @@ def open_sync(
         runner.stop()
         raise
     return SyncStore(store, runner, opener)
+
+
+def doctor_sync(
+    url: str | os.PathLike[str],
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    profile: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
+    aws_session_token: str | None = None,
+    s3_options: S3Options | None = None,
+    grace_period: float | None = None,
+    retry: RetryPolicy | None = None,
+    wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+) -> DoctorReport:
+    """`kvstore.doctor` for blocking code; the arguments are the same."""
+    refuse_in_event_loop()
+    return asyncio.run(
+        doctor(
+            url,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            profile=profile,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+            aws_session_token=aws_session_token,
+            s3_options=s3_options,
+            grace_period=grace_period,
+            retry=retry,
+            wrap_object_store=wrap_object_store,
+        )
+    )
 
 
 async def _await(opener: StoreOpener) -> Store:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._errors import InvalidURLError
@@ -66,6 +67,13 @@ def parse_url(url: str | os.PathLike[str], s3: S3Options) -> Location:
         f"unknown store URL scheme {parts.scheme!r} in {url!r}: use s3://bucket/prefix, "
         "file:///absolute/path (or a plain path) or memory://name"
     )
+
+
+def s3_settings(s3_options: S3Options | None, **explicit: str | None) -> S3Options:
+    """`s3_options` (or the defaults) with the settings given as keyword arguments
+    (endpoint_url, profile, credentials...) that are not None put over it."""
+    given: dict[str, Any] = {k: v for k, v in explicit.items() if v is not None}
+    return replace(s3_options or S3Options(), **given)
 
 
 def _corrected(scheme: str, rest: str) -> str:

@@ -77,6 +77,26 @@ def moto_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint URL of a moto server that accepts any credentials. Its conditional writes
+    are check-then-act, not atomic: never judge a race by it."""
+    server = start_moto(auth=False, log_dir=tmp_path_factory.mktemp("moto"))
+    try:
+        yield server.endpoint_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def moto_bucket(moto: str) -> AsyncIterator[tuple[str, str]]:
+    """A fresh, empty bucket on moto: ``(endpoint_url, bucket_name)``."""
+    name = unique_bucket_name()
+    async with s3_client(moto) as s3:
+        await s3.create_bucket(Bucket=name)
+    yield moto, name
+
+
 @pytest.fixture
 async def s3_bucket(localstack: str) -> AsyncIterator[tuple[str, str]]:
     """A fresh, empty bucket on LocalStack: ``(endpoint_url, bucket_name)``.  Not deleted

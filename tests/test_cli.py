@@ -764,6 +764,7 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "verify": ["verify", url],
         "export": ["export", url],
         "watch": ["watch", url, "--since", "0", "--count", "2"],
+        "doctor": ["doctor", str(tmp_path / "d")],
     }
     commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
     assert set(calls) == commands

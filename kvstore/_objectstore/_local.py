@@ -20,6 +20,7 @@ tmpfs). Network filesystems may not honour `flock` across hosts: use S3 there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -98,6 +99,43 @@ class LocalObjectStore:
 
     async def close(self) -> None:
         pass
+
+    async def prune(self, prefix: str) -> None:
+        """Remove what deleting the objects under `prefix` (a directory: ends with '/')
+        leaves behind: its empty directories and its objects' lock files.
+
+        Only for a prefix nobody writes to any more (`kvstore doctor`'s scratch):
+        a store's own directories stay, as a writer may be creating a file in one.
+        """
+        await _in_thread(self._prune, prefix)
+
+    def _prune(self, prefix: str) -> None:
+        top = self._path(prefix.rstrip("/"))
+        if top.is_dir():
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    os.rmdir(dirpath)
+        parent = top.parent
+        while parent != self._root and parent.is_relative_to(self._root):
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)  # e.g. <root>/doctor once no run is left in it
+            parent = parent.parent
+        work = self._root / _WORK_DIR
+        locks = work / "locks"
+        mark = prefix.replace("/", "%")
+        if locks.is_dir():
+            for lock in locks.iterdir():
+                if lock.name.startswith(mark):
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
+        # In a directory holding no store, an emptied work directory goes too, so the
+        # directory is left as it was found (`kvstore init` refuses foreign entries). A
+        # store's stays: a writer may be about to put a file in it.
+        if (self._root / "manifest").exists():
+            return
+        for empty in (locks, work):
+            with contextlib.suppress(OSError):
+                os.rmdir(empty)
 
     # -- blocking implementations ------------------------------------------------
 

@@ -385,10 +385,14 @@ class FaultProxy:
         connect_timeout: float = 10.0,
         stop_grace: float = 2.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        strip_headers: Iterable[str] = (),
     ) -> None:
         """`upstream`: ``http://host:port`` or ``(host, port)``.  `upstream_timeout` bounds
         one forwarded exchange (send the request, read the whole answer); `stop_grace` is how
-        long `stop` lets exchanges in flight upstream finish, to shield the server."""
+        long `stop` lets exchanges in flight upstream finish, to shield the server.
+        `strip_headers`: request headers (any case) removed from every forwarded request,
+        e.g. ``{"If-None-Match", "If-Match"}`` to play an endpoint that ignores
+        conditional requests (the server never sees them, as one that drops them)."""
         if isinstance(upstream, str):
             parts = urlsplit(upstream)
             if parts.scheme != "http" or not parts.hostname:
@@ -402,6 +406,7 @@ class FaultProxy:
         self._connect_timeout = connect_timeout
         self._stop_grace = stop_grace
         self._max_message = max_message_bytes
+        self._strip = frozenset(h.strip().lower().encode("latin-1") for h in strip_headers)
 
         self._lock = threading.Lock()  # guards rule, scripts, rng, stats, lifecycle
         self._rule = rule or NetRule()
@@ -719,7 +724,7 @@ class FaultProxy:
             _abort_with_rst(writer)
             return False
 
-        forward_head = _forward_head(request)
+        forward_head = _forward_head(request, self._strip)
         # A task of its own, shielded: if this handler is cancelled (stop), the answer is
         # still read whole within the grace period, and only then is upstream closed.
         exchange = asyncio.get_running_loop().create_task(
@@ -804,9 +809,11 @@ class FaultProxy:
         return answer
 
 
-def _forward_head(request: _Message) -> bytes:
-    """The request head as forwarded: verbatim but for any Expect header (answered here)."""
-    kept = [line for line in request.header_lines if line.partition(b":")[0].strip().lower() != b"expect"]
+def _forward_head(request: _Message, strip: frozenset[bytes] = frozenset()) -> bytes:
+    """The request head as forwarded: verbatim but for any Expect header (answered here)
+    and the headers in `strip`."""
+    dropped = strip | {b"expect"}
+    kept = [line for line in request.header_lines if line.partition(b":")[0].strip().lower() not in dropped]
     return _CRLF.join([request.start_line.encode("latin-1"), *kept]) + _CRLF + _CRLF
 
 
