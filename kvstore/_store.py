@@ -171,6 +171,16 @@ class Store:
         """The latest value of `key`, or `default` if it is absent."""
         return await (await self.snapshot()).get(key, default)
 
+    async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """The latest values of `keys`, in order; `default` for each absent one.
+
+        One conditional GET of the manifest for the whole batch (as `get`), then
+        the keys not cached are read concurrently: at most one GET per distinct
+        block they need (plus the indexes leading there), not one per key. A key
+        may repeat. See `Snapshot.get_many`.
+        """
+        return await (await self.snapshot()).get_many(keys, default)
+
     async def put(self, key: str | bytes, value: Any) -> int:
         """Write one key; returns the version it committed at."""
         tx = self.transaction()
