@@ -82,6 +82,17 @@ class SnapshotView:
             found.update(zip(cold, await run_bounded(self.get, cold, READS_IN_FLIGHT), strict=True))
         return [found[key] for key in keys]
 
+    async def locate(self, keys: Sequence[bytes]) -> None:
+        """Load, for each key, what `get` reads before any block in the newest segment
+        covering it (its run object, top index and partition), which `get` reads
+        whatever it finds; concurrently, READS_IN_FLIGHT at a time."""
+        firsts = {}
+        for key in dict.fromkeys(keys):
+            ref = next((r for r in self._refs if r.min_key <= key <= r.max_key), None)
+            if ref is not None:
+                firsts[key] = ref
+        await run_bounded(lambda key: self._segments.locate(firsts[key], key), list(firsts), READS_IN_FLIGHT)
+
     def _get_cached(self, key: bytes) -> bytes | None | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
         best: tuple[int, bytes | None] | None = None

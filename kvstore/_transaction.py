@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -85,7 +85,7 @@ class Transaction:
         unwritten = [k for k in ks if k not in self._writes]
         read: dict[bytes, bytes | None] = {}
         if unwritten:
-            view = await self._snapshot()
+            view = await self._snapshot(unwritten)
             self._read_keys.update(unwritten)
             read = dict(zip(unwritten, await view.get_many(unwritten), strict=True))
         values, url = self._values, self._url
@@ -202,9 +202,11 @@ class Transaction:
                 stacklevel=1,
             )
 
-    async def _snapshot(self) -> SnapshotView:
+    async def _snapshot(self, keys: Sequence[bytes] = ()) -> SnapshotView:
+        """The transaction's view, taken on first use (with the index reads of `keys` under
+        way meanwhile, `Engine.latest_view_for`)."""
         if self._view is None:
-            self._view = await self._engine.latest_view()
+            self._view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
             self._started = time.monotonic()
         return self._view
 

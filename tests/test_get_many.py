@@ -54,11 +54,20 @@ class CountingStore(FaultInjectingStore):
         self.in_flight = 0
         self.most_in_flight = 0
         self._open = asyncio.Event()
+        self.held_manifest = ""  # a GET of this object waits until some other GET has started
+        self._other_started = asyncio.Event()
 
     async def get(
         self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
     ) -> Blob | None:
         self.gets.append((name, byte_range))
+        if self.held_manifest and name != self.held_manifest:
+            self._other_started.set()
+        elif self.held_manifest:
+            try:
+                await asyncio.wait_for(self._other_started.wait(), GATE_DEADLINE)
+            except asyncio.TimeoutError:
+                raise AssertionError("nothing else was read while the manifest was checked") from None
         if byte_range is not None and (name, byte_range) in self.gated:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -129,10 +138,11 @@ async def test_answers_equal_get_at_every_version(target: Target, tiny_blocks: N
 async def test_a_cold_batch_costs_one_get_per_block_all_in_flight_at_once(
     durable_target: Target, tiny_blocks: None, ranged_reads: None
 ) -> None:
-    """One manifest check for the batch, then one GET per distinct block the keys fall
-    in (keys sharing a block share it), never a GET twice, and the block GETs all in
-    flight together: each is held until all K are, which reads one after another
-    never reach (they would fail at the deadline instead)."""
+    """One manifest check for the batch, with the index reads under way meanwhile (it is
+    held until another GET starts), then one GET per distinct block the keys fall in
+    (keys sharing a block share it), never a GET twice, and the block GETs all in flight
+    together: each is held until all K are, which reads one after another never reach
+    (they would fail at the deadline instead)."""
     options = kvstore.StoreOptions(auto_compact=False, inline_segment_bytes=0)
     keys = [b"key%05d" % i for i in range(2000)]
     async with durable_target.open(options=options, create=True) as db:
@@ -153,6 +163,7 @@ async def test_a_cold_batch_costs_one_get_per_block_all_in_flight_at_once(
         counter.gated = {(name, rows.span(b)) for b in blocks}
         counter.gate_at = len(blocks)
         counter.gets.clear()  # opening read the manifest
+        counter.held_manifest = manifest_name  # the index reads start while it is checked
         values = await db.get_many(asked)
         assert values == [b"v" * 40 + k for k in asked]
         block_gets = [g for g in counter.gets if g[0] == name and g[1] in {rows.span(b) for b in blocks}]
