@@ -57,7 +57,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_ERROR: "a kvstore error (the message says what to do); also when the output pipe closes",
     EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
-    EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
+    EXIT_NOT_FOUND: "not found: missing key (get, get-many, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
     EXIT_DAMAGED: "damage: verify found damaged objects, or a read hit a corrupt one",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); watch exits 0 instead",
