@@ -57,7 +57,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_ERROR: "a kvstore error (the message says what to do); doctor: a property failed; "
     "also when the output pipe closes",
     EXIT_USAGE: "usage error: a missing or bad argument or option, or a key, value or URL kvstore refuses",
-    EXIT_NOT_FOUND: "not found: missing key (get, delete), store, bucket or tag",
+    EXIT_NOT_FOUND: "not found: missing key (get, get-many, delete), store, bucket or tag",
     EXIT_CONFLICT: "conflict: a concurrent commit won (retry), or the tag name is taken",
     EXIT_DAMAGED: "damage: verify found damaged objects, or a read hit a corrupt one",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); watch exits 0 instead",
@@ -313,6 +313,27 @@ def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[st
             f"(give the URL first, or export {URL_ENV}=URL)"
         )
     return url, list(args)
+
+
+def _split_url_and_keys(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[str]]:
+    """Split ``[URL] KEY...``, where counting cannot tell: the first argument is the URL
+    when it looks like one (`_looks_like_url`) or KVSTORE_URL is not set; otherwise every
+    argument is a key and the URL comes from KVSTORE_URL."""
+    command = click.get_current_context().command_path
+    spelled = " ".join(["[URL]", *names])
+    from_env = os.environ.get(URL_ENV)
+    if args and (_looks_like_url(args[0]) or not from_env):
+        url, keys = args[0], list(args[1:])
+    elif from_env:
+        url, keys = from_env, list(args)
+    else:
+        raise click.UsageError(
+            f"no store URL: expected {command} {spelled}, and {URL_ENV} is not set "
+            f"(give the URL first, or export {URL_ENV}=URL)"
+        )
+    if not keys:
+        raise click.UsageError(f"missing KEY: expected {command} {spelled}")
+    return url, keys
 
 
 def _refuse_memory_url(url: str) -> None:
@@ -721,7 +742,9 @@ def store_command(
 
     def decorate(body: Body) -> click.Command:
         def callback(args: tuple[str, ...], **options: Any) -> None:
-            url, rest = _split_args(args, names_given(options) if names_given else names.split())
+            given_names = names_given(options) if names_given else names.split()
+            split = _split_url_and_keys if given_names[-1:] == ["KEY..."] else _split_args
+            url, rest = split(args, given_names)
             _refuse_memory_url(url)
             given = options.pop("values", None)
             session = Session(url, mode, None if given is None else CODEC_WORDS[given], compacts)
@@ -949,6 +972,35 @@ async def get(s: Session, key: str, *, at_version: int | None, tag_name: str | N
         s.out.result(doc, s.values.text(raw, kb))
     else:
         s.out.value(doc, raw)
+
+
+@store_command(cli, "KEY...", values=VALUE_CHOICES, name="get-many")
+@_snapshot_options
+@click.option("--missing-ok", is_flag=True, help="Exit 0 when a KEY is absent (it is shown as absent either way).")
+async def get_many(s: Session, *keys: str, at_version: int | None, tag_name: str | None, missing_ok: bool) -> None:
+    """Print the values of the KEYs, read together (one table row, or JSON item, per KEY).
+
+    Exits 3 if any KEY is absent (0 with --missing-ok); the output marks which.
+    """
+    missing = object()
+    async with s.open() as db:
+        snap = await db.snapshot(version=at_version, tag=tag_name)
+        raws = await snap.get_many(keys, missing)
+    encoded = [key.encode() for key in keys]
+    found = [(kb, raw) for kb, raw in zip(encoded, raws, strict=True)]
+    items = [
+        {**_key_json(kb), "found": False, "value": None}
+        if raw is missing
+        else {**_key_json(kb), "found": True, "value": s.values.json(raw, kb)}
+        for kb, raw in found
+    ]
+    rows = [[_key_text(kb), "(absent)" if raw is missing else s.values.cell(raw, kb)] for kb, raw in found]
+    s.out.result({"version": snap.version, "values": items}, *_aligned(rows))
+    absent = [key for key, raw in zip(keys, raws, strict=True) if raw is missing]
+    if absent and not missing_ok:
+        names = ", ".join(repr(key) for key in dict.fromkeys(absent))
+        s.out.note(f"kvstore: {len(absent)} of {len(keys)} keys not found at version {snap.version}: {names}")
+        raise click.exceptions.Exit(EXIT_NOT_FOUND)
 
 
 def _value_input(path: str) -> bytes:

@@ -8,7 +8,7 @@ everything packed (map keys of any msgpack type, not only str and bytes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import msgpack
@@ -60,6 +60,16 @@ def encode_key(key: object, max_bytes: int) -> bytes:
             "store long identifiers in the value and key by a hash"
         )
     return data
+
+
+def encode_keys(keys: object, max_bytes: int) -> list[bytes]:
+    """Keys as bytes (`encode_key` each), from any iterable of keys. Raises InvalidKeyError,
+    for one key given where several are expected too (a str would be taken letter by letter)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise InvalidKeyError(f"get_many takes a list of keys, not one {type(keys).__name__}: pass [key]")
+    if not isinstance(keys, Iterable):
+        raise InvalidKeyError(f"get_many takes a list of keys, not a {type(keys).__name__}")
+    return [encode_key(key, max_bytes) for key in keys]
 
 
 def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:

@@ -40,6 +40,7 @@ from ._options import StoreOptions
 from ._segment import BLOCK_TARGET_BYTES
 from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
 from ._sources import Sources
+from ._tasks import run_bounded
 
 TombstoneCheck = Callable[[bytes, int], bool]
 # Runs a compaction's key ranges elsewhere (e.g. on a Dask cluster): results in the order given.
@@ -275,23 +276,7 @@ async def _retained(
 async def run_all(subs: Sequence[SubCompaction], sources: Sources, concurrency: int) -> list[SubCompactionResult]:
     """Run `subs`, at most `concurrency` at once; results in the order of `subs`.
     The first failure cancels the others (each aborts its unfinished upload)."""
-    limit = asyncio.Semaphore(concurrency)
-
-    async def one(sub: SubCompaction) -> SubCompactionResult:
-        async with limit:
-            return await run_sub_compaction(sub, sources)
-
-    tasks = [asyncio.ensure_future(one(sub)) for sub in subs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    return await run_bounded(lambda sub: run_sub_compaction(sub, sources), subs, concurrency)
 
 
 class Compactor:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +173,24 @@ class Engine:
         if self._latest is None or self._latest.manifest is not manifest:
             self._latest = SnapshotView(manifest, self._sources)
         return self._latest
+
+    async def latest_view_for(self, keys: Sequence[bytes]) -> SnapshotView:
+        """`latest_view`, with the index reads of `keys` (`SnapshotView.locate`) under way
+        on the manifest already held while it is checked: a cold batch waits for the
+        check and its indexes together, not one after the other. They serve the reads that
+        follow unless the check brings other segments (a compaction's output), which
+        costs those few index GETs more."""
+        self.check_open()
+        held = self._latest if self._latest is not None else SnapshotView(self.manifest, self._sources)
+        locating = asyncio.ensure_future(held.locate(keys))
+        try:
+            return await self.latest_view()
+        except BaseException:
+            locating.cancel()
+            raise
+        finally:
+            # Only a head start: the reads that follow load again, and report, what failed here.
+            await asyncio.gather(locating, return_exceptions=True)
 
     async def view_at(self, version: int) -> SnapshotView:
         """A view of `version`: the latest, a recent one compaction still keeps, or a tagged one."""

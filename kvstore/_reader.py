@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -17,6 +17,10 @@ class Reader(Protocol):
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of `key` at this version, or `default` if absent."""
+        ...
+
+    async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """The values of `keys` at this version, in order; `default` for each absent one."""
         ...
 
     def scan(

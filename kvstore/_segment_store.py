@@ -153,6 +153,15 @@ class SegmentStore:
             block_no = step[1]
         return None
 
+    async def locate(self, ref: SegmentRef, key: bytes) -> None:
+        """Load what `get` of `key` reads before any block: the top index and the partition
+        whose key range holds the key."""
+        cache = self._cache
+        top = cache.get(("index", ref.id)) or await self._index(cache, ref)
+        p = top.partition_for(key)
+        if p is not None and cache.get(("part", ref.id, p)) is None:
+            await self._partition(cache, ref, top, p)
+
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
     ) -> tuple[int, bytes | None] | None | Miss:

@@ -3,18 +3,24 @@ transactions) and the public `Snapshot` over it (keys and values encoded)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from ._codec import ValueMode, decode_value, encode_key, key_range
+from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
 from ._errors import ValidationError
 from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
 from ._options import StoreOptions
 from ._segment import probe
-from ._segment_store import NOT_CACHED
+from ._segment_store import NOT_CACHED, Miss
 from ._sources import Sources
+from ._tasks import run_bounded
+
+# Keys of one `get_many` read at once. Each has at most one GET of its own in flight
+# (keys sharing a block share its GET); a batch of 100 cold keys then issues its
+# block GETs together. The S3 client's connection pool bounds the sockets beneath.
+READS_IN_FLIGHT = 128
 
 
 class SnapshotView:
@@ -49,6 +55,55 @@ class SnapshotView:
             found = segments.get_cached(ref, key, key_probe, version)
             if found is NOT_CACHED:
                 found = await segments.get(ref, key, key_probe or probe(key), version)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = found
+        return None if best is None else best[1]
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys` in order (None: absent or deleted); a key may repeat.
+
+        Each distinct key is looked up once. Those whose index, partition and blocks
+        are cached are answered without awaiting; the others are read concurrently,
+        up to READS_IN_FLIGHT at a time, each along the path `get` takes. Keys that
+        meet at a top index, partition, run object or block wait on one load of it
+        (the cache loads each once for all its waiters), so a batch costs at most one
+        GET per distinct block it needs that is not cached, plus the indexes and
+        partitions that lead there, and never more than `get` of each key would.
+        """
+        found: dict[bytes, bytes | None] = {}
+        cold: list[bytes] = []
+        for key in dict.fromkeys(keys):
+            value = self._get_cached(key)
+            if value is NOT_CACHED:
+                cold.append(key)
+            else:
+                found[key] = value
+        if cold:
+            found.update(zip(cold, await run_bounded(self.get, cold, READS_IN_FLIGHT), strict=True))
+        return [found[key] for key in keys]
+
+    async def locate(self, keys: Sequence[bytes]) -> None:
+        """Load, for each key, what `get` reads before any block in the newest segment
+        covering it (its run object, top index and partition), which `get` reads
+        whatever it finds; concurrently, READS_IN_FLIGHT at a time."""
+        firsts = {}
+        for key in dict.fromkeys(keys):
+            ref = next((r for r in self._refs if r.min_key <= key <= r.max_key), None)
+            if ref is not None:
+                firsts[key] = ref
+        await run_bounded(lambda key: self._segments.locate(firsts[key], key), list(firsts), READS_IN_FLIGHT)
+
+    def _get_cached(self, key: bytes) -> bytes | None | Miss:
+        """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
+        best: tuple[int, bytes | None] | None = None
+        for ref in self._refs:
+            if best is not None and ref.max_version <= best[0]:
+                break  # as in `get`
+            if not ref.min_key <= key <= ref.max_key:
+                continue
+            found = self._segments.get_cached(ref, key, None, self.version)
+            if found is NOT_CACHED:
+                return NOT_CACHED
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
         return None if best is None else best[1]
@@ -94,6 +149,18 @@ class Snapshot:
         k = encode_key(key, self._options.max_key_bytes)
         raw = await self._view.get(k)
         return default if raw is None else decode_value(raw, self._values, k, self._url)
+
+    async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """The values of `keys` at this version, in order; `default` for each absent one.
+
+        A key may repeat (each place gets its answer). Keys not cached are read
+        concurrently: at most one GET per distinct block they need that is not cached
+        (plus the indexes leading there), never one per key.
+        """
+        ks = encode_keys(keys, self._options.max_key_bytes)
+        raws = await self._view.get_many(ks)
+        values, url = self._values, self._url
+        return [default if raw is None else decode_value(raw, values, k, url) for k, raw in zip(ks, raws, strict=True)]
 
     def scan(
         self,

@@ -53,6 +53,16 @@ class Sources:
             ref = part
         return await self.segments.get(ref, key, key_probe, max_version)
 
+    async def locate(self, ref: SegmentRef, key: bytes) -> None:
+        """Load what `get` of `key` reads before any block (`SegmentStore.locate`), a run's
+        object first."""
+        if ref.is_run:
+            part = (await self.run(ref)).part_for(key)
+            if part is None:
+                return
+            ref = part
+        await self.segments.locate(ref, key)
+
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
     ) -> tuple[int, bytes | None] | None | Miss:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._bulk import encoded_batches
-from ._codec import VALUE_MODES, Codec, ValueMode, key_range, value_mode
+from ._codec import VALUE_MODES, Codec, ValueMode, encode_keys, key_range, value_mode
 from ._compact import CompactionResult
 from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport, open_engine
@@ -174,6 +174,19 @@ class Store:
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The latest value of `key`, or `default` if it is absent."""
         return await (await self.snapshot()).get(key, default)
+
+    async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """The latest values of `keys`, in order; `default` for each absent one.
+
+        One conditional GET of the manifest for the whole batch (as `get`), with
+        the keys' index reads under way meanwhile; the keys not cached are read
+        concurrently: at most one GET per distinct block they need (plus the
+        indexes leading there), not one per key. A key may repeat. See
+        `Snapshot.get_many`.
+        """
+        ks = encode_keys(keys, self.options.max_key_bytes)
+        view = await self._engine.latest_view_for(ks)  # the indexes load while the manifest is checked
+        return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
 
     async def put(self, key: str | bytes, value: Any) -> int:
         """Write one key; returns the version it committed at."""

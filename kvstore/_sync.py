@@ -185,6 +185,10 @@ class SyncSnapshot:
         """Blocking form of `Snapshot.get`."""
         return self._runner.run(self._snapshot.get(key, default))
 
+    def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """Blocking form of `Snapshot.get_many`."""
+        return self._runner.run(self._snapshot.get_many(keys, default))
+
     def scan(
         self,
         prefix: str | bytes | None = None,
@@ -220,6 +224,10 @@ class SyncTransaction:
     def get(self, key: str | bytes, default: Any = None) -> Any:
         """Blocking form of `Transaction.get`."""
         return self._runner.run(self._tx.get(key, default))
+
+    def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """Blocking form of `Transaction.get_many`."""
+        return self._runner.run(self._tx.get_many(keys, default))
 
     def put(self, key: str | bytes, value: Any) -> None:
         """Blocking form of `Transaction.put`."""
@@ -379,6 +387,10 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.get`."""
         store, runner = self._live()
         return runner.run(store.get(key, default))
+
+    def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """Blocking form of `Store.get_many`."""
+        return self._runner.run(self._store.get_many(keys, default))
 
     def put(self, key: str | bytes, value: Any) -> int:
         """Blocking form of `Store.put`."""

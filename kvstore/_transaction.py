@@ -6,11 +6,11 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._codec import ValueMode, decode_value, encode_key, encode_value, key_range
+from ._codec import ValueMode, decode_value, encode_key, encode_keys, encode_value, key_range
 from ._commit import CommitRequest
 from ._engine import Engine
 from ._errors import ConflictError, ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
@@ -77,6 +77,23 @@ class Transaction:
             self._read_keys.add(k)
             raw = await view.get(k)
         return default if raw is None else decode_value(raw, self._values, k, self._url)
+
+    async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
+        """The values of `keys` as of the snapshot (or as this transaction wrote them), in
+        order; `default` for each absent one. Like `get` of each: the keys read join the
+        read set, so a commit by someone else to any of them is a conflict. Keys not
+        written here are read together (`Snapshot.get_many`)."""
+        self._check_open()
+        ks = encode_keys(keys, self._options.max_key_bytes)
+        unwritten = [k for k in ks if k not in self._writes]
+        read: dict[bytes, bytes | None] = {}
+        if unwritten:
+            view = await self._snapshot(unwritten)
+            self._read_keys.update(unwritten)
+            read = dict(zip(unwritten, await view.get_many(unwritten), strict=True))
+        values, url = self._values, self._url
+        raws = [self._writes[k] if k in self._writes else read[k] for k in ks]
+        return [default if raw is None else decode_value(raw, values, k, url) for k, raw in zip(ks, raws, strict=True)]
 
     def put(self, key: str | bytes, value: Any) -> None:
         """Buffer a write of `value` to `key`."""
@@ -191,9 +208,11 @@ class Transaction:
         _log.error(message)
         warnings.warn(message, ResourceWarning, stacklevel=1)
 
-    async def _snapshot(self) -> SnapshotView:
+    async def _snapshot(self, keys: Sequence[bytes] = ()) -> SnapshotView:
+        """The transaction's view, taken on first use (with the index reads of `keys` under
+        way meanwhile, `Engine.latest_view_for`)."""
         if self._view is None:
-            self._view = await self._engine.latest_view()
+            self._view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
             self._started = time.monotonic()
         return self._view
 

@@ -495,6 +495,40 @@ def test_get_ends_with_a_newline_on_a_terminal_only(tmp_path: Path, monkeypatch:
     assert invoke(monkeypatch, "get", url, "k").ok().out == b"hello"  # piped: the bytes exactly
 
 
+def test_get_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row (or JSON item) per KEY, in order, absent ones marked; exit 3 if any is absent
+    (naming them on stderr, the output still whole), 0 with --missing-ok; --version reads the past;
+    the URL from KVSTORE_URL when the first argument does not look like one."""
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    first = invoke(monkeypatch, "put", url, "a", "one", "--json").json()["version"]
+    invoke(monkeypatch, "put", url, "b", "-", stdin=b"\x00\xff").ok()
+    invoke(monkeypatch, "put", url, "a", "uno").ok()
+    assert invoke(monkeypatch, "get-many", url, "a", "b", "a").ok().text.splitlines() == [
+        "a  uno",
+        "b  b'\\x00\\xff'",
+        "a  uno",
+    ]
+    done = invoke(monkeypatch, "get-many", url, "a", "gone", "b", "gone")
+    assert done.rc == 3, done.describe()
+    assert done.text.splitlines() == ["a     uno", "gone  (absent)", "b     b'\\x00\\xff'", "gone  (absent)"]
+    assert done.err == "kvstore: 2 of 4 keys not found at version 3: 'gone'\n"
+    done = invoke(monkeypatch, "get-many", url, "a", "gone", "--json")
+    assert done.rc == 3 and json.loads(done.out) == {
+        "version": 3,
+        "values": [
+            {"key": "a", "found": True, "value": b64(b"uno")},
+            {"key": "gone", "found": False, "value": None},
+        ],
+    }
+    assert invoke(monkeypatch, "get-many", url, "gone", "a", "--missing-ok").ok().text == "gone  (absent)\na     uno\n"
+    past = invoke(monkeypatch, "get-many", url, "a", "b", "--version", str(first), "--json", "--missing-ok").json()
+    assert past["version"] == first and [v["value"] for v in past["values"]] == [b64(b"one"), None]
+    assert invoke(monkeypatch, "get-many", "a", "b", url=url).ok().text.splitlines() == ["a  uno", "b  b'\\x00\\xff'"]
+    _usage_error(invoke(monkeypatch, "get-many", url), "missing KEY")
+    invoke(monkeypatch, "get-many", url, "").one_line_error(2, "empty")
+
+
 def test_tables_cut_long_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = str(tmp_path / "s")
     invoke(monkeypatch, "init", url).ok()
@@ -752,6 +786,7 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "import": ["import", url, "-f", str(seed)],
         "put": ["put", url, "k", "v"],
         "get": ["get", url, "k"],
+        "get-many": ["get-many", url, "k", "users/1"],
         "delete": ["delete", url, "users/1"],
         "scan": ["scan", url],
         "history": ["history", url],
