@@ -390,7 +390,8 @@ class SyncStore(MutableMapping[bytes, Any]):
 
     def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """Blocking form of `Store.get_many`."""
-        return self._runner.run(self._store.get_many(keys, default))
+        store, runner = self._live()
+        return runner.run(store.get_many(keys, default))
 
     def put(self, key: str | bytes, value: Any) -> int:
         """Blocking form of `Store.put`."""

@@ -415,3 +415,27 @@ def _listening_address(stderr: Any) -> tuple[str, list[str]]:
         workers += "Booting worker with pid" in line
     assert base is not None, "".join(lines)
     return base, lines
+
+
+# Each blocking call that reaches the store, made as the child's FIRST call: it must re-open the
+# store in the child (a call that skips the re-open waits on the parent's loop thread, which the
+# child does not have, and hangs).
+_FIRST_CALLS: dict[str, Callable[[kvstore.SyncStore], object]] = {
+    "get": lambda db: db.get("n"),
+    "get_many": lambda db: db.get_many(["n", "m"]),
+    "scan": lambda db: list(db.scan()),
+    "snapshot": lambda db: db.snapshot().get("n"),
+    "describe": lambda db: db.describe(),
+    "refresh": lambda db: db.refresh(),
+    "transact": lambda db: db.transact(_increment),
+    "distributed_write": lambda db: db.distributed_write().job.job_id,
+}
+
+
+@pytest.mark.parametrize("call", sorted(_FIRST_CALLS))
+def test_every_first_call_in_a_child_reopens_the_store(tmp_path: Path, call: str) -> None:
+    with kvstore.open_sync(f"file://{tmp_path}/s", values="msgpack") as db:
+        db.put("n", 1)
+        pid = _fork(lambda: _FIRST_CALLS[call](db))
+        assert _exit_code(pid, 30.0) == 0
+        assert db.get("n") in (1, 2)  # the parent's store is unharmed (2 after the child's transact)
