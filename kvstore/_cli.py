@@ -641,12 +641,14 @@ class Session:
         ``values="raw"``. An explicit ``--values`` that the store does not
         record is put to the library's rule in a short open of its own (one
         more manifest GET): a store created now records it, an empty store
-        opened for writing adopts it, any other store refuses it. After a
+        opened for writing adopts it, any other store refuses it. A writing
+        command does that first: a raw handle opened before its store adopted
+        msgpack encodes for bytes, and its writes would be refused. After a
         commit of a compacting command, the levels it made due are merged.
         """
         mode = mode or self._mode
-        if self.explicit is not None and mode == "create":
-            await self._check_codec(mode)  # before the raw open, which would create a store of bytes
+        if self.explicit is not None and mode != "read":
+            await self._check_codec(mode)  # before the raw open (which would create a store of bytes)
         async with self._connect(mode, "raw") as db:
             if self.explicit not in (None, db.recorded_values):
                 await self._check_codec(mode)

@@ -180,6 +180,26 @@ def value_mode(recorded: object, requested: ValueMode | None, url: str) -> Value
     )
 
 
+def writes_fit(recorded: object, mode: ValueMode) -> bool:
+    """Whether values encoded in `mode` are readable in a store recording the codec
+    `recorded` (None: a store made before codecs were recorded, which takes any)."""
+    if recorded is None:
+        return True
+    return recorded == ("bytes" if mode == "bytes" else "msgpack")
+
+
+def codec_changed(recorded: object, mode: ValueMode) -> CodecMismatchError:
+    """The error of a write encoded in `mode` into a store that took up the codec
+    `recorded` after the writing handle was opened (`writes_fit` is False)."""
+    opened = "values='raw' on a msgpack store" if mode == "raw" else f"values={mode!r}"
+    return CodecMismatchError(
+        f"the store took values={recorded!r} after this handle was opened (it encodes {opened}), so its "
+        "values would be unreadable there; nothing was written. Open the store again (kvstore.open, "
+        "without values= or with the recorded one) and write again",
+        recorded=str(recorded),
+    )
+
+
 def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with `prefix` (None: no bound)."""
     stripped = prefix.rstrip(b"\xff")

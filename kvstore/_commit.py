@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._codec import ValueMode, codec_changed, writes_fit
 from ._errors import (
     CommitOutcomeUnknownError,
     ConflictError,
@@ -61,6 +62,9 @@ class CommitRequest:
     read_keys: set[bytes]
     read_ranges: list[tuple[bytes, bytes | None]]
     writes: dict[bytes, bytes | None]  # None: delete
+    # How the values were encoded (`_codec.ValueMode`): refused on a base that records
+    # a codec they do not fit (the store took another one up after the handle opened).
+    values: ValueMode
     meta: dict[str, Any] | None = None
     # Segments written beforehand (bulk loads): committed as they are, alone.
     segments: list[SegmentRef] | None = None
@@ -291,7 +295,13 @@ class Committer:
         accepted: list[CommitRequest] = []
         batch_writes: list[bytes] = []  # sorted keys written by accepted requests
         now = time.monotonic()
+        recorded = base.settings.get("values")
         for request in requests:
+            # Checked on every base: an empty store may take up another codec (open_engine)
+            # between the handle's open and any attempt of this commit.
+            if not writes_fit(recorded, request.values):
+                _fail(request, codec_changed(recorded, request.values))
+                continue
             # A bulk load reads nothing, so its age needs no log to check it against; its
             # segments' age (I8) is checked where they are committed (`_write_segment`).
             bulk = request.segments is not None

@@ -66,11 +66,17 @@ def choose_inputs(manifest: Manifest, fanout: int, *, full: bool = False, target
     """The segments to merge next, newest first; empty if nothing is due.
 
     `full` merges every source into one run (when there are at least two, or one
-    segment larger than `target_bytes`, which a full compaction splits).
+    segment larger than `target_bytes`, which a full compaction splits). A lone
+    segment of one key's versions is left alone, however large: an output segment
+    never ends inside a key, so rewriting it would give the same oversized segment
+    again (a lone segment is not rewritten only to drop old versions, large or small).
     """
     if full:
         sources = list(manifest.segments)
-        if len(sources) > 1 or (sources and not sources[0].is_run and sources[0].size > target_bytes):
+        lone = sources[0] if len(sources) == 1 else None
+        if len(sources) > 1 or (
+            lone is not None and not lone.is_run and lone.size > target_bytes and lone.min_key != lone.max_key
+        ):
             return sources
         return []
     by_level: dict[int, list[SegmentRef]] = {}

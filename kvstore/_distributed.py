@@ -154,7 +154,12 @@ class DistributedWrite:
         segments = [s for part in parts for s in part.segments][::-1]
         commit = self._committer or self._commit_by_url
         version = await commit(
-            store_id=self.store_id, job_id=self.job_id, segments=segments, written_at=oldest, meta=self.meta
+            store_id=self.store_id,
+            job_id=self.job_id,
+            segments=segments,
+            written_at=oldest,
+            meta=self.meta,
+            values=self.values,
         )
         self._committed = True
         return version

@@ -5,8 +5,9 @@ An engine speaks bytes and versions. The faces above it (`Store`, `SyncStore`,
 the CLI) validate and encode what users pass, then call it; they never reach
 past it to the object store. One store is one engine today. A store split
 into key-range partitions will be several engines, each with its own
-manifest, under one face, so an engine knows nothing of faces, value codecs
-or other engines.
+manifest, under one face, so an engine knows nothing of faces or other engines,
+and of value codecs only that a commit's values must fit the codec its
+base manifest records (`_codec.writes_fit`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from . import _fork
 from ._bulk import Batch, write_chunks
 from ._cache import ByteLRU
+from ._codec import ValueMode
 from ._commit import CommitRequest, Committer
 from ._compact import CompactionResult, Compactor, SubCompactionRunner, choose_inputs
 from ._disk_cache import DiskCache
@@ -250,11 +252,14 @@ class Engine:
         self,
         batches: AsyncIterable[Batch],
         *,
+        values: ValueMode,
         progress: Callable[[int], None] | None,
         chunk_bytes: int,
     ) -> int:
         """Write encoded batches (`_bulk.encoded_batches`) as segments of about `chunk_bytes` each,
-        then commit them all in one manifest CAS; returns the version."""
+        then commit them all in one manifest CAS; returns the version. `values`: how
+        the batches' values were encoded (the commit is refused if the store records
+        a codec they do not fit)."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()
         refs = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
@@ -267,6 +272,7 @@ class Engine:
             read_keys=set(),
             read_ranges=[],
             writes={},
+            values=values,
             segments=refs[::-1],  # newest first: a later chunk wins a repeated key
         )
         return await self.commit(request)
@@ -279,10 +285,12 @@ class Engine:
         segments: list[SegmentRef],
         written_at: float,
         meta: dict[str, Any] | None,
+        values: ValueMode,
     ) -> int:
         """Commit segments written elsewhere (a distributed write's parts; newest first) in
         one manifest CAS, at most once per `job_id` (hex), which the commit record keeps.
-        `written_at` is the writer's clock (epoch seconds) before the oldest was written."""
+        `written_at` is the writer's clock (epoch seconds) before the oldest was written;
+        `values` how the parts' values were encoded (as in `bulk_commit`)."""
         self.check_writable("distributed writes are writes")
         manifest = await self.refresh()
         if manifest.store_id != store_id:
@@ -308,6 +316,7 @@ class Engine:
             read_keys=set(),
             read_ranges=[],
             writes={},
+            values=values,
             meta=meta,
             segments=segments,
             job=job_id,
@@ -485,8 +494,10 @@ async def open_engine(
     """Open (and with `create`, make) the store at `location`.
 
     A new store records `new_settings`. A store that has never committed
-    (version 0) takes `adopt_settings` where they differ from what it
-    records (one manifest CAS), since no data yet depends on them. A writer
+    data (`Manifest.never_written`: at most settings commits) takes
+    `adopt_settings` where they differ from what it records (one manifest
+    CAS), since no data yet depends on them; a commit of a handle opened
+    before then is refused by the committer if its values do not fit. A writer
     whose `segment_grace_period` is longer than the store records (or that
     finds none recorded) records its own (one manifest CAS): GC never
     applies less than the record.
@@ -516,7 +527,7 @@ async def open_engine(
             await manifests.create({**new_settings, GRACE_SETTING: options.segment_grace_period})
         manifest = manifests.current[0]
         differ = {k: v for k, v in adopt_settings.items() if manifest.settings.get(k) != v}
-        if differ and manifest.version == 0 and not read_only:
+        if differ and manifest.never_written and not read_only:
             manifest = await manifests.settle_empty(differ, options.commit_log_length)
         recorded = recorded_grace_period(manifest)
         if not read_only and (recorded is None or recorded < options.segment_grace_period):

@@ -81,7 +81,9 @@ class CodecMismatchError(ValidationError):
     Opening a store of bytes as msgpack (or the reverse) would misread every
     value, so it is refused at open. `recorded` is the store's codec: pass
     ``values=recorded`` or leave `values` out (a store uses the codec it
-    records); ``values="raw"`` reads the stored bytes of any store.
+    records); ``values="raw"`` reads the stored bytes of any store. Also
+    raised, with nothing written, by a write of a handle opened before an
+    empty store took up another codec: open the store again.
     """
 
     def __init__(self, message: str, *, recorded: str) -> None:

@@ -148,6 +148,17 @@ class Manifest:
         """Bytes of the segments carried inline."""
         return sum(len(s.inline) for s in self.segments if s.inline is not None)
 
+    @property
+    def never_written(self) -> bool:
+        """Whether no data was ever committed: no segments, and a log reaching back to
+        version 1 that holds only settings commits (a writers' grace period or a codec
+        recorded). Such a store may still take up another value codec (`open_engine`)."""
+        return (
+            not self.segments
+            and self.log_start == 0
+            and all(r.key_count == 0 and r.meta is not None and "settings" in r.meta for r in self.log)
+        )
+
     def commits_after(self, version: int) -> tuple[CommitRecord, ...] | None:
         """Commits with version > `version`, or None if the log no longer reaches back that far."""
         if version < self.log_start:

@@ -61,15 +61,17 @@ class ManifestStore:
         return fresh
 
     async def settle_empty(self, settings: dict[str, Any], log_length: int) -> Manifest:
-        """Record `settings` in a store that has never committed (version 0), as version 1.
+        """Record `settings` in a store that has never committed data
+        (`Manifest.never_written`), as its next version.
 
         Safe only there: no data exists that was written under other
-        settings. Returns the latest manifest, which records other settings
-        if another process committed first.
+        settings (a commit under way elsewhere is checked against the codec
+        of the manifest it lands on, `Committer`). Returns the latest
+        manifest, which records other settings if another process committed first.
         """
         async with self.writing:
             manifest, etag = self.current
-            if manifest.version != 0:
+            if not manifest.never_written:
                 return manifest
             new = _with_settings(manifest, settings, log_length)
             try:

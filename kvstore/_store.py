@@ -291,7 +291,7 @@ class Store:
         refuse_nested(self._engine.store_id, self.url)
         limits = self.options.max_key_bytes, self.options.max_value_bytes
         batches = encoded_batches(items, self._values, *limits)
-        return await self._engine.bulk_commit(batches, progress=progress, chunk_bytes=chunk_bytes)
+        return await self._engine.bulk_commit(batches, values=self._values, progress=progress, chunk_bytes=chunk_bytes)
 
     async def distributed_write(
         self, *, meta: dict[str, Any] | None = None, chunk_bytes: int = 64 * 1024 * 1024
@@ -552,9 +552,10 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     `values="raw"` reads the stored bytes of any store (to repair or copy
     values); in a msgpack store its writes take only bytes that are already
     one msgpack object (InvalidValueError otherwise), so it cannot make a
-    key unreadable. A store that has never committed takes the `values` of
-    the first writable opener that names a codec. `wrap_object_store` wraps the
-    backend (used to inject faults in tests).
+    key unreadable. A store that has never committed data takes the `values`
+    of the first writable opener that names a codec (a handle opened before
+    then gets CodecMismatchError for its writes if they do not fit).
+    `wrap_object_store` wraps the backend (used to inject faults in tests).
 
     Opening costs one GET of the manifest, plus, the first time a process
     opens a store for writing, two or three PUTs that prove the endpoint

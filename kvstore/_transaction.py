@@ -164,6 +164,7 @@ class Transaction:
             read_keys=self._read_keys,
             read_ranges=self._read_ranges,
             writes=self._writes,
+            values=self._values,
             meta=self._meta,
         )
         try:
