@@ -114,7 +114,7 @@ class StoreOptions:
         if grace is not None and not valid_grace_period(grace):
             raise ValidationError(
                 f"segment_grace_period must be a finite number of seconds above 0 and at most "
-                f"{MAX_GRACE_PERIOD:g} (30 days), not {grace!r}; leave it out to use the store's"
+                f"{MAX_GRACE_PERIOD:.0f} s (30 days), not {grace!r}; leave it out to use the store's"
             )
         if not (math.isfinite(age) and age >= 0):  # written so NaN fails
             raise ValidationError(f"max_transaction_age must be a finite number of seconds >= 0, not {age!r}")
