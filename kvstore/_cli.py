@@ -1196,14 +1196,22 @@ async def compact(s: Session, *, full: bool) -> None:
     )
 
 
+def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse nan and inf, which FloatRange lets through (a NaN grace period compares False)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of seconds")
+    return value
+
+
 @store_command(cli, mode="write")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
     "--grace-period",
     type=click.FloatRange(min=0),
+    callback=_finite_seconds,
     metavar="SECONDS",
     help="Keep objects younger than this (default and minimum: the store's recorded segment_grace_period, "
-    "1 hour unless a writer opened it with a longer one).",
+    "the longest its writers opened it with; 1 hour for a store made with the default).",
 )
 async def gc(s: Session, *, dry_run: bool, grace_period: float | None) -> None:
     """Delete objects that nothing references any more."""

@@ -36,7 +36,7 @@ from ._layout import new_object_id
 from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
-from ._options import StoreOptions
+from ._options import StoreOptions, grace_period_of
 from ._segment import encode_segment
 from ._segment_store import SegmentStore
 
@@ -199,7 +199,7 @@ class Committer:
             if pending.inline:
                 if not self._fits_inline(base, pending.refs[0].size):
                     pending = await self._write_segment(accepted, None)  # concurrent commits filled the manifest
-            elif time.monotonic() - pending.written_at > self._options.segment_grace_period / 2:
+            elif time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
             if not maybe_applied and not lost_races:
@@ -351,7 +351,7 @@ class Committer:
         of `base` (None: never), else a new object."""
         bulk = accepted[0].segments
         if bulk is not None:
-            if time.monotonic() - accepted[0].started > self._options.segment_grace_period / 2:
+            if time.monotonic() - accepted[0].started > grace_period_of(self._options) / 2:
                 raise TransactionTooOldError(
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )

@@ -36,7 +36,7 @@ from ._errors import CompactionTooSlowError
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
-from ._options import StoreOptions
+from ._options import StoreOptions, grace_period_of
 from ._segment import BLOCK_TARGET_BYTES
 from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
 from ._sources import Sources
@@ -355,7 +355,7 @@ class Compactor:
 
     def _check_age(self, started: float) -> None:
         """I8: never commit outputs that garbage collection may already have marked."""
-        grace = self._options.segment_grace_period
+        grace = grace_period_of(self._options)
         if time.monotonic() - started > grace / 2:
             raise CompactionTooSlowError(
                 f"the compaction ran {time.monotonic() - started:.0f} s, more than half of segment_grace_period "

@@ -40,7 +40,7 @@ from ._errors import InvalidPartError, JobAlreadyCommittedError, PartTooOldError
 from ._layout import Layout
 from ._manifest import SegmentRef
 from ._objectstore import RetryingObjectStore, S3Options
-from ._options import StoreOptions
+from ._options import StoreOptions, grace_period_of
 from ._segment_store import SegmentStore
 from ._sources import Sources
 from ._url import parse_url
@@ -196,7 +196,7 @@ class DistributedWrite:
         if oldest is None:
             raise ValidationError("the parts hold no pairs: nothing to commit")
         age = time.time() - oldest.written_at
-        limit = self.options.segment_grace_period / 2
+        limit = grace_period_of(self.options) / 2
         if age > limit:
             which = "" if oldest.index is None else f" (index {oldest.index})"
             raise PartTooOldError(

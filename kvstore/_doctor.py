@@ -15,6 +15,7 @@ and the server's clock.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,7 +38,7 @@ from ._objectstore import (
     S3Options,
     TransientError,
 )
-from ._options import StoreOptions
+from ._options import DEFAULT_GRACE_PERIOD
 from ._probe import NO_SUCH_ETAG, unique_body
 from ._url import parse_url, s3_settings
 
@@ -150,7 +151,7 @@ async def doctor(
     to exist there (for S3, the bucket must). Scratch objects are written
     under ``<prefix>doctor/<id>/`` and deleted before it returns, whatever
     happens. `grace_period` is the `StoreOptions.segment_grace_period` the
-    clock skew is judged against (default: the default's). A property that
+    clock skew is judged against (default: 3600 s, a new store's). A property that
     does not hold is a check with result "fail" in the report (`ok` is then
     False), not an exception; what no check can judge raises as `open` does
     (StoreNotFoundError for a missing bucket, AccessDeniedError,
@@ -167,9 +168,9 @@ async def doctor(
         aws_session_token=aws_session_token,
     )
     location = parse_url(url, s3)
-    grace = StoreOptions().segment_grace_period if grace_period is None else grace_period
-    if not grace > 0:
-        raise ValidationError(f"grace_period must be positive seconds, not {grace_period!r}")
+    grace = DEFAULT_GRACE_PERIOD if grace_period is None else grace_period
+    if not (math.isfinite(grace) and grace > 0):
+        raise ValidationError(f"grace_period must be a finite number of seconds above 0, not {grace_period!r}")
     backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
     return await diagnose(
         location.url, location.objects, location.prefix, grace_period=grace, retry=retry, wrapped=backend

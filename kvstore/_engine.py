@@ -45,7 +45,7 @@ from ._layout import Layout
 from ._manifest import GRACE_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
-from ._options import StoreOptions
+from ._options import StoreOptions, grace_period_of, resolve_options
 from ._probe import check_conditional_writes
 from ._segment_store import SegmentStore
 from ._snapshot import SnapshotView
@@ -345,7 +345,7 @@ class Engine:
             self.check_writable("garbage collection deletes; use dry_run=True to only look")
         self.check_open()
         return await self._gc.collect(
-            grace_period=grace_period, own_grace_period=self.options.segment_grace_period, dry_run=dry_run
+            grace_period=grace_period, own_grace_period=grace_period_of(self.options), dry_run=dry_run
         )
 
     async def compact(self, *, full: bool, run: SubCompactionRunner | None = None) -> list[CompactionResult]:
@@ -454,9 +454,7 @@ class Engine:
             interval = self.options.auto_gc_interval
             if interval is not None and time.monotonic() - self._last_gc >= interval:
                 self._last_gc = time.monotonic()
-                await self._gc.collect(
-                    grace_period=None, own_grace_period=self.options.segment_grace_period, dry_run=False
-                )
+                await self._gc.collect(grace_period=None, own_grace_period=grace_period_of(self.options), dry_run=False)
         except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
             _log.warning(
                 "background compaction or GC of %s failed (retried after a later commit): %s: %s",
@@ -497,10 +495,12 @@ async def open_engine(
     data (`Manifest.never_written`: at most settings commits) takes
     `adopt_settings` where they differ from what it records (one manifest
     CAS), since no data yet depends on them; a commit of a handle opened
-    before then is refused by the committer if its values do not fit. A writer
-    whose `segment_grace_period` is longer than the store records (or that
-    finds none recorded) records its own (one manifest CAS): GC never
-    applies less than the record.
+    before then is refused by the committer if its values do not fit. The
+    engine holds `options` resolved against the store's record
+    (`resolve_options`: a None `segment_grace_period` is the record's). A
+    writer whose period is longer than the store records (or that finds
+    none, or an invalid one, recorded) records its own (one manifest CAS):
+    GC never applies less than the record.
 
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
@@ -524,16 +524,18 @@ async def open_engine(
         if not read_only:
             await check_conditional_writes(objects, layout)
         if not exists:
-            await manifests.create({**new_settings, GRACE_SETTING: options.segment_grace_period})
+            await manifests.create({**new_settings, GRACE_SETTING: grace_period_of(resolve_options(options, None))})
         manifest = manifests.current[0]
         differ = {k: v for k, v in adopt_settings.items() if manifest.settings.get(k) != v}
         if differ and manifest.never_written and not read_only:
             manifest = await manifests.settle_empty(differ, options.commit_log_length)
         recorded = recorded_grace_period(manifest)
-        if not read_only and (recorded is None or recorded < options.segment_grace_period):
+        options = resolve_options(options, recorded)
+        own = grace_period_of(options)
+        if not read_only and not (recorded is not None and recorded >= own):
             # This writer's I8 holds its segments to half of its own grace period: GC (in
             # any process) must not apply less, and never applies less than the record.
-            await manifests.raise_grace_period(options.segment_grace_period, options.commit_log_length)
+            await manifests.raise_grace_period(own, options.commit_log_length)
         engine = Engine(location.url, objects, layout, manifests, options, read_only)
         await engine.load_runs()
         return engine

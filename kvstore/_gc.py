@@ -33,6 +33,7 @@ flight.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,9 +43,9 @@ import msgpack
 
 from ._cas import read_modify_cas
 from ._envelope import seal, unseal
-from ._errors import GracePeriodTooShortError
+from ._errors import CorruptionError, GracePeriodTooShortError, ValidationError
 from ._layout import Layout
-from ._manifest import Manifest, SegmentRef, recorded_grace_period
+from ._manifest import Manifest, SegmentRef, invalid_grace_record, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import MAX_DELETE_BATCH, ObjectInfo, ObjectNotFound, RetryingObjectStore
 from ._sources import Sources
@@ -139,7 +140,7 @@ class GarbageCollector:
         """
         tags = await self._tags.list()
         manifest = await self._manifests.refresh()
-        grace = gc_grace_period(manifest, grace_period, own_grace_period)
+        grace = gc_grace_period(manifest, grace_period, own_grace_period, self._layout.manifest)
         # After the manifest read: an object it does not name was unreferenced by then,
         # so a mark stamped now never predates its last reference (I6).
         now = self._clock()
@@ -202,7 +203,7 @@ class GarbageCollector:
         # run, a mark taken before its commit would let it go less than a grace period
         # after it stopped being referenced (I6). An older one never becomes referenced
         # again, since writers commit no segment that old (I8).
-        young = now - info.last_modified < grace_period
+        young = not now - info.last_modified >= grace_period  # so a NaN could never make it old
         marked_at = now if young else marks.get(info.name, now)
         referenced = reasons.get(info.name)
         waiting = None if referenced else self._too_young(info, marked_at, now, grace_period)
@@ -311,18 +312,31 @@ def _count_deleted(report: GcReport, info: ObjectInfo) -> None:
         report.deleted.append(info.name)
 
 
-def gc_grace_period(manifest: Manifest, requested: float | None, own: float) -> float:
+def gc_grace_period(manifest: Manifest, requested: float | None, own: float, manifest_name: str) -> float:
     """The grace period a GC run applies: `requested`, or by default the longer of the
     store's recorded one and `own`; never shorter than the recorded one (I7, I8).
 
     A store that records none (made before it was recorded, and not opened for writing
-    since) is held to `own`.
+    since) is held to `own`. One that records an invalid period (NaN, inf: only an
+    older release could write one) is refused: GC cannot know how long its writers
+    keep segments, and every writable open replaces the record with a valid one.
+    Comparisons are written so that a NaN can never pass them.
     """
+    if requested is not None and not (math.isfinite(requested) and requested >= 0):
+        raise ValidationError(f"grace_period must be a finite number of seconds >= 0, not {requested!r}")
+    invalid = invalid_grace_record(manifest)
+    if invalid is not None:
+        raise CorruptionError(
+            f"the store records segment_grace_period={invalid!r}, not a finite number of seconds in "
+            "(0, 30 days], so GC cannot know how long its writers keep segments and deletes nothing. "
+            "Open the store for writing once (it records the opener's period in place of it), then run GC again",
+            object_name=manifest_name,
+        )
     recorded = recorded_grace_period(manifest)
     minimum = own if recorded is None else recorded
     if requested is None:
         return max(minimum, own)
-    if requested < minimum:
+    if not requested >= minimum:
         raise GracePeriodTooShortError(
             f"grace_period={requested:g} s is shorter than the store's segment_grace_period "
             f"({minimum:g} s, recorded by its writers): a writer may commit a segment up to "

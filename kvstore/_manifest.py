@@ -40,12 +40,32 @@ LOG_KEYS_BUDGET_BYTES = 256 * 1024
 # The settings key recording the longest `segment_grace_period` any writer opened the
 # store with: GC never applies a shorter one (I7, I8). Absent in stores made before it.
 GRACE_SETTING = "segment_grace_period"
+# The longest grace period a writer may use (30 days). A writer may commit a segment up
+# to half of it after writing it (I8), so this allows jobs of 15 days; anything longer
+# keeps all garbage practically for good (as inf would) and is most likely a unit slip.
+MAX_GRACE_PERIOD = 30 * 86400.0
+
+
+def valid_grace_period(value: object) -> bool:
+    """Whether `value` is a usable grace period: a finite number of seconds in
+    (0, MAX_GRACE_PERIOD]. Written so that NaN (every comparison False) fails."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 < value <= MAX_GRACE_PERIOD  # False for NaN; inf is above the bound
 
 
 def recorded_grace_period(m: Manifest) -> float | None:
-    """The writers' grace period `m` records, or None if it records none."""
+    """The writers' grace period `m` records, or None if it records none or an invalid
+    one (see `invalid_grace_record`): a writable open then records its own."""
     value = m.settings.get(GRACE_SETTING)
-    return None if value is None else float(value)
+    return float(value) if isinstance(value, int | float) and valid_grace_period(value) else None
+
+
+def invalid_grace_record(m: Manifest) -> object | None:
+    """The grace period `m` records if it is not a valid one (NaN, inf, not a number,
+    not positive: only a release before the check could write one), else None."""
+    value = m.settings.get(GRACE_SETTING)
+    return None if value is None or valid_grace_period(value) else value
 
 
 @dataclass(frozen=True)

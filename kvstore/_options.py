@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from ._errors import ValidationError
+from ._manifest import MAX_GRACE_PERIOD, valid_grace_period
 from ._objectstore import RetryPolicy
 
 KiB = 1024
@@ -21,16 +23,25 @@ class StoreOptions:
         max_transaction_bytes: keys + values one transaction may write.
         max_transaction_keys: distinct keys one transaction may write.
         max_transaction_age: seconds a transaction may run before its commit
-            is refused with `TransactionTooOldError`. Must stay well below
-            `segment_grace_period`. A bulk load is not held to it (it reads
-            nothing), only to committing its first segment within half of
-            `segment_grace_period` (I8).
+            is refused with `TransactionTooOldError` (finite, >= 0). Must be
+            under half of `segment_grace_period`; when that is left to the
+            store's record and the record is too short for it, the open uses
+            a sixth of the record instead (the defaults' ratio). A bulk load is
+            not held to it (it reads nothing), only to committing its first
+            segment within half of `segment_grace_period` (I8).
         commit_log_length: commits kept in the manifest's log. A transaction
             whose read version is older than the log cannot be checked and
             fails with `TransactionTooOldError`.
         segment_grace_period: seconds a written-but-uncommitted segment is
             protected from garbage collection (I7). A commit never references
             a segment older than half of it (I8); it rewrites it instead.
+            None (default): the period the store records (the longest any
+            writer opened it with; 3600 for a new store or one that records
+            none), so a default open never changes the record. A number
+            (finite, > 0, at most 30 days) is this writer's own; a writable
+            open with one longer than the record raises the record for good
+            (GC never applies less than it). `Store.options` shows the
+            resolved value.
         cache_bytes: memory for cached segment indexes and blocks.
         cache_dir: a local directory that also caches segment bytes on disk,
             shared by every process (and store) that names it and kept
@@ -80,7 +91,7 @@ class StoreOptions:
     max_transaction_keys: int = 100_000
     max_transaction_age: float = 600.0
     commit_log_length: int = 1000
-    segment_grace_period: float = 3600.0
+    segment_grace_period: float | None = None
     cache_bytes: int = 256 * MiB
     cache_dir: str | None = None
     cache_dir_bytes: int = 4 * 1024 * MiB
@@ -99,7 +110,15 @@ class StoreOptions:
     manifest_inline_bytes: int = 128 * KiB
 
     def __post_init__(self) -> None:
-        if self.max_transaction_age * 2 >= self.segment_grace_period:
+        grace, age = self.segment_grace_period, self.max_transaction_age
+        if grace is not None and not valid_grace_period(grace):
+            raise ValidationError(
+                f"segment_grace_period must be a finite number of seconds above 0 and at most "
+                f"{MAX_GRACE_PERIOD:.0f} s (30 days), not {grace!r}; leave it out to use the store's"
+            )
+        if not (math.isfinite(age) and age >= 0):  # written so NaN fails
+            raise ValidationError(f"max_transaction_age must be a finite number of seconds >= 0, not {age!r}")
+        if grace is not None and not age * 2 < grace:
             raise ValidationError("max_transaction_age must be under half of segment_grace_period (I8)")
         if self.commit_log_length < 1 or self.max_batch_transactions < 1:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
@@ -109,3 +128,33 @@ class StoreOptions:
             raise ValidationError("target_segment_bytes must be >= 256 and compaction_memory_bytes >= 1 MiB")
         if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
             raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")
+
+
+# The grace period of a store that records none (new, or made by an older release).
+DEFAULT_GRACE_PERIOD = 3600.0
+
+
+def resolve_options(options: StoreOptions, recorded: float | None) -> StoreOptions:
+    """`options` with `segment_grace_period` resolved against the store's `recorded` one.
+
+    None becomes the record (DEFAULT_GRACE_PERIOD without one): only an explicit period
+    can raise the record. A max_transaction_age that is not under half of the resolved
+    period (possible only when it was None) becomes a sixth of it, the defaults' ratio,
+    so I8 holds whatever the store records; refusing instead would stop every
+    default-option open (the CLI's) of a store whose writers use a short period.
+    """
+    grace = options.segment_grace_period
+    if grace is None:
+        grace = DEFAULT_GRACE_PERIOD if recorded is None else recorded
+    age = options.max_transaction_age
+    if not age * 2 < grace:
+        age = grace / 6
+    return replace(options, segment_grace_period=grace, max_transaction_age=age)
+
+
+def grace_period_of(options: StoreOptions) -> float:
+    """The resolved writers' grace period of an open store's `options` (see `resolve_options`)."""
+    grace = options.segment_grace_period
+    if grace is None:  # a program error: every open resolves it
+        raise AssertionError("StoreOptions.segment_grace_period was not resolved at open")
+    return grace

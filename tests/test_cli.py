@@ -628,6 +628,29 @@ def test_gc_says_why_it_keeps_objects_and_until_when(tmp_path: Path, monkeypatch
     assert report["collectable_after"] == {f"segments/{orphan.name}": pytest.approx(mtime + 2 * 3600)}
 
 
+def test_commands_keep_the_writers_grace_period(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose writers use a 120 s grace period: a writing command (default options)
+    leaves the record at 120 s, and `gc --grace-period 120` applies it; a shorter period is
+    refused, and so are nan and inf (a NaN passes every `<` check)."""
+    url = str(tmp_path / "s")
+    short = kvstore.StoreOptions(segment_grace_period=120, max_transaction_age=30)
+    with kvstore.open_sync(url, create=True, options=short) as db:
+        db.put(b"k", b"v")
+
+    def recorded() -> float | None:
+        with kvstore.open_sync(url, read_only=True) as db:  # a default open shows the record
+            return db.options.segment_grace_period
+
+    invoke(monkeypatch, "put", url, "k2", "v2").ok()
+    assert recorded() == 120
+    report = invoke(monkeypatch, "gc", url, "--grace-period", "120", "--json").json()
+    assert report["grace_period"] == 120 and report["dry_run"] is False
+    assert recorded() == 120
+    invoke(monkeypatch, "gc", url, "--grace-period", "60").one_line_error(2, "(120 s", "Use at least 120 s")
+    for bad in ("nan", "inf"):
+        _usage_error(invoke(monkeypatch, "gc", url, "--grace-period", bad), "not a finite number of seconds")
+
+
 def test_import_progress_counts_pairs_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed, _, _ = _seed_files(tmp_path)
     done = invoke(monkeypatch, "import", str(tmp_path / "s"), "-f", str(seed), tty=True).ok()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -315,6 +316,120 @@ async def test_the_store_records_the_longest_grace_period_of_its_writers(target:
             await reader.gc(dry_run=True, grace_period=60)
     async with target.open(options=longer) as writer:
         assert engine_of(writer).manifest.settings["segment_grace_period"] == 7200
+
+
+def test_options_refuse_a_grace_period_or_transaction_age_that_is_not_a_finite_number() -> None:
+    """A NaN passes every `<` check as False, so the checks are written to refuse it; inf (or a
+    period over 30 days) would keep every unreferenced object for good once recorded."""
+    for grace in (math.nan, math.inf, -math.inf, 0.0, -1.0, 30 * 86400.0 + 1):
+        with pytest.raises(kvstore.ValidationError, match="segment_grace_period must be a finite number"):
+            kvstore.StoreOptions(segment_grace_period=grace)
+    for age in (math.nan, math.inf, -1.0):
+        with pytest.raises(kvstore.ValidationError, match="max_transaction_age must be a finite number"):
+            kvstore.StoreOptions(max_transaction_age=age)
+    assert kvstore.StoreOptions(segment_grace_period=30 * 86400.0).segment_grace_period == 30 * 86400.0
+
+
+async def test_gc_refuses_a_grace_period_that_is_not_a_finite_number(target: Target) -> None:
+    """GC asked for grace_period=nan (which no `<` check refuses) or inf refuses it before it
+    deletes anything: with nan it would have deleted the segment of a commit in flight."""
+    made: list[_HoldsACommit] = []
+    options = replace(NO_AUTO, **NO_INLINE)
+    async with (
+        target.open(
+            options=options, wrap_object_store=lambda inner: made.append(_HoldsACommit(inner)) or made[-1]
+        ) as db,
+        target.open(options=options) as other,
+    ):
+        made[0].armed = True
+        commit = asyncio.create_task(db.put(b"k", b"v"))
+        try:
+            await asyncio.wait_for(made[0].held.wait(), 30)  # the segment is written, its CAS held
+            (segment,) = await _segment_objects(db)
+            for bad in (math.nan, math.inf, -1.0):
+                with pytest.raises(kvstore.ValidationError, match="grace_period must be a finite number"):
+                    await other.gc(grace_period=bad)
+            assert await _segment_objects(db) == {segment}
+        finally:
+            made[0].release.set()
+        await asyncio.wait_for(commit, 30)
+    async with target.open(read_only=True) as reader:
+        assert await reader.get(b"k") == b"v" and (await reader.verify()).ok
+
+
+async def _record_grace(db: kvstore.Store, value: float) -> None:
+    """Rewrite the manifest with `value` as its grace record, as a release without the checks could."""
+    engine = engine_of(db)
+    blob = await engine.objects.get(engine.layout.manifest)
+    assert blob is not None and blob.etag is not None
+    manifest = decode_manifest(blob.data, "manifest")
+    poisoned = replace(manifest, settings={**manifest.settings, "segment_grace_period": value})
+    await engine.objects.put_if_match(engine.layout.manifest, encode_manifest(poisoned), blob.etag)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+async def test_a_record_that_is_not_a_finite_number_is_refused_by_gc_and_replaced_by_a_writer(
+    target: Target, bad: float
+) -> None:
+    """A NaN record made every GC treat every object as old (deleting a commit in flight's
+    segment); an inf one made GC keep everything for good, and no writer could replace either.
+    Now GC refuses such a record (CorruptionError), and a writable open, even with default
+    options, records its own period in its place; GC then spares a commit in flight and
+    collects garbage again."""
+    options = replace(NO_AUTO, **NO_INLINE)
+    async with target.open(options=options) as db:
+        await db.put(b"a", b"1")
+        await _record_grace(db, bad)
+    async with target.open(read_only=True) as reader:
+        with pytest.raises(kvstore.CorruptionError, match="records segment_grace_period=") as refused:
+            await reader.gc(dry_run=True)
+        assert refused.value.object_name.endswith("manifest") and "Open the store for writing" in str(refused.value)
+    made: list[_HoldsACommit] = []
+    async with (
+        target.open(
+            options=options, wrap_object_store=lambda inner: made.append(_HoldsACommit(inner)) or made[-1]
+        ) as db,
+        target.open(options=options) as admin,
+    ):
+        assert engine_of(admin).manifest.settings["segment_grace_period"] == 3600
+        orphans = await make_orphans(engine_of(admin), 2)
+        made[0].armed = True
+        commit = asyncio.create_task(db.put(b"k", b"v"))
+        try:
+            await asyncio.wait_for(made[0].held.wait(), 30)  # the segment is written, its CAS held
+            in_flight = await _segment_objects(db) - orphans
+            report = await admin.gc()
+            assert report.grace_period == 3600 and report.deleted == []
+            assert in_flight <= await _segment_objects(db)
+        finally:
+            made[0].release.set()
+        await asyncio.wait_for(commit, 30)
+        assert orphans <= set((await gc_later(admin)).deleted)  # GC collects garbage again
+    async with target.open(read_only=True) as reader:
+        assert await reader.get(b"k") == b"v" and (await reader.verify()).ok
+
+
+async def test_a_writer_with_default_options_adopts_the_recorded_grace_period(target: Target) -> None:
+    """A default `segment_grace_period` is the store's record: the open never raises it, its
+    commits are held to half of it (I8), GC with that period works, and a default
+    max_transaction_age too long for it is cut to a sixth of it. Only an explicit longer
+    period raises the record."""
+    short = replace(NO_AUTO, segment_grace_period=120, max_transaction_age=30)
+    async with target.open(options=short) as db:
+        await db.put(b"a", b"1")
+        version = db.version
+    async with target.open(options=NO_AUTO) as db:
+        assert db.version == version  # no settings commit
+        assert engine_of(db).manifest.settings["segment_grace_period"] == 120
+        assert (db.options.segment_grace_period, db.options.max_transaction_age) == (120, 20)
+        assert (await db.gc(grace_period=120)).grace_period == 120
+        assert (await db.gc()).grace_period == 120
+    async with target.open(options=replace(NO_AUTO, max_transaction_age=45)) as db:
+        assert (db.options.segment_grace_period, db.options.max_transaction_age) == (120, 45)
+    async with target.open(options=replace(NO_AUTO, segment_grace_period=7200)) as db:
+        assert engine_of(db).manifest.settings["segment_grace_period"] == 7200
+    async with target.open(options=NO_AUTO) as db:
+        assert db.options.segment_grace_period == 7200 and db.options.max_transaction_age == 600
 
 
 class _CountsDeletes:
