@@ -1,7 +1,7 @@
 """Compaction that moves what it need not rewrite (issue 21, item 2), against the same
 compaction with moves turned off, in the same invocation.
 
-    .venv/bin/python bench/trivial_move.py [--pairs 2000000] [--commits 20] [--out bench/results/trivial-move.json]
+    .venv/bin/python bench/trivial_move.py [--pairs 2400000] [--commits 20] [--out bench/results/trivial-move.json]
 
 The issue's case scaled to this machine: `--pairs` pairs (16-byte keys, 100-byte random
 values) bulk-loaded in key order on the local filesystem (one segment per 64 MiB chunk),
@@ -108,7 +108,7 @@ def render(runs: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=2_000_000)
+    ap.add_argument("--pairs", type=int, default=2_400_000)
     ap.add_argument("--commits", type=int, default=20)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "trivial-move.json")
     args = ap.parse_args()
