@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from segment_bytes import as_format_1, as_format_2
 from targets import Target, engine_of, fault_injecting, file_target, gc_later, memory_target
 from test_cli import invoke
 
@@ -225,6 +226,9 @@ def test_the_no_tombstones_footer_flag_and_run_rows_with_commit_versions() -> No
     clean = encode_segment([(b"a", 1, b"x"), (b"b", 1, b"y")], uniform_version=True).data
     dirty = encode_segment([(b"a", 1, b"x"), (b"b", 1, None)], uniform_version=True).data
     assert parse_footer(clean, "s").flags == 1 and parse_footer(dirty, "s").flags == 0
+    # Segments written before the flag (formats 1 and 2, and format 3 until now) say
+    # nothing: never moved, so a run never mixes in an older format by a move.
+    assert parse_footer(as_format_1(clean), "s").flags == 0 == parse_footer(as_format_2(clean), "s").flags
     # docs/format.md, "Run object": a row with a commit version makes the run format 2
     data = encode_run([SegmentRef("r", b"a", b"b", 1, 2, 3, 3, commit_version=3)])
     assert data.hex() == "4b56524e02000000" + "9198a172c40161c40162010203" + "0303" + "b7f5bff88eca5f21"
