@@ -951,7 +951,7 @@ async def info(s: Session, *, count_limit: int) -> None:
 
 def _write_amplification(doc: dict[str, Any]) -> str:
     wa = doc["last_compaction_write_amplification"]
-    return "-" if wa is None else f"{wa:.2f} (last compaction: bytes written / bytes of its output run)"
+    return "-" if wa is None else f"{wa:.3f} (last compaction: bytes written / bytes of its output run)"
 
 
 def _compaction_state(doc: dict[str, Any]) -> str:

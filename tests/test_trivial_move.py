@@ -319,4 +319,4 @@ def test_info_shows_the_last_compactions_write_amplification(tmp_path: Path, mon
     assert facts["last_compaction_write_amplification"] == pytest.approx(result.write_amplification)
     assert 0 < result.write_amplification < 0.1
     [row] = [line for line in invoke(monkeypatch, "info", url).ok().text.splitlines() if line.startswith("write amp")]
-    assert row.split()[2:4] == [f"{result.write_amplification:.2f}", "(last"]
+    assert row.split()[2:4] == [f"{result.write_amplification:.3f}", "(last"]
