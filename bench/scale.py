@@ -354,11 +354,14 @@ async def phase_compact(spec: dict[str, Any]) -> dict[str, Any]:
                     "level",
                     "outputs",
                     "sub_compactions",
+                    "moved",
+                    "bytes_written",
+                    "write_amplification",
                 )
             }
             for r in results
         ],
-        "bytes_written": sum(r.bytes_out for r in results),
+        "bytes_written": sum(r.bytes_written for r in results),  # moved segments are not written
         "bytes_read": sum(r.bytes_in for r in results),
         "manifest_bytes": await manifest_bytes(target, spec["store"]),
     }

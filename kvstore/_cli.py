@@ -920,6 +920,7 @@ async def info(s: Session, *, count_limit: int) -> None:
             "compaction_due": sorted(
                 level for level, n in described.segments_per_level.items() if n >= db.options.compaction_fanout
             ),
+            "last_compaction_write_amplification": described.last_compaction_write_amplification,
             "options": dataclasses.asdict(db.options),
             "requests": db.statistics()["requests"],
         }
@@ -942,9 +943,15 @@ async def info(s: Session, *, count_limit: int) -> None:
         ["last commit", _time(doc["last_commit"]) if doc["last_commit"] else "-"],
         ["tags", str(doc["tags"])],
         ["compaction", _compaction_state(doc)],
+        ["write amplification", _write_amplification(doc)],
     ]
     rows += [[f"option {name}", json.dumps(value)] for name, value in doc["options"].items()]
     s.out.result(doc, *_aligned(rows))
+
+
+def _write_amplification(doc: dict[str, Any]) -> str:
+    wa = doc["last_compaction_write_amplification"]
+    return "-" if wa is None else f"{wa:.3f} (last compaction: bytes written / bytes of its output run)"
 
 
 def _compaction_state(doc: dict[str, Any]) -> str:

@@ -20,6 +20,10 @@ CAS: the run replaces its inputs atomically.
 A compaction writes nothing users can see: its commit record lists no keys,
 so it never conflicts with a transaction; it conflicts only with another
 compaction of the same sources, and then gives up.
+
+A segment that would come out of the merge unchanged is not rewritten: it
+joins the output run as it is (a "trivial move", `movable`), with no GET or
+PUT of its data, and the key ranges merged stop short of it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 from ._cas import read_modify_cas
@@ -49,7 +53,11 @@ SubCompactionRunner = Callable[[Sequence["SubCompaction"]], Awaitable[list["SubC
 
 @dataclass(frozen=True)
 class CompactionResult:
-    """What one compaction did."""
+    """What one compaction did.
+
+    `bytes_out` is the size of its output run, the `moved` input segments (joined
+    as they were, not rewritten) included; `bytes_written` the part it wrote.
+    """
 
     version: int  # the version its commit created
     inputs: int  # segments merged
@@ -58,8 +66,16 @@ class CompactionResult:
     bytes_in: int
     bytes_out: int
     level: int
-    outputs: int = 0  # segments written
+    outputs: int = 0  # segments in the output run (written and moved)
     sub_compactions: int = 0  # key ranges merged
+    moved: int = 0  # input segments that joined the output run as they were (not rewritten)
+    bytes_written: int = 0  # bytes of the segments written (bytes_out less the moved ones)
+
+    @property
+    def write_amplification(self) -> float:
+        """Bytes written ÷ bytes of live data in the output run (`bytes_out`): 1.0 when every
+        segment was rewritten, less when some were moved, 0.0 when all were."""
+        return self.bytes_written / self.bytes_out if self.bytes_out else 0.0
 
 
 def choose_inputs(manifest: Manifest, fanout: int, *, full: bool = False, target_bytes: int = 0) -> list[SegmentRef]:
@@ -198,6 +214,76 @@ def plan_ranges(samples: Iterable[tuple[bytes, int]], range_bytes: int) -> list[
     return list(pairwise([None, *cuts, None]))
 
 
+def movable(piece: SegmentRef, floor: int, target_segment_bytes: int) -> bool:
+    """Whether the metadata alone proves that merging would leave the segment `piece` as it
+    is, provided no other input overlaps its key range (checked by the caller, as is its
+    footer's NO_TOMBSTONES flag: `SegmentStore.holds_no_tombstone`).
+
+    Retention drops an entry only when it is shadowed by a newer entry of its key that
+    is at or below the history floor, or when it is a tombstone ending its key. So:
+    * one version per key: a commit segment (`commit_version` set: distinct keys, every
+      entry at that version), or every version above `floor` (none is shadowed below it);
+    * no tombstone (the footer flag);
+    * an object of its own (not inline: a run lists objects) of half to twice
+      `target_segment_bytes`. At most twice: the run's segments stay bounded, and a bulk
+      load's segment (a chunk of 64 MiB of pairs by default, the default target) encodes
+      to a little more than its chunk when values do not compress; a larger one is split.
+      At least half: a smaller one costs little to merge, and moving small commit
+      segments would leave a run of as many small objects as its inputs, never fewer.
+    """
+    return (
+        piece.inline is None
+        and not piece.is_run
+        and target_segment_bytes // 2 <= piece.size <= 2 * target_segment_bytes
+        and (piece.commit_version is not None or piece.min_version > floor)
+    )
+
+
+def isolated(pieces: Sequence[SegmentRef]) -> list[SegmentRef]:
+    """The pieces (segments) whose key range meets no other's, in key order."""
+    ordered = sorted(pieces, key=lambda p: p.min_key)
+    alone: list[SegmentRef] = []
+    reach: bytes | None = None  # the largest max_key of the pieces before
+    for i, piece in enumerate(ordered):
+        before_clear = reach is None or reach < piece.min_key
+        after_clear = i + 1 == len(ordered) or ordered[i + 1].min_key > piece.max_key
+        if before_clear and after_clear:
+            alone.append(piece)
+        reach = piece.max_key if reach is None else max(reach, piece.max_key)
+    return alone
+
+
+def around(
+    ranges: Iterable[tuple[bytes | None, bytes | None]], moved: Sequence[SegmentRef]
+) -> list[tuple[bytes | None, bytes | None]]:
+    """`ranges` (ascending [start, end)) less the key ranges of `moved` (disjoint, in key
+    order): no merged range reaches into a moved segment, so the run's segments stay disjoint."""
+    gaps: list[tuple[bytes | None, bytes | None]] = []
+    start: bytes | None = None
+    for piece in moved:
+        gaps.append((start, piece.min_key))
+        start = piece.max_key + b"\x00"  # the smallest key after it
+    gaps.append((start, None))
+    out: list[tuple[bytes | None, bytes | None]] = []
+    for r_start, r_end in ranges:
+        for g_start, g_end in gaps:
+            lo = _later(r_start, g_start)
+            hi = _earlier(r_end, g_end)
+            if lo is None or hi is None or lo < hi:
+                out.append((lo, hi))
+    return out
+
+
+def _later(a: bytes | None, b: bytes | None) -> bytes | None:
+    """The later of two range starts (None: from the first key)."""
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _earlier(a: bytes | None, b: bytes | None) -> bytes | None:
+    """The earlier of two range ends (None: to the last key)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 @dataclass(frozen=True)
 class SubCompaction:
     """One key range of a compaction: merge `inputs` within [start, end) into segments.
@@ -301,9 +387,9 @@ class Compactor:
 
         Returns None when nothing was due or a concurrent compaction took the
         same sources first. Costs a GET per input index or run not cached, ranged
-        GETs of every input block, a PUT (or multipart upload) per output segment,
-        a PUT of the run object when there are several, and one manifest CAS (more
-        on contention).
+        GETs of every input block but those of moved segments (`movable`), a PUT
+        (or multipart upload) per output segment written, a PUT of the run object
+        when there are several segments, and one manifest CAS (more on contention).
         """
         options = self._options
         base, _ = self._manifests.current
@@ -312,24 +398,25 @@ class Compactor:
             return None
         level = max(r.level for r in inputs) + 1
         floor = history_floor(base, options, time.time())
+        moved, rewritten = await self._moves(inputs, floor)
         input_ids = frozenset(r.id for r in inputs)
+        others = tuple(r for r in base.segments if r.id not in input_ids)
+        ranges = plan_ranges(await self._samples(rewritten, moved), _RANGE_SEGMENTS * options.target_segment_bytes)
         subs = [
-            SubCompaction(
-                start,
-                end,
-                tuple(inputs),
-                tuple(r for r in base.segments if r.id not in input_ids),
-                floor,
-                level,
-                options.target_segment_bytes,
-            )
-            for start, end in plan_ranges(await self._samples(inputs), _RANGE_SEGMENTS * options.target_segment_bytes)
+            SubCompaction(start, end, tuple(rewritten), others, floor, level, options.target_segment_bytes)
+            for start, end in around(ranges, moved)
+            if any(r.overlaps(start, end) for r in rewritten)
         ]
-        per_sub = sub_compaction_bytes(len(inputs), options.target_segment_bytes)
+        per_sub = sub_compaction_bytes(len(rewritten), options.target_segment_bytes)
         concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
         started = time.monotonic()  # before any output is written
-        results = await (run_all(subs, self._sources, concurrency) if run is None else run(subs))
-        parts = [part for r in results for part in r.parts]
+        results: list[SubCompactionResult] = []
+        if subs:
+            results = await (run_all(subs, self._sources, concurrency) if run is None else run(subs))
+        written = [part for r in results for part in r.parts]
+        # Moved segments take the run's level; they lie between the merged ranges (`around`).
+        parts = sorted([*written, *(replace(p, level=level) for p in moved)], key=lambda p: p.min_key)
+        assert all(a.max_key < b.min_key for a, b in pairwise(parts)), "a sorted run's segments overlap"
         ref: SegmentRef | None
         if not parts:
             ref = None
@@ -338,20 +425,42 @@ class Compactor:
         else:
             self._check_age(started)
             ref = await self._sources.write_run(parts, level)
-        version = await self._commit(inputs, ref, level, floor, started)
+        bytes_written = sum(p.size for p in written)
+        bytes_out = sum(p.size for p in parts)
+        stats = {"moved": len(moved), "bytes_written": bytes_written, "bytes_out": bytes_out}
+        version = await self._commit(inputs, ref, level, floor, started, stats)
         if version is None:
             return None
+        moved_entries = sum(p.count for p in moved)
         return CompactionResult(
             version=version,
             inputs=len(inputs),
-            entries_in=sum(r.entries_in for r in results),
-            entries_out=sum(r.entries_out for r in results),
+            entries_in=sum(r.entries_in for r in results) + moved_entries,
+            entries_out=sum(r.entries_out for r in results) + moved_entries,
             bytes_in=sum(r.size for r in inputs),
-            bytes_out=sum(p.size for p in parts),
+            bytes_out=bytes_out,
             level=level,
             outputs=len(parts),
             sub_compactions=len(subs),
+            moved=len(moved),
+            bytes_written=bytes_written,
         )
+
+    async def _moves(self, inputs: Sequence[SegmentRef], floor: int) -> tuple[list[SegmentRef], list[SegmentRef]]:
+        """The input segments (a run's segments included) to move into the output as they
+        are (`movable`, key range apart from every other input's, no tombstone), in key
+        order; and the inputs left to merge (a run stays one, read around its moved segments)."""
+        if len(inputs) == 1:
+            return [], list(inputs)  # a full compaction of one large segment: it is there to split it
+        pieces: list[SegmentRef] = []
+        for ref in inputs:
+            pieces += await self._sources.parts(ref)
+        target = self._options.target_segment_bytes
+        candidates = [p for p in isolated(pieces) if movable(p, floor, target)]
+        flags = await asyncio.gather(*(self._sources.segments.holds_no_tombstone(p) for p in candidates))
+        moved = [p for p, clean in zip(candidates, flags, strict=True) if clean]
+        moved_ids = {p.id for p in moved}
+        return moved, [r for r in inputs if r.id not in moved_ids]
 
     def _check_age(self, started: float) -> None:
         """I8: never commit outputs that garbage collection may already have marked."""
@@ -363,14 +472,17 @@ class Compactor:
                 "Set StoreOptions.segment_grace_period above twice the longest compaction"
             )
 
-    async def _samples(self, inputs: Sequence[SegmentRef]) -> list[tuple[bytes, int]]:
-        """Where the inputs' data lies in the key space, to split it (`plan_ranges`): a run's
-        segments as its manifest row lists them; inside a segment, its index rows."""
+    async def _samples(self, inputs: Sequence[SegmentRef], moved: Sequence[SegmentRef]) -> list[tuple[bytes, int]]:
+        """Where the inputs' data to merge lies in the key space, to split it (`plan_ranges`):
+        a run's segments (but the `moved` ones) as its run object lists them; inside a
+        segment, its index rows."""
+        moved_ids = {p.id for p in moved}
         samples: list[tuple[bytes, int]] = []
         segments = []
         for ref in inputs:
             if ref.is_run:
-                samples += [(part.min_key, part.size) for part in await self._sources.parts(ref)]
+                parts = await self._sources.parts(ref)
+                samples += [(part.min_key, part.size) for part in parts if part.id not in moved_ids]
             else:
                 segments.append(ref)
         for found in await asyncio.gather(*(self._sources.segments.key_samples(ref) for ref in segments)):
@@ -378,7 +490,13 @@ class Compactor:
         return samples
 
     async def _commit(
-        self, inputs: Sequence[SegmentRef], ref: SegmentRef | None, level: int, floor: int, started: float
+        self,
+        inputs: Sequence[SegmentRef],
+        ref: SegmentRef | None,
+        level: int,
+        floor: int,
+        started: float,
+        stats: dict[str, int],
     ) -> int | None:
         """Replace `inputs` by `ref` in one manifest CAS; the version, or None if another
         compaction merged some of them first."""
@@ -407,7 +525,9 @@ class Compactor:
                 min_key=b"",
                 max_key=b"",
                 keys=(),
-                meta={"compaction": {"inputs": len(inputs), "level": level}},
+                # `stats`: segments moved, bytes written and in the output (`describe` reports
+                # the last compaction's write amplification from them)
+                meta={"compaction": {"inputs": len(inputs), "level": level, **stats}},
             )
             new = base.with_commit(
                 record,

@@ -7,6 +7,10 @@ carries one row per run instead of one per segment (docs/format.md)::
     envelope("KVRN", format 1, msgpack([[id, min_key, max_key, count, size,
                                          min_version, max_version], ...]))
 
+Format 2: a row may carry an eighth element, the segment's commit version: a
+commit segment (its entries carry no versions) that a compaction moved into
+the run as it was. A run with no such segment is still written as format 1.
+
 Run objects are immutable (safe create) and named `segments/<id>.run`.
 """
 
@@ -22,13 +26,20 @@ from ._envelope import seal, unseal
 from ._errors import CorruptionError
 from ._manifest import SegmentRef
 
-FORMAT = 1
+FORMAT = 2  # format 1 (no commit versions) is still read, and still written when it suffices
 _MAGIC = b"KVRN"
 
 
 def encode_run(parts: Sequence[SegmentRef]) -> bytes:
     """The run object listing `parts` (segments in ascending, disjoint key order)."""
-    rows = [[p.id, p.min_key, p.max_key, p.count, p.size, p.min_version, p.max_version] for p in parts]
+    rows: list[list[object]] = [
+        [p.id, p.min_key, p.max_key, p.count, p.size, p.min_version, p.max_version] for p in parts
+    ]
+    if all(p.commit_version is None for p in parts):
+        return seal(_MAGIC, 1, msgpack.packb(rows, use_bin_type=True))  # what readers before format 2 read
+    for row, p in zip(rows, parts, strict=True):
+        if p.commit_version is not None:
+            row.append(p.commit_version)
     return seal(_MAGIC, FORMAT, msgpack.packb(rows, use_bin_type=True))
 
 
@@ -66,7 +77,11 @@ def decode_run(data: bytes, level: int, object_name: str) -> Run:
     payload = unseal(data, _MAGIC, FORMAT, object_name, "run")
     try:
         rows = msgpack.unpackb(payload, raw=False)
-        return Run(tuple(SegmentRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], level=level) for r in rows))
+        return Run(
+            tuple(
+                SegmentRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] if len(r) > 7 else None, level) for r in rows
+            )
+        )
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
         raise CorruptionError(
             f"run {object_name} is damaged (undecodable); run `Store.verify()`",

@@ -9,7 +9,11 @@ Layout of format 3 (docs/format.md has the byte-level description)::
     top index            zstd(msgpack([[first_key, last_key, offset, length, block_count], ...])) + u64 xxh3
                          (one row per partition)
     footer     36 bytes  u64 top index offset, u32 top index length, u64 entry count,
-                         u16 format, 2 zero bytes, u64 xxh3 of the previous 24 bytes, b"KVSE"
+                         u16 format, u16 flags, u64 xxh3 of the previous 24 bytes, b"KVSE"
+
+Footer flags: bit 0 (NO_TOMBSTONES) says the segment holds no tombstone, which lets
+a compaction move it into its output run as it is (`_compact.py`). Writers before
+it wrote 0 there ("unknown"), and readers before it ignore the field.
 
 Entries are sorted by key, then by version descending. A key's versions sit
 in one block, or, when they exceed a block, fill consecutive blocks that hold
@@ -60,6 +64,11 @@ FORMAT = 3  # formats 1 (one index block, no partitions) and 2 (no key spans blo
 HEADER = struct.Struct("<4sHH")
 FOOTER = struct.Struct("<QIQH2xQ4s")
 FOOTER_BODY = 24  # bytes of the footer covered by its checksum
+# The u16 of flags in the footer (the "2x" of FOOTER: zero in segments written before
+# flags existed, which therefore read as "nothing known").
+FOOTER_FLAGS = struct.Struct("<H")
+FOOTER_FLAGS_AT = 22
+NO_TOMBSTONES = 1  # flag: the segment holds no tombstone
 HEADER_MAGIC = b"KVSG"
 FOOTER_MAGIC = b"KVSE"
 CHECKSUM = struct.Struct("<Q")
@@ -149,6 +158,7 @@ class Footer(NamedTuple):
     index_length: int  # checksum included
     entry_count: int
     format: int
+    flags: int = 0  # NO_TOMBSTONES, ...
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,7 @@ class TopIndex:
     offsets: list[int]
     lengths: list[int]
     first_blocks: list[int]  # partition p indexes blocks first_blocks[p] to first_blocks[p + 1] - 1
+    flags: int = 0  # the footer's (NO_TOMBSTONES, ...): kept with the index, which is cached
 
     def partition_for(self, key: bytes) -> int | None:
         """The first partition whose key range holds `key` (the key's newest versions), or None."""
@@ -303,6 +314,7 @@ class SegmentWriter:
         self._spanning = False  # the last key's earlier versions are in closed blocks
         self.last_key: bytes | None = None  # of the last entry added
         self.count = 0
+        self.tombstones = 0
         self.min_version = 0
         self.max_version = 0
 
@@ -331,7 +343,11 @@ class SegmentWriter:
         self._versions.append(version)
         self._values.append(value)
         self.last_key = key
-        self._raw_bytes += len(key) + (len(value) if value is not None else 0) + _ENTRY_OVERHEAD
+        if value is None:
+            self.tombstones += 1
+            self._raw_bytes += len(key) + _ENTRY_OVERHEAD
+        else:
+            self._raw_bytes += len(key) + len(value) + _ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
     def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], version: int) -> Iterator[None]:
@@ -401,10 +417,10 @@ class SegmentWriter:
         if self._rows:
             self._flush_partition()
         index_offset, index_length = self._append_checked(self._top)
-        body = FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY]
-        self._out.extend(
-            FOOTER.pack(index_offset, index_length, self.count, FORMAT, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)
-        )
+        body = bytearray(FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY])
+        FOOTER_FLAGS.pack_into(body, FOOTER_FLAGS_AT, 0 if self.tombstones else NO_TOMBSTONES)
+        self._out += body
+        self._out += FOOTER.pack(0, 0, 0, 0, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)[FOOTER_BODY:]
         return self.take()
 
     @property
@@ -482,7 +498,7 @@ def parse_footer(tail: bytes, object_name: str) -> Footer:
             block="footer",
         )
     _check_format(fmt, object_name)
-    return Footer(index_offset, index_length, count, fmt)
+    return Footer(index_offset, index_length, count, fmt, FOOTER_FLAGS.unpack_from(footer, FOOTER_FLAGS_AT)[0])
 
 
 def check_header(head: bytes, object_name: str) -> None:
@@ -505,7 +521,7 @@ def parse_index(data: bytes, footer: Footer, object_name: str) -> tuple[TopIndex
     if footer.format == 1:
         part = _partition(rows, 0, object_name, "index")
         offsets, lengths, first_blocks = [footer.index_offset], [footer.index_length], [0, len(part.offsets)]
-        return TopIndex([part.first_keys[0]], [part.last_keys[-1]], offsets, lengths, first_blocks), part
+        return TopIndex([part.first_keys[0]], [part.last_keys[-1]], offsets, lengths, first_blocks, footer.flags), part
     try:
         block_counts = [r[4] for r in rows]
         if not rows or min(block_counts) < 1:
@@ -516,6 +532,7 @@ def parse_index(data: bytes, footer: Footer, object_name: str) -> tuple[TopIndex
             offsets=[r[2] for r in rows],
             lengths=[r[3] for r in rows],
             first_blocks=list(accumulate(block_counts, initial=0)),
+            flags=footer.flags,
         )
     except (TypeError, IndexError, KeyError, ValueError) as exc:
         raise _undecodable(object_name, "index") from exc

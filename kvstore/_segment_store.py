@@ -26,6 +26,7 @@ from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
     HEADER,
+    NO_TOMBSTONES,
     Block,
     EncodedSegment,
     IndexPartition,
@@ -211,6 +212,12 @@ class SegmentStore:
         # Partition p follows the blocks it indexes: they lie between it and the partition before.
         starts = [HEADER.size] + [offset + length for offset, length in zip(top.offsets, top.lengths, strict=True)]
         return [(key, offset - start) for key, offset, start in zip(top.first_keys, top.offsets, starts, strict=False)]
+
+    async def holds_no_tombstone(self, ref: SegmentRef) -> bool:
+        """Whether the segment's footer says it holds no tombstone (False: it may, or it
+        was written before footers said). Reads its index around the cache, if not cached."""
+        top = await self._index(_Overlay(self._cache), ref)
+        return bool(top.flags & NO_TOMBSTONES)
 
     async def blocks(
         self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool, *, fill_cache: bool = True

@@ -31,7 +31,7 @@ from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport, open_engine
 from ._errors import ConflictError, ValidationError
 from ._gc import GcReport
-from ._manifest import CommitRecord
+from ._manifest import CommitRecord, Manifest
 from ._nesting import enter, leave, refuse_nested
 from ._objectstore import ObjectStore, S3Options
 from ._options import StoreOptions
@@ -53,6 +53,9 @@ class StoreInfo:
     `segments` counts segment objects (and inline segments), those of sorted
     runs included; `sorted_runs` counts the runs (what compactions wrote).
     `segments_per_level` counts what compaction counts, a run as one source.
+    `last_compaction_write_amplification` is bytes written ÷ bytes of the output
+    run of the newest compaction the commit log still lists (below 1.0 when
+    segments were moved into the run instead of rewritten), or None.
     """
 
     url: str
@@ -67,6 +70,18 @@ class StoreInfo:
     commit_log_length: int
     values: Codec  # the value codec the store records (see `Store.recorded_values`)
     sorted_runs: int = 0
+    last_compaction_write_amplification: float | None = None
+
+
+def _last_write_amplification(manifest: Manifest) -> float | None:
+    """The newest logged compaction's bytes written ÷ bytes output (compactions before
+    this was recorded, and those that wrote nothing, give None)."""
+    for record in reversed(manifest.log):
+        stats = (record.meta or {}).get("compaction")
+        if stats is not None:
+            out = stats.get("bytes_out")
+            return stats["bytes_written"] / out if out else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -431,6 +446,7 @@ class Store:
             commit_log_length=len(manifest.log),
             values=manifest.settings.get("values") or "bytes",
             sorted_runs=sum(r.is_run for r in manifest.segments),
+            last_compaction_write_amplification=_last_write_amplification(manifest),
         )
 
     def statistics(self) -> dict[str, Any]:
