@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,41 @@ def test_the_rule_moves_only_what_metadata_proves_unchanged() -> None:
     # merged ranges stop short of each moved segment and start again just after it
     assert around([(None, b"e"), (b"e", None)], moved) == [(None, b"d"), (b"f\x00", b"k"), (b"m\x00", None)]
     assert around([(None, None)], []) == [(None, None)]
+
+
+def _around_by_definition(
+    ranges: list[tuple[bytes | None, bytes | None]], moved: list[SegmentRef]
+) -> list[tuple[bytes | None, bytes | None]]:
+    """What `around` means, spelled out: every range cut by every gap between moved segments."""
+    starts = [None, *(m.max_key + b"\x00" for m in moved)]
+    ends = [*(m.min_key for m in moved), None]
+    out = []
+    for r_start, r_end in ranges:
+        for g_start, g_end in zip(starts, ends, strict=True):
+            lo = g_start if r_start is None else r_start if g_start is None else max(r_start, g_start)
+            hi = g_end if r_end is None else r_end if g_end is None else min(r_end, g_end)
+            if lo is None or hi is None or lo < hi:
+                out.append((lo, hi))
+    return out
+
+
+def test_around_is_every_range_less_the_moved_segments() -> None:
+    """On random ranges and moved segments over a small alphabet (so boundaries touch and keys
+    repeat), `around` (one walk over both lists) gives what its definition gives."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        keys = sorted({bytes(rng.choices(b"abcdefghijkl", k=rng.randint(1, 2))) for _ in range(rng.randint(2, 24))})
+        moved, i = [], 0
+        while i < len(keys):
+            if rng.random() < 0.3:
+                j = min(len(keys) - 1, i + rng.randint(0, 2))
+                moved.append(SegmentRef(f"m{i}", keys[i], keys[j], 1, 1, 1, 1))
+                i = j + 2
+            else:
+                i += 1
+        cuts = sorted(rng.sample(keys, rng.randint(0, min(5, len(keys)))))
+        ranges = list(zip([None, *cuts], [*cuts, None], strict=True))
+        assert around(ranges, moved) == _around_by_definition(ranges, moved), (ranges, moved)
 
 
 def test_the_no_tombstones_footer_flag_and_run_rows_with_commit_versions() -> None:
