@@ -1,6 +1,8 @@
 """Bulk loading without a Python-level step per pair: input taken in batches, checked and
 gathered into sorted chunks with built-ins working over whole lists; each chunk's upload
-finishes while the next one fills."""
+finishes while the next one fills. The chunks then become the parts of one sorted run
+(`as_sorted_run`): as they are where their key ranges meet no other chunk's, merged
+where they overlap."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from itertools import accumulate, islice
 from operator import add, lt
 from typing import Any, NamedTuple
@@ -15,7 +18,8 @@ from typing import Any, NamedTuple
 from ._codec import ValueMode, encode_key, encode_value
 from ._errors import ValidationError
 from ._manifest import SegmentRef
-from ._segment_store import SegmentStore
+from ._merge import merge
+from ._segment_store import Entry, SegmentOutput, SegmentStore, scan_readahead
 
 # Pairs taken from the input at a time: enough to amortise the per-batch work, few
 # enough that a batch is small beside a chunk.
@@ -175,6 +179,99 @@ async def write_chunks(
     except BaseException:
         await uploads.cancel()
         raise
+
+
+# Chunks merged at once: each holds a decoded block and its read-ahead (or, when small,
+# its whole object) while merging; more than this merge in two or more passes, so the
+# memory of a merge does not grow with the size of the load.
+MAX_MERGE_FAN_IN = 64
+
+
+async def as_sorted_run(chunks: Sequence[SegmentRef], segments: SegmentStore, target_bytes: int) -> list[SegmentRef]:
+    """The segments of `chunks` (in the order they were written; a later one wins a
+    repeated key) turned into the parts of one sorted run, in key order.
+
+    A chunk whose key range meets no other chunk's is a part as it is: input that came
+    in key order (a listing, a table export) costs nothing more. Each group of chunks
+    whose ranges overlap is merged into new segments of about `target_bytes`,
+    MAX_MERGE_FAN_IN at a time (a group of more merges in passes); the merged chunks
+    are never committed (GC collects them). Every part's entries still take the
+    version the load commits at.
+    """
+    parts: list[SegmentRef] = []
+    for group in _overlapping(chunks):
+        if len(group) == 1:
+            parts.append(group[0])
+        else:
+            parts += await _merged([[chunk] for chunk in group], segments, target_bytes)
+    return parts
+
+
+def _overlapping(chunks: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
+    """The chunks grouped so that no two groups' key ranges meet, groups in key order,
+    each group's chunks in the order they were written."""
+    groups: list[list[int]] = []
+    reach = b""  # the largest max_key of the current group
+    for n in sorted(range(len(chunks)), key=lambda n: chunks[n].min_key):
+        if groups and chunks[n].min_key <= reach:
+            groups[-1].append(n)
+            reach = max(reach, chunks[n].max_key)
+        else:
+            groups.append([n])
+            reach = chunks[n].max_key
+    return [[chunks[n] for n in sorted(group)] for group in groups]
+
+
+async def _merged(runs: list[list[SegmentRef]], segments: SegmentStore, target_bytes: int) -> list[SegmentRef]:
+    """Merge sorted runs (each a list of key-ordered segments; a later run wins a
+    repeated key) into one: segments of about `target_bytes`, their entries left without
+    versions, for the commit to set."""
+    while len(runs) > MAX_MERGE_FAN_IN:  # a pass merges consecutive runs, keeping their order
+        runs = [
+            await _merged(runs[i : i + MAX_MERGE_FAN_IN], segments, target_bytes)
+            for i in range(0, len(runs), MAX_MERGE_FAN_IN)
+        ]
+    readahead = scan_readahead(len(runs))
+    # Positions stand in for versions while merging, so the later run's entry comes first.
+    streams = [_run_blocks(run, position + 1, segments, readahead) for position, run in reversed(list(enumerate(runs)))]
+    written: list[SegmentRef] = []
+    output: SegmentOutput | None = None
+    last: bytes | None = None
+    try:
+        async for batch in merge(streams):
+            kept: list[Entry] = []
+            for entry in batch:
+                if entry[0] != last:
+                    kept.append(entry)
+                    last = entry[0]
+            done = 0
+            while done < len(kept):
+                if output is None:
+                    output = segments.new_output(uniform_version=True)
+                done = output.add_until(kept, done, target_bytes)
+                await output.send_full_parts()
+                if done < len(kept):  # this segment is full: the rest goes to the next one
+                    written.append(await output.finish(level=0, versioned=False))
+                    output = None
+        if output is not None:
+            written.append(await output.finish(level=0, versioned=False))
+            output = None
+    except BaseException:
+        if output is not None:
+            await output.abort()
+        raise
+    return written
+
+
+async def _run_blocks(
+    run: list[SegmentRef], version: int, segments: SegmentStore, readahead: int
+) -> AsyncIterator[list[Entry]]:
+    """The entries of a run's segments in key order, a block at a time, all at `version`."""
+    for ref in run:
+        async for entries in segments.blocks(
+            replace(ref, commit_version=version), None, None, False, fill_cache=False, readahead=readahead
+        ):
+            yield entries
 
 
 def _ascending(keys: Sequence[bytes]) -> bool:

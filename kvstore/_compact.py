@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import accumulate, pairwise
 
 from ._cas import read_modify_cas
 from ._errors import CompactionTooSlowError
@@ -42,7 +43,15 @@ from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions, grace_period_of
 from ._segment import BLOCK_TARGET_BYTES
-from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
+from ._segment_store import (
+    PART_BYTES,
+    PARTS_IN_FLIGHT,
+    READAHEAD_WINDOWS,
+    SCAN_READAHEAD_BYTES,
+    WHOLE_READ_MAX_BYTES,
+    Entry,
+    SegmentOutput,
+)
 from ._sources import Sources
 from ._tasks import run_bounded
 
@@ -70,6 +79,7 @@ class CompactionResult:
     sub_compactions: int = 0  # key ranges merged
     moved: int = 0  # input segments that joined the output run as they were (not rewritten)
     bytes_written: int = 0  # bytes of the segments written (bytes_out less the moved ones)
+    steps: int = 1  # manifest commits it made, each a bounded share of its key ranges
 
     @property
     def write_amplification(self) -> float:
@@ -188,13 +198,28 @@ _RANGE_SEGMENTS = 4
 MAX_SUB_COMPACTIONS = 4
 
 
-def sub_compaction_bytes(inputs: int, target_segment_bytes: int) -> int:
-    """Memory one sub-compaction holds: an input block and the one prefetched per
-    input, and its output's unsent bytes and parts in flight (`SegmentOutput`),
-    counted twice: they are copied once on their way out."""
-    reading = inputs * 2 * _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES
+def sub_compaction_bytes(inputs: int, target_segment_bytes: int, readahead: int = BLOCK_TARGET_BYTES) -> int:
+    """Memory one sub-compaction holds: per input, its read-ahead windows
+    (`SegmentStore.blocks`) and the decoded block being merged; and its output's
+    unsent bytes and parts in flight (`SegmentOutput`), counted twice: they are
+    copied once on their way out."""
+    reading = inputs * (READAHEAD_WINDOWS * readahead + _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES)
     writing = 2 * min(target_segment_bytes, (PARTS_IN_FLIGHT + 1) * PART_BYTES) + BLOCK_TARGET_BYTES
     return reading + writing
+
+
+def compaction_readahead(inputs: int, options: StoreOptions) -> int:
+    """The read-ahead window of each input: the largest (SCAN_READAHEAD_BYTES, halved
+    down to a block) at which MAX_SUB_COMPACTIONS sub-compactions still fit
+    `compaction_memory_bytes`, so that larger GETs do not cost concurrency."""
+    per_sub = options.compaction_memory_bytes // MAX_SUB_COMPACTIONS
+    readahead = SCAN_READAHEAD_BYTES
+    while (
+        readahead > BLOCK_TARGET_BYTES
+        and sub_compaction_bytes(inputs, options.target_segment_bytes, readahead) > per_sub
+    ):
+        readahead //= 2
+    return readahead
 
 
 def plan_ranges(samples: Iterable[tuple[bytes, int]], range_bytes: int) -> list[tuple[bytes | None, bytes | None]]:
@@ -311,6 +336,7 @@ class SubCompaction:
     floor: int  # see `history_floor`
     level: int
     target_segment_bytes: int
+    readahead: int = BLOCK_TARGET_BYTES  # bytes per input GET (`compaction_readahead`)
 
     def tombstone_droppable(self, key: bytes, version: int) -> bool:
         """Whether a tombstone may go: no other source can hold an older entry of `key`."""
@@ -334,7 +360,9 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
     # it overlaps would fetch it again otherwise. A large one is read around the cache,
     # so that a merge of GBs does not evict what readers use.
     streams = [
-        sources.blocks(ref, sub.start, sub.end, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES)
+        sources.blocks(
+            ref, sub.start, sub.end, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES, readahead=sub.readahead
+        )
         for ref in sub.inputs
         if ref.overlaps(sub.start, sub.end)
     ]
@@ -383,6 +411,132 @@ async def run_all(subs: Sequence[SubCompaction], sources: Sources, concurrency: 
     return await run_bounded(lambda sub: run_sub_compaction(sub, sources), subs, concurrency)
 
 
+def _served(parts: Sequence[SegmentRef], ref: SegmentRef) -> list[SegmentRef]:
+    """The segments of `ref` (a run's, or itself) as they serve its range: of a clipped
+    run, those below its range left out and the one across its start clipped there."""
+    if not ref.clipped or not ref.is_run:
+        return list(parts)
+    return [
+        p if p.min_key >= ref.min_key else replace(p, min_key=ref.min_key, clipped=True)
+        for p in parts
+        if p.max_key >= ref.min_key
+    ]
+
+
+@dataclass
+class _Step:
+    """Key ranges of a compaction that commit together, and the moved segments among them."""
+
+    subs: list[SubCompaction]
+    moved: list[SegmentRef]
+    end: bytes | None  # once the step commits, every key below `end` is merged (None: every key)
+
+
+def _steps(
+    subs: Sequence[SubCompaction], moved: Sequence[SegmentRef], samples: list[tuple[bytes, int]], step_bytes: int
+) -> list[_Step]:
+    """The compaction's key ranges (in key order) grouped into steps of about `step_bytes`
+    of input each (`samples` say where the input lies, as for `plan_ranges`), each step
+    with the moved segments below its end. A step's work is then bounded whatever the
+    store's size, so its outputs commit well within the grace period (I8)."""
+    keys = sorted(samples)
+    starts = [k for k, _ in keys]
+    upto = list(accumulate((size for _, size in keys), initial=0))  # bytes of the samples before each
+
+    def input_bytes(sub: SubCompaction) -> int:
+        lo = 0 if sub.start is None else bisect_left(starts, sub.start)
+        hi = len(starts) if sub.end is None else bisect_left(starts, sub.end)
+        return upto[hi] - upto[lo]
+
+    groups: list[list[SubCompaction]] = [[]]
+    pending = 0
+    for sub in subs:
+        if groups[-1] and pending >= step_bytes:
+            groups.append([])
+            pending = 0
+        groups[-1].append(sub)
+        pending += input_bytes(sub)
+    steps: list[_Step] = []
+    rest = sorted(moved, key=lambda p: p.min_key)
+    for n, group in enumerate(groups):
+        end = None if n == len(groups) - 1 else group[-1].end
+        below = [p for p in rest if end is None or p.max_key < end]  # ranges stop short of moved segments
+        rest = rest[len(below) :]
+        steps.append(_Step(group, below, end))
+    return steps
+
+
+class _Progress:
+    """A compaction between its steps: its inputs as the manifest now has them (clipped
+    above the keys merged so far), its output so far, and its figures."""
+
+    def __init__(self, inputs: list[SegmentRef], level: int) -> None:
+        self.inputs = inputs
+        self._count = len(inputs)
+        self._level = level
+        self.output: SegmentRef | None = None  # the committed output row, once a step committed
+        self.parts: list[SegmentRef] = []  # the output's segments so far, in key order
+        self._version = 0
+        self._steps = 0
+        self._subs = 0
+        self._moved = 0
+        self._entries_in = 0
+        self._entries_out = 0
+        self._bytes_written = 0
+
+    def add(self, written: list[SegmentRef], moved: list[SegmentRef], results: list[SubCompactionResult]) -> None:
+        """A step's outputs, before it commits. Moved segments take the run's level."""
+        moved = [replace(p, level=self._level) for p in moved]
+        self.parts = sorted([*self.parts, *written, *moved], key=lambda p: p.min_key)
+        assert all(a.max_key < b.min_key for a, b in pairwise(self.parts)), "a sorted run's segments overlap"
+        self._subs += len(results)
+        self._moved += len(moved)
+        self._entries_in += sum(r.entries_in for r in results) + sum(p.count for p in moved)
+        self._entries_out += sum(r.entries_out for r in results) + sum(p.count for p in moved)
+        self._bytes_written += sum(p.size for p in written)
+
+    def clipped_at(self, end: bytes | None) -> list[SegmentRef]:
+        """The inputs as they serve the keys from `end` on: clipped there, or gone when
+        they end below it (all gone for None)."""
+        if end is None:
+            return []
+        return [
+            r if r.min_key >= end else replace(r, min_key=end, clipped=True) for r in self.inputs if r.max_key >= end
+        ]
+
+    def committed(self, output: SegmentRef | None, remaining: list[SegmentRef], version: int) -> None:
+        self.output, self.inputs, self._version = output, remaining, version
+        self._steps += 1
+
+    def stats(self, *, done: bool) -> dict[str, int | bool]:
+        """The commit record's figures: the whole compaction's so far."""
+        return {
+            "inputs": self._count,
+            "level": self._level,
+            "moved": self._moved,
+            "bytes_written": self._bytes_written,
+            "bytes_out": sum(p.size for p in self.parts),
+            "step": self._steps + 1,
+            "done": done,
+        }
+
+    def result(self, bytes_in: int) -> CompactionResult:
+        return CompactionResult(
+            version=self._version,
+            inputs=self._count,
+            entries_in=self._entries_in,
+            entries_out=self._entries_out,
+            bytes_in=bytes_in,
+            bytes_out=sum(p.size for p in self.parts),
+            level=self._level,
+            outputs=len(self.parts),
+            sub_compactions=self._subs,
+            moved=self._moved,
+            bytes_written=self._bytes_written,
+            steps=self._steps,
+        )
+
+
 class Compactor:
     """Merges segments and runs of one store and commits the result."""
 
@@ -390,18 +544,22 @@ class Compactor:
         self._manifests = manifests
         self._sources = sources
         self._options = options
+        # What a step's age (I8) is measured with (tests move it on instead of waiting).
+        self.clock: Callable[[], float] = time.monotonic
 
     async def compact(self, *, full: bool = False, run: SubCompactionRunner | None = None) -> CompactionResult | None:
-        """Merge the next due group of sources (or all, with `full`) into one sorted run.
+        """Merge the next due group of sources (or all, with `full`) into one sorted run,
+        in steps that each commit (`_steps`).
 
         `run` runs the key ranges (`SubCompaction`s) elsewhere; by default they run
         here, as many at once as `compaction_memory_bytes` holds.
 
         Returns None when nothing was due or a concurrent compaction took the
-        same sources first. Costs a GET per input index or run not cached, ranged
-        GETs of every input block but those of moved segments (`movable`), a PUT
-        (or multipart upload) per output segment written, a PUT of the run object
-        when there are several segments, and one manifest CAS (more on contention).
+        same sources first (then the steps committed before stay). Costs a GET per
+        input index or run not cached, ranged GETs of every input block but those of
+        moved segments (`movable`), a PUT (or multipart upload) per output segment
+        written, and per step a PUT of the run object so far (when it has several
+        segments) and one manifest CAS (more on contention).
         """
         options = self._options
         base, _ = self._manifests.current
@@ -413,50 +571,43 @@ class Compactor:
         moved, rewritten = await self._moves(inputs, floor)
         input_ids = frozenset(r.id for r in inputs)
         others = tuple(r for r in base.segments if r.id not in input_ids)
-        ranges = plan_ranges(await self._samples(rewritten, moved), _RANGE_SEGMENTS * options.target_segment_bytes)
+        samples = await self._samples(rewritten, moved)
+        ranges = plan_ranges(samples, _RANGE_SEGMENTS * options.target_segment_bytes)
+        readahead = compaction_readahead(len(rewritten), options)
         subs = [
-            SubCompaction(start, end, tuple(rewritten), others, floor, level, options.target_segment_bytes)
+            SubCompaction(start, end, tuple(rewritten), others, floor, level, options.target_segment_bytes, readahead)
             for start, end in around(ranges, moved)
             if any(r.overlaps(start, end) for r in rewritten)
         ]
-        per_sub = sub_compaction_bytes(len(rewritten), options.target_segment_bytes)
+        per_sub = sub_compaction_bytes(len(rewritten), options.target_segment_bytes, readahead)
         concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
-        started = time.monotonic()  # before any output is written
-        results: list[SubCompactionResult] = []
-        if subs:
-            results = await (run_all(subs, self._sources, concurrency) if run is None else run(subs))
-        written = [part for r in results for part in r.parts]
-        # Moved segments take the run's level; they lie between the merged ranges (`around`).
-        parts = sorted([*written, *(replace(p, level=level) for p in moved)], key=lambda p: p.min_key)
-        assert all(a.max_key < b.min_key for a, b in pairwise(parts)), "a sorted run's segments overlap"
-        ref: SegmentRef | None
+        progress = _Progress(list(inputs), level)
+        # A step: as many key ranges' worth of input as run at once (1 GiB with the defaults:
+        # about a minute at the measured 16 MB/s, far inside half the grace period).
+        step_bytes = concurrency * _RANGE_SEGMENTS * options.target_segment_bytes
+        for step in _steps(subs, moved, samples, step_bytes):
+            started = self.clock()  # before any of the step's output is written
+            results: list[SubCompactionResult] = []
+            if step.subs:
+                results = await (run_all(step.subs, self._sources, concurrency) if run is None else run(step.subs))
+            written = [part for r in results for part in r.parts]
+            progress.add(written, step.moved, results)
+            ref = await self._output(progress.parts, level, started)
+            remaining = progress.clipped_at(step.end)
+            version = await self._commit(progress, ref, remaining, floor, started)
+            if version is None:
+                return None
+            progress.committed(ref, remaining, version)
+        return progress.result(sum(r.size for r in inputs))
+
+    async def _output(self, parts: list[SegmentRef], level: int, started: float) -> SegmentRef | None:
+        """The manifest row of the output so far: its one segment, or a run object written now."""
         if not parts:
-            ref = None
-        elif len(parts) == 1:
-            ref = parts[0]
-        else:
-            self._check_age(started)
-            ref = await self._sources.write_run(parts, level)
-        bytes_written = sum(p.size for p in written)
-        bytes_out = sum(p.size for p in parts)
-        stats = {"moved": len(moved), "bytes_written": bytes_written, "bytes_out": bytes_out}
-        version = await self._commit(inputs, ref, level, floor, started, stats)
-        if version is None:
             return None
-        moved_entries = sum(p.count for p in moved)
-        return CompactionResult(
-            version=version,
-            inputs=len(inputs),
-            entries_in=sum(r.entries_in for r in results) + moved_entries,
-            entries_out=sum(r.entries_out for r in results) + moved_entries,
-            bytes_in=sum(r.size for r in inputs),
-            bytes_out=bytes_out,
-            level=level,
-            outputs=len(parts),
-            sub_compactions=len(subs),
-            moved=len(moved),
-            bytes_written=bytes_written,
-        )
+        if len(parts) == 1:
+            return parts[0]
+        self._check_age(started)
+        return await self._sources.write_run(parts, level)
 
     async def _moves(self, inputs: Sequence[SegmentRef], floor: int) -> tuple[list[SegmentRef], list[SegmentRef]]:
         """The input segments (a run's segments included) to move into the output as they
@@ -466,9 +617,10 @@ class Compactor:
             return [], list(inputs)  # a full compaction of one large segment: it is there to split it
         pieces: list[SegmentRef] = []
         for ref in inputs:
-            pieces += await self._sources.parts(ref)
+            pieces += _served(await self._sources.parts(ref), ref)
         target = self._options.target_segment_bytes
-        candidates = [p for p in isolated(pieces) if movable(p, floor, target)]
+        # A clipped piece's object holds keys below its range: it is merged, never moved.
+        candidates = [p for p in isolated(pieces) if not p.clipped and movable(p, floor, target)]
         flags = await asyncio.gather(*(self._sources.segments.holds_no_tombstone(p) for p in candidates))
         moved = [p for p, clean in zip(candidates, flags, strict=True) if clean]
         moved_ids = {p.id for p in moved}
@@ -477,11 +629,12 @@ class Compactor:
     def _check_age(self, started: float) -> None:
         """I8: never commit outputs that garbage collection may already have marked."""
         grace = grace_period_of(self._options)
-        if time.monotonic() - started > grace / 2:
+        if self.clock() - started > grace / 2:
             raise CompactionTooSlowError(
-                f"the compaction ran {time.monotonic() - started:.0f} s, more than half of segment_grace_period "
-                f"({grace:.0f} s), so GC could collect its outputs before its commit (I8); it was abandoned. "
-                "Set StoreOptions.segment_grace_period above twice the longest compaction"
+                f"a step of the compaction ran {self.clock() - started:.0f} s, more than half of "
+                f"segment_grace_period ({grace:.0f} s), so GC could collect its outputs before its commit (I8); "
+                "it was abandoned (the steps committed before it stay). Set StoreOptions.segment_grace_period "
+                "above twice the longest step, or lower compaction_memory_bytes to make steps smaller"
             )
 
     async def _samples(self, inputs: Sequence[SegmentRef], moved: Sequence[SegmentRef]) -> list[tuple[bytes, int]]:
@@ -503,17 +656,21 @@ class Compactor:
 
     async def _commit(
         self,
-        inputs: Sequence[SegmentRef],
+        progress: _Progress,
         ref: SegmentRef | None,
-        level: int,
+        remaining: list[SegmentRef],
         floor: int,
         started: float,
-        stats: dict[str, int],
     ) -> int | None:
-        """Replace `inputs` by `ref` in one manifest CAS; the version, or None if another
-        compaction merged some of them first."""
-        input_ids = frozenset(r.id for r in inputs)
+        """Commit one step in one manifest CAS: the inputs as they stand now (clipped by
+        earlier steps) and the previous step's output give way to `remaining` (the inputs
+        clipped above this step's keys; none after the last step) and to `ref`, the output
+        so far. The version, or None if another compaction merged some of them first."""
+        before = {r.id: r for r in progress.inputs}
+        if progress.output is not None:
+            before[progress.output.id] = progress.output
         compaction_id = uuid.uuid4().bytes
+        stats = progress.stats(done=not remaining)
 
         async def load(fresh: bool) -> tuple[Manifest, str]:
             if fresh:
@@ -525,7 +682,8 @@ class Compactor:
             found = next((r for r in base.log if compaction_id in r.txn_ids), None)
             if found is not None:
                 return found.version  # an attempt of ours whose answer was lost was applied (I5)
-            if not input_ids <= {r.id for r in base.segments}:
+            live = {r.id: r for r in base.segments}
+            if any(live.get(i) != r for i, r in before.items()):
                 return None  # another compaction merged some of them first
             self._check_age(started)
             record = CommitRecord(
@@ -537,15 +695,15 @@ class Compactor:
                 min_key=b"",
                 max_key=b"",
                 keys=(),
-                # `stats`: segments moved, bytes written and in the output (`describe` reports
-                # the last compaction's write amplification from them)
-                meta={"compaction": {"inputs": len(inputs), "level": level, **stats}},
+                # `stats`: segments moved, bytes written and in the output so far (`describe`
+                # reports the last compaction's write amplification from them)
+                meta={"compaction": stats},
             )
             new = base.with_commit(
                 record,
                 self._options.commit_log_length,
-                add=() if ref is None else (ref,),
-                remove=input_ids,
+                add=(*(() if ref is None else (ref,)), *remaining),
+                remove=frozenset(before),
                 history_floor=floor,
             )
             await self._manifests.compare_and_swap(new, etag)

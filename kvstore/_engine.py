@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fork
-from ._bulk import Batch, write_chunks
+from ._bulk import Batch, as_sorted_run, write_chunks
 from ._cache import ByteLRU
 from ._codec import ValueMode
 from ._commit import CommitRequest, Committer
@@ -56,6 +56,8 @@ from ._url import Location
 _log = logging.getLogger("kvstore")
 # `verify` reads each small segment whole once, then its blocks from this.
 _VERIFY_CACHE_BYTES = 2 * 1024 * 1024
+# A bulk load's sorted run enters at the level a compaction of its level-0 chunks gives.
+BULK_RUN_LEVEL = 1
 
 
 @dataclass
@@ -262,9 +264,17 @@ class Engine:
         a codec they do not fit)."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()
-        refs = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
-        if not refs:
+        chunks = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
+        if not chunks:
             raise ValidationError("bulk_load got no items")
+        merging = time.monotonic()
+        parts = await as_sorted_run(chunks, self._segments, self.options.target_segment_bytes)
+        if not {c.id for c in chunks} & {p.id for p in parts}:
+            started = merging  # every chunk was merged: the oldest object committed is younger (I8)
+        if len(parts) > 1:
+            # One source, as a compaction of the chunks would have made, so a cold read
+            # right after the load costs what it costs in a compacted store.
+            parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
         request = CommitRequest(
             txn_id=self.new_txn_id(),
             read_version=None,
@@ -273,7 +283,7 @@ class Engine:
             read_ranges=[],
             writes={},
             values=values,
-            segments=refs[::-1],  # newest first: a later chunk wins a repeated key
+            segments=parts,
         )
         return await self.commit(request)
 

@@ -146,13 +146,13 @@ class TransactionTooOldError(ConflictError):
 
 
 class CompactionTooSlowError(KvStoreError):
-    """A compaction ran longer than half of `StoreOptions.segment_grace_period`.
+    """A step of a compaction ran longer than half of `StoreOptions.segment_grace_period`.
 
-    Its first outputs could be collected by garbage collection before its
-    commit made them live (I8), so it was abandoned, committing nothing; its
-    outputs are left to GC. Raise `segment_grace_period` above twice the
-    longest compaction (a full compaction of a store takes about as long as
-    bulk-loading it).
+    A compaction commits in steps of bounded size (about a minute each with the
+    defaults). A step whose outputs could be collected by garbage collection
+    before its commit made them live (I8) is abandoned, its outputs left to
+    GC; the steps committed before it stay. Raise `segment_grace_period` above
+    twice the longest step, or lower `compaction_memory_bytes` (smaller steps).
     """
 
 

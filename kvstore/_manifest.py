@@ -23,9 +23,10 @@ import msgpack
 from ._envelope import seal, unseal
 from ._errors import CorruptionError
 
-# 2: segment rows may carry an inline segment; 3: rows may name a sorted run
-# (formats 1 and 2 are still read).
-FORMAT = 3
+# 2: segment rows may carry an inline segment; 3: rows may name a sorted run;
+# 4: rows may be clipped (formats 1 to 3 are still read).
+FORMAT = 4  # format 4: a segment row may be clipped; written only then, else format 3
+_UNCLIPPED = 3
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
@@ -94,6 +95,10 @@ class SegmentRef:
     # > 0: `id` names a run object listing this many segments (`min_key`..`count`,
     # `size` and versions then describe the whole run).
     parts: int = 0
+    # True: a compaction in steps has merged the keys below `min_key` already, so this
+    # source serves only [min_key, max_key] although its objects hold keys below it
+    # (readers clamp every read to that range; `count` and `size` are the objects').
+    clipped: bool = False
 
     @property
     def is_run(self) -> bool:
@@ -289,7 +294,9 @@ def encode_manifest(m: Manifest) -> bytes:
     parts += [packer.pack("segments"), packer.pack_array_header(len(m.segments))]
     parts += [_packed(s, _segment_row) for s in m.segments]
     parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
-    return seal(_MAGIC, FORMAT, b"".join(parts))
+    # Readers before format 4 would read a clipped source's keys below its range.
+    fmt = FORMAT if any(s.clipped for s in m.segments) else _UNCLIPPED
+    return seal(_MAGIC, fmt, b"".join(parts))
 
 
 def _packed_log(m: Manifest) -> bytes:
@@ -303,6 +310,8 @@ def _packed_log(m: Manifest) -> bytes:
 
 def _segment_row(s: SegmentRef) -> list[Any]:
     row = [s.id, s.min_key, s.max_key, s.count, s.size, s.min_version, s.max_version, s.commit_version, s.level]
+    if s.clipped:
+        return [*row, s.inline, s.parts, True]
     if s.parts:
         return [*row, None, s.parts]
     return row if s.inline is None else [*row, s.inline]

@@ -11,6 +11,12 @@ Format 2: a row may carry an eighth element, the segment's commit version: a
 commit segment (its entries carry no versions) that a compaction moved into
 the run as it was. A run with no such segment is still written as format 1.
 
+Format 3: the rows of format 1, but every segment is a commit segment whose
+entries take the version the run itself commits at, which only the
+manifest's row of the run knows (a bulk load's run is written before its
+commit's CAS, which may be rebased to another version). Readers before it
+would take those segments for versioned ones: the format number keeps them out.
+
 Run objects are immutable (safe create) and named `segments/<id>.run`.
 """
 
@@ -26,21 +32,26 @@ from ._envelope import seal, unseal
 from ._errors import CorruptionError
 from ._manifest import SegmentRef
 
-FORMAT = 2  # format 1 (no commit versions) is still read, and still written when it suffices
+FORMAT = 3  # formats 1 (no commit versions) and 2 are still read, and written when they suffice
 _MAGIC = b"KVRN"
+_WITH_COMMIT_VERSIONS = 2
 
 
-def encode_run(parts: Sequence[SegmentRef]) -> bytes:
-    """The run object listing `parts` (segments in ascending, disjoint key order)."""
+def encode_run(parts: Sequence[SegmentRef], *, commit_segments: bool = False) -> bytes:
+    """The run object listing `parts` (segments in ascending, disjoint key order).
+    With `commit_segments`, every part's entries take the version the run commits at
+    (format 3)."""
     rows: list[list[object]] = [
         [p.id, p.min_key, p.max_key, p.count, p.size, p.min_version, p.max_version] for p in parts
     ]
+    if commit_segments:
+        return seal(_MAGIC, FORMAT, msgpack.packb(rows, use_bin_type=True))
     if all(p.commit_version is None for p in parts):
         return seal(_MAGIC, 1, msgpack.packb(rows, use_bin_type=True))  # what readers before format 2 read
     for row, p in zip(rows, parts, strict=True):
         if p.commit_version is not None:
             row.append(p.commit_version)
-    return seal(_MAGIC, FORMAT, msgpack.packb(rows, use_bin_type=True))
+    return seal(_MAGIC, _WITH_COMMIT_VERSIONS, msgpack.packb(rows, use_bin_type=True))
 
 
 @dataclass(frozen=True)
@@ -72,11 +83,15 @@ class Run:
         return sum(200 + len(p.id) + len(p.min_key) + len(p.max_key) for p in self.parts)
 
 
-def decode_run(data: bytes, level: int, object_name: str) -> Run:
-    """The run an object lists, its segments as records at the run's `level`."""
+def decode_run(data: bytes, level: int, object_name: str, commit_version: int | None = None) -> Run:
+    """The run an object lists, its segments as records at the run's `level`; a
+    format-3 run's segments take `commit_version`, its manifest row's."""
     payload = unseal(data, _MAGIC, FORMAT, object_name, "run")
     try:
         rows = msgpack.unpackb(payload, raw=False)
+        if commit_version is not None:  # only a format-3 run's row records one
+            v = commit_version
+            return Run(tuple(SegmentRef(r[0], r[1], r[2], r[3], r[4], v, v, v, level) for r in rows))
         return Run(
             tuple(
                 SegmentRef(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] if len(r) > 7 else None, level) for r in rows

@@ -6,6 +6,11 @@ the key (whose filter may rule out the block) and the block. The memory cache ho
 top indexes under ("index", id), partitions under ("part", id, p), blocks under
 ("block", id, n) with n counted across the segment, and segment bytes already fetched
 that later reads may slice under ("raw", id).
+
+Scans and compactions read a segment's blocks in windows of consecutive blocks, one
+ranged GET each (`_read_ahead`), instead of a GET per ~64 KiB block: a GET costs a
+first-byte latency whatever its size (tens of ms on S3), so block-sized GETs one
+after another move a few MB/s per segment.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import enum
 import logging
 from bisect import bisect_left
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
@@ -25,6 +31,7 @@ from ._layout import Layout, new_object_id
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
+    BLOCK_TARGET_BYTES,
     HEADER,
     NO_TOMBSTONES,
     Block,
@@ -52,6 +59,26 @@ TAIL_READ_BYTES = 64 * 1024
 PART_BYTES = 8 * 1024 * 1024
 # Parts of one segment uploading while the next is encoded.
 PARTS_IN_FLIGHT = 2
+# Read-ahead of scans and compactions: windows of consecutive blocks, each one ranged
+# GET. A walk's first window is one block (a scan with a small limit reads no more than
+# it did block by block) and each next one doubles, up to the caller's `readahead`
+# bytes; READAHEAD_WINDOWS windows are fetched or held at once (two GETs in flight while
+# one window is consumed), so a segment walk holds at most READAHEAD_WINDOWS * readahead
+# bytes of it. A scan merging many sources shrinks each one's window so that together
+# they hold at most SCAN_MEMORY_BYTES (`scan_readahead`). bench/readahead.py chose the
+# sizes (docs/benchmarks.md).
+READAHEAD_WINDOWS = 3
+SCAN_READAHEAD_BYTES = 4 * 1024 * 1024
+SCAN_MEMORY_BYTES = 64 * 1024 * 1024
+
+
+def scan_readahead(sources: int) -> int:
+    """The read-ahead window of each source of a scan merging `sources` of them:
+    SCAN_READAHEAD_BYTES, less when their windows together would pass
+    SCAN_MEMORY_BYTES, never less than a block."""
+    share = SCAN_MEMORY_BYTES // (READAHEAD_WINDOWS * max(sources, 1))
+    return max(BLOCK_TARGET_BYTES, min(SCAN_READAHEAD_BYTES, share))
+
 
 Entry = tuple[bytes, int, "bytes | None"]
 V = TypeVar("V")
@@ -220,7 +247,14 @@ class SegmentStore:
         return bool(top.flags & NO_TOMBSTONES)
 
     async def blocks(
-        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool, *, fill_cache: bool = True
+        self,
+        ref: SegmentRef,
+        start: bytes | None,
+        end: bytes | None,
+        reverse: bool,
+        *,
+        fill_cache: bool = True,
+        readahead: int | None = None,
     ) -> AsyncIterator[list[Entry]]:
         """Entries in [start, end), a block at a time, in scan order.
 
@@ -229,25 +263,76 @@ class SegmentStore:
 
         With `fill_cache` False what this iteration reads is neither put in the memory
         cache nor evicts from it (a compaction must not flush the hot data), though what
-        the cache holds is used.
+        the cache holds is used. Blocks not cached are fetched in windows of up to
+        `readahead` bytes (`_read_ahead`; None: `scan_readahead(1)`).
         """
         cache: _Cache = self._cache if fill_cache else _Overlay(self._cache)
+        if readahead is None:
+            readahead = scan_readahead(1)
         top = await self._index(cache, ref)
-        async with aclosing(self._walk(cache, ref, top, start, end, reverse)) as walk:
-            step = await anext(walk, None)
-            ahead: Block | asyncio.Future[Block] | None = None
-            while step is not None:
-                current = ahead if ahead is not None else self._start_block(cache, ref, *step)
-                # Have the next block on its way while this one arrives and is consumed
-                # (finding it may need the next partition: fetched meanwhile too).
-                step = await anext(walk, None)
-                ahead = None if step is None else self._start_block(cache, ref, *step)
-                block = current if isinstance(current, Block) else await current
+        async with (
+            aclosing(self._walk(cache, ref, top, start, end, reverse)) as walk,
+            aclosing(self._read_ahead(cache, ref, walk, readahead)) as blocks,
+        ):
+            async for block in blocks:
                 entries = _entries_in_range(block, ref, start, end)
                 if reverse:
                     entries = _reverse_keys(entries)
                 if entries:
                     yield entries
+
+    async def _read_ahead(
+        self, cache: _Cache, ref: SegmentRef, steps: AsyncIterator[tuple[IndexPartition, int]], readahead: int
+    ) -> AsyncGenerator[Block, None]:
+        """The blocks `steps` names, in order. A cached block is used as it is; the others
+        are fetched in windows: consecutive uncached blocks whose bytes span at most the
+        window's size, in one ranged GET (the index partitions between them come along),
+        READAHEAD_WINDOWS windows ahead of the one consumed. Windows start at one block and
+        double up to `readahead` bytes."""
+        name = self.object_name(ref.id)
+        # (blocks of a window, its GET under way, where its bytes start); a cached block
+        # is a window of its own whose bytes are not needed
+        pending: deque[tuple[list[tuple[IndexPartition, int]] | Block, asyncio.Future[bytes] | None, int]] = deque()
+        window = 0  # bytes; 0: the next window is a single block
+        step = await anext(steps, None)
+        try:
+            while step is not None or pending:
+                while step is not None and len(pending) < READAHEAD_WINDOWS:
+                    cached: Block | None = cache.get(("block", ref.id, step[1]))
+                    if cached is not None:
+                        pending.append((cached, None, 0))
+                        step = await anext(steps, None)
+                        continue
+                    group = [step]
+                    lo, hi = step[0].span(step[1])
+                    step = await anext(steps, None)
+                    while step is not None and cache.get(("block", ref.id, step[1])) is None:
+                        begin, end = step[0].span(step[1])
+                        if max(hi, end) - min(lo, begin) > window:
+                            break
+                        group.append(step)
+                        lo, hi = min(lo, begin), max(hi, end)
+                        step = await anext(steps, None)
+                    window_get = asyncio.ensure_future(self._read(cache, ref, lo, hi))
+                    window_get.add_done_callback(_retrieve)  # an abandoned scan must not warn
+                    pending.append((group, window_get, lo))
+                    window = min(max(2 * window, hi - lo), readahead)
+                blocks, fetch, lo = pending.popleft()
+                if fetch is None:
+                    assert isinstance(blocks, Block)
+                    yield blocks
+                    continue
+                assert not isinstance(blocks, Block)
+                data = await fetch
+                for part, block_no in blocks:
+                    begin, end = part.span(block_no)
+                    block = decode_block(data[begin - lo : end - lo], name, block_no)
+                    cache.put(("block", ref.id, block_no), block, block.size)
+                    yield block
+        finally:
+            for _, unread, _ in pending:
+                if unread is not None:
+                    unread.cancel()
 
     async def _walk(
         self, cache: _Cache, ref: SegmentRef, top: TopIndex, start: bytes | None, end: bytes | None, reverse: bool
@@ -278,18 +363,6 @@ class SegmentStore:
                     run.append((part, block_no))
         for step in run[::-1]:
             yield step
-
-    def _start_block(
-        self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int
-    ) -> Block | asyncio.Future[Block]:
-        """The block if cached, else its fetch under way (a task per cached block would
-        cost more than it saves)."""
-        block: Block | None = cache.get(("block", ref.id, block_no))
-        if block is not None:
-            return block
-        future = asyncio.ensure_future(self._block(cache, ref, part, block_no))
-        future.add_done_callback(_retrieve)  # an abandoned scan must not warn
-        return future
 
     async def read_all(self, ref: SegmentRef) -> None:
         """Fetch and verify every partition and block of a segment (raises CorruptionError),
@@ -432,7 +505,7 @@ class _Overlay:
         return value
 
 
-def _retrieve(future: asyncio.Future[Block]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 

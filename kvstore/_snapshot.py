@@ -13,7 +13,7 @@ from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
 from ._options import StoreOptions
 from ._segment import probe
-from ._segment_store import NOT_CACHED, Miss
+from ._segment_store import NOT_CACHED, Miss, scan_readahead
 from ._sources import Sources
 from ._tasks import run_bounded
 
@@ -112,7 +112,9 @@ class SnapshotView:
         self, start: bytes | None, end: bytes | None, *, reverse: bool = False
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
-        sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
+        refs = [r for r in self._refs if r.overlaps(start, end)]
+        readahead = scan_readahead(len(refs))
+        sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
         return visible(merge(sources, reverse=reverse), self.version)
 
 

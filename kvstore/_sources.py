@@ -35,11 +35,12 @@ class Sources:
         """The segments of `ref`, in key order: a run's, or the segment itself."""
         return (await self.run(ref)).parts if ref.is_run else (ref,)
 
-    async def write_run(self, parts: Sequence[SegmentRef], level: int) -> SegmentRef:
+    async def write_run(self, parts: Sequence[SegmentRef], level: int, *, commit_segments: bool = False) -> SegmentRef:
         """Safe-create the run object listing `parts` (written, key-ordered, disjoint);
-        returns its manifest row. One PUT (I1)."""
+        returns its manifest row. With `commit_segments` the parts' entries take the
+        version the run commits at (a bulk load's run; `_run.encode_run`). One PUT (I1)."""
         run_id = new_object_id()
-        await self._objects.put_if_absent(self._layout.run(run_id), encode_run(parts))
+        await self._objects.put_if_absent(self._layout.run(run_id), encode_run(parts, commit_segments=commit_segments))
         return run_ref(run_id, parts, level)
 
     async def get(
@@ -78,15 +79,27 @@ class Sources:
         return self.segments.get_cached(ref, key, key_probe, max_version)
 
     async def blocks(
-        self, ref: SegmentRef, start: bytes | None, end: bytes | None, reverse: bool, *, fill_cache: bool = True
+        self,
+        ref: SegmentRef,
+        start: bytes | None,
+        end: bytes | None,
+        reverse: bool,
+        *,
+        fill_cache: bool = True,
+        readahead: int | None = None,
     ) -> AsyncIterator[list[Entry]]:
-        """Entries of `ref` in [start, end), a block at a time, in scan order (`SegmentStore.blocks`)."""
+        """Entries of `ref` in [start, end), a block at a time, in scan order (`SegmentStore.blocks`).
+        Only keys in the range `ref` serves: a clipped source's objects hold keys below it."""
+        if ref.clipped:
+            start = ref.min_key if start is None else max(start, ref.min_key)
         parts = (await self.run(ref)).parts_between(start, end) if ref.is_run else [ref]
         for part in reversed(parts) if reverse else parts:
-            async for entries in self.segments.blocks(part, start, end, reverse, fill_cache=fill_cache):
+            async for entries in self.segments.blocks(
+                part, start, end, reverse, fill_cache=fill_cache, readahead=readahead
+            ):
                 yield entries
 
     async def _load_run(self, ref: SegmentRef) -> tuple[Run, int]:
         name = self._layout.run(ref.id)
-        run = decode_run(await self.segments.read(name), ref.level, name)
+        run = decode_run(await self.segments.read(name), ref.level, name, ref.commit_version)
         return run, run.size

@@ -294,10 +294,14 @@ class Store:
         Pairs are gathered into chunks of about `chunk_bytes` (a repeated key
         counts again), each sorted and streamed into its own segment (multipart
         uploads for large ones, parts uploading while the next are encoded, and
-        a chunk's upload finishing while the next chunk fills); all segments
-        commit together in one manifest CAS, so readers see all or nothing. If a
-        key repeats, its last value wins. Memory stays around one chunk plus a
-        few upload parts. Input already in ascending key order is cheapest.
+        a chunk's upload finishing while the next chunk fills). Chunks whose key
+        ranges overlap are then merged, so that the load lands as one sorted run
+        of segments (a cold read right after it costs what it does in a compacted
+        store); all of it commits in one manifest CAS, so readers see all or
+        nothing. If a key repeats, its last value wins. Memory stays around one
+        chunk plus a few upload parts, and while merging a block and some
+        read-ahead per chunk merged (at most 64 at once). Input already in
+        ascending key order is cheapest: its chunks become the run as they are.
         `progress(n)` is called with the number of pairs written so far after
         each chunk's upload. The write-size limits of ordinary transactions do
         not apply; the key and value limits do.
@@ -471,7 +475,7 @@ class Store:
         ranges run as tasks on its Dask cluster instead, each worker reading and
         writing the store itself; this process commits them all in one CAS.
         Compaction commits never conflict with transactions. Costs ranged GETs of
-        the inputs, a PUT (or multipart upload) per output segment, a PUT of the run
+        the inputs (read ahead in windows of up to 4 MiB), a PUT (or multipart upload) per output segment, a PUT of the run
         object and a manifest CAS per merge.
         """
         run = None

@@ -12,6 +12,7 @@ import pytest
 from targets import Target, fault_injecting, file_target
 
 import kvstore
+import kvstore._bulk as bulk
 import kvstore._segment_store as segment_store
 from kvstore._objectstore import RetryPolicy
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
@@ -72,9 +73,13 @@ async def test_large_segments_use_multipart_and_resolve_lost_completion(
         assert (await db.verify()).ok
 
 
-def test_memory_stays_bounded(tmp_path: os.PathLike[str]) -> None:
-    """Peak memory depends on the chunk size, not on how much is loaded."""
+def test_memory_stays_bounded(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak memory depends on the chunk size and the merge's fan-in, not on how much is
+    loaded. The pairs come out of order, so the chunks overlap and are merged into one
+    sorted run: with a fan-in of 2, the 8 chunks of the larger load merge in passes."""
     import asyncio
+
+    monkeypatch.setattr(bulk, "MAX_MERGE_FAN_IN", 2)
 
     async def peak_for(n: int, path: str) -> int:
         async with kvstore.open(path) as db:

@@ -172,11 +172,11 @@ async def test_a_full_compaction_runs_its_key_ranges_on_the_cluster(durable_targ
         driver = engine_of(db).objects.requests
         puts_before = driver["PUT"] + driver["POST"]
         [result] = await db.compact(full=True, client=healthy)
-        assert result.version == version + 1 and await db.refresh() == version + 1
+        assert result.version == version + result.steps and await db.refresh() == result.version
         assert result.sub_compactions >= 3 and result.outputs >= result.sub_compactions
-        # The outputs were written by the workers: this process wrote only the run object
-        # and the manifest.
-        assert driver["PUT"] + driver["POST"] - puts_before == 2
+        # The outputs were written by the workers: this process wrote only, per step, the
+        # run object so far and the manifest.
+        assert driver["PUT"] + driver["POST"] - puts_before <= 2 * result.steps < result.outputs
         assert [r.level for r in engine_of(db).manifest.segments] == [1]
         assert await _content(db) == expected and b"k002-00007" not in expected
         assert result.entries_out == len(expected) == 6 * 300 - 1  # old versions and the tombstone dropped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -13,13 +14,25 @@ from segment_bytes import as_format_1, index_of
 import kvstore
 import kvstore._segment as segment
 from kvstore._cache import ByteLRU
+from kvstore._compact import MAX_SUB_COMPACTIONS, compaction_readahead, sub_compaction_bytes
 from kvstore._layout import Layout
 from kvstore._manifest import SegmentRef
 from kvstore._objectstore._local import LocalObjectStore
 from kvstore._objectstore._memory import MemoryObjectStore
+from kvstore._objectstore._protocol import Blob
 from kvstore._objectstore._retry import RetryingObjectStore
 from kvstore._segment import SegmentWriter, encode_segment, probe
-from kvstore._segment_store import NOT_CACHED, WHOLE_READ_MAX_BYTES, Entry, SegmentStore
+from kvstore._segment_store import (
+    NOT_CACHED,
+    READAHEAD_WINDOWS,
+    SCAN_MEMORY_BYTES,
+    SCAN_READAHEAD_BYTES,
+    TAIL_READ_BYTES,
+    WHOLE_READ_MAX_BYTES,
+    Entry,
+    SegmentStore,
+    scan_readahead,
+)
 
 # Even-numbered keys with 8-byte values: ~1.4 MB, 52 blocks in 5 partitions. Small values
 # make many keys per block, hence large filters and several partitions in little data.
@@ -179,7 +192,8 @@ async def test_fill_cache_false_leaves_the_cache_as_it_was() -> None:
     await store.get(seg.ref, hot, probe(hot), 1)  # top index, held tail bytes, partition 1 and a block
     before_items, before_size, before = list(cache._items.items()), cache.size, seg.gets()
     for reverse in (False, True):
-        got = [e async for chunk in store.blocks(seg.ref, None, None, reverse, fill_cache=False) for e in chunk]
+        blocks = store.blocks(seg.ref, None, None, reverse, fill_cache=False, readahead=1)  # a GET per block
+        got = [e async for chunk in blocks for e in chunk]
         assert got == (ENTRIES[::-1] if reverse else ENTRIES)
     assert list(cache._items.items()) == before_items and cache.size == before_size  # LRU order too
     # Each scan fetched what the cache lacked, once: every block but the cached one, and
@@ -188,6 +202,58 @@ async def test_fill_cache_false_leaves_the_cache_as_it_was() -> None:
     # The control: a scan that fills the cache adds every block and partition.
     assert await _scan(store, seg.ref, None, None, False) == ENTRIES
     assert len(cache._items) == len(before_items) + BLOCKS - 1 + len(PARTS) - 1
+
+
+class _RecordingStore(MemoryObjectStore):
+    """Records the byte range of every ranged GET, and how many were in flight at most."""
+
+    def __init__(self) -> None:
+        super().__init__(f"seg-{uuid.uuid4().hex}")
+        self.ranges: list[tuple[int, int]] = []
+        self.in_flight = self.most_in_flight = 0
+
+    async def get(
+        self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
+    ) -> Blob | None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # let the scan start what it would start meanwhile
+            if byte_range is not None:
+                self.ranges.append(byte_range)
+            return await super().get(name, byte_range=byte_range, if_none_match=if_none_match)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_a_scan_reads_ahead_in_doubling_windows_up_to_its_readahead(reverse: bool) -> None:
+    seg = _Segment(DATA)
+    recording = _RecordingStore()
+    seg.objects = RetryingObjectStore(recording)
+    await seg.put()
+    store = seg.store()
+    readahead = 256 * 1024
+    got = [e async for chunk in store.blocks(seg.ref, None, None, reverse, readahead=readahead) for e in chunk]
+    assert got == (ENTRIES[::-1] if reverse else ENTRIES)
+    spans = [part.span(b) for part in PARTS for b in part.blocks_between(None, None)]
+    windows = [
+        r
+        for r in recording.ranges
+        if r not in {(TOP.offsets[p], TOP.offsets[p] + TOP.lengths[p]) for p in range(len(PARTS))}
+        and r != (len(DATA) - TAIL_READ_BYTES, len(DATA))  # the tail: footer, top index, last partitions
+    ]
+    # The first window is one block; each next at most twice as large, never over readahead
+    # (bar a single block larger than it); together they fetch each block exactly once.
+    assert windows[0] in spans
+    sizes = [hi - lo for lo, hi in windows]
+    assert all(size <= 2 ** (n + 1) * sizes[0] for n, size in enumerate(sizes))
+    assert max(sizes) <= readahead and max(sizes) > readahead // 2
+    covered = {span for span in spans if any(lo <= span[0] and span[1] <= hi for lo, hi in windows)}
+    assert {span for span in spans if span[0] < len(DATA) - TAIL_READ_BYTES} <= covered  # the rest: the tail's bytes
+    assert sum(sizes) <= len(DATA)  # no block fetched twice
+    assert len(windows) < BLOCKS // 4  # against one GET per block
+    assert recording.most_in_flight <= READAHEAD_WINDOWS
 
 
 async def test_fill_cache_false_reads_a_small_segment_in_one_get() -> None:
@@ -285,3 +351,25 @@ async def test_a_small_format_1_segment_is_read_whole(tmp_path: Path) -> None:
     assert await _scan(store, ref, None, None, True) == ENTRIES[:3000][::-1]
     assert await store.get(ref, KEYS[2000], probe(KEYS[2000]), 1) == (1, VALUES[2000])
     assert objects.requests["GET"] == 1
+
+
+def test_a_scan_of_many_sources_shares_its_read_ahead_memory() -> None:
+    assert scan_readahead(1) == SCAN_READAHEAD_BYTES
+    for sources in (1, 2, 5, 20, 100, 10_000):
+        window = scan_readahead(sources)
+        assert window >= segment.BLOCK_TARGET_BYTES
+        assert window == segment.BLOCK_TARGET_BYTES or sources * READAHEAD_WINDOWS * window <= SCAN_MEMORY_BYTES
+    assert scan_readahead(10_000) == segment.BLOCK_TARGET_BYTES
+
+
+@pytest.mark.parametrize("budget_mib", [1, 16, 256, 1024])
+@pytest.mark.parametrize("inputs", [1, 4, 10, 300])
+def test_a_compactions_read_ahead_keeps_four_sub_compactions_in_its_budget(budget_mib: int, inputs: int) -> None:
+    options = kvstore.StoreOptions(compaction_memory_bytes=budget_mib * 1024 * 1024)
+    window = compaction_readahead(inputs, options)
+    assert segment.BLOCK_TARGET_BYTES <= window <= SCAN_READAHEAD_BYTES
+    fits = sub_compaction_bytes(inputs, options.target_segment_bytes, window) * MAX_SUB_COMPACTIONS
+    assert window == segment.BLOCK_TARGET_BYTES or fits <= options.compaction_memory_bytes
+    if window < SCAN_READAHEAD_BYTES:  # the largest that fits: twice it would not
+        bigger = sub_compaction_bytes(inputs, options.target_segment_bytes, 2 * window) * MAX_SUB_COMPACTIONS
+        assert bigger > options.compaction_memory_bytes
