@@ -45,6 +45,8 @@ def test_synchronous_zarr_writes_and_reads_through_its_own_loop(durable_target: 
 
     again = zarr.open_group(store=ZarrStore(**kwargs_of(durable_target), prefix="sync/"), mode="r")
     np.testing.assert_array_equal(again["a"][:], np.arange(24).reshape(6, 4))
+    store.close()
+    again.store.close()
     with durable_target.open_sync() as plain:
         keys = [k for k, _ in plain.scan("sync/")]
     assert b"sync/zarr.json" in keys and b"sync/a/zarr.json" in keys
@@ -99,6 +101,7 @@ async def test_db_form_writes_commit_and_time_travel_reads_the_past(db: kvstore.
         np.testing.assert_array_equal(await old.getitem(slice(None)), [1, 2, 3, 4])
         with pytest.raises(StoreReadOnlyError):
             await ro.set("x/c/0", cpu.Buffer.from_bytes(b""))
+        ro.close()
     latest = await za.open_array(store=await ZarrStore.open(url=db.url, s3_options=db._s3, prefix="arrays/"), path="x")
     np.testing.assert_array_equal(await latest.getitem(slice(None)), [9, 9, 3, 4])
 

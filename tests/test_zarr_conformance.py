@@ -4,11 +4,14 @@ it on its store). Every test of the suite runs; none may skip."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from targets import Target
 from zarr.core.buffer import Buffer, cpu, default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.testing.store import StoreTests
 
 import kvstore
@@ -20,6 +23,28 @@ PREFIX = "arrays/"
 class TestZarrStore(StoreTests[ZarrStore, cpu.Buffer]):
     store_cls = ZarrStore
     buffer_cls = cpu.Buffer
+
+    @pytest.fixture(autouse=True)
+    async def close_handles(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+        """Close the kvstore handles the suite's stores opened (it never closes its stores):
+        each in the loop it belongs to, the test's or zarr's own."""
+        opened: list[tuple[asyncio.AbstractEventLoop, kvstore.Store]] = []
+        real = ZarrStore._open_handle
+
+        async def tracked(store: ZarrStore) -> Any:
+            handle = await real(store)
+            if handle.owned and handle.db is not None:
+                opened.append((asyncio.get_running_loop(), handle.db))
+            return handle
+
+        monkeypatch.setattr(ZarrStore, "_open_handle", tracked)
+        yield
+        here = asyncio.get_running_loop()
+        for loop, db in opened:
+            if loop is here:
+                await db.close()
+            else:
+                sync(db.close())  # zarr's loop thread
 
     @pytest.fixture
     def store_kwargs(self, durable_target: Target) -> dict[str, Any]:
