@@ -296,11 +296,15 @@ class Engine:
         written_at: float,
         meta: dict[str, Any] | None,
         values: ValueMode,
+        read_version: int | None = None,
+        read_keys: set[bytes] | None = None,
     ) -> int:
         """Commit segments written elsewhere (a distributed write's parts; newest first) in
         one manifest CAS, at most once per `job_id` (hex), which the commit record keeps.
         `written_at` is the writer's clock (epoch seconds) before the oldest was written;
-        `values` how the parts' values were encoded (as in `bulk_commit`)."""
+        `values` how the parts' values were encoded (as in `bulk_commit`). With
+        `read_version`, a commit after it that wrote one of `read_keys` is a conflict
+        (ConflictError), as for a transaction that read them (a Zarr session)."""
         self.check_writable("distributed writes are writes")
         manifest = await self.refresh()
         if manifest.store_id != store_id:
@@ -320,10 +324,11 @@ class Engine:
             # each other's commit for their own (I5 looks for this id), so the job id goes
             # in the record's meta, where the check above and the committer find it.
             txn_id=self.new_txn_id(),
-            read_version=manifest.version,  # commits after it are checked for this job id
+            # Commits after it are checked for this job id (and for `read_keys`).
+            read_version=manifest.version if read_version is None else read_version,
             # The committer holds segments to I8 by monotonic time; the parts' clock is another host's.
             started=time.monotonic() - max(0.0, time.time() - written_at),
-            read_keys=set(),
+            read_keys=set() if read_keys is None else read_keys,
             read_ranges=[],
             writes={},
             values=values,

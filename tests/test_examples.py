@@ -209,3 +209,25 @@ def test_api_reference_is_up_to_date() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- zarr_arrays.py
+
+ZARR_AT_TAG = "at tag v1: temperature[0] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], labels = [10, 20, 30, 40]"
+ZARR_LATEST = "latest: temperature[0] = [-1.0, -1.0, -1.0, 3.0, 4.0, 5.0], labels = [10, 20, 30, 40]"
+
+
+def test_zarr_arrays_on_local_filesystem_twice(tmp_path: Path) -> None:
+    """Two arrays in one session, a tag, a partial overwrite; both read at the tag and at
+    latest. A second run (overwriting the arrays in a new session) prints the same."""
+    for run in (1, 2):
+        out = _run("zarr_arrays.py", cwd=tmp_path)
+        assert ZARR_AT_TAG in out and ZARR_LATEST in out, out
+        assert f"session committed both arrays at version {2 * run - 1}" in out
+    assert (tmp_path / "zarr-store" / "manifest").is_file()
+
+
+def test_zarr_arrays_on_s3(s3_bucket: tuple[str, str]) -> None:
+    endpoint_url, bucket = s3_bucket
+    out = _run("zarr_arrays.py", f"s3://{bucket}/zarr", env={"KVSTORE_ENDPOINT_URL": endpoint_url})
+    assert ZARR_AT_TAG in out and ZARR_LATEST in out, out
