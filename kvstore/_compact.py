@@ -41,6 +41,7 @@ from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions, grace_period_of
+from ._ranges import RangeTombstone, inside
 from ._segment import BLOCK_TARGET_BYTES
 from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
 from ._sources import Sources
@@ -239,6 +240,38 @@ def movable(piece: SegmentRef, floor: int, target_segment_bytes: int) -> bool:
     )
 
 
+def range_deleted_in(piece: SegmentRef, ranges: Sequence[RangeTombstone]) -> bool:
+    """Whether one of `ranges` may hide an entry of `piece` (its key range meets the range,
+    and it holds a version older than the delete): merging would then drop entries, so
+    the piece is not moved as it is."""
+    return any(t.meets_keys(piece.min_key, piece.max_key) and piece.min_version < t.version for t in ranges)
+
+
+def ranges_to_drop(
+    base: Manifest, settled: Sequence[RangeTombstone], input_ids: frozenset[str]
+) -> list[RangeTombstone]:
+    """The `settled` range deletes (at or below the floor the merge applied, so it dropped
+    every entry of its inputs they hide) still live in `base` that hide nothing once the
+    inputs are replaced: no other source, in `base` as the CAS will find it, meets the
+    range with an entry older than the delete. Moved segments never hold such an entry
+    (`range_deleted_in`). When the merge is the bottom of the store (a full compaction,
+    or the oldest level), the others are newer and the range goes. A range inside a newer
+    settled one goes too, so deleting a prefix again and again leaves one row."""
+    live = set(base.range_deletes)
+    others = [r for r in base.segments if r.id not in input_ids]
+    return [
+        t
+        for t in settled
+        if t in live
+        and (
+            not any(range_deleted_in(r, (t,)) for r in others)
+            # or a newer settled range holds it: every version a reader may ask for (at or
+            # above the floor) sees that one, which hides all this one did
+            or any(n.version > t.version and inside(t, n) for n in settled)
+        )
+    ]
+
+
 def isolated(pieces: Sequence[SegmentRef]) -> list[SegmentRef]:
     """The pieces (segments) whose key range meets no other's, in key order."""
     ordered = sorted(pieces, key=lambda p: p.min_key)
@@ -311,6 +344,9 @@ class SubCompaction:
     floor: int  # see `history_floor`
     level: int
     target_segment_bytes: int
+    # Range deletes at or below `floor` meeting [start, end): the entries they hide are
+    # dropped (no readable version sees them).
+    ranges: tuple[RangeTombstone, ...] = ()
 
     def tombstone_droppable(self, key: bytes, version: int) -> bool:
         """Whether a tombstone may go: no other source can hold an older entry of `key`."""
@@ -365,8 +401,11 @@ async def _retained(
     """The entries to keep (`Retention`), in batches (a key's entries may run over
     several: an output segment ends only at a key boundary, `SegmentOutput.add_until`)."""
     retention = Retention(sub.floor, sub.tombstone_droppable)
+    ranges = sub.ranges
     async for batch in batches:
         counts.entries_in += len(batch)
+        if ranges:  # what a range deleted at or below the floor hides, no readable version sees
+            batch = [e for e in batch if not any(t.hides(e[0], e[1]) for t in ranges)]
         kept = retention.feed(batch)
         if kept:
             counts.entries_out += len(kept)
@@ -410,12 +449,25 @@ class Compactor:
             return None
         level = max(r.level for r in inputs) + 1
         floor = history_floor(base, options, time.time())
-        moved, rewritten = await self._moves(inputs, floor)
+        # Range deletes whose hidden entries no readable version sees: the merge drops those
+        # entries, and the commit drops the range once no source outside the merge can
+        # hold one (`_ranges_to_drop`).
+        settled = tuple(t for t in base.range_deletes if t.version <= floor)
+        moved, rewritten = await self._moves(inputs, floor, settled)
         input_ids = frozenset(r.id for r in inputs)
         others = tuple(r for r in base.segments if r.id not in input_ids)
         ranges = plan_ranges(await self._samples(rewritten, moved), _RANGE_SEGMENTS * options.target_segment_bytes)
         subs = [
-            SubCompaction(start, end, tuple(rewritten), others, floor, level, options.target_segment_bytes)
+            SubCompaction(
+                start,
+                end,
+                tuple(rewritten),
+                others,
+                floor,
+                level,
+                options.target_segment_bytes,
+                tuple(t for t in settled if t.meets(start, end)),
+            )
             for start, end in around(ranges, moved)
             if any(r.overlaps(start, end) for r in rewritten)
         ]
@@ -440,7 +492,7 @@ class Compactor:
         bytes_written = sum(p.size for p in written)
         bytes_out = sum(p.size for p in parts)
         stats = {"moved": len(moved), "bytes_written": bytes_written, "bytes_out": bytes_out}
-        version = await self._commit(inputs, ref, level, floor, started, stats)
+        version = await self._commit(inputs, ref, level, floor, started, stats, settled)
         if version is None:
             return None
         moved_entries = sum(p.count for p in moved)
@@ -458,17 +510,20 @@ class Compactor:
             bytes_written=bytes_written,
         )
 
-    async def _moves(self, inputs: Sequence[SegmentRef], floor: int) -> tuple[list[SegmentRef], list[SegmentRef]]:
+    async def _moves(
+        self, inputs: Sequence[SegmentRef], floor: int, settled: Sequence[RangeTombstone] = ()
+    ) -> tuple[list[SegmentRef], list[SegmentRef]]:
         """The input segments (a run's segments included) to move into the output as they
-        are (`movable`, key range apart from every other input's, no tombstone), in key
-        order; and the inputs left to merge (a run stays one, read around its moved segments)."""
+        are (`movable`, key range apart from every other input's, no tombstone, no entry a
+        `settled` range delete hides), in key order; and the inputs left to merge (a run
+        stays one, read around its moved segments)."""
         if len(inputs) == 1:
             return [], list(inputs)  # a full compaction of one large segment: it is there to split it
         pieces: list[SegmentRef] = []
         for ref in inputs:
             pieces += await self._sources.parts(ref)
         target = self._options.target_segment_bytes
-        candidates = [p for p in isolated(pieces) if movable(p, floor, target)]
+        candidates = [p for p in isolated(pieces) if movable(p, floor, target) and not range_deleted_in(p, settled)]
         flags = await asyncio.gather(*(self._sources.segments.holds_no_tombstone(p) for p in candidates))
         moved = [p for p, clean in zip(candidates, flags, strict=True) if clean]
         moved_ids = {p.id for p in moved}
@@ -509,9 +564,11 @@ class Compactor:
         floor: int,
         started: float,
         stats: dict[str, int],
+        settled: Sequence[RangeTombstone] = (),
     ) -> int | None:
         """Replace `inputs` by `ref` in one manifest CAS; the version, or None if another
-        compaction merged some of them first."""
+        compaction merged some of them first. The `settled` range deletes whose entries
+        are now gone everywhere leave the manifest in the same CAS."""
         input_ids = frozenset(r.id for r in inputs)
         compaction_id = uuid.uuid4().bytes
 
@@ -547,6 +604,7 @@ class Compactor:
                 add=() if ref is None else (ref,),
                 remove=input_ids,
                 history_floor=floor,
+                drop_ranges=ranges_to_drop(base, settled, input_ids),
             )
             await self._manifests.compare_and_swap(new, etag)
             return new.version
