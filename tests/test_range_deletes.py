@@ -346,3 +346,84 @@ def test_a_range_stays_while_a_source_outside_the_merge_holds_what_it_hides() ->
     inner = RangeTombstone(b"c", b"c1", 3)  # inside a newer settled one: it goes too
     base = Manifest("s", 12, 0.0, segments=(merged, old_elsewhere), range_deletes=(inner, t))
     assert ranges_to_drop(base, [inner, t], frozenset({"in"})) == [inner]
+
+
+# Small segments that compaction may move as they are (`_compact.movable`): 32 KiB target.
+SMALL = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=32 * 1024, history_versions=0, retry=RETRY)
+
+
+async def test_compaction_never_moves_a_segment_past_a_range_delete_that_hides_its_entries(target: Target) -> None:
+    """A key-ordered bulk load of segments that a full compaction would move as they are; a
+    range delete over part of one of them. That one is merged (its hidden entries dropped),
+    the others move, the range leaves the manifest, and the deleted keys stay deleted."""
+    async with target.open(create=True, options=SMALL) as db:
+        pairs = [(b"k%08d" % i, random.randbytes(92)) for i in range(226 * 4)]
+        await db.bulk_load(pairs, chunk_bytes=24 * 1024)
+        bulk = engine_of(db).manifest.segments  # white-box: the bulk segments
+        assert len(bulk) == 4
+        covered = sorted(bulk, key=lambda r: r.min_key)[1]
+        lo, hi = covered.min_key + b"5", covered.max_key  # part of the second segment
+        await db.delete_range(lo, hi)
+        await db.put(b"z", b"a later commit")  # the floor passes the range delete
+        [result] = await db.compact(full=True)
+        assert result.moved == 3  # the other bulk segments
+        parts = await engine_of(db)._sources.parts(engine_of(db).manifest.segments[0])
+        assert covered.id not in {p.id for p in parts}
+        assert engine_of(db).manifest.range_deletes == ()
+        expected = [k for k, _ in pairs if not lo <= k < hi] + [b"z"]
+        assert [k async for k, _ in db.scan()] == expected
+        assert await db.get(lo + b"0") is None and await db.get(hi) is not None
+
+
+def test_manifest_golden_bytes_with_a_range_delete() -> None:
+    """docs/format.md, "Range deletes": the bytes, and that a store without range deletes
+    still writes format 3 while one with them is refused by a format-3 reader."""
+    from test_formats import _golden
+
+    from kvstore._envelope import unseal
+
+    m = Manifest("s", 0, 0.0)
+    record = CommitRecord(1, 0.0, (b"\x01" * 16,), None, 0, b"", b"", (), ranges=((b"ds/", b"ds0"),))
+    m = m.with_commit(record, 10, delete_ranges=[(b"ds/", b"ds0")])
+    golden = _golden("manifest-format-4-range-delete")
+    assert encode_manifest(m) == golden
+    assert decode_manifest(golden, "m") == m
+    with pytest.raises(kvstore.UnsupportedFormatError, match="format 4, newer"):
+        unseal(golden, b"KVMF", 3, "m", "manifest")  # what a format-3 reader does
+    plain = Manifest("s", 0, 0.0).with_commit(CommitRecord(1, 0.0, (b"\x01" * 16,), None, 0, b"", b"", ()), 10)
+    assert encode_manifest(plain)[4:6] == b"\x03\x00"
+    # Once compaction dropped the range and the log no longer lists it: format 3 again.
+    later = m.with_commit(CommitRecord(2, 0.0, (b"\x02" * 16,), None, 0, b"", b"", ()), 1, drop_ranges=m.range_deletes)
+    assert later.range_deletes == () and encode_manifest(later)[4:6] == b"\x03\x00"
+
+
+def test_the_cli_deletes_a_prefix_or_a_range(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from test_cli import invoke
+
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    for key in ("ds/old/1", "ds/old/2", "ds/new/1", "m1", "m2", "z"):
+        invoke(monkeypatch, "put", url, key, "v").ok()
+    out = invoke(monkeypatch, "delete", url, "--prefix", "ds/old/", "--json").json()
+    assert out == {"prefix": "ds/old/", "version": 7}
+    text = invoke(monkeypatch, "delete", url, "--range", "m", "n").ok().text
+    assert text == "deleted every key in ['m', 'n') at version 8\n"
+    assert invoke(monkeypatch, "delete", url, "--range", "y", "", "--json").json() == {
+        "start": "y",
+        "end": None,
+        "version": 9,
+    }
+    assert invoke(monkeypatch, "scan", url).ok().text.split() == ["ds/new/1", "v"]
+    invoke(monkeypatch, "delete", url, "--prefix", "a", "--range", "a", "b").one_line_error(
+        2, "give --prefix or --range, not both"
+    )
+    invoke(monkeypatch, "delete", url, "--range", "b", "a").one_line_error(2, "end after start")
+    lines = invoke(monkeypatch, "watch", url, "--since", "7", "--count", "2").ok().text.splitlines()
+    assert [line.split()[2:] for line in lines] == [["delete", "[m,", "n)"], ["delete", "[y,", ")"]]
+    docs = [
+        json.loads(line)
+        for line in invoke(monkeypatch, "watch", url, "--since", "7", "--count", "1", "--json").ok().text.splitlines()
+    ]
+    assert docs[0]["keys"] == [] and docs[0]["deleted_ranges"] == [{"start": {"key": "m"}, "end": {"key": "n"}}]
