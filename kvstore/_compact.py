@@ -41,7 +41,7 @@ from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions, grace_period_of
-from ._ranges import RangeTombstone, inside
+from ._ranges import RangeIndex, RangeTombstone, inside
 from ._segment import BLOCK_TARGET_BYTES
 from ._segment_store import PART_BYTES, PARTS_IN_FLIGHT, WHOLE_READ_MAX_BYTES, Entry, SegmentOutput
 from ._sources import Sources
@@ -62,7 +62,7 @@ class CompactionResult:
 
     version: int  # the version its commit created
     inputs: int  # segments merged
-    entries_in: int
+    entries_in: int  # entries read (a source is not read where a settled range delete hides all it holds)
     entries_out: int  # after dropping shadowed versions and tombstones
     bytes_in: int
     bytes_out: int
@@ -369,10 +369,18 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
     # A small input (one GET reads it whole) is read through the cache: every key range
     # it overlaps would fetch it again otherwise. A large one is read around the cache,
     # so that a merge of GBs does not evict what readers use.
+    # An input is read only outside the settled range deletes newer than all its entries
+    # (everything it holds there would be dropped): compacting away a deleted range of
+    # a million keys reads none of them.
+    deleted = RangeIndex(sub.ranges, sub.floor)
     streams = [
-        sources.blocks(ref, sub.start, sub.end, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES)
+        sources.blocks_in(ref, pieces, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES)
         for ref in sub.inputs
         if ref.overlaps(sub.start, sub.end)
+        for pieces in [
+            [(lo, hi) for lo, hi in deleted.unhidden(ref.max_version, sub.start, sub.end) if ref.overlaps(lo, hi)]
+        ]
+        if pieces
     ]
     output: SegmentOutput | None = None
     try:

@@ -14,7 +14,7 @@ from ._merge import merge, visible
 from ._options import StoreOptions
 from ._ranges import RangeIndex
 from ._segment import probe
-from ._segment_store import NOT_CACHED, Entry, Miss
+from ._segment_store import NOT_CACHED, Miss
 from ._sources import Sources
 from ._tasks import run_bounded
 
@@ -131,7 +131,7 @@ class SnapshotView:
         for ref in self._refs:
             pieces = [(lo, hi) for lo, hi in self._ranges.unhidden(ref.max_version, start, end) if ref.overlaps(lo, hi)]
             if pieces:
-                sources.append(_chained(self._segments, ref, pieces[::-1] if reverse else pieces, reverse))
+                sources.append(self._segments.blocks_in(ref, pieces, reverse))
         return visible(merge(sources, reverse=reverse), self.version, self._ranges.hides)
 
 
@@ -212,15 +212,6 @@ class Snapshot:
             count += 1
             if limit is not None and count >= limit:
                 return
-
-
-async def _chained(
-    segments: Sources, ref: SegmentRef, pieces: list[tuple[bytes | None, bytes | None]], reverse: bool
-) -> AsyncIterator[list[Entry]]:
-    """The blocks of `ref` in each of the disjoint key ranges `pieces`, in scan order."""
-    for lo, hi in pieces:
-        async for entries in segments.blocks(ref, lo, hi, reverse):
-            yield entries
 
 
 def _no_check() -> None:

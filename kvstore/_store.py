@@ -220,35 +220,27 @@ class Store:
 
     async def put(self, key: str | bytes, value: Any) -> int:
         """Write one key; returns the version it committed at."""
-        tx = self.transaction()
-        tx.put(key, value)
-        version = await tx.commit()
-        assert version is not None
-        return version
+        return await self._write_alone(lambda tx: tx.put(key, value))
 
     async def delete(self, key: str | bytes) -> int:
         """Delete one key (a missing key is not an error); returns the commit version."""
-        tx = self.transaction()
-        tx.delete(key)
-        version = await tx.commit()
-        assert version is not None
-        return version
+        return await self._write_alone(lambda tx: tx.delete(key))
 
     async def delete_range(self, start: str | bytes, end: str | bytes | None) -> int:
         """Delete every key in [start, end) (`end` None: every key from `start` on) in one
         commit; returns its version. See `Transaction.delete_range`: one small commit
         (one manifest PUT) however many keys the range holds."""
-        tx = self.transaction()
-        tx.delete_range(start, end)
-        version = await tx.commit()
-        assert version is not None
-        return version
+        return await self._write_alone(lambda tx: tx.delete_range(start, end))
 
     async def delete_prefix(self, prefix: str | bytes) -> int:
         """Delete every key starting with `prefix` in one commit; returns its version.
         See `Transaction.delete_prefix`."""
+        return await self._write_alone(lambda tx: tx.delete_prefix(prefix))
+
+    async def _write_alone(self, write: Callable[[Transaction], None]) -> int:
+        """Commit a transaction of one blind write (`write(tx)`); its version."""
         tx = self.transaction()
-        tx.delete_prefix(prefix)
+        write(tx)
         version = await tx.commit()
         assert version is not None
         return version

@@ -327,7 +327,8 @@ async def test_compaction_keeps_what_readable_versions_need_and_drops_the_range_
         for i in range(3):
             await db.put(b"other%d" % i, b"x")  # the floor passes the range's version
         [result] = await db.compact(full=True)
-        assert result.entries_in == 23 and result.entries_out == 13
+        # the 10 deleted keys' entries are not even read: their segment is older than the range
+        assert result.entries_in == result.entries_out == 13
         assert engine_of(db).manifest.range_deletes == ()
         assert [k async for k, _ in db.scan(b"k")] == [b"k%02d" % i for i in (*range(5), *range(15, 20))]
 
