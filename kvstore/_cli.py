@@ -1636,13 +1636,15 @@ async def watch(
                     f"{change.version}  {when}  delete  [{_key_text(lo)}, {'' if hi is None else _key_text(hi)})"
                     for lo, hi in change.deleted_ranges
                 ]
+                doc: dict[str, Any] = {
+                    "version": change.version,
+                    "time": change.time,
+                    "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops],
+                }
+                if change.deleted_ranges:  # only then: a commit of keys prints as it always did
+                    doc["deleted_ranges"] = [_range_json(lo, hi) for lo, hi in change.deleted_ranges]
                 s.out.event(
-                    {
-                        "version": change.version,
-                        "time": change.time,
-                        "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops],
-                        "deleted_ranges": [_range_json(lo, hi) for lo, hi in change.deleted_ranges],
-                    },
+                    doc,
                     *ranges,
                     *(
                         [f"{change.version}  {when}  ?       (too many keys to list: rescan)"]
