@@ -112,6 +112,9 @@ class Change:
     ranges (end None: to the end of the key space) the commit range-deleted
     (`delete_range`, `delete_prefix`), cut to the watched range: every key in
     them is gone as of `version` (those it wrote again at once are in `keys`).
+    When `keys` is None the commit was too large for the log to list it
+    exactly, and `deleted_ranges` is at most one range holding all it deleted
+    (possibly more than it deleted): rescan then too.
     """
 
     version: int
