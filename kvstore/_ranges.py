@@ -133,7 +133,7 @@ class RangeIndex:
         out: list[tuple[bytes | None, bytes | None]] = []
         at = lo
         for start, end in holes:
-            if at is None or start > at:
+            if start > (at or b""):  # (nothing lies before the empty key)
                 out.append((at, start))
             if end is None:
                 return out

@@ -276,6 +276,8 @@ def test_range_index() -> None:
     assert only.unhidden(4, None, None) == [(None, b"b"), (b"d", None)]
     assert only.unhidden(4, b"c", b"e") == [(b"d", b"e")]
     assert only.unhidden(5, b"a", b"c") == [(b"a", b"c")]
+    everything_before_m = RangeIndex([RangeTombstone(b"", b"m", 5)], 5)
+    assert everything_before_m.unhidden(1, None, None) == [(b"m", None)]  # no empty piece before b""
     assert normalized([(b"c", b"e"), (b"a", b"b"), (b"b", b"c"), (b"x", None), (b"y", b"z")]) == [
         (b"a", b"e"),
         (b"x", None),
