@@ -1053,10 +1053,43 @@ async def put(s: Session, key: str, value: str | None = None, *, file_: str | No
     )
 
 
-@store_command(cli, "KEY", mode="write", compacts=True)
+@store_command(
+    cli,
+    "KEY",
+    mode="write",
+    compacts=True,
+    names_given=lambda options: [] if options["prefix"] is not None or options["range_"] is not None else ["KEY"],
+)
 @click.option("--missing-ok", is_flag=True, help="Exit 0 when KEY is absent (nothing is deleted either way).")
-async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
-    """Delete KEY. An absent KEY changes nothing: exit 3, like get (0 with --missing-ok)."""
+@click.option(
+    "--prefix",
+    metavar="PREFIX",
+    help="Instead of KEY: delete every key starting with PREFIX, in one small commit however many there are.",
+)
+@click.option(
+    "--range",
+    "range_",
+    nargs=2,
+    metavar="START END",
+    help="Instead of KEY: delete every key in [START, END) in one small commit ('' as END: to the last key).",
+)
+async def delete(
+    s: Session,
+    key: str | None = None,
+    *,
+    missing_ok: bool,
+    prefix: str | None = None,
+    range_: tuple[str, str] | None = None,
+) -> None:
+    """Delete KEY. An absent KEY changes nothing: exit 3, like get (0 with --missing-ok).
+
+    With --prefix or --range, delete every key there in one commit of a few hundred
+    bytes (a range delete: the keys are not listed, so nothing tells whether any
+    existed; it always makes a new version)."""
+    if prefix is not None or range_ is not None:
+        await _delete_range(s, prefix, range_)
+        return
+    assert key is not None
     missing = object()
 
     async def attempt(tx: kvstore.Transaction) -> tuple[kvstore.Transaction, bool]:
@@ -1079,6 +1112,29 @@ async def delete(s: Session, key: str, *, missing_ok: bool) -> None:
         f"deleted {key} at version {version}"
         if deleted
         else f"key {key} not found at version {version}: nothing deleted",
+    )
+
+
+async def _delete_range(s: Session, prefix: str | None, range_: tuple[str, str] | None) -> None:
+    """`delete --prefix` / `delete --range`: one range delete."""
+    if prefix is not None and range_ is not None:
+        raise CliError("give --prefix or --range, not both", EXIT_USAGE)
+    async with s.open() as db:
+        if prefix is not None:
+            version = await db.delete_prefix(prefix)
+            s.out.result(
+                {"prefix": prefix, "version": version},
+                f"deleted every key starting with {prefix!r} at version {version}",
+            )
+            return
+        assert range_ is not None
+        start, end = range_
+        version = await db.delete_range(start, end or None)
+    s.out.result(
+        {"start": start, "end": end or None, "version": version},
+        f"deleted every key in [{start!r}, {end!r}) at version {version}"
+        if end
+        else f"deleted every key from {start!r} on at version {version}",
     )
 
 
@@ -1576,12 +1632,20 @@ async def watch(
             async for change in changes:
                 ops = None if change.keys is None else await _operations(db, change)
                 when = _time(change.time)
+                ranges = [
+                    f"{change.version}  {when}  delete  [{_key_text(lo)}, {'' if hi is None else _key_text(hi)})"
+                    for lo, hi in change.deleted_ranges
+                ]
+                doc: dict[str, Any] = {
+                    "version": change.version,
+                    "time": change.time,
+                    "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops],
+                }
+                if change.deleted_ranges:  # only then: a commit of keys prints as it always did
+                    doc["deleted_ranges"] = [_range_json(lo, hi) for lo, hi in change.deleted_ranges]
                 s.out.event(
-                    {
-                        "version": change.version,
-                        "time": change.time,
-                        "keys": None if ops is None else [{**_key_json(k), "op": op} for k, op in ops],
-                    },
+                    doc,
+                    *ranges,
                     *(
                         [f"{change.version}  {when}  ?       (too many keys to list: rescan)"]
                         if ops is None
@@ -1593,6 +1657,11 @@ async def watch(
                     return
         finally:
             await changes.aclose()  # type: ignore[attr-defined]
+
+
+def _range_json(start: bytes, end: bytes | None) -> dict[str, Any]:
+    """A deleted range for JSON: its start and end keys as `_key_json` gives keys (end None: to the last key)."""
+    return {"start": _key_json(start), "end": None if end is None else _key_json(end)}
 
 
 async def _operations(db: kvstore.Store, change: kvstore.Change) -> list[tuple[bytes, str]]:

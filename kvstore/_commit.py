@@ -37,6 +37,7 @@ from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
 from ._options import StoreOptions, grace_period_of
+from ._ranges import KeyRange, cover, in_ranges, normalized, range_bytes, ranges_meet
 from ._segment import encode_segment
 from ._segment_store import SegmentStore
 
@@ -71,6 +72,9 @@ class CommitRequest:
     # A distributed write's job id (hex): recorded in the commit's meta, and the commit is
     # refused if one after `read_version` records it (another driver committed the job).
     job: str | None = None
+    # [start, end) ranges deleted (end None: to the end of the key space), before
+    # `writes`: a write of a key in one of them wins. A write of every key in them.
+    range_deletes: list[KeyRange] = field(default_factory=list)
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -90,14 +94,20 @@ class CommitStatistics:
 class _Pending:
     """Segments written for a batch, waiting for the manifest CAS."""
 
-    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt
+    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt; empty: only range deletes
     written_at: float  # time.monotonic() of the oldest
     keys: list[bytes] | None  # sorted written keys, or None (bulk: only the range is known)
+    ranges: list[KeyRange] = field(default_factory=list)  # the batch's range deletes, joined
 
     @property
     def inline(self) -> bool:
         """Whether the segment rides in the manifest (no object: no GC, no I8 age)."""
-        return self.refs[0].inline is not None
+        return bool(self.refs) and self.refs[0].inline is not None
+
+    @property
+    def has_object(self) -> bool:
+        """Whether a segment object was written (one GC may collect: I8 applies)."""
+        return bool(self.refs) and self.refs[0].inline is None
 
 
 class Committer:
@@ -199,7 +209,7 @@ class Committer:
             if pending.inline:
                 if not self._fits_inline(base, pending.refs[0].size):
                     pending = await self._write_segment(accepted, None)  # concurrent commits filled the manifest
-            elif time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
+            elif pending.has_object and time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
             if not maybe_applied and not lost_races:
@@ -273,7 +283,7 @@ class Committer:
         mine = self.writer_id
         streak = 0
         for record in reversed(base.log):
-            if record.key_count == 0:
+            if record.key_count == 0 and not record.ranges:
                 continue  # compactions
             if not record.txn_ids[0].startswith(mine):
                 break
@@ -283,7 +293,10 @@ class Committer:
         if streak < _FAIR_STREAK:
             return 0.0
         since = time.time() - _FAIR_WINDOW
-        others = any(r.time > since and r.key_count > 0 and not r.txn_ids[0].startswith(mine) for r in base.log[-256:])
+        others = any(
+            r.time > since and (r.key_count > 0 or r.ranges) and not r.txn_ids[0].startswith(mine)
+            for r in base.log[-256:]
+        )
         return random.uniform(0.5, 1.5) * self._cas_seconds if others else 0.0
 
     def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
@@ -294,6 +307,7 @@ class Committer:
         """
         accepted: list[CommitRequest] = []
         batch_writes: list[bytes] = []  # sorted keys written by accepted requests
+        batch_ranges: list[KeyRange] = []  # ranges they deleted
         now = time.monotonic()
         recorded = base.settings.get("values")
         for request in requests:
@@ -328,7 +342,7 @@ class Committer:
                 _fail(request, _already_committed(request.job))
                 continue
             clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
-            if clash is not None or _reads_any(request, batch_writes):
+            if clash is not None or _reads_any(request, batch_writes) or _reads_in_ranges(request, batch_ranges):
                 self.stats.conflicts += 1
                 where = f"version {clash.version}" if clash else "a transaction committing with it"
                 _fail(
@@ -340,6 +354,7 @@ class Committer:
                 )
                 continue
             accepted.append(request)
+            batch_ranges += request.range_deletes
             for key in request.writes:
                 i = bisect_left(batch_writes, key)
                 if i == len(batch_writes) or batch_writes[i] != key:
@@ -358,8 +373,14 @@ class Committer:
             return _Pending(bulk, accepted[0].started, None)
         merged: dict[bytes, bytes | None] = {}
         for request in accepted:
+            if request.range_deletes:  # deletes what earlier transactions of the batch wrote there
+                for key in [k for k in merged if in_ranges(k, request.range_deletes)]:
+                    del merged[key]
             merged.update(request.writes)  # later transactions in the batch win
+        ranges = normalized(r for request in accepted for r in request.range_deletes)
         keys = sorted(merged)
+        if not keys:  # only range deletes: the manifest carries them, no segment
+            return _Pending([], time.monotonic(), keys, ranges)
         encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
         size = len(encoded.data)
         if base is not None and self._fits_inline(base, size):
@@ -369,7 +390,7 @@ class Committer:
         else:
             segment_id = await self._segments.write(encoded)
             ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, size, 0, 0)
-        return _Pending([ref], time.monotonic(), keys)
+        return _Pending([ref], time.monotonic(), keys, ranges)
 
     def _fits_inline(self, base: Manifest, size: int) -> bool:
         """Whether a segment of `size` bytes may ride inline in the manifest after `base`."""
@@ -380,7 +401,8 @@ class Committer:
         version = base.version + 1
         refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
         keys = pending.keys
-        exact = keys is not None and sum(map(len, keys)) <= LOG_KEYS_MAX_BYTES
+        ranges = pending.ranges
+        exact = keys is not None and sum(map(len, keys)) + range_bytes(ranges) <= LOG_KEYS_MAX_BYTES
         metas = [r.meta for r in accepted]
         job = accepted[0].job  # a distributed write commits alone
         record = CommitRecord(
@@ -390,12 +412,15 @@ class Committer:
             txn_count=len(accepted),
             segment_id=refs[0].id if len(refs) == 1 else None,
             key_count=sum(r.count for r in refs),
-            min_key=min(r.min_key for r in refs),
-            max_key=max(r.max_key for r in refs),
+            min_key=min((r.min_key for r in refs), default=b""),
+            max_key=max((r.max_key for r in refs), default=b""),
             keys=tuple(keys) if exact and keys is not None else None,
             meta=_record_meta(metas, job),
+            # Conflict checks and `watch` need the ranges; past the size a record may list
+            # exactly, one range holding them all (conservative, as a key range is).
+            ranges=tuple(ranges) if exact else cover(ranges),
         )
-        return base.with_commit(record, self._options.commit_log_length, add=refs)
+        return base.with_commit(record, self._options.commit_log_length, add=refs, delete_ranges=ranges)
 
     async def _fetch_to_decide(self, maybe_applied: list[int]) -> tuple[Manifest, str]:
         """The latest manifest, read to decide the attempts in `maybe_applied`."""
@@ -427,7 +452,7 @@ class Committer:
                     return version
                 continue
             # The log no longer reaches back: our segment is the other evidence.
-            if any(s.id == pending.refs[0].id for s in base.segments):
+            if pending.refs and any(s.id == pending.refs[0].id for s in base.segments):
                 return version
             raise CommitOutcomeUnknownError(
                 f"cannot tell whether the commit at version {version} was applied: the commit log "
@@ -478,6 +503,15 @@ def _reads_any(request: CommitRequest, sorted_writes: list[bytes]) -> bool:
         if i < len(sorted_writes) and (end is None or sorted_writes[i] < end):
             return True
     return False
+
+
+def _reads_in_ranges(request: CommitRequest, ranges: list[KeyRange]) -> bool:
+    """Whether the request read a key in one of the deleted `ranges` (point reads or scans)."""
+    if not ranges:
+        return False
+    if any(in_ranges(k, ranges) for k in request.read_keys):
+        return True
+    return any(ranges_meet(r, start, end) for r in ranges for start, end in request.read_ranges)
 
 
 def _record_meta(metas: list[dict[str, Any] | None], job: str | None) -> dict[str, Any] | None:

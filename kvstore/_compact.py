@@ -42,6 +42,7 @@ from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
 from ._options import StoreOptions, grace_period_of
+from ._ranges import RangeIndex, RangeTombstone, inside
 from ._segment import BLOCK_TARGET_BYTES
 from ._segment_store import (
     PART_BYTES,
@@ -70,7 +71,7 @@ class CompactionResult:
 
     version: int  # the version its commit created
     inputs: int  # segments merged
-    entries_in: int
+    entries_in: int  # entries read (a source is not read where a settled range delete hides all it holds)
     entries_out: int  # after dropping shadowed versions and tombstones
     bytes_in: int
     bytes_out: int
@@ -264,6 +265,38 @@ def movable(piece: SegmentRef, floor: int, target_segment_bytes: int) -> bool:
     )
 
 
+def range_deleted_in(piece: SegmentRef, ranges: Sequence[RangeTombstone]) -> bool:
+    """Whether one of `ranges` may hide an entry of `piece` (its key range meets the range,
+    and it holds a version older than the delete): merging would then drop entries, so
+    the piece is not moved as it is."""
+    return any(t.meets_keys(piece.min_key, piece.max_key) and piece.min_version < t.version for t in ranges)
+
+
+def ranges_to_drop(
+    base: Manifest, settled: Sequence[RangeTombstone], input_ids: frozenset[str]
+) -> list[RangeTombstone]:
+    """The `settled` range deletes (at or below the floor the merge applied, so it dropped
+    every entry of its inputs they hide) still live in `base` that hide nothing once the
+    inputs are replaced: no other source, in `base` as the CAS will find it, meets the
+    range with an entry older than the delete. Moved segments never hold such an entry
+    (`range_deleted_in`). When the merge is the bottom of the store (a full compaction,
+    or the oldest level), the others are newer and the range goes. A range inside a newer
+    settled one goes too, so deleting a prefix again and again leaves one row."""
+    live = set(base.range_deletes)
+    others = [r for r in base.segments if r.id not in input_ids]
+    return [
+        t
+        for t in settled
+        if t in live
+        and (
+            not any(range_deleted_in(r, (t,)) for r in others)
+            # or a newer settled range holds it: every version a reader may ask for (at or
+            # above the floor) sees that one, which hides all this one did
+            or any(n.version > t.version and inside(t, n) for n in settled)
+        )
+    ]
+
+
 def isolated(pieces: Sequence[SegmentRef]) -> list[SegmentRef]:
     """The pieces (segments) whose key range meets no other's, in key order."""
     ordered = sorted(pieces, key=lambda p: p.min_key)
@@ -337,6 +370,9 @@ class SubCompaction:
     level: int
     target_segment_bytes: int
     readahead: int = BLOCK_TARGET_BYTES  # bytes per input GET (`compaction_readahead`)
+    # Range deletes at or below `floor` meeting [start, end): the entries they hide are
+    # dropped (no readable version sees them).
+    ranges: tuple[RangeTombstone, ...] = ()
 
     def tombstone_droppable(self, key: bytes, version: int) -> bool:
         """Whether a tombstone may go: no other source can hold an older entry of `key`."""
@@ -359,12 +395,18 @@ async def run_sub_compaction(sub: SubCompaction, sources: Sources) -> SubCompact
     # A small input (one GET reads it whole) is read through the cache: every key range
     # it overlaps would fetch it again otherwise. A large one is read around the cache,
     # so that a merge of GBs does not evict what readers use.
+    # An input is read only outside the settled range deletes newer than all its entries
+    # (everything it holds there would be dropped): compacting away a deleted range of
+    # a million keys reads none of them.
+    deleted = RangeIndex(sub.ranges, sub.floor)
     streams = [
-        sources.blocks(
-            ref, sub.start, sub.end, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES, readahead=sub.readahead
-        )
+        sources.blocks_in(ref, pieces, False, fill_cache=ref.size <= WHOLE_READ_MAX_BYTES, readahead=sub.readahead)
         for ref in sub.inputs
         if ref.overlaps(sub.start, sub.end)
+        for pieces in [
+            [(lo, hi) for lo, hi in deleted.unhidden(ref.max_version, sub.start, sub.end) if ref.overlaps(lo, hi)]
+        ]
+        if pieces
     ]
     output: SegmentOutput | None = None
     try:
@@ -393,8 +435,11 @@ async def _retained(
     """The entries to keep (`Retention`), in batches (a key's entries may run over
     several: an output segment ends only at a key boundary, `SegmentOutput.add_until`)."""
     retention = Retention(sub.floor, sub.tombstone_droppable)
+    ranges = sub.ranges
     async for batch in batches:
         counts.entries_in += len(batch)
+        if ranges:  # what a range deleted at or below the floor hides, no readable version sees
+            batch = [e for e in batch if not any(t.hides(e[0], e[1]) for t in ranges)]
         kept = retention.feed(batch)
         if kept:
             counts.entries_out += len(kept)
@@ -568,14 +613,28 @@ class Compactor:
             return None
         level = max(r.level for r in inputs) + 1
         floor = history_floor(base, options, time.time())
-        moved, rewritten = await self._moves(inputs, floor)
+        # Range deletes whose hidden entries no readable version sees: the merge drops those
+        # entries, and the commit drops the range once no source outside the merge can
+        # hold one (`_ranges_to_drop`).
+        settled = tuple(t for t in base.range_deletes if t.version <= floor)
+        moved, rewritten = await self._moves(inputs, floor, settled)
         input_ids = frozenset(r.id for r in inputs)
         others = tuple(r for r in base.segments if r.id not in input_ids)
         samples = await self._samples(rewritten, moved)
         ranges = plan_ranges(samples, _RANGE_SEGMENTS * options.target_segment_bytes)
         readahead = compaction_readahead(len(rewritten), options)
         subs = [
-            SubCompaction(start, end, tuple(rewritten), others, floor, level, options.target_segment_bytes, readahead)
+            SubCompaction(
+                start,
+                end,
+                tuple(rewritten),
+                others,
+                floor,
+                level,
+                options.target_segment_bytes,
+                readahead,
+                tuple(t for t in settled if t.meets(start, end)),
+            )
             for start, end in around(ranges, moved)
             if any(r.overlaps(start, end) for r in rewritten)
         ]
@@ -594,7 +653,7 @@ class Compactor:
             progress.add(written, step.moved, results)
             ref = await self._output(progress.parts, level, started)
             remaining = progress.clipped_at(step.end)
-            version = await self._commit(progress, ref, remaining, floor, started)
+            version = await self._commit(progress, ref, remaining, floor, started, settled)
             if version is None:
                 return None
             progress.committed(ref, remaining, version)
@@ -609,10 +668,13 @@ class Compactor:
         self._check_age(started)
         return await self._sources.write_run(parts, level)
 
-    async def _moves(self, inputs: Sequence[SegmentRef], floor: int) -> tuple[list[SegmentRef], list[SegmentRef]]:
+    async def _moves(
+        self, inputs: Sequence[SegmentRef], floor: int, settled: Sequence[RangeTombstone] = ()
+    ) -> tuple[list[SegmentRef], list[SegmentRef]]:
         """The input segments (a run's segments included) to move into the output as they
-        are (`movable`, key range apart from every other input's, no tombstone), in key
-        order; and the inputs left to merge (a run stays one, read around its moved segments)."""
+        are (`movable`, key range apart from every other input's, no tombstone, no entry a
+        `settled` range delete hides), in key order; and the inputs left to merge (a run
+        stays one, read around its moved segments)."""
         if len(inputs) == 1:
             return [], list(inputs)  # a full compaction of one large segment: it is there to split it
         pieces: list[SegmentRef] = []
@@ -620,7 +682,11 @@ class Compactor:
             pieces += _served(await self._sources.parts(ref), ref)
         target = self._options.target_segment_bytes
         # A clipped piece's object holds keys below its range: it is merged, never moved.
-        candidates = [p for p in isolated(pieces) if not p.clipped and movable(p, floor, target)]
+        candidates = [
+            p
+            for p in isolated(pieces)
+            if not p.clipped and movable(p, floor, target) and not range_deleted_in(p, settled)
+        ]
         flags = await asyncio.gather(*(self._sources.segments.holds_no_tombstone(p) for p in candidates))
         moved = [p for p, clean in zip(candidates, flags, strict=True) if clean]
         moved_ids = {p.id for p in moved}
@@ -661,11 +727,14 @@ class Compactor:
         remaining: list[SegmentRef],
         floor: int,
         started: float,
+        settled: Sequence[RangeTombstone],
     ) -> int | None:
         """Commit one step in one manifest CAS: the inputs as they stand now (clipped by
         earlier steps) and the previous step's output give way to `remaining` (the inputs
         clipped above this step's keys; none after the last step) and to `ref`, the output
-        so far. The version, or None if another compaction merged some of them first."""
+        so far. The version, or None if another compaction merged some of them first. The
+        last step also drops the `settled` range deletes whose entries are now gone
+        everywhere (until then the clipped inputs may still hold some)."""
         before = {r.id: r for r in progress.inputs}
         if progress.output is not None:
             before[progress.output.id] = progress.output
@@ -705,6 +774,7 @@ class Compactor:
                 add=(*(() if ref is None else (ref,)), *remaining),
                 remove=frozenset(before),
                 history_floor=floor,
+                drop_ranges=[] if remaining else ranges_to_drop(base, settled, frozenset(before)),
             )
             await self._manifests.compare_and_swap(new, etag)
             return new.version

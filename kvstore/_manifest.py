@@ -22,11 +22,16 @@ import msgpack
 
 from ._envelope import seal, unseal
 from ._errors import CorruptionError
+from ._ranges import KeyRange, RangeTombstone, cover, range_bytes, with_new
 
 # 2: segment rows may carry an inline segment; 3: rows may name a sorted run;
-# 4: rows may be clipped (formats 1 to 3 are still read).
-FORMAT = 4  # format 4: a segment row may be clipped; written only then, else format 3
-_UNCLIPPED = 3
+# 4: range deletes (`range_deletes`, and commit records listing the ranges they
+# deleted) and clipped segment rows (a compaction in steps). Formats 1-3 are still
+# read. A manifest with neither is still written as format 3, so such stores stay
+# readable by releases before format 4; one that has them must not be (they would
+# show deleted keys, miss conflicts, or read a clipped source's keys twice).
+FORMAT = 4
+_FORMAT_3 = 3
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
@@ -128,6 +133,9 @@ class CommitRecord:
     keys: tuple[bytes, ...] | None  # sorted; None when only the range is recorded
     meta: dict[str, Any] | None = None
     txn_count: int = 1  # transactions the commit carried
+    # The [start, end) ranges the commit deleted (range deletes: a write of every key in
+    # them). Exact while the record lists its keys; one covering range otherwise.
+    ranges: tuple[KeyRange, ...] = ()
 
     @property
     def job(self) -> str | None:
@@ -136,6 +144,14 @@ class CommitRecord:
 
     def wrote_any(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Whether this commit wrote one of `keys` or a key in one of the [start, end) ranges."""
+        if self.ranges:
+            ranges = list(ranges)
+            keys = list(keys)
+            for start, end in self.ranges:
+                if any(start <= k and (end is None or k < end) for k in keys):
+                    return True
+                if any((end is None or s < end) and (e is None or start < e) for s, e in ranges):
+                    return True
         if self.key_count == 0:
             return False
         if self.keys is not None:
@@ -167,6 +183,9 @@ class Manifest:
     settings: dict[str, Any] = field(default_factory=dict)
     # Every version >= history_floor can be read exactly (compaction keeps them).
     history_floor: int = 0
+    # Live range deletes (`_ranges.py`), oldest first; compaction drops them once
+    # nothing they hide is left.
+    range_deletes: tuple[RangeTombstone, ...] = ()
 
     @property
     def inline_bytes(self) -> int:
@@ -204,11 +223,16 @@ class Manifest:
         add: Sequence[SegmentRef] = (),
         remove: frozenset[str] = frozenset(),
         history_floor: int | None = None,
+        delete_ranges: Sequence[KeyRange] = (),
+        drop_ranges: Iterable[RangeTombstone] = (),
     ) -> Manifest:
         """The manifest after committing `record` at version + 1.
 
         `add` takes the place of the first removed segment, or goes in front
         (the list is newest first; equal versions are ordered by position).
+        `delete_ranges` become range tombstones at the record's version (the
+        record may list them only by a covering range); `drop_ranges` leave (a
+        compaction removed everything they hid).
         """
         assert record.version == self.version + 1, "I3: a commit must increase the version by one"
         log = (*self.log, record)
@@ -231,6 +255,11 @@ class Manifest:
             log=log,
             log_start=log_start,
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
+            range_deletes=with_new(
+                self.range_deletes,
+                [RangeTombstone(start, end, record.version) for start, end in delete_ranges],
+                drop_ranges,
+            ),
         )
         object.__setattr__(new, "_log_key_bytes", key_bytes)  # carried forward, not re-summed
         cached = self.__dict__.get("_packed_log")
@@ -253,9 +282,10 @@ def _within_keys_budget(log: tuple[CommitRecord, ...], total: int) -> tuple[tupl
     for i, r in enumerate(trimmed):
         if total <= LOG_KEYS_BUDGET_BYTES:
             break
-        if r.keys is not None:
+        if r.keys is not None or len(r.ranges) > 1:
             total -= _key_bytes(r)
-            trimmed[i] = replace(r, keys=None)
+            trimmed[i] = replace(r, keys=None, ranges=cover(r.ranges))
+            total += _key_bytes(trimmed[i])
     return tuple(trimmed), total, True
 
 
@@ -271,7 +301,7 @@ def _log_key_bytes(m: Manifest) -> int:
 def _key_bytes(r: CommitRecord) -> int:
     cached: int | None = r.__dict__.get("_key_bytes")
     if cached is None:
-        cached = 0 if r.keys is None else sum(map(len, r.keys))
+        cached = (0 if r.keys is None else sum(map(len, r.keys))) + range_bytes(r.ranges)
         object.__setattr__(r, "_key_bytes", cached)  # a cache on a frozen, immutable row
     return cached
 
@@ -288,15 +318,17 @@ def encode_manifest(m: Manifest) -> bytes:
         "settings": m.settings,
         "history_floor": m.history_floor,
     }
-    parts = [packer.pack_map_header(len(head) + 2)]
+    ranges = bool(m.range_deletes) or any(r.ranges for r in m.log)
+    parts = [packer.pack_map_header(len(head) + 2 + bool(m.range_deletes))]
     for key, value in head.items():
         parts += [packer.pack(key), packer.pack(value)]
     parts += [packer.pack("segments"), packer.pack_array_header(len(m.segments))]
     parts += [_packed(s, _segment_row) for s in m.segments]
     parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
-    # Readers before format 4 would read a clipped source's keys below its range.
-    fmt = FORMAT if any(s.clipped for s in m.segments) else _UNCLIPPED
-    return seal(_MAGIC, fmt, b"".join(parts))
+    if m.range_deletes:
+        parts += [packer.pack("range_deletes"), packer.pack([t.row() for t in m.range_deletes])]
+    needs_4 = ranges or any(s.clipped for s in m.segments)
+    return seal(_MAGIC, FORMAT if needs_4 else _FORMAT_3, b"".join(parts))
 
 
 def _packed_log(m: Manifest) -> bytes:
@@ -319,7 +351,7 @@ def _segment_row(s: SegmentRef) -> list[Any]:
 
 def _record_row(r: CommitRecord) -> list[Any]:
     keys = None if r.keys is None else list(r.keys)
-    return [
+    row = [
         r.version,
         r.time,
         list(r.txn_ids),
@@ -331,6 +363,7 @@ def _record_row(r: CommitRecord) -> list[Any]:
         r.meta,
         r.txn_count,
     ]
+    return [*row, [list(kr) for kr in r.ranges]] if r.ranges else row
 
 
 def _packed(row: Any, to_list: Any) -> bytes:
@@ -365,10 +398,12 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
                     r[6],
                     None if r[7] is None else tuple(r[7]),
                     r[8],
-                    r[9] if len(r) > 9 else len(r[2]),
-                )  # format 1: every id listed
+                    r[9] if len(r) > 9 else len(r[2]),  # format 1: every id listed
+                    tuple((start, end) for start, end in r[10]) if len(r) > 10 else (),  # format 4
+                )
                 for r in doc["log"]
             ),
+            range_deletes=tuple(RangeTombstone(s, e, v) for s, e, v in doc.get("range_deletes", ())),
         )
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptionError(

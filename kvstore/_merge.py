@@ -10,7 +10,7 @@ Compaction applies its own retention rule to `merge`'s output instead
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import total_ordering
 
 from ._segment_store import Entry
@@ -59,16 +59,19 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         yield batch
 
 
-async def visible(batches: AsyncIterator[list[Entry]], version: int) -> AsyncIterator[tuple[bytes, bytes]]:
+async def visible(
+    batches: AsyncIterator[list[Entry]], version: int, hidden: Callable[[bytes, int], bool] | None = None
+) -> AsyncIterator[tuple[bytes, bytes]]:
     """Live (key, value) pairs as of `version` from merged entries: per key the
-    newest entry at or below `version`; a tombstone hides the key."""
+    newest entry at or below `version`; a tombstone hides the key, and so does
+    `hidden(key, entry_version)` (a range delete, `_ranges.RangeIndex.hides`)."""
     last_key: bytes | None = None
     async for entries in batches:
         for key, entry_version, value in entries:
             if key == last_key or entry_version > version:
                 continue  # an older version of a key already decided, or too new
             last_key = key
-            if value is not None:
+            if value is not None and (hidden is None or not hidden(key, entry_version)):
                 yield key, value
 
 

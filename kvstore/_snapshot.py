@@ -12,6 +12,7 @@ from ._errors import ValidationError
 from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
 from ._options import StoreOptions
+from ._ranges import RangeIndex
 from ._segment import probe
 from ._segment_store import NOT_CACHED, Miss, scan_readahead
 from ._sources import Sources
@@ -37,6 +38,7 @@ class SnapshotView:
         # Newest first: for commit segments this is commit order.
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)
         self._overlapping = _any_overlap(self._refs)
+        self._ranges = RangeIndex(manifest.range_deletes, self.version)
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
@@ -47,9 +49,12 @@ class SnapshotView:
         # is cheaper to search than to filter when its block is cached; `get` still
         # filters before fetching a block.
         key_probe = probe(key) if self._overlapping else None
+        floor = self._ranges.floor(key) if self._ranges else 0  # older entries are range-deleted
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # no older segment can hold a newer entry
+            if ref.max_version < floor:
+                break  # this one and every older one hold only range-deleted entries of `key`
             if not ref.min_key <= key <= ref.max_key:
                 continue
             found = segments.get_cached(ref, key, key_probe, version)
@@ -57,7 +62,7 @@ class SnapshotView:
                 found = await segments.get(ref, key, key_probe or probe(key), version)
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None else best[1]
+        return None if best is None or best[0] < floor else best[1]
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` in order (None: absent or deleted); a key may repeat.
@@ -96,9 +101,12 @@ class SnapshotView:
     def _get_cached(self, key: bytes) -> bytes | None | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
         best: tuple[int, bytes | None] | None = None
+        floor = self._ranges.floor(key) if self._ranges else 0
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # as in `get`
+            if ref.max_version < floor:
+                break
             if not ref.min_key <= key <= ref.max_key:
                 continue
             found = self._segments.get_cached(ref, key, None, self.version)
@@ -106,16 +114,27 @@ class SnapshotView:
                 return NOT_CACHED
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None else best[1]
+        return None if best is None or best[0] < floor else best[1]
 
     def scan(
         self, start: bytes | None, end: bytes | None, *, reverse: bool = False
     ) -> AsyncIterator[tuple[bytes, bytes]]:
-        """Live (key, value) pairs in [start, end), in key order (or reversed)."""
+        """Live (key, value) pairs in [start, end), in key order (or reversed).
+
+        A source is read only outside the ranges deleted after its newest entry
+        (`RangeIndex.unhidden`): a scan over a deleted range reads none of the blocks
+        that the range delete hid, even before compaction removes them."""
         refs = [r for r in self._refs if r.overlaps(start, end)]
         readahead = scan_readahead(len(refs))
-        sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
-        return visible(merge(sources, reverse=reverse), self.version)
+        if not self._ranges:
+            sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
+            return visible(merge(sources, reverse=reverse), self.version)
+        sources = []
+        for ref in refs:
+            pieces = [(lo, hi) for lo, hi in self._ranges.unhidden(ref.max_version, start, end) if ref.overlaps(lo, hi)]
+            if pieces:
+                sources.append(self._segments.blocks_in(ref, pieces, reverse, readahead=readahead))
+        return visible(merge(sources, reverse=reverse), self.version, self._ranges.hides)
 
 
 class Snapshot:

@@ -99,6 +99,21 @@ class Sources:
             ):
                 yield entries
 
+    async def blocks_in(
+        self,
+        ref: SegmentRef,
+        pieces: Sequence[tuple[bytes | None, bytes | None]],
+        reverse: bool,
+        *,
+        fill_cache: bool = True,
+        readahead: int | None = None,
+    ) -> AsyncIterator[list[Entry]]:
+        """`blocks` of `ref` in each of the disjoint, ascending key ranges `pieces` (the parts
+        of a range that range deletes leave to read, `RangeIndex.unhidden`), in scan order."""
+        for start, end in reversed(pieces) if reverse else pieces:
+            async for entries in self.blocks(ref, start, end, reverse, fill_cache=fill_cache, readahead=readahead):
+                yield entries
+
     async def _load_run(self, ref: SegmentRef) -> tuple[Run, int]:
         name = self._layout.run(ref.id)
         run = decode_run(await self.segments.read(name), ref.level, name, ref.commit_version)

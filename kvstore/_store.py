@@ -20,7 +20,7 @@ from collections.abc import (
     Generator,
     Iterable,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -108,18 +108,36 @@ class Change:
     """A commit seen by `Store.watch`: its version and the watched keys it wrote.
 
     `keys` is None when the commit wrote too many keys for the log to list
-    them; rescan the watched range then.
+    them; rescan the watched range then. `deleted_ranges` are the [start, end)
+    ranges (end None: to the end of the key space) the commit range-deleted
+    (`delete_range`, `delete_prefix`), cut to the watched range: every key in
+    them is gone as of `version` (those it wrote again at once are in `keys`).
+    When `keys` is None the commit was too large for the log to list it
+    exactly, and `deleted_ranges` is at most one range holding all it deleted
+    (possibly more than it deleted): rescan then too.
     """
 
     version: int
     time: float
     keys: list[bytes] | None
+    deleted_ranges: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+
+
+def _deleted_ranges(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes | None]]:
+    """The ranges `record` deleted, cut to [lo, hi)."""
+    cut: list[tuple[bytes, bytes | None]] = []
+    for start, end in record.ranges:
+        a = start if lo is None else max(start, lo)
+        b = hi if end is None else end if hi is None else min(end, hi)
+        if b is None or a < b:
+            cut.append((a, b))
+    return cut
 
 
 def _changed_keys(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> list[bytes] | None:
     """The keys of `record` inside [lo, hi): None if it wrote nothing there."""
     if record.key_count == 0:
-        return None
+        return [] if _deleted_ranges(record, lo, hi) else None
     if record.keys is None:
         overlaps = (lo is None or record.max_key >= lo) and (hi is None or record.min_key < hi)
         return [] if overlaps else None
@@ -205,16 +223,27 @@ class Store:
 
     async def put(self, key: str | bytes, value: Any) -> int:
         """Write one key; returns the version it committed at."""
-        tx = self.transaction()
-        tx.put(key, value)
-        version = await tx.commit()
-        assert version is not None
-        return version
+        return await self._write_alone(lambda tx: tx.put(key, value))
 
     async def delete(self, key: str | bytes) -> int:
         """Delete one key (a missing key is not an error); returns the commit version."""
+        return await self._write_alone(lambda tx: tx.delete(key))
+
+    async def delete_range(self, start: str | bytes, end: str | bytes | None) -> int:
+        """Delete every key in [start, end) (`end` None: every key from `start` on) in one
+        commit; returns its version. See `Transaction.delete_range`: one small commit
+        (one manifest PUT) however many keys the range holds."""
+        return await self._write_alone(lambda tx: tx.delete_range(start, end))
+
+    async def delete_prefix(self, prefix: str | bytes) -> int:
+        """Delete every key starting with `prefix` in one commit; returns its version.
+        See `Transaction.delete_prefix`."""
+        return await self._write_alone(lambda tx: tx.delete_prefix(prefix))
+
+    async def _write_alone(self, write: Callable[[Transaction], None]) -> int:
+        """Commit a transaction of one blind write (`write(tx)`); its version."""
         tx = self.transaction()
-        tx.delete(key)
+        write(tx)
         version = await tx.commit()
         assert version is not None
         return version
@@ -410,8 +439,12 @@ class Store:
             for record in await self._engine.commits_after(last):
                 last = record.version
                 keys = _changed_keys(record, lo, hi)
+                deleted = _deleted_ranges(record, lo, hi)
+                if keys is None and deleted:
+                    keys = []  # only a range delete met the watched range
                 if keys is not None:
-                    yield Change(record.version, record.time, keys if record.keys is not None else None)
+                    listed = keys if record.keys is not None else None
+                    yield Change(record.version, record.time, listed, deleted)
             await asyncio.sleep(interval)
 
     async def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:

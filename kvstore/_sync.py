@@ -239,6 +239,16 @@ class SyncTransaction:
         self._runner.check_process()
         self._tx.delete(key)
 
+    def delete_range(self, start: str | bytes, end: str | bytes | None) -> None:
+        """Blocking form of `Transaction.delete_range`."""
+        self._runner.check_process()
+        self._tx.delete_range(start, end)
+
+    def delete_prefix(self, prefix: str | bytes) -> None:
+        """Blocking form of `Transaction.delete_prefix`."""
+        self._runner.check_process()
+        self._tx.delete_prefix(prefix)
+
     def scan(
         self,
         prefix: str | bytes | None = None,
@@ -402,6 +412,16 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.delete`."""
         store, runner = self._live()
         return runner.run(store.delete(key))
+
+    def delete_range(self, start: str | bytes, end: str | bytes | None) -> int:
+        """Blocking form of `Store.delete_range`."""
+        store, runner = self._live()
+        return runner.run(store.delete_range(start, end))
+
+    def delete_prefix(self, prefix: str | bytes) -> int:
+        """Blocking form of `Store.delete_prefix`."""
+        store, runner = self._live()
+        return runner.run(store.delete_prefix(prefix))
 
     def scan(
         self,

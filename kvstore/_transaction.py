@@ -15,10 +15,15 @@ from ._commit import CommitRequest
 from ._engine import Engine
 from ._errors import ConflictError, ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
 from ._nesting import Scope, enter, leave, note_commit, retryable
+from ._ranges import KeyRange, in_ranges, normalized
 from ._snapshot import SnapshotView
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
 _log = logging.getLogger("kvstore")
+# Ranges one transaction may delete (after joining those that overlap). Each is a row
+# of the manifest until compaction drops it, and the manifest is uploaded by every
+# commit: deleting many scattered ranges is a job for several transactions.
+MAX_RANGE_DELETES = 1000
 
 
 class Transaction:
@@ -59,6 +64,7 @@ class Transaction:
         self._read_ranges: list[tuple[bytes, bytes | None]] = []
         self._writes: dict[bytes, bytes | None] = {}
         self._write_bytes = 0
+        self._range_deletes: list[KeyRange] = []  # joined, sorted; the writes above come after them
         self.committed_version: int | None = None
 
     @property
@@ -72,6 +78,8 @@ class Transaction:
         k = encode_key(key, self._options.max_key_bytes)
         if k in self._writes:
             raw = self._writes[k]
+        elif self._range_deletes and in_ranges(k, self._range_deletes):
+            raw = None  # deleted here: nothing stored decides it, so it is no read
         else:
             view = await self._snapshot()
             self._read_keys.add(k)
@@ -85,14 +93,15 @@ class Transaction:
         written here are read together (`Snapshot.get_many`)."""
         self._check_open()
         ks = encode_keys(keys, self._options.max_key_bytes)
-        unwritten = [k for k in ks if k not in self._writes]
+        own = self._range_deletes
+        unwritten = [k for k in ks if k not in self._writes and not (own and in_ranges(k, own))]
         read: dict[bytes, bytes | None] = {}
         if unwritten:
             view = await self._snapshot(unwritten)
             self._read_keys.update(unwritten)
             read = dict(zip(unwritten, await view.get_many(unwritten), strict=True))
         values, url = self._values, self._url
-        raws = [self._writes[k] if k in self._writes else read[k] for k in ks]
+        raws = [self._writes[k] if k in self._writes else read.get(k) for k in ks]
         return [default if raw is None else decode_value(raw, values, k, url) for k, raw in zip(ks, raws, strict=True)]
 
     def put(self, key: str | bytes, value: Any) -> None:
@@ -105,6 +114,28 @@ class Transaction:
         """Buffer a deletion of `key` (deleting a missing key is not an error)."""
         self._check_open()
         self._buffer(encode_key(key, self._options.max_key_bytes), None)
+
+    def delete_range(self, start: str | bytes, end: str | bytes | None) -> None:
+        """Buffer a deletion of every key in [start, end) (`end` None: every key from `start` on).
+
+        However many keys it deletes, the commit records only the range (a range
+        tombstone in the manifest: a commit of a few hundred bytes, one request). A
+        later `put` in this transaction of a key in the range wins; earlier buffered
+        writes there are dropped. It is a write of every key in the range: a
+        transaction that read one of them, or scanned into the range, and commits
+        after it conflicts. Raises ValidationError if `end` is not after `start`.
+        """
+        self._check_open()
+        limit = self._options.max_key_bytes
+        lo = b"" if start in (b"", "") else encode_key(start, limit)  # "": from the first key
+        self._delete_range(lo, None if end is None else encode_key(end, limit))
+
+    def delete_prefix(self, prefix: str | bytes) -> None:
+        """Buffer a deletion of every key starting with `prefix` (`delete_range` of the
+        prefix's keys; the empty prefix deletes every key)."""
+        self._check_open()
+        lo, hi = key_range(self._options.max_key_bytes, prefix, None, None)
+        self._delete_range(lo or b"", hi)
 
     async def scan(
         self,
@@ -129,6 +160,9 @@ class Transaction:
         own = sorted((k, v) for k, v in self._writes.items() if (lo is None or k >= lo) and (hi is None or k < hi))
         if reverse:
             own.reverse()
+        stored = view.scan(lo, hi, reverse=reverse)
+        if self._range_deletes:
+            stored = _outside(stored, list(self._range_deletes))
         # The read set grows before each pair is handed out, not when the
         # iteration ends: an abandoned async generator is finalised late.
         slot = len(self._read_ranges)
@@ -136,7 +170,7 @@ class Transaction:
         count = 0
         if limit == 0:
             return
-        async for key, raw in _overlay(view.scan(lo, hi, reverse=reverse), own, reverse):
+        async for key, raw in _overlay(stored, own, reverse):
             self._read_ranges[slot] = (key, hi) if reverse else (lo or b"", key + b"\x00")
             if raw is None:
                 continue
@@ -152,7 +186,7 @@ class Transaction:
         Raises ConflictError if another commit changed what this transaction read.
         """
         self._check_open()
-        if not self._writes:
+        if not self._writes and not self._range_deletes:
             self._state = _COMMITTED
             return None
         self._state = _COMMITTING
@@ -166,6 +200,7 @@ class Transaction:
             writes=self._writes,
             values=self._values,
             meta=self._meta,
+            range_deletes=list(self._range_deletes),
         )
         try:
             self.committed_version = await self._engine.commit(request)
@@ -196,6 +231,8 @@ class Transaction:
 
     def __del__(self) -> None:
         writes = getattr(self, "_writes", None)
+        if getattr(self, "_range_deletes", None) and not writes:
+            writes = {start: None for start, _ in self._range_deletes}  # named by where they start
         if getattr(self, "_state", None) != _OPEN or not writes or self._engine.forked:
             return  # in a forked child this is a copy: the parent's transaction is the one that counts
         keys = ", ".join(repr(k) for k in list(writes)[:3]) + (", ..." if len(writes) > 3 else "")
@@ -216,6 +253,24 @@ class Transaction:
             self._view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
             self._started = time.monotonic()
         return self._view
+
+    def _delete_range(self, start: bytes, end: bytes | None) -> None:
+        if self._read_only:
+            raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
+        if end is not None and end <= start:
+            raise ValidationError(
+                f"delete_range needs end after start (got start={start!r}, end={end!r}); "
+                "pass end=None to delete every key from start on"
+            )
+        joined = normalized([*self._range_deletes, (start, end)])
+        if len(joined) > MAX_RANGE_DELETES:
+            raise TransactionTooLargeError(
+                f"transaction deletes more than {MAX_RANGE_DELETES} separate key ranges; "
+                "split it into several transactions (each range is a row of the manifest until compaction)"
+            )
+        for key in [k for k in self._writes if start <= k and (end is None or k < end)]:
+            self._write_bytes -= len(key) + len(self._writes.pop(key) or b"")
+        self._range_deletes = joined
 
     def _buffer(self, key: bytes, value: bytes | None) -> None:
         if self._read_only:
@@ -262,6 +317,15 @@ async def _overlay(
     while i < len(own):
         yield own[i]
         i += 1
+
+
+async def _outside(
+    stored: AsyncIterator[tuple[bytes, bytes]], ranges: list[KeyRange]
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The stored pairs whose keys the transaction has not range-deleted."""
+    async for key, value in stored:
+        if not in_ranges(key, ranges):
+            yield key, value
 
 
 class TransactAttempts:

@@ -99,7 +99,8 @@ async def wait_for_marker(marker: Path, child: Any, timeout: float) -> None:
 
 
 def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) -> None:
-    """Commit {n: n+1, a, b, c} (the transaction `crash-test`) and get killed at `step`."""
+    """Commit {n: n+1, a, b, c} and a delete of the prefix gone/ (the transaction
+    `crash-test`) and get killed at `step`."""
 
     async def main() -> None:
         segment_objects = kvstore.StoreOptions(inline_segment_bytes=0)  # so that "segment-written" exists
@@ -115,6 +116,7 @@ def commit_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) 
                 tx.put("n", n + 1)
                 for key in ("a", "b", "c"):
                     tx.put(key, "written")
+                tx.delete_prefix("gone/")  # the commit carries a range tombstone
         raise AssertionError("the stalling store should have stopped this commit")
 
     asyncio.run(main())

@@ -43,6 +43,9 @@ RETRY = kvstore.RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.005)
 OPTIONS = kvstore.StoreOptions(retry=RETRY, auto_compact=False, inline_segment_bytes=0)
 INLINE = kvstore.StoreOptions(retry=RETRY, auto_compact=False)
 KEYS = ("a", "b", "c")
+# Keys the crash-test transaction deletes with one range delete (`delete_prefix("gone/")`),
+# so that every crash point covers a commit carrying a range tombstone.
+GONE = ("gone/1", "gone/2")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -50,10 +53,12 @@ KEYS = ("a", "b", "c")
 
 @dataclass
 class StoreState:
-    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written)."""
+    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written,
+    the prefix gone/ deleted)."""
 
     n: int
     values: list[Any]
+    gone: list[Any]
     other: Any
     version: int
     txn_in_log: int  # times the transaction's id appears in the commit log
@@ -62,15 +67,19 @@ class StoreState:
     @property
     def present(self) -> bool:
         """Fully present (True) or fully absent (False); anything partial fails here."""
-        if self.n == 1 and self.values == ["written"] * len(KEYS):
+        if self.n == 1 and self.values == ["written"] * len(KEYS) and self.gone == [None] * len(GONE):
             return True
-        assert (self.n, self.values) == (0, [None] * len(KEYS)), f"partially applied: {self}"
+        assert (self.n, self.values, self.gone) == (0, [None] * len(KEYS), ["old"] * len(GONE)), (
+            f"partially applied: {self}"
+        )
         return False
 
 
 async def _setup(target: Target) -> None:
-    async with target.open(values="msgpack", options=OPTIONS) as db:
-        await db.put("n", 0)  # version 1
+    async with target.open(values="msgpack", options=OPTIONS) as db, db.transaction() as tx:
+        tx.put("n", 0)  # version 1
+        for key in GONE:
+            tx.put(key, "old")
 
 
 async def _segment_objects(store: Any) -> set[str]:
@@ -88,6 +97,7 @@ async def _state(target: Target, txn_id: bytes | None, written: set[str]) -> Sto
         return StoreState(
             n=await snap.get("n"),
             values=[await snap.get(k) for k in KEYS],
+            gone=[await snap.get(k) for k in GONE],
             other=await snap.get("other"),
             version=snap.version,
             txn_in_log=in_log,
@@ -266,6 +276,7 @@ async def test_crash_point_leaves_the_transaction_all_or_nothing_and_at_most_onc
         tx.put("n", n + 1)
         for key in KEYS:
             tx.put(key, "written")
+        tx.delete_prefix("gone/")
         if point.concurrent:
             async with target.open(values="msgpack", options=OPTIONS) as other:
                 await other.put("other", 1)
@@ -318,6 +329,8 @@ async def test_compaction_crash_point_changes_no_data(tmp_path: Path, name: str)
             await db.put(key, value)
         await db.delete("k0")
         del expected["k0"]
+        await db.delete_range("k4", "k5")  # a range tombstone the compaction meets
+        del expected["k4"]
         before = db.version
         segments_before = len(engine_of(db).manifest.segments)  # white-box
     made: list[FaultInjectingStore] = []
@@ -349,10 +362,11 @@ async def test_sigkill_at_a_commit_step(durable_target: Target, tmp_path: Path, 
         log = engine_of(db).manifest.log  # white-box: find the transaction by its meta
         mine = [r for r in log if r.meta and {"name": "crash-test"} in r.meta.get("txns", [])]
         n, values = await db.get("n"), [await db.get(k) for k in KEYS]
+        gone = [await db.get(k) for k in GONE]
     if step == "cas-applied":
-        assert (n, values, len(mine)) == (1, ["written"] * 3, 1)  # fully present, once
+        assert (n, values, gone, len(mine)) == (1, ["written"] * 3, [None] * 2, 1)  # fully present, once
     else:
-        assert (n, values, len(mine)) == (0, [None] * 3, 0)  # fully absent
+        assert (n, values, gone, len(mine)) == (0, [None] * 3, ["old"] * 2, 0)  # fully absent
 
 
 # --------------------------------------------------------------------------- campaign
