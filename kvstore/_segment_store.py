@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ._cache import ByteLRU
@@ -105,6 +106,8 @@ class SegmentStore:
         self._layout = layout
         self._cache = cache
         self._disk = disk  # below the memory cache: bytes fetched, by object and range
+        # Read-ahead windows being fetched, by segment id: (start, end, bytes to come)
+        self._windows: dict[str, list[tuple[int, int, asyncio.Future[bytes]]]] = {}
 
     def object_name(self, segment_id: str) -> str:
         return self._layout.segment(segment_id)
@@ -284,55 +287,138 @@ class SegmentStore:
     async def _read_ahead(
         self, cache: _Cache, ref: SegmentRef, steps: AsyncIterator[tuple[IndexPartition, int]], readahead: int
     ) -> AsyncGenerator[Block, None]:
-        """The blocks `steps` names, in order. A cached block is used as it is; the others
-        are fetched in windows: consecutive uncached blocks whose bytes span at most the
-        window's size, in one ranged GET (the index partitions between them come along),
-        READAHEAD_WINDOWS windows ahead of the one consumed. Windows start at one block and
-        double up to `readahead` bytes."""
-        name = self.object_name(ref.id)
-        # (blocks of a window, its GET under way, where its bytes start); a cached block
-        # is a window of its own whose bytes are not needed
-        pending: deque[tuple[list[tuple[IndexPartition, int]] | Block, asyncio.Future[bytes] | None, int]] = deque()
+        """The blocks `steps` names, in order. A block cached in memory (or on disk) is used
+        as it is; the others are fetched in windows: consecutive blocks whose bytes span at
+        most the window's size, in one ranged GET (the index partitions between them come
+        along). A block inside a window another scan of this process is fetching joins that
+        GET. Windows start at one block and double up to `readahead` bytes; one is fetched
+        until the first block is consumed (a scan with a small limit reads no more than it
+        needs), then READAHEAD_WINDOWS are fetched or held at once."""
+        pending: deque[_Pending] = deque()
+        upcoming: deque[tuple[IndexPartition, int]] = deque()  # steps taken from `steps`, not yet placed
         window = 0  # bytes; 0: the next window is a single block
-        step = await anext(steps, None)
+        ahead = 1
+
+        async def peek() -> tuple[IndexPartition, int] | None:
+            if not upcoming:
+                step = await anext(steps, None)  # may load the next index partition
+                if step is None:
+                    return None
+                upcoming.append(step)
+            return upcoming[0]
+
+        def cached(step: tuple[IndexPartition, int]) -> bool:
+            return cache.get(("block", ref.id, step[1])) is not None
+
         try:
-            while step is not None or pending:
-                while step is not None and len(pending) < READAHEAD_WINDOWS:
-                    cached: Block | None = cache.get(("block", ref.id, step[1]))
-                    if cached is not None:
-                        pending.append((cached, None, 0))
-                        step = await anext(steps, None)
+            while pending or await peek() is not None:
+                while len(pending) < ahead and (step := await peek()) is not None:
+                    found = await self._held_block(cache, ref, *step)
+                    if found is not None:
+                        pending.append(_Pending([upcoming.popleft()], found))
                         continue
-                    group = [step]
-                    lo, hi = step[0].span(step[1])
-                    step = await anext(steps, None)
-                    while step is not None and cache.get(("block", ref.id, step[1])) is None:
-                        begin, end = step[0].span(step[1])
-                        if max(hi, end) - min(lo, begin) > window:
+                    joined = self._in_flight(ref.id, *step[0].span(step[1]))
+                    group = [upcoming.popleft()]
+                    if joined is not None:  # the blocks inside the window joined
+                        lo, hi, fetch = joined
+                        while (step := await peek()) is not None and not cached(step):
+                            begin, end = step[0].span(step[1])
+                            if not (lo <= begin and end <= hi):
+                                break
+                            group.append(upcoming.popleft())
+                        pending.append(_Pending(group, fetch, lo))
+                        continue
+                    while (step := await peek()) is not None and not cached(step):
+                        lo, hi = _bounds([*group, step])
+                        if hi - lo > window:
                             break
-                        group.append(step)
-                        lo, hi = min(lo, begin), max(hi, end)
-                        step = await anext(steps, None)
-                    window_get = asyncio.ensure_future(self._read(cache, ref, lo, hi))
-                    window_get.add_done_callback(_retrieve)  # an abandoned scan must not warn
-                    pending.append((group, window_get, lo))
+                        group.append(upcoming.popleft())
+                    # Taking steps awaited (index partitions): blocks another walk started
+                    # fetching, or cached, meanwhile go back, to be joined or used.
+                    taken = next(
+                        (i for i, st in enumerate(group) if cached(st) or self._in_flight(ref.id, *st[0].span(st[1]))),
+                        len(group),
+                    )
+                    upcoming.extendleft(reversed(group[taken:]))
+                    if not taken:
+                        continue
+                    lo, hi = _bounds(group[:taken])
+                    pending.append(_Pending(group[:taken], self._start_window(cache, ref, lo, hi), lo, own=True))
                     window = min(max(2 * window, hi - lo), readahead)
-                blocks, fetch, lo = pending.popleft()
-                if fetch is None:
-                    assert isinstance(blocks, Block)
-                    yield blocks
-                    continue
-                assert not isinstance(blocks, Block)
-                data = await fetch
-                for part, block_no in blocks:
-                    begin, end = part.span(block_no)
-                    block = decode_block(data[begin - lo : end - lo], name, block_no)
-                    cache.put(("block", ref.id, block_no), block, block.size)
-                    yield block
+                item = pending.popleft()
+                if isinstance(item.source, Block):
+                    yield item.source
+                else:
+                    for block in await self._window_blocks(cache, ref, item):
+                        yield block
+                ahead = READAHEAD_WINDOWS
         finally:
-            for _, unread, _ in pending:
-                if unread is not None:
-                    unread.cancel()
+            for item in pending:
+                if item.own:
+                    assert isinstance(item.source, asyncio.Future)
+                    item.source.cancel()  # a walk that joined it may still need it: it fetches again
+
+    async def _held_block(self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int) -> Block | None:
+        """The block if the memory cache or the disk cache holds it."""
+        block: Block | None = cache.get(("block", ref.id, block_no))
+        if block is not None or self._disk is None:
+            return block
+        name = self.object_name(ref.id)
+        data = await self._disk.get(self._disk_key(name, part.span(block_no)))
+        if data is None:
+            return None
+        block = decode_block(data, name, block_no)
+        cache.put(("block", ref.id, block_no), block, block.size)
+        return block
+
+    def _in_flight(self, segment_id: str, begin: int, end: int) -> tuple[int, int, asyncio.Future[bytes]] | None:
+        """A window of the segment being fetched that holds bytes [begin, end)."""
+        return next((w for w in self._windows.get(segment_id, ()) if w[0] <= begin and end <= w[1]), None)
+
+    def _start_window(self, cache: _Cache, ref: SegmentRef, lo: int, hi: int) -> asyncio.Future[bytes]:
+        """Fetch bytes [lo, hi) of a segment in the background, known to other scans until
+        its blocks are in the cache (`_window_blocks`) or the fetch failed."""
+        fetch = asyncio.ensure_future(self._read(cache, ref, lo, hi, disk=False))
+        self._windows.setdefault(ref.id, []).append((lo, hi, fetch))
+
+        def done(future: asyncio.Future[bytes]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                self._forget_window(ref.id, future)
+
+        fetch.add_done_callback(done)
+        return fetch
+
+    def _forget_window(self, segment_id: str, fetch: asyncio.Future[bytes]) -> None:
+        windows = self._windows.get(segment_id, [])
+        windows[:] = [w for w in windows if w[2] is not fetch]
+        if not windows:
+            self._windows.pop(segment_id, None)
+
+    async def _window_blocks(self, cache: _Cache, ref: SegmentRef, item: _Pending) -> list[Block]:
+        """The blocks of a window, decoded (and put in the caches) once its bytes arrived.
+        A joined window whose own scan gave it up is fetched again."""
+        assert isinstance(item.source, asyncio.Future)
+        try:
+            data, lo = await asyncio.shield(item.source), item.lo
+        except asyncio.CancelledError:
+            if not item.source.cancelled():
+                raise  # this scan is the one cancelled
+            first, last = item.steps[0], item.steps[-1]
+            lo, hi = first[0].span(first[1])[0], last[0].span(last[1])[1]
+            data = await self._read(cache, ref, lo, hi, disk=False)
+        name = self.object_name(ref.id)
+        blocks = []
+        for part, block_no in item.steps:
+            begin, end = part.span(block_no)
+            raw = data[begin - lo : end - lo]
+            block = decode_block(raw, name, block_no)
+            cache.put(("block", ref.id, block_no), block, block.size)
+            if self._disk is not None:  # by block, as point reads look for it
+                await self._disk.put(self._disk_key(name, (begin, end)), raw)
+            blocks.append(block)
+        if item.own:  # its blocks are cached now (unless the cache is an _Overlay: then they go)
+            self._forget_window(ref.id, item.source)
+        return blocks
 
     async def _walk(
         self, cache: _Cache, ref: SegmentRef, top: TopIndex, start: bytes | None, end: bytes | None, reverse: bool
@@ -384,12 +470,15 @@ class SegmentStore:
             ("block", ref.id, block_no), lambda: self._load_block(cache, ref, part, block_no)
         )
 
+    def _disk_key(self, name: str, byte_range: tuple[int, int] | None) -> str:
+        return f"{self._objects.description}/{name}" + (
+            "" if byte_range is None else f"@{byte_range[0]}-{byte_range[1]}"
+        )
+
     async def _fetch(self, name: str, byte_range: tuple[int, int] | None = None) -> bytes:
         if self._disk is None:
             return await self._get(name, byte_range)
-        key = f"{self._objects.description}/{name}" + (
-            "" if byte_range is None else f"@{byte_range[0]}-{byte_range[1]}"
-        )
+        key = self._disk_key(name, byte_range)
         data = await self._disk.get(key)
         if data is None:
             data = await self._get(name, byte_range)
@@ -408,13 +497,15 @@ class SegmentStore:
         assert blob is not None
         return blob.data
 
-    async def _read(self, cache: _Cache, ref: SegmentRef, begin: int, end: int) -> bytes:
+    async def _read(self, cache: _Cache, ref: SegmentRef, begin: int, end: int, *, disk: bool = True) -> bytes:
         """Bytes [begin, end) of a segment: sliced from bytes already held when they cover
-        them, else a ranged GET."""
+        them, else a ranged GET (through the disk cache, unless `disk` is False: a
+        read-ahead window is kept there block by block instead)."""
         held: Held | None = (0, ref.inline) if ref.inline is not None else cache.get(("raw", ref.id))
         if held is not None and held[0] <= begin and end <= held[0] + len(held[1]):
             return held[1][begin - held[0] : end - held[0]]
-        return await self._fetch(self.object_name(ref.id), (begin, end))
+        name = self.object_name(ref.id)
+        return await (self._fetch(name, (begin, end)) if disk else self._get(name, (begin, end)))
 
     async def _load_index(self, cache: _Cache, ref: SegmentRef) -> tuple[TopIndex, int]:
         top, only = await self._read_index(cache, ref)
@@ -463,6 +554,23 @@ class SegmentStore:
     ) -> tuple[Block, int]:
         block = decode_block(await self._read(cache, ref, *part.span(block_no)), self.object_name(ref.id), block_no)
         return block, block.size
+
+
+def _bounds(steps: Sequence[tuple[IndexPartition, int]]) -> tuple[int, int]:
+    """The bytes [start, end) that hold the blocks `steps` name."""
+    spans = [part.span(block_no) for part, block_no in steps]
+    return min(begin for begin, _ in spans), max(end for _, end in spans)
+
+
+@dataclass
+class _Pending:
+    """Blocks of a read-ahead walk on their way: held already (`source` is the one block),
+    or in a window GET under way whose bytes start at `lo`."""
+
+    steps: list[tuple[IndexPartition, int]]
+    source: Block | asyncio.Future[bytes]
+    lo: int = 0
+    own: bool = False  # this walk's GET (others may have joined it), not one it joined
 
 
 class _Cache(Protocol):

@@ -373,3 +373,60 @@ def test_a_compactions_read_ahead_keeps_four_sub_compactions_in_its_budget(budge
     if window < SCAN_READAHEAD_BYTES:  # the largest that fits: twice it would not
         bigger = sub_compaction_bytes(inputs, options.target_segment_bytes, 2 * window) * MAX_SUB_COMPACTIONS
         assert bigger > options.compaction_memory_bytes
+
+
+async def test_a_scan_that_stops_in_its_first_block_fetches_only_that_block() -> None:
+    seg = _Segment(DATA)
+    recording = _RecordingStore()
+    seg.objects = RetryingObjectStore(recording)
+    await seg.put()
+    store = seg.store()
+    await store.get(seg.ref, KEYS[-1], probe(KEYS[-1]), 1)  # the tail (index), as a scan finds it cached
+    recording.ranges.clear()
+    blocks = store.blocks(seg.ref, None, None, False)
+    first = await anext(blocks)
+    await blocks.aclose()  # a scan whose limit the first block met
+    assert first == ENTRIES[: len(first)]
+    partitions = {(TOP.offsets[p], TOP.offsets[p] + TOP.lengths[p]) for p in range(len(PARTS))}
+    # the first block, and no window ahead of what was consumed
+    assert [r for r in recording.ranges if r not in partitions] == [PARTS[0].span(0)]
+
+
+async def test_concurrent_scans_of_cold_blocks_fetch_each_once() -> None:
+    seg = _Segment(DATA)
+    recording = _RecordingStore()
+    seg.objects = RetryingObjectStore(recording)
+    await seg.put()
+    store = seg.store()
+    await store.get(seg.ref, KEYS[-1], probe(KEYS[-1]), 1)
+    recording.ranges.clear()
+    scans = await asyncio.gather(*(_scan(store, seg.ref, None, None, False) for _ in range(4)))
+    assert all(got == ENTRIES for got in scans)
+    partitions = {(TOP.offsets[p], TOP.offsets[p] + TOP.lengths[p]) for p in range(len(PARTS))}
+    windows = [r for r in recording.ranges if r not in partitions]
+    assert sum(hi - lo for lo, hi in windows) <= len(DATA)  # each block's bytes fetched once, for all four
+
+
+async def test_blocks_a_scan_read_ahead_are_in_the_disk_cache_for_point_reads(tmp_path: Path) -> None:
+    from kvstore._disk_cache import DiskCache
+
+    seg = _Segment(DATA)
+    recording = _RecordingStore()
+    seg.objects = RetryingObjectStore(recording)
+    await seg.put()
+    disk = DiskCache(str(tmp_path / "disk"), 64 * 1024 * 1024)
+    try:
+        assert (
+            await _scan(SegmentStore(seg.objects, seg.layout, ByteLRU(1024), disk), seg.ref, None, None, False)
+            == ENTRIES
+        )
+        fresh = SegmentStore(seg.objects, seg.layout, ByteLRU(256 * 1024 * 1024), disk)  # as another process
+        before = seg.gets()
+        for key in KEYS[::997]:
+            assert await fresh.get(seg.ref, key, probe(key), 1) == (1, VALUES[KEYS.index(key)])
+        assert seg.gets() == before  # the tail, partitions and blocks all came from the disk
+        recording.ranges.clear()
+        assert await _scan(fresh, seg.ref, None, None, True) == ENTRIES[::-1]
+        assert recording.ranges == []  # and a scan finds the blocks point reads or scans left there
+    finally:
+        disk.close()
