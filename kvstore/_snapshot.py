@@ -16,6 +16,7 @@ from ._segment import probe
 from ._segment_store import NOT_CACHED, Miss
 from ._sources import Sources
 from ._tasks import run_bounded
+from ._value_refs import StoredValue, ValueRef
 
 # Keys of one `get_many` read at once. Each has at most one GET of its own in flight
 # (keys sharing a block share its GET); a batch of 100 cold keys then issues its
@@ -40,7 +41,7 @@ class SnapshotView:
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
-        best: tuple[int, bytes | None] | None = None
+        best: tuple[int, StoredValue] | None = None
         segments, version = self._segments, self.version
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
@@ -57,7 +58,10 @@ class SnapshotView:
                 found = await segments.get(ref, key, key_probe or probe(key), version)
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None else best[1]
+        if best is None:
+            return None
+        value = best[1]
+        return await segments.values.read(value, key) if isinstance(value, ValueRef) else value
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` in order (None: absent or deleted); a key may repeat.
@@ -74,8 +78,8 @@ class SnapshotView:
         cold: list[bytes] = []
         for key in dict.fromkeys(keys):
             value = self._get_cached(key)
-            if value is NOT_CACHED:
-                cold.append(key)
+            if value is NOT_CACHED or isinstance(value, ValueRef):
+                cold.append(key)  # a value stored out of line is read by `get` (one GET)
             else:
                 found[key] = value
         if cold:
@@ -93,9 +97,10 @@ class SnapshotView:
                 firsts[key] = ref
         await run_bounded(lambda key: self._segments.locate(firsts[key], key), list(firsts), READS_IN_FLIGHT)
 
-    def _get_cached(self, key: bytes) -> bytes | None | Miss:
-        """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
-        best: tuple[int, bytes | None] | None = None
+    def _get_cached(self, key: bytes) -> StoredValue | Miss:
+        """`get` from the cache alone: NOT_CACHED when it would have to fetch something
+        (a reference to an out-of-line value is returned as it is)."""
+        best: tuple[int, StoredValue] | None = None
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # as in `get`
@@ -113,7 +118,7 @@ class SnapshotView:
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
         sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
-        return visible(merge(sources, reverse=reverse), self.version)
+        return visible(merge(sources, reverse=reverse), self.version, self._segments.values.read)
 
 
 class Snapshot:
