@@ -16,12 +16,11 @@ parallel parts or faster (the local backend writes parts twice), so parts
 start above that: S3's single PUT stops at 5 GB, and a failed part is resent
 alone.
 
-Reads: one GET of the whole object, as the range [0, length + 1) (a backend
-computes no ETag for a range: the local one would MD5 the value; one byte more
-than the reference's length reveals an object longer than it); a value of
-MULTIPART_MIN_BYTES or more as ranged GETs of VALUE_PART_BYTES,
-VALUE_PARTS_IN_FLIGHT at a time (the last one byte longer). The value is then
-checked against the reference's length and checksum. Values are not cached (a single large value would evict the
+Reads: one plain GET of the whole object (a ranged one was slower on
+LocalStack); a value of MULTIPART_MIN_BYTES or more as ranged GETs of
+VALUE_PART_BYTES, VALUE_PARTS_IN_FLIGHT at a time, the last one byte longer (so
+an object longer than the reference says shows). The value is then checked
+against the reference's length and checksum. Values are not cached (a single large value would evict the
 block cache's indexes and blocks): every read of one is a GET.
 """
 
@@ -76,11 +75,12 @@ class ValueStore:
     async def read(self, ref: ValueRef, key: bytes) -> bytes:
         """The value `ref` names, checked; CorruptionError if missing or damaged."""
         name = self.object_name(ref)
-        if ref.length < MULTIPART_MIN_BYTES:
-            ranges = [(0, ref.length + 1)]
-        else:
-            ranges = [(start, start + VALUE_PART_BYTES) for start in range(0, ref.length, VALUE_PART_BYTES)]
-            ranges[-1] = (ranges[-1][0], ref.length + 1)
+        ranges: list[tuple[int, int] | None] = [None]
+        if ref.length >= MULTIPART_MIN_BYTES:
+            starts = list(range(0, ref.length, VALUE_PART_BYTES))
+            # the last range asks one byte past the end (a range starting there would be a 416)
+            ends = [*starts[1:], ref.length + 1]
+            ranges = list(zip(starts, ends, strict=True))
         try:
             pieces = await run_bounded(self._get_range(name), ranges, VALUE_PARTS_IN_FLIGHT)
         except ObjectNotFound:
@@ -102,8 +102,8 @@ class ValueStore:
             )
         return data
 
-    def _get_range(self, name: str) -> Callable[[tuple[int, int]], Awaitable[bytes]]:
-        async def get(byte_range: tuple[int, int]) -> bytes:
+    def _get_range(self, name: str) -> Callable[[tuple[int, int] | None], Awaitable[bytes]]:
+        async def get(byte_range: tuple[int, int] | None) -> bytes:
             blob = await self._objects.get(name, byte_range=byte_range)
             assert blob is not None
             return blob.data

@@ -133,6 +133,7 @@ async def test_a_damaged_or_missing_value_object_is_a_corruption_error_saying_wh
         (name,) = await _value_objects(db)
     path = tmp_path / "store" / name
     data = bytearray(path.read_bytes())
+    original = bytes(data)
     data[100] ^= 1
     os.chmod(path, 0o644)
     path.write_bytes(bytes(data))
@@ -142,6 +143,9 @@ async def test_a_damaged_or_missing_value_object_is_a_corruption_error_saying_wh
         assert info.value.object_name == name
         report = await db.verify()
         assert not report.ok and name in report.damaged
+        path.write_bytes(original + b"!")  # the value's bytes and one more
+        with pytest.raises(kvstore.CorruptionError, match=rf"is damaged: {LARGE + 2} bytes"):
+            await db.get("k")
         path.unlink()
         with pytest.raises(kvstore.CorruptionError, match="which is missing"):
             await db.get("k")
