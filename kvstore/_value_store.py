@@ -16,11 +16,13 @@ parallel parts or faster (the local backend writes parts twice), so parts
 start above that: S3's single PUT stops at 5 GB, and a failed part is resent
 alone.
 
-Reads: one plain GET of the whole object (a ranged one was slower on
-LocalStack); a value of MULTIPART_MIN_BYTES or more as ranged GETs of
-VALUE_PART_BYTES, VALUE_PARTS_IN_FLIGHT at a time, the last one byte longer (so
-an object longer than the reference says shows). The value is then checked
-against the reference's length and checksum. Values are not cached (a single large value would evict the
+Reads: one GET of the whole object as the range [0, length + 1): as fast as a
+plain GET on LocalStack (1.01 s against 1.00 s for 64 MiB, medians of 5), and
+a backend computes no ETag for a range, where the local one would MD5 the
+whole value. A value of MULTIPART_MIN_BYTES or more is read as ranged GETs of
+VALUE_PART_BYTES, VALUE_PARTS_IN_FLIGHT at a time. Either way the last range
+asks one byte past the end, so an object longer than the reference shows. The
+value is then checked against the reference's length and checksum. Values are not cached (a single large value would evict the
 block cache's indexes and blocks): every read of one is a GET.
 """
 
@@ -75,12 +77,11 @@ class ValueStore:
     async def read(self, ref: ValueRef, key: bytes) -> bytes:
         """The value `ref` names, checked; CorruptionError if missing or damaged."""
         name = self.object_name(ref)
-        ranges: list[tuple[int, int] | None] = [None]
-        if ref.length >= MULTIPART_MIN_BYTES:
-            starts = list(range(0, ref.length, VALUE_PART_BYTES))
-            # the last range asks one byte past the end (a range starting there would be a 416)
-            ends = [*starts[1:], ref.length + 1]
-            ranges = list(zip(starts, ends, strict=True))
+        step = VALUE_PART_BYTES if ref.length >= MULTIPART_MIN_BYTES else ref.length
+        starts = list(range(0, ref.length, step))
+        # the last range asks one byte past the end (a range starting there would be a 416)
+        ends = [*starts[1:], ref.length + 1]
+        ranges = list(zip(starts, ends, strict=True))
         try:
             pieces = await run_bounded(self._get_range(name), ranges, VALUE_PARTS_IN_FLIGHT)
         except ObjectNotFound:
@@ -102,8 +103,8 @@ class ValueStore:
             )
         return data
 
-    def _get_range(self, name: str) -> Callable[[tuple[int, int] | None], Awaitable[bytes]]:
-        async def get(byte_range: tuple[int, int] | None) -> bytes:
+    def _get_range(self, name: str) -> Callable[[tuple[int, int]], Awaitable[bytes]]:
+        async def get(byte_range: tuple[int, int]) -> bytes:
             blob = await self._objects.get(name, byte_range=byte_range)
             assert blob is not None
             return blob.data

@@ -274,3 +274,16 @@ async def test_values_older_than_half_the_grace_period_are_never_committed(targe
         with pytest.raises(kvstore.TransactionTooOldError, match="over half the GC grace period"):
             await engine.commit(request)
         assert await db.get("k") is None
+
+
+async def test_a_byte_range_of_a_large_value_is_one_ranged_get(target: Target) -> None:
+    value = os.urandom(LARGE + 100)
+    async with target.open() as db:
+        ref = await engine_of(db).values.write(value)
+        values = engine_of(db).values
+        assert await values.read_range(ref, b"k", 10, 1000) == value[10:1000]
+        assert await values.read_range(ref, b"k", LARGE, LARGE + 1000) == value[LARGE:]  # clipped at the end
+        assert await values.read_range(ref, b"k", 5, 5) == b""
+        await engine_of(db).objects.delete(values.object_name(ref))
+        with pytest.raises(kvstore.CorruptionError, match="which is missing"):
+            await values.read_range(ref, b"k", 0, 10)
