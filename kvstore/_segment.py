@@ -1,6 +1,9 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
-Layout of format 3 (docs/format.md has the byte-level description)::
+Format 4 is format 3 whose value columns may hold special values as msgpack
+ExtType (`EXT_DECODERS`: code 3, an out-of-line value reference, `_value_refs`).
+
+Layout of format 3 and 4 (docs/format.md has the byte-level description)::
 
     header     8 bytes   b"KVSG", u16 format, u16 flags (0)
     block*               zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
@@ -12,7 +15,8 @@ Layout of format 3 (docs/format.md has the byte-level description)::
                          u16 format, u16 flags, u64 xxh3 of the previous 24 bytes, b"KVSE"
 
 Footer flags: bit 0 (NO_TOMBSTONES) says the segment holds no tombstone, which lets
-a compaction move it into its output run as it is (`_compact.py`). Writers before
+a compaction move it into its output run as it is (`_compact.py`); bit 1
+(HAS_VALUE_REFS) that it holds out-of-line value references (GC reads only those). Writers before
 it wrote 0 there ("unknown"), and readers before it ignore the field.
 
 Entries are sorted by key, then by version descending. A key's versions sit
