@@ -4,6 +4,7 @@ compaction, collected by GC by the segments' rules (I6-I8), checked on every rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import kvstore
 from kvstore import _value_store
 from kvstore._commit import CommitRequest
 from kvstore._objectstore import Blob
-from kvstore.testing.faults import FaultInjectingStore
+from kvstore.testing.faults import FaultInjectingStore, FaultKind, Operation, SimulatedCrash
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -287,3 +288,34 @@ async def test_a_byte_range_of_a_large_value_is_one_ranged_get(target: Target) -
         await engine_of(db).objects.delete(values.object_name(ref))
         with pytest.raises(kvstore.CorruptionError, match="which is missing"):
             await values.read_range(ref, b"k", 0, 10)
+
+
+@pytest.mark.parametrize(
+    "operation, fault, committed",
+    [
+        ("put_if_absent", "crash_after_apply", False),  # the value object stored; the writer dies
+        ("put_if_match", "crash", False),  # value object written; dies before its commit CAS is sent
+        ("put_if_match", "crash_after_apply", True),  # the CAS applied, its answer lost; dies
+    ],
+)
+async def test_a_writer_dying_around_a_large_value_commit_leaves_all_or_garbage(
+    durable_target: Target, operation: Operation, fault: FaultKind, committed: bool
+) -> None:
+    made, wrap = fault_injecting()
+    value = os.urandom(LARGE + 1)
+    db = await durable_target.open(wrap_object_store=wrap)
+    await db.put("warm", b"1")
+    made[0].script(operation, fault)
+    # the crash itself, or what the committer reports of the interrupted commit
+    with pytest.raises((SimulatedCrash, kvstore.CommitOutcomeUnknownError)):
+        await db.put("k", value)
+    with contextlib.suppress(SimulatedCrash):
+        await db.close()  # the process is gone: nothing more reaches the store
+    async with durable_target.open() as db:
+        assert await db.get("k") == (value if committed else None)
+        assert len(await _value_objects(db)) == 1
+        await db.compact(full=True)
+        await gc_later(db)  # the orphan goes; the committed value stays
+        assert len(await _value_objects(db)) == (1 if committed else 0)
+        assert await db.get("k") == (value if committed else None)
+        assert (await db.verify()).ok
