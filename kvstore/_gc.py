@@ -141,6 +141,7 @@ class GarbageCollector:
         self._value_ids: dict[str, frozenset[str]] = {}
         self._seen: set[str] = set()
         self._no_object: set[str] = set()  # log-named segment ids without an object (inline)
+        self._any_values = True  # whether the run found any value object (`collect`)
 
     async def collect(self, *, grace_period: float | None, own_grace_period: float, dry_run: bool) -> GcReport:
         """One pass, streaming: objects are judged as the listing arrives and deleted
@@ -158,6 +159,10 @@ class GarbageCollector:
         # After the manifest read: an object it does not name was unreferenced by then,
         # so a mark stamped now never predates its last reference (I6).
         now = self._clock()
+        # No value object now (one LIST): then no segment of this manifest or an older
+        # one (a tag's) references any, since value objects are written before the commit
+        # that names them, and segments need not be read. (One made after this is young.)
+        self._any_values = await self._values_exist()
         reasons = await self._referenced(manifest, tags)
         marks, marks_etag = await self._read_marks()
         report = GcReport(dry_run, grace)
@@ -209,8 +214,19 @@ class GarbageCollector:
             reasons[self._layout.segment(part.id)] = (f"{why} (in a sorted run)", None)
             await self._keep_values(part, (f"{why} (a value its segment names)", None), reasons)
 
+    async def _values_exist(self) -> bool:
+        listing = self._objects.list(self._layout.values_prefix)
+        try:
+            return await anext(listing, None) is not None
+        finally:
+            close = getattr(listing, "aclose", None)  # an async generator: end its request now
+            if close is not None:
+                await close()
+
     async def _keep_values(self, ref: SegmentRef, why: _Reason, reasons: dict[str, _Reason]) -> None:
         """Keep the value objects the segment `ref` references."""
+        if not self._any_values:
+            return
         self._seen.add(ref.id)
         ids = self._value_ids.get(ref.id)
         if ids is None:
@@ -227,6 +243,8 @@ class GarbageCollector:
     async def _keep_values_of_logged(self, segment_id: str, why: _Reason, reasons: dict[str, _Reason]) -> None:
         """Keep the value objects of a segment only the commit log names (its object, if
         there is one: an inline segment has none, a compaction's id may name a run)."""
+        if not self._any_values:
+            return
         self._seen.add(segment_id)
         if segment_id in self._no_object:
             return
