@@ -15,7 +15,7 @@ from itertools import accumulate, islice
 from operator import add, lt
 from typing import Any, NamedTuple
 
-from ._codec import ValueMode, encode_key, encode_value
+from ._codec import BULK_VALUE_LIMIT, ValueMode, encode_key, encode_value
 from ._errors import ValidationError
 from ._manifest import SegmentRef
 from ._merge import merge
@@ -315,5 +315,5 @@ def _encoded_values(values: Sequence[Any], mode: ValueMode, max_bytes: int) -> t
         sizes = list(map(len, values))
         if max(sizes) <= max_bytes:
             return values, sum(sizes)
-    encoded = [encode_value(value, mode, max_bytes) for value in values]
+    encoded = [encode_value(value, mode, max_bytes, BULK_VALUE_LIMIT) for value in values]
     return encoded, sum(map(len, encoded))

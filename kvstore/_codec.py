@@ -72,8 +72,20 @@ def encode_keys(keys: object, max_bytes: int) -> list[bytes]:
     return [encode_key(key, max_bytes) for key in keys]
 
 
-def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
-    """A value as stored bytes. Raises InvalidValueError."""
+# What `encode_value` says of its limit, and what to do about it.
+VALUE_LIMIT = (
+    "StoreOptions.max_value_bytes",
+    "split it across keys or keep large blobs as their own S3 objects",
+)
+# Bulk loads and distributed writes keep every value in their segments (BULK_MAX_VALUE_BYTES).
+BULK_VALUE_LIMIT = (
+    "bulk loads and distributed writes keep values in their segments",
+    "write larger values with put() or a transaction, which store them out of line",
+)
+
+
+def encode_value(value: object, mode: ValueMode, max_bytes: int, limit: tuple[str, str] = VALUE_LIMIT) -> bytes:
+    """A value as stored bytes. Raises InvalidValueError (naming `limit`: what sets it, what to do)."""
     if mode == "bytes":
         if isinstance(value, bytes):
             data = value
@@ -95,8 +107,7 @@ def encode_value(value: object, mode: ValueMode, max_bytes: int) -> bytes:
             raise InvalidValueError(f"value cannot be encoded with msgpack: {exc}") from exc
     if len(data) > max_bytes:
         raise InvalidValueError(
-            f"value of {len(data)} bytes is over the {max_bytes}-byte limit (StoreOptions.max_value_bytes); "
-            "split it across keys or keep large blobs as their own S3 objects"
+            f"value of {len(data)} bytes is over the {max_bytes}-byte limit ({limit[0]}); {limit[1]}"
         )
     return data
 

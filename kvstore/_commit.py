@@ -19,7 +19,7 @@ import random
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +40,7 @@ from ._options import StoreOptions, grace_period_of
 from ._ranges import KeyRange, cover, in_ranges, normalized, range_bytes, ranges_meet
 from ._segment import encode_segment
 from ._segment_store import SegmentStore
+from ._value_refs import StoredValue
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
@@ -62,7 +63,8 @@ class CommitRequest:
     started: float  # time.monotonic() when its snapshot was taken
     read_keys: set[bytes]
     read_ranges: list[tuple[bytes, bytes | None]]
-    writes: dict[bytes, bytes | None]  # None: delete
+    # None: delete. A large value is a ValueRef once `Engine.commit` has written its object.
+    writes: Mapping[bytes, StoredValue]
     # How the values were encoded (`_codec.ValueMode`): refused on a base that records
     # a codec they do not fit (the store took another one up after the handle opened).
     values: ValueMode
@@ -75,6 +77,9 @@ class CommitRequest:
     # [start, end) ranges deleted (end None: to the end of the key space), before
     # `writes`: a write of a key in one of them wins. A write of every key in them.
     range_deletes: list[KeyRange] = field(default_factory=list)
+    # time.monotonic() before the out-of-line values of `writes` were written (None: none
+    # were): the commit is refused once they are older than half the grace period (I8).
+    values_written_at: float | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -212,6 +217,7 @@ class Committer:
             elif pending.has_object and time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
                 # (bulk segments cannot be rewritten: _write_segment refuses them)
+            _check_values_age(accepted, grace_period_of(self._options))
             if not maybe_applied and not lost_races:
                 pause = self._turn_for_others(base)
                 if pause:
@@ -371,7 +377,7 @@ class Committer:
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
             return _Pending(bulk, accepted[0].started, None)
-        merged: dict[bytes, bytes | None] = {}
+        merged: dict[bytes, StoredValue] = {}
         for request in accepted:
             if request.range_deletes:  # deletes what earlier transactions of the batch wrote there
                 for key in [k for k in merged if in_ranges(k, request.range_deletes)]:
@@ -468,6 +474,21 @@ class Committer:
                 request.future.set_result(version)
         if self._after_commit is not None:
             self._after_commit(self._manifests.current[0])
+
+
+def _check_values_age(accepted: list[CommitRequest], grace_period: float) -> None:
+    """Refuse a batch carrying out-of-line values written over half the grace period ago:
+    GC may delete an unreferenced value object that old (I8). Unlike a segment, the batch
+    cannot write them again (the bytes are gone); `_commit_batch` turns this into
+    CommitOutcomeUnknownError if an earlier attempt of the batch may have landed."""
+    now = time.monotonic()
+    for request in accepted:
+        if request.values_written_at is not None and now - request.values_written_at > grace_period / 2:
+            raise TransactionTooOldError(
+                f"the transaction's large values were written {now - request.values_written_at:.0f} s ago, "
+                f"over half the GC grace period ({grace_period:.0f} s), so GC may already have deleted them "
+                "(I8); nothing was committed: retry the transaction"
+            )
 
 
 def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:

@@ -40,7 +40,7 @@ from ._errors import InvalidPartError, JobAlreadyCommittedError, PartTooOldError
 from ._layout import Layout
 from ._manifest import SegmentRef
 from ._objectstore import RetryingObjectStore, S3Options
-from ._options import StoreOptions, grace_period_of
+from ._options import StoreOptions, bulk_value_limit, grace_period_of
 from ._segment_store import SegmentStore
 from ._sources import Sources
 from ._url import parse_url
@@ -224,7 +224,7 @@ class DistributedWrite:
             raise ValidationError(f"index must be an int (the task's number) or None, not {index!r}")
         async with _worker_runtime().objects(self) as (objects, layout):
             segments = SegmentStore(objects, layout, ByteLRU(0))
-            limits = self.options.max_key_bytes, self.options.max_value_bytes
+            limits = self.options.max_key_bytes, bulk_value_limit(self.options)
             taken = [0]  # pairs taken, as of the last chunk uploaded (no step per pair here)
             written_at = time.time()  # before the first segment: the part is at least this old
             batches = encoded_batches(pairs, self.values, *limits)

@@ -51,9 +51,14 @@ from ._segment_store import SegmentStore
 from ._snapshot import SnapshotView
 from ._sources import Sources
 from ._tags import Tag, TagStore
+from ._tasks import run_bounded
 from ._url import Location
+from ._value_refs import ValueRef
+from ._value_store import ValueStore
 
 _log = logging.getLogger("kvstore")
+# Value objects of one commit written at once (each a PUT, or a multipart upload of its own).
+VALUES_IN_FLIGHT = 4
 # `verify` reads each small segment whole once, then its blocks from this.
 _VERIFY_CACHE_BYTES = 2 * 1024 * 1024
 # A bulk load's sorted run enters at the level a compaction of its level-0 chunks gives.
@@ -240,15 +245,45 @@ class Engine:
             )
         return list(records)
 
+    @property
+    def values(self) -> ValueStore:
+        """The store's out-of-line value objects."""
+        return self._sources.values
+
     # ------------------------------------------------------------------ writes
 
     def new_txn_id(self) -> bytes:
         return self._committer.new_txn_id()
 
     async def commit(self, request: CommitRequest) -> int:
-        """Commit one transaction (group-committed with others of this process)."""
+        """Commit one transaction (group-committed with others of this process). Values over
+        `StoreOptions.large_value_bytes` are first written as value objects of their own,
+        and the commit's segment holds references to them."""
         self.check_open()
+        await self._values_out_of_line(request)
         return await self._committer.commit(request)
+
+    async def _values_out_of_line(self, request: CommitRequest) -> None:
+        """Write `request`'s large values as value objects (VALUES_IN_FLIGHT at once), before
+        its commit CAS, and put their references in its writes. Each object is new (I1): a
+        transaction that never commits leaves them to GC, after the grace period (I7)."""
+        threshold = self.options.large_value_bytes
+        large = [k for k, v in request.writes.items() if isinstance(v, bytes) and len(v) > threshold]
+        if not large:
+            return
+        written_at = time.monotonic()
+        writes = dict(request.writes)
+        values = self._sources.values
+
+        async def write(key: bytes) -> ValueRef:
+            data = writes[key]
+            assert isinstance(data, bytes)
+            return await values.write(data)
+
+        refs = await run_bounded(write, large, VALUES_IN_FLIGHT)
+        writes.update(zip(large, refs, strict=True))
+        request.writes = writes
+        request.values_written_at = written_at
 
     async def bulk_commit(
         self,
@@ -417,11 +452,27 @@ class Engine:
                 report.objects_checked += 1
                 try:
                     await uncached_segments.read_all(part)
+                    await self._verify_values(uncached, part, report)
                 except (CorruptionError, UnsupportedFormatError) as exc:
                     report.damaged[self.layout.segment(part.id)] = str(exc)
                 except VersionNotRetainedError:
                     report.damaged[self.layout.segment(part.id)] = "missing: referenced by the manifest but absent"
         return report
+
+    async def _verify_values(self, sources: Sources, part: SegmentRef, report: VerifyReport) -> None:
+        """Read back every value object the segment `part` references (each once per run)."""
+        if not await sources.segments.holds_value_refs(part):
+            return
+        async for entries in sources.segments.blocks(part, None, None, False, fill_cache=False):
+            for _, _, value in entries:
+                if isinstance(value, ValueRef):
+                    name = sources.values.object_name(value)
+                    if name in report.damaged:
+                        continue
+                    report.objects_checked += 1
+                    problem = await sources.values.check(value)
+                    if problem is not None:
+                        report.damaged[name] = problem
 
     def commits_in_flight(self) -> int:
         """Commits queued or under way and not finished (no request)."""

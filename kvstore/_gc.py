@@ -1,4 +1,4 @@
-"""Garbage collection: deleting segments and manifest copies nothing needs (I7).
+"""Garbage collection: deleting segments, value objects and manifest copies nothing needs (I7).
 
 Mark and sweep across passes. An object is *unreferenced* when no current
 manifest, tagged manifest or commit-log record names it. A pass deletes an
@@ -15,6 +15,14 @@ period, and writers never commit a segment that old (I8). (A mark taken
 while it was young could outlive its commit and its compaction, and let it
 go too soon.) So an orphan goes after two grace periods, a segment
 compacted away after one (counted from the first run that sees it so).
+
+Out-of-line value objects (`_value_store.py`) follow the same rules: one is
+referenced while a segment kept for any of those reasons holds a reference
+to it. Segments whose footer says they hold references (HAS_VALUE_REFS) are
+read whole once per engine to list them (segments are immutable: the lists
+are cached by segment id); a segment named only by the commit log is found
+with a HEAD. A value object written for a commit that never landed is young,
+then unreferenced: it goes like an orphan segment.
 
 The references are computed first (they are bounded by the live segments);
 the listing is then judged object by object as it arrives and the doomed
@@ -50,6 +58,7 @@ from ._manifest_store import ManifestStore
 from ._objectstore import MAX_DELETE_BATCH, ObjectInfo, ObjectNotFound, RetryingObjectStore
 from ._sources import Sources
 from ._tags import Tag, TagStore
+from ._value_refs import ValueRef
 
 _FORMAT = 1
 _MAGIC = b"KVGC"
@@ -127,6 +136,12 @@ class GarbageCollector:
         self._marks_name = layout.gc_marks
         # Wall-clock time, compared with objects' last-modified times (tests move it on).
         self._clock = clock
+        # Segment id -> the value object ids it references (segments are immutable);
+        # trimmed after each run to the segments that run saw.
+        self._value_ids: dict[str, frozenset[str]] = {}
+        self._seen: set[str] = set()
+        self._no_object: set[str] = set()  # log-named segment ids without an object (inline)
+        self._any_values = True  # whether the run found any value object (`collect`)
 
     async def collect(self, *, grace_period: float | None, own_grace_period: float, dry_run: bool) -> GcReport:
         """One pass, streaming: objects are judged as the listing arrives and deleted
@@ -144,12 +159,16 @@ class GarbageCollector:
         # After the manifest read: an object it does not name was unreferenced by then,
         # so a mark stamped now never predates its last reference (I6).
         now = self._clock()
+        # No value object now (one LIST): then no segment of this manifest or an older
+        # one (a tag's) references any, since value objects are written before the commit
+        # that names them, and segments need not be read. (One made after this is young.)
+        self._any_values = await self._values_exist()
         reasons = await self._referenced(manifest, tags)
         marks, marks_etag = await self._read_marks()
         report = GcReport(dry_run, grace)
         new_marks: dict[str, float] = {}
         doomed: list[ObjectInfo] = []
-        for prefix in (self._layout.segments_prefix, self._layout.snapshots_prefix):
+        for prefix in (self._layout.segments_prefix, self._layout.values_prefix, self._layout.snapshots_prefix):
             async for info in self._objects.list(prefix):
                 if self._keep(info, reasons, marks, now, grace, report, new_marks):
                     continue
@@ -161,15 +180,21 @@ class GarbageCollector:
             await self._sweep(doomed, manifest, reasons, report)
         if not dry_run:
             await self._write_marks(new_marks, marks_etag)
+        self._value_ids = {k: v for k, v in self._value_ids.items() if k in self._seen}
+        self._no_object &= self._seen
+        self._seen = set()
         return report
 
     async def _referenced(self, manifest: Manifest, tags: Sequence[Tag]) -> dict[str, _Reason]:
         """Every object the manifest, its commit log or a tag names -> why it is kept."""
         reasons: dict[str, _Reason] = {}
+        live = {ref.id for ref in manifest.segments}
         for record in manifest.log:
             if record.segment_id is not None:  # a commit's segment, or a compaction's segment or run
                 why = (GcReport.NAMED_BY_LOG, record.version)
                 reasons[self._layout.segment(record.segment_id)] = reasons[self._layout.run(record.segment_id)] = why
+                if record.segment_id not in live:  # compacted away, its object kept by the log
+                    await self._keep_values_of_logged(record.segment_id, why, reasons)
         for tag in tags:
             reasons[self._layout.snapshot(tag.version)] = (f"manifest copy of tag {tag.name!r}", None)
             for ref in (await self._tags.manifest(tag)).segments:
@@ -182,10 +207,58 @@ class GarbageCollector:
         """Keep the objects `ref` reads: its segment, or its run object and the run's segments."""
         if not ref.is_run:
             reasons[self._layout.segment(ref.id)] = (why, None)
+            await self._keep_values(ref, (f"{why} (a value its segment names)", None), reasons)
             return
         reasons[self._layout.run(ref.id)] = (why, None)
         for part in (await self._sources.run(ref)).parts:
             reasons[self._layout.segment(part.id)] = (f"{why} (in a sorted run)", None)
+            await self._keep_values(part, (f"{why} (a value its segment names)", None), reasons)
+
+    async def _values_exist(self) -> bool:
+        listing = self._objects.list(self._layout.values_prefix)
+        try:
+            return await anext(listing, None) is not None
+        finally:
+            close = getattr(listing, "aclose", None)  # an async generator: end its request now
+            if close is not None:
+                await close()
+
+    async def _keep_values(self, ref: SegmentRef, why: _Reason, reasons: dict[str, _Reason]) -> None:
+        """Keep the value objects the segment `ref` references."""
+        if not self._any_values:
+            return
+        self._seen.add(ref.id)
+        ids = self._value_ids.get(ref.id)
+        if ids is None:
+            ids = frozenset()
+            if await self._sources.segments.holds_value_refs(ref):
+                found: set[str] = set()
+                async for entries in self._sources.segments.blocks(ref, None, None, False, fill_cache=False):
+                    found.update(v.id for _, _, v in entries if isinstance(v, ValueRef))
+                ids = frozenset(found)
+            self._value_ids[ref.id] = ids
+        for value_id in ids:
+            reasons.setdefault(self._layout.value(value_id), why)
+
+    async def _keep_values_of_logged(self, segment_id: str, why: _Reason, reasons: dict[str, _Reason]) -> None:
+        """Keep the value objects of a segment only the commit log names (its object, if
+        there is one: an inline segment has none, a compaction's id may name a run)."""
+        if not self._any_values:
+            return
+        self._seen.add(segment_id)
+        if segment_id in self._no_object:
+            return
+        if segment_id not in self._value_ids:
+            try:
+                info = await self._objects.head(self._layout.segment(segment_id))
+            except ObjectNotFound:
+                # Not `_value_ids`: a tagged manifest may still carry it inline.
+                self._no_object.add(segment_id)
+                return
+            ref = SegmentRef(segment_id, b"", b"", 0, info.size, 0, 0, commit_version=0)
+            await self._keep_values(ref, why, reasons)
+            return
+        await self._keep_values(SegmentRef(segment_id, b"", b"", 0, 0, 0, 0), why, reasons)
 
     def _keep(
         self,

@@ -4,6 +4,7 @@
     <prefix>probe                      written once per process to prove conditional writes work
     <prefix>segments/<id>.seg          immutable segments: sorted entries (safe create)
     <prefix>segments/<id>.run          immutable sorted runs: lists of key-disjoint segments (safe create)
+    <prefix>values/<id>.val            immutable out-of-line values, named by segment entries (safe create)
     <prefix>snapshots/<version>.mf     manifest copies kept by tags (server-side copy)
     <prefix>tags/<hash of name>.tag    tags (safe create)
     <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
@@ -59,6 +60,14 @@ class Layout:
 
     def run(self, run_id: str) -> str:
         return f"{self.segments_prefix}{run_id}.run"
+
+    @property
+    def values_prefix(self) -> str:
+        return f"{self.prefix}values/"
+
+    def value(self, value_id: str) -> str:
+        """The object of an out-of-line value (`_value_refs.ValueRef.id`)."""
+        return f"{self.values_prefix}{value_id}.val"
 
     @property
     def snapshots_prefix(self) -> str:

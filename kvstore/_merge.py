@@ -10,10 +10,14 @@ Compaction applies its own retention rule to `merge`'s output instead
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import total_ordering
 
 from ._segment_store import Entry
+from ._value_refs import ValueRef, stored_size
+
+# Reads the value an out-of-line reference names (`_value_store.ValueStore.read`).
+Resolve = Callable[[ValueRef, bytes], Awaitable[bytes]]
 
 # Entries handed out per batch when several sources interleave (a single source
 # passes its blocks through). Batches keep the per-entry cost synchronous; the byte
@@ -48,7 +52,7 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         entry = cursor.take()
         batch.append(entry)
         if entry[2]:
-            value_bytes += len(entry[2])
+            value_bytes += stored_size(entry[2])
         if cursor.has_more() or await cursor.fill():
             heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
         if len(batch) >= _BATCH or value_bytes >= _BATCH_VALUE_BYTES:
@@ -60,18 +64,26 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
 
 
 async def visible(
-    batches: AsyncIterator[list[Entry]], version: int, hidden: Callable[[bytes, int], bool] | None = None
+    batches: AsyncIterator[list[Entry]],
+    version: int,
+    resolve: Resolve,
+    hidden: Callable[[bytes, int], bool] | None = None,
 ) -> AsyncIterator[tuple[bytes, bytes]]:
     """Live (key, value) pairs as of `version` from merged entries: per key the
     newest entry at or below `version`; a tombstone hides the key, and so does
-    `hidden(key, entry_version)` (a range delete, `_ranges.RangeIndex.hides`)."""
+    `hidden(key, entry_version)` (a range delete, `_ranges.RangeIndex.hides`). A
+    value stored out of line is read with `resolve` when its pair is handed out."""
     last_key: bytes | None = None
     async for entries in batches:
         for key, entry_version, value in entries:
             if key == last_key or entry_version > version:
                 continue  # an older version of a key already decided, or too new
             last_key = key
-            if value is not None and (hidden is None or not hidden(key, entry_version)):
+            if value is None or (hidden is not None and hidden(key, entry_version)):
+                continue
+            if isinstance(value, ValueRef):
+                yield key, await resolve(value, key)
+            else:
                 yield key, value
 
 

@@ -11,6 +11,13 @@ from ._objectstore import RetryPolicy
 
 KiB = 1024
 MiB = 1024 * KiB
+# The largest value a store accepts (`StoreOptions.max_value_bytes` may not exceed it):
+# S3's largest single PUT. Larger values are uploaded in parts, but `put` and `get` hold a
+# value whole in memory, which bounds them first.
+MAX_VALUE_BYTES = 5 * 1024 * MiB
+# Bulk loads and distributed writes keep every value in their segments (the old limit
+# of every value): `bulk_value_limit`.
+BULK_MAX_VALUE_BYTES = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -19,7 +26,14 @@ class StoreOptions:
 
     Attributes:
         max_key_bytes: longest key accepted (keys may not be empty).
-        max_value_bytes: largest value accepted, after encoding.
+        max_value_bytes: largest value accepted, after encoding (1 GiB; at most
+            MAX_VALUE_BYTES, 5 GiB). A value is held whole in memory by `put` and
+            `get`; one over `large_value_bytes` is stored out of line.
+        large_value_bytes: a value larger than this (after encoding) is written as an
+            immutable object of its own (`<prefix>values/`) before its commit, and its
+            segment entry holds a small reference: a compaction moves the reference,
+            never the bytes, and a read costs one more GET. 256 KiB, from measurement
+            (docs/design.md, "Large values"). Must be >= 1 KiB.
         max_transaction_bytes: keys + values one transaction may write.
         max_transaction_keys: distinct keys one transaction may write.
         max_transaction_age: seconds a transaction may run before its commit
@@ -86,7 +100,8 @@ class StoreOptions:
     """
 
     max_key_bytes: int = 4 * KiB
-    max_value_bytes: int = 8 * MiB
+    max_value_bytes: int = 1024 * MiB
+    large_value_bytes: int = 256 * KiB
     max_transaction_bytes: int = 64 * MiB
     max_transaction_keys: int = 100_000
     max_transaction_age: float = 600.0
@@ -126,6 +141,12 @@ class StoreOptions:
             raise ValidationError("compaction_fanout must be >= 2; history_versions and history_seconds >= 0")
         if self.target_segment_bytes < 256 or self.compaction_memory_bytes < 1 * MiB:
             raise ValidationError("target_segment_bytes must be >= 256 and compaction_memory_bytes >= 1 MiB")
+        if not 1 <= self.max_value_bytes <= MAX_VALUE_BYTES:
+            raise ValidationError(
+                f"max_value_bytes must be between 1 and {MAX_VALUE_BYTES} (5 GiB), not {self.max_value_bytes!r}"
+            )
+        if self.large_value_bytes < 1 * KiB:
+            raise ValidationError(f"large_value_bytes must be >= 1024, not {self.large_value_bytes!r}")
         if not 0 <= self.inline_segment_bytes <= self.manifest_inline_bytes:
             raise ValidationError("inline_segment_bytes must be between 0 and manifest_inline_bytes")
 
@@ -150,6 +171,11 @@ def resolve_options(options: StoreOptions, recorded: float | None) -> StoreOptio
     if not age * 2 < grace:
         age = grace / 6
     return replace(options, segment_grace_period=grace, max_transaction_age=age)
+
+
+def bulk_value_limit(options: StoreOptions) -> int:
+    """The largest value a bulk load or distributed write takes: values stay in its segments."""
+    return min(options.max_value_bytes, BULK_MAX_VALUE_BYTES)
 
 
 def grace_period_of(options: StoreOptions) -> float:

@@ -1,6 +1,9 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
-Layout of format 3 (docs/format.md has the byte-level description)::
+Format 4 is format 3 whose value columns may hold special values as msgpack
+ExtType (`EXT_DECODERS`: code 3, an out-of-line value reference, `_value_refs`).
+
+Layout of format 3 and 4 (docs/format.md has the byte-level description)::
 
     header     8 bytes   b"KVSG", u16 format, u16 flags (0)
     block*               zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
@@ -12,7 +15,8 @@ Layout of format 3 (docs/format.md has the byte-level description)::
                          u16 format, u16 flags, u64 xxh3 of the previous 24 bytes, b"KVSE"
 
 Footer flags: bit 0 (NO_TOMBSTONES) says the segment holds no tombstone, which lets
-a compaction move it into its output run as it is (`_compact.py`). Writers before
+a compaction move it into its output run as it is (`_compact.py`); bit 1
+(HAS_VALUE_REFS) that it holds out-of-line value references (GC reads only those). Writers before
 it wrote 0 there ("unknown"), and readers before it ignore the field.
 
 Entries are sorted by key, then by version descending. A key's versions sit
@@ -59,8 +63,12 @@ import xxhash
 import zstandard
 
 from ._errors import CorruptionError, UnsupportedFormatError
+from ._value_refs import EXT_CODE as VALUE_REF_CODE
+from ._value_refs import StoredValue, ValueRef, stored_size
 
-FORMAT = 3  # formats 1 (one index block, no partitions) and 2 (no key spans blocks) are still read
+# 4: a block's value column may hold special values as msgpack ExtType (EXT_DECODERS).
+# Formats 1 (one index block, no partitions), 2 (no key spans blocks) and 3 are still read.
+FORMAT = 4
 HEADER = struct.Struct("<4sHH")
 FOOTER = struct.Struct("<QIQH2xQ4s")
 FOOTER_BODY = 24  # bytes of the footer covered by its checksum
@@ -69,6 +77,7 @@ FOOTER_BODY = 24  # bytes of the footer covered by its checksum
 FOOTER_FLAGS = struct.Struct("<H")
 FOOTER_FLAGS_AT = 22
 NO_TOMBSTONES = 1  # flag: the segment holds no tombstone
+HAS_VALUE_REFS = 2  # flag: the segment holds out-of-line value references (GC reads those)
 HEADER_MAGIC = b"KVSG"
 FOOTER_MAGIC = b"KVSE"
 CHECKSUM = struct.Struct("<Q")
@@ -84,7 +93,26 @@ PARTITION_TARGET_BYTES = 32 * 1024
 _ROW_OVERHEAD = 24  # msgpack framing and the two ints of a row, roughly
 _ZSTD_LEVEL = 3
 
-Entry = tuple[bytes, int, "bytes | None"]
+Entry = tuple[bytes, int, StoredValue]
+
+# Special entry values, by msgpack ext code: ONE registry for every kind (each kind's
+# module owns its code and its dataclass with `to_ext`/`from_ext`).
+EXT_DECODERS: dict[int, Any] = {VALUE_REF_CODE: ValueRef.from_ext}
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    decoder = EXT_DECODERS.get(code)
+    if decoder is None:
+        raise ValueError(f"unknown entry value kind (msgpack ext code {code})")
+    return decoder(data)
+
+
+def _ext_default(obj: object) -> object:
+    to_ext = getattr(obj, "to_ext", None)
+    if to_ext is None:
+        raise TypeError(f"cannot store a {type(obj).__name__} in a segment")
+    return to_ext()
+
 
 # Key filters. A key's xxh3_64 digest h picks one 64-bit word of its block's
 # filter, (h mod 2**32) mod words, and a pattern of FILTER_PROBES bits,
@@ -277,7 +305,7 @@ class Block:
 
     keys: list[bytes]
     versions: list[int] | None  # None: every entry has the segment's commit version
-    values: list[bytes | None]
+    values: list[StoredValue]
     size: int  # decoded bytes, for cache accounting
 
     def find(self, key: bytes) -> int | None:
@@ -306,7 +334,8 @@ class SegmentWriter:
         self._min_key = self._max_key = b""
         self._keys: list[bytes] = []
         self._versions: list[int] = []
-        self._values: list[bytes | None] = []
+        self._values: list[StoredValue] = []
+        self.value_refs = 0  # entries whose value is a ValueRef
         self._raw_bytes = 0
         # Where the last key's entries begin in the open block, and the raw bytes before them.
         self._key_start = 0
@@ -318,7 +347,7 @@ class SegmentWriter:
         self.min_version = 0
         self.max_version = 0
 
-    def add(self, key: bytes, version: int, value: bytes | None) -> None:
+    def add(self, key: bytes, version: int, value: StoredValue) -> None:
         """Append an entry; keys ascending, a key's versions descending.
 
         A block closes at a key boundary once it reaches BLOCK_TARGET_BYTES. A key whose
@@ -345,12 +374,13 @@ class SegmentWriter:
         self.last_key = key
         if value is None:
             self.tombstones += 1
-            self._raw_bytes += len(key) + _ENTRY_OVERHEAD
-        else:
-            self._raw_bytes += len(key) + len(value) + _ENTRY_OVERHEAD
+        elif isinstance(value, ValueRef):
+            self.value_refs += 1
+        self._raw_bytes += len(key) + stored_size(value) + _ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
     def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], version: int) -> Iterator[None]:
+        # Plain bytes only (bulk loads): a reference goes through `add`.
         """Append entries with distinct ascending keys (above those added before), all at
         `version` and none a tombstone: the blocks `add` would make, without a call per entry.
 
@@ -418,7 +448,8 @@ class SegmentWriter:
             self._flush_partition()
         index_offset, index_length = self._append_checked(self._top)
         body = bytearray(FOOTER.pack(index_offset, index_length, self.count, FORMAT, 0, FOOTER_MAGIC)[:FOOTER_BODY])
-        FOOTER_FLAGS.pack_into(body, FOOTER_FLAGS_AT, 0 if self.tombstones else NO_TOMBSTONES)
+        flags = (0 if self.tombstones else NO_TOMBSTONES) | (HAS_VALUE_REFS if self.value_refs else 0)
+        FOOTER_FLAGS.pack_into(body, FOOTER_FLAGS_AT, flags)
         self._out += body
         self._out += FOOTER.pack(0, 0, 0, 0, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)[FOOTER_BODY:]
         return self.take()
@@ -463,7 +494,7 @@ class SegmentWriter:
 
     def _append_checked(self, obj: object) -> tuple[int, int]:
         """Append zstd(msgpack(obj)) and its checksum; returns their offset and length."""
-        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True))
+        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True, default=_ext_default))
         offset = self._written + len(self._out)
         self._out.extend(compressed)
         self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(compressed)))
@@ -576,7 +607,9 @@ def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
         keys, versions, values = decoded
         per_entry = _BYTES_OBJECT + 2 * _SLOT + (0 if versions is None else _SLOT + _INT_OBJECT)
         size = (
-            sum(map(len, keys)) + sum(len(v) + _BYTES_OBJECT for v in values if v is not None) + per_entry * len(keys)
+            sum(map(len, keys))
+            + sum(stored_size(v) + _BYTES_OBJECT for v in values if v is not None)
+            + per_entry * len(keys)
         )
         return Block(keys, versions, values, size)
     except (TypeError, ValueError) as exc:
@@ -592,7 +625,9 @@ def _unpack_checked(data: bytes, object_name: str, label: str):  # type: ignore[
             block=label,
         )
     try:
-        return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(body), raw=False, use_list=True)
+        return msgpack.unpackb(
+            zstandard.ZstdDecompressor().decompress(body), raw=False, use_list=True, ext_hook=_ext_hook
+        )
     except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as exc:
         raise CorruptionError(
             f"segment {object_name}: cannot decode its {label}", object_name=object_name, block=label

@@ -33,6 +33,7 @@ from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment import (
     BLOCK_TARGET_BYTES,
+    HAS_VALUE_REFS,
     HEADER,
     NO_TOMBSTONES,
     Block,
@@ -47,6 +48,7 @@ from ._segment import (
     parse_index,
     parse_partition,
 )
+from ._value_refs import StoredValue
 
 _log = logging.getLogger("kvstore")
 
@@ -81,7 +83,7 @@ def scan_readahead(sources: int) -> int:
     return max(BLOCK_TARGET_BYTES, min(SCAN_READAHEAD_BYTES, share))
 
 
-Entry = tuple[bytes, int, "bytes | None"]
+Entry = tuple[bytes, int, StoredValue]
 V = TypeVar("V")
 # (start, bytes): a stretch of a segment object already fetched, from `start` on
 Held = tuple[int, bytes]
@@ -141,23 +143,9 @@ class SegmentStore:
             raise
         return asyncio.create_task(output.finish(level=0, versioned=False))
 
-    async def _complete(self, name: str, upload_id: str, parts: list[tuple[int, str]], tail: bytes, size: int) -> None:
-        try:
-            await self._objects.complete_multipart_if_absent(name, upload_id, parts)
-        except (PreconditionFailed, ObjectNotFound) as exc:
-            # An earlier attempt whose answer was lost may have completed it (a retry
-            # then finds the object, or no upload): it is ours if it ends with our bytes,
-            # since the footer's checksum covers the index, which covers every block.
-            try:
-                blob = await self._objects.get(name, byte_range=(size - len(tail), size))
-            except ObjectNotFound:
-                raise exc from None
-            if blob is None or blob.data != tail:
-                raise
-
     async def get(
         self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
-    ) -> tuple[int, bytes | None] | None:
+    ) -> tuple[int, StoredValue] | None:
         """The newest entry for `key` with version <= max_version: (version, value or None).
 
         `key_probe` is `probe(key)`: a key the block's filter rules out costs no block read.
@@ -195,7 +183,7 @@ class SegmentStore:
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
-    ) -> tuple[int, bytes | None] | None | Miss:
+    ) -> tuple[int, StoredValue] | None | Miss:
         """Like `get`, without awaiting: `NOT_CACHED` when the top index, the partition or
         the block is not cached.
 
@@ -248,6 +236,12 @@ class SegmentStore:
         was written before footers said). Reads its index around the cache, if not cached."""
         top = await self._index(_Overlay(self._cache), ref)
         return bool(top.flags & NO_TOMBSTONES)
+
+    async def holds_value_refs(self, ref: SegmentRef) -> bool:
+        """Whether the segment's footer says it holds out-of-line value references. Reads
+        its index around the cache, if not cached."""
+        top = await self._index(_Overlay(self._cache), ref)
+        return bool(top.flags & HAS_VALUE_REFS)
 
     async def blocks(
         self,
@@ -627,7 +621,7 @@ def _next_block(top: TopIndex, p: int, part: IndexPartition, block_no: int, key:
     return (p, block_no + 1) if holds else None
 
 
-def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
+def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, StoredValue] | None:
     i = block.find(key)
     if i is None:
         return None
@@ -667,14 +661,35 @@ def _reverse_keys(entries: list[Entry]) -> list[Entry]:
     return out
 
 
-class _PartUploads:
-    """The parts of one multipart upload, sent in the background, PARTS_IN_FLIGHT at a time.
+async def complete_checked(
+    objects: RetryingObjectStore, name: str, upload_id: str, parts: list[tuple[int, str]], tail: bytes, size: int
+) -> None:
+    """Complete a multipart upload with If-None-Match: * (I1), deciding a 412 or a vanished
+    upload by the evidence: the object is ours if it ends with `tail`, our last part's bytes
+    (object names are random, so only our own attempts write this one)."""
+    try:
+        await objects.complete_multipart_if_absent(name, upload_id, parts)
+    except (PreconditionFailed, ObjectNotFound) as exc:
+        # An earlier attempt whose answer was lost may have completed it (a retry
+        # then finds the object, or no upload): it is ours if it ends with our bytes
+        # (for a segment, the footer's checksum covers the index, which covers every block).
+        try:
+            blob = await objects.get(name, byte_range=(size - len(tail), size))
+        except ObjectNotFound:
+            raise exc from None
+        if blob is None or blob.data != tail:
+            raise
+
+
+class PartUploads:
+    """The parts of one multipart upload, sent in the background, `in_flight` at a time.
 
     The upload starts with the first part; a failed part fails the next `send`."""
 
-    def __init__(self, objects: RetryingObjectStore, name: str) -> None:
+    def __init__(self, objects: RetryingObjectStore, name: str, in_flight: int = PARTS_IN_FLIGHT) -> None:
         self._objects = objects
         self._name = name
+        self._in_flight = in_flight
         self.upload_id: str | None = None
         self.size = 0  # bytes sent so far
         self._tasks: list[asyncio.Task[str]] = []  # one per part, in part order
@@ -683,7 +698,7 @@ class _PartUploads:
     async def send(self, data: bytes) -> None:
         if self.upload_id is None:
             self.upload_id = await self._objects.start_multipart(self._name)
-        while len(self._pending) >= PARTS_IN_FLIGHT:
+        while len(self._pending) >= self._in_flight:
             done, self._pending = await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
@@ -729,7 +744,7 @@ class SegmentOutput:
         self.writer = SegmentWriter(uniform_version=uniform_version)
         self.id = new_object_id()
         self._name = store.object_name(self.id)
-        self._upload = _PartUploads(store._objects, self._name)
+        self._upload = PartUploads(store._objects, self._name)
 
     def add_until(self, entries: Sequence[Entry], start: int, limit: int) -> int:
         """Add `entries[start:]` (in segment order) until the segment reaches about `limit`
@@ -770,7 +785,9 @@ class SegmentOutput:
                 await self._store._objects.put_if_absent(self._name, tail)
             else:
                 await self._upload.send(tail)
-                await self._store._complete(self._name, self._upload.upload_id, await self._upload.parts(), tail, size)
+                await complete_checked(
+                    self._store._objects, self._name, self._upload.upload_id, await self._upload.parts(), tail, size
+                )
         except BaseException:
             await self._upload.abort()
             raise

@@ -17,6 +17,7 @@ from ._segment import probe
 from ._segment_store import NOT_CACHED, Miss, scan_readahead
 from ._sources import Sources
 from ._tasks import run_bounded
+from ._value_refs import StoredValue, ValueRef
 
 # Keys of one `get_many` read at once. Each has at most one GET of its own in flight
 # (keys sharing a block share its GET); a batch of 100 cold keys then issues its
@@ -42,7 +43,7 @@ class SnapshotView:
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
-        best: tuple[int, bytes | None] | None = None
+        best: tuple[int, StoredValue] | None = None
         segments, version = self._segments, self.version
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
@@ -62,7 +63,10 @@ class SnapshotView:
                 found = await segments.get(ref, key, key_probe or probe(key), version)
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None or best[0] < floor else best[1]
+        if best is None or best[0] < floor:
+            return None
+        value = best[1]
+        return await segments.values.read(value, key) if isinstance(value, ValueRef) else value
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` in order (None: absent or deleted); a key may repeat.
@@ -79,8 +83,8 @@ class SnapshotView:
         cold: list[bytes] = []
         for key in dict.fromkeys(keys):
             value = self._get_cached(key)
-            if value is NOT_CACHED:
-                cold.append(key)
+            if value is NOT_CACHED or isinstance(value, ValueRef):
+                cold.append(key)  # a value stored out of line is read by `get` (one GET)
             else:
                 found[key] = value
         if cold:
@@ -98,9 +102,10 @@ class SnapshotView:
                 firsts[key] = ref
         await run_bounded(lambda key: self._segments.locate(firsts[key], key), list(firsts), READS_IN_FLIGHT)
 
-    def _get_cached(self, key: bytes) -> bytes | None | Miss:
-        """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
-        best: tuple[int, bytes | None] | None = None
+    def _get_cached(self, key: bytes) -> StoredValue | Miss:
+        """`get` from the cache alone: NOT_CACHED when it would have to fetch something
+        (a reference to an out-of-line value is returned as it is)."""
+        best: tuple[int, StoredValue] | None = None
         floor = self._ranges.floor(key) if self._ranges else 0
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
@@ -126,15 +131,16 @@ class SnapshotView:
         that the range delete hid, even before compaction removes them."""
         refs = [r for r in self._refs if r.overlaps(start, end)]
         readahead = scan_readahead(len(refs))
+        resolve = self._segments.values.read
         if not self._ranges:
             sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
-            return visible(merge(sources, reverse=reverse), self.version)
+            return visible(merge(sources, reverse=reverse), self.version, resolve)
         sources = []
         for ref in refs:
             pieces = [(lo, hi) for lo, hi in self._ranges.unhidden(ref.max_version, start, end) if ref.overlaps(lo, hi)]
             if pieces:
                 sources.append(self._segments.blocks_in(ref, pieces, reverse, readahead=readahead))
-        return visible(merge(sources, reverse=reverse), self.version, self._ranges.hides)
+        return visible(merge(sources, reverse=reverse), self.version, resolve, self._ranges.hides)
 
 
 class Snapshot:

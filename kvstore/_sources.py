@@ -16,6 +16,8 @@ from ._objectstore import RetryingObjectStore
 from ._run import Run, decode_run, encode_run, run_ref
 from ._segment import Probe
 from ._segment_store import NOT_CACHED, Entry, Miss, SegmentStore
+from ._value_refs import StoredValue
+from ._value_store import ValueStore
 
 
 class Sources:
@@ -25,6 +27,7 @@ class Sources:
         self._objects = objects
         self._layout = layout
         self.segments = segments
+        self.values = ValueStore(objects, layout)  # out-of-line values the entries name
         self._cache = cache
 
     async def run(self, ref: SegmentRef) -> Run:
@@ -45,7 +48,7 @@ class Sources:
 
     async def get(
         self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
-    ) -> tuple[int, bytes | None] | None:
+    ) -> tuple[int, StoredValue] | None:
         """The newest entry for `key` with version <= max_version (`SegmentStore.get`)."""
         if ref.is_run:
             part = (self._cache.get(("run", ref.id)) or await self.run(ref)).part_for(key)
@@ -66,7 +69,7 @@ class Sources:
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
-    ) -> tuple[int, bytes | None] | None | Miss:
+    ) -> tuple[int, StoredValue] | None | Miss:
         """Like `get`, without awaiting: `NOT_CACHED` when something is not cached."""
         if ref.is_run:
             run: Run | None = self._cache.get(("run", ref.id))

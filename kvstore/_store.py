@@ -34,7 +34,7 @@ from ._gc import GcReport
 from ._manifest import CommitRecord, Manifest
 from ._nesting import enter, leave, refuse_nested
 from ._objectstore import ObjectStore, S3Options
-from ._options import StoreOptions
+from ._options import StoreOptions, bulk_value_limit
 from ._snapshot import Snapshot
 from ._tags import Tag
 from ._transaction import TransactAttempts, Transaction
@@ -337,7 +337,7 @@ class Store:
         """
         self._engine.check_writable("bulk loads are writes")
         refuse_nested(self._engine.store_id, self.url)
-        limits = self.options.max_key_bytes, self.options.max_value_bytes
+        limits = self.options.max_key_bytes, bulk_value_limit(self.options)
         batches = encoded_batches(items, self._values, *limits)
         return await self._engine.bulk_commit(batches, values=self._values, progress=progress, chunk_bytes=chunk_bytes)
 

@@ -17,6 +17,7 @@ from ._errors import ConflictError, ReadOnlyError, TransactionStateError, Transa
 from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._ranges import KeyRange, in_ranges, normalized
 from ._snapshot import SnapshotView
+from ._value_refs import REF_BYTES
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
 _log = logging.getLogger("kvstore")
@@ -275,8 +276,8 @@ class Transaction:
     def _buffer(self, key: bytes, value: bytes | None) -> None:
         if self._read_only:
             raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
-        old_size = len(key) + len(self._writes[key] or b"") if key in self._writes else 0
-        new_size = len(key) + len(value or b"")
+        old_size = len(key) + self._counted(self._writes[key]) if key in self._writes else 0
+        new_size = len(key) + self._counted(value)
         if not old_size and len(self._writes) >= self._options.max_transaction_keys:
             raise TransactionTooLargeError(
                 f"transaction writes more than {self._options.max_transaction_keys} keys "
@@ -289,6 +290,13 @@ class Transaction:
             )
         self._writes[key] = value
         self._write_bytes += new_size - old_size
+
+    def _counted(self, value: bytes | None) -> int:
+        """Bytes a value counts towards max_transaction_bytes, which bounds the commit's
+        segment: a value stored out of line puts only a reference there."""
+        if value is None:
+            return 0
+        return REF_BYTES if len(value) > self._options.large_value_bytes else len(value)
 
     def _check_open(self) -> None:
         self._engine.check_same_process()

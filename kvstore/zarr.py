@@ -71,6 +71,7 @@ from ._segment_store import SegmentStore
 from ._snapshot import Snapshot
 from ._store import Store
 from ._store import open as open_store
+from ._value_refs import ValueRef
 
 try:
     from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -659,7 +660,10 @@ async def _read_staged(job: DistributedWrite, ref: SegmentRef, key: bytes) -> by
             segments = SegmentStore(objects, layout, ByteLRU(0))
             # A staged segment's entries have no version until the commit: read it as version 0.
             found = await segments.get(replace(ref, commit_version=0), key, probe(key), 0)
-        return None if found is None else found[1]
+        if found is None:
+            return None
+        assert not isinstance(found[1], ValueRef), "a staged segment holds its values (`_write_segment`)"
+        return found[1]
 
     return await asyncio.wrap_future(_worker_runtime().submit(read()))
 

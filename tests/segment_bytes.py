@@ -10,6 +10,8 @@ from kvstore._segment import (
     CHECKSUM,
     FOOTER,
     FOOTER_BODY,
+    FOOTER_FLAGS,
+    FOOTER_FLAGS_AT,
     FOOTER_MAGIC,
     HEADER,
     HEADER_MAGIC,
@@ -67,9 +69,21 @@ def as_format_1(data: bytes, *, filters: bool = True) -> bytes:
     )
 
 
+def as_format_3(data: bytes) -> bytes:
+    """A segment without special values as format 3 wrote it: the same bytes but the format
+    number in the header and the footer (and the footer's checksum); flags kept."""
+    footer = parse_footer(data, "s")
+    body = bytearray(
+        FOOTER.pack(footer.index_offset, footer.index_length, footer.entry_count, 3, 0, FOOTER_MAGIC)[:FOOTER_BODY]
+    )
+    FOOTER_FLAGS.pack_into(body, FOOTER_FLAGS_AT, footer.flags)
+    tail = FOOTER.pack(0, 0, 0, 0, xxhash.xxh3_64_intdigest(body), FOOTER_MAGIC)[FOOTER_BODY:]
+    return b"".join([HEADER.pack(HEADER_MAGIC, 3, 0), data[HEADER.size : -FOOTER.size], bytes(body), tail])
+
+
 def as_format_2(data: bytes) -> bytes:
     """A segment with no key over several blocks as format 2 wrote it: the same bytes but
-    the format number in the header and the footer (and the footer's checksum)."""
+    the format number in the header and the footer (and the footer's checksum), no flags."""
     footer = parse_footer(data, "s")
     body = FOOTER.pack(footer.index_offset, footer.index_length, footer.entry_count, 2, 0, FOOTER_MAGIC)[:FOOTER_BODY]
     return b"".join(

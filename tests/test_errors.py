@@ -73,7 +73,8 @@ async def test_bad_call_raises_named_error_and_loses_nothing(
 
 
 async def test_msgpack_mode_rejects_unencodable_values() -> None:
-    async with memory_target().open(values="msgpack") as db:
+    options = kvstore.StoreOptions(max_value_bytes=8 * 1024 * 1024)
+    async with memory_target().open(values="msgpack", options=options) as db:
         with pytest.raises(kvstore.InvalidValueError, match="msgpack"):
             await db.put("k", object())
         with pytest.raises(kvstore.InvalidValueError, match="max_value_bytes"):

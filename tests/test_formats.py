@@ -6,15 +6,28 @@ import random
 import re
 import time
 from pathlib import Path
+from unittest.mock import patch
 
+import msgpack
 import pytest
-from segment_bytes import as_format_1, as_format_2, index_of, whole_index
+import xxhash
+import zstandard
+from segment_bytes import as_format_1, as_format_2, as_format_3, index_of, whole_index
 from targets import Target, engine_of
 
 import kvstore
 import kvstore._segment as segment
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
-from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer
+from kvstore._segment import (
+    CHECKSUM,
+    FOOTER,
+    HAS_VALUE_REFS,
+    check_header,
+    decode_block,
+    encode_segment,
+    parse_footer,
+)
+from kvstore._value_refs import ValueRef
 
 
 def _entries(n: int, versions: int = 1) -> list[tuple[bytes, int, bytes | None]]:
@@ -92,9 +105,10 @@ def _golden(name: str) -> bytes:
 def test_golden_segments_in_the_docs(fmt: int) -> None:
     golden = _golden(f"segment-format-{fmt}")
     written = encode_segment(GOLDEN_ENTRIES, uniform_version=False).data
-    # the writer (format 3), and the helpers for what formats 1 and 2 wrote: format 3 only
-    # lets a key's versions span blocks, which these few entries do not
-    assert {3: written, 2: as_format_2(written), 1: as_format_1(written)}[fmt] == golden
+    # the helpers for what formats 1 to 3 wrote from the writer's (format 4): format 4 only
+    # adds special values, format 3 only lets a key's versions span blocks, neither of
+    # which these few entries have
+    assert {3: as_format_3(written), 2: as_format_2(written), 1: as_format_1(written)}[fmt] == golden
     check_header(golden, "s")
     assert parse_footer(golden, "s").format == fmt
     top, parts = index_of(golden)
@@ -102,6 +116,33 @@ def test_golden_segments_in_the_docs(fmt: int) -> None:
     (part,) = parts
     block = decode_block(golden[slice(*part.span(0))], "s", 0)
     assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == GOLDEN_ENTRIES
+
+
+GOLDEN_REF = ValueRef("01a2510f63f3-fd64715ed3f362fe", 300000, 0x1234_5678_9ABC_DEF0)
+
+
+def test_golden_segment_with_a_value_reference_in_the_docs() -> None:
+    golden = _golden("segment-format-4")
+    entries = [(b"apple", 2, GOLDEN_REF), (b"apple", 1, b"green"), (b"kiwi", 1, None)]
+    assert encode_segment(entries, uniform_version=False).data == golden
+    assert GOLDEN_REF.to_ext() == msgpack.ExtType(
+        3, bytes.fromhex("93bd3031613235313066363366332d66643634373135656433663336326665ce000493e0cf123456789abcdef0")
+    )
+    footer = parse_footer(golden, "s")
+    assert (footer.format, footer.flags) == (4, HAS_VALUE_REFS)
+    (part,) = index_of(golden)[1]
+    block = decode_block(golden[slice(*part.span(0))], "s", 0)
+    assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == entries
+    # a reader of format 3 refuses it, naming the upgrade
+    with patch("kvstore._segment.FORMAT", 3), pytest.raises(kvstore.UnsupportedFormatError, match="upgrade kvstore"):
+        parse_footer(golden, "s")
+
+
+def test_an_unknown_special_value_or_a_malformed_reference_is_damage() -> None:
+    for ext in (msgpack.ExtType(9, b"\x90"), msgpack.ExtType(3, msgpack.packb(["", 1, 2])), msgpack.ExtType(3, b"x")):
+        body = zstandard.ZstdCompressor(level=3).compress(msgpack.packb([[b"k"], [1], [ext]], use_bin_type=True))
+        with pytest.raises(kvstore.CorruptionError, match="cannot decode its data block 0"):
+            decode_block(body + CHECKSUM.pack(xxhash.xxh3_64_intdigest(body)), "s", 0)
 
 
 def _manifest(log: int = 3) -> Manifest:

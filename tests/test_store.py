@@ -156,8 +156,10 @@ async def test_an_inline_segment_over_a_mebibyte_reads_back(target: Target) -> N
     """Past the size read whole in one GET (1 MiB), an inline segment is still read from the
     manifest, which holds its bytes: there is no object to fetch ranges of. Reads, compaction
     (which samples the segment's index to plan) and verify all go through that index."""
-    options = kvstore.StoreOptions(inline_segment_bytes=2 << 20, manifest_inline_bytes=4 << 20, auto_compact=False)
-    value = os.urandom(1536 * 1024)  # incompressible: the segment is over 1.5 MiB
+    options = kvstore.StoreOptions(
+        inline_segment_bytes=2 << 20, manifest_inline_bytes=4 << 20, auto_compact=False, large_value_bytes=2 << 20
+    )
+    value = os.urandom(1536 * 1024)  # incompressible, and kept in the segment: it is over 1.5 MiB
     async with target.open(options=options) as db:
         await db.put(b"big", value)
         (ref,) = engine_of(db).manifest.segments  # white-box: the commit rode inline
