@@ -36,8 +36,9 @@ from ._layout import new_object_id
 from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
+from ._operands import codec_of, combine
 from ._options import StoreOptions, grace_period_of
-from ._segment import encode_segment
+from ._segment import Value, encode_segment
 from ._segment_store import SegmentStore
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
@@ -61,7 +62,7 @@ class CommitRequest:
     started: float  # time.monotonic() when its snapshot was taken
     read_keys: set[bytes]
     read_ranges: list[tuple[bytes, bytes | None]]
-    writes: dict[bytes, bytes | None]  # None: delete
+    writes: dict[bytes, Value]  # None: delete; Operands: atomic add/max/min
     # How the values were encoded (`_codec.ValueMode`): refused on a base that records
     # a codec they do not fit (the store took another one up after the handle opened).
     values: ValueMode
@@ -356,9 +357,12 @@ class Committer:
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
             return _Pending(bulk, accepted[0].started, None)
-        merged: dict[bytes, bytes | None] = {}
+        merged: dict[bytes, Value] = {}
+        codec = codec_of(self._manifests.current[0].settings.get("values"))
         for request in accepted:
-            merged.update(request.writes)  # later transactions in the batch win
+            for key, value in request.writes.items():
+                # Later transactions in the batch win; their atomic operands apply on top.
+                merged[key] = combine(merged[key], value, codec) if key in merged else value
         keys = sorted(merged)
         encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
         size = len(encoded.data)

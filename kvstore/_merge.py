@@ -13,6 +13,8 @@ import heapq
 from collections.abc import AsyncIterator, Sequence
 from functools import total_ordering
 
+from ._operands import Operands, combine, resolve, stacks
+from ._segment import Value, value_size
 from ._segment_store import Entry
 
 # Entries handed out per batch when several sources interleave (a single source
@@ -47,8 +49,8 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         cursor = cursors[n]
         entry = cursor.take()
         batch.append(entry)
-        if entry[2]:
-            value_bytes += len(entry[2])
+        if entry[2] is not None:
+            value_bytes += value_size(entry[2])
         if cursor.has_more() or await cursor.fill():
             heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
         if len(batch) >= _BATCH or value_bytes >= _BATCH_VALUE_BYTES:
@@ -59,17 +61,52 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         yield batch
 
 
-async def visible(batches: AsyncIterator[list[Entry]], version: int) -> AsyncIterator[tuple[bytes, bytes]]:
+async def visible(
+    batches: AsyncIterator[list[Entry]], version: int, codec: str, now: float
+) -> AsyncIterator[tuple[bytes, bytes]]:
     """Live (key, value) pairs as of `version` from merged entries: per key the
-    newest entry at or below `version`; a tombstone hides the key."""
+    newest entry at or below `version`; a tombstone, or a put expired at `now`
+    (`_ttl`), hides the key. Atomic operands fold onto the key's older entries
+    until a put or tombstone (`_operands`), and resolve to an integer in `codec`."""
     last_key: bytes | None = None
+    pending: Value = None  # stacking operands of last_key, waiting for its older entries
+    pending_version = 0
     async for entries in batches:
         for key, entry_version, value in entries:
-            if key == last_key or entry_version > version:
-                continue  # an older version of a key already decided, or too new
-            last_key = key
-            if value is not None:
-                yield key, value
+            if entry_version > version:
+                continue  # too new
+            if key == last_key:
+                if not stacks(pending) or entry_version == pending_version:
+                    continue  # an older version of a key already decided (or a duplicate)
+                pending, pending_version = combine(value, pending, codec), entry_version
+                if stacks(pending):
+                    continue
+                resolved = resolve(pending, codec, key, now)
+                pending = None
+                if resolved is not None:
+                    yield key, resolved
+                continue
+            if stacks(pending):
+                assert last_key is not None
+                yield last_key, _on_nothing(pending, codec, last_key, now)
+            last_key, pending, pending_version = key, None, entry_version
+            if stacks(value):
+                pending = value
+                continue
+            resolved = resolve(value, codec, key, now)
+            if resolved is not None:
+                yield key, resolved
+    if stacks(pending):
+        assert last_key is not None
+        yield last_key, _on_nothing(pending, codec, last_key, now)
+
+
+def _on_nothing(operands: Value, codec: str, key: bytes, now: float) -> bytes:
+    """The value of stacking operands with no older entry: applied to an absent key."""
+    assert isinstance(operands, Operands)
+    resolved = resolve(operands, codec, key, now)
+    assert resolved is not None
+    return resolved
 
 
 class _Cursor:

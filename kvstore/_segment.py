@@ -48,7 +48,7 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add
@@ -59,8 +59,14 @@ import xxhash
 import zstandard
 
 from ._errors import CorruptionError, UnsupportedFormatError
+from ._operands import EXT_CODE as OPERANDS_EXT_CODE
+from ._operands import Operands
+from ._ttl import EXT_CODE as EXPIRING_EXT_CODE
+from ._ttl import Expiring
 
-FORMAT = 3  # formats 1 (one index block, no partitions) and 2 (no key spans blocks) are still read
+# Formats 1 (one index block, no partitions), 2 (no key spans blocks) and 3 (no ext-typed
+# values) are still read.
+FORMAT = 4
 HEADER = struct.Struct("<4sHH")
 FOOTER = struct.Struct("<QIQH2xQ4s")
 FOOTER_BODY = 24  # bytes of the footer covered by its checksum
@@ -84,7 +90,40 @@ PARTITION_TARGET_BYTES = 32 * 1024
 _ROW_OVERHEAD = 24  # msgpack framing and the two ints of a row, roughly
 _ZSTD_LEVEL = 3
 
-Entry = tuple[bytes, int, "bytes | None"]
+# An entry's value: a put's bytes, None (a tombstone), or a special kind carried as a msgpack
+# ExtType in the block's value column (format 4), one ext code per kind: `EXT_DECODERS`.
+Value = bytes | None | Operands | Expiring
+Entry = tuple[bytes, int, Value]
+
+# The one registry of ext-typed values: ext code -> decoder of its payload (ValueError if bad).
+# 1: expiring put (TTL); 2: atomic operands (`_operands`); 3: out-of-line value reference.
+EXT_DECODERS: dict[int, Callable[[bytes], object]] = {
+    EXPIRING_EXT_CODE: Expiring.from_ext,
+    OPERANDS_EXT_CODE: Operands.from_ext,
+}
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    decoder = EXT_DECODERS.get(code)
+    if decoder is None:
+        raise ValueError(f"unknown value kind (ext code {code})")
+    return decoder(data)
+
+
+def _to_ext(obj: object) -> object:
+    """msgpack's `default` for block values: a special kind as its ExtType."""
+    to_ext = getattr(obj, "to_ext", None)
+    if to_ext is None:
+        raise TypeError(f"cannot store a {type(obj).__name__} in a segment")
+    return to_ext()
+
+
+def value_size(value: Value) -> int:
+    """Bytes a value counts for (block and batch size accounting)."""
+    if value is None:
+        return 0
+    return len(value) if isinstance(value, bytes) else value.size
+
 
 # Key filters. A key's xxh3_64 digest h picks one 64-bit word of its block's
 # filter, (h mod 2**32) mod words, and a pattern of FILTER_PROBES bits,
@@ -277,7 +316,7 @@ class Block:
 
     keys: list[bytes]
     versions: list[int] | None  # None: every entry has the segment's commit version
-    values: list[bytes | None]
+    values: list[Value]
     size: int  # decoded bytes, for cache accounting
 
     def find(self, key: bytes) -> int | None:
@@ -306,7 +345,7 @@ class SegmentWriter:
         self._min_key = self._max_key = b""
         self._keys: list[bytes] = []
         self._versions: list[int] = []
-        self._values: list[bytes | None] = []
+        self._values: list[Value] = []
         self._raw_bytes = 0
         # Where the last key's entries begin in the open block, and the raw bytes before them.
         self._key_start = 0
@@ -318,7 +357,7 @@ class SegmentWriter:
         self.min_version = 0
         self.max_version = 0
 
-    def add(self, key: bytes, version: int, value: bytes | None) -> None:
+    def add(self, key: bytes, version: int, value: Value) -> None:
         """Append an entry; keys ascending, a key's versions descending.
 
         A block closes at a key boundary once it reaches BLOCK_TARGET_BYTES. A key whose
@@ -345,9 +384,7 @@ class SegmentWriter:
         self.last_key = key
         if value is None:
             self.tombstones += 1
-            self._raw_bytes += len(key) + _ENTRY_OVERHEAD
-        else:
-            self._raw_bytes += len(key) + len(value) + _ENTRY_OVERHEAD
+        self._raw_bytes += len(key) + value_size(value) + _ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
     def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], version: int) -> Iterator[None]:
@@ -463,7 +500,7 @@ class SegmentWriter:
 
     def _append_checked(self, obj: object) -> tuple[int, int]:
         """Append zstd(msgpack(obj)) and its checksum; returns their offset and length."""
-        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True))
+        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True, default=_to_ext))
         offset = self._written + len(self._out)
         self._out.extend(compressed)
         self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(compressed)))
@@ -576,7 +613,9 @@ def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
         keys, versions, values = decoded
         per_entry = _BYTES_OBJECT + 2 * _SLOT + (0 if versions is None else _SLOT + _INT_OBJECT)
         size = (
-            sum(map(len, keys)) + sum(len(v) + _BYTES_OBJECT for v in values if v is not None) + per_entry * len(keys)
+            sum(map(len, keys))
+            + sum(value_size(v) + _BYTES_OBJECT for v in values if v is not None)
+            + per_entry * len(keys)
         )
         return Block(keys, versions, values, size)
     except (TypeError, ValueError) as exc:
@@ -592,7 +631,9 @@ def _unpack_checked(data: bytes, object_name: str, label: str):  # type: ignore[
             block=label,
         )
     try:
-        return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(body), raw=False, use_list=True)
+        return msgpack.unpackb(
+            zstandard.ZstdDecompressor().decompress(body), raw=False, use_list=True, ext_hook=_ext_hook
+        )
     except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as exc:
         raise CorruptionError(
             f"segment {object_name}: cannot decode its {label}", object_name=object_name, block=label

@@ -33,6 +33,7 @@ from ._segment import (
     Probe,
     SegmentWriter,
     TopIndex,
+    Value,
     check_header,
     decode_block,
     parse_footer,
@@ -53,7 +54,7 @@ PART_BYTES = 8 * 1024 * 1024
 # Parts of one segment uploading while the next is encoded.
 PARTS_IN_FLIGHT = 2
 
-Entry = tuple[bytes, int, "bytes | None"]
+Entry = tuple[bytes, int, Value]
 V = TypeVar("V")
 # (start, bytes): a stretch of a segment object already fetched, from `start` on
 Held = tuple[int, bytes]
@@ -125,9 +126,7 @@ class SegmentStore:
             if blob is None or blob.data != tail:
                 raise
 
-    async def get(
-        self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
-    ) -> tuple[int, bytes | None] | None:
+    async def get(self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int) -> tuple[int, Value] | None:
         """The newest entry for `key` with version <= max_version: (version, value or None).
 
         `key_probe` is `probe(key)`: a key the block's filter rules out costs no block read.
@@ -165,7 +164,7 @@ class SegmentStore:
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
-    ) -> tuple[int, bytes | None] | None | Miss:
+    ) -> tuple[int, Value] | None | Miss:
         """Like `get`, without awaiting: `NOT_CACHED` when the top index, the partition or
         the block is not cached.
 
@@ -446,7 +445,7 @@ def _next_block(top: TopIndex, p: int, part: IndexPartition, block_no: int, key:
     return (p, block_no + 1) if holds else None
 
 
-def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, bytes | None] | None:
+def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, Value] | None:
     i = block.find(key)
     if i is None:
         return None

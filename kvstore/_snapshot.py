@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
+from . import _ttl as ttl
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
 from ._errors import ValidationError
 from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
+from ._operands import codec_of, resolve, stacks
 from ._options import StoreOptions
-from ._segment import probe
+from ._segment import Value, probe
 from ._segment_store import NOT_CACHED, Miss
 from ._sources import Sources
 from ._tasks import run_bounded
@@ -37,10 +39,12 @@ class SnapshotView:
         # Newest first: for commit segments this is commit order.
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)
         self._overlapping = _any_overlap(self._refs)
+        # Atomic operands resolve to an int in the recorded codec (none recorded: bytes).
+        self.codec = codec_of(manifest.settings.get("values"))
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
-        best: tuple[int, bytes | None] | None = None
+        best: tuple[int, Value] | None = None
         segments, version = self._segments, self.version
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
@@ -57,7 +61,21 @@ class SnapshotView:
                 found = await segments.get(ref, key, key_probe or probe(key), version)
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None else best[1]
+        if best is None:
+            return None
+        if stacks(best[1]):
+            return await self._folded(key)
+        return resolve(best[1], self.codec, key, ttl.clock())
+
+    async def _folded(self, key: bytes) -> bytes | None:
+        """The value of a key whose newest entry is stacking operands: its entries at or
+        below the view's version, newest first, folded down to a put or tombstone (or
+        to its oldest entry), the way a scan resolves them (`_merge.visible`)."""
+        end = key + b"\x00"
+        sources = [self._segments.blocks(r, key, end, False) for r in self._refs if r.min_key <= key <= r.max_key]
+        async for pair in visible(merge(sources), self.version, self.codec, ttl.clock()):
+            return pair[1]
+        return None
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` in order (None: absent or deleted); a key may repeat.
@@ -95,7 +113,7 @@ class SnapshotView:
 
     def _get_cached(self, key: bytes) -> bytes | None | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
-        best: tuple[int, bytes | None] | None = None
+        best: tuple[int, Value] | None = None
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # as in `get`
@@ -106,14 +124,18 @@ class SnapshotView:
                 return NOT_CACHED
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None else best[1]
+        if best is None:
+            return None
+        if stacks(best[1]):
+            return NOT_CACHED  # needs the key's older entries: `get` folds them
+        return resolve(best[1], self.codec, key, ttl.clock())
 
     def scan(
         self, start: bytes | None, end: bytes | None, *, reverse: bool = False
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
         sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
-        return visible(merge(sources, reverse=reverse), self.version)
+        return visible(merge(sources, reverse=reverse), self.version, self.codec, ttl.clock())
 
 
 class Snapshot:

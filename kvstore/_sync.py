@@ -229,15 +229,30 @@ class SyncTransaction:
         """Blocking form of `Transaction.get_many`."""
         return self._runner.run(self._tx.get_many(keys, default))
 
-    def put(self, key: str | bytes, value: Any) -> None:
+    def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> None:
         """Blocking form of `Transaction.put`."""
         self._runner.check_process()
-        self._tx.put(key, value)
+        self._tx.put(key, value, ttl=ttl)
 
     def delete(self, key: str | bytes) -> None:
         """Blocking form of `Transaction.delete`."""
         self._runner.check_process()
         self._tx.delete(key)
+
+    def add(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.add`."""
+        self._runner.check_process()
+        self._tx.add(key, n)
+
+    def max(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.max`."""
+        self._runner.check_process()
+        self._tx.max(key, n)
+
+    def min(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.min`."""
+        self._runner.check_process()
+        self._tx.min(key, n)
 
     def scan(
         self,
@@ -393,15 +408,30 @@ class SyncStore(MutableMapping[bytes, Any]):
         store, runner = self._live()
         return runner.run(store.get_many(keys, default))
 
-    def put(self, key: str | bytes, value: Any) -> int:
+    def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> int:
         """Blocking form of `Store.put`."""
         store, runner = self._live()
-        return runner.run(store.put(key, value))
+        return runner.run(store.put(key, value, ttl=ttl))
 
     def delete(self, key: str | bytes) -> int:
         """Blocking form of `Store.delete`."""
         store, runner = self._live()
         return runner.run(store.delete(key))
+
+    def add(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.add`."""
+        store, runner = self._live()
+        return runner.run(store.add(key, n))
+
+    def max(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.max`."""
+        store, runner = self._live()
+        return runner.run(store.max(key, n))
+
+    def min(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.min`."""
+        store, runner = self._live()
+        return runner.run(store.min(key, n))
 
     def scan(
         self,

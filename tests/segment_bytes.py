@@ -86,3 +86,14 @@ def as_format_2(data: bytes) -> bytes:
             ),
         ]
     )
+
+
+def as_format_3(data: bytes) -> bytes:
+    """A segment without ext-typed values as format 3 wrote it: the same bytes but the
+    format number in the header and the footer (and the footer's checksum); flags kept."""
+    footer = parse_footer(data, "s")
+    body = bytearray(data[-FOOTER.size : -FOOTER.size + FOOTER_BODY])
+    body[20:22] = (3).to_bytes(2, "little")  # the footer's u16 format, after u64 u32 u64
+    tail = FOOTER.pack(0, 0, 0, 0, xxhash.xxh3_64_intdigest(bytes(body)), FOOTER_MAGIC)[FOOTER_BODY:]
+    assert footer.format == 4
+    return HEADER.pack(HEADER_MAGIC, 3, 0) + data[HEADER.size : -FOOTER.size] + bytes(body) + tail

@@ -7,13 +7,17 @@ import re
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
-from segment_bytes import as_format_1, as_format_2, index_of, whole_index
+import xxhash
+import zstandard
+from segment_bytes import as_format_1, as_format_2, as_format_3, index_of, whole_index
 from targets import Target, engine_of
 
 import kvstore
 import kvstore._segment as segment
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
+from kvstore._operands import ADD, MAX, MIN, Operands
 from kvstore._segment import FOOTER, check_header, decode_block, encode_segment, parse_footer
 
 
@@ -88,13 +92,15 @@ def _golden(name: str) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("fmt", [1, 2, 3])
+@pytest.mark.parametrize("fmt", [1, 2, 3, 4])
 def test_golden_segments_in_the_docs(fmt: int) -> None:
     golden = _golden(f"segment-format-{fmt}")
     written = encode_segment(GOLDEN_ENTRIES, uniform_version=False).data
-    # the writer (format 3), and the helpers for what formats 1 and 2 wrote: format 3 only
-    # lets a key's versions span blocks, which these few entries do not
-    assert {3: written, 2: as_format_2(written), 1: as_format_1(written)}[fmt] == golden
+    # the writer (format 4), and the helpers for what formats 1 to 3 wrote: format 3 only
+    # lets a key's versions span blocks, and format 4 only adds ext-typed values, which
+    # these few entries do not use
+    written_as = {4: written, 3: as_format_3(written), 2: as_format_2(written), 1: as_format_1(written)}
+    assert written_as[fmt] == golden
     check_header(golden, "s")
     assert parse_footer(golden, "s").format == fmt
     top, parts = index_of(golden)
@@ -102,6 +108,33 @@ def test_golden_segments_in_the_docs(fmt: int) -> None:
     (part,) = parts
     block = decode_block(golden[slice(*part.span(0))], "s", 0)
     assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == GOLDEN_ENTRIES
+
+
+def test_golden_operands_segment_in_the_docs() -> None:
+    # docs/format.md, "Special values (format 4)": atomic operands are ext 2 in the value column
+    golden = _golden("segment-operands")
+    entries = [
+        (b"hits", 3, Operands(((ADD, 5),))),
+        (b"hits", 2, Operands(((ADD, -1), (MAX, 10)))),
+        (b"hits", 1, (7).to_bytes(8, "little")),
+    ]
+    assert encode_segment(entries, uniform_version=False).data == golden
+    (part,) = index_of(golden)[1]
+    block = decode_block(golden[slice(*part.span(0))], "s", 0)
+    assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == entries
+    assert parse_footer(golden, "s").format == 4
+    assert msgpack.packb(Operands(((MIN, 3),), True, b"\x01").to_ext()).hex() == "c7070292920203c40101"
+
+
+def test_unknown_ext_value_is_damage() -> None:
+    # a value kind this kvstore does not know (an ext code not in the registry)
+    data = encode_segment([(b"k", 1, Operands(((ADD, 1),)))], uniform_version=False).data
+    (part,) = index_of(data)[1]
+    block_bytes = data[slice(*part.span(0))]
+    body = zstandard.ZstdDecompressor().decompress(block_bytes[:-8]).replace(b"\xd6\x02", b"\xd6\x63")
+    frame = zstandard.ZstdCompressor(level=3).compress(body)
+    with pytest.raises(kvstore.CorruptionError, match="cannot decode"):
+        decode_block(frame + xxhash.xxh3_64_intdigest(frame).to_bytes(8, "little"), "s", 0)
 
 
 def _manifest(log: int = 3) -> Manifest:
