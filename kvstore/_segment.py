@@ -1,6 +1,6 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
-Layout of format 3 (docs/format.md has the byte-level description)::
+Layout of format 4 (docs/format.md has the byte-level description)::
 
     header     8 bytes   b"KVSG", u16 format, u16 flags (0)
     block*               zstd(msgpack([keys, versions | nil, values])) + u64 xxh3 checksum
@@ -27,6 +27,11 @@ look in the last block whose range holds the key, hence the new number.
 Format 1 (still read) has no partitions: its footer points at a single index
 block of block rows, which a reader takes as the one partition of a one-row
 top index.
+
+Format 4 (written now) is format 3 plus values of other kinds in a block's
+values: msgpack ExtType values, one ext code per kind, decoded through the
+one registry `EXT_DECODERS` (1: an expiring put, `_ttl`; 2: atomic operands,
+`_operands`). A format-3 reader refuses format 4.
 
 A value of nil is a tombstone. A block whose versions
 are nil belongs to a *commit segment*: every entry has the version at which

@@ -43,6 +43,8 @@ RETRY = kvstore.RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.005)
 OPTIONS = kvstore.StoreOptions(retry=RETRY, auto_compact=False, inline_segment_bytes=0)
 INLINE = kvstore.StoreOptions(retry=RETRY, auto_compact=False)
 KEYS = ("a", "b", "c")
+ADDED = 5  # the crash-test transaction's atomic add
+EXPIRES_IN = 3600.0  # seconds: the crash-test transaction's expiring put outlives the test
 
 
 # --------------------------------------------------------------------------- helpers
@@ -50,10 +52,12 @@ KEYS = ("a", "b", "c")
 
 @dataclass
 class StoreState:
-    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written)."""
+    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written, c
+    with a TTL, ADDED added to the counter "counted" as an atomic operand)."""
 
     n: int
     values: list[Any]
+    counted: Any
     other: Any
     version: int
     txn_in_log: int  # times the transaction's id appears in the commit log
@@ -62,9 +66,9 @@ class StoreState:
     @property
     def present(self) -> bool:
         """Fully present (True) or fully absent (False); anything partial fails here."""
-        if self.n == 1 and self.values == ["written"] * len(KEYS):
+        if self.n == 1 and self.values == ["written"] * len(KEYS) and self.counted == ADDED:
             return True
-        assert (self.n, self.values) == (0, [None] * len(KEYS)), f"partially applied: {self}"
+        assert (self.n, self.values, self.counted) == (0, [None] * len(KEYS), None), f"partially applied: {self}"
         return False
 
 
@@ -88,6 +92,7 @@ async def _state(target: Target, txn_id: bytes | None, written: set[str]) -> Sto
         return StoreState(
             n=await snap.get("n"),
             values=[await snap.get(k) for k in KEYS],
+            counted=await snap.get("counted"),
             other=await snap.get("other"),
             version=snap.version,
             txn_in_log=in_log,
@@ -265,7 +270,8 @@ async def test_crash_point_leaves_the_transaction_all_or_nothing_and_at_most_onc
         n = await tx.get("n")
         tx.put("n", n + 1)
         for key in KEYS:
-            tx.put(key, "written")
+            tx.put(key, "written", ttl=EXPIRES_IN if key == KEYS[-1] else None)  # an expiring put too
+        tx.add("counted", ADDED)
         if point.concurrent:
             async with target.open(values="msgpack", options=OPTIONS) as other:
                 await other.put("other", 1)
@@ -391,7 +397,8 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
     assert not result.stopped_by_duration_limit, report
     w = result.workloads
     assert sum(s["invoked"] for s in w.values()) == config.txns, report
-    assert all(s["ok"] > 0 and s["fail"] > 0 for s in w.values()), report
+    # Blind atomic adds never conflict: the only workload without failures.
+    assert all(s["ok"] > 0 and (s["fail"] > 0 or name == "atomic-counter") for name, s in w.items()), report
     assert result.kills >= 1 and result.incarnations > config.processes, report
     assert sum(s["unfinished"] for s in w.values()) >= 1, report  # killed mid-transaction: info
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0, report
@@ -416,7 +423,12 @@ async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
     endpoint_url, bucket = s3_bucket
     target = Target("s3", f"s3://{bucket}/wire", {"endpoint_url": endpoint_url})
     config = _campaign(
-        target, tmp_path / "campaign", txns=240, faults=False, net_faults=True, workloads=("list-append", "counter")
+        target,
+        tmp_path / "campaign",
+        txns=240,
+        faults=False,
+        net_faults=True,
+        workloads=("list-append", "counter", "atomic-counter"),
     )
     result: CampaignResult = await asyncio.to_thread(run_campaign, config)
     report = format_summary(result)
@@ -451,13 +463,13 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     # Without I5's resolution, a CAS whose answer was lost is retried blindly: the
     # transaction is then applied although reported failed, or applied twice.
     target = Target("file", f"file://{tmp_path / 'broken'}")
-    # 600 transactions: enough CAS requests (about 5 % lose their answer) that
-    # each store meets several ambiguous commits.
+    # 800 transactions (200 per workload): enough CAS requests (about 5 % lose their
+    # answer) that each store meets several ambiguous commits.
     config = _campaign(
         target,
         tmp_path / "campaign",
         processes=2,
-        txns=600,
+        txns=800,
         kills=False,
         worker_setup="sabotage:no_ambiguity_resolution",
     )
@@ -466,6 +478,7 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
     assert ("list-append", "G1a") in found, found  # a "failed" transaction's append was read
     assert ("counter", "count") in found, found  # a "failed" increment was applied
+    assert ("atomic-counter", "count") in found, found  # a "failed" add was applied (or one twice)
 
 
 @pytest.mark.parametrize(
