@@ -14,6 +14,7 @@ from ._doctor import DoctorCheck, DoctorReport, doctor
 from ._engine import VerifyReport
 from ._errors import (
     AccessDeniedError,
+    AtomicOperandError,
     ClosedError,
     CodecMismatchError,
     CommitOutcomeUnknownError,
@@ -61,6 +62,7 @@ from ._version import __version__ as __version__
 
 __all__ = [
     "AccessDeniedError",
+    "AtomicOperandError",
     "Change",
     "ClosedError",
     "CodecMismatchError",

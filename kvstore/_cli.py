@@ -1038,18 +1038,21 @@ def _value_input(path: str) -> bytes:
     metavar="PATH",
     help="Read the value from this file ('-' for stdin) instead of an argument.",
 )
-async def put(s: Session, key: str, value: str | None = None, *, file_: str | None) -> None:
+@click.option("--ttl", type=float, metavar="SECONDS", help="The value expires this many seconds from now.")
+async def put(s: Session, key: str, value: str | None = None, *, file_: str | None, ttl: float | None = None) -> None:
     """Set KEY to VALUE, to the bytes of --file, or to stdin ('-').
 
     In a store of msgpack values the value is JSON text, stored msgpack-encoded.
+    With --ttl the value expires: reads then find KEY absent.
     """
     data = _value_input(file_) if file_ is not None else _value_input(value) if value == "-" else str(value).encode()
     async with s.open() as db:
         stored = s.values.encode(data, "the value")
-        version = await db.put(key, stored)
+        version = await db.put(key, stored, ttl=ttl)
+    expiry = {} if ttl is None else {"ttl": ttl}
     s.out.result(
-        {**_key_json(key.encode()), "version": version, "bytes": len(stored)},
-        f"put {key} ({len(stored)} bytes) at version {version}",
+        {**_key_json(key.encode()), "version": version, "bytes": len(stored), **expiry},
+        f"put {key} ({len(stored)} bytes) at version {version}" + ("" if ttl is None else f", expires in {ttl:g} s"),
     )
 
 
@@ -1136,6 +1139,47 @@ async def _delete_range(s: Session, prefix: str | None, range_: tuple[str, str] 
         if end
         else f"deleted every key from {start!r} on at version {version}",
     )
+
+
+def _operand(text: str, op: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"{op} takes an integer N, not {text!r} (a negative one after `--`)", EXIT_USAGE) from None
+
+
+async def _atomic(s: Session, key: str, n: str, op: str) -> None:
+    """Run one atomic operation (`Store.add`, `max` or `min`) and report it."""
+    operand = _operand(n, op)
+    async with s.open() as db:
+        version = await getattr(db, op)(key, operand)
+    s.out.result(
+        {**_key_json(key.encode()), "version": version, "op": op, "operand": operand},
+        f"{op} {operand} to {key} at version {version}",
+    )
+
+
+@store_command(cli, "KEY N", mode="write", compacts=True)
+async def add(s: Session, key: str, n: str) -> None:
+    """Atomically add the integer N to KEY (a missing key counts as 0).
+
+    A blind write: it never conflicts with other adds. The value reads as an
+    int (8 bytes little-endian in a bytes store); it wraps around past the
+    signed 64-bit range. A negative N goes after `--`: `kvstore add URL k -- -1`.
+    """
+    await _atomic(s, key, n, "add")
+
+
+@store_command(cli, "KEY N", mode="write", compacts=True, name="max")
+async def max_(s: Session, key: str, n: str) -> None:
+    """Atomically raise the integer at KEY to at least N (a missing key becomes N)."""
+    await _atomic(s, key, n, "max")
+
+
+@store_command(cli, "KEY N", mode="write", compacts=True, name="min")
+async def min_(s: Session, key: str, n: str) -> None:
+    """Atomically lower the integer at KEY to at most N (a missing key becomes N)."""
+    await _atomic(s, key, n, "min")
 
 
 @store_command(cli, values=VALUE_CHOICES)
@@ -1692,7 +1736,7 @@ def _exit_code(exc: kvstore.KvStoreError) -> int:
         return EXIT_CONFLICT
     if isinstance(exc, kvstore.CorruptionError):
         return EXIT_DAMAGED
-    return EXIT_ERROR
+    return EXIT_ERROR  # e.g. AtomicOperandError: a key's value cannot take add/max/min
 
 
 # The library's messages give Python advice (`create=True`, `Store.tags()`);

@@ -36,11 +36,11 @@ from ._layout import new_object_id
 from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
+from ._operands import codec_of, combine
 from ._options import StoreOptions, grace_period_of
 from ._ranges import KeyRange, cover, in_ranges, normalized, range_bytes, ranges_meet
-from ._segment import encode_segment
+from ._segment import Value, encode_segment
 from ._segment_store import SegmentStore
-from ._value_refs import StoredValue
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
@@ -63,8 +63,9 @@ class CommitRequest:
     started: float  # time.monotonic() when its snapshot was taken
     read_keys: set[bytes]
     read_ranges: list[tuple[bytes, bytes | None]]
-    # None: delete. A large value is a ValueRef once `Engine.commit` has written its object.
-    writes: Mapping[bytes, StoredValue]
+    # None: delete; Operands: atomic add/max/min; a large value is a ValueRef once
+    # `Engine.commit` has written its object.
+    writes: Mapping[bytes, Value]
     # How the values were encoded (`_codec.ValueMode`): refused on a base that records
     # a codec they do not fit (the store took another one up after the handle opened).
     values: ValueMode
@@ -377,12 +378,15 @@ class Committer:
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
             return _Pending(bulk, accepted[0].started, None)
-        merged: dict[bytes, StoredValue] = {}
+        merged: dict[bytes, Value] = {}
+        codec = codec_of(self._manifests.current[0].settings.get("values"))
         for request in accepted:
             if request.range_deletes:  # deletes what earlier transactions of the batch wrote there
                 for key in [k for k in merged if in_ranges(k, request.range_deletes)]:
                     del merged[key]
-            merged.update(request.writes)  # later transactions in the batch win
+            for key, value in request.writes.items():
+                # Later transactions in the batch win; their atomic operands apply on top.
+                merged[key] = combine(merged[key], value, codec) if key in merged else value
         ranges = normalized(r for request in accepted for r in request.range_deletes)
         keys = sorted(merged)
         if not keys:  # only range deletes: the manifest carries them, no segment

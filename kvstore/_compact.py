@@ -36,14 +36,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 from itertools import accumulate, pairwise
 
+from . import _ttl as ttl
 from ._cas import read_modify_cas
 from ._errors import CompactionTooSlowError
 from ._manifest import CommitRecord, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._merge import merge
+from ._operands import codec_of, combine, resolve, settle, stacks
 from ._options import StoreOptions, grace_period_of
 from ._ranges import RangeIndex, RangeTombstone, inside
-from ._segment import BLOCK_TARGET_BYTES
+from ._segment import BLOCK_TARGET_BYTES, Value
 from ._segment_store import (
     PART_BYTES,
     PARTS_IN_FLIGHT,
@@ -144,24 +146,42 @@ class Retention:
     (a key's history may be far larger than memory), except the tombstones that
     end them so far, held (they are small) until a value or the key's end
     decides them.
+
+    Atomic operands (`_operands`) that stack on older entries are kept as they are
+    above the floor. The one at the floor (the key's oldest readable state) takes
+    in the older entries instead of dropping them: folded down to a put or
+    tombstone it becomes a put of the result; with nothing older left anywhere
+    (the tombstone rule) it resolves on an absent key; else it stays operands.
     """
 
-    def __init__(self, floor: int, tombstone_droppable: TombstoneCheck) -> None:
+    def __init__(self, floor: int, tombstone_droppable: TombstoneCheck, codec: str = "bytes", now: float = 0.0) -> None:
         self._floor = floor
         self._droppable = tombstone_droppable
+        self._codec = codec
+        self._now = now  # puts expired by then (`_ttl`) are tombstones
         self._key: bytes | None = None  # the key being fed
         self._newer = 0  # the version of its last entry kept (or held)
         self._past_floor = False  # its remaining entries are dropped
         self._tombstones: list[Entry] = []  # kept tombstones ending its entries so far
+        self._folding: Entry | None = None  # stacking operands at the floor, taking in older entries
 
     def feed(self, batch: Iterable[Entry]) -> list[Entry]:
         """The entries to keep, of those `batch` decides, in order."""
         kept: list[Entry] = []
         for entry in batch:
             key, version, value = entry
+            if value is not None and not isinstance(value, bytes):
+                settled = settle(value, self._codec, self._now)  # an expired put: a tombstone
+                if settled is not value:
+                    value = settled
+                    entry = key, version, value
             if key != self._key:
                 kept += self._end_key()
                 self._key, self._past_floor = key, False
+            elif self._folding is not None:
+                if version != self._newer:  # (the same version in two sources: the first won)
+                    kept += self._fold(value, version)
+                continue
             elif self._past_floor or version == self._newer:
                 continue  # nothing readable sees it, or the same version in two sources: the first won
             elif self._newer <= self._floor:
@@ -174,8 +194,25 @@ class Retention:
                 if self._tombstones:
                     kept += self._tombstones
                     self._tombstones = []
-                kept.append(entry)
+                if version <= self._floor and stacks(value):
+                    self._folding = entry  # it needs what is older, which nothing else reads
+                else:
+                    kept.append(entry)
         return kept
+
+    def _fold(self, value: Value, version: int) -> list[Entry]:
+        """Fold an older entry into the operands at the floor; the result once they no
+        longer stack (the key's remaining entries are then dropped)."""
+        assert self._folding is not None
+        key, at, operands = self._folding
+        folded = combine(value, operands, self._codec)
+        self._newer = version
+        if stacks(folded):
+            self._folding = key, at, folded
+            return []
+        self._folding = None
+        self._past_floor = True
+        return [(key, at, folded)]
 
     def finish(self) -> list[Entry]:
         """The entries to keep of the last key."""
@@ -186,6 +223,12 @@ class Retention:
         tombstones, self._tombstones = self._tombstones, []
         while tombstones and self._droppable(tombstones[-1][0], tombstones[-1][1]):
             tombstones.pop()
+        if self._folding is not None:
+            key, at, operands = self._folding
+            self._folding = None
+            if self._droppable(key, self._newer):  # nothing older anywhere: they apply to nothing
+                operands = resolve(operands, self._codec, key, self._now)
+            tombstones.append((key, at, operands))
         return tombstones
 
 
@@ -373,6 +416,8 @@ class SubCompaction:
     # Range deletes at or below `floor` meeting [start, end): the entries they hide are
     # dropped (no readable version sees them).
     ranges: tuple[RangeTombstone, ...] = ()
+    codec: str = "bytes"  # the store's recorded codec: what atomic operands resolve to
+    now: float = 0.0  # the compaction's clock: puts expired by then are tombstones (0: none)
 
     def tombstone_droppable(self, key: bytes, version: int) -> bool:
         """Whether a tombstone may go: no other source can hold an older entry of `key`."""
@@ -434,7 +479,7 @@ async def _retained(
 ) -> AsyncIterator[list[Entry]]:
     """The entries to keep (`Retention`), in batches (a key's entries may run over
     several: an output segment ends only at a key boundary, `SegmentOutput.add_until`)."""
-    retention = Retention(sub.floor, sub.tombstone_droppable)
+    retention = Retention(sub.floor, sub.tombstone_droppable, sub.codec, sub.now)
     ranges = sub.ranges
     async for batch in batches:
         counts.entries_in += len(batch)
@@ -618,6 +663,7 @@ class Compactor:
         # hold one (`_ranges_to_drop`).
         settled = tuple(t for t in base.range_deletes if t.version <= floor)
         moved, rewritten = await self._moves(inputs, floor, settled)
+        codec = codec_of(base.settings.get("values"))
         input_ids = frozenset(r.id for r in inputs)
         others = tuple(r for r in base.segments if r.id not in input_ids)
         samples = await self._samples(rewritten, moved)
@@ -632,8 +678,10 @@ class Compactor:
                 floor,
                 level,
                 options.target_segment_bytes,
-                readahead,
-                tuple(t for t in settled if t.meets(start, end)),
+                readahead=readahead,
+                ranges=tuple(t for t in settled if t.meets(start, end)),
+                codec=codec,
+                now=ttl.clock(),
             )
             for start, end in around(ranges, moved)
             if any(r.overlaps(start, end) for r in rewritten)

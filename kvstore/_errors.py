@@ -27,6 +27,7 @@ object-store boundary, so callers only ever catch these::
     │   └── UnsupportedFormatError              written by a newer kvstore
     ├── CorruptionError                         stored bytes fail their checksum
     ├── ValueDecodeError                        a stored value is not in the store's codec
+    ├── AtomicOperandError                      add/max/min applied to a value that is not an int
     ├── VersionNotRetainedError                 the asked-for past version is gone
     ├── TagNotFoundError                        no tag of that name
     ├── TagExistsError                          a tag of that name exists
@@ -245,6 +246,20 @@ class ValueDecodeError(KvStoreError):
     def __init__(self, message: str, *, store: str, key: bytes) -> None:
         super().__init__(message)
         self.store = store
+        self.key = key
+
+
+class AtomicOperandError(KvStoreError):
+    """A key's value cannot be read because `add`, `max` or `min` was applied to a value
+    that is not a signed 64-bit integer in the store's codec (a msgpack int, or 8 bytes
+    little-endian in a bytes store).
+
+    Raised by the read, not the write: atomic operations are blind. Put an integer to
+    the key, or delete it, to give it a value again.
+    """
+
+    def __init__(self, message: str, *, key: bytes) -> None:
+        super().__init__(message)
         self.key = key
 
 

@@ -56,9 +56,9 @@ from ._layout import Layout
 from ._manifest import Manifest, SegmentRef, invalid_grace_record, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import MAX_DELETE_BATCH, ObjectInfo, ObjectNotFound, RetryingObjectStore
+from ._segment import value_ref_of
 from ._sources import Sources
 from ._tags import Tag, TagStore
-from ._value_refs import ValueRef
 
 _FORMAT = 1
 _MAGIC = b"KVGC"
@@ -234,7 +234,7 @@ class GarbageCollector:
             if await self._sources.segments.holds_value_refs(ref):
                 found: set[str] = set()
                 async for entries in self._sources.segments.blocks(ref, None, None, False, fill_cache=False):
-                    found.update(v.id for _, _, v in entries if isinstance(v, ValueRef))
+                    found.update(held.id for _, _, v in entries if (held := value_ref_of(v)) is not None)
                 ids = frozenset(found)
             self._value_ids[ref.id] = ids
         for value_id in ids:

@@ -13,11 +13,13 @@ import heapq
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import total_ordering
 
+from ._operands import Operands, combine, resolve, stacks
+from ._segment import Value, value_size
 from ._segment_store import Entry
-from ._value_refs import ValueRef, stored_size
+from ._value_refs import ValueRef
 
 # Reads the value an out-of-line reference names (`_value_store.ValueStore.read`).
-Resolve = Callable[[ValueRef, bytes], Awaitable[bytes]]
+ReadValue = Callable[[ValueRef, bytes], Awaitable[bytes]]
 
 # Entries handed out per batch when several sources interleave (a single source
 # passes its blocks through). Batches keep the per-entry cost synchronous; the byte
@@ -51,8 +53,8 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
         cursor = cursors[n]
         entry = cursor.take()
         batch.append(entry)
-        if entry[2]:
-            value_bytes += stored_size(entry[2])
+        if entry[2] is not None:
+            value_bytes += value_size(entry[2])
         if cursor.has_more() or await cursor.fill():
             heapq.heappush(heap, (_order(cursor.peek(), reverse), n))
         if len(batch) >= _BATCH or value_bytes >= _BATCH_VALUE_BYTES:
@@ -66,25 +68,65 @@ async def merge(sources: Sequence[AsyncIterator[list[Entry]]], *, reverse: bool 
 async def visible(
     batches: AsyncIterator[list[Entry]],
     version: int,
-    resolve: Resolve,
+    codec: str,
+    now: float,
+    read_value: ReadValue,
     hidden: Callable[[bytes, int], bool] | None = None,
 ) -> AsyncIterator[tuple[bytes, bytes]]:
     """Live (key, value) pairs as of `version` from merged entries: per key the
-    newest entry at or below `version`; a tombstone hides the key, and so does
-    `hidden(key, entry_version)` (a range delete, `_ranges.RangeIndex.hides`). A
-    value stored out of line is read with `resolve` when its pair is handed out."""
+    newest entry at or below `version`; a tombstone, or a put expired at `now`
+    (`_ttl`), hides the key, and so does `hidden(key, entry_version)` (a range
+    delete, `_ranges.RangeIndex.hides`). Atomic operands fold onto the key's older
+    entries until a put or tombstone (`_operands`), and resolve to an integer in
+    `codec`. A value stored out of line is read with `read_value` when its pair is
+    handed out."""
     last_key: bytes | None = None
+    pending: Value = None  # stacking operands of last_key, waiting for its older entries
+    pending_version = 0
     async for entries in batches:
         for key, entry_version, value in entries:
-            if key == last_key or entry_version > version:
-                continue  # an older version of a key already decided, or too new
-            last_key = key
-            if value is None or (hidden is not None and hidden(key, entry_version)):
+            if entry_version > version:
+                continue  # too new
+            if key == last_key:
+                if not stacks(pending) or entry_version == pending_version:
+                    continue  # an older version of a key already decided (or a duplicate)
+                if hidden is not None and hidden(key, entry_version):
+                    value = None  # range-deleted: the operands above start from nothing
+                pending, pending_version = combine(value, pending, codec), entry_version
+                if stacks(pending):
+                    continue
+                resolved = resolve(pending, codec, key, now)
+                pending = None
+                if resolved is not None:
+                    yield key, await _read(resolved, key, read_value)
                 continue
-            if isinstance(value, ValueRef):
-                yield key, await resolve(value, key)
-            else:
-                yield key, value
+            if stacks(pending):
+                assert last_key is not None
+                yield last_key, _on_nothing(pending, codec, last_key, now)
+            last_key, pending, pending_version = key, None, entry_version
+            if hidden is not None and hidden(key, entry_version):
+                continue  # range-deleted
+            if stacks(value):
+                pending = value
+                continue
+            resolved = resolve(value, codec, key, now)
+            if resolved is not None:
+                yield key, await _read(resolved, key, read_value)
+    if stacks(pending):
+        assert last_key is not None
+        yield last_key, _on_nothing(pending, codec, last_key, now)
+
+
+async def _read(value: bytes | ValueRef, key: bytes, read_value: ReadValue) -> bytes:
+    return await read_value(value, key) if isinstance(value, ValueRef) else value
+
+
+def _on_nothing(operands: Value, codec: str, key: bytes, now: float) -> bytes:
+    """The value of stacking operands with no older entry: applied to an absent key."""
+    assert isinstance(operands, Operands)
+    resolved = resolve(operands, codec, key, now)
+    assert isinstance(resolved, bytes)
+    return resolved
 
 
 class _Cursor:

@@ -1,7 +1,8 @@
 """The segment format: an immutable sorted run of entries (bytes only, no I/O).
 
 Format 4 is format 3 whose value columns may hold special values as msgpack
-ExtType (`EXT_DECODERS`: code 3, an out-of-line value reference, `_value_refs`).
+ExtType (`EXT_DECODERS`: 1 an expiring put, `_ttl`; 2 atomic operands,
+`_operands`; 3 an out-of-line value reference, `_value_refs`).
 
 Layout of format 3 and 4 (docs/format.md has the byte-level description)::
 
@@ -32,6 +33,11 @@ Format 1 (still read) has no partitions: its footer points at a single index
 block of block rows, which a reader takes as the one partition of a one-row
 top index.
 
+Format 4 (written now) is format 3 plus values of other kinds in a block's
+values: msgpack ExtType values, one ext code per kind, decoded through the
+one registry `EXT_DECODERS` (1: an expiring put, `_ttl`; 2: atomic operands,
+`_operands`). A format-3 reader refuses format 4.
+
 A value of nil is a tombstone. A block whose versions
 are nil belongs to a *commit segment*: every entry has the version at which
 the manifest committed the segment (not known when the segment is written,
@@ -52,7 +58,7 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add
@@ -63,8 +69,13 @@ import xxhash
 import zstandard
 
 from ._errors import CorruptionError, UnsupportedFormatError
+from ._operands import EXT_CODE as OPERANDS_EXT_CODE
+from ._operands import Operands
+from ._operands import Value as Value  # an entry's value (re-exported: segments hold them)
+from ._ttl import EXT_CODE as EXPIRING_EXT_CODE
+from ._ttl import Expiring
 from ._value_refs import EXT_CODE as VALUE_REF_CODE
-from ._value_refs import StoredValue, ValueRef, stored_size
+from ._value_refs import REF_BYTES, ValueRef
 
 # 4: a block's value column may hold special values as msgpack ExtType (EXT_DECODERS).
 # Formats 1 (one index block, no partitions), 2 (no key spans blocks) and 3 are still read.
@@ -93,11 +104,17 @@ PARTITION_TARGET_BYTES = 32 * 1024
 _ROW_OVERHEAD = 24  # msgpack framing and the two ints of a row, roughly
 _ZSTD_LEVEL = 3
 
-Entry = tuple[bytes, int, StoredValue]
+# An entry's value: a put's bytes, None (a tombstone), or a special kind carried as a msgpack
+# ExtType in the block's value column (format 4), one ext code per kind: `EXT_DECODERS`.
+Entry = tuple[bytes, int, Value]
 
-# Special entry values, by msgpack ext code: ONE registry for every kind (each kind's
-# module owns its code and its dataclass with `to_ext`/`from_ext`).
-EXT_DECODERS: dict[int, Any] = {VALUE_REF_CODE: ValueRef.from_ext}
+# The one registry of ext-typed values: ext code -> decoder of its payload (ValueError if bad).
+# 1: expiring put (TTL); 2: atomic operands (`_operands`); 3: out-of-line value reference.
+EXT_DECODERS: dict[int, Callable[[bytes], object]] = {
+    EXPIRING_EXT_CODE: Expiring.from_ext,
+    OPERANDS_EXT_CODE: Operands.from_ext,
+    VALUE_REF_CODE: ValueRef.from_ext,
+}
 
 
 def _ext_hook(code: int, data: bytes) -> object:
@@ -107,11 +124,30 @@ def _ext_hook(code: int, data: bytes) -> object:
     return decoder(data)
 
 
-def _ext_default(obj: object) -> object:
+def _to_ext(obj: object) -> object:
+    """msgpack's `default` for block values: a special kind as its ExtType."""
     to_ext = getattr(obj, "to_ext", None)
     if to_ext is None:
         raise TypeError(f"cannot store a {type(obj).__name__} in a segment")
     return to_ext()
+
+
+def value_ref_of(value: Value) -> ValueRef | None:
+    """The out-of-line value an entry refers to: its own, or that of the put its
+    atomic operands apply to (kept while the put is not an integer, `_operands`)."""
+    if isinstance(value, Operands):
+        value = value.base if isinstance(value.base, ValueRef) else None
+    return value if isinstance(value, ValueRef) else None
+
+
+def value_size(value: Value) -> int:
+    """Bytes a value counts for in its segment (block and batch size accounting; a
+    reference to an out-of-line value: REF_BYTES)."""
+    if value is None:
+        return 0
+    if isinstance(value, bytes):
+        return len(value)
+    return REF_BYTES if isinstance(value, ValueRef) else value.size
 
 
 # Key filters. A key's xxh3_64 digest h picks one 64-bit word of its block's
@@ -305,7 +341,7 @@ class Block:
 
     keys: list[bytes]
     versions: list[int] | None  # None: every entry has the segment's commit version
-    values: list[StoredValue]
+    values: list[Value]
     size: int  # decoded bytes, for cache accounting
 
     def find(self, key: bytes) -> int | None:
@@ -334,7 +370,7 @@ class SegmentWriter:
         self._min_key = self._max_key = b""
         self._keys: list[bytes] = []
         self._versions: list[int] = []
-        self._values: list[StoredValue] = []
+        self._values: list[Value] = []
         self.value_refs = 0  # entries whose value is a ValueRef
         self._raw_bytes = 0
         # Where the last key's entries begin in the open block, and the raw bytes before them.
@@ -347,7 +383,7 @@ class SegmentWriter:
         self.min_version = 0
         self.max_version = 0
 
-    def add(self, key: bytes, version: int, value: StoredValue) -> None:
+    def add(self, key: bytes, version: int, value: Value) -> None:
         """Append an entry; keys ascending, a key's versions descending.
 
         A block closes at a key boundary once it reaches BLOCK_TARGET_BYTES. A key whose
@@ -374,9 +410,9 @@ class SegmentWriter:
         self.last_key = key
         if value is None:
             self.tombstones += 1
-        elif isinstance(value, ValueRef):
+        elif value_ref_of(value) is not None:
             self.value_refs += 1
-        self._raw_bytes += len(key) + stored_size(value) + _ENTRY_OVERHEAD
+        self._raw_bytes += len(key) + value_size(value) + _ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
     def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], version: int) -> Iterator[None]:
@@ -494,7 +530,7 @@ class SegmentWriter:
 
     def _append_checked(self, obj: object) -> tuple[int, int]:
         """Append zstd(msgpack(obj)) and its checksum; returns their offset and length."""
-        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True, default=_ext_default))
+        compressed = self._compressor.compress(msgpack.packb(obj, use_bin_type=True, default=_to_ext))
         offset = self._written + len(self._out)
         self._out.extend(compressed)
         self._out.extend(CHECKSUM.pack(xxhash.xxh3_64_intdigest(compressed)))
@@ -608,7 +644,7 @@ def decode_block(data: bytes, object_name: str, block_no: int) -> Block:
         per_entry = _BYTES_OBJECT + 2 * _SLOT + (0 if versions is None else _SLOT + _INT_OBJECT)
         size = (
             sum(map(len, keys))
-            + sum(stored_size(v) + _BYTES_OBJECT for v in values if v is not None)
+            + sum(value_size(v) + _BYTES_OBJECT for v in values if v is not None)
             + per_entry * len(keys)
         )
         return Block(keys, versions, values, size)

@@ -42,13 +42,13 @@ from ._segment import (
     Probe,
     SegmentWriter,
     TopIndex,
+    Value,
     check_header,
     decode_block,
     parse_footer,
     parse_index,
     parse_partition,
 )
-from ._value_refs import StoredValue
 
 _log = logging.getLogger("kvstore")
 
@@ -83,7 +83,7 @@ def scan_readahead(sources: int) -> int:
     return max(BLOCK_TARGET_BYTES, min(SCAN_READAHEAD_BYTES, share))
 
 
-Entry = tuple[bytes, int, StoredValue]
+Entry = tuple[bytes, int, Value]
 V = TypeVar("V")
 # (start, bytes): a stretch of a segment object already fetched, from `start` on
 Held = tuple[int, bytes]
@@ -143,9 +143,7 @@ class SegmentStore:
             raise
         return asyncio.create_task(output.finish(level=0, versioned=False))
 
-    async def get(
-        self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
-    ) -> tuple[int, StoredValue] | None:
+    async def get(self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int) -> tuple[int, Value] | None:
         """The newest entry for `key` with version <= max_version: (version, value or None).
 
         `key_probe` is `probe(key)`: a key the block's filter rules out costs no block read.
@@ -183,7 +181,7 @@ class SegmentStore:
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
-    ) -> tuple[int, StoredValue] | None | Miss:
+    ) -> tuple[int, Value] | None | Miss:
         """Like `get`, without awaiting: `NOT_CACHED` when the top index, the partition or
         the block is not cached.
 
@@ -621,7 +619,7 @@ def _next_block(top: TopIndex, p: int, part: IndexPartition, block_no: int, key:
     return (p, block_no + 1) if holds else None
 
 
-def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, StoredValue] | None:
+def _newest(block: Block, ref: SegmentRef, key: bytes, max_version: int) -> tuple[int, Value] | None:
     i = block.find(key)
     if i is None:
         return None

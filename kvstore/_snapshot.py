@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
+from . import _ttl as ttl
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
 from ._errors import ValidationError
 from ._manifest import Manifest, SegmentRef
 from ._merge import merge, visible
+from ._operands import codec_of, resolve, stacks
 from ._options import StoreOptions
 from ._ranges import RangeIndex
-from ._segment import probe
+from ._segment import Value, probe
 from ._segment_store import NOT_CACHED, Miss, scan_readahead
 from ._sources import Sources
 from ._tasks import run_bounded
@@ -40,10 +42,12 @@ class SnapshotView:
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)
         self._overlapping = _any_overlap(self._refs)
         self._ranges = RangeIndex(manifest.range_deletes, self.version)
+        # Atomic operands resolve to an int in the recorded codec (none recorded: bytes).
+        self.codec = codec_of(manifest.settings.get("values"))
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
-        best: tuple[int, StoredValue] | None = None
+        best: tuple[int, Value] | None = None
         segments, version = self._segments, self.version
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
@@ -65,8 +69,20 @@ class SnapshotView:
                 best = found
         if best is None or best[0] < floor:
             return None
-        value = best[1]
+        value = await self._folded(key) if stacks(best[1]) else resolve(best[1], self.codec, key, ttl.clock())
         return await segments.values.read(value, key) if isinstance(value, ValueRef) else value
+
+    async def _folded(self, key: bytes) -> bytes | None:
+        """The value of a key whose newest entry is stacking operands: its entries at or
+        below the view's version, newest first, folded down to a put or tombstone (or
+        to its oldest entry), the way a scan resolves them (`_merge.visible`)."""
+        end = key + b"\x00"
+        sources = [self._segments.blocks(r, key, end, False) for r in self._refs if r.min_key <= key <= r.max_key]
+        hidden = self._ranges.hides if self._ranges else None
+        read_value = self._segments.values.read
+        async for pair in visible(merge(sources), self.version, self.codec, ttl.clock(), read_value, hidden):
+            return pair[1]
+        return None
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The values of `keys` in order (None: absent or deleted); a key may repeat.
@@ -105,7 +121,7 @@ class SnapshotView:
     def _get_cached(self, key: bytes) -> StoredValue | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something
         (a reference to an out-of-line value is returned as it is)."""
-        best: tuple[int, StoredValue] | None = None
+        best: tuple[int, Value] | None = None
         floor = self._ranges.floor(key) if self._ranges else 0
         for ref in self._refs:
             if best is not None and ref.max_version <= best[0]:
@@ -119,7 +135,11 @@ class SnapshotView:
                 return NOT_CACHED
             if found is not None and (best is None or found[0] > best[0]):
                 best = found
-        return None if best is None or best[0] < floor else best[1]
+        if best is None or best[0] < floor:
+            return None
+        if stacks(best[1]):
+            return NOT_CACHED  # needs the key's older entries: `get` folds them
+        return resolve(best[1], self.codec, key, ttl.clock())
 
     def scan(
         self, start: bytes | None, end: bytes | None, *, reverse: bool = False
@@ -131,16 +151,18 @@ class SnapshotView:
         that the range delete hid, even before compaction removes them."""
         refs = [r for r in self._refs if r.overlaps(start, end)]
         readahead = scan_readahead(len(refs))
-        resolve = self._segments.values.read
+        read_value = self._segments.values.read
+        now = ttl.clock()
         if not self._ranges:
             sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
-            return visible(merge(sources, reverse=reverse), self.version, resolve)
+            return visible(merge(sources, reverse=reverse), self.version, self.codec, now, read_value)
         sources = []
         for ref in refs:
             pieces = [(lo, hi) for lo, hi in self._ranges.unhidden(ref.max_version, start, end) if ref.overlaps(lo, hi)]
             if pieces:
                 sources.append(self._segments.blocks_in(ref, pieces, reverse, readahead=readahead))
-        return visible(merge(sources, reverse=reverse), self.version, resolve, self._ranges.hides)
+        hidden = self._ranges.hides
+        return visible(merge(sources, reverse=reverse), self.version, self.codec, now, read_value, hidden)
 
 
 class Snapshot:

@@ -14,9 +14,8 @@ from ._layout import Layout, new_object_id
 from ._manifest import SegmentRef
 from ._objectstore import RetryingObjectStore
 from ._run import Run, decode_run, encode_run, run_ref
-from ._segment import Probe
+from ._segment import Probe, Value
 from ._segment_store import NOT_CACHED, Entry, Miss, SegmentStore
-from ._value_refs import StoredValue
 from ._value_store import ValueStore
 
 
@@ -46,9 +45,7 @@ class Sources:
         await self._objects.put_if_absent(self._layout.run(run_id), encode_run(parts, commit_segments=commit_segments))
         return run_ref(run_id, parts, level)
 
-    async def get(
-        self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int
-    ) -> tuple[int, StoredValue] | None:
+    async def get(self, ref: SegmentRef, key: bytes, key_probe: Probe, max_version: int) -> tuple[int, Value] | None:
         """The newest entry for `key` with version <= max_version (`SegmentStore.get`)."""
         if ref.is_run:
             part = (self._cache.get(("run", ref.id)) or await self.run(ref)).part_for(key)
@@ -69,7 +66,7 @@ class Sources:
 
     def get_cached(
         self, ref: SegmentRef, key: bytes, key_probe: Probe | None, max_version: int
-    ) -> tuple[int, StoredValue] | None | Miss:
+    ) -> tuple[int, Value] | None | Miss:
         """Like `get`, without awaiting: `NOT_CACHED` when something is not cached."""
         if ref.is_run:
             run: Run | None = self._cache.get(("run", ref.id))

@@ -221,9 +221,10 @@ class Store:
         view = await self._engine.latest_view_for(ks)  # the indexes load while the manifest is checked
         return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
 
-    async def put(self, key: str | bytes, value: Any) -> int:
-        """Write one key; returns the version it committed at."""
-        return await self._write_alone(lambda tx: tx.put(key, value))
+    async def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> int:
+        """Write one key; returns the version it committed at. With `ttl` (seconds) the
+        value expires that long from now (`Transaction.put` has the rules)."""
+        return await self._write_alone(lambda tx: tx.put(key, value, ttl=ttl))
 
     async def delete(self, key: str | bytes) -> int:
         """Delete one key (a missing key is not an error); returns the commit version."""
@@ -247,6 +248,22 @@ class Store:
         version = await tx.commit()
         assert version is not None
         return version
+
+    async def add(self, key: str | bytes, n: int) -> int:
+        """Atomically add `n` to the signed 64-bit integer at `key` (a missing key counts
+        as 0; wraps around past the 64-bit range); returns the commit version. A blind
+        write: concurrent adds never conflict (`Transaction.add` has the rules)."""
+        return await self._write_alone(lambda tx: tx.add(key, n))
+
+    async def max(self, key: str | bytes, n: int) -> int:
+        """Atomically raise the integer at `key` to at least `n` (a missing key becomes `n`);
+        returns the commit version. Never conflicts (`Transaction.max`)."""
+        return await self._write_alone(lambda tx: tx.max(key, n))
+
+    async def min(self, key: str | bytes, n: int) -> int:
+        """Atomically lower the integer at `key` to at most `n` (a missing key becomes `n`);
+        returns the commit version. Never conflicts (`Transaction.min`)."""
+        return await self._write_alone(lambda tx: tx.min(key, n))
 
     async def scan(
         self,

@@ -229,10 +229,10 @@ class SyncTransaction:
         """Blocking form of `Transaction.get_many`."""
         return self._runner.run(self._tx.get_many(keys, default))
 
-    def put(self, key: str | bytes, value: Any) -> None:
+    def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> None:
         """Blocking form of `Transaction.put`."""
         self._runner.check_process()
-        self._tx.put(key, value)
+        self._tx.put(key, value, ttl=ttl)
 
     def delete(self, key: str | bytes) -> None:
         """Blocking form of `Transaction.delete`."""
@@ -248,6 +248,21 @@ class SyncTransaction:
         """Blocking form of `Transaction.delete_prefix`."""
         self._runner.check_process()
         self._tx.delete_prefix(prefix)
+
+    def add(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.add`."""
+        self._runner.check_process()
+        self._tx.add(key, n)
+
+    def max(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.max`."""
+        self._runner.check_process()
+        self._tx.max(key, n)
+
+    def min(self, key: str | bytes, n: int) -> None:
+        """Blocking form of `Transaction.min`."""
+        self._runner.check_process()
+        self._tx.min(key, n)
 
     def scan(
         self,
@@ -403,10 +418,10 @@ class SyncStore(MutableMapping[bytes, Any]):
         store, runner = self._live()
         return runner.run(store.get_many(keys, default))
 
-    def put(self, key: str | bytes, value: Any) -> int:
+    def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> int:
         """Blocking form of `Store.put`."""
         store, runner = self._live()
-        return runner.run(store.put(key, value))
+        return runner.run(store.put(key, value, ttl=ttl))
 
     def delete(self, key: str | bytes) -> int:
         """Blocking form of `Store.delete`."""
@@ -422,6 +437,21 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.delete_prefix`."""
         store, runner = self._live()
         return runner.run(store.delete_prefix(prefix))
+
+    def add(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.add`."""
+        store, runner = self._live()
+        return runner.run(store.add(key, n))
+
+    def max(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.max`."""
+        store, runner = self._live()
+        return runner.run(store.max(key, n))
+
+    def min(self, key: str | bytes, n: int) -> int:
+        """Blocking form of `Store.min`."""
+        store, runner = self._live()
+        return runner.run(store.min(key, n))
 
     def scan(
         self,

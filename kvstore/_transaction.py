@@ -6,18 +6,21 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import _ttl as ttl_module
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, encode_value, key_range
 from ._commit import CommitRequest
 from ._engine import Engine
 from ._errors import ConflictError, ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
 from ._nesting import Scope, enter, leave, note_commit, retryable
+from ._operands import ADD, MAX, MIN, Operands, checked_operand, codec_of, combine, resolve, stacks
 from ._ranges import KeyRange, in_ranges, normalized
+from ._segment import Value, value_size
 from ._snapshot import SnapshotView
-from ._value_refs import REF_BYTES
+from ._value_refs import REF_BYTES, ValueRef
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
 _log = logging.getLogger("kvstore")
@@ -63,7 +66,7 @@ class Transaction:
         self._state = _OPEN
         self._read_keys: set[bytes] = set()
         self._read_ranges: list[tuple[bytes, bytes | None]] = []
-        self._writes: dict[bytes, bytes | None] = {}
+        self._writes: dict[bytes, Value] = {}
         self._write_bytes = 0
         self._range_deletes: list[KeyRange] = []  # joined, sorted; the writes above come after them
         self.committed_version: int | None = None
@@ -77,14 +80,13 @@ class Transaction:
         """The value of `key` as of the snapshot (or as this transaction wrote it)."""
         self._check_open()
         k = encode_key(key, self._options.max_key_bytes)
-        if k in self._writes:
-            raw = self._writes[k]
-        elif self._range_deletes and in_ranges(k, self._range_deletes):
-            raw = None  # deleted here: nothing stored decides it, so it is no read
+        written = k in self._writes and not stacks(self._writes[k])
+        if written or (self._range_deletes and in_ranges(k, self._range_deletes)):
+            raw = self._own(k, None)  # decided here: nothing stored decides it, so it is no read
         else:
             view = await self._snapshot()
             self._read_keys.add(k)
-            raw = await view.get(k)
+            raw = self._own(k, await view.get(k))
         return default if raw is None else decode_value(raw, self._values, k, self._url)
 
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
@@ -95,21 +97,31 @@ class Transaction:
         self._check_open()
         ks = encode_keys(keys, self._options.max_key_bytes)
         own = self._range_deletes
-        unwritten = [k for k in ks if k not in self._writes and not (own and in_ranges(k, own))]
+        unwritten = [
+            k for k in ks if (k not in self._writes or stacks(self._writes[k])) and not (own and in_ranges(k, own))
+        ]
         read: dict[bytes, bytes | None] = {}
         if unwritten:
             view = await self._snapshot(unwritten)
             self._read_keys.update(unwritten)
             read = dict(zip(unwritten, await view.get_many(unwritten), strict=True))
         values, url = self._values, self._url
-        raws = [self._writes[k] if k in self._writes else read.get(k) for k in ks]
+        raws = [self._own(k, read.get(k)) for k in ks]
         return [default if raw is None else decode_value(raw, values, k, url) for k, raw in zip(ks, raws, strict=True)]
 
-    def put(self, key: str | bytes, value: Any) -> None:
-        """Buffer a write of `value` to `key`."""
+    def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> None:
+        """Buffer a write of `value` to `key`.
+
+        With `ttl` (seconds, above 0) the value expires that long after this call
+        (this process's clock): reads then find the key absent, as after a delete,
+        judged by the reader's clock when it reads, at every version, and compaction
+        removes it. Expiry is not a write: it commits nothing, never conflicts and
+        shows in no `watch`.
+        """
         self._check_open()
         k = encode_key(key, self._options.max_key_bytes)
-        self._buffer(k, encode_value(value, self._values, self._options.max_value_bytes))
+        data = encode_value(value, self._values, self._options.max_value_bytes)
+        self._buffer(k, data if ttl is None else ttl_module.expiring(data, ttl_module.checked_ttl(ttl)))
 
     def delete(self, key: str | bytes) -> None:
         """Buffer a deletion of `key` (deleting a missing key is not an error)."""
@@ -137,6 +149,53 @@ class Transaction:
         self._check_open()
         lo, hi = key_range(self._options.max_key_bytes, prefix, None, None)
         self._delete_range(lo or b"", hi)
+
+    def add(self, key: str | bytes, n: int) -> None:
+        """Buffer an atomic add of `n` to the signed 64-bit integer at `key`.
+
+        A blind write: nothing is read, so concurrent adds to a key never conflict.
+        A missing (or deleted) key counts as 0; a sum past the 64-bit range wraps
+        around (two's complement, as FoundationDB's does). The value reads as an
+        int in a msgpack store and as 8 bytes little-endian in a bytes store; a read
+        of a key whose value is not such an integer raises AtomicOperandError.
+        A put of the key replaces earlier adds; later adds apply to the put.
+        Reading the key in this transaction afterwards shows the sum (and makes it
+        a read, which can conflict).
+        """
+        self._operate(key, ADD, n)
+
+    def max(self, key: str | bytes, n: int) -> None:
+        """Buffer an atomic max: the integer at `key` becomes the larger of it and `n`
+        (signed); a missing key becomes `n`. Never conflicts; see `add`."""
+        self._operate(key, MAX, n)
+
+    def min(self, key: str | bytes, n: int) -> None:
+        """Buffer an atomic min: the integer at `key` becomes the smaller of it and `n`
+        (signed); a missing key becomes `n`. Never conflicts; see `add`."""
+        self._operate(key, MIN, n)
+
+    def _operate(self, key: str | bytes, kind: int, n: int) -> None:
+        self._check_open()
+        k = encode_key(key, self._options.max_key_bytes)
+        operand = Operands(((kind, checked_operand(kind, n)),))
+        self._buffer(k, combine(self._writes[k], operand, self._codec) if k in self._writes else operand)
+
+    @property
+    def _codec(self) -> str:
+        """The codec atomic operands resolve in: the store's recorded one."""
+        return codec_of(self._engine.manifest.settings.get("values"))
+
+    def _own(self, key: bytes, stored: bytes | None) -> bytes | None:
+        """What this transaction reads of `key`, whose stored value is `stored`: nothing
+        if this transaction deleted a range holding it, then its own write over that, if
+        any (operands apply to it)."""
+        if self._range_deletes and in_ranges(key, self._range_deletes):
+            stored = None
+        if key not in self._writes:
+            return stored
+        value = resolve(combine(stored, self._writes[key], self._codec), self._codec, key, ttl_module.clock())
+        assert not isinstance(value, ValueRef), "a transaction's writes hold their bytes until it commits"
+        return value
 
     async def scan(
         self,
@@ -171,7 +230,7 @@ class Transaction:
         count = 0
         if limit == 0:
             return
-        async for key, raw in _overlay(stored, own, reverse):
+        async for key, raw in _overlay(stored, own, reverse, self._own):
             self._read_ranges[slot] = (key, hi) if reverse else (lo or b"", key + b"\x00")
             if raw is None:
                 continue
@@ -270,10 +329,10 @@ class Transaction:
                 "split it into several transactions (each range is a row of the manifest until compaction)"
             )
         for key in [k for k in self._writes if start <= k and (end is None or k < end)]:
-            self._write_bytes -= len(key) + len(self._writes.pop(key) or b"")
+            self._write_bytes -= len(key) + self._counted(self._writes.pop(key))
         self._range_deletes = joined
 
-    def _buffer(self, key: bytes, value: bytes | None) -> None:
+    def _buffer(self, key: bytes, value: Value) -> None:
         if self._read_only:
             raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
         old_size = len(key) + self._counted(self._writes[key]) if key in self._writes else 0
@@ -291,12 +350,13 @@ class Transaction:
         self._writes[key] = value
         self._write_bytes += new_size - old_size
 
-    def _counted(self, value: bytes | None) -> int:
+    def _counted(self, value: Value) -> int:
         """Bytes a value counts towards max_transaction_bytes, which bounds the commit's
-        segment: a value stored out of line puts only a reference there."""
-        if value is None:
-            return 0
-        return REF_BYTES if len(value) > self._options.large_value_bytes else len(value)
+        segment: a value stored out of line puts only a reference there (an expiring or
+        atomic write keeps its value in the segment)."""
+        if isinstance(value, bytes) and len(value) > self._options.large_value_bytes:
+            return REF_BYTES
+        return value_size(value)
 
     def _check_open(self) -> None:
         self._engine.check_same_process()
@@ -305,9 +365,13 @@ class Transaction:
 
 
 async def _overlay(
-    stored: AsyncIterator[tuple[bytes, bytes]], own: list[tuple[bytes, bytes | None]], reverse: bool
+    stored: AsyncIterator[tuple[bytes, bytes]],
+    own: list[tuple[bytes, Value]],
+    reverse: bool,
+    over: Callable[[bytes, bytes | None], bytes | None],
 ) -> AsyncIterator[tuple[bytes, bytes | None]]:
-    """Merge stored pairs with the transaction's own writes (which win; None = deleted)."""
+    """Merge stored pairs with the transaction's own writes (None = deleted), which
+    `over(key, stored value or None)` applies."""
     i = 0
 
     def before(a: bytes, b: bytes) -> bool:
@@ -315,15 +379,15 @@ async def _overlay(
 
     async for key, value in stored:
         while i < len(own) and before(own[i][0], key):
-            yield own[i]
+            yield own[i][0], over(own[i][0], None)
             i += 1
         if i < len(own) and own[i][0] == key:
-            yield own[i]
+            yield key, over(key, value)
             i += 1
         else:
             yield key, value
     while i < len(own):
-        yield own[i]
+        yield own[i][0], over(own[i][0], None)
         i += 1
 
 

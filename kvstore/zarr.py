@@ -71,7 +71,6 @@ from ._segment_store import SegmentStore
 from ._snapshot import Snapshot
 from ._store import Store
 from ._store import open as open_store
-from ._value_refs import ValueRef
 
 try:
     from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -662,8 +661,9 @@ async def _read_staged(job: DistributedWrite, ref: SegmentRef, key: bytes) -> by
             found = await segments.get(replace(ref, commit_version=0), key, probe(key), 0)
         if found is None:
             return None
-        assert not isinstance(found[1], ValueRef), "a staged segment holds its values (`_write_segment`)"
-        return found[1]
+        value = found[1]
+        assert value is None or isinstance(value, bytes), "a staged segment holds plain values (`_write_segment`)"
+        return value
 
     return await asyncio.wrap_future(_worker_runtime().submit(read()))
 

@@ -46,6 +46,8 @@ KEYS = ("a", "b", "c")
 # Keys the crash-test transaction deletes with one range delete (`delete_prefix("gone/")`),
 # so that every crash point covers a commit carrying a range tombstone.
 GONE = ("gone/1", "gone/2")
+ADDED = 5  # the crash-test transaction's atomic add
+EXPIRES_IN = 3600.0  # seconds: the crash-test transaction's expiring put outlives the test
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,12 +55,14 @@ GONE = ("gone/1", "gone/2")
 
 @dataclass
 class StoreState:
-    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written,
-    the prefix gone/ deleted)."""
+    """What a fresh open sees of the crash-test transaction (n: 0 -> 1, a/b/c written, c
+    with a TTL, the prefix gone/ deleted, ADDED added to the counter "counted" as an
+    atomic operand)."""
 
     n: int
     values: list[Any]
     gone: list[Any]
+    counted: Any
     other: Any
     version: int
     txn_in_log: int  # times the transaction's id appears in the commit log
@@ -67,9 +71,10 @@ class StoreState:
     @property
     def present(self) -> bool:
         """Fully present (True) or fully absent (False); anything partial fails here."""
-        if self.n == 1 and self.values == ["written"] * len(KEYS) and self.gone == [None] * len(GONE):
+        done = (1, ["written"] * len(KEYS), [None] * len(GONE), ADDED)
+        if (self.n, self.values, self.gone, self.counted) == done:
             return True
-        assert (self.n, self.values, self.gone) == (0, [None] * len(KEYS), ["old"] * len(GONE)), (
+        assert (self.n, self.values, self.gone, self.counted) == (0, [None] * len(KEYS), ["old"] * len(GONE), None), (
             f"partially applied: {self}"
         )
         return False
@@ -98,6 +103,7 @@ async def _state(target: Target, txn_id: bytes | None, written: set[str]) -> Sto
             n=await snap.get("n"),
             values=[await snap.get(k) for k in KEYS],
             gone=[await snap.get(k) for k in GONE],
+            counted=await snap.get("counted"),
             other=await snap.get("other"),
             version=snap.version,
             txn_in_log=in_log,
@@ -275,8 +281,9 @@ async def test_crash_point_leaves_the_transaction_all_or_nothing_and_at_most_onc
         n = await tx.get("n")
         tx.put("n", n + 1)
         for key in KEYS:
-            tx.put(key, "written")
+            tx.put(key, "written", ttl=EXPIRES_IN if key == KEYS[-1] else None)  # an expiring put too
         tx.delete_prefix("gone/")
+        tx.add("counted", ADDED)
         if point.concurrent:
             async with target.open(values="msgpack", options=OPTIONS) as other:
                 await other.put("other", 1)
@@ -405,7 +412,8 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
     assert not result.stopped_by_duration_limit, report
     w = result.workloads
     assert sum(s["invoked"] for s in w.values()) == config.txns, report
-    assert all(s["ok"] > 0 and s["fail"] > 0 for s in w.values()), report
+    # Blind atomic adds never conflict: the only workload without failures.
+    assert all(s["ok"] > 0 and (s["fail"] > 0 or name == "atomic-counter") for name, s in w.items()), report
     assert result.kills >= 1 and result.incarnations > config.processes, report
     assert sum(s["unfinished"] for s in w.values()) >= 1, report  # killed mid-transaction: info
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0, report
@@ -430,7 +438,12 @@ async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
     endpoint_url, bucket = s3_bucket
     target = Target("s3", f"s3://{bucket}/wire", {"endpoint_url": endpoint_url})
     config = _campaign(
-        target, tmp_path / "campaign", txns=240, faults=False, net_faults=True, workloads=("list-append", "counter")
+        target,
+        tmp_path / "campaign",
+        txns=240,
+        faults=False,
+        net_faults=True,
+        workloads=("list-append", "counter", "atomic-counter"),
     )
     result: CampaignResult = await asyncio.to_thread(run_campaign, config)
     report = format_summary(result)
@@ -465,13 +478,13 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     # Without I5's resolution, a CAS whose answer was lost is retried blindly: the
     # transaction is then applied although reported failed, or applied twice.
     target = Target("file", f"file://{tmp_path / 'broken'}")
-    # 600 transactions: enough CAS requests (about 5 % lose their answer) that
-    # each store meets several ambiguous commits.
+    # 800 transactions (200 per workload): enough CAS requests (about 5 % lose their
+    # answer) that each store meets several ambiguous commits.
     config = _campaign(
         target,
         tmp_path / "campaign",
         processes=2,
-        txns=600,
+        txns=800,
         kills=False,
         worker_setup="sabotage:no_ambiguity_resolution",
     )
@@ -480,6 +493,7 @@ async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path:
     assert result.faults_injected.get("put_if_match:lost_response", 0) > 0
     assert ("list-append", "G1a") in found, found  # a "failed" transaction's append was read
     assert ("counter", "count") in found, found  # a "failed" increment was applied
+    assert ("atomic-counter", "count") in found, found  # a "failed" add was applied (or one twice)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import kvstore
-from kvstore import _cli
+from kvstore import _cli, _ttl
 
 TIMEOUT = 90.0  # seconds for one command; they take one or two
 
@@ -823,6 +823,9 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "export": ["export", url],
         "watch": ["watch", url, "--since", "0", "--count", "2"],
         "doctor": ["doctor", str(tmp_path / "d")],
+        "add": ["add", url, "n", "1"],
+        "max": ["max", url, "n", "5"],
+        "min": ["min", url, "n", "2"],
     }
     commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
     assert set(calls) == commands
@@ -996,3 +999,40 @@ def test_commands_and_python_agree_on_a_msgpack_store(tmp_path: Path, monkeypatc
         {"key": "doc", "value": {"a": [1, 2]}},
         {"key": "user2", "value": {"$base64": "aGVsbG8="}},
     ]
+
+
+def test_add_max_min_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    invoke(monkeypatch, "init", "./m", "--values", "msgpack").ok()
+    assert invoke(monkeypatch, "add", "./m", "hits", "5").ok().text == "add 5 to hits at version 1\n"
+    invoke(monkeypatch, "add", "./m", "hits", "--", "-2").ok()
+    assert invoke(monkeypatch, "get", "./m", "hits").ok().text == "3\n"
+    assert invoke(monkeypatch, "max", "./m", "hits", "10", "--json").json() == {
+        "key": "hits",
+        "version": 3,
+        "op": "max",
+        "operand": 10,
+    }
+    invoke(monkeypatch, "min", "./m", "hits", "7").ok()
+    assert invoke(monkeypatch, "get", "./m", "hits").ok().text == "7\n"
+    invoke(monkeypatch, "add", "./m", "hits", "x").one_line_error(2, "add takes an integer N, not 'x'")
+    invoke(monkeypatch, "add", "./m", "hits", str(2**63)).one_line_error(2, "signed 64-bit int")
+    invoke(monkeypatch, "put", "./m", "name", '"ada"').ok()
+    invoke(monkeypatch, "add", "./m", "name", "1").ok()  # blind: accepted
+    invoke(monkeypatch, "get", "./m", "name").one_line_error(1, "not a msgpack int", "put an integer to the key")
+    invoke(monkeypatch, "init", "./b").ok()
+    invoke(monkeypatch, "add", "./b", "n", "258").ok()
+    assert invoke(monkeypatch, "get", "./b", "n", "--json").json()["value"] == b64((258).to_bytes(8, "little"))
+
+
+def test_put_with_a_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(_ttl, "clock", lambda: now[0])
+    invoke(monkeypatch, "init", "./s").ok()
+    done = invoke(monkeypatch, "put", "./s", "session", "token", "--ttl", "60").ok()
+    assert done.text == "put session (5 bytes) at version 1, expires in 60 s\n"
+    assert invoke(monkeypatch, "get", "./s", "session").ok().text == "token"
+    now[0] += 60
+    invoke(monkeypatch, "get", "./s", "session").one_line_error(3, "not found")
+    invoke(monkeypatch, "put", "./s", "k", "v", "--ttl", "0").one_line_error(2, "ttl must be")

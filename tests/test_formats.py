@@ -18,6 +18,7 @@ from targets import Target, engine_of
 import kvstore
 import kvstore._segment as segment
 from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
+from kvstore._operands import ADD, MAX, MIN, Operands
 from kvstore._segment import (
     CHECKSUM,
     FOOTER,
@@ -101,14 +102,15 @@ def _golden(name: str) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("fmt", [1, 2, 3])
+@pytest.mark.parametrize("fmt", [1, 2, 3, 4])
 def test_golden_segments_in_the_docs(fmt: int) -> None:
     golden = _golden(f"segment-format-{fmt}")
     written = encode_segment(GOLDEN_ENTRIES, uniform_version=False).data
-    # the helpers for what formats 1 to 3 wrote from the writer's (format 4): format 4 only
-    # adds special values, format 3 only lets a key's versions span blocks, neither of
-    # which these few entries have
-    assert {3: as_format_3(written), 2: as_format_2(written), 1: as_format_1(written)}[fmt] == golden
+    # the writer (format 4), and the helpers for what formats 1 to 3 wrote: format 3 only
+    # lets a key's versions span blocks, and format 4 only adds ext-typed values, which
+    # these few entries do not use
+    written_as = {4: written, 3: as_format_3(written), 2: as_format_2(written), 1: as_format_1(written)}
+    assert written_as[fmt] == golden
     check_header(golden, "s")
     assert parse_footer(golden, "s").format == fmt
     top, parts = index_of(golden)
@@ -122,7 +124,7 @@ GOLDEN_REF = ValueRef("01a2510f63f3-fd64715ed3f362fe", 300000, 0x1234_5678_9ABC_
 
 
 def test_golden_segment_with_a_value_reference_in_the_docs() -> None:
-    golden = _golden("segment-format-4")
+    golden = _golden("segment-value-ref")
     entries = [(b"apple", 2, GOLDEN_REF), (b"apple", 1, b"green"), (b"kiwi", 1, None)]
     assert encode_segment(entries, uniform_version=False).data == golden
     assert GOLDEN_REF.to_ext() == msgpack.ExtType(
@@ -143,6 +145,33 @@ def test_an_unknown_special_value_or_a_malformed_reference_is_damage() -> None:
         body = zstandard.ZstdCompressor(level=3).compress(msgpack.packb([[b"k"], [1], [ext]], use_bin_type=True))
         with pytest.raises(kvstore.CorruptionError, match="cannot decode its data block 0"):
             decode_block(body + CHECKSUM.pack(xxhash.xxh3_64_intdigest(body)), "s", 0)
+
+
+def test_golden_operands_segment_in_the_docs() -> None:
+    # docs/format.md, "Special values (format 4)": atomic operands are ext 2 in the value column
+    golden = _golden("segment-operands")
+    entries = [
+        (b"hits", 3, Operands(((ADD, 5),))),
+        (b"hits", 2, Operands(((ADD, -1), (MAX, 10)))),
+        (b"hits", 1, (7).to_bytes(8, "little")),
+    ]
+    assert encode_segment(entries, uniform_version=False).data == golden
+    (part,) = index_of(golden)[1]
+    block = decode_block(golden[slice(*part.span(0))], "s", 0)
+    assert list(zip(block.keys, block.versions or [], block.values, strict=True)) == entries
+    assert parse_footer(golden, "s").format == 4
+    assert msgpack.packb(Operands(((MIN, 3),), True, b"\x01").to_ext()).hex() == "c7070292920203c40101"
+
+
+def test_unknown_ext_value_is_damage() -> None:
+    # a value kind this kvstore does not know (an ext code not in the registry)
+    data = encode_segment([(b"k", 1, Operands(((ADD, 1),)))], uniform_version=False).data
+    (part,) = index_of(data)[1]
+    block_bytes = data[slice(*part.span(0))]
+    body = zstandard.ZstdDecompressor().decompress(block_bytes[:-8]).replace(b"\xd6\x02", b"\xd6\x63")
+    frame = zstandard.ZstdCompressor(level=3).compress(body)
+    with pytest.raises(kvstore.CorruptionError, match="cannot decode"):
+        decode_block(frame + xxhash.xxh3_64_intdigest(frame).to_bytes(8, "little"), "s", 0)
 
 
 def _manifest(log: int = 3) -> Manifest:

@@ -18,7 +18,19 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "kvstore"
 
 # Modules that hold pure formats: bytes in, values out. They know no I/O.
-FORMATS = {"_manifest", "_segment", "_envelope", "_codec", "_layout", "_ranges", "_errors", "_version", "_value_refs"}
+FORMATS = {
+    "_manifest",
+    "_segment",
+    "_operands",
+    "_ttl",
+    "_envelope",
+    "_codec",
+    "_layout",
+    "_ranges",
+    "_errors",
+    "_version",
+    "_value_refs",
+}
 # What a format module may import from the package.
 FORMAT_MAY_IMPORT = FORMATS
 # Standard and third-party modules that mean I/O.

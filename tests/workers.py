@@ -123,3 +123,26 @@ def compact_until(url: str, kwargs: dict[str, Any], stop_file: str) -> int:
         return done
 
     return asyncio.run(main())
+
+
+def atomic_add(url: str, kwargs: dict[str, Any], worker: int, tasks: int, adds: int, counters: int) -> dict[str, Any]:
+    """Blind atomic adds of random amounts to shared counters, one transaction each, from
+    `tasks` tasks; return the acknowledged sum per counter and the committer's statistics."""
+
+    async def main() -> dict[str, Any]:
+        acked = {f"actr/{c}": 0 for c in range(counters)}
+        rng = random.Random(worker)
+
+        async def task() -> None:
+            for _ in range(adds):
+                key, n = f"actr/{rng.randrange(counters)}", rng.randint(-5, 1000)
+                async with db.transaction() as tx:
+                    tx.add(key, n)
+                acked[key] += n
+
+        async with kvstore.open(url, values="msgpack", **kwargs) as db:
+            await asyncio.gather(*(task() for _ in range(tasks)))
+            stats = db.statistics()
+        return {"acked": acked, "stats": stats}
+
+    return asyncio.run(main())

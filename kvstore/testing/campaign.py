@@ -7,7 +7,8 @@ Run it from the command line (``--help`` lists every option)::
 
 Several client processes (multiprocessing *spawn*), each running ``--tasks``
 asyncio tasks, run transactions of three workloads against their own store
-under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``):
+under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``,
+``<url>/atomic-counter``):
 
 * **list-append** (Elle's workload): 1-4 random micro-ops per transaction,
   append a unique int to a key's list or read the whole list, over a small
@@ -21,6 +22,9 @@ under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``):
   increment must be present and none twice (final value between acknowledged
   and acknowledged + unknown), and no two acknowledged increments may have
   read the same value (a lost update).
+* **atomic-counter**: blind atomic adds (`Transaction.add`) of random amounts
+  to a few counters; never a conflict, and each final value must be the sum
+  of the acknowledged adds plus the sum of some subset of the unknown ones.
 
 With ``--faults on`` every process's object store is wrapped in a
 `FaultInjectingStore` (`FAULT_RULES`: errors, 409s, timeouts, lost responses
@@ -87,8 +91,9 @@ from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
 from kvstore.testing.netproxy import FaultProxy, NetRule
 
-WORKLOADS = ("list-append", "bank", "counter")
-_SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr"}
+WORKLOADS = ("list-append", "bank", "counter", "atomic-counter")
+_SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr", "atomic-counter": "actr"}
+_MAX_ATOMIC_ADD = 1000  # atomic-counter adds 1..this: sums then tell which unknown adds landed
 
 # Injected per request when --faults on. Rates are per request and per
 # operation; `outage` starts a burst that fails the next `outage_length`
@@ -416,6 +421,25 @@ class CounterClient(_Client):
         self.complete(txn_id, status, why, **fields)
 
 
+class AtomicCounterClient(_Client):
+    """Blind atomic adds (`Transaction.add`) of random amounts to a few counters."""
+
+    name = "atomic-counter"
+
+    async def run_one(self, rng: random.Random) -> None:
+        key = rng.randrange(self.spec.config.counters)
+        amount = rng.randint(1, _MAX_ATOMIC_ADD)
+        txn_id = self.next_id()
+        self.record(e="i", id=txn_id, k=key, n=amount)
+
+        async def add(tx: kvstore.Transaction) -> dict[str, Any]:
+            tx.add(f"actr/{key:04d}", amount)
+            return {}
+
+        status, why, fields = await self.attempt(txn_id, add)
+        self.complete(txn_id, status, why, **fields)
+
+
 # --------------------------------------------------------------------------- worker process
 
 
@@ -573,6 +597,8 @@ def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: J
             clients.append(ListAppendClient(stores[w], journal, spec, ids, low_hint, base + 1))
         elif w == "bank":
             clients.append(BankClient(stores[w], journal, spec, ids))
+        elif w == "atomic-counter":
+            clients.append(AtomicCounterClient(stores[w], journal, spec, ids))
         else:
             clients.append(CounterClient(stores[w], journal, spec, ids))
     return clients
@@ -904,6 +930,8 @@ async def _check_workload(
             await _check_list_append(db, records, journals, result)
         elif workload == "bank":
             await _check_bank(db, config, records, result)
+        elif workload == "atomic-counter":
+            await _check_atomic_counter(db, config, records, result)
         else:
             await _check_counter(db, config, records, result)
         report = await db.verify()
@@ -1084,6 +1112,42 @@ def _check_one_counter(
             "but only failed increments read those values",
         )
     return {"value": value, "acked": len(acked), "unknown": len(unknown)}
+
+
+async def _check_atomic_counter(
+    db: kvstore.Store, config: CampaignConfig, records: list[dict[str, Any]], result: CampaignResult
+) -> None:
+    """Each counter's final value is the sum of its acknowledged adds plus that of some
+    subset of its unknown ones (never of a failed one); and no add conflicted."""
+    invoked, completed = _outcomes(records)
+    snap = await db.snapshot()
+    summary: dict[str, Any] = _counts(invoked, completed)
+    for key in range(config.counters):
+        name = f"actr/{key:04d}"
+        value = await snap.get(name, 0)
+        outcome = {t: completed.get(t, {"s": "info"}) for t, r in invoked.items() if r["k"] == key}
+        acked = sum(invoked[t]["n"] for t, c in outcome.items() if c["s"] == "ok")
+        unknown = [invoked[t]["n"] for t, c in outcome.items() if c["s"] == "info"]
+        if value - acked not in _subset_sums(unknown):
+            result.add(
+                "atomic-counter",
+                "count",
+                f"{name} = {value}: acknowledged adds sum to {acked}, and no subset of the "
+                f"{len(unknown)} unknown adds {sorted(unknown)[:20]} sums to the difference {value - acked}",
+            )
+        summary[name] = {"value": value, "acked_sum": acked, "unknown": len(unknown)}
+    conflicts = [c for c in completed.values() if c.get("why") == "ConflictError"]
+    if conflicts:
+        result.add("atomic-counter", "conflict", f"{len(conflicts)} blind adds failed with ConflictError")
+    result.workloads["atomic-counter"] = summary
+
+
+def _subset_sums(amounts: Sequence[int]) -> set[int]:
+    """Every sum of a subset of `amounts` (0 included)."""
+    sums = {0}
+    for n in amounts:
+        sums |= {s + n for s in sums}
+    return sums
 
 
 # --------------------------------------------------------------------------- command line
