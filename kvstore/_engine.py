@@ -47,6 +47,7 @@ from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions, grace_period_of, resolve_options
 from ._probe import check_conditional_writes
+from ._segment import value_ref_of
 from ._segment_store import SegmentStore
 from ._snapshot import SnapshotView
 from ._sources import Sources
@@ -61,8 +62,10 @@ _log = logging.getLogger("kvstore")
 VALUES_IN_FLIGHT = 4
 # `verify` reads each small segment whole once, then its blocks from this.
 _VERIFY_CACHE_BYTES = 2 * 1024 * 1024
-# A bulk load's sorted run enters at the level a compaction of its level-0 chunks gives.
-BULK_RUN_LEVEL = 1
+# A bulk load's sorted run enters at level 0, as any commit does: a lower level must hold
+# only newer entries than a higher one (compaction folds atomic operands onto the next
+# older entry in its merge, which must be the key's next older entry in the store).
+BULK_RUN_LEVEL = 0
 
 
 @dataclass
@@ -465,12 +468,12 @@ class Engine:
             return
         async for entries in sources.segments.blocks(part, None, None, False, fill_cache=False):
             for _, _, value in entries:
-                if isinstance(value, ValueRef):
-                    name = sources.values.object_name(value)
+                if (held := value_ref_of(value)) is not None:  # an operands' base's too
+                    name = sources.values.object_name(held)
                     if name in report.damaged:
                         continue
                     report.objects_checked += 1
-                    problem = await sources.values.check(value)
+                    problem = await sources.values.check(held)
                     if problem is not None:
                         report.damaged[name] = problem
 

@@ -341,14 +341,16 @@ class SegmentStore:
                 if isinstance(item.source, Block):
                     yield item.source
                 else:
-                    for block in await self._window_blocks(cache, ref, item):
-                        yield block
+                    async with aclosing(self._window_blocks(cache, ref, item)) as arrived:
+                        async for block in arrived:
+                            yield block
                 ahead = READAHEAD_WINDOWS
         finally:
             for item in pending:
                 if item.own:
                     assert isinstance(item.source, asyncio.Future)
                     item.source.cancel()  # a walk that joined it may still need it: it fetches again
+                    self._forget_window(ref.id, item.source)
 
     async def _held_block(self, cache: _Cache, ref: SegmentRef, part: IndexPartition, block_no: int) -> Block | None:
         """The block if the memory cache or the disk cache holds it."""
@@ -386,31 +388,31 @@ class SegmentStore:
         if not windows:
             self._windows.pop(segment_id, None)
 
-    async def _window_blocks(self, cache: _Cache, ref: SegmentRef, item: _Pending) -> list[Block]:
-        """The blocks of a window, decoded (and put in the caches) once its bytes arrived.
-        A joined window whose own scan gave it up is fetched again."""
+    async def _window_blocks(self, cache: _Cache, ref: SegmentRef, item: _Pending) -> AsyncGenerator[Block, None]:
+        """The blocks of a window, each decoded (and put in the caches) as it is handed out,
+        once the window's bytes arrived: a walk holds one decoded block. A joined window
+        whose own walk gave it up is fetched again."""
         assert isinstance(item.source, asyncio.Future)
         try:
             data, lo = await asyncio.shield(item.source), item.lo
         except asyncio.CancelledError:
             if not item.source.cancelled():
-                raise  # this scan is the one cancelled
-            first, last = item.steps[0], item.steps[-1]
-            lo, hi = first[0].span(first[1])[0], last[0].span(last[1])[1]
+                raise  # this walk is the one cancelled
+            lo, hi = _bounds(item.steps)
             data = await self._read(cache, ref, lo, hi, disk=False)
         name = self.object_name(ref.id)
-        blocks = []
-        for part, block_no in item.steps:
-            begin, end = part.span(block_no)
-            raw = data[begin - lo : end - lo]
-            block = decode_block(raw, name, block_no)
-            cache.put(("block", ref.id, block_no), block, block.size)
-            if self._disk is not None:  # by block, as point reads look for it
-                await self._disk.put(self._disk_key(name, (begin, end)), raw)
-            blocks.append(block)
-        if item.own:  # its blocks are cached now (unless the cache is an _Overlay: then they go)
-            self._forget_window(ref.id, item.source)
-        return blocks
+        try:
+            for part, block_no in item.steps:
+                begin, end = part.span(block_no)
+                raw = data[begin - lo : end - lo]
+                block = decode_block(raw, name, block_no)
+                cache.put(("block", ref.id, block_no), block, block.size)
+                if self._disk is not None:  # by block, as point reads look for it
+                    await self._disk.put(self._disk_key(name, (begin, end)), raw)
+                yield block
+        finally:
+            if item.own:  # its blocks are cached now, or this walk gave up: others fetch their own
+                self._forget_window(ref.id, item.source)
 
     async def _walk(
         self, cache: _Cache, ref: SegmentRef, top: TopIndex, start: bytes | None, end: bytes | None, reverse: bool

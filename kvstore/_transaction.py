@@ -121,6 +121,12 @@ class Transaction:
         self._check_open()
         k = encode_key(key, self._options.max_key_bytes)
         data = encode_value(value, self._values, self._options.max_value_bytes)
+        if ttl is not None and len(data) > self._options.large_value_bytes:
+            raise ValidationError(
+                f"a put with ttl keeps its value in the commit's segment, so it may be at most "
+                f"StoreOptions.large_value_bytes ({self._options.large_value_bytes}), not {len(data)} bytes; "
+                "put a larger value without ttl (and delete it when it is due), or split it across keys"
+            )
         self._buffer(k, data if ttl is None else ttl_module.expiring(data, ttl_module.checked_ttl(ttl)))
 
     def delete(self, key: str | bytes) -> None:

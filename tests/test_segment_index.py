@@ -430,3 +430,14 @@ async def test_blocks_a_scan_read_ahead_are_in_the_disk_cache_for_point_reads(tm
         assert recording.ranges == []  # and a scan finds the blocks point reads or scans left there
     finally:
         disk.close()
+
+
+async def test_an_abandoned_scan_leaves_no_window_behind() -> None:
+    seg = await _Segment(DATA).put()
+    store = seg.store()
+    for stop_after in (1, 3, 7):  # inside the first window, and inside later ones
+        blocks = store.blocks(seg.ref, None, None, False, fill_cache=False)
+        for _ in range(stop_after):
+            await anext(blocks)
+        await blocks.aclose()
+        assert store._windows == {}  # white-box: no window's bytes held for a walk that ended
