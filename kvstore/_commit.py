@@ -9,6 +9,14 @@ it reads the new manifest and first looks for its own transaction id there
 (a 412 may answer our own applied attempt, whose answer was lost: I5); only
 if it is not there does it re-check conflicts and retry with the same
 segment. `docs/design.md` walks through it.
+
+A cross-partition transaction's prepare (`CommitRequest.decision` set,
+`_two_phase.py`) commits alone through the same loop, as an intent instead of
+a segment. Every CAS of the committer first consults the decisions of the
+intents live in its base: it turns committed ones into segments and drops
+aborted ones (resolution rides the batch), aborts undecided ones older than
+`StoreOptions.intent_timeout`, and fails requests that read or write an
+undecided intent's keys, or read a committed one's.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._cas import read_modify_cas
 from ._codec import ValueMode, codec_changed, writes_fit
 from ._errors import (
     CommitOutcomeUnknownError,
@@ -31,14 +40,21 @@ from ._errors import (
     KvStoreError,
     StoreUnavailableError,
     TransactionTooOldError,
+    UnsafeStoreError,
 )
 from ._layout import new_object_id
-from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
+from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Intent, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
 from ._options import StoreOptions, grace_period_of
 from ._segment import encode_segment
 from ._segment_store import SegmentStore
+
+if TYPE_CHECKING:
+    from ._two_phase import Decisions, Outcome
+
+# What the decision objects of a base's live intents say (name -> outcome, None: undecided).
+Statuses = dict[str, "Outcome | None"]
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
@@ -71,6 +87,9 @@ class CommitRequest:
     # A distributed write's job id (hex): recorded in the commit's meta, and the commit is
     # refused if one after `read_version` records it (another driver committed the job).
     job: str | None = None
+    # Set for a cross-partition transaction's prepare: the name of its decision object.
+    # Its writes become an intent (`_manifest.Intent`), not a segment; it commits alone.
+    decision: str | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -84,6 +103,8 @@ class CommitStatistics:
     cas_retries: int = 0  # 412s followed by a rebase
     ambiguous_resolved: int = 0  # commits found applied after an uncertain CAS
     segments_rewritten: int = 0
+    intents_resolved: int = 0  # intents turned into segments (committed) or dropped (aborted)
+    intents_aborted: int = 0  # undecided intents past intent_timeout whose decision we made "aborted"
 
 
 @dataclass
@@ -109,8 +130,10 @@ class Committer:
         segments: SegmentStore,
         options: StoreOptions,
         after_commit: Callable[[Manifest], None] | None = None,
+        decisions: Decisions | None = None,
     ) -> None:
         self._after_commit = after_commit
+        self._decisions = decisions
         self._manifests = manifests
         self._segments = segments
         self._options = options
@@ -146,15 +169,11 @@ class Committer:
 
     async def _drain(self) -> None:
         while self._queue:
-            if self._queue[0].segments is not None:
-                batch = [self._queue.popleft()]  # a bulk load commits alone
+            if _alone(self._queue[0]):
+                batch = [self._queue.popleft()]  # a bulk load or a prepare commits alone
             else:
                 batch = []
-                while (
-                    self._queue
-                    and self._queue[0].segments is None
-                    and len(batch) < self._options.max_batch_transactions
-                ):
+                while self._queue and not _alone(self._queue[0]) and len(batch) < self._options.max_batch_transactions:
                     batch.append(self._queue.popleft())
             self._batch = batch
             try:
@@ -189,8 +208,10 @@ class Committer:
 
     async def _commit_batch_once(self, batch: list[CommitRequest], maybe_applied: list[int]) -> None:
         base, etag = self._manifests.current
-        accepted = self._admit(batch, base, check_age=True)
+        statuses = await self._statuses(base)
+        accepted = self._admit(batch, base, statuses, check_age=True)
         if not accepted:
+            await self._resolve_unlocked(statuses)
             return
         pending = await self._write_segment(accepted, base)
         failures = 0
@@ -206,7 +227,7 @@ class Committer:
                 pause = self._turn_for_others(base)
                 if pause:
                     await asyncio.sleep(pause)
-            new = self._next_manifest(base, accepted, pending)
+            new = self._next_manifest(base, accepted, pending, statuses)
             sent = time.monotonic()
             try:
                 await self._manifests.compare_and_swap(new, etag)
@@ -254,8 +275,10 @@ class Committer:
                 return
             _keep_undecided(maybe_applied, base)
             self.stats.cas_retries += 1
-            still = self._admit(accepted, base, check_age=False)
+            statuses = await self._statuses(base)
+            still = self._admit(accepted, base, statuses, check_age=False)
             if not still:
+                await self._resolve_unlocked(statuses)
                 return
             if len(still) != len(accepted):
                 # Only possible once the store moved past every attempt of ours, so
@@ -286,7 +309,116 @@ class Committer:
         others = any(r.time > since and r.key_count > 0 and not r.txn_ids[0].startswith(mine) for r in base.log[-256:])
         return random.uniform(0.5, 1.5) * self._cas_seconds if others else 0.0
 
-    def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
+    async def _statuses(self, base: Manifest) -> Statuses:
+        """The decisions of `base`'s live intents (one GET each unless cached), after
+        aborting the undecided ones older than `intent_timeout` (their coordinator is
+        presumed dead; the create-once decision makes that safe whatever it does)."""
+        if not base.intents:
+            return {}
+        decisions = self._decisions
+        if decisions is None:
+            raise UnsafeStoreError(
+                f"{self._manifests.name} holds intents of cross-partition transactions, which this handle "
+                "cannot look up: open the partitioned store at its root URL (kvstore.open), not one partition"
+            )
+        names = list(dict.fromkeys(i.decision for i in base.intents))
+        statuses: Statuses = dict(zip(names, await asyncio.gather(*map(decisions.outcome, names)), strict=True))
+        now = time.time()
+        for intent in base.intents:
+            if statuses[intent.decision] is None and now - intent.time > self._options.intent_timeout:
+                try:
+                    statuses[intent.decision] = await decisions.decide(intent.decision, "aborted", intent.txn_id, ())
+                except KvStoreError:
+                    continue  # still undecided here: it conflicts, and a later writer aborts it
+                self.stats.intents_aborted += statuses[intent.decision] == "aborted"
+        return statuses
+
+    async def resolve(self) -> bool:
+        """Resolve the decided intents of the latest manifest in one CAS of their own (an
+        idle partition's; a busy one's ride its batches). Returns whether one was needed."""
+        async with self._manifests.writing:
+            await self._manifests.refresh()
+            return await self._resolve_unlocked(None)
+
+    async def _resolve_unlocked(self, statuses: Statuses | None) -> bool:
+        """`resolve` with the manifest's writing lock held. `statuses`: those of the
+        current manifest, if already known. Idempotent: an intent resolved by anyone
+        (a lost answer of ours included) is simply no longer there."""
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            if fresh:
+                await self._manifests.refresh()
+            return self._manifests.current
+
+        async def write(state: tuple[Manifest, str]) -> bool:
+            nonlocal statuses
+            base, etag = state
+            if statuses is None or state[0] is not first:
+                statuses = await self._statuses(base)
+            if not any(statuses.get(i.decision) is not None for i in base.intents):
+                return False
+            record, add, intents = self._resolution(base, statuses, None, None)
+            new = base.with_commit(record, self._options.commit_log_length, add=add, intents=intents)
+            await self._manifests.compare_and_swap(new, etag)
+            self.stats.intents_resolved += len(base.intents) - len(intents)
+            return True
+
+        first = self._manifests.current[0]
+        if statuses is not None and not any(v is not None for v in statuses.values()):
+            return False
+        return await read_modify_cas("resolving cross-partition intents", load, write)
+
+    def _resolution(
+        self, base: Manifest, statuses: Statuses, pending: _Pending | None, prepare: CommitRequest | None
+    ) -> tuple[CommitRecord, list[SegmentRef], tuple[Intent, ...]]:
+        """The record, the segments to add and the intents left of the CAS after `base` that
+        commits `pending` (the batch's segments, if any; an intent if `prepare` is set) and
+        resolves the decided intents of `base`.
+
+        The record lists the keys of the committed intents it resolves: a transaction
+        that read one of them before the decision (it saw the old value) conflicts with it.
+        """
+        version = base.version + 1
+        committed = [i for i in base.intents if statuses.get(i.decision) == "committed"]
+        intents = [i for i in base.intents if statuses.get(i.decision) is None]
+        refs: list[SegmentRef] = []
+        if pending is not None:
+            refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
+        key_lists: list[list[bytes] | tuple[bytes, ...] | None] = [i.keys for i in committed]
+        if pending is not None:
+            key_lists.append(pending.keys)
+        written = [*refs, *(i.segment for i in committed)]
+        keys: tuple[bytes, ...] | None = None
+        if all(k is not None for k in key_lists):
+            merged = sorted({k for ks in key_lists if ks is not None for k in ks})
+            if sum(map(len, merged)) <= LOG_KEYS_MAX_BYTES:
+                keys = tuple(merged)
+        add = [i.segment for i in committed]
+        if prepare is not None:
+            ref = refs[0]
+            own_keys = None if pending is None or pending.keys is None else tuple(pending.keys)
+            intents.append(Intent(prepare.txn_id, version, time.time(), str(prepare.decision), own_keys, ref))
+        else:
+            add = [*refs, *add]  # newest first
+        record = CommitRecord(
+            version=version,
+            time=time.time(),
+            txn_ids=(prepare.txn_id if prepare is not None else os.urandom(16),),
+            txn_count=int(prepare is not None),
+            segment_id=refs[0].id if len(refs) == 1 else None,
+            key_count=sum(r.count for r in written),
+            min_key=min((r.min_key for r in written), default=b""),
+            max_key=max((r.max_key for r in written), default=b""),
+            keys=keys,
+            meta={"resolved": len(base.intents) - len(intents) + (prepare is not None)}
+            if len(intents) - (prepare is not None) != len(base.intents)
+            else None,
+        )
+        return record, add, tuple(intents)
+
+    def _admit(
+        self, requests: list[CommitRequest], base: Manifest, statuses: Statuses, *, check_age: bool
+    ) -> list[CommitRequest]:
         """Requests that may commit on top of `base`, in order; fail the others.
 
         The age limit is checked only before the first CAS attempt: after an
@@ -326,6 +458,17 @@ class Committer:
                 continue
             if request.job is not None and any(c.job == request.job for c in commits):
                 _fail(request, _already_committed(request.job))
+                continue
+            held = _held_by_intent(request, base.intents, statuses)
+            if held is not None:
+                self.stats.conflicts += 1
+                _fail(
+                    request,
+                    ConflictError(
+                        f"transaction {held}; nothing was written: retry it (Store.transact does; the "
+                        "intent is resolved within StoreOptions.intent_timeout at most)"
+                    ),
+                )
                 continue
             clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
             if clash is not None or _reads_any(request, batch_writes):
@@ -376,7 +519,16 @@ class Committer:
         options = self._options
         return size <= options.inline_segment_bytes and base.inline_bytes + size <= options.manifest_inline_bytes
 
-    def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _Pending) -> Manifest:
+    def _next_manifest(
+        self, base: Manifest, accepted: list[CommitRequest], pending: _Pending, statuses: Statuses
+    ) -> Manifest:
+        if base.intents or accepted[0].decision is not None:
+            prepare = accepted[0] if accepted[0].decision is not None else None
+            record, add, intents = self._resolution(base, statuses, pending, prepare)
+            if prepare is None:
+                meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
+                record = replace(record, txn_ids=(accepted[0].txn_id,), txn_count=len(accepted), meta=meta or None)
+            return base.with_commit(record, self._options.commit_log_length, add=add, intents=intents)
         version = base.version + 1
         refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
         keys = pending.keys
@@ -426,8 +578,9 @@ class Committer:
                 if txn_id in record.txn_ids:
                     return version
                 continue
-            # The log no longer reaches back: our segment is the other evidence.
-            if any(s.id == pending.refs[0].id for s in base.segments):
+            # The log no longer reaches back: our segment (or intent) is the other evidence.
+            refs = (*base.segments, *(i.segment for i in base.intents))
+            if any(s.id == pending.refs[0].id for s in refs):
                 return version
             raise CommitOutcomeUnknownError(
                 f"cannot tell whether the commit at version {version} was applied: the commit log "
@@ -443,6 +596,31 @@ class Committer:
                 request.future.set_result(version)
         if self._after_commit is not None:
             self._after_commit(self._manifests.current[0])
+
+
+def _alone(request: CommitRequest) -> bool:
+    """Whether `request` commits in a batch of its own: a bulk load or distributed write
+    (segments written beforehand), or a prepare (its writes become one intent)."""
+    return request.segments is not None or request.decision is not None
+
+
+def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuses: Statuses) -> str | None:
+    """Why `request` may not commit past one of the live `intents`, or None.
+
+    An undecided intent holds its keys against every read and write (were it to commit,
+    its writes would sit at its older version, under a newer write or a read that did not
+    see them). A committed one is resolved by this very CAS, below the request's writes,
+    but a read of its keys may have missed it.
+    """
+    for intent in intents:
+        outcome = statuses.get(intent.decision)
+        if outcome == "aborted":
+            continue
+        if intent.meets(request.read_keys, request.read_ranges):
+            return f"read keys that cross-partition transaction {intent.txn_id.hex()} wrote ({outcome or 'undecided'})"
+        if outcome is None and intent.meets(request.writes, ()):
+            return f"writes keys that cross-partition transaction {intent.txn_id.hex()} has prepared (undecided)"
+    return None
 
 
 def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:

@@ -7,8 +7,10 @@ Layout (docs/format.md has the details)::
 
 The payload holds the store id, the version (+1 per commit), the live
 segments (newest first; small commit segments carried inline, their bytes in
-the manifest itself) and a bounded commit log: for every version after
-`log_start`, which transactions committed there and which keys they wrote.
+the manifest itself), a bounded commit log: for every version after
+`log_start`, which transactions committed there and which keys they wrote, and
+the intents of cross-partition transactions prepared here and not resolved yet
+(`Intent`; `_two_phase.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ import msgpack
 from ._envelope import seal, unseal
 from ._errors import CorruptionError
 
-# 2: segment rows may carry an inline segment; 3: rows may name a sorted run
-# (formats 1 and 2 are still read).
-FORMAT = 3
+# 2: segment rows may carry an inline segment; 3: rows may name a sorted run;
+# 4: the payload may hold "intents" (formats 1 to 3 are still read). A manifest is
+# written as format 4 only while it holds intents: a release that cannot see them
+# must refuse it (it would read a committed intent's writes as absent, and commit
+# over it), while one without intents is readable by releases before format 4.
+FORMAT = 4
+_FORMAT_WITHOUT_INTENTS = 3
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
 # bytes; larger write sets are recorded by their key range (conservative conflicts).
@@ -144,6 +150,36 @@ class CommitRecord:
         return any(self.max_key >= start and (end is None or self.min_key < end) for start, end in ranges)
 
 
+@dataclass(frozen=True)
+class Intent:
+    """A cross-partition transaction's writes to this partition, prepared and not resolved.
+
+    Its writes become visible at `version` (the prepare's version) once its
+    decision object (`decision`) says "committed"; until then no reader sees them,
+    and no other commit may read or write its keys (`meets`). A later CAS of the
+    partition turns it into an ordinary segment, or drops it (aborted).
+    """
+
+    txn_id: bytes
+    version: int  # the prepare's version, and its writes' version
+    time: float  # wall clock of the prepare (the abort timeout counts from it)
+    decision: str  # the decision object's name
+    keys: tuple[bytes, ...] | None  # sorted written keys; None: only the segment's range is recorded
+    segment: SegmentRef  # its writes (inline or an object), commit_version == version
+
+    def meets(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
+        """Whether it writes one of `keys` or a key in one of the [start, end) ranges."""
+        lo, hi = self.segment.min_key, self.segment.max_key
+        if self.keys is not None:
+            written = set(self.keys)
+            if any(k in written for k in keys):
+                return True
+            return any(_any_in_range(self.keys, start, end) for start, end in ranges)
+        if any(lo <= k <= hi for k in keys):
+            return True
+        return any(hi >= start and (end is None or lo < end) for start, end in ranges)
+
+
 def _any_in_range(sorted_keys: Sequence[bytes], start: bytes, end: bytes | None) -> bool:
     i = bisect_left(sorted_keys, start)
     return i < len(sorted_keys) and (end is None or sorted_keys[i] < end)
@@ -162,11 +198,14 @@ class Manifest:
     settings: dict[str, Any] = field(default_factory=dict)
     # Every version >= history_floor can be read exactly (compaction keeps them).
     history_floor: int = 0
+    # Prepared cross-partition writes not resolved yet, oldest first.
+    intents: tuple[Intent, ...] = ()
 
     @property
     def inline_bytes(self) -> int:
-        """Bytes of the segments carried inline."""
-        return sum(len(s.inline) for s in self.segments if s.inline is not None)
+        """Bytes of the segments carried inline (intents' included)."""
+        refs = (*self.segments, *(i.segment for i in self.intents))
+        return sum(len(s.inline) for s in refs if s.inline is not None)
 
     @property
     def never_written(self) -> bool:
@@ -199,10 +238,11 @@ class Manifest:
         add: Sequence[SegmentRef] = (),
         remove: frozenset[str] = frozenset(),
         history_floor: int | None = None,
+        intents: tuple[Intent, ...] | None = None,
     ) -> Manifest:
         """The manifest after committing `record` at version + 1.
 
-        `add` takes the place of the first removed segment, or goes in front
+        `intents` (None: unchanged) replaces the live intents. `add` takes the place of the first removed segment, or goes in front
         (the list is newest first; equal versions are ordered by position).
         """
         assert record.version == self.version + 1, "I3: a commit must increase the version by one"
@@ -226,6 +266,7 @@ class Manifest:
             log=log,
             log_start=log_start,
             history_floor=self.history_floor if history_floor is None else max(history_floor, self.history_floor),
+            intents=self.intents if intents is None else intents,
         )
         object.__setattr__(new, "_log_key_bytes", key_bytes)  # carried forward, not re-summed
         cached = self.__dict__.get("_packed_log")
@@ -283,13 +324,24 @@ def encode_manifest(m: Manifest) -> bytes:
         "settings": m.settings,
         "history_floor": m.history_floor,
     }
+    if m.intents:
+        head["intents"] = [_intent_row(i) for i in m.intents]
     parts = [packer.pack_map_header(len(head) + 2)]
     for key, value in head.items():
         parts += [packer.pack(key), packer.pack(value)]
     parts += [packer.pack("segments"), packer.pack_array_header(len(m.segments))]
     parts += [_packed(s, _segment_row) for s in m.segments]
     parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
-    return seal(_MAGIC, FORMAT, b"".join(parts))
+    return seal(_MAGIC, FORMAT if m.intents else _FORMAT_WITHOUT_INTENTS, b"".join(parts))
+
+
+def _intent_row(i: Intent) -> list[Any]:
+    keys = None if i.keys is None else list(i.keys)
+    return [i.txn_id, i.version, i.time, i.decision, keys, _segment_row(i.segment)]
+
+
+def _intent_of(row: list[Any]) -> Intent:
+    return Intent(row[0], row[1], row[2], row[3], None if row[4] is None else tuple(row[4]), SegmentRef(*row[5]))
 
 
 def _packed_log(m: Manifest) -> bytes:
@@ -344,6 +396,7 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
             log_start=doc["log_start"],
             settings=doc["settings"],
             history_floor=doc["history_floor"],
+            intents=tuple(_intent_of(row) for row in doc.get("intents", ())),
             segments=tuple(SegmentRef(*row) for row in doc["segments"]),
             log=tuple(
                 CommitRecord(

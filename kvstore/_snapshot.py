@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
-from ._errors import ValidationError
-from ._manifest import Manifest, SegmentRef
+from ._errors import UnsafeStoreError, ValidationError
+from ._manifest import Intent, Manifest, SegmentRef
 from ._merge import merge, visible
 from ._options import StoreOptions
 from ._segment import probe
 from ._segment_store import NOT_CACHED, Miss
 from ._sources import Sources
 from ._tasks import run_bounded
+
+if TYPE_CHECKING:
+    from ._two_phase import Decisions
 
 # Keys of one `get_many` read at once. Each has at most one GET of its own in flight
 # (keys sharing a block share its GET); a batch of 100 cold keys then issues its
@@ -24,9 +27,16 @@ READS_IN_FLIGHT = 128
 
 
 class SnapshotView:
-    """The store as of `manifest.version`. Costs no manifest reads; segments are cached."""
+    """The store as of `manifest.version`. Costs no manifest reads; segments are cached.
 
-    def __init__(self, manifest: Manifest, segments: Sources, version: int | None = None) -> None:
+    A read meeting an unresolved intent of a cross-partition transaction (`_two_phase`)
+    consults its decision once per view (one GET, cached in `decisions` once decided)
+    and sees its writes iff committed; the view keeps what it found, so its reads repeat.
+    """
+
+    def __init__(
+        self, manifest: Manifest, segments: Sources, version: int | None = None, decisions: Decisions | None = None
+    ) -> None:
         """A view of `manifest` as of `version` (default: the manifest's own).
 
         An older version is exact only if it is >= manifest.history_floor.
@@ -37,17 +47,60 @@ class SnapshotView:
         # Newest first: for commit segments this is commit order.
         self._refs = sorted(manifest.segments, key=lambda s: s.max_version, reverse=True)
         self._overlapping = _any_overlap(self._refs)
+        self._intents = [i for i in manifest.intents if i.version <= self.version]
+        self._decisions = decisions
+        self._visible: dict[str, bool] = {}  # decision name -> whether this view shows its writes
+        # Whether a read found an intent undecided: a later transaction must not reuse this
+        # view, or it could miss a decision made since (real-time order).
+        self.saw_undecided = False
+
+    async def _refs_for(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
+        """The sources a read of [start, end) consults: the segments and the committed intents
+        meeting the range (their decisions looked up once per view)."""
+        meeting = [i for i in self._intents if i.segment.overlaps(start, end)]
+        if not meeting:
+            return self._refs
+        unknown = [i for i in meeting if i.decision not in self._visible]
+        if unknown:
+            decisions = self._decisions
+            if decisions is None:
+                raise UnsafeStoreError(
+                    "this partition holds intents of cross-partition transactions, which this handle cannot "
+                    "look up: open the partitioned store at its root URL (kvstore.open), not one partition"
+                )
+            names = list(dict.fromkeys(i.decision for i in unknown))
+            outcomes = await run_bounded(decisions.outcome, names, READS_IN_FLIGHT)
+            for name, outcome in zip(names, outcomes, strict=True):
+                self._visible.setdefault(name, outcome == "committed")
+                self.saw_undecided |= outcome is None
+        return self._with_intents(meeting)
+
+    def _with_intents(self, meeting: list[Intent]) -> list[SegmentRef]:
+        shown = [i.segment for i in meeting if self._visible[i.decision]]
+        if not shown:
+            return self._refs
+        return sorted([*self._refs, *shown], key=lambda s: s.max_version, reverse=True)
+
+    def _cached_refs_for(self, key: bytes) -> list[SegmentRef] | None:
+        """`_refs_for(key)` if no decision needs a request, else None."""
+        meeting = [i for i in self._intents if i.segment.may_contain(key)]
+        if not meeting:
+            return self._refs
+        if any(i.decision not in self._visible for i in meeting):
+            return None
+        return self._with_intents(meeting)
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
         best: tuple[int, bytes | None] | None = None
         segments, version = self._segments, self.version
+        refs = await self._refs_for(key, key + b"\0") if self._intents else self._refs
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
         # is cheaper to search than to filter when its block is cached; `get` still
         # filters before fetching a block.
-        key_probe = probe(key) if self._overlapping else None
-        for ref in self._refs:
+        key_probe = probe(key) if self._overlapping or refs is not self._refs else None
+        for ref in refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # no older segment can hold a newer entry
             if not ref.min_key <= key <= ref.max_key:
@@ -96,7 +149,10 @@ class SnapshotView:
     def _get_cached(self, key: bytes) -> bytes | None | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something."""
         best: tuple[int, bytes | None] | None = None
-        for ref in self._refs:
+        refs = self._cached_refs_for(key) if self._intents else self._refs
+        if refs is None:
+            return NOT_CACHED
+        for ref in refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # as in `get`
             if not ref.min_key <= key <= ref.max_key:
@@ -112,8 +168,18 @@ class SnapshotView:
         self, start: bytes | None, end: bytes | None, *, reverse: bool = False
     ) -> AsyncIterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs in [start, end), in key order (or reversed)."""
+        if self._intents:
+            return self._scan_with_intents(start, end, reverse)
         sources = [self._segments.blocks(r, start, end, reverse) for r in self._refs if r.overlaps(start, end)]
         return visible(merge(sources, reverse=reverse), self.version)
+
+    async def _scan_with_intents(
+        self, start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        refs = await self._refs_for(start, end)
+        sources = [self._segments.blocks(r, start, end, reverse) for r in refs if r.overlaps(start, end)]
+        async for pair in visible(merge(sources, reverse=reverse), self.version):
+            yield pair
 
 
 class Snapshot:

@@ -1,0 +1,260 @@
+"""Cross-partition transactions at the engine level, for tests/test_two_phase.py and the
+processes it spawns: engines on sub-prefixes `p/<name>/` of one store root sharing one
+`Decisions`, a bank of accounts spread over them, transfers and audits.
+
+No partition map is involved (issue 18's other half builds it): account i lives in
+partition i % len(engines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvstore import ConflictError, StoreOptions
+from kvstore._commit import CommitRequest
+from kvstore._engine import Engine, open_engine
+from kvstore._layout import Layout
+from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, RetryingObjectStore
+from kvstore._snapshot import SnapshotView
+from kvstore._two_phase import Decisions, commit_across
+from kvstore._url import parse_url, s3_settings
+
+START = 100  # every account's opening balance
+Wrap = Callable[[ObjectStore], ObjectStore]
+
+
+def account(i: int) -> bytes:
+    return f"acct{i:03d}".encode()
+
+
+@dataclass
+class Parts:
+    """Engines on the partitions of one store root, and the root's decisions."""
+
+    engines: list[Engine]
+    decisions: Decisions
+    root_objects: RetryingObjectStore
+
+    def of(self, i: int) -> Engine:
+        return self.engines[i % len(self.engines)]
+
+    async def close(self) -> None:
+        for engine in self.engines:
+            await engine.close()
+        await self.root_objects.close()
+
+
+async def open_parts(
+    url: str,
+    kwargs: dict[str, Any],
+    count: int,
+    *,
+    options: StoreOptions | None = None,
+    wrap: Wrap | None = None,
+    wrap_root: Wrap | None = None,
+) -> Parts:
+    """Open (creating) `count` partitions `p/0/`, `p/1/`... under `url`."""
+    options = options or StoreOptions()
+    s3 = s3_settings(None, **kwargs)
+    root = parse_url(url, s3)
+    backend = root.objects if wrap_root is None else wrap_root(root.objects)
+    root_objects = RetryingObjectStore(backend, options.retry)
+    decisions = Decisions(root_objects, Layout(root.prefix))
+    engines = [
+        await open_engine(
+            parse_url(f"{url.rstrip('/')}/p/{n}", s3),
+            options,
+            create=True,
+            read_only=False,
+            new_settings={"values": "bytes"},
+            adopt_settings={},
+            wrap_object_store=wrap,
+            decisions=decisions,
+        )
+        for n in range(count)
+    ]
+    return Parts(engines, decisions, root_objects)
+
+
+async def open_bank(parts: Parts, accounts: int) -> None:
+    """Give every account START (one plain commit per partition)."""
+    for p, engine in enumerate(parts.engines):
+        writes: dict[bytes, bytes | None] = {
+            account(i): str(START).encode() for i in range(accounts) if i % len(parts.engines) == p
+        }
+        await engine.commit(request(engine, None, set(), writes))
+
+
+def request(
+    engine: Engine, view: SnapshotView | None, reads: set[bytes], writes: dict[bytes, bytes | None], txn_id: bytes = b""
+) -> CommitRequest:
+    return CommitRequest(
+        txn_id=txn_id or engine.new_txn_id(),
+        read_version=None if view is None else view.version,
+        started=time.monotonic(),
+        read_keys=reads,
+        read_ranges=[],
+        writes=writes,
+        values="bytes",
+    )
+
+
+async def transfer_once(parts: Parts, src: int, dst: int, amount: int) -> None:
+    """Move `amount` from account src to dst in one transaction (raises ConflictError)."""
+    ea, eb = parts.of(src), parts.of(dst)
+    va = await ea.latest_view()
+    vb = va if eb is ea else await eb.latest_view()
+    a = int(await va.get(account(src)) or b"0")
+    b = int(await vb.get(account(dst)) or b"0")
+    new_a, new_b = str(a - amount).encode(), str(b + amount).encode()
+    if ea is eb:
+        await ea.commit(request(ea, va, {account(src), account(dst)}, {account(src): new_a, account(dst): new_b}))
+        return
+    txn_id = ea.new_txn_id()
+    await commit_across(
+        [
+            (ea, request(ea, va, {account(src)}, {account(src): new_a}, txn_id)),
+            (eb, request(eb, vb, {account(dst)}, {account(dst): new_b}, txn_id)),
+        ],
+        parts.decisions,
+    )
+
+
+async def transfer(parts: Parts, src: int, dst: int, amount: int, *, deadline: float) -> int:
+    """`transfer_once` until it commits (the usual OCC retry); returns the conflicts met."""
+    conflicts = 0
+    while True:
+        try:
+            await transfer_once(parts, src, dst, amount)
+            return conflicts
+        except ConflictError:
+            conflicts += 1
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.01 * min(conflicts, 10)))
+
+
+async def audit(parts: Parts, accounts: int) -> list[int] | None:
+    """Every balance, read partition by partition then validated (`Engine.changed_since`,
+    as a read-only transaction across partitions does); None if validation failed."""
+    views = [await e.latest_view() for e in parts.engines]
+    balances = []
+    for i in range(accounts):
+        raw = await views[i % len(views)].get(account(i))
+        balances.append(int(raw or b"0"))
+    n = len(parts.engines)
+    for p, (engine, view) in enumerate(zip(parts.engines, views, strict=True)):
+        if await engine.changed_since(view.version, [account(i) for i in range(accounts) if i % n == p], []):
+            return None
+    return balances
+
+
+def run_transfers(url: str, kwargs: dict[str, Any], count: int, accounts: int, seed: int, transfers: int) -> None:
+    """A process's share of the bank workload (spawned): `transfers` random transfers."""
+
+    async def main() -> None:
+        parts = await open_parts(url, kwargs, count)
+        rng = random.Random(seed)
+        deadline = time.monotonic() + 120
+        try:
+            for _ in range(transfers):
+                src = rng.randrange(accounts)
+                dst = (src + rng.randrange(1, accounts)) % accounts
+                await transfer(parts, src, dst, rng.randrange(1, 20), deadline=deadline)
+        finally:
+            await parts.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- crash points
+
+# Where the coordinator stops: all prepared, before its decision reaches the store; its
+# decision applied (nothing after); about to send its first resolve CAS.
+CRASH_STEPS = ("prepared", "decided", "resolving")
+
+
+class StallAt:
+    """Passes every call through but stalls at a step of the 2PC, announcing it in a
+    marker file, so that the parent SIGKILLs the process exactly there."""
+
+    def __init__(self, inner: ObjectStore, step: str, marker: Path, state: dict[str, bool]) -> None:
+        self.inner = inner
+        self._step = step
+        self._marker = marker
+        self._state = state  # shared by the root's and the partitions' wrappers
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    async def get(
+        self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
+    ) -> Blob | None:
+        return await self.inner.get(name, byte_range=byte_range, if_none_match=if_none_match)
+
+    async def put_if_absent(self, name: str, data: bytes) -> str:
+        deciding = "/txn/" in f"/{name}"
+        if deciding and self._step == "prepared":
+            await self._stall(name)
+        etag = await self.inner.put_if_absent(name, data)
+        if deciding:
+            self._state["decided"] = True
+            if self._step == "decided":
+                await self._stall(name)
+        return etag
+
+    async def put_if_match(self, name: str, data: bytes, etag: str) -> str:
+        if self._step == "resolving" and self._state.get("decided") and name.endswith("manifest"):
+            await self._stall(name)
+        return await self.inner.put_if_match(name, data, etag)
+
+    async def head(self, name: str) -> ObjectInfo:
+        return await self.inner.head(name)
+
+    async def list(self, prefix: str):  # type: ignore[no-untyped-def]
+        async for info in self.inner.list(prefix):
+            yield info
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _stall(self, name: str) -> None:
+        tmp = self._marker.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()} {name}\n")
+        os.replace(tmp, self._marker)
+        await asyncio.Event().wait()  # never set: the parent kills us here
+
+
+def transfer_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) -> None:
+    """Transfer 30 from account 0 (partition 0) to account 1 (partition 1) and get killed at `step`."""
+
+    async def main() -> None:
+        state: dict[str, bool] = {}
+        parts = await open_parts(
+            url,
+            kwargs,
+            2,
+            wrap=lambda inner: StallAt(inner, step, Path(marker), state),
+            wrap_root=lambda inner: StallAt(inner, step, Path(marker), state),
+        )
+        await transfer_once(parts, 0, 1, 30)
+        await asyncio.Event().wait()  # "resolving": the resolve runs in the background
+        raise AssertionError("the stalling store should have stopped this commit")
+
+    asyncio.run(main())
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
