@@ -461,7 +461,7 @@ class Engine:
         report = VerifyReport(manifest.version, 1)
         uncached_segments = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
         uncached = Sources(self.objects, self.layout, uncached_segments, ByteLRU(_VERIFY_CACHE_BYTES))
-        for ref in manifest.segments:
+        for ref in (*manifest.segments, *(i.segment for i in manifest.intents)):
             name = self.layout.run(ref.id) if ref.is_run else self.layout.segment(ref.id)
             try:
                 parts = await uncached.parts(ref)

@@ -19,7 +19,7 @@ from pathlib import Path
 import crash_workers
 import pytest
 import two_phase_workers as w
-from targets import Target
+from targets import LATER, Target
 
 from kvstore import CommitOutcomeUnknownError, ConflictError, RetryPolicy, StoreOptions
 from kvstore._manifest import FORMAT, Intent, Manifest, SegmentRef, decode_manifest, encode_manifest
@@ -112,6 +112,49 @@ async def test_transfers_from_several_processes(durable_target: Target) -> None:
     assert balances != [w.START] * ACCOUNTS  # the transfers did happen
 
 
+async def test_transfers_under_faults_and_a_kill(durable_target: Target, tmp_path: Path) -> None:
+    """The campaign's fault matrix on every request of three transferring processes, one of
+    them SIGKILLed mid-run, while this process audits: every validated audit and the end
+    state keep the total (a torn, doubled or lost transfer would change it)."""
+    target = durable_target
+    await (await _bank(target, 3)).close()
+    ctx = multiprocessing.get_context("spawn")
+    journals = [tmp_path / f"journal-{n}" for n in range(3)]
+    children = [
+        ctx.Process(target=w.run_faulty_transfers, args=(target.url, target.kwargs, 3, ACCOUNTS, n, 40, str(j)))
+        for n, j in enumerate(journals)
+    ]
+    for child in children:
+        child.start()
+    parts = await w.open_parts(target.url, target.kwargs, 3)
+    audits: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        victim = children[0]
+        while not (journals[0].exists() and len(journals[0].read_text().split()) >= 8):
+            assert victim.is_alive() and time.monotonic() < deadline, "the victim never got going"
+            balances = await w.audit(parts, ACCOUNTS)
+            if balances is not None:
+                audits.append(sum(balances))
+            await asyncio.sleep(0.01)  # pacing between audits; the loop waits for the journal
+        w.kill(victim.pid)  # type: ignore[arg-type]
+        while any(c.is_alive() for c in children[1:]):
+            assert time.monotonic() < deadline, "the workers did not finish"
+            balances = await w.audit(parts, ACCOUNTS)
+            if balances is not None:
+                audits.append(sum(balances))
+            await asyncio.sleep(0.01)
+    finally:
+        for child in children:
+            child.join(30)
+        await parts.close()
+    assert children[0].exitcode == -9 and [c.exitcode for c in children[1:]] == [0, 0]
+    outcomes = [line for j in journals for line in j.read_text().split()]
+    assert outcomes.count("ok") >= 20
+    assert audits and set(audits) == {ACCOUNTS * w.START}
+    assert sum(await _final_balances(target, 3)) == ACCOUNTS * w.START
+
+
 # --------------------------------------------------------------------------- intents
 
 
@@ -189,6 +232,37 @@ async def test_a_read_before_the_decision_conflicts_after_resolution(target: Tar
     finally:
         await parts.close()
     assert (await _final_balances(target, 2))[:3] == [70, 130, w.START]
+
+
+async def test_gc_and_verify_keep_and_check_an_intents_segment(durable_target: Target) -> None:
+    """An intent's segment written as an object is live for GC (the coordinator may still
+    decide "committed") and checked by verify."""
+    options = StoreOptions(inline_segment_bytes=0, auto_compact=False, commit_log_length=2)
+    parts = await _bank(durable_target, 2, options=options)
+    a, b = parts.engines
+    try:
+        txn = a.new_txn_id()
+        name = parts.decisions.name(txn)
+        await a.prepare(w.request(a, None, set(), {w.account(0): b"70"}, txn), name)
+        await b.prepare(w.request(b, None, set(), {w.account(1): b"130"}, txn), name)
+        segment = a.manifest.intents[0].segment
+        assert segment.inline is None
+        for n in range(3):  # the prepare's record leaves the log: only the intent names its segment
+            await a.commit(w.request(a, None, set(), {w.account(2): str(n).encode()}))
+        assert all(r.segment_id != segment.id for r in a.manifest.log)
+        real = a.wall_clock
+        for later in (LATER, 2 * LATER):  # mark, then delete what was marked (as gc_later does)
+            a.wall_clock = lambda later=later: real() + later  # type: ignore[misc]
+            await a.gc(grace_period=None, dry_run=False)
+        a.wall_clock = real
+        report = await a.verify()
+        # The manifest, every segment and the intent's segment were read.
+        assert report.ok and report.objects_checked == 2 + len(a.manifest.segments)
+        await a.objects.head(a.layout.segment(segment.id))  # still there
+        await parts.decisions.decide(name, "committed", txn, [])
+        assert await (await a.latest_view()).get(w.account(0)) == b"70"
+    finally:
+        await parts.close()
 
 
 async def test_an_abandoned_intent_is_aborted_after_the_timeout(durable_target: Target) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvstore import ConflictError, StoreOptions
+from kvstore import ConflictError, KvStoreError, StoreOptions
 from kvstore._commit import CommitRequest
 from kvstore._engine import Engine, open_engine
 from kvstore._layout import Layout
@@ -171,6 +171,53 @@ def run_transfers(url: str, kwargs: dict[str, Any], count: int, accounts: int, s
                 await transfer(parts, src, dst, rng.randrange(1, 20), deadline=deadline)
         finally:
             await parts.close()
+
+    asyncio.run(main())
+
+
+def run_faulty_transfers(
+    url: str, kwargs: dict[str, Any], count: int, accounts: int, seed: int, transfers: int, journal: str
+) -> None:
+    """Random transfers with the reliability campaign's faults injected into every request
+    (its `fault_plan` and retry policy) on the partitions and the root: errors, 409s,
+    timeouts, lost answers, resends, outages. Each outcome is appended to `journal` as
+    "ok", "fail" (a conflict: nothing applied) or "info" (unknown), one line each."""
+    from kvstore.testing.campaign import CAMPAIGN_RETRY, fault_plan
+    from kvstore.testing.faults import FaultInjectingStore
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        options = StoreOptions(retry=CAMPAIGN_RETRY, intent_timeout=1.0)
+
+        def faulty(inner: ObjectStore) -> ObjectStore:
+            return FaultInjectingStore(inner, fault_plan(rng.randrange(1 << 30)))  # type: ignore[return-value]
+
+        for attempt in range(10):
+            try:
+                parts = await open_parts(url, kwargs, count, options=options, wrap=faulty, wrap_root=faulty)
+                break
+            except KvStoreError:
+                if attempt == 9:
+                    raise
+        fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for _ in range(transfers):
+                src = rng.randrange(accounts)
+                dst = (src + rng.randrange(1, accounts)) % accounts
+                try:
+                    await transfer(parts, src, dst, rng.randrange(1, 20), deadline=time.monotonic() + 30)
+                    outcome = "ok"
+                except ConflictError:
+                    outcome = "fail"
+                except KvStoreError:
+                    outcome = "info"
+                os.write(fd, f"{outcome}\n".encode())
+        finally:
+            os.close(fd)
+            try:
+                await parts.close()
+            except KvStoreError:
+                pass  # faults while finishing: what was committed is decided in the store
 
     asyncio.run(main())
 
