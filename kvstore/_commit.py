@@ -11,8 +11,8 @@ if it is not there does it re-check conflicts and retry with the same
 segment. `docs/design.md` walks through it.
 
 A cross-partition transaction's prepare (`CommitRequest.decision` set,
-`_two_phase.py`) commits alone through the same loop, as an intent instead of
-a segment. Every CAS of the committer first consults the decisions of the
+`_two_phase.py`) rides the same batches, as an intent with a segment of its
+own instead of a share of the batch's segment. Every CAS of the committer first consults the decisions of the
 intents live in its base: it turns committed ones into segments and drops
 aborted ones (resolution rides the batch), aborts undecided ones older than
 `StoreOptions.intent_timeout`, and fails requests that read or write an
@@ -88,7 +88,7 @@ class CommitRequest:
     # refused if one after `read_version` records it (another driver committed the job).
     job: str | None = None
     # Set for a cross-partition transaction's prepare: the name of its decision object.
-    # Its writes become an intent (`_manifest.Intent`), not a segment; it commits alone.
+    # Its writes become an intent (`_manifest.Intent`) with a segment of its own.
     decision: str | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -108,17 +108,35 @@ class CommitStatistics:
 
 
 @dataclass
+class _PendingIntent:
+    """A prepare of the batch: its segment and sorted written keys."""
+
+    request: CommitRequest
+    ref: SegmentRef
+    keys: list[bytes]
+
+
+@dataclass
 class _Pending:
     """Segments written for a batch, waiting for the manifest CAS."""
 
-    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt
+    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt; empty if only prepares
     written_at: float  # time.monotonic() of the oldest
     keys: list[bytes] | None  # sorted written keys, or None (bulk: only the range is known)
+    intents: list[_PendingIntent] = field(default_factory=list)  # the batch's prepares
+
+    @property
+    def all_refs(self) -> list[SegmentRef]:
+        return [*self.refs, *(i.ref for i in self.intents)]
 
     @property
     def inline(self) -> bool:
-        """Whether the segment rides in the manifest (no object: no GC, no I8 age)."""
-        return self.refs[0].inline is not None
+        """Whether the segments ride in the manifest (no object: no GC, no I8 age)."""
+        return all(r.inline is not None for r in self.all_refs)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [r.size for r in self.all_refs]
 
 
 class Committer:
@@ -170,7 +188,7 @@ class Committer:
     async def _drain(self) -> None:
         while self._queue:
             if _alone(self._queue[0]):
-                batch = [self._queue.popleft()]  # a bulk load or a prepare commits alone
+                batch = [self._queue.popleft()]  # a bulk load commits alone
             else:
                 batch = []
                 while self._queue and not _alone(self._queue[0]) and len(batch) < self._options.max_batch_transactions:
@@ -218,7 +236,7 @@ class Committer:
         lost_races = 0
         while True:
             if pending.inline:
-                if not self._fits_inline(base, pending.refs[0].size):
+                if not self._fits_inline(base, pending.sizes):
                     pending = await self._write_segment(accepted, None)  # concurrent commits filled the manifest
             elif time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
@@ -357,7 +375,7 @@ class Committer:
                 statuses = await self._statuses(base)
             if not any(statuses.get(i.decision) is not None for i in base.intents):
                 return False
-            record, add, intents = self._resolution(base, statuses, None, None)
+            record, add, intents = self._resolution(base, statuses, None)
             new = base.with_commit(record, self._options.commit_log_length, add=add, intents=intents)
             await self._manifests.compare_and_swap(new, etag)
             self.stats.intents_resolved += len(base.intents) - len(intents)
@@ -369,52 +387,54 @@ class Committer:
         return await read_modify_cas("resolving cross-partition intents", load, write)
 
     def _resolution(
-        self, base: Manifest, statuses: Statuses, pending: _Pending | None, prepare: CommitRequest | None
+        self, base: Manifest, statuses: Statuses, pending: _Pending | None
     ) -> tuple[CommitRecord, list[SegmentRef], tuple[Intent, ...]]:
         """The record, the segments to add and the intents left of the CAS after `base` that
-        commits `pending` (the batch's segments, if any; an intent if `prepare` is set) and
-        resolves the decided intents of `base`.
+        commits `pending` (the batch's segments and prepares, if any) and resolves the
+        decided intents of `base`. The record's txn ids, count and meta are the caller's
+        to set (a resolve of its own carries a random id and no transaction).
 
-        The record lists the keys of the committed intents it resolves: a transaction
-        that read one of them before the decision (it saw the old value) conflicts with it.
+        The record lists the prepares' keys and the keys of the committed intents it
+        resolves: a transaction that read one of them before (it saw the old value, or
+        the intent undecided) conflicts with it.
         """
         version = base.version + 1
+
+        def at_version(r: SegmentRef) -> SegmentRef:
+            return replace(r, min_version=version, max_version=version, commit_version=version)
+
         committed = [i for i in base.intents if statuses.get(i.decision) == "committed"]
         intents = [i for i in base.intents if statuses.get(i.decision) is None]
-        refs: list[SegmentRef] = []
-        if pending is not None:
-            refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
+        refs = [] if pending is None else [at_version(r) for r in pending.refs]
+        prepared = [] if pending is None else pending.intents
+        now = time.time()
+        for p in prepared:
+            exact = tuple(p.keys) if sum(map(len, p.keys)) <= LOG_KEYS_MAX_BYTES else None
+            intents.append(Intent(p.request.txn_id, version, now, str(p.request.decision), exact, at_version(p.ref)))
         key_lists: list[list[bytes] | tuple[bytes, ...] | None] = [i.keys for i in committed]
-        if pending is not None:
+        key_lists += [p.keys for p in prepared]
+        if pending is not None and pending.refs:
             key_lists.append(pending.keys)
-        written = [*refs, *(i.segment for i in committed)]
+        written = [*refs, *(p.ref for p in prepared), *(i.segment for i in committed)]
         keys: tuple[bytes, ...] | None = None
         if all(k is not None for k in key_lists):
             merged = sorted({k for ks in key_lists if ks is not None for k in ks})
             if sum(map(len, merged)) <= LOG_KEYS_MAX_BYTES:
                 keys = tuple(merged)
-        add = [i.segment for i in committed]
-        if prepare is not None:
-            ref = refs[0]
-            own_keys = None if pending is None or pending.keys is None else tuple(pending.keys)
-            intents.append(Intent(prepare.txn_id, version, time.time(), str(prepare.decision), own_keys, ref))
-        else:
-            add = [*refs, *add]  # newest first
+        resolved = len(base.intents) + len(prepared) - len(intents)
         record = CommitRecord(
             version=version,
-            time=time.time(),
-            txn_ids=(prepare.txn_id if prepare is not None else os.urandom(16),),
-            txn_count=int(prepare is not None),
+            time=now,
+            txn_ids=(os.urandom(16),),
+            txn_count=0,
             segment_id=refs[0].id if len(refs) == 1 else None,
             key_count=sum(r.count for r in written),
             min_key=min((r.min_key for r in written), default=b""),
             max_key=max((r.max_key for r in written), default=b""),
             keys=keys,
-            meta={"resolved": len(base.intents) - len(intents) + (prepare is not None)}
-            if len(intents) - (prepare is not None) != len(base.intents)
-            else None,
+            meta={"resolved": resolved} if resolved else None,
         )
-        return record, add, tuple(intents)
+        return record, [*refs, *(i.segment for i in committed)], tuple(intents)
 
     def _admit(
         self, requests: list[CommitRequest], base: Manifest, statuses: Statuses, *, check_age: bool
@@ -426,6 +446,9 @@ class Committer:
         """
         accepted: list[CommitRequest] = []
         batch_writes: list[bytes] = []  # sorted keys written by accepted requests
+        # Keys written by accepted prepares: their intents sit at the batch's version, where
+        # no other write of the batch may share a key with them (which would win is undefined).
+        prepared: set[bytes] = set()
         now = time.monotonic()
         recorded = base.settings.get("values")
         for request in requests:
@@ -471,7 +494,11 @@ class Committer:
                 )
                 continue
             clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
-            if clash is not None or _reads_any(request, batch_writes):
+            if request.decision is not None:
+                shared = any(_written(batch_writes, k) for k in request.writes)
+            else:
+                shared = any(k in prepared for k in request.writes)
+            if clash is not None or _reads_any(request, batch_writes) or shared:
                 self.stats.conflicts += 1
                 where = f"version {clash.version}" if clash else "a transaction committing with it"
                 _fail(
@@ -483,6 +510,8 @@ class Committer:
                 )
                 continue
             accepted.append(request)
+            if request.decision is not None:
+                prepared.update(request.writes)
             for key in request.writes:
                 i = bisect_left(batch_writes, key)
                 if i == len(batch_writes) or batch_writes[i] != key:
@@ -499,35 +528,49 @@ class Committer:
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
             return _Pending(bulk, accepted[0].started, None)
+        regular = [r for r in accepted if r.decision is None]
         merged: dict[bytes, bytes | None] = {}
-        for request in accepted:
+        for request in regular:
             merged.update(request.writes)  # later transactions in the batch win
         keys = sorted(merged)
-        encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
-        size = len(encoded.data)
-        if base is not None and self._fits_inline(base, size):
-            ref = SegmentRef(
-                new_object_id(), encoded.min_key, encoded.max_key, encoded.count, size, 0, 0, inline=encoded.data
-            )
+        parts = [(keys, merged)] if regular else []
+        for request in accepted:
+            if request.decision is not None:  # a prepare: a segment of its own
+                parts.append((sorted(request.writes), request.writes))
+        encoded = [encode_segment(((k, 0, w[k]) for k in ks), uniform_version=True) for ks, w in parts]
+        inline = base is not None and self._fits_inline(base, [len(e.data) for e in encoded])
+        if inline:
+            ids = [new_object_id() for _ in encoded]
         else:
-            segment_id = await self._segments.write(encoded)
-            ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, size, 0, 0)
-        return _Pending([ref], time.monotonic(), keys)
+            ids = list(await asyncio.gather(*(self._segments.write(e) for e in encoded)))
+        refs = [
+            SegmentRef(i, e.min_key, e.max_key, e.count, len(e.data), 0, 0, inline=e.data if inline else None)
+            for i, e in zip(ids, encoded, strict=True)
+        ]
+        prepares = [r for r in accepted if r.decision is not None]
+        intents = [
+            _PendingIntent(r, ref, ks)
+            for r, ref, (ks, _) in zip(
+                prepares, refs[len(refs) - len(prepares) :], parts[len(parts) - len(prepares) :], strict=True
+            )
+        ]
+        return _Pending(refs[: len(refs) - len(prepares)], time.monotonic(), keys, intents)
 
-    def _fits_inline(self, base: Manifest, size: int) -> bool:
-        """Whether a segment of `size` bytes may ride inline in the manifest after `base`."""
+    def _fits_inline(self, base: Manifest, sizes: list[int]) -> bool:
+        """Whether segments of `sizes` bytes may ride inline in the manifest after `base`."""
         options = self._options
-        return size <= options.inline_segment_bytes and base.inline_bytes + size <= options.manifest_inline_bytes
+        return (
+            all(size <= options.inline_segment_bytes for size in sizes)
+            and base.inline_bytes + sum(sizes) <= options.manifest_inline_bytes
+        )
 
     def _next_manifest(
         self, base: Manifest, accepted: list[CommitRequest], pending: _Pending, statuses: Statuses
     ) -> Manifest:
-        if base.intents or accepted[0].decision is not None:
-            prepare = accepted[0] if accepted[0].decision is not None else None
-            record, add, intents = self._resolution(base, statuses, pending, prepare)
-            if prepare is None:
-                meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
-                record = replace(record, txn_ids=(accepted[0].txn_id,), txn_count=len(accepted), meta=meta or None)
+        if base.intents or pending.intents:
+            record, add, intents = self._resolution(base, statuses, pending)
+            meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
+            record = replace(record, txn_ids=(accepted[0].txn_id,), txn_count=len(accepted), meta=meta or None)
             return base.with_commit(record, self._options.commit_log_length, add=add, intents=intents)
         version = base.version + 1
         refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
@@ -580,7 +623,7 @@ class Committer:
                 continue
             # The log no longer reaches back: our segment (or intent) is the other evidence.
             refs = (*base.segments, *(i.segment for i in base.intents))
-            if any(s.id == pending.refs[0].id for s in refs):
+            if any(s.id == pending.all_refs[0].id for s in refs):
                 return version
             raise CommitOutcomeUnknownError(
                 f"cannot tell whether the commit at version {version} was applied: the commit log "
@@ -600,8 +643,13 @@ class Committer:
 
 def _alone(request: CommitRequest) -> bool:
     """Whether `request` commits in a batch of its own: a bulk load or distributed write
-    (segments written beforehand), or a prepare (its writes become one intent)."""
-    return request.segments is not None or request.decision is not None
+    (segments written beforehand)."""
+    return request.segments is not None
+
+
+def _written(sorted_writes: list[bytes], key: bytes) -> bool:
+    i = bisect_left(sorted_writes, key)
+    return i < len(sorted_writes) and sorted_writes[i] == key
 
 
 def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuses: Statuses) -> str | None:

@@ -102,6 +102,7 @@ class Engine:
         self._sources = Sources(objects, layout, self._segments, self._cache)
         self._committer = Committer(manifests, self._segments, options, self._after_commit, decisions)
         self._resolving: asyncio.Task[None] | None = None  # `resolve_soon`'s background resolve
+        self._resolve_again = False  # another `resolve_soon` came while it ran
         self._compactor = Compactor(manifests, self._sources, options)
         self._tags = TagStore(objects, layout)
         # The wall clock GC compares objects' ages with (tests move it on instead of waiting).
@@ -312,16 +313,23 @@ class Engine:
         unless one is under way. A failure is only logged: the next commit resolves anyway."""
         if self.read_only or self.closed or self.forked:
             return
+        self._resolve_again = True  # a resolve under way may have read the manifest before this intent
         if self._resolving is None or self._resolving.done():
             self._resolving = asyncio.create_task(self._resolve_in_background())
 
     async def _resolve_in_background(self) -> None:
-        try:
-            await self.resolve()
-        except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
-            _log.warning(
-                "resolving intents of %s failed (the next commit does it): %s: %s", self.url, type(exc).__name__, exc
-            )
+        while self._resolve_again:
+            self._resolve_again = False
+            try:
+                await self._committer.resolve()
+            except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
+                _log.warning(
+                    "resolving intents of %s failed (the next commit does it): %s: %s",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
 
     async def bulk_commit(
         self,
@@ -512,9 +520,11 @@ class Engine:
             _fork.forget(self)
 
     async def background_idle(self) -> None:
-        """Wait for the background compaction under way, if any (it ends once nothing is due)."""
-        if self._background is not None:
-            await asyncio.wait([self._background])
+        """Wait for the background compaction and intent resolution under way, if any (they end
+        once nothing is due)."""
+        for task in (self._background, self._resolving):
+            if task is not None:
+                await asyncio.wait([task])
 
     def _after_commit(self, manifest: Manifest) -> None:
         if not self.options.auto_compact or self.closed:

@@ -5,7 +5,8 @@ A transaction whose writes fall in several partitions (one engine each):
 1. **Prepare**: in every participant at once, its writes go through that
    partition's committer as an *intent* (`_manifest.Intent`): conflict-checked
    like any commit (against commits since its read version and against live
-   intents), one manifest CAS. Its writes are invisible while undecided.
+   intents), riding the partition's next group-commit CAS. Its writes are
+   invisible while undecided.
 2. **Decide**: the coordinator safe-creates the decision object
    `<root>txn/<txn id>` holding "committed". That create is the commit point:
    atomic and once only. Anyone who finds an intent older than

@@ -86,6 +86,11 @@ async def test_concurrent_transfers_keep_the_sum_for_every_validated_reader(dura
         await asyncio.gather(*(writer() for _ in range(8)))
         done.set()
         await asyncio.gather(*readers)
+        # Every transaction is decided, and each coordinator resolved in the background
+        # what the partitions' batches did not: no intent is left anywhere.
+        for engine in parts.engines:
+            await engine.background_idle()
+            assert not (await engine.refresh()).intents
     finally:
         await parts.close()
     assert crossing >= 40  # most transfers span partitions
@@ -182,6 +187,43 @@ async def test_an_undecided_intent_is_invisible_and_an_aborted_one_never_shows(t
     finally:
         await parts.close()
     assert await _final_balances(target, 2) == [w.START] * ACCOUNTS
+
+
+async def test_prepares_ride_the_group_commit_batch(target: Target) -> None:
+    """Prepares queued together with ordinary commits go out in one manifest CAS; within
+    it, an intent shares no key with another write of the batch (the first comes first)."""
+    parts = await _bank(target, 2)
+    a, _ = parts.engines
+    try:
+        before = a.statistics()["commits"]
+        txns = [a.new_txn_id() for _ in range(10)]
+        prepares = [
+            a.prepare(w.request(a, None, set(), {f"p{n}".encode(): b"x"}, t), parts.decisions.name(t))
+            for n, t in enumerate(txns)
+        ]
+        plain = [a.commit(w.request(a, None, set(), {f"c{n}".encode(): b"y"})) for n in range(10)]
+        clash_txn = a.new_txn_id()
+        clashing = [
+            a.prepare(w.request(a, None, set(), {b"k": b"intent"}, clash_txn), parts.decisions.name(clash_txn)),
+            a.commit(w.request(a, None, set(), {b"k": b"plain"})),  # after the prepare: refused
+            a.commit(w.request(a, None, set(), {b"j": b"plain"})),
+        ]
+        outcomes = await asyncio.gather(*prepares, *plain, *clashing, return_exceptions=True)
+        assert a.statistics()["commits"] == before + 1  # one CAS for all of them
+        assert isinstance(outcomes[21], ConflictError) and "committing with it" in str(outcomes[21])
+        versions = {o for n, o in enumerate(outcomes) if n != 21}
+        assert versions == {a.manifest.version}
+        assert len(a.manifest.intents) == 11
+        # The other way round: a plain write first, then a prepare of the same key.
+        t = a.new_txn_id()
+        outcomes = await asyncio.gather(
+            a.commit(w.request(a, None, set(), {b"m": b"plain"})),
+            a.prepare(w.request(a, None, set(), {b"m": b"intent"}, t), parts.decisions.name(t)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], int) and isinstance(outcomes[1], ConflictError)
+    finally:
+        await parts.close()
 
 
 async def test_a_committed_intent_is_visible_before_and_after_resolution(target: Target) -> None:
