@@ -19,12 +19,11 @@ from pathlib import Path
 import crash_workers
 import pytest
 import two_phase_workers as w
-from targets import LATER, Target
+from targets import LATER, Target, fault_injecting
 
 from kvstore import CommitOutcomeUnknownError, ConflictError, RetryPolicy, StoreOptions
 from kvstore._manifest import FORMAT, Intent, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._two_phase import commit_across
-from kvstore.testing.faults import FaultInjectingStore
 
 ACCOUNTS = 12
 
@@ -383,11 +382,7 @@ async def test_the_coordinator_killed_at_a_2pc_step(durable_target: Target, tmp_
 
 
 async def test_a_lost_answer_to_the_decision_create_is_read_back(target: Target) -> None:
-    stores: list[FaultInjectingStore] = []
-
-    def wrap_root(inner: object) -> FaultInjectingStore:
-        stores.append(FaultInjectingStore(inner))  # type: ignore[arg-type]
-        return stores[-1]
+    stores, wrap_root = fault_injecting()
 
     parts = await _bank(target, 2, wrap_root=wrap_root)
     try:
@@ -403,11 +398,7 @@ async def test_a_lost_answer_to_the_decision_create_is_read_back(target: Target)
 async def test_a_decision_create_that_never_lands_leaves_nothing_applied(target: Target) -> None:
     """The decision cannot be created (the store keeps timing out): the coordinator reports
     the outcome unknown, and the intents, undecided, stay invisible until aborted."""
-    stores: list[FaultInjectingStore] = []
-
-    def wrap_root(inner: object) -> FaultInjectingStore:
-        stores.append(FaultInjectingStore(inner))  # type: ignore[arg-type]
-        return stores[-1]
+    stores, wrap_root = fault_injecting()
 
     options = StoreOptions(intent_timeout=0.2, retry=RetryPolicy(max_attempts=2, base_delay=0.001))
     parts = await _bank(target, 2, wrap_root=wrap_root, options=options)
@@ -426,11 +417,7 @@ async def test_a_decision_create_that_never_lands_leaves_nothing_applied(target:
 
 
 async def test_a_lost_answer_to_a_prepare_is_decided_by_the_log(target: Target) -> None:
-    stores: list[FaultInjectingStore] = []
-
-    def wrap(inner: object) -> FaultInjectingStore:
-        stores.append(FaultInjectingStore(inner))  # type: ignore[arg-type]
-        return stores[-1]
+    stores, wrap = fault_injecting()
 
     parts = await _bank(target, 2, wrap=wrap)
     try:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crash_workers import StallingStore
+
 from kvstore import ConflictError, KvStoreError, StoreOptions
 from kvstore._commit import CommitRequest
 from kvstore._engine import Engine, open_engine
 from kvstore._layout import Layout
-from kvstore._objectstore import Blob, ObjectInfo, ObjectStore, RetryingObjectStore
+from kvstore._objectstore import ObjectStore, RetryingObjectStore
 from kvstore._snapshot import SnapshotView
 from kvstore._two_phase import Decisions, commit_across
 from kvstore._url import parse_url, s3_settings
@@ -229,24 +231,13 @@ def run_faulty_transfers(
 CRASH_STEPS = ("prepared", "decided", "resolving")
 
 
-class StallAt:
-    """Passes every call through but stalls at a step of the 2PC, announcing it in a
-    marker file, so that the parent SIGKILLs the process exactly there."""
+class StallAt(StallingStore):
+    """Passes every call through but stalls at a step of the 2PC (`CRASH_STEPS`), announcing
+    it in a marker file, so that the parent SIGKILLs the process exactly there."""
 
     def __init__(self, inner: ObjectStore, step: str, marker: Path, state: dict[str, bool]) -> None:
-        self.inner = inner
-        self._step = step
-        self._marker = marker
+        super().__init__(inner, step, marker)
         self._state = state  # shared by the root's and the partitions' wrappers
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
-
-    async def get(
-        self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
-    ) -> Blob | None:
-        return await self.inner.get(name, byte_range=byte_range, if_none_match=if_none_match)
 
     async def put_if_absent(self, name: str, data: bytes) -> str:
         deciding = "/txn/" in f"/{name}"
@@ -263,25 +254,6 @@ class StallAt:
         if self._step == "resolving" and self._state.get("decided") and name.endswith("manifest"):
             await self._stall(name)
         return await self.inner.put_if_match(name, data, etag)
-
-    async def head(self, name: str) -> ObjectInfo:
-        return await self.inner.head(name)
-
-    async def list(self, prefix: str):  # type: ignore[no-untyped-def]
-        async for info in self.inner.list(prefix):
-            yield info
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def _stall(self, name: str) -> None:
-        tmp = self._marker.with_suffix(".tmp")
-        tmp.write_text(f"{os.getpid()} {name}\n")
-        os.replace(tmp, self._marker)
-        await asyncio.Event().wait()  # never set: the parent kills us here
 
 
 def transfer_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) -> None:
