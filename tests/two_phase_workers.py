@@ -13,45 +13,31 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crash_workers import StallingStore
 
 from kvstore import ConflictError, KvStoreError, StoreOptions
-from kvstore._commit import CommitRequest
-from kvstore._engine import Engine, open_engine
-from kvstore._layout import Layout
-from kvstore._objectstore import ObjectStore, RetryingObjectStore
-from kvstore._snapshot import SnapshotView
-from kvstore._two_phase import Decisions, commit_across
-from kvstore._url import parse_url, s3_settings
+from kvstore._engine import Engine
+from kvstore._objectstore import ObjectStore
+from kvstore._two_phase import commit_across
+from kvstore._url import s3_settings
+from kvstore.testing import partitions
+from kvstore.testing.partitions import Wrap
 
 START = 100  # every account's opening balance
-Wrap = Callable[[ObjectStore], ObjectStore]
 
 
 def account(i: int) -> bytes:
     return f"acct{i:03d}".encode()
 
 
-@dataclass
-class Parts:
-    """Engines on the partitions of one store root, and the root's decisions."""
-
-    engines: list[Engine]
-    decisions: Decisions
-    root_objects: RetryingObjectStore
+class Parts(partitions.Parts):
+    """`kvstore.testing.partitions.Parts`, with the bank's placement of accounts."""
 
     def of(self, i: int) -> Engine:
         return self.engines[i % len(self.engines)]
-
-    async def close(self) -> None:
-        for engine in self.engines:
-            await engine.close()
-        await self.root_objects.close()
 
 
 async def open_parts(
@@ -64,26 +50,10 @@ async def open_parts(
     wrap_root: Wrap | None = None,
 ) -> Parts:
     """Open (creating) `count` partitions `p/0/`, `p/1/`... under `url`."""
-    options = options or StoreOptions()
-    s3 = s3_settings(None, **kwargs)
-    root = parse_url(url, s3)
-    backend = root.objects if wrap_root is None else wrap_root(root.objects)
-    root_objects = RetryingObjectStore(backend, options.retry)
-    decisions = Decisions(root_objects, Layout(root.prefix))
-    engines = [
-        await open_engine(
-            parse_url(f"{url.rstrip('/')}/p/{n}", s3),
-            options,
-            create=True,
-            read_only=False,
-            new_settings={"values": "bytes"},
-            adopt_settings={},
-            wrap_object_store=wrap,
-            decisions=decisions,
-        )
-        for n in range(count)
-    ]
-    return Parts(engines, decisions, root_objects)
+    opened = await partitions.open_parts(
+        url, count, options=options, s3=s3_settings(None, **kwargs), wrap=wrap, wrap_root=wrap_root
+    )
+    return Parts(opened.engines, opened.decisions, opened.root_objects)
 
 
 async def open_bank(parts: Parts, accounts: int) -> None:
@@ -95,18 +65,7 @@ async def open_bank(parts: Parts, accounts: int) -> None:
         await engine.commit(request(engine, None, set(), writes))
 
 
-def request(
-    engine: Engine, view: SnapshotView | None, reads: set[bytes], writes: dict[bytes, bytes | None], txn_id: bytes = b""
-) -> CommitRequest:
-    return CommitRequest(
-        txn_id=txn_id or engine.new_txn_id(),
-        read_version=None if view is None else view.version,
-        started=time.monotonic(),
-        read_keys=reads,
-        read_ranges=[],
-        writes=writes,
-        values="bytes",
-    )
+request = partitions.request
 
 
 async def transfer_once(parts: Parts, src: int, dst: int, amount: int) -> None:
