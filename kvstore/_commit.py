@@ -12,11 +12,12 @@ segment. `docs/design.md` walks through it.
 
 A cross-partition transaction's prepare (`CommitRequest.decision` set,
 `_two_phase.py`) rides the same batches, as an intent with a segment of its
-own instead of a share of the batch's segment. Every CAS of the committer first consults the decisions of the
-intents live in its base: it turns committed ones into segments and drops
-aborted ones (resolution rides the batch), aborts undecided ones older than
-`StoreOptions.intent_timeout`, and fails requests that read or write an
-undecided intent's keys, or read a committed one's.
+own instead of a share of the batch's segment. Every CAS of the committer
+first consults the decisions of the intents live in its base: it turns
+committed ones into segments and drops aborted ones (resolution rides the
+batch), aborts undecided ones older than `StoreOptions.intent_timeout`, and
+fails requests that read or write an undecided intent's keys, or read a
+committed one's.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class CommitStatistics:
     cas_retries: int = 0  # 412s followed by a rebase
     ambiguous_resolved: int = 0  # commits found applied after an uncertain CAS
     segments_rewritten: int = 0
-    intents_resolved: int = 0  # intents turned into segments (committed) or dropped (aborted)
+    intents_resolved: int = 0  # intents resolved (made segments or dropped) by resolve CASes of their own
     intents_aborted: int = 0  # undecided intents past intent_timeout whose decision we made "aborted"
 
 

@@ -115,8 +115,13 @@ class Decisions:
         if reading is None:
             reading = asyncio.ensure_future(self._read(name))
             self._reading[name] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(name, None))
+            reading.add_done_callback(lambda done: self._read_done(name, done))
         return await asyncio.shield(reading)
+
+    def _read_done(self, name: str, done: asyncio.Future[Outcome | None]) -> None:
+        self._reading.pop(name, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters may all have been cancelled (shield)
 
     async def _read(self, name: str) -> Outcome | None:
         try:
