@@ -24,7 +24,7 @@ from kvstore._objectstore import ObjectStore
 from kvstore._two_phase import commit_across
 from kvstore._url import s3_settings
 from kvstore.testing import partitions
-from kvstore.testing.partitions import Wrap
+from kvstore.testing.partitions import Wrap, read_validated
 
 START = 100  # every account's opening balance
 
@@ -108,12 +108,8 @@ async def audit(parts: Parts, accounts: int) -> list[int] | None:
     as a read-only transaction across partitions does); None if validation failed."""
     n = len(parts.engines)
     keys = [[account(i) for i in range(p, accounts, n)] for p in range(n)]
-    views = await asyncio.gather(*(e.latest_view() for e in parts.engines))
-    found = await asyncio.gather(*(v.get_many(ks) for v, ks in zip(views, keys, strict=True)))
-    changed = await asyncio.gather(
-        *(e.changed_since(v.version, ks, []) for e, v, ks in zip(parts.engines, views, keys, strict=True))
-    )
-    if any(changed):
+    found = await read_validated(parts, keys)
+    if found is None:
         return None
     balances = [0] * accounts
     for p, values in enumerate(found):

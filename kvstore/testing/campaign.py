@@ -96,7 +96,7 @@ from kvstore._two_phase import commit_across
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
 from kvstore.testing.netproxy import FaultProxy, NetRule
-from kvstore.testing.partitions import Parts, open_parts, request
+from kvstore.testing.partitions import Parts, open_parts, read_validated, request
 
 WORKLOADS = ("list-append", "bank", "counter")
 EXTRA_WORKLOADS = ("bank-xp",)  # run only when named
@@ -480,13 +480,8 @@ async def xp_balances(parts: Parts, accounts: int) -> list[int] | None:
     (`Engine.changed_since`); None if a partition changed under the reads."""
     n = len(parts.engines)
     keys = [[_xp_account(i) for i in range(p, accounts, n)] for p in range(n)]
-    # Every partition at once: the shorter the window, the likelier nothing commits inside it.
-    views = await asyncio.gather(*(e.latest_view() for e in parts.engines))
-    found = await asyncio.gather(*(view.get_many(ks) for view, ks in zip(views, keys, strict=True)))
-    changed = await asyncio.gather(
-        *(e.changed_since(v.version, ks, []) for e, v, ks in zip(parts.engines, views, keys, strict=True))
-    )
-    if any(changed):
+    found = await read_validated(parts, keys)
+    if found is None:
         return None
     balances = [0] * accounts
     for p, values in enumerate(found):

@@ -9,8 +9,9 @@ partitioned store: partition `n` lives under `<url>/p/<n>/`, decisions under the
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore._codec import ValueMode
@@ -100,3 +101,15 @@ def request(
         writes=writes,
         values=values,
     )
+
+
+async def read_validated(parts: Parts, keys: Sequence[Sequence[bytes]]) -> list[list[bytes | None]] | None:
+    """The values of `keys[p]` in partition p, read in every partition at once and then
+    validated as a read-only transaction across partitions is (`Engine.changed_since`):
+    None if a commit, or a decision of an intent on them, came between the reads."""
+    views = await asyncio.gather(*(e.latest_view() for e in parts.engines))
+    found = await asyncio.gather(*(v.get_many(ks) for v, ks in zip(views, keys, strict=True)))
+    changed = await asyncio.gather(
+        *(e.changed_since(v.version, ks, []) for e, v, ks in zip(parts.engines, views, keys, strict=True))
+    )
+    return None if any(changed) else list(found)
