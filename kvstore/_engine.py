@@ -16,9 +16,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _fork
 from ._bulk import Batch, as_sorted_run, write_chunks
@@ -35,6 +35,7 @@ from ._errors import (
     KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
+    TransactionTooOldError,
     UnsupportedFormatError,
     UsedAfterForkError,
     ValidationError,
@@ -55,6 +56,9 @@ from ._tasks import run_bounded
 from ._url import Location
 from ._value_refs import ValueRef
 from ._value_store import ValueStore
+
+if TYPE_CHECKING:
+    from ._two_phase import Decisions
 
 _log = logging.getLogger("kvstore")
 # Value objects of one commit written at once (each a PUT, or a multipart upload of its own).
@@ -89,8 +93,11 @@ class Engine:
         manifests: ManifestStore,
         options: StoreOptions,
         read_only: bool,
+        decisions: Decisions | None = None,
     ) -> None:
         self.url = url
+        # Decisions of cross-partition transactions (None: a store that is not a partition).
+        self.decisions = decisions
         self.read_only = read_only
         self.options = options
         self.layout = layout
@@ -100,7 +107,9 @@ class Engine:
         self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
         self._segments = SegmentStore(objects, layout, self._cache, self._disk_cache)
         self._sources = Sources(objects, layout, self._segments, self._cache)
-        self._committer = Committer(manifests, self._segments, options, self._after_commit)
+        self._committer = Committer(manifests, self._segments, options, self._after_commit, decisions)
+        self._resolving: asyncio.Task[None] | None = None  # `resolve_soon`'s background resolve
+        self._resolve_again = False  # another `resolve_soon` came while it ran
         self._compactor = Compactor(manifests, self._sources, options)
         self._tags = TagStore(objects, layout)
         # The wall clock GC compares objects' ages with (tests move it on instead of waiting).
@@ -165,6 +174,8 @@ class Engine:
             "cas_retries": c.cas_retries,
             "ambiguous_commits_resolved": c.ambiguous_resolved,
             "ambiguous_creates_resolved": self.objects.own_creates_found,
+            "intents_resolved": c.intents_resolved,
+            "intents_aborted": c.intents_aborted,
         }
 
     # ------------------------------------------------------------------ reads
@@ -179,9 +190,14 @@ class Engine:
         `StoreOptions.max_staleness` allows the last one."""
         self.check_open()
         manifest = await self._manifests.refresh_if_older_than(self.options.max_staleness)
-        if self._latest is None or self._latest.manifest is not manifest:
-            self._latest = SnapshotView(manifest, self._sources)
+        if self._latest is None or self._latest.manifest is not manifest or self._latest.saw_undecided:
+            # A view that found an intent undecided is not reused: its decision may have been
+            # made since, and a transaction started after it must see it (real-time order).
+            self._latest = self._view(manifest)
         return self._latest
+
+    def _view(self, manifest: Manifest, version: int | None = None) -> SnapshotView:
+        return SnapshotView(manifest, self._sources, version, self.decisions)
 
     async def latest_view_for(self, keys: Sequence[bytes]) -> SnapshotView:
         """`latest_view`, with the index reads of `keys` (`SnapshotView.locate`) under way
@@ -190,7 +206,7 @@ class Engine:
         follow unless the check brings other segments (a compaction's output), which
         costs those few index GETs more."""
         self.check_open()
-        held = self._latest if self._latest is not None else SnapshotView(self.manifest, self._sources)
+        held = self._latest if self._latest is not None else self._view(self.manifest)
         locating = asyncio.ensure_future(held.locate(keys))
         try:
             return await self.latest_view()
@@ -217,10 +233,10 @@ class Engine:
             return latest
         manifest = latest.manifest
         if manifest.history_floor <= version < manifest.version:
-            return SnapshotView(manifest, self._sources, version)
+            return self._view(manifest, version)
         for tag in await self._tags.list():
             if tag.version == version:
-                return SnapshotView(await self._tags.manifest(tag), self._sources)
+                return self._view(await self._tags.manifest(tag))
         raise VersionNotRetainedError(
             f"version {version} is not retained: readable versions are {manifest.history_floor}.."
             f"{manifest.version} and tagged ones; keep more with StoreOptions.history_versions or tag versions"
@@ -230,7 +246,7 @@ class Engine:
         """A view of the version retained under tag `name`."""
         self.check_open()
         tag = await self._tags.get(name)
-        return SnapshotView(await self._tags.manifest(tag), self._sources)
+        return self._view(await self._tags.manifest(tag))
 
     async def commits_after(self, version: int) -> list[CommitRecord]:
         """The commit records after `version`, oldest first (one conditional GET).
@@ -249,6 +265,36 @@ class Engine:
     def values(self) -> ValueStore:
         """The store's out-of-line value objects."""
         return self._sources.values
+
+    async def changed_since(
+        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]
+    ) -> bool:
+        """Whether a read of `keys` and `ranges` at `version` may no longer hold: a commit after
+        `version` wrote one of them, or a live intent holding one is decided "committed" (a view
+        may have read before that decision). One conditional GET, plus one GET per undecided
+        intent meeting them. An undecided intent counts as no change: whoever reads now, after
+        all its reads, saw it nowhere, and precedes it. For validating read-only transactions
+        across partitions; raises TransactionTooOldError when the log no longer reaches back."""
+        keys, ranges = list(keys), list(ranges)
+        manifest = await self.refresh()
+        records = manifest.commits_after(version)
+        if records is None:
+            raise TransactionTooOldError(
+                f"transaction read version {version}, older than the commit log "
+                f"(it starts after version {manifest.log_start}); retry it"
+            )
+        if any(r.wrote_any(keys, ranges) for r in records):
+            return True
+        meeting = [i for i in manifest.intents if i.meets(keys, ranges)]
+        if not meeting:
+            return False
+        if self.decisions is None:
+            return True  # cannot look the decisions up (the reads raised already, had they met them)
+        outcomes = await asyncio.gather(*(self.decisions.outcome(i.decision) for i in meeting))
+        if any(o == "committed" for o in outcomes):
+            self.resolve_soon()  # until resolved, every validation meeting it fails
+            return True
+        return False
 
     # ------------------------------------------------------------------ writes
 
@@ -284,6 +330,44 @@ class Engine:
         writes.update(zip(large, refs, strict=True))
         request.writes = writes
         request.values_written_at = written_at
+
+    async def prepare(self, request: CommitRequest, decision: str) -> int:
+        """Prepare this partition's part of a cross-partition transaction (`_two_phase`): its
+        writes become an intent naming decision object `decision`, after the usual conflict
+        checks, in one manifest CAS. Returns the intent's version."""
+        self.check_writable("cross-partition commits are writes")
+        request.decision = decision
+        await self._values_out_of_line(request)
+        return await self._committer.commit(request)
+
+    async def resolve(self) -> bool:
+        """Resolve the decided intents of this partition in one manifest CAS, if it has any
+        (a busy partition's commits do it anyway). Returns whether a CAS was needed."""
+        self.check_writable("resolving intents is a write")
+        return await self._committer.resolve()
+
+    def resolve_soon(self) -> None:
+        """`resolve` in the background (after a cross-partition commit's acknowledgement),
+        unless one is under way. A failure is only logged: the next commit resolves anyway."""
+        if self.read_only or self.closed or self.forked:
+            return
+        self._resolve_again = True  # a resolve under way may have read the manifest before this intent
+        if self._resolving is None or self._resolving.done():
+            self._resolving = asyncio.create_task(self._resolve_in_background())
+
+    async def _resolve_in_background(self) -> None:
+        while self._resolve_again:
+            self._resolve_again = False
+            try:
+                await self._committer.resolve()
+            except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
+                _log.warning(
+                    "resolving intents of %s failed (the next commit does it): %s: %s",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
 
     async def bulk_commit(
         self,
@@ -436,7 +520,7 @@ class Engine:
         report = VerifyReport(manifest.version, 1)
         uncached_segments = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
         uncached = Sources(self.objects, self.layout, uncached_segments, ByteLRU(_VERIFY_CACHE_BYTES))
-        for ref in manifest.segments:
+        for ref in (*manifest.segments, *(i.segment for i in manifest.intents)):
             name = self.layout.run(ref.id) if ref.is_run else self.layout.segment(ref.id)
             try:
                 parts = await uncached.parts(ref)
@@ -491,6 +575,8 @@ class Engine:
             return
         try:
             await self._committer.wait_idle()
+            if self._resolving is not None:
+                await asyncio.wait([self._resolving])  # bounded by the retry policy's deadlines
             if self._background is not None:
                 self._background.cancel()
                 await asyncio.wait([self._background])
@@ -501,9 +587,11 @@ class Engine:
             _fork.forget(self)
 
     async def background_idle(self) -> None:
-        """Wait for the background compaction under way, if any (it ends once nothing is due)."""
-        if self._background is not None:
-            await asyncio.wait([self._background])
+        """Wait for the background compaction and intent resolution under way, if any (they end
+        once nothing is due)."""
+        for task in (self._background, self._resolving):
+            if task is not None:
+                await asyncio.wait([task])
 
     def _after_commit(self, manifest: Manifest) -> None:
         if not self.options.auto_compact or self.closed:
@@ -554,6 +642,7 @@ async def open_engine(
     new_settings: Mapping[str, Any],
     adopt_settings: Mapping[str, Any],
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+    decisions: Decisions | None = None,
 ) -> Engine:
     """Open (and with `create`, make) the store at `location`.
 
@@ -567,6 +656,9 @@ async def open_engine(
     writer whose period is longer than the store records (or that finds
     none, or an invalid one, recorded) records its own (one manifest CAS):
     GC never applies less than the record.
+
+    `decisions`: where a partition of a store split into several looks up the decisions
+    of cross-partition transactions whose intents it holds (`_two_phase.Decisions`).
 
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
@@ -602,7 +694,7 @@ async def open_engine(
             # This writer's I8 holds its segments to half of its own grace period: GC (in
             # any process) must not apply less, and never applies less than the record.
             await manifests.raise_grace_period(own, options.commit_log_length)
-        engine = Engine(location.url, objects, layout, manifests, options, read_only)
+        engine = Engine(location.url, objects, layout, manifests, options, read_only, decisions)
         await engine.load_runs()
         return engine
     except BaseException:

@@ -9,6 +9,7 @@
     <prefix>tags/<hash of name>.tag    tags (safe create)
     <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
     <prefix>doctor/<id>/...            `kvstore doctor`'s scratch objects, deleted when it ends
+    <prefix>txn/<txn id hex>           decision of a cross-partition transaction (safe create, at the root)
 
 Writers, readers, garbage collection and tags all name objects through a
 `Layout`, so GC can never spell a live segment's name differently from the
@@ -46,6 +47,10 @@ class Layout:
     def doctor_scratch(self, run_id: str) -> str:
         """The prefix of one `kvstore doctor` run's scratch objects (ends with '/')."""
         return f"{self.prefix}doctor/{run_id}/"
+
+    def decision(self, txn_id: bytes) -> str:
+        """The create-once decision object of cross-partition transaction `txn_id` (`_two_phase`)."""
+        return f"{self.prefix}txn/{txn_id.hex()}"
 
     @property
     def gc_marks(self) -> str:
