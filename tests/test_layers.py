@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "kvstore"
 
 # Modules that hold pure formats: bytes in, values out. They know no I/O.
-FORMATS = {"_manifest", "_segment", "_envelope", "_codec", "_layout", "_errors", "_version"}
+FORMATS = {"_manifest", "_segment", "_envelope", "_codec", "_layout", "_errors", "_version", "_partition_map"}
 # What a format module may import from the package.
 FORMAT_MAY_IMPORT = FORMATS
 # Standard and third-party modules that mean I/O.
