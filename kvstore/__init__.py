@@ -30,6 +30,7 @@ from ._errors import (
     JobAlreadyCommittedError,
     KvStoreError,
     NestedTransactionError,
+    PartitionMovedError,
     PartTooOldError,
     ReadOnlyError,
     StoreNotFoundError,
@@ -53,7 +54,7 @@ from ._objectstore import RetryPolicy, S3Options
 from ._options import StoreOptions
 from ._reader import Reader
 from ._snapshot import Snapshot
-from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
+from ._store import Change, CommitInfo, PartitionInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
 from ._sync import SyncDistributedWrite, SyncSnapshot, SyncStore, SyncTransaction, doctor_sync, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
@@ -86,6 +87,8 @@ __all__ = [
     "NestedTransactionError",
     "Part",
     "PartTooOldError",
+    "PartitionInfo",
+    "PartitionMovedError",
     "ReadOnlyError",
     "Reader",
     "RetryPolicy",

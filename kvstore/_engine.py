@@ -82,8 +82,12 @@ class Engine:
         manifests: ManifestStore,
         options: StoreOptions,
         read_only: bool,
+        owns_objects: bool = True,
     ) -> None:
         self.url = url
+        # False when partitions share one object store (`open_engine(objects=...)`): whoever
+        # passed it closes it, once, after every engine.
+        self._owns_objects = owns_objects
         self.read_only = read_only
         self.options = options
         self.layout = layout
@@ -118,6 +122,11 @@ class Engine:
     @property
     def store_id(self) -> str:
         return self.manifest.store_id
+
+    @property
+    def sources(self) -> Sources:
+        """Where this engine's views read segments from (a split copies a sealed view)."""
+        return self._sources
 
     @property
     def forked(self) -> bool:
@@ -255,6 +264,8 @@ class Engine:
         values: ValueMode,
         progress: Callable[[int], None] | None,
         chunk_bytes: int,
+        read_version: int | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> int:
         """Write encoded batches (`_bulk.encoded_batches`) as segments of about `chunk_bytes` each,
         then commit them all in one manifest CAS; returns the version. `values`: how
@@ -267,12 +278,13 @@ class Engine:
             raise ValidationError("bulk_load got no items")
         request = CommitRequest(
             txn_id=self.new_txn_id(),
-            read_version=None,
+            read_version=read_version,
             started=started,
             read_keys=set(),
-            read_ranges=[],
+            read_ranges=[] if read_version is None else [(b"", None)],
             writes={},
             values=values,
+            meta=meta,
             segments=refs[::-1],  # newest first: a later chunk wins a repeated key
         )
         return await self.commit(request)
@@ -322,6 +334,12 @@ class Engine:
             job=job_id,
         )
         return await self.commit(request)
+
+    async def seal(self, moved: dict[str, Any]) -> Manifest:
+        """Make the latest version this partition's last (a split moves its keys elsewhere,
+        `MOVED_SETTING`); returns that final manifest. Idempotent."""
+        self.check_writable("splitting is a write")
+        return await self._manifests.seal(moved, self.options.commit_log_length)
 
     # ------------------------------------------------------------------ tags, maintenance
 
@@ -429,7 +447,8 @@ class Engine:
                 self._background.cancel()
                 await asyncio.wait([self._background])
         finally:
-            await self.objects.close()
+            if self._owns_objects:
+                await self.objects.close()
             if self._disk_cache is not None:
                 self._disk_cache.close()
             _fork.forget(self)
@@ -488,6 +507,8 @@ async def open_engine(
     new_settings: Mapping[str, Any],
     adopt_settings: Mapping[str, Any],
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+    layout: Layout | None = None,
+    objects: RetryingObjectStore | None = None,
 ) -> Engine:
     """Open (and with `create`, make) the store at `location`.
 
@@ -505,10 +526,17 @@ async def open_engine(
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
     conditional writes.
+
+    `layout` opens one partition of a split store (default: the store's root
+    layout); `objects` shares one object store (and its retry layer) among the
+    partitions: the engine then never closes it, its caller does.
     """
-    backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
-    objects = RetryingObjectStore(backend, options.retry)
-    layout = Layout(location.prefix)
+    owns_objects = objects is None
+    if objects is None:
+        backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
+        objects = RetryingObjectStore(backend, options.retry)
+    if layout is None:
+        layout = Layout(location.prefix)
     manifests = ManifestStore(objects, layout)
     try:
         try:
@@ -521,7 +549,8 @@ async def open_engine(
                     "to make one, or check the URL"
                 ) from None
             exists = False
-        if not read_only:
+        if not read_only and (owns_objects or layout.prefix == location.prefix):
+            # Once per store (its root), not per partition: they share the one endpoint.
             await check_conditional_writes(objects, layout)
         if not exists:
             await manifests.create({**new_settings, GRACE_SETTING: grace_period_of(resolve_options(options, None))})
@@ -536,9 +565,10 @@ async def open_engine(
             # This writer's I8 holds its segments to half of its own grace period: GC (in
             # any process) must not apply less, and never applies less than the record.
             await manifests.raise_grace_period(own, options.commit_log_length)
-        engine = Engine(location.url, objects, layout, manifests, options, read_only)
+        engine = Engine(location.url, objects, layout, manifests, options, read_only, owns_objects)
         await engine.load_runs()
         return engine
     except BaseException:
-        await objects.close()
+        if owns_objects:
+            await objects.close()
         raise

@@ -196,6 +196,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
         "history",
         "tag",
         "compact",
+        "split",
         "gc",
         "verify",
         "export",
@@ -823,6 +824,7 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "export": ["export", url],
         "watch": ["watch", url, "--since", "0", "--count", "2"],
         "doctor": ["doctor", str(tmp_path / "d")],
+        "split": ["split", url, "m"],  # last: on a partitioned store, watch --since is refused
     }
     commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
     assert set(calls) == commands
@@ -996,3 +998,23 @@ def test_commands_and_python_agree_on_a_msgpack_store(tmp_path: Path, monkeypatc
         {"key": "doc", "value": {"a": [1, 2]}},
         {"key": "user2", "value": {"$base64": "aGVsbG8="}},
     ]
+
+
+def test_split_adds_a_partition_and_info_lists_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "apple", "1").ok()
+    invoke(monkeypatch, "put", url, "pear", "2").ok()
+    assert [p["start"] for p in invoke(monkeypatch, "split", url, "m", "--json").json()] == [
+        {"key": ""},
+        {"key": "m"},
+    ]
+    info = invoke(monkeypatch, "info", url).ok().text
+    assert "partitions" in info and "[(start), m) version 1" in info and "[m, (end)) version 1" in info
+    doc = invoke(monkeypatch, "info", url, "--json").json()
+    assert [(p["start"], p["end"], p["version"]) for p in doc["partitions"]] == [
+        ({"key": ""}, {"key": "m"}, 1),
+        ({"key": "m"}, None, 1),
+    ]
+    assert doc["keys"]["count"] == 2
+    assert invoke(monkeypatch, "get", url, "pear").ok().text == "2"
