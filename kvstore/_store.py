@@ -19,6 +19,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterable,
+    Sequence,
 )
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,10 +32,11 @@ from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport
 from ._errors import ConflictError, PartitionMovedError, ValidationError
 from ._gc import GcReport
-from ._manifest import CommitRecord, Manifest
+from ._manifest import MOVED_SETTING, CommitRecord, Manifest
 from ._nesting import Scope, enter, leave, refuse_nested
 from ._objectstore import ObjectStore, RetryingObjectStore, S3Options
 from ._options import StoreOptions
+from ._partition_map import ROOT_PID
 from ._partition_ops import (
     bulk_load_partitions,
     delete_partition_tag,
@@ -44,7 +46,7 @@ from ._partition_ops import (
     tagged_view,
 )
 from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router, recent_commit_rate
-from ._snapshot import Snapshot
+from ._snapshot import Snapshot, SnapshotView
 from ._tags import Tag
 from ._tasks import gather_all
 from ._transaction import TransactAttempts, Transaction
@@ -232,6 +234,10 @@ class Store:
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The latest value of `key`, or `default` if it is absent."""
+        if not self._partitioned:
+            view = await self._unsplit_view()
+            if view is not None:
+                return await Snapshot(view, self.options, self._values, self.url).get(key, default)
         if self._partitioned:
             k = encode_key(key, self.options.max_key_bytes)
             for _ in range(MAX_REDIRECTS):
@@ -241,8 +247,17 @@ class Store:
                 except PartitionMovedError:
                     continue  # the router followed the split: route again
                 return await Snapshot(view, self.options, self._values, self.url).get(k, default)
-            raise self._kept_moving()
-        return await (await self.snapshot()).get(key, default)
+        raise self._kept_moving()
+
+    async def _unsplit_view(self, keys: Sequence[bytes] = ()) -> SnapshotView | None:
+        """The latest view of a store never split, as ever (`Engine.latest_view_for(keys)`
+        with keys); None if it has been split since this handle read its map: the router
+        then follows the split, and the caller reads the partitions."""
+        view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
+        if view.manifest.settings.get(MOVED_SETTING) is None:
+            return view
+        await self._router.redirect(ROOT_PID)
+        return None
 
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """The latest values of `keys`, in order; `default` for each absent one.
@@ -254,6 +269,10 @@ class Store:
         `Snapshot.get_many`.
         """
         ks = encode_keys(keys, self.options.max_key_bytes)
+        if not self._partitioned:
+            view = await self._unsplit_view(ks)  # the indexes load while the manifest is checked
+            if view is not None:
+                return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
         if self._partitioned:
             # One read-only transaction: each partition's keys read together, the
             # partitions in parallel, then checked unchanged (serializable across them).
@@ -265,9 +284,7 @@ class Store:
                     return values
                 except ConflictError as exc:
                     await asyncio.sleep(attempt.pause_after(exc, _NO_SCOPE))
-            raise AssertionError("unreachable: the last attempt raises")
-        view = await self._engine.latest_view_for(ks)  # the indexes load while the manifest is checked
-        return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
+        raise AssertionError("unreachable: the last attempt raises")
 
     async def put(self, key: str | bytes, value: Any) -> int:
         """Write one key; returns the version it committed at."""
@@ -483,7 +500,10 @@ class Store:
         elif version is not None:
             view = await self._engine.view_at(version)
         else:
-            view = await self._engine.latest_view()
+            latest = await self._unsplit_view()
+            if latest is None:  # split since this handle read its map
+                return await self._partitioned_snapshot(None, None)
+            view = latest
         return Snapshot(view, self.options, self._values, self.url, self._engine.check_same_process)
 
     async def _partitioned_snapshot(self, version: int | None, tag: str | None) -> Snapshot:

@@ -307,6 +307,22 @@ async def test_split_moves_keys_and_a_stale_handle_is_redirected(durable_target:
         assert len(await stale.partitions()) == 3
 
 
+async def test_a_handle_of_a_store_never_split_reads_through_a_split_made_elsewhere(durable_target: Target) -> None:
+    """A handle that read the store while it had one partition must not go on reading the
+    sealed root manifest after another process split it: its reads follow the split."""
+    async with durable_target.open(values="msgpack") as stale, durable_target.open(values="msgpack") as db:
+        await db.put(b"a", 1)
+        await db.put(b"x", 1)
+        assert await stale.get(b"x") == 1
+        await db.split(b"m")
+        await db.put(b"x", 2)
+        await db.put(b"a", 2)
+        assert await stale.get(b"x") == 2
+        assert await stale.get_many([b"a", b"x"]) == [2, 2]
+        assert [kv async for kv in stale.scan()] == [(b"a", 2), (b"x", 2)]
+        assert [v async for _, v in (await stale.snapshot()).scan()] == [2, 2]
+
+
 async def test_a_split_whose_splitter_died_after_sealing_is_finished_by_the_next_writer(durable_target: Target) -> None:
     async with durable_target.open(split_keys=[b"m"]) as db:
         await db.put(b"a", b"1")
