@@ -42,6 +42,12 @@ class Partition:
     def holds(self, key: bytes) -> bool:
         return self.start <= key and (self.end is None or key < self.end)
 
+    def clip(self, lo: bytes | None, hi: bytes | None) -> tuple[bytes | None, bytes | None]:
+        """[lo, hi) narrowed to this partition's range (None: unbounded; b"" stays as given)."""
+        start = lo if lo is not None and lo > self.start else self.start or lo
+        end = hi if self.end is None or (hi is not None and hi < self.end) else self.end
+        return start, end
+
     def overlaps(self, lo: bytes | None, hi: bytes | None) -> bool:
         """Whether [lo, hi) (None: unbounded) meets this partition's range."""
         return (hi is None or self.start < hi) and (self.end is None or lo is None or lo < self.end)

@@ -532,7 +532,6 @@ class PartitionedView(SnapshotView):
     async def _scan(self, start: bytes | None, end: bytes | None, reverse: bool) -> AsyncIterator[tuple[bytes, bytes]]:
         parts = self._pmap.overlapping(start, end)
         for part in reversed(parts) if reverse else parts:
-            lo = start if start is not None and start > part.start else part.start or start
-            hi = end if part.end is None or (end is not None and end < part.end) else part.end
+            lo, hi = part.clip(start, end)
             async for pair in self._views[part.pid].scan(lo, hi, reverse=reverse):
                 yield pair

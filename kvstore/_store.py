@@ -343,8 +343,7 @@ class Store:
             parts = self._router.route(rlo, rhi)
             try:
                 for part, engine in reversed(parts) if reverse else parts:
-                    plo = rlo if rlo is not None and rlo > part.start else part.start or rlo
-                    phi = rhi if part.end is None or (rhi is not None and rhi < part.end) else part.end
+                    plo, phi = part.clip(rlo, rhi)
                     view = await self._router.latest_view(part, engine)
                     async for key, raw in view.scan(plo, phi, reverse=reverse):
                         if limit is not None and count >= limit:

@@ -157,8 +157,7 @@ class Transaction:
         count = 0
         # Partitions hold disjoint ranges in key order: one after the other is key order.
         for part, engine in parts:
-            plo = lo if lo is not None and lo > part.start else part.start or lo
-            phi = hi if part.end is None or (hi is not None and hi < part.end) else part.end
+            plo, phi = part.clip(lo, hi)
             view = await self._snapshot(part, engine)
             own = sorted(
                 (k, v) for k, v in self._writes.items() if (plo is None or k >= plo) and (phi is None or k < phi)

@@ -49,6 +49,14 @@ def test_the_map_routes_keys_and_ranges_and_round_trips() -> None:
     assert [p.pid for p in pmap.overlapping(b"f", b"g")] == ["a"]
     assert [p.pid for p in pmap.overlapping(b"f", b"g\x00")] == ["a", "b"]
     assert [p.pid for p in pmap.overlapping(None, None)] == ["a", "b", "c"]
+    middle = pmap.partitions[1]
+    assert [middle.clip(*r) for r in ((None, None), (b"h", b"z"), (b"a", b"i"), (b"", None))] == [
+        (b"g", b"n"),
+        (b"h", b"n"),
+        (b"g", b"i"),
+        (b"g", b"n"),
+    ]
+    assert pmap.partitions[0].clip(None, b"c") == (None, b"c")  # the first partition keeps "no lower bound"
     split = pmap.split("b", b"k", "l", "r")
     assert split.version == 2 and split.retired == {"b": ("l", "r")}
     assert split.boundaries == [b"g", b"k", b"n"]
