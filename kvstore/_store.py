@@ -36,7 +36,7 @@ from ._manifest import MOVED_SETTING, CommitRecord, Manifest
 from ._nesting import Scope, enter, leave, refuse_nested
 from ._objectstore import ObjectStore, RetryingObjectStore, S3Options
 from ._options import StoreOptions
-from ._partition_map import ROOT_PID
+from ._partition_map import ROOT_PID, Partition
 from ._partition_ops import (
     bulk_load_partitions,
     delete_partition_tag,
@@ -808,9 +808,15 @@ async def watch_partitions(
     while True:
         await router.reload()
         parts = router.route(lo, hi)
+        live = {p.pid for p, _ in parts}
+        # A partition split since the last poll: its log is final (sealed), so one more read
+        # of it yields its last commits, then its successors take over.
+        parts = [(Partition(pid, b"", None), await router.engine_of(pid)) for pid in last if pid not in live] + parts
         for part, _ in parts:
             last.setdefault(part.pid, 0)  # a split's successor: from its first commit
         records = await gather_all(e.commits_after(last[p.pid]) for p, e in parts)
+        for pid in [pid for pid in last if pid not in live]:
+            del last[pid]
         for (part, _), found in zip(parts, records, strict=True):
             for record in found:
                 last[part.pid] = record.version

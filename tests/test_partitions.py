@@ -331,6 +331,40 @@ async def test_a_handle_of_a_store_never_split_reads_through_a_split_made_elsewh
         assert [v async for _, v in (await stale.snapshot()).scan()] == [2, 2]
 
 
+async def test_watch_follows_a_split_without_missing_the_retired_partitions_last_commits(tmp_path: Path) -> None:
+    async with kvstore.open(f"file://{tmp_path / 's'}", split_keys=[b"t"]) as db:
+        seen: list[tuple[str | None, bytes]] = []
+        polled = asyncio.Event()
+
+        async def watch() -> None:
+            async for change in db.watch(interval=1.0):
+                seen.extend((change.partition, k) for k in change.keys or [] if k != b"y")
+                polled.set()
+                if len(seen) == 3:
+                    return
+
+        watching = asyncio.ensure_future(watch())
+        for i in range(100):  # until the watcher reports one: it then sleeps for a second
+            await db.put(b"y", b"%d" % i)
+            if await _within(polled.wait(), 0.2):
+                break
+        await db.put(b"k", b"1")  # in the partition about to be retired, before the next poll
+        await db.split(b"m")
+        await db.put(b"k", b"2")
+        await db.put(b"a", b"3")
+        await asyncio.wait_for(watching, 10)
+        left = (await db.partitions())[0].id
+        assert sorted(map(str, seen)) == sorted(map(str, [(left, b"a"), ("0000", b"k"), (left, b"k")]))
+
+
+async def _within(awaitable: Any, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def test_a_split_whose_splitter_died_after_sealing_is_finished_by_the_next_writer(durable_target: Target) -> None:
     async with durable_target.open(split_keys=[b"m"]) as db:
         await db.put(b"a", b"1")
