@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -79,7 +80,7 @@ class PartitionMap:
         parts = tuple(Partition(p, s, e) for p, s, e in zip(pids, starts, ends, strict=True))
         return cls(store_id, 1, parts, {}, time.time())
 
-    @property
+    @cached_property  # every routed key bisects it
     def boundaries(self) -> list[bytes]:
         """The split keys: every partition's start but the first's."""
         return [p.start for p in self.partitions[1:]]
