@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -73,6 +74,7 @@ class Router:
         *,
         read_only: bool,
         adopt_settings: Mapping[str, Any],
+        engine_extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.location = location
         self.options = options
@@ -85,7 +87,9 @@ class Router:
         self._adopt = dict(adopt_settings)
         self._redirecting: dict[str, asyncio.Future[None]] = {}
         self._retired: list[Engine] = []  # closed with the store: their commits may still be finishing
-        self._decisions: Any = None
+        # What every partition engine is opened with besides the usual (`decisions_for`).
+        self._engine_extra = dict(engine_extra or {})
+        self._decisions: Any = self._engine_extra.get("decisions")
 
     # ------------------------------------------------------------------ routing, no requests
 
@@ -138,12 +142,14 @@ class Router:
             adopt_settings={},
             layout=self.layout_of(pid),
             objects=self.objects,
+            **self._engine_extra,
         )
         self._retired.append(engine)
         return engine
 
     def decisions(self) -> Any:
-        """The store's `_two_phase.Decisions` (cross-partition commits), made on first use."""
+        """The store's `_two_phase.Decisions` (cross-partition commits): the one its engines
+        were opened with, when they take one, else made on first use."""
         if self._decisions is None:
             self._decisions = two_phase().Decisions(self.objects, self.root)
         return self._decisions
@@ -349,6 +355,7 @@ class Router:
             adopt_settings={} if settings else self._adopt,
             layout=self.layout_of(pid),
             objects=self.objects,
+            **self._engine_extra,
         )
         if pid in self.engines:  # opened meanwhile by a concurrent caller
             await engine.close()
@@ -376,6 +383,15 @@ def two_phase() -> Any:
             "kvstore's cross-partition commit, missing from this build: keep each transaction's keys in "
             "one partition, or upgrade kvstore"
         ) from None
+
+
+def decisions_for(objects: RetryingObjectStore, root: Layout) -> dict[str, Any]:
+    """`open_engine(decisions=...)` for a partition engine, when this build has the
+    cross-partition commit (its engines read intents through the decision objects);
+    else nothing to pass. Made once per opened store (`open_router`): its cache is shared."""
+    if "decisions" not in inspect.signature(open_engine).parameters:
+        return {}
+    return {"decisions": two_phase().Decisions(objects, root)}
 
 
 def _split_from(meta: dict[str, Any] | None) -> bool:
@@ -414,6 +430,7 @@ async def open_router(
     maps = PartitionMapStore(objects, root)
     keys = check_split_keys(list(split_keys or ()))
     pmap = await maps.load()
+    extra = decisions_for(objects, root)
     if pmap is not None and not read_only:
         await check_conditional_writes(objects, root)  # the root engine's open does it otherwise
 
@@ -427,6 +444,7 @@ async def open_router(
             adopt_settings=adopt_settings,
             layout=root if pid == ROOT_PID else root.partition(pid),
             objects=objects,
+            **extra,
         )
 
     engines: dict[str, Engine] = {}
@@ -470,6 +488,7 @@ async def open_router(
         engines,
         read_only=read_only,
         adopt_settings=adopt_settings,
+        engine_extra=extra,
     )
 
 
