@@ -39,12 +39,13 @@ from ._errors import (
     ConflictError,
     JobAlreadyCommittedError,
     KvStoreError,
+    PartitionMovedError,
     StoreUnavailableError,
     TransactionTooOldError,
     UnsafeStoreError,
 )
 from ._layout import new_object_id
-from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Intent, Manifest, SegmentRef
+from ._manifest import LOG_KEYS_MAX_BYTES, MOVED_SETTING, CommitRecord, Intent, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
 from ._operands import codec_of, combine
@@ -476,7 +477,13 @@ class Committer:
         prepared: set[bytes] = set()
         now = time.monotonic()
         recorded = base.settings.get("values")
+        moved = base.settings.get(MOVED_SETTING)
         for request in requests:
+            if moved is not None:
+                # A split sealed this partition: its final version is copied into its
+                # successors, so nothing may commit here any more (the face re-routes).
+                _fail(request, _moved(moved))
+                continue
             # Checked on every base: an empty store may take up another codec (open_engine)
             # between the handle's open and any attempt of this commit.
             if not writes_fit(recorded, request.values):
@@ -786,6 +793,13 @@ def _record_meta(metas: list[dict[str, Any] | None], job: str | None) -> dict[st
 def _already_committed(job: str) -> JobAlreadyCommittedError:
     return JobAlreadyCommittedError(
         f"distributed write {job} has already committed (the commit log names it); start a new job to write more"
+    )
+
+
+def _moved(moved: Any) -> PartitionMovedError:
+    return PartitionMovedError(
+        f"this partition was split (into {moved.get('into')!r}) after the transaction started; nothing was "
+        "written: retry it (Store.transact does; put and delete re-route by themselves)"
     )
 
 

@@ -29,6 +29,7 @@ from ._compact import CompactionResult, Compactor, SubCompactionRunner, choose_i
 from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
+    ContentionError,
     CorruptionError,
     FutureVersionError,
     JobAlreadyCommittedError,
@@ -65,6 +66,10 @@ _log = logging.getLogger("kvstore")
 VALUES_IN_FLIGHT = 4
 # `verify` reads each small segment whole once, then its blocks from this.
 _VERIFY_CACHE_BYTES = 2 * 1024 * 1024
+# How long past twice intent_timeout a split waits for the partition's intents to be
+# resolved before giving up, and how often it looks again meanwhile.
+SEAL_WAIT_SECONDS = 30.0
+SEAL_POLL_SECONDS = 0.1
 # A bulk load's sorted run enters at the level a compaction of its level-0 chunks gives.
 BULK_RUN_LEVEL = 1
 
@@ -94,10 +99,14 @@ class Engine:
         options: StoreOptions,
         read_only: bool,
         decisions: Decisions | None = None,
+        owns_objects: bool = True,
     ) -> None:
         self.url = url
         # Decisions of cross-partition transactions (None: a store that is not a partition).
         self.decisions = decisions
+        # False when partitions share one object store (`open_engine(objects=...)`): whoever
+        # passed it closes it, once, after every engine.
+        self._owns_objects = owns_objects
         self.read_only = read_only
         self.options = options
         self.layout = layout
@@ -134,6 +143,11 @@ class Engine:
     @property
     def store_id(self) -> str:
         return self.manifest.store_id
+
+    @property
+    def sources(self) -> Sources:
+        """Where this engine's views read segments from (a split copies a sealed view)."""
+        return self._sources
 
     @property
     def forked(self) -> bool:
@@ -376,6 +390,8 @@ class Engine:
         values: ValueMode,
         progress: Callable[[int], None] | None,
         chunk_bytes: int,
+        read_version: int | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> int:
         """Write encoded batches (`_bulk.encoded_batches`) as segments of about `chunk_bytes` each,
         then commit them all in one manifest CAS; returns the version. `values`: how
@@ -396,12 +412,13 @@ class Engine:
             parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
         request = CommitRequest(
             txn_id=self.new_txn_id(),
-            read_version=None,
+            read_version=read_version,
             started=started,
             read_keys=set(),
-            read_ranges=[],
+            read_ranges=[] if read_version is None else [(b"", None)],
             writes={},
             values=values,
+            meta=meta,
             segments=parts,
         )
         return await self.commit(request)
@@ -456,6 +473,26 @@ class Engine:
             job=job_id,
         )
         return await self.commit(request)
+
+    async def seal(self, moved: dict[str, Any]) -> Manifest:
+        """Make the latest version this partition's last (a split moves its keys elsewhere,
+        `MOVED_SETTING`); returns that final manifest. Idempotent."""
+        self.check_writable("splitting is a write")
+        # A live intent may yet be decided "committed", after the split copied the partition
+        # without it: its writes would be lost. So the seal waits until every intent is
+        # resolved (decided ones now; undecided ones are aborted after intent_timeout).
+        deadline = time.monotonic() + 2 * self.options.intent_timeout + SEAL_WAIT_SECONDS
+        while True:
+            sealed = await self._manifests.seal(moved, self.options.commit_log_length)
+            if sealed is not None:
+                return sealed
+            if time.monotonic() > deadline:
+                raise ContentionError(
+                    f"{self.url} kept holding intents of cross-partition transactions, so it could not be "
+                    "sealed for a split; retry the split"
+                )
+            if not await self._committer.resolve():
+                await asyncio.sleep(SEAL_POLL_SECONDS)  # undecided: wait for the decision or the timeout
 
     # ------------------------------------------------------------------ tags, maintenance
 
@@ -581,7 +618,8 @@ class Engine:
                 self._background.cancel()
                 await asyncio.wait([self._background])
         finally:
-            await self.objects.close()
+            if self._owns_objects:
+                await self.objects.close()
             if self._disk_cache is not None:
                 self._disk_cache.close()
             _fork.forget(self)
@@ -643,6 +681,8 @@ async def open_engine(
     adopt_settings: Mapping[str, Any],
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
     decisions: Decisions | None = None,
+    layout: Layout | None = None,
+    objects: RetryingObjectStore | None = None,
 ) -> Engine:
     """Open (and with `create`, make) the store at `location`.
 
@@ -663,10 +703,17 @@ async def open_engine(
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
     conditional writes.
+
+    `layout` opens one partition of a split store (default: the store's root
+    layout); `objects` shares one object store (and its retry layer) among the
+    partitions: the engine then never closes it, its caller does.
     """
-    backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
-    objects = RetryingObjectStore(backend, options.retry)
-    layout = Layout(location.prefix)
+    owns_objects = objects is None
+    if objects is None:
+        backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
+        objects = RetryingObjectStore(backend, options.retry)
+    if layout is None:
+        layout = Layout(location.prefix)
     manifests = ManifestStore(objects, layout)
     try:
         try:
@@ -679,7 +726,8 @@ async def open_engine(
                     "to make one, or check the URL"
                 ) from None
             exists = False
-        if not read_only:
+        if not read_only and (owns_objects or layout.prefix == location.prefix):
+            # Once per store (its root), not per partition: they share the one endpoint.
             await check_conditional_writes(objects, layout)
         if not exists:
             await manifests.create({**new_settings, GRACE_SETTING: grace_period_of(resolve_options(options, None))})
@@ -694,9 +742,10 @@ async def open_engine(
             # This writer's I8 holds its segments to half of its own grace period: GC (in
             # any process) must not apply less, and never applies less than the record.
             await manifests.raise_grace_period(own, options.commit_log_length)
-        engine = Engine(location.url, objects, layout, manifests, options, read_only, decisions)
+        engine = Engine(location.url, objects, layout, manifests, options, read_only, decisions, owns_objects)
         await engine.load_runs()
         return engine
     except BaseException:
-        await objects.close()
+        if owns_objects:
+            await objects.close()
         raise

@@ -50,6 +50,9 @@ LOG_KEYS_BUDGET_BYTES = 256 * 1024
 # The settings key recording the longest `segment_grace_period` any writer opened the
 # store with: GC never applies a shorter one (I7, I8). Absent in stores made before it.
 GRACE_SETTING = "segment_grace_period"
+# The settings key of a partition sealed by a split: {"at": split key, "into": [left pid,
+# right pid]}. Its final version is copied into the successors; nothing commits after it.
+MOVED_SETTING = "moved"
 # The longest grace period a writer may use (30 days). A writer may commit a segment up
 # to half of it after writing it (I8), so this allows jobs of 15 days; anything longer
 # keeps all garbage practically for good (as inf would) and is most likely a unit slip.
