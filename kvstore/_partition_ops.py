@@ -90,10 +90,11 @@ async def tagged_view(router: Router, name: str) -> PartitionedView:
     doc = await _read(router, name)
     assert doc is not None
     views: dict[str, SnapshotView] = {}
+    seen: dict[str, bool] = {}  # one lookup of each decision for every partition (`consistent_views`)
     for pid, _, version in doc["partitions"]:
         engine = await router.engine_of(pid)
         copy = await engine.tagged_view(name)
-        views[pid] = SnapshotView(copy.manifest, engine.sources, version, engine.decisions)
+        views[pid] = SnapshotView(copy.manifest, engine.sources, version, engine.decisions, seen)
     starts = [(pid, bytes(start)) for pid, start, _ in doc["partitions"]]
     ends: list[bytes | None] = [s for _, s in starts[1:]] + [None]
     pmap = PartitionMap(router.store_id, 0, tuple(Partition(p, s, e) for (p, s), e in zip(starts, ends, strict=True)))

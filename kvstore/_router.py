@@ -207,7 +207,13 @@ class Router:
         for _ in range(SNAPSHOT_ROUNDS):
             again = await gather_all(e.refresh() for _, e in parts)
             if all(m is v.manifest for m, v in zip(again, views, strict=True)):
-                return pmap, {p.pid: v for (p, _), v in zip(parts, views, strict=True)}
+                # Views of their own sharing what they find of decisions: a cross-partition
+                # commit decided between two partitions' reads is still seen in all or none.
+                seen: dict[str, bool] = {}
+                return pmap, {
+                    p.pid: SnapshotView(v.manifest, e.sources, decisions=e.decisions, seen=seen)
+                    for (p, e), v in zip(parts, views, strict=True)
+                }
             if (await self.reload()).version != pmap.version:  # a split: start over on the new map
                 pmap, parts = self.pmap, self.parts()
                 views = await gather_all(self.latest_view(p, e) for p, e in parts)

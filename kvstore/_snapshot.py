@@ -39,11 +39,19 @@ class SnapshotView:
     """
 
     def __init__(
-        self, manifest: Manifest, segments: Sources, version: int | None = None, decisions: Decisions | None = None
+        self,
+        manifest: Manifest,
+        segments: Sources,
+        version: int | None = None,
+        decisions: Decisions | None = None,
+        seen: dict[str, bool] | None = None,
     ) -> None:
         """A view of `manifest` as of `version` (default: the manifest's own).
 
-        An older version is exact only if it is >= manifest.history_floor.
+        An older version is exact only if it is >= manifest.history_floor. `seen`:
+        what the views of one snapshot of several partitions found of the decisions,
+        shared among them, so that each intent is looked up once for all of them (two
+        lookups could straddle its decision and show it in one partition only).
         """
         self.manifest = manifest
         self.version = manifest.version if version is None else version
@@ -56,7 +64,8 @@ class SnapshotView:
         self.codec = codec_of(manifest.settings.get("values"))
         self._intents = [i for i in manifest.intents if i.version <= self.version]
         self._decisions = decisions
-        self._visible: dict[str, bool] = {}  # decision name -> whether this view shows its writes
+        # Decision name -> whether this view shows its writes.
+        self._visible: dict[str, bool] = {} if seen is None else seen
         # Whether a read found an intent undecided: a later transaction must not reuse this
         # view, or it could miss a decision made since (real-time order).
         self.saw_undecided = False
