@@ -345,6 +345,26 @@ class Engine:
         request.writes = writes
         request.values_written_at = written_at
 
+    async def reads_still_hold(
+        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]], txn_id: bytes
+    ) -> bool:
+        """Whether reads of `keys` and `ranges` made at `version` still hold, for the second
+        check of a cross-partition commit (`_two_phase.commit_across`), made after all its
+        intents are in place: no commit after `version` wrote them, and no intent of another
+        transaction, whatever its decision, writes them (conservative: it may commit). One
+        conditional GET. Raises TransactionTooOldError when the log no longer reaches back."""
+        keys, ranges = list(keys), list(ranges)
+        manifest = await self.refresh()
+        records = manifest.commits_after(version)
+        if records is None:
+            raise TransactionTooOldError(
+                f"transaction read version {version}, older than the commit log "
+                f"(it starts after version {manifest.log_start}); retry it"
+            )
+        if any(r.wrote_any(keys, ranges) for r in records):
+            return False
+        return not any(i.txn_id != txn_id and i.meets(keys, ranges) for i in manifest.intents)
+
     async def prepare(self, request: CommitRequest, decision: str) -> int:
         """Prepare this partition's part of a cross-partition transaction (`_two_phase`): its
         writes become an intent naming decision object `decision`, after the usual conflict

@@ -189,11 +189,31 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
         raise ValueError("every part of a cross-partition commit carries the same txn_id")
     txn_id = txn_ids.pop()
     name = decisions.name(txn_id)
-    participants = [engine.layout.prefix for engine, _ in parts]
-    prepared = await asyncio.gather(
-        *(engine.prepare(request, name) for engine, request in parts), return_exceptions=True
+    # A part that only read prepares no intent (it has nothing to write); its reads are
+    # checked with every part's in the second round below.
+    writing = [(e, r) for e, r in parts if r.writes or r.range_deletes]
+    participants = [engine.layout.prefix for engine, _ in writing]
+    prepared: list[int | BaseException] = list(
+        await asyncio.gather(*(engine.prepare(request, name) for engine, request in writing), return_exceptions=True)
     )
     failures = [r for r in prepared if isinstance(r, BaseException)]
+    if not failures:
+        # Intents lock only what they write, so two transactions each reading what the
+        # other writes (write skew) could both pass their prepares' checks. Checking every
+        # part's reads again once all of this transaction's intents are in place closes
+        # that: of two such transactions, the later check sees the other's intent.
+        checks = await asyncio.gather(
+            *(_reads_hold(e, r, v) for (e, r), v in _per_part(parts, writing, prepared)),
+            return_exceptions=True,
+        )
+        failures = [c for c in checks if isinstance(c, BaseException)]
+        if not failures and not all(checks):
+            failures = [
+                ConflictError(
+                    "transaction read data that another transaction changed or is committing across "
+                    "partitions; nothing was written: retry it (Store.transact does)"
+                )
+            ]
     if failures:
         # Abort at once (no intent lingers until the timeout). Only we decide "committed",
         # so nothing is applied whatever happens here: should the create fail, the
@@ -216,7 +236,8 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
             f"a cross-partition transaction could not prepare in every partition ({type(failures[0]).__name__}: "
             f"{failures[0]}); it was aborted and nothing was written: retry it (Store.transact does)"
         ) from failures[0]
-    versions = [v for v in prepared if isinstance(v, int)]
+    # A part that only read: the version its reads were checked at.
+    versions = [e.manifest.version if v is None else v for (e, _), v in _per_part(parts, writing, prepared)]
     outcome = await decisions.decide(name, "committed", txn_id, participants)
     _resolve_in_background(parts)
     if outcome != "committed":
@@ -225,6 +246,27 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
             "than StoreOptions.intent_timeout); nothing was written: retry it (Store.transact does)"
         )
     return versions
+
+
+async def _reads_hold(engine: Engine, request: CommitRequest, prepared_at: int | None) -> bool:
+    """The second check of a part's reads: since its prepare (whose CAS checked them up
+    to there), or since its read version for a part that only read."""
+    if not request.read_keys and not request.read_ranges:
+        return True
+    since = prepared_at if prepared_at is not None else request.read_version
+    if since is None:
+        return True
+    return await engine.reads_still_hold(since, request.read_keys, request.read_ranges, request.txn_id)
+
+
+def _per_part(
+    parts: Sequence[tuple[Engine, CommitRequest]],
+    writing: list[tuple[Engine, CommitRequest]],
+    prepared: list[int | BaseException],
+) -> list[tuple[tuple[Engine, CommitRequest], int | None]]:
+    """Each part with its prepare's version (None: it only read)."""
+    at = {id(request): version for (_, request), version in zip(writing, prepared, strict=True)}
+    return [((e, r), v if isinstance(v := at.get(id(r)), int) else None) for e, r in parts]
 
 
 def _resolve_in_background(parts: Sequence[tuple[Engine, CommitRequest]]) -> None:
