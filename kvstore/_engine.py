@@ -280,6 +280,18 @@ class Engine:
         """The store's out-of-line value objects."""
         return self._sources.values
 
+    async def _commits_since(self, version: int) -> tuple[Manifest, tuple[CommitRecord, ...]]:
+        """The latest manifest (one conditional GET) and its commits after `version`;
+        TransactionTooOldError when its log no longer reaches back that far."""
+        manifest = await self.refresh()
+        records = manifest.commits_after(version)
+        if records is None:
+            raise TransactionTooOldError(
+                f"transaction read version {version}, older than the commit log "
+                f"(it starts after version {manifest.log_start}); retry it"
+            )
+        return manifest, records
+
     async def changed_since(
         self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]
     ) -> bool:
@@ -290,13 +302,7 @@ class Engine:
         all its reads, saw it nowhere, and precedes it. For validating read-only transactions
         across partitions; raises TransactionTooOldError when the log no longer reaches back."""
         keys, ranges = list(keys), list(ranges)
-        manifest = await self.refresh()
-        records = manifest.commits_after(version)
-        if records is None:
-            raise TransactionTooOldError(
-                f"transaction read version {version}, older than the commit log "
-                f"(it starts after version {manifest.log_start}); retry it"
-            )
+        manifest, records = await self._commits_since(version)
         if any(r.wrote_any(keys, ranges) for r in records):
             return True
         meeting = [i for i in manifest.intents if i.meets(keys, ranges)]
@@ -354,13 +360,7 @@ class Engine:
         transaction, whatever its decision, writes them (conservative: it may commit). One
         conditional GET. Raises TransactionTooOldError when the log no longer reaches back."""
         keys, ranges = list(keys), list(ranges)
-        manifest = await self.refresh()
-        records = manifest.commits_after(version)
-        if records is None:
-            raise TransactionTooOldError(
-                f"transaction read version {version}, older than the commit log "
-                f"(it starts after version {manifest.log_start}); retry it"
-            )
+        manifest, records = await self._commits_since(version)
         if any(r.wrote_any(keys, ranges) for r in records):
             return False
         return not any(i.txn_id != txn_id and i.meets(keys, ranges) for i in manifest.intents)
