@@ -1,5 +1,13 @@
 """Several writer processes on one store: 4 x 16 writers, and the single-manifest ceiling.
 
+    python bench/procs.py partitions [--latency-ms 0,20,50] [--configs 4x8,8x8] [--duration 5]
+
+runs the partition benchmark (issue 18): P processes x W writers, each process writing its
+own keys, on a store of P key-range partitions (each process in its own partition) against
+the same run on one partition, every request through a `FaultProxy` adding the latency;
+and the sequential commit latency of one writer on one partition of a partitioned store
+against an unpartitioned store. It prints a table and writes JSON (`--out`).
+
 ``run_processes`` starts this file (``python bench/procs.py``) with the JSON specs on
 stdin; it imports kvstore once and forks one worker per spec. Once every worker has opened
 the store (``READY``), all get one start time (``GO <epoch>``) so they measure the same
@@ -90,6 +98,7 @@ def fleet(
     hot_keys: int = 256,
     warmup: float = 0.5,
     opts: dict[str, Any] | None = None,
+    split_keys: list[str] | None = None,
 ) -> dict[str, Any]:
     specs = [
         {
@@ -103,6 +112,7 @@ def fleet(
             "hot_keys": hot_keys,
             "worker": n,
             "options": opts or {},
+            "split_keys": split_keys,
         }
         for n in range(processes)
     ]
@@ -161,7 +171,9 @@ async def _work(spec: dict[str, Any], ready_fd: int, go_fd: int) -> dict[str, An
 
 
 async def _warm(spec: dict[str, Any]) -> None:
-    async with open_store(Target.from_json(spec["target"]), spec["store"], 0.0) as db:
+    split = spec.get("split_keys")
+    extra = {} if not split else {"split_keys": split}
+    async with open_store(Target.from_json(spec["target"]), spec["store"], 0.0, **extra) as db:
         await db.snapshot()
 
 
@@ -260,5 +272,133 @@ def _main() -> None:
     print(json.dumps({"ready_seconds": ready_seconds, "workers": results}), flush=True)
 
 
+# --------------------------------------------------------------------------- issue 18: partitions
+
+
+def _start_proxy(upstream: str, latency: float) -> tuple[subprocess.Popen[str], str]:
+    """A FaultProxy process adding `latency` seconds before forwarding each request."""
+    proc = subprocess.Popen(
+        [str(MAIN_PYTHON), "-m", "kvstore.testing.netproxy", "--upstream", upstream, "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env_for_children(),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("http"):
+        proc.kill()
+        raise RuntimeError(f"FaultProxy did not start: {line!r}")
+    return proc, line
+
+
+async def _commit_latency(target: Target, store: str, split_keys: list[str] | None, seconds: float) -> dict[str, Any]:
+    """One writer's sequential puts (each acknowledged before the next) for `seconds`."""
+    from common import timed_sequence
+
+    extra = {} if not split_keys else {"split_keys": split_keys}
+    async with open_store(target, store, 0.0, **extra) as db:
+        await db.put(b"p000/warm", VALUE)
+        lat = await timed_sequence(lambda i: db.put(b"p000/%08d" % i, VALUE), 100_000, seconds)
+    return lat.summary()
+
+
+def partition_bench(argv: list[str]) -> None:
+    import argparse
+    import datetime as dt
+    import uuid
+
+    from common import ensure_bucket
+    from servers import start_localstack
+
+    ap = argparse.ArgumentParser(prog="procs.py partitions")
+    ap.add_argument("--latency-ms", default="0,20,50,30")
+    ap.add_argument("--configs", default="4x8,8x8", help="PxW: processes x writers per process")
+    ap.add_argument("--target-configs", default="8x8", help="configs also run at the target latency (30 ms)")
+    ap.add_argument("--target-latency-ms", type=float, default=30.0)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--latency-seconds", type=float, default=5.0)
+    ap.add_argument("--out", default=str(HERE / "results" / "partitions.json"))
+    args = ap.parse_args(argv)
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",") if c]
+    latencies = [float(x) for x in args.latency_ms.split(",") if x]
+    workdir = Path(__import__("tempfile").mkdtemp(prefix="kvbench-parts-"))
+    server = start_localstack(workdir / "localstack")
+    results: dict[str, Any] = {
+        "meta": {"started": dt.datetime.now().isoformat(timespec="seconds"), "duration": args.duration},
+        "runs": [],
+        "latency": [],
+    }
+    try:
+        asyncio.run(ensure_bucket(server.endpoint_url, "kvbench"))
+        for lat_ms in latencies:
+            proxy, url = _start_proxy(server.endpoint_url, lat_ms / 1e3)
+            try:
+                target = Target("s3", endpoint_url=url, bucket="kvbench")
+                run_configs = (
+                    configs
+                    if lat_ms != args.target_latency_ms
+                    else [tuple(int(x) for x in c.split("x")) for c in args.target_configs.split(",") if c]
+                )
+                for p, w in run_configs:
+                    row: dict[str, Any] = {"latency_ms": lat_ms, "processes": p, "writers": w}
+                    for name, split in (("one", None), ("partitioned", [f"p{n:03d}/" for n in range(1, p)])):
+                        store = f"parts-{uuid.uuid4().hex[:8]}"
+                        r = fleet(target, store, 0.0, p, w, args.duration, split_keys=split)
+                        row[name] = {k: r[k] for k in ("tx_per_s", "batches_per_s", "cas_retries_per_s", "errors")}
+                        row[name]["per_process_tx_per_s"] = r["per_process_tx_per_s"]
+                    row["ratio"] = row["partitioned"]["tx_per_s"] / max(row["one"]["tx_per_s"], 1e-9)
+                    results["runs"].append(row)
+                    print(
+                        f"+{lat_ms:g} ms {p}x{w}: one partition {row['one']['tx_per_s']:.0f} tx/s, "
+                        f"{p} partitions {row['partitioned']['tx_per_s']:.0f} tx/s ({row['ratio']:.2f}x)",
+                        flush=True,
+                    )
+                one = asyncio.run(_commit_latency(target, f"lat-{uuid.uuid4().hex[:8]}", None, args.latency_seconds))
+                part = asyncio.run(
+                    _commit_latency(
+                        target, f"lat-{uuid.uuid4().hex[:8]}", ["p001/", "p002/", "p003/"], args.latency_seconds
+                    )
+                )
+                results["latency"].append(
+                    {"latency_ms": lat_ms, "one": one, "partitioned": part, "ratio": part["mean_ms"] / one["mean_ms"]}
+                )
+                print(
+                    f"+{lat_ms:g} ms commit latency: one partition {one['mean_ms']:.1f} ms (p50 {one['p50_ms']:.1f}), "
+                    f"one of 4 partitions {part['mean_ms']:.1f} ms (p50 {part['p50_ms']:.1f})",
+                    flush=True,
+                )
+            finally:
+                proxy.terminate()
+                proxy.wait(10)
+    finally:
+        server.stop()
+        __import__("shutil").rmtree(workdir, ignore_errors=True)
+        results["meta"]["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        results["meta"]["loadavg"] = os.getloadavg()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print()
+    print("| latency | P x W | one partition tx/s | P partitions tx/s | ratio | batches/s one / P |")
+    print("|---|---|---:|---:|---:|---|")
+    for r in results["runs"]:
+        print(
+            f"| +{r['latency_ms']:g} ms | {r['processes']} x {r['writers']} | {r['one']['tx_per_s']:.0f} | "
+            f"{r['partitioned']['tx_per_s']:.0f} | {r['ratio']:.2f}x | "
+            f"{r['one']['batches_per_s']:.1f} / {r['partitioned']['batches_per_s']:.1f} |"
+        )
+    print()
+    print("| latency | commit, one partition: mean / p50 ms | commit, 1 of 4 partitions: mean / p50 ms | ratio |")
+    print("|---|---:|---:|---:|")
+    for r in results["latency"]:
+        print(
+            f"| +{r['latency_ms']:g} ms | {r['one']['mean_ms']:.1f} / {r['one']['p50_ms']:.1f} | "
+            f"{r['partitioned']['mean_ms']:.1f} / {r['partitioned']['p50_ms']:.1f} | {r['ratio']:.2f}x |"
+        )
+    print(f"\nJSON: {args.out}")
+
+
 if __name__ == "__main__":
-    _main()
+    if sys.argv[1:2] == ["partitions"]:
+        partition_bench(sys.argv[2:])
+    else:
+        _main()

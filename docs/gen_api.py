@@ -37,7 +37,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "A picklable job whose parts any process writes; one commit publishes them (docs/distributed.md).",
         ["DistributedWrite", "Part", "SyncDistributedWrite"],
     ),
-    ("Results", "", ["CommitInfo", "Change", "Tag", "VerifyReport", "CompactionResult", "GcReport"]),
+    ("Results", "", ["CommitInfo", "Change", "PartitionInfo", "Tag", "VerifyReport", "CompactionResult", "GcReport"]),
     ("Options", "", ["StoreOptions", "S3Options", "RetryPolicy"]),
     (
         "Checking an endpoint",

@@ -31,6 +31,7 @@ from ._errors import (
     JobAlreadyCommittedError,
     KvStoreError,
     NestedTransactionError,
+    PartitionMovedError,
     PartTooOldError,
     ReadOnlyError,
     StoreNotFoundError,
@@ -54,7 +55,7 @@ from ._objectstore import RetryPolicy, S3Options
 from ._options import StoreOptions
 from ._reader import Reader
 from ._snapshot import Snapshot
-from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
+from ._store import Change, CommitInfo, PartitionInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
 from ._sync import SyncDistributedWrite, SyncSnapshot, SyncStore, SyncTransaction, doctor_sync, open_sync
 from ._tags import Tag
 from ._transaction import Transaction
@@ -88,6 +89,8 @@ __all__ = [
     "NestedTransactionError",
     "Part",
     "PartTooOldError",
+    "PartitionInfo",
+    "PartitionMovedError",
     "ReadOnlyError",
     "Reader",
     "RetryPolicy",

@@ -1,9 +1,10 @@
 """The one read-modify-CAS loop, for every writer of a shared object but the committer.
 
 Compaction (the manifest), tags (a copy of the manifest taken only if it did
-not move) and garbage collection (its marks) all read an object, derive a
-conditional write from it, and start again when that write's condition no
-longer holds. The committer has its own loop (`_commit.py`): it batches,
+not move), garbage collection (its marks) and the resolve CAS of an idle
+partition's cross-partition intents (`Committer.resolve`) all read an object,
+derive a conditional write from it, and start again when that write's
+condition no longer holds. The committer has its own loop (`_commit.py`): it batches,
 re-checks conflicts and must tell lost answers from lost races.
 
 A 412 may answer our own earlier attempt whose answer was lost, so every

@@ -281,7 +281,7 @@ def _looks_like_url(arg: str) -> bool:
     """
     if "://" in arg or arg.startswith(("/", "./", "../", "~")) or arg in (".", ".."):
         return True
-    return os.path.isfile(os.path.join(arg, "manifest"))
+    return any(os.path.isfile(os.path.join(arg, name)) for name in ("manifest", "partitions"))
 
 
 def _split_args(args: Sequence[str], names: Sequence[str]) -> tuple[str, list[str]]:
@@ -366,7 +366,11 @@ def _refuse_foreign_dir(url: str, advice: str) -> None:
     objects but no manifest is as likely a store being made by another host.
     """
     path = _local_dir(url)
-    if path is None or not os.path.isdir(path) or os.path.exists(os.path.join(path, "manifest")):
+    if (
+        path is None
+        or not os.path.isdir(path)
+        or any(os.path.exists(os.path.join(path, n)) for n in ("manifest", "partitions"))
+    ):
         return
     entries = sorted(os.listdir(path))
     if entries:
@@ -892,6 +896,7 @@ async def info(s: Session, *, count_limit: int) -> None:
     """Show the store's version, segments, keys and settings."""
     async with s.open() as db:
         described = await db.describe()
+        partitions = await db.partitions()
         history = await db.history()
         tags = await db.tags()
         counted = 0
@@ -921,6 +926,7 @@ async def info(s: Session, *, count_limit: int) -> None:
                 level for level, n in described.segments_per_level.items() if n >= db.options.compaction_fanout
             ),
             "last_compaction_write_amplification": described.last_compaction_write_amplification,
+            "partitions": [_partition_json(p) for p in partitions],
             "options": dataclasses.asdict(db.options),
             "requests": db.statistics()["requests"],
         }
@@ -944,9 +950,28 @@ async def info(s: Session, *, count_limit: int) -> None:
         ["tags", str(doc["tags"])],
         ["compaction", _compaction_state(doc)],
         ["write amplification", _write_amplification(doc)],
+        ["partitions", str(len(partitions))],
     ]
+    if len(partitions) > 1:
+        rows += [[f"partition {p.id}", _partition_text(p)] for p in partitions]
     rows += [[f"option {name}", json.dumps(value)] for name, value in doc["options"].items()]
     s.out.result(doc, *_aligned(rows))
+
+
+def _partition_json(p: kvstore.PartitionInfo) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "start": _key_json(p.start),
+        "end": None if p.end is None else _key_json(p.end),
+        "version": p.version,
+        "commit_rate": p.commit_rate,
+    }
+
+
+def _partition_text(p: kvstore.PartitionInfo) -> str:
+    end = "(end)" if p.end is None else _key_text(p.end)
+    start = "(start)" if not p.start else _key_text(p.start)
+    return f"[{start}, {end}) version {p.version}, {p.commit_rate:.2f} commits/s over the last minute"
 
 
 def _write_amplification(doc: dict[str, Any]) -> str:
@@ -1284,6 +1309,17 @@ async def tag_delete(s: Session, name: str) -> None:
     async with s.open() as db:
         await db.delete_tag(name)
     s.out.result({"name": name, "deleted": True}, f"deleted tag {name}")
+
+
+@store_command(cli, "KEY", mode="write")
+async def split(s: Session, key: str) -> None:
+    """Add a partition boundary at KEY, online (writers keep going): the partition
+    holding KEY becomes two, one ending and one starting at KEY. Prints the partitions."""
+    async with s.open() as db:
+        partitions = await _with_pulse("splitting", db.split(key))
+    s.out.result(
+        [_partition_json(p) for p in partitions], *(f"partition {p.id}: {_partition_text(p)}" for p in partitions)
+    )
 
 
 @store_command(cli, mode="write")

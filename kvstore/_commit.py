@@ -9,6 +9,15 @@ it reads the new manifest and first looks for its own transaction id there
 (a 412 may answer our own applied attempt, whose answer was lost: I5); only
 if it is not there does it re-check conflicts and retry with the same
 segment. `docs/design.md` walks through it.
+
+A cross-partition transaction's prepare (`CommitRequest.decision` set,
+`_two_phase.py`) rides the same batches, as an intent with a segment of its
+own instead of a share of the batch's segment. Every CAS of the committer
+first consults the decisions of the intents live in its base: it turns
+committed ones into segments and drops aborted ones (resolution rides the
+batch), aborts undecided ones older than `StoreOptions.intent_timeout`, and
+fails requests that read or write an undecided intent's keys, or read a
+committed one's.
 """
 
 from __future__ import annotations
@@ -21,19 +30,22 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._cas import read_modify_cas
 from ._codec import ValueMode, codec_changed, writes_fit
 from ._errors import (
     CommitOutcomeUnknownError,
     ConflictError,
     JobAlreadyCommittedError,
     KvStoreError,
+    PartitionMovedError,
     StoreUnavailableError,
     TransactionTooOldError,
+    UnsafeStoreError,
 )
 from ._layout import new_object_id
-from ._manifest import LOG_KEYS_MAX_BYTES, CommitRecord, Manifest, SegmentRef
+from ._manifest import LOG_KEYS_MAX_BYTES, MOVED_SETTING, CommitRecord, Intent, Manifest, SegmentRef
 from ._manifest_store import ManifestStore
 from ._objectstore import PreconditionFailed, follows_uncertain_attempt
 from ._operands import codec_of, combine
@@ -41,6 +53,12 @@ from ._options import StoreOptions, grace_period_of
 from ._ranges import KeyRange, cover, in_ranges, normalized, range_bytes, ranges_meet
 from ._segment import Value, encode_segment
 from ._segment_store import SegmentStore
+
+if TYPE_CHECKING:
+    from ._two_phase import Decisions, Outcome
+
+# What the decision objects of a base's live intents say (name -> outcome, None: undecided).
+Statuses = dict[str, "Outcome | None"]
 
 # Consecutive unavailable-store failures of the manifest CAS before giving up.
 _MAX_UNAVAILABLE_CAS = 3
@@ -81,6 +99,9 @@ class CommitRequest:
     # time.monotonic() before the out-of-line values of `writes` were written (None: none
     # were): the commit is refused once they are older than half the grace period (I8).
     values_written_at: float | None = None
+    # Set for a cross-partition transaction's prepare: the name of its decision object.
+    # Its writes become an intent (`_manifest.Intent`) with a segment of its own.
+    decision: str | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -94,26 +115,46 @@ class CommitStatistics:
     cas_retries: int = 0  # 412s followed by a rebase
     ambiguous_resolved: int = 0  # commits found applied after an uncertain CAS
     segments_rewritten: int = 0
+    intents_resolved: int = 0  # intents resolved (made segments or dropped) by resolve CASes of their own
+    intents_aborted: int = 0  # undecided intents past intent_timeout whose decision we made "aborted"
+
+
+@dataclass
+class _PendingIntent:
+    """A prepare of the batch: its segment and sorted written keys."""
+
+    request: CommitRequest
+    ref: SegmentRef
+    keys: list[bytes]
 
 
 @dataclass
 class _Pending:
     """Segments written for a batch, waiting for the manifest CAS."""
 
-    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt; empty: only range deletes
+    refs: list[SegmentRef]  # commit_version is filled in per CAS attempt; empty: only range deletes or prepares
     written_at: float  # time.monotonic() of the oldest
     keys: list[bytes] | None  # sorted written keys, or None (bulk: only the range is known)
     ranges: list[KeyRange] = field(default_factory=list)  # the batch's range deletes, joined
+    intents: list[_PendingIntent] = field(default_factory=list)  # the batch's prepares
+
+    @property
+    def all_refs(self) -> list[SegmentRef]:
+        return [*self.refs, *(i.ref for i in self.intents)]
 
     @property
     def inline(self) -> bool:
-        """Whether the segment rides in the manifest (no object: no GC, no I8 age)."""
-        return bool(self.refs) and self.refs[0].inline is not None
+        """Whether the segments ride in the manifest (no object: no GC, no I8 age)."""
+        return all(r.inline is not None for r in self.all_refs)
 
     @property
     def has_object(self) -> bool:
         """Whether a segment object was written (one GC may collect: I8 applies)."""
-        return bool(self.refs) and self.refs[0].inline is None
+        return any(r.inline is None for r in self.all_refs)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [r.size for r in self.all_refs]
 
 
 class Committer:
@@ -125,8 +166,10 @@ class Committer:
         segments: SegmentStore,
         options: StoreOptions,
         after_commit: Callable[[Manifest], None] | None = None,
+        decisions: Decisions | None = None,
     ) -> None:
         self._after_commit = after_commit
+        self._decisions = decisions
         self._manifests = manifests
         self._segments = segments
         self._options = options
@@ -162,15 +205,11 @@ class Committer:
 
     async def _drain(self) -> None:
         while self._queue:
-            if self._queue[0].segments is not None:
+            if _alone(self._queue[0]):
                 batch = [self._queue.popleft()]  # a bulk load commits alone
             else:
                 batch = []
-                while (
-                    self._queue
-                    and self._queue[0].segments is None
-                    and len(batch) < self._options.max_batch_transactions
-                ):
+                while self._queue and not _alone(self._queue[0]) and len(batch) < self._options.max_batch_transactions:
                     batch.append(self._queue.popleft())
             self._batch = batch
             try:
@@ -205,15 +244,17 @@ class Committer:
 
     async def _commit_batch_once(self, batch: list[CommitRequest], maybe_applied: list[int]) -> None:
         base, etag = self._manifests.current
-        accepted = self._admit(batch, base, check_age=True)
+        statuses = await self._statuses(base)
+        accepted = self._admit(batch, base, statuses, check_age=True)
         if not accepted:
+            await self._resolve_unlocked(statuses)
             return
         pending = await self._write_segment(accepted, base)
         failures = 0
         lost_races = 0
         while True:
             if pending.inline:
-                if not self._fits_inline(base, pending.refs[0].size):
+                if not self._fits_inline(base, pending.sizes):
                     pending = await self._write_segment(accepted, None)  # concurrent commits filled the manifest
             elif pending.has_object and time.monotonic() - pending.written_at > grace_period_of(self._options) / 2:
                 pending = await self._write_segment(accepted, None)  # I8: never commit an old segment
@@ -223,7 +264,7 @@ class Committer:
                 pause = self._turn_for_others(base)
                 if pause:
                     await asyncio.sleep(pause)
-            new = self._next_manifest(base, accepted, pending)
+            new = self._next_manifest(base, accepted, pending, statuses)
             sent = time.monotonic()
             try:
                 await self._manifests.compare_and_swap(new, etag)
@@ -271,8 +312,10 @@ class Committer:
                 return
             _keep_undecided(maybe_applied, base)
             self.stats.cas_retries += 1
-            still = self._admit(accepted, base, check_age=False)
+            statuses = await self._statuses(base)
+            still = self._admit(accepted, base, statuses, check_age=False)
             if not still:
+                await self._resolve_unlocked(statuses)
                 return
             if len(still) != len(accepted):
                 # Only possible once the store moved past every attempt of ours, so
@@ -306,7 +349,121 @@ class Committer:
         )
         return random.uniform(0.5, 1.5) * self._cas_seconds if others else 0.0
 
-    def _admit(self, requests: list[CommitRequest], base: Manifest, *, check_age: bool) -> list[CommitRequest]:
+    async def _statuses(self, base: Manifest) -> Statuses:
+        """The decisions of `base`'s live intents (one GET each unless cached), after
+        aborting the undecided ones older than `intent_timeout` (their coordinator is
+        presumed dead; the create-once decision makes that safe whatever it does)."""
+        if not base.intents:
+            return {}
+        decisions = self._decisions
+        if decisions is None:
+            raise UnsafeStoreError(
+                f"{self._manifests.name} holds intents of cross-partition transactions, which this handle "
+                "cannot look up: open the partitioned store at its root URL (kvstore.open), not one partition"
+            )
+        names = list(dict.fromkeys(i.decision for i in base.intents))
+        statuses: Statuses = dict(zip(names, await asyncio.gather(*map(decisions.outcome, names)), strict=True))
+        now = time.time()
+        for intent in base.intents:
+            if statuses[intent.decision] is None and now - intent.time > self._options.intent_timeout:
+                try:
+                    statuses[intent.decision] = await decisions.decide(intent.decision, "aborted", intent.txn_id, ())
+                except KvStoreError:
+                    continue  # still undecided here: it conflicts, and a later writer aborts it
+                self.stats.intents_aborted += statuses[intent.decision] == "aborted"
+        return statuses
+
+    async def resolve(self) -> bool:
+        """Resolve the decided intents of the latest manifest in one CAS of their own (an
+        idle partition's; a busy one's ride its batches). Returns whether one was needed."""
+        async with self._manifests.writing:
+            await self._manifests.refresh()
+            return await self._resolve_unlocked(None)
+
+    async def _resolve_unlocked(self, statuses: Statuses | None) -> bool:
+        """`resolve` with the manifest's writing lock held. `statuses`: those of the
+        current manifest, if already known. Idempotent: an intent resolved by anyone
+        (a lost answer of ours included) is simply no longer there."""
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            if fresh:
+                await self._manifests.refresh()
+            return self._manifests.current
+
+        async def write(state: tuple[Manifest, str]) -> bool:
+            nonlocal statuses
+            base, etag = state
+            if statuses is None or state[0] is not first:
+                statuses = await self._statuses(base)
+            if not any(statuses.get(i.decision) is not None for i in base.intents):
+                return False
+            record, add, intents = self._resolution(base, statuses, None)
+            new = base.with_commit(record, self._options.commit_log_length, add=add, intents=intents)
+            await self._manifests.compare_and_swap(new, etag)
+            self.stats.intents_resolved += len(base.intents) - len(intents)
+            return True
+
+        first = self._manifests.current[0]
+        if statuses is not None and not any(v is not None for v in statuses.values()):
+            return False
+        return await read_modify_cas("resolving cross-partition intents", load, write)
+
+    def _resolution(
+        self, base: Manifest, statuses: Statuses, pending: _Pending | None
+    ) -> tuple[CommitRecord, list[SegmentRef], tuple[Intent, ...]]:
+        """The record, the segments to add and the intents left of the CAS after `base` that
+        commits `pending` (the batch's segments and prepares, if any) and resolves the
+        decided intents of `base`. The record's txn ids, count and meta are the caller's
+        to set (a resolve of its own carries a random id and no transaction).
+
+        The record lists the prepares' keys and the keys of the committed intents it
+        resolves: a transaction that read one of them before (it saw the old value, or
+        the intent undecided) conflicts with it.
+        """
+        version = base.version + 1
+
+        def at_version(r: SegmentRef) -> SegmentRef:
+            return replace(r, min_version=version, max_version=version, commit_version=version)
+
+        committed = [i for i in base.intents if statuses.get(i.decision) == "committed"]
+        intents = [i for i in base.intents if statuses.get(i.decision) is None]
+        refs = [] if pending is None else [at_version(r) for r in pending.refs]
+        prepared = [] if pending is None else pending.intents
+        now = time.time()
+        for p in prepared:
+            exact = tuple(p.keys) if sum(map(len, p.keys)) <= LOG_KEYS_MAX_BYTES else None
+            intents.append(Intent(p.request.txn_id, version, now, str(p.request.decision), exact, at_version(p.ref)))
+        key_lists: list[list[bytes] | tuple[bytes, ...] | None] = [i.keys for i in committed]
+        key_lists += [p.keys for p in prepared]
+        if pending is not None and pending.refs:
+            key_lists.append(pending.keys)
+        written = [*refs, *(p.ref for p in prepared), *(i.segment for i in committed)]
+        ranges = [] if pending is None else pending.ranges
+        keys: tuple[bytes, ...] | None = None
+        if all(k is not None for k in key_lists):
+            merged = sorted({k for ks in key_lists if ks is not None for k in ks})
+            if sum(map(len, merged)) + range_bytes(ranges) <= LOG_KEYS_MAX_BYTES:
+                keys = tuple(merged)
+        resolved = len(base.intents) + len(prepared) - len(intents)
+        record = CommitRecord(
+            version=version,
+            time=now,
+            txn_ids=(os.urandom(16),),
+            txn_count=0,
+            segment_id=refs[0].id if len(refs) == 1 else None,
+            key_count=sum(r.count for r in written),
+            min_key=min((r.min_key for r in written), default=b""),
+            max_key=max((r.max_key for r in written), default=b""),
+            keys=keys,
+            meta={"resolved": resolved} if resolved else None,
+            # As in `_next_manifest`: the batch's range deletes, exactly while the keys are.
+            ranges=tuple(ranges) if keys is not None else cover(ranges),
+        )
+        return record, [*refs, *(i.segment for i in committed)], tuple(intents)
+
+    def _admit(
+        self, requests: list[CommitRequest], base: Manifest, statuses: Statuses, *, check_age: bool
+    ) -> list[CommitRequest]:
         """Requests that may commit on top of `base`, in order; fail the others.
 
         The age limit is checked only before the first CAS attempt: after an
@@ -315,9 +472,18 @@ class Committer:
         accepted: list[CommitRequest] = []
         batch_writes: list[bytes] = []  # sorted keys written by accepted requests
         batch_ranges: list[KeyRange] = []  # ranges they deleted
+        # Keys written by accepted prepares: their intents sit at the batch's version, where
+        # no other write of the batch may share a key with them (which would win is undefined).
+        prepared: set[bytes] = set()
         now = time.monotonic()
         recorded = base.settings.get("values")
+        moved = base.settings.get(MOVED_SETTING)
         for request in requests:
+            if moved is not None:
+                # A split sealed this partition: its final version is copied into its
+                # successors, so nothing may commit here any more (the face re-routes).
+                _fail(request, _moved(moved))
+                continue
             # Checked on every base: an empty store may take up another codec (open_engine)
             # between the handle's open and any attempt of this commit.
             if not writes_fit(recorded, request.values):
@@ -348,8 +514,30 @@ class Committer:
             if request.job is not None and any(c.job == request.job for c in commits):
                 _fail(request, _already_committed(request.job))
                 continue
+            held = _held_by_intent(request, base.intents, statuses)
+            if held is not None:
+                self.stats.conflicts += 1
+                _fail(
+                    request,
+                    ConflictError(
+                        f"transaction {held}; nothing was written: retry it (Store.transact does; the "
+                        "intent is resolved within StoreOptions.intent_timeout at most)"
+                    ),
+                )
+                continue
             clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
-            if clash is not None or _reads_any(request, batch_writes) or _reads_in_ranges(request, batch_ranges):
+            if request.decision is not None:
+                shared = any(_written(batch_writes, k) or in_ranges(k, batch_ranges) for k in request.writes)
+            else:
+                shared = any(k in prepared for k in request.writes) or any(
+                    in_ranges(k, request.range_deletes) for k in prepared
+                )
+            if (
+                clash is not None
+                or _reads_any(request, batch_writes)
+                or _reads_in_ranges(request, batch_ranges)
+                or shared
+            ):
                 self.stats.conflicts += 1
                 where = f"version {clash.version}" if clash else "a transaction committing with it"
                 _fail(
@@ -362,6 +550,8 @@ class Committer:
                 continue
             accepted.append(request)
             batch_ranges += request.range_deletes
+            if request.decision is not None:
+                prepared.update(request.writes)
             for key in request.writes:
                 i = bisect_left(batch_writes, key)
                 if i == len(batch_writes) or batch_writes[i] != key:
@@ -378,36 +568,58 @@ class Committer:
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
             return _Pending(bulk, accepted[0].started, None)
+        regular = [r for r in accepted if r.decision is None]
         merged: dict[bytes, Value] = {}
         codec = codec_of(self._manifests.current[0].settings.get("values"))
-        for request in accepted:
+        for request in regular:
             if request.range_deletes:  # deletes what earlier transactions of the batch wrote there
                 for key in [k for k in merged if in_ranges(k, request.range_deletes)]:
                     del merged[key]
             for key, value in request.writes.items():
                 # Later transactions in the batch win; their atomic operands apply on top.
                 merged[key] = combine(merged[key], value, codec) if key in merged else value
-        ranges = normalized(r for request in accepted for r in request.range_deletes)
+        ranges = normalized(r for request in regular for r in request.range_deletes)
         keys = sorted(merged)
-        if not keys:  # only range deletes: the manifest carries them, no segment
-            return _Pending([], time.monotonic(), keys, ranges)
-        encoded = encode_segment(((k, 0, merged[k]) for k in keys), uniform_version=True)
-        size = len(encoded.data)
-        if base is not None and self._fits_inline(base, size):
-            ref = SegmentRef(
-                new_object_id(), encoded.min_key, encoded.max_key, encoded.count, size, 0, 0, inline=encoded.data
-            )
+        # The regular writes as one segment (none if they only delete ranges: the manifest
+        # carries those), then each prepare's writes as a segment of its own.
+        parts: list[tuple[list[bytes], Mapping[bytes, Value]]] = [(keys, merged)] if keys else []
+        prepares = [r for r in accepted if r.decision is not None]
+        parts += [(sorted(r.writes), r.writes) for r in prepares]
+        encoded = [encode_segment(((k, 0, w[k]) for k in ks), uniform_version=True) for ks, w in parts]
+        inline = base is not None and self._fits_inline(base, [len(e.data) for e in encoded])
+        if inline:
+            ids = [new_object_id() for _ in encoded]
         else:
-            segment_id = await self._segments.write(encoded)
-            ref = SegmentRef(segment_id, encoded.min_key, encoded.max_key, encoded.count, size, 0, 0)
-        return _Pending([ref], time.monotonic(), keys, ranges)
+            ids = list(await asyncio.gather(*(self._segments.write(e) for e in encoded)))
+        refs = [
+            SegmentRef(i, e.min_key, e.max_key, e.count, len(e.data), 0, 0, inline=e.data if inline else None)
+            for i, e in zip(ids, encoded, strict=True)
+        ]
+        regular_refs = refs[: len(refs) - len(prepares)]
+        intents = [
+            _PendingIntent(r, ref, ks)
+            for r, ref, (ks, _) in zip(prepares, refs[len(regular_refs) :], parts[len(regular_refs) :], strict=True)
+        ]
+        return _Pending(regular_refs, time.monotonic(), keys, ranges, intents)
 
-    def _fits_inline(self, base: Manifest, size: int) -> bool:
-        """Whether a segment of `size` bytes may ride inline in the manifest after `base`."""
+    def _fits_inline(self, base: Manifest, sizes: list[int]) -> bool:
+        """Whether segments of `sizes` bytes may ride inline in the manifest after `base`."""
         options = self._options
-        return size <= options.inline_segment_bytes and base.inline_bytes + size <= options.manifest_inline_bytes
+        return (
+            all(size <= options.inline_segment_bytes for size in sizes)
+            and base.inline_bytes + sum(sizes) <= options.manifest_inline_bytes
+        )
 
-    def _next_manifest(self, base: Manifest, accepted: list[CommitRequest], pending: _Pending) -> Manifest:
+    def _next_manifest(
+        self, base: Manifest, accepted: list[CommitRequest], pending: _Pending, statuses: Statuses
+    ) -> Manifest:
+        if base.intents or pending.intents:
+            record, add, intents = self._resolution(base, statuses, pending)
+            meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
+            record = replace(record, txn_ids=(accepted[0].txn_id,), txn_count=len(accepted), meta=meta or None)
+            return base.with_commit(
+                record, self._options.commit_log_length, add=add, intents=intents, delete_ranges=pending.ranges
+            )
         version = base.version + 1
         refs = [replace(r, min_version=version, max_version=version, commit_version=version) for r in pending.refs]
         keys = pending.keys
@@ -461,8 +673,9 @@ class Committer:
                 if txn_id in record.txn_ids:
                     return version
                 continue
-            # The log no longer reaches back: our segment is the other evidence.
-            if pending.refs and any(s.id == pending.refs[0].id for s in base.segments):
+            # The log no longer reaches back: our segment (or intent) is the other evidence.
+            refs = (*base.segments, *(i.segment for i in base.intents))
+            if pending.all_refs and any(s.id == pending.all_refs[0].id for s in refs):
                 return version
             raise CommitOutcomeUnknownError(
                 f"cannot tell whether the commit at version {version} was applied: the commit log "
@@ -493,6 +706,36 @@ def _check_values_age(accepted: list[CommitRequest], grace_period: float) -> Non
                 f"over half the GC grace period ({grace_period:.0f} s), so GC may already have deleted them "
                 "(I8); nothing was committed: retry the transaction"
             )
+
+
+def _alone(request: CommitRequest) -> bool:
+    """Whether `request` commits in a batch of its own: a bulk load or distributed write
+    (segments written beforehand)."""
+    return request.segments is not None
+
+
+def _written(sorted_writes: list[bytes], key: bytes) -> bool:
+    i = bisect_left(sorted_writes, key)
+    return i < len(sorted_writes) and sorted_writes[i] == key
+
+
+def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuses: Statuses) -> str | None:
+    """Why `request` may not commit past one of the live `intents`, or None.
+
+    An undecided intent holds its keys against every read and write (were it to commit,
+    its writes would sit at its older version, under a newer write or a read that did not
+    see them). A committed one is resolved by this very CAS, below the request's writes,
+    but a read of its keys may have missed it.
+    """
+    for intent in intents:
+        outcome = statuses.get(intent.decision)
+        if outcome == "aborted":
+            continue
+        if intent.meets(request.read_keys, request.read_ranges):
+            return f"read keys that cross-partition transaction {intent.txn_id.hex()} wrote ({outcome or 'undecided'})"
+        if outcome is None and (intent.meets(request.writes, ()) or intent.meets((), request.range_deletes)):
+            return f"writes keys that cross-partition transaction {intent.txn_id.hex()} has prepared (undecided)"
+    return None
 
 
 def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:
@@ -550,6 +793,13 @@ def _record_meta(metas: list[dict[str, Any] | None], job: str | None) -> dict[st
 def _already_committed(job: str) -> JobAlreadyCommittedError:
     return JobAlreadyCommittedError(
         f"distributed write {job} has already committed (the commit log names it); start a new job to write more"
+    )
+
+
+def _moved(moved: Any) -> PartitionMovedError:
+    return PartitionMovedError(
+        f"this partition was split (into {moved.get('into')!r}) after the transaction started; nothing was "
+        "written: retry it (Store.transact does; put and delete re-route by themselves)"
     )
 
 

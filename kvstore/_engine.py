@@ -16,9 +16,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _fork
 from ._bulk import Batch, as_sorted_run, write_chunks
@@ -29,12 +29,14 @@ from ._compact import CompactionResult, Compactor, SubCompactionRunner, choose_i
 from ._disk_cache import DiskCache
 from ._errors import (
     ClosedError,
+    ContentionError,
     CorruptionError,
     FutureVersionError,
     JobAlreadyCommittedError,
     KvStoreError,
     ReadOnlyError,
     StoreNotFoundError,
+    TransactionTooOldError,
     UnsupportedFormatError,
     UsedAfterForkError,
     ValidationError,
@@ -57,11 +59,18 @@ from ._url import Location
 from ._value_refs import ValueRef
 from ._value_store import ValueStore
 
+if TYPE_CHECKING:
+    from ._two_phase import Decisions
+
 _log = logging.getLogger("kvstore")
 # Value objects of one commit written at once (each a PUT, or a multipart upload of its own).
 VALUES_IN_FLIGHT = 4
 # `verify` reads each small segment whole once, then its blocks from this.
 _VERIFY_CACHE_BYTES = 2 * 1024 * 1024
+# How long past twice intent_timeout a split waits for the partition's intents to be
+# resolved before giving up, and how often it looks again meanwhile.
+SEAL_WAIT_SECONDS = 30.0
+SEAL_POLL_SECONDS = 0.1
 # A bulk load's sorted run enters at level 0, as any commit does: a lower level must hold
 # only newer entries than a higher one (compaction folds atomic operands onto the next
 # older entry in its merge, which must be the key's next older entry in the store).
@@ -92,8 +101,15 @@ class Engine:
         manifests: ManifestStore,
         options: StoreOptions,
         read_only: bool,
+        decisions: Decisions | None = None,
+        owns_objects: bool = True,
     ) -> None:
         self.url = url
+        # Decisions of cross-partition transactions (None: a store that is not a partition).
+        self.decisions = decisions
+        # False when partitions share one object store (`open_engine(objects=...)`): whoever
+        # passed it closes it, once, after every engine.
+        self._owns_objects = owns_objects
         self.read_only = read_only
         self.options = options
         self.layout = layout
@@ -103,7 +119,9 @@ class Engine:
         self._disk_cache = None if options.cache_dir is None else DiskCache(options.cache_dir, options.cache_dir_bytes)
         self._segments = SegmentStore(objects, layout, self._cache, self._disk_cache)
         self._sources = Sources(objects, layout, self._segments, self._cache)
-        self._committer = Committer(manifests, self._segments, options, self._after_commit)
+        self._committer = Committer(manifests, self._segments, options, self._after_commit, decisions)
+        self._resolving: asyncio.Task[None] | None = None  # `resolve_soon`'s background resolve
+        self._resolve_again = False  # another `resolve_soon` came while it ran
         self._compactor = Compactor(manifests, self._sources, options)
         self._tags = TagStore(objects, layout)
         # The wall clock GC compares objects' ages with (tests move it on instead of waiting).
@@ -128,6 +146,11 @@ class Engine:
     @property
     def store_id(self) -> str:
         return self.manifest.store_id
+
+    @property
+    def sources(self) -> Sources:
+        """Where this engine's views read segments from (a split copies a sealed view)."""
+        return self._sources
 
     @property
     def forked(self) -> bool:
@@ -168,6 +191,8 @@ class Engine:
             "cas_retries": c.cas_retries,
             "ambiguous_commits_resolved": c.ambiguous_resolved,
             "ambiguous_creates_resolved": self.objects.own_creates_found,
+            "intents_resolved": c.intents_resolved,
+            "intents_aborted": c.intents_aborted,
         }
 
     # ------------------------------------------------------------------ reads
@@ -182,9 +207,14 @@ class Engine:
         `StoreOptions.max_staleness` allows the last one."""
         self.check_open()
         manifest = await self._manifests.refresh_if_older_than(self.options.max_staleness)
-        if self._latest is None or self._latest.manifest is not manifest:
-            self._latest = SnapshotView(manifest, self._sources)
+        if self._latest is None or self._latest.manifest is not manifest or self._latest.saw_undecided:
+            # A view that found an intent undecided is not reused: its decision may have been
+            # made since, and a transaction started after it must see it (real-time order).
+            self._latest = self._view(manifest)
         return self._latest
+
+    def _view(self, manifest: Manifest, version: int | None = None) -> SnapshotView:
+        return SnapshotView(manifest, self._sources, version, self.decisions)
 
     async def latest_view_for(self, keys: Sequence[bytes]) -> SnapshotView:
         """`latest_view`, with the index reads of `keys` (`SnapshotView.locate`) under way
@@ -193,7 +223,7 @@ class Engine:
         follow unless the check brings other segments (a compaction's output), which
         costs those few index GETs more."""
         self.check_open()
-        held = self._latest if self._latest is not None else SnapshotView(self.manifest, self._sources)
+        held = self._latest if self._latest is not None else self._view(self.manifest)
         locating = asyncio.ensure_future(held.locate(keys))
         try:
             return await self.latest_view()
@@ -220,10 +250,10 @@ class Engine:
             return latest
         manifest = latest.manifest
         if manifest.history_floor <= version < manifest.version:
-            return SnapshotView(manifest, self._sources, version)
+            return self._view(manifest, version)
         for tag in await self._tags.list():
             if tag.version == version:
-                return SnapshotView(await self._tags.manifest(tag), self._sources)
+                return self._view(await self._tags.manifest(tag))
         raise VersionNotRetainedError(
             f"version {version} is not retained: readable versions are {manifest.history_floor}.."
             f"{manifest.version} and tagged ones; keep more with StoreOptions.history_versions or tag versions"
@@ -233,7 +263,7 @@ class Engine:
         """A view of the version retained under tag `name`."""
         self.check_open()
         tag = await self._tags.get(name)
-        return SnapshotView(await self._tags.manifest(tag), self._sources)
+        return self._view(await self._tags.manifest(tag))
 
     async def commits_after(self, version: int) -> list[CommitRecord]:
         """The commit records after `version`, oldest first (one conditional GET).
@@ -252,6 +282,42 @@ class Engine:
     def values(self) -> ValueStore:
         """The store's out-of-line value objects."""
         return self._sources.values
+
+    async def _commits_since(self, version: int) -> tuple[Manifest, tuple[CommitRecord, ...]]:
+        """The latest manifest (one conditional GET) and its commits after `version`;
+        TransactionTooOldError when its log no longer reaches back that far."""
+        manifest = await self.refresh()
+        records = manifest.commits_after(version)
+        if records is None:
+            raise TransactionTooOldError(
+                f"transaction read version {version}, older than the commit log "
+                f"(it starts after version {manifest.log_start}); retry it"
+            )
+        return manifest, records
+
+    async def changed_since(
+        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]
+    ) -> bool:
+        """Whether a read of `keys` and `ranges` at `version` may no longer hold: a commit after
+        `version` wrote one of them, or a live intent holding one is decided "committed" (a view
+        may have read before that decision). One conditional GET, plus one GET per undecided
+        intent meeting them. An undecided intent counts as no change: whoever reads now, after
+        all its reads, saw it nowhere, and precedes it. For validating read-only transactions
+        across partitions; raises TransactionTooOldError when the log no longer reaches back."""
+        keys, ranges = list(keys), list(ranges)
+        manifest, records = await self._commits_since(version)
+        if any(r.wrote_any(keys, ranges) for r in records):
+            return True
+        meeting = [i for i in manifest.intents if i.meets(keys, ranges)]
+        if not meeting:
+            return False
+        if self.decisions is None:
+            return True  # cannot look the decisions up (the reads raised already, had they met them)
+        outcomes = await asyncio.gather(*(self.decisions.outcome(i.decision) for i in meeting))
+        if any(o == "committed" for o in outcomes):
+            self.resolve_soon()  # until resolved, every validation meeting it fails
+            return True
+        return False
 
     # ------------------------------------------------------------------ writes
 
@@ -288,6 +354,58 @@ class Engine:
         request.writes = writes
         request.values_written_at = written_at
 
+    async def reads_still_hold(
+        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]], txn_id: bytes
+    ) -> bool:
+        """Whether reads of `keys` and `ranges` made at `version` still hold, for the second
+        check of a cross-partition commit (`_two_phase.commit_across`), made after all its
+        intents are in place: no commit after `version` wrote them, and no intent of another
+        transaction, whatever its decision, writes them (conservative: it may commit). One
+        conditional GET. Raises TransactionTooOldError when the log no longer reaches back."""
+        keys, ranges = list(keys), list(ranges)
+        manifest, records = await self._commits_since(version)
+        if any(r.wrote_any(keys, ranges) for r in records):
+            return False
+        return not any(i.txn_id != txn_id and i.meets(keys, ranges) for i in manifest.intents)
+
+    async def prepare(self, request: CommitRequest, decision: str) -> int:
+        """Prepare this partition's part of a cross-partition transaction (`_two_phase`): its
+        writes become an intent naming decision object `decision`, after the usual conflict
+        checks, in one manifest CAS. Returns the intent's version."""
+        self.check_writable("cross-partition commits are writes")
+        request.decision = decision
+        await self._values_out_of_line(request)
+        return await self._committer.commit(request)
+
+    async def resolve(self) -> bool:
+        """Resolve the decided intents of this partition in one manifest CAS, if it has any
+        (a busy partition's commits do it anyway). Returns whether a CAS was needed."""
+        self.check_writable("resolving intents is a write")
+        return await self._committer.resolve()
+
+    def resolve_soon(self) -> None:
+        """`resolve` in the background (after a cross-partition commit's acknowledgement),
+        unless one is under way. A failure is only logged: the next commit resolves anyway."""
+        if self.read_only or self.closed or self.forked:
+            return
+        self._resolve_again = True  # a resolve under way may have read the manifest before this intent
+        if self._resolving is None or self._resolving.done():
+            self._resolving = asyncio.create_task(self._resolve_in_background())
+
+    async def _resolve_in_background(self) -> None:
+        while self._resolve_again:
+            self._resolve_again = False
+            try:
+                await self._committer.resolve()
+            except Exception as exc:  # noqa: BLE001 - a background task has no caller to raise to
+                _log.warning(
+                    "resolving intents of %s failed (the next commit does it): %s: %s",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+                return
+
     async def bulk_commit(
         self,
         batches: AsyncIterable[Batch],
@@ -295,6 +413,8 @@ class Engine:
         values: ValueMode,
         progress: Callable[[int], None] | None,
         chunk_bytes: int,
+        read_version: int | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> int:
         """Write encoded batches (`_bulk.encoded_batches`) as segments of about `chunk_bytes` each,
         then commit them all in one manifest CAS; returns the version. `values`: how
@@ -315,12 +435,13 @@ class Engine:
             parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
         request = CommitRequest(
             txn_id=self.new_txn_id(),
-            read_version=None,
+            read_version=read_version,
             started=started,
             read_keys=set(),
-            read_ranges=[],
+            read_ranges=[] if read_version is None else [(b"", None)],
             writes={},
             values=values,
+            meta=meta,
             segments=parts,
         )
         return await self.commit(request)
@@ -375,6 +496,26 @@ class Engine:
             job=job_id,
         )
         return await self.commit(request)
+
+    async def seal(self, moved: dict[str, Any]) -> Manifest:
+        """Make the latest version this partition's last (a split moves its keys elsewhere,
+        `MOVED_SETTING`); returns that final manifest. Idempotent."""
+        self.check_writable("splitting is a write")
+        # A live intent may yet be decided "committed", after the split copied the partition
+        # without it: its writes would be lost. So the seal waits until every intent is
+        # resolved (decided ones now; undecided ones are aborted after intent_timeout).
+        deadline = time.monotonic() + 2 * self.options.intent_timeout + SEAL_WAIT_SECONDS
+        while True:
+            sealed = await self._manifests.seal(moved, self.options.commit_log_length)
+            if sealed is not None:
+                return sealed
+            if time.monotonic() > deadline:
+                raise ContentionError(
+                    f"{self.url} kept holding intents of cross-partition transactions, so it could not be "
+                    "sealed for a split; retry the split"
+                )
+            if not await self._committer.resolve():
+                await asyncio.sleep(SEAL_POLL_SECONDS)  # undecided: wait for the decision or the timeout
 
     # ------------------------------------------------------------------ tags, maintenance
 
@@ -439,7 +580,7 @@ class Engine:
         report = VerifyReport(manifest.version, 1)
         uncached_segments = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
         uncached = Sources(self.objects, self.layout, uncached_segments, ByteLRU(_VERIFY_CACHE_BYTES))
-        for ref in manifest.segments:
+        for ref in (*manifest.segments, *(i.segment for i in manifest.intents)):
             name = self.layout.run(ref.id) if ref.is_run else self.layout.segment(ref.id)
             try:
                 parts = await uncached.parts(ref)
@@ -494,19 +635,24 @@ class Engine:
             return
         try:
             await self._committer.wait_idle()
+            if self._resolving is not None:
+                await asyncio.wait([self._resolving])  # bounded by the retry policy's deadlines
             if self._background is not None:
                 self._background.cancel()
                 await asyncio.wait([self._background])
         finally:
-            await self.objects.close()
+            if self._owns_objects:
+                await self.objects.close()
             if self._disk_cache is not None:
                 self._disk_cache.close()
             _fork.forget(self)
 
     async def background_idle(self) -> None:
-        """Wait for the background compaction under way, if any (it ends once nothing is due)."""
-        if self._background is not None:
-            await asyncio.wait([self._background])
+        """Wait for the background compaction and intent resolution under way, if any (they end
+        once nothing is due)."""
+        for task in (self._background, self._resolving):
+            if task is not None:
+                await asyncio.wait([task])
 
     def _after_commit(self, manifest: Manifest) -> None:
         if not self.options.auto_compact or self.closed:
@@ -557,6 +703,9 @@ async def open_engine(
     new_settings: Mapping[str, Any],
     adopt_settings: Mapping[str, Any],
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+    decisions: Decisions | None = None,
+    layout: Layout | None = None,
+    objects: RetryingObjectStore | None = None,
 ) -> Engine:
     """Open (and with `create`, make) the store at `location`.
 
@@ -571,13 +720,23 @@ async def open_engine(
     none, or an invalid one, recorded) records its own (one manifest CAS):
     GC never applies less than the record.
 
+    `decisions`: where a partition of a store split into several looks up the decisions
+    of cross-partition transactions whose intents it holds (`_two_phase.Decisions`).
+
     Costs one GET of the manifest and one per sorted run, plus, the first time a process opens a
     store for writing, two or three PUTs that prove the endpoint honours
     conditional writes.
+
+    `layout` opens one partition of a split store (default: the store's root
+    layout); `objects` shares one object store (and its retry layer) among the
+    partitions: the engine then never closes it, its caller does.
     """
-    backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
-    objects = RetryingObjectStore(backend, options.retry)
-    layout = Layout(location.prefix)
+    owns_objects = objects is None
+    if objects is None:
+        backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
+        objects = RetryingObjectStore(backend, options.retry)
+    if layout is None:
+        layout = Layout(location.prefix)
     manifests = ManifestStore(objects, layout)
     try:
         try:
@@ -590,7 +749,8 @@ async def open_engine(
                     "to make one, or check the URL"
                 ) from None
             exists = False
-        if not read_only:
+        if not read_only and (owns_objects or layout.prefix == location.prefix):
+            # Once per store (its root), not per partition: they share the one endpoint.
             await check_conditional_writes(objects, layout)
         if not exists:
             await manifests.create({**new_settings, GRACE_SETTING: grace_period_of(resolve_options(options, None))})
@@ -605,9 +765,10 @@ async def open_engine(
             # This writer's I8 holds its segments to half of its own grace period: GC (in
             # any process) must not apply less, and never applies less than the record.
             await manifests.raise_grace_period(own, options.commit_log_length)
-        engine = Engine(location.url, objects, layout, manifests, options, read_only)
+        engine = Engine(location.url, objects, layout, manifests, options, read_only, decisions, owns_objects)
         await engine.load_runs()
         return engine
     except BaseException:
-        await objects.close()
+        if owns_objects:
+            await objects.close()
         raise

@@ -14,7 +14,8 @@ object-store boundary, so callers only ever catch these::
     │   ├── GracePeriodTooShortError            GC below the writers' grace period
     │   └── InvalidPartError                    a distributed write's commit given wrong parts
     ├── ConflictError                           lost a race; retry the transaction
-    │   └── TransactionTooOldError
+    │   ├── TransactionTooOldError
+    │   └── PartitionMovedError                 read a partition that was split meanwhile
     ├── CommitOutcomeUnknownError               may or may not have committed
     ├── JobAlreadyCommittedError                a distributed write committed already
     ├── PartTooOldError                         a distributed write's part is too old to commit
@@ -135,6 +136,15 @@ class ConflictError(KvStoreError):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class PartitionMovedError(ConflictError):
+    """The transaction read or wrote a partition that a split retired meanwhile.
+
+    Nothing of it was applied. Its reads cannot be checked in the partitions that
+    replaced it, so run it again (`Store.transact` does); the store's face re-routes
+    blind writes (`put`, `delete`, transactions that read nothing) by itself.
+    """
 
 
 class TransactionTooOldError(ConflictError):

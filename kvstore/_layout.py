@@ -9,6 +9,10 @@
     <prefix>tags/<hash of name>.tag    tags (safe create)
     <prefix>gc/marks                   when GC first saw each unreferenced object (CAS, GC only)
     <prefix>doctor/<id>/...            `kvstore doctor`'s scratch objects, deleted when it ends
+    <prefix>txn/<txn id hex>           decision of a cross-partition transaction (safe create, at the root)
+    <prefix>partitions                 the partition map of a split store (CAS; `_partition_map`)
+    <prefix>p/<id>/...                 one partition of a split store: a store layout of its own
+    <prefix>ptags/<hash of name>.tag   a split store's tags: each partition's version (safe create)
 
 Writers, readers, garbage collection and tags all name objects through a
 `Layout`, so GC can never spell a live segment's name differently from the
@@ -40,12 +44,33 @@ class Layout:
         return f"{self.prefix}manifest"
 
     @property
+    def partition_map(self) -> str:
+        """The partition map of a store split into key ranges (absent: one partition, this layout)."""
+        return f"{self.prefix}partitions"
+
+    @property
+    def partition_tags_prefix(self) -> str:
+        return f"{self.prefix}ptags/"
+
+    def partition_tag(self, name: str) -> str:
+        """A partitioned store's tag: the versions of its partitions at one instant."""
+        return f"{self.partition_tags_prefix}{hashlib.blake2b(name.encode(), digest_size=16).hexdigest()}.tag"
+
+    def partition(self, pid: str) -> Layout:
+        """The layout of partition `pid` (a generated id, never user input)."""
+        return Layout(f"{self.prefix}p/{pid}/")
+
+    @property
     def probe(self) -> str:
         return f"{self.prefix}probe"
 
     def doctor_scratch(self, run_id: str) -> str:
         """The prefix of one `kvstore doctor` run's scratch objects (ends with '/')."""
         return f"{self.prefix}doctor/{run_id}/"
+
+    def decision(self, txn_id: bytes) -> str:
+        """The create-once decision object of cross-partition transaction `txn_id` (`_two_phase`)."""
+        return f"{self.prefix}txn/{txn_id.hex()}"
 
     @property
     def gc_marks(self) -> str:

@@ -7,8 +7,10 @@ Layout (docs/format.md has the details)::
 
 The payload holds the store id, the version (+1 per commit), the live
 segments (newest first; small commit segments carried inline, their bytes in
-the manifest itself) and a bounded commit log: for every version after
-`log_start`, which transactions committed there and which keys they wrote.
+the manifest itself), a bounded commit log: for every version after
+`log_start`, which transactions committed there and which keys they wrote, and
+the intents of cross-partition transactions prepared here and not resolved yet
+(`Intent`; `_two_phase.py`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from ._ranges import KeyRange, RangeTombstone, cover, range_bytes, with_new
 
 # 2: segment rows may carry an inline segment; 3: rows may name a sorted run;
 # 4: range deletes (`range_deletes`, and commit records listing the ranges they
-# deleted) and clipped segment rows (a compaction in steps). Formats 1-3 are still
-# read. A manifest with neither is still written as format 3, so such stores stay
-# readable by releases before format 4; one that has them must not be (they would
-# show deleted keys, miss conflicts, or read a clipped source's keys twice).
+# deleted), clipped segment rows (a compaction in steps) and the intents of
+# cross-partition transactions (`intents`). Formats 1-3 are still read. A manifest
+# with none of them is still written as format 3, so such stores stay readable by
+# releases before format 4; one that has them must not be (they would show deleted
+# keys, miss conflicts, read a clipped source's keys twice, or read a committed
+# intent's writes as absent and commit over it).
 FORMAT = 4
 _FORMAT_3 = 3
 _MAGIC = b"KVMF"
@@ -46,6 +50,9 @@ LOG_KEYS_BUDGET_BYTES = 256 * 1024
 # The settings key recording the longest `segment_grace_period` any writer opened the
 # store with: GC never applies a shorter one (I7, I8). Absent in stores made before it.
 GRACE_SETTING = "segment_grace_period"
+# The settings key of a partition sealed by a split: {"at": split key, "into": [left pid,
+# right pid]}. Its final version is copied into the successors; nothing commits after it.
+MOVED_SETTING = "moved"
 # The longest grace period a writer may use (30 days). A writer may commit a segment up
 # to half of it after writing it (I8), so this allows jobs of 15 days; anything longer
 # keeps all garbage practically for good (as inf would) and is most likely a unit slip.
@@ -165,6 +172,36 @@ class CommitRecord:
         return any(self.max_key >= start and (end is None or self.min_key < end) for start, end in ranges)
 
 
+@dataclass(frozen=True)
+class Intent:
+    """A cross-partition transaction's writes to this partition, prepared and not resolved.
+
+    Its writes become visible at `version` (the prepare's version) once its
+    decision object (`decision`) says "committed"; until then no reader sees them,
+    and no other commit may read or write its keys (`meets`). A later CAS of the
+    partition turns it into an ordinary segment, or drops it (aborted).
+    """
+
+    txn_id: bytes
+    version: int  # the prepare's version, and its writes' version
+    time: float  # wall clock of the prepare (the abort timeout counts from it)
+    decision: str  # the decision object's name
+    keys: tuple[bytes, ...] | None  # sorted written keys; None: only the segment's range is recorded
+    segment: SegmentRef  # its writes (inline or an object), commit_version == version
+
+    def meets(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
+        """Whether it writes one of `keys` or a key in one of the [start, end) ranges."""
+        lo, hi = self.segment.min_key, self.segment.max_key
+        if self.keys is not None:
+            written = set(self.keys)
+            if any(k in written for k in keys):
+                return True
+            return any(_any_in_range(self.keys, start, end) for start, end in ranges)
+        if any(lo <= k <= hi for k in keys):
+            return True
+        return any(hi >= start and (end is None or lo < end) for start, end in ranges)
+
+
 def _any_in_range(sorted_keys: Sequence[bytes], start: bytes, end: bytes | None) -> bool:
     i = bisect_left(sorted_keys, start)
     return i < len(sorted_keys) and (end is None or sorted_keys[i] < end)
@@ -186,11 +223,14 @@ class Manifest:
     # Live range deletes (`_ranges.py`), oldest first; compaction drops them once
     # nothing they hide is left.
     range_deletes: tuple[RangeTombstone, ...] = ()
+    # Prepared cross-partition writes not resolved yet, oldest first.
+    intents: tuple[Intent, ...] = ()
 
     @property
     def inline_bytes(self) -> int:
-        """Bytes of the segments carried inline."""
-        return sum(len(s.inline) for s in self.segments if s.inline is not None)
+        """Bytes of the segments carried inline (intents' included)."""
+        refs = (*self.segments, *(i.segment for i in self.intents))
+        return sum(len(s.inline) for s in refs if s.inline is not None)
 
     @property
     def never_written(self) -> bool:
@@ -225,6 +265,7 @@ class Manifest:
         history_floor: int | None = None,
         delete_ranges: Sequence[KeyRange] = (),
         drop_ranges: Iterable[RangeTombstone] = (),
+        intents: tuple[Intent, ...] | None = None,
     ) -> Manifest:
         """The manifest after committing `record` at version + 1.
 
@@ -232,7 +273,8 @@ class Manifest:
         (the list is newest first; equal versions are ordered by position).
         `delete_ranges` become range tombstones at the record's version (the
         record may list them only by a covering range); `drop_ranges` leave (a
-        compaction removed everything they hid).
+        compaction removed everything they hid). `intents` (None: unchanged)
+        replaces the live intents.
         """
         assert record.version == self.version + 1, "I3: a commit must increase the version by one"
         log = (*self.log, record)
@@ -260,6 +302,7 @@ class Manifest:
                 [RangeTombstone(start, end, record.version) for start, end in delete_ranges],
                 drop_ranges,
             ),
+            intents=self.intents if intents is None else intents,
         )
         object.__setattr__(new, "_log_key_bytes", key_bytes)  # carried forward, not re-summed
         cached = self.__dict__.get("_packed_log")
@@ -318,6 +361,8 @@ def encode_manifest(m: Manifest) -> bytes:
         "settings": m.settings,
         "history_floor": m.history_floor,
     }
+    if m.intents:
+        head["intents"] = [_intent_row(i) for i in m.intents]
     ranges = bool(m.range_deletes) or any(r.ranges for r in m.log)
     parts = [packer.pack_map_header(len(head) + 2 + bool(m.range_deletes))]
     for key, value in head.items():
@@ -327,8 +372,17 @@ def encode_manifest(m: Manifest) -> bytes:
     parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
     if m.range_deletes:
         parts += [packer.pack("range_deletes"), packer.pack([t.row() for t in m.range_deletes])]
-    needs_4 = ranges or any(s.clipped for s in m.segments)
+    needs_4 = ranges or bool(m.intents) or any(s.clipped for s in m.segments)
     return seal(_MAGIC, FORMAT if needs_4 else _FORMAT_3, b"".join(parts))
+
+
+def _intent_row(i: Intent) -> list[Any]:
+    keys = None if i.keys is None else list(i.keys)
+    return [i.txn_id, i.version, i.time, i.decision, keys, _segment_row(i.segment)]
+
+
+def _intent_of(row: list[Any]) -> Intent:
+    return Intent(row[0], row[1], row[2], row[3], None if row[4] is None else tuple(row[4]), SegmentRef(*row[5]))
 
 
 def _packed_log(m: Manifest) -> bytes:
@@ -386,6 +440,7 @@ def decode_manifest(data: bytes, object_name: str) -> Manifest:
             log_start=doc["log_start"],
             settings=doc["settings"],
             history_floor=doc["history_floor"],
+            intents=tuple(_intent_of(row) for row in doc.get("intents", ())),
             segments=tuple(SegmentRef(*row) for row in doc["segments"]),
             log=tuple(
                 CommitRecord(

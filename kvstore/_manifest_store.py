@@ -14,6 +14,7 @@ from ._cas import read_modify_cas
 from ._layout import Layout
 from ._manifest import (
     GRACE_SETTING,
+    MOVED_SETTING,
     CommitRecord,
     Manifest,
     decode_manifest,
@@ -104,6 +105,29 @@ class ManifestStore:
 
         async with self.writing:
             return await read_modify_cas("recording the store's grace period", load, write)
+
+    async def seal(self, moved: dict[str, Any], log_length: int) -> Manifest | None:
+        """Record `moved` (`MOVED_SETTING`) as the partition's final commit; returns that
+        final manifest. Idempotent: a seal already recorded (by this split, its lost-answer
+        retry, or a rival finishing the same split) is returned as it is. None, sealing
+        nothing, while the manifest holds intents of cross-partition transactions: a split
+        copies only what is decided (`Engine.seal` resolves them first)."""
+
+        async def load(fresh: bool) -> tuple[Manifest, str]:
+            await self.refresh()
+            return self.current
+
+        async def write(state: tuple[Manifest, str]) -> Manifest | None:
+            manifest, etag = state
+            if manifest.settings.get(MOVED_SETTING) is not None:
+                return manifest
+            if manifest.intents:
+                return None
+            await self.compare_and_swap(_with_settings(manifest, {MOVED_SETTING: moved}, log_length), etag)
+            return self.current[0]
+
+        async with self.writing:
+            return await read_modify_cas("sealing a partition for a split", load, write)
 
     async def refresh(self) -> Manifest:
         """The latest manifest: one conditional GET (304 and no body if unchanged).

@@ -43,6 +43,14 @@ class StoreOptions:
             a sixth of the record instead (the defaults' ratio). A bulk load is
             not held to it (it reads nothing), only to committing its first
             segment within half of `segment_grace_period` (I8).
+        intent_timeout: seconds after its prepare (by the wall clock recorded in
+            it) that an undecided intent of a cross-partition transaction may be
+            aborted by any writer of its partition that meets it (its coordinator
+            is presumed dead). Safe at any value (the decision object is created
+            once: a late coordinator then finds "aborted" and reports a
+            conflict); too short aborts slow coordinators, too long holds up
+            writers of the intent's keys. Clocks of the hosts must agree to well
+            within it.
         commit_log_length: commits kept in the manifest's log. A transaction
             whose read version is older than the log cannot be checked and
             fails with `TransactionTooOldError`.
@@ -105,6 +113,7 @@ class StoreOptions:
     max_transaction_bytes: int = 64 * MiB
     max_transaction_keys: int = 100_000
     max_transaction_age: float = 600.0
+    intent_timeout: float = 5.0
     commit_log_length: int = 1000
     segment_grace_period: float | None = None
     cache_bytes: int = 256 * MiB
@@ -135,6 +144,8 @@ class StoreOptions:
             raise ValidationError(f"max_transaction_age must be a finite number of seconds >= 0, not {age!r}")
         if grace is not None and not age * 2 < grace:
             raise ValidationError("max_transaction_age must be under half of segment_grace_period (I8)")
+        if not (math.isfinite(self.intent_timeout) and self.intent_timeout > 0):
+            raise ValidationError(f"intent_timeout must be a finite number of seconds > 0, not {self.intent_timeout!r}")
         if self.commit_log_length < 1 or self.max_batch_transactions < 1:
             raise ValidationError("commit_log_length and max_batch_transactions must be positive")
         if self.compaction_fanout < 2 or self.history_versions < 0 or self.history_seconds < 0:

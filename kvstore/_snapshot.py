@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _ttl as ttl
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
-from ._errors import ValidationError
-from ._manifest import Manifest, SegmentRef
+from ._errors import UnsafeStoreError, ValidationError
+from ._manifest import Intent, Manifest, SegmentRef
 from ._merge import merge, visible
 from ._operands import codec_of, resolve, stacks
 from ._options import StoreOptions
@@ -21,6 +21,9 @@ from ._sources import Sources
 from ._tasks import run_bounded
 from ._value_refs import StoredValue, ValueRef
 
+if TYPE_CHECKING:
+    from ._two_phase import Decisions
+
 # Keys of one `get_many` read at once. Each has at most one GET of its own in flight
 # (keys sharing a block share its GET); a batch of 100 cold keys then issues its
 # block GETs together. The S3 client's connection pool bounds the sockets beneath.
@@ -28,12 +31,27 @@ READS_IN_FLIGHT = 128
 
 
 class SnapshotView:
-    """The store as of `manifest.version`. Costs no manifest reads; segments are cached."""
+    """The store as of `manifest.version`. Costs no manifest reads; segments are cached.
 
-    def __init__(self, manifest: Manifest, segments: Sources, version: int | None = None) -> None:
+    A read meeting an unresolved intent of a cross-partition transaction (`_two_phase`)
+    consults its decision once per view (one GET, cached in `decisions` once decided)
+    and sees its writes iff committed; the view keeps what it found, so its reads repeat.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        segments: Sources,
+        version: int | None = None,
+        decisions: Decisions | None = None,
+        seen: dict[str, bool] | None = None,
+    ) -> None:
         """A view of `manifest` as of `version` (default: the manifest's own).
 
-        An older version is exact only if it is >= manifest.history_floor.
+        An older version is exact only if it is >= manifest.history_floor. `seen`:
+        what the views of one snapshot of several partitions found of the decisions,
+        shared among them, so that each intent is looked up once for all of them (two
+        lookups could straddle its decision and show it in one partition only).
         """
         self.manifest = manifest
         self.version = manifest.version if version is None else version
@@ -44,18 +62,62 @@ class SnapshotView:
         self._ranges = RangeIndex(manifest.range_deletes, self.version)
         # Atomic operands resolve to an int in the recorded codec (none recorded: bytes).
         self.codec = codec_of(manifest.settings.get("values"))
+        self._intents = [i for i in manifest.intents if i.version <= self.version]
+        self._decisions = decisions
+        # Decision name -> whether this view shows its writes.
+        self._visible: dict[str, bool] = {} if seen is None else seen
+        # Whether a read found an intent undecided: a later transaction must not reuse this
+        # view, or it could miss a decision made since (real-time order).
+        self.saw_undecided = False
+
+    async def _refs_for(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
+        """The sources a read of [start, end) consults: the segments and the committed intents
+        meeting the range (their decisions looked up once per view)."""
+        meeting = [i for i in self._intents if i.segment.overlaps(start, end)]
+        if not meeting:
+            return self._refs
+        unknown = [i for i in meeting if i.decision not in self._visible]
+        if unknown:
+            decisions = self._decisions
+            if decisions is None:
+                raise UnsafeStoreError(
+                    "this partition holds intents of cross-partition transactions, which this handle cannot "
+                    "look up: open the partitioned store at its root URL (kvstore.open), not one partition"
+                )
+            names = list(dict.fromkeys(i.decision for i in unknown))
+            outcomes = await run_bounded(decisions.outcome, names, READS_IN_FLIGHT)
+            for name, outcome in zip(names, outcomes, strict=True):
+                self._visible.setdefault(name, outcome == "committed")
+                self.saw_undecided |= outcome is None
+        return self._with_intents(meeting)
+
+    def _with_intents(self, meeting: list[Intent]) -> list[SegmentRef]:
+        shown = [i.segment for i in meeting if self._visible[i.decision]]
+        if not shown:
+            return self._refs
+        return sorted([*self._refs, *shown], key=lambda s: s.max_version, reverse=True)
+
+    def _cached_refs_for(self, key: bytes) -> list[SegmentRef] | None:
+        """`_refs_for(key)` if no decision needs a request, else None."""
+        meeting = [i for i in self._intents if i.segment.may_contain(key)]
+        if not meeting:
+            return self._refs
+        if any(i.decision not in self._visible for i in meeting):
+            return None
+        return self._with_intents(meeting)
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
         best: tuple[int, Value] | None = None
         segments, version = self._segments, self.version
+        refs = await self._refs_for(key, key + b"\0") if self._intents else self._refs
         # Where segments overlap, most of those covering a key lack it, and their filters
         # (the key hashed once, here) spare searching their blocks. A key's only candidate
         # is cheaper to search than to filter when its block is cached; `get` still
         # filters before fetching a block.
-        key_probe = probe(key) if self._overlapping else None
+        key_probe = probe(key) if self._overlapping or refs is not self._refs else None
         floor = self._ranges.floor(key) if self._ranges else 0  # older entries are range-deleted
-        for ref in self._refs:
+        for ref in refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # no older segment can hold a newer entry
             if ref.max_version < floor:
@@ -69,15 +131,15 @@ class SnapshotView:
                 best = found
         if best is None or best[0] < floor:
             return None
-        value = await self._folded(key) if stacks(best[1]) else resolve(best[1], self.codec, key, ttl.clock())
+        value = await self._folded(key, refs) if stacks(best[1]) else resolve(best[1], self.codec, key, ttl.clock())
         return await segments.values.read(value, key) if isinstance(value, ValueRef) else value
 
-    async def _folded(self, key: bytes) -> bytes | None:
+    async def _folded(self, key: bytes, refs: list[SegmentRef]) -> bytes | None:
         """The value of a key whose newest entry is stacking operands: its entries at or
         below the view's version, newest first, folded down to a put or tombstone (or
         to its oldest entry), the way a scan resolves them (`_merge.visible`)."""
         end = key + b"\x00"
-        sources = [self._segments.blocks(r, key, end, False) for r in self._refs if r.min_key <= key <= r.max_key]
+        sources = [self._segments.blocks(r, key, end, False) for r in refs if r.min_key <= key <= r.max_key]
         hidden = self._ranges.hides if self._ranges else None
         read_value = self._segments.values.read
         async for pair in visible(merge(sources), self.version, self.codec, ttl.clock(), read_value, hidden):
@@ -120,10 +182,14 @@ class SnapshotView:
 
     def _get_cached(self, key: bytes) -> StoredValue | Miss:
         """`get` from the cache alone: NOT_CACHED when it would have to fetch something
-        (a reference to an out-of-line value is returned as it is)."""
+        (a reference to an out-of-line value is returned as it is, and so is a key
+        meeting an intent whose decision this view has not looked up yet)."""
         best: tuple[int, Value] | None = None
+        refs = self._cached_refs_for(key) if self._intents else self._refs
+        if refs is None:
+            return NOT_CACHED
         floor = self._ranges.floor(key) if self._ranges else 0
-        for ref in self._refs:
+        for ref in refs:
             if best is not None and ref.max_version <= best[0]:
                 break  # as in `get`
             if ref.max_version < floor:
@@ -149,7 +215,14 @@ class SnapshotView:
         A source is read only outside the ranges deleted after its newest entry
         (`RangeIndex.unhidden`): a scan over a deleted range reads none of the blocks
         that the range delete hid, even before compaction removes them."""
-        refs = [r for r in self._refs if r.overlaps(start, end)]
+        if self._intents:
+            return self._scan_with_intents(start, end, reverse)
+        return self._scan_refs(self._refs, start, end, reverse)
+
+    def _scan_refs(
+        self, all_refs: list[SegmentRef], start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        refs = [r for r in all_refs if r.overlaps(start, end)]
         readahead = scan_readahead(len(refs))
         read_value = self._segments.values.read
         now = ttl.clock()
@@ -163,6 +236,13 @@ class SnapshotView:
                 sources.append(self._segments.blocks_in(ref, pieces, reverse, readahead=readahead))
         hidden = self._ranges.hides
         return visible(merge(sources, reverse=reverse), self.version, self.codec, now, read_value, hidden)
+
+    async def _scan_with_intents(
+        self, start: bytes | None, end: bytes | None, reverse: bool
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        refs = await self._refs_for(start, end)
+        async for pair in self._scan_refs(refs, start, end, reverse):
+            yield pair
 
 
 class Snapshot:

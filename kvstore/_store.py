@@ -19,28 +19,41 @@ from collections.abc import (
     Callable,
     Generator,
     Iterable,
+    Sequence,
 )
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._bulk import encoded_batches
-from ._codec import VALUE_MODES, Codec, ValueMode, encode_keys, key_range, value_mode
+from ._codec import VALUE_MODES, Codec, ValueMode, decode_value, encode_key, encode_keys, key_range, value_mode
 from ._compact import CompactionResult
 from ._distributed import DistributedWrite, StoreAddress
-from ._engine import Engine, VerifyReport, open_engine
-from ._errors import ConflictError, ValidationError
+from ._engine import Engine, VerifyReport
+from ._errors import ConflictError, PartitionMovedError, ValidationError
 from ._gc import GcReport
-from ._manifest import CommitRecord, Manifest
-from ._nesting import enter, leave, refuse_nested
-from ._objectstore import ObjectStore, S3Options
+from ._manifest import MOVED_SETTING, CommitRecord, Manifest
+from ._nesting import Scope, enter, leave, refuse_nested
+from ._objectstore import ObjectStore, RetryingObjectStore, S3Options
 from ._options import StoreOptions, bulk_value_limit
-from ._snapshot import Snapshot
+from ._partition_map import ROOT_PID, Partition
+from ._partition_ops import (
+    bulk_load_partitions,
+    delete_partition_tag,
+    merge_gc_reports,
+    partition_tags,
+    tag_partitions,
+    tagged_view,
+)
+from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router, recent_commit_rate
+from ._snapshot import Snapshot, SnapshotView
 from ._tags import Tag
+from ._tasks import gather_all
 from ._transaction import TransactAttempts, Transaction
 from ._url import parse_url, s3_settings
 
 T = TypeVar("T")
+_NO_SCOPE = Scope("", None, None)  # a read retried by the store itself: no transact function ran
 _log = logging.getLogger("kvstore")
 
 
@@ -71,6 +84,7 @@ class StoreInfo:
     values: Codec  # the value codec the store records (see `Store.recorded_values`)
     sorted_runs: int = 0
     last_compaction_write_amplification: float | None = None
+    partitions: int = 1  # key-range partitions (`Store.partitions`); their figures are added up
 
 
 def _last_write_amplification(manifest: Manifest) -> float | None:
@@ -94,13 +108,14 @@ class CommitInfo:
     transactions: int
     key_count: int
     meta: list[dict[str, Any] | None] | None  # per transaction, as given to `transaction(meta=...)`
+    partition: str | None = None  # the partition's id on a partitioned store (versions are per partition)
 
     @classmethod
-    def from_record(cls, record: CommitRecord) -> CommitInfo:
-        """The public view of one commit-log record."""
+    def from_record(cls, record: CommitRecord, partition: str | None = None) -> CommitInfo:
+        """The public view of one commit-log record (of `partition`, on a partitioned store)."""
         meta = record.meta or {}
         kind = next((k for k in ("compaction", "gc", "settings") if k in meta), "commit")
-        return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"))
+        return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"), partition)
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,7 @@ class Change:
     time: float
     keys: list[bytes] | None
     deleted_ranges: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    partition: str | None = None  # the partition's id on a partitioned store (versions are per partition)
 
 
 def _deleted_ranges(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> list[tuple[bytes, bytes | None]]:
@@ -132,6 +148,30 @@ def _deleted_ranges(record: CommitRecord, lo: bytes | None, hi: bytes | None) ->
         if b is None or a < b:
             cut.append((a, b))
     return cut
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """One key-range partition of a store (`Store.partitions`): it holds keys in
+    [start, end) (end None: no upper bound), commits with a manifest of its own at
+    `version`, and committed `commit_rate` batches per second over the last minute."""
+
+    id: str
+    start: bytes
+    end: bytes | None
+    version: int
+    commit_rate: float
+
+
+def _change_of(record: CommitRecord, lo: bytes | None, hi: bytes | None, partition: str | None = None) -> Change | None:
+    """What `watch` of [lo, hi) reports of `record`: None if it changed nothing there."""
+    keys = _changed_keys(record, lo, hi)
+    deleted = _deleted_ranges(record, lo, hi)
+    if keys is None and deleted:
+        keys = []  # only a range delete met the watched range
+    if keys is None:
+        return None
+    return Change(record.version, record.time, keys if record.keys is not None else None, deleted, partition)
 
 
 def _changed_keys(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> list[bytes] | None:
@@ -157,11 +197,21 @@ class Store:
     rest to the store's engine (`kvstore._engine.Engine`).
     """
 
-    def __init__(self, engine: Engine, values: ValueMode, s3: S3Options | None = None) -> None:
-        self._engine = engine
+    def __init__(self, router: Router, values: ValueMode, s3: S3Options | None = None) -> None:
+        self._router = router
         self._values = values
         self._s3 = s3 or S3Options()  # what a distributed write's workers open the store with
+        engine = router.first
         self._attempts = TransactAttempts(engine.options.transact_max_attempts, engine.url)
+
+    @property
+    def _engine(self) -> Engine:
+        """The engine of the first partition: the store's only one unless it was split."""
+        return self._router.first
+
+    @property
+    def _partitioned(self) -> bool:
+        return self._router.partitioned
 
     @property
     def url(self) -> str:
@@ -171,7 +221,7 @@ class Store:
     @property
     def store_id(self) -> str:
         """The store's unique id, made when it was created (no request)."""
-        return self._engine.store_id
+        return self._router.store_id
 
     @property
     def read_only(self) -> bool:
@@ -201,12 +251,42 @@ class Store:
 
     @property
     def version(self) -> int:
-        """The newest store version this process has seen (no request)."""
+        """The newest store version this process has seen (no request).
+
+        On a partitioned store versions are per partition (`partitions()`); this is
+        the sum of the live partitions' versions: it grows with every commit, but a
+        split starts new partitions, so it is not a version `snapshot` accepts.
+        """
+        if self._partitioned:
+            return sum(e.manifest.version for e in self._router.all_engines())
         return self._engine.manifest.version
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The latest value of `key`, or `default` if it is absent."""
-        return await (await self.snapshot()).get(key, default)
+        if not self._partitioned:
+            view = await self._unsplit_view()
+            if view is not None:
+                return await Snapshot(view, self.options, self._values, self.url).get(key, default)
+        if self._partitioned:
+            k = encode_key(key, self.options.max_key_bytes)
+            for _ in range(MAX_REDIRECTS):
+                part, engine = self._router.engine_for(k)
+                try:
+                    view = await self._router.latest_view(part, engine)
+                except PartitionMovedError:
+                    continue  # the router followed the split: route again
+                return await Snapshot(view, self.options, self._values, self.url).get(k, default)
+        raise self._kept_moving()
+
+    async def _unsplit_view(self, keys: Sequence[bytes] = ()) -> SnapshotView | None:
+        """The latest view of a store never split, as ever (`Engine.latest_view_for(keys)`
+        with keys); None if it has been split since this handle read its map: the router
+        then follows the split, and the caller reads the partitions."""
+        view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
+        if view.manifest.settings.get(MOVED_SETTING) is None:
+            return view
+        await self._router.redirect(ROOT_PID)
+        return None
 
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """The latest values of `keys`, in order; `default` for each absent one.
@@ -218,8 +298,22 @@ class Store:
         `Snapshot.get_many`.
         """
         ks = encode_keys(keys, self.options.max_key_bytes)
-        view = await self._engine.latest_view_for(ks)  # the indexes load while the manifest is checked
-        return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
+        if not self._partitioned:
+            view = await self._unsplit_view(ks)  # the indexes load while the manifest is checked
+            if view is not None:
+                return await Snapshot(view, self.options, self._values, self.url).get_many(ks, default)
+        if self._partitioned:
+            # One read-only transaction: each partition's keys read together, the
+            # partitions in parallel, then checked unchanged (serializable across them).
+            for attempt in self._attempts:
+                tx = Transaction(self._router, self._values)  # not `transaction()`: no nesting rule for reads
+                try:
+                    values = await tx.get_many(ks, default)
+                    await tx.commit()
+                    return values
+                except ConflictError as exc:
+                    await asyncio.sleep(attempt.pause_after(exc, _NO_SCOPE))
+        raise AssertionError("unreachable: the last attempt raises")
 
     async def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> int:
         """Write one key; returns the version it committed at. With `ttl` (seconds) the
@@ -274,10 +368,53 @@ class Store:
         limit: int | None = None,
         reverse: bool = False,
     ) -> AsyncIterator[tuple[bytes, Any]]:
-        """(key, value) pairs of the latest version; see `Snapshot.scan`."""
+        """(key, value) pairs of the latest version; see `Snapshot.scan`.
+
+        On a partitioned store the partitions are read one after the other, each at
+        its latest version when the scan reaches it; `snapshot()` gives one
+        consistent version of them all.
+        """
+        if self._partitioned:
+            async for item in self._scan_partitions(prefix, start, end, limit, reverse):
+                yield item
+            return
         snapshot = await self.snapshot()
         async for item in snapshot.scan(prefix, start=start, end=end, limit=limit, reverse=reverse):
             yield item
+
+    async def _scan_partitions(
+        self,
+        prefix: str | bytes | None,
+        start: str | bytes | None,
+        end: str | bytes | None,
+        limit: int | None,
+        reverse: bool,
+    ) -> AsyncIterator[tuple[bytes, Any]]:
+        if limit is not None and limit < 0:
+            raise ValidationError(f"limit must be >= 0, not {limit}")
+        lo, hi = key_range(self.options.max_key_bytes, prefix, start, end)
+        count = 0
+        done: bytes | None = None  # where the pairs handed out stop: a split meanwhile resumes there
+        for _ in range(MAX_REDIRECTS):
+            rlo, rhi = (lo, done) if reverse and done is not None else (done, hi) if done is not None else (lo, hi)
+            parts = self._router.route(rlo, rhi)
+            try:
+                for part, engine in reversed(parts) if reverse else parts:
+                    plo, phi = part.clip(rlo, rhi)
+                    view = await self._router.latest_view(part, engine)
+                    async for key, raw in view.scan(plo, phi, reverse=reverse):
+                        if limit is not None and count >= limit:
+                            return
+                        done = key if reverse else key + b"\x00"
+                        count += 1
+                        yield key, decode_value(raw, self._values, key, self.url)
+                return
+            except PartitionMovedError:
+                continue
+        raise self._kept_moving()
+
+    def _kept_moving(self) -> PartitionMovedError:
+        return PartitionMovedError(f"the partitions of {self.url} kept splitting under this read; retry it")
 
     def transaction(self, *, meta: dict[str, Any] | None = None) -> Transaction:
         """A new serializable transaction; use ``async with``. `meta` is kept in the commit log.
@@ -287,8 +424,8 @@ class Store:
         task (use that `tx`); store-level `put` and `delete` are refused there too.
         """
         self._engine.check_open()
-        refuse_nested(self._engine.store_id, self.url)
-        return Transaction(self._engine, self._values, meta)
+        refuse_nested(self.store_id, self.url)
+        return Transaction(self._router, self._values, meta)
 
     @overload
     async def transact(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
@@ -311,7 +448,7 @@ class Store:
         """
         for attempt in self._attempts:
             tx = self.transaction()
-            scope = enter(self._engine.store_id, tx)
+            scope = enter(self.store_id, tx)
             try:
                 result = fn(tx, *args, **kwargs)
                 if inspect.isawaitable(result):
@@ -351,11 +488,18 @@ class Store:
         `progress(n)` is called with the number of pairs written so far after
         each chunk's upload. The write-size limits of ordinary transactions do
         not apply; the key and value limits do.
+
+        On a partitioned store each partition's share of the pairs is written and
+        committed in that partition (one CAS each, concurrently): a reader may see
+        one partition's share before another's. Returns the highest of the
+        partitions' versions.
         """
         self._engine.check_writable("bulk loads are writes")
-        refuse_nested(self._engine.store_id, self.url)
+        refuse_nested(self.store_id, self.url)
         limits = self.options.max_key_bytes, bulk_value_limit(self.options)
         batches = encoded_batches(items, self._values, *limits)
+        if self._partitioned:
+            return await bulk_load_partitions(self._router, batches, self._values, progress, chunk_bytes)
         return await self._engine.bulk_commit(batches, values=self._values, progress=progress, chunk_bytes=chunk_bytes)
 
     async def distributed_write(
@@ -373,6 +517,11 @@ class Store:
         collected by `gc` after the grace period. See docs/distributed.md.
         """
         self._engine.check_writable("distributed writes are writes")
+        if self._partitioned:
+            raise ValidationError(
+                f"{self.url} is partitioned, and distributed writes commit into one partition: use bulk_load, "
+                "or transactions"
+            )
         if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise ValidationError(f"chunk_bytes must be a positive int, not {chunk_bytes!r}")
         await self._engine.refresh()
@@ -396,7 +545,14 @@ class Store:
         `tag="name"` reads the version retained under that tag. A version no
         longer retained raises VersionNotRetainedError, never a wrong answer;
         one no commit has made yet raises FutureVersionError, naming the latest.
+
+        On a partitioned store a snapshot shows every partition at one instant
+        (their manifests read twice, in parallel, until no partition changed in
+        between; `Snapshot.version` is the sum of their versions); `version=`
+        is refused there (versions are per partition), `tag=` works.
         """
+        if self._partitioned:
+            return await self._partitioned_snapshot(version, tag)
         if tag is not None:
             if version is not None:
                 raise ValidationError("pass version= or tag=, not both")
@@ -404,8 +560,51 @@ class Store:
         elif version is not None:
             view = await self._engine.view_at(version)
         else:
-            view = await self._engine.latest_view()
+            latest = await self._unsplit_view()
+            if latest is None:  # split since this handle read its map
+                return await self._partitioned_snapshot(None, None)
+            view = latest
         return Snapshot(view, self.options, self._values, self.url, self._engine.check_same_process)
+
+    async def _partitioned_snapshot(self, version: int | None, tag: str | None) -> Snapshot:
+        if version is not None:
+            raise ValidationError(
+                f"{self.url} is partitioned: versions are per partition, so snapshot(version=) cannot name one "
+                "point of them all; read the latest (snapshot()) or a tag (snapshot(tag=...))"
+            )
+        if tag is not None:
+            view = await tagged_view(self._router, tag)
+        else:
+            pmap, views = await self._router.consistent_views()
+            view = PartitionedView(pmap, views)
+        return Snapshot(view, self.options, self._values, self.url, self._engine.check_same_process)
+
+    async def split(self, key: str | bytes) -> list[PartitionInfo]:
+        """Add a partition boundary at `key`, online: the partition holding `key` is
+        replaced by two, one ending and one starting at `key`. Returns `partitions()`.
+
+        Writers keep going: one that commits to the old partition meanwhile is
+        redirected (blind writes follow by themselves; a transaction that read the
+        old partition gets PartitionMovedError, a ConflictError that `transact`
+        retries). Costs a manifest CAS sealing the old partition, a copy of its
+        live pairs into the two new ones (segment PUTs and a CAS each) and a CAS
+        of the partition map. A key that already is a boundary changes nothing.
+        """
+        k = encode_key(key, self.options.max_key_bytes)
+        await self._router.split(k)
+        return await self.partitions()
+
+    async def partitions(self) -> list[PartitionInfo]:
+        """The partitions, in key order: range, id, version and recent commit rate (one
+        conditional GET of the map and of each partition's manifest, in parallel)."""
+        self._engine.check_open()
+        await self._router.reload()
+        parts = self._router.parts()
+        manifests = await gather_all(e.refresh() for _, e in parts)
+        return [
+            PartitionInfo(p.pid, p.start, p.end, m.version, recent_commit_rate(m))
+            for (p, _), m in zip(parts, manifests, strict=True)
+        ]
 
     async def tag(self, name: str, *, version: int | None = None) -> Tag:
         """Retain the latest version under `name`.
@@ -415,22 +614,50 @@ class Store:
         one PUT. Tags never move: TagExistsError if the name is taken.
         `version` must be None or the latest version: tagging a past version
         is not supported yet (ValidationError).
+
+        On a partitioned store the tag retains every partition at one instant
+        (`snapshot`): a tag of each partition and one object listing their
+        versions; `version` must be None there.
         """
+        if self._partitioned:
+            if version is not None:
+                raise ValidationError(f"{self.url} is partitioned: versions are per partition; tag without version=")
+            return await tag_partitions(self._router, name)
         return await self._engine.tag(name, version=version)
 
     async def tags(self) -> list[Tag]:
         """Every tag, oldest version first. One LIST and one GET per tag."""
+        if self._partitioned:
+            return await partition_tags(self._router)
         return await self._engine.tags()
 
     async def delete_tag(self, name: str) -> None:
         """Forget a tag. What only it kept alive is deleted by a later `gc()`."""
+        if self._partitioned:
+            await delete_partition_tag(self._router, name)
+            return
         await self._engine.delete_tag(name)
 
     async def history(self, *, limit: int | None = None) -> list[CommitInfo]:
         """Recent commits, newest first, from the manifest's commit log (one conditional GET).
 
         The log holds the last `StoreOptions.commit_log_length` commits.
+
+        On a partitioned store, the commits of every partition (each log its last
+        `commit_log_length`), merged newest first by commit time: in version order
+        within a partition, and across partitions in the order of the committers'
+        clocks (`CommitInfo.partition` names the partition; a cross-partition
+        commit appears once in each partition it wrote).
         """
+        if self._partitioned:
+            await self._router.reload()
+            parts = self._router.parts()
+            manifests = await gather_all(e.refresh() for _, e in parts)
+            infos = [
+                CommitInfo.from_record(r, p.pid) for (p, _), m in zip(parts, manifests, strict=True) for r in m.log
+            ]
+            infos.sort(key=lambda c: (c.time, c.version), reverse=True)
+            return infos[: limit if limit is not None else None]
         manifest = (await self._engine.latest_view()).manifest
         records = list(reversed(manifest.log))[: limit if limit is not None else None]
         return [CommitInfo.from_record(r) for r in records]
@@ -449,19 +676,28 @@ class Store:
         Polls the manifest with a conditional GET every `interval` seconds (a
         304 costs no body). Raises VersionNotRetainedError if it falls more
         than `commit_log_length` commits behind.
+
+        On a partitioned store it polls each partition meeting the range (in
+        parallel) and yields, per poll, each partition's new commits in version
+        order, the partitions in key order (`Change.partition` names it; versions
+        are per partition); across partitions, commits of one poll are not
+        ordered in time. `since` is refused there. Partitions made by a split
+        are followed from their first commit (the split's copy is not reported).
         """
         lo, hi = key_range(self.options.max_key_bytes, prefix, start, end)
+        if self._partitioned:
+            if since is not None:
+                raise ValidationError(f"{self.url} is partitioned: versions are per partition; watch without since=")
+            async for found in watch_partitions(self._router, lo, hi, interval):
+                yield found
+            return
         last = since if since is not None else (await self._engine.latest_view()).version
         while True:
             for record in await self._engine.commits_after(last):
                 last = record.version
-                keys = _changed_keys(record, lo, hi)
-                deleted = _deleted_ranges(record, lo, hi)
-                if keys is None and deleted:
-                    keys = []  # only a range delete met the watched range
-                if keys is not None:
-                    listed = keys if record.keys is not None else None
-                    yield Change(record.version, record.time, listed, deleted)
+                change = _change_of(record, lo, hi)
+                if change is not None:
+                    yield change
             await asyncio.sleep(interval)
 
     async def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
@@ -474,46 +710,89 @@ class Store:
         writers opened it with) and this store's `StoreOptions.segment_grace_period`.
         A `grace_period` shorter than the recorded one raises
         `GracePeriodTooShortError`: a writer may still commit a segment that old.
+
+        On a partitioned store, each live partition is collected in turn (each
+        deletes only under its own prefix; a partition retired by a split is
+        never collected), and the reports are added up.
         """
+        if self._partitioned:
+            await self._router.reload()
+            reports = [await e.gc(grace_period=grace_period, dry_run=dry_run) for e in self._router.all_engines()]
+            return merge_gc_reports(reports)
         return await self._engine.gc(grace_period=grace_period, dry_run=dry_run)
 
     async def refresh(self) -> int:
-        """Fetch the latest manifest now (one conditional GET); returns its version."""
+        """Fetch the latest manifest now (one conditional GET); returns its version
+        (on a partitioned store: the map and every partition's, `version`)."""
+        if self._partitioned:
+            await self._router.reload()
+            await gather_all(e.refresh() for e in self._router.all_engines())
+            return self.version
         return (await self._engine.refresh()).version
 
     async def describe(self) -> StoreInfo:
-        """What the latest manifest says about the store (one conditional GET)."""
-        manifest = (await self._engine.latest_view()).manifest
+        """What the latest manifest says about the store (one conditional GET).
+
+        On a partitioned store, the partitions' figures added up (one conditional
+        GET each): `version` as `Store.version`, `oldest_readable_version` the
+        lowest, `commit_log_length` the sum, `partitions` their number.
+        """
+        if not self._partitioned:
+            manifests = [(await self._engine.latest_view()).manifest]
+        else:
+            await self._router.reload()
+            manifests = await gather_all(e.refresh() for e in self._router.all_engines())
+        segments = [ref for m in manifests for ref in m.segments]
         levels: dict[int, int] = {}
-        for ref in manifest.segments:
+        for ref in segments:
             levels[ref.level] = levels.get(ref.level, 0) + 1
+        first = manifests[0]
         return StoreInfo(
             url=self.url,
-            store_id=manifest.store_id,
-            created=manifest.created,
-            version=manifest.version,
-            oldest_readable_version=manifest.history_floor,
-            segments=sum(max(r.parts, 1) for r in manifest.segments),
-            segment_bytes=sum(r.size for r in manifest.segments),
-            entries=sum(r.count for r in manifest.segments),
+            store_id=self.store_id,
+            created=min(m.created for m in manifests),
+            version=sum(m.version for m in manifests),
+            oldest_readable_version=min(m.history_floor for m in manifests),
+            segments=sum(max(r.parts, 1) for r in segments),
+            segment_bytes=sum(r.size for r in segments),
+            entries=sum(r.count for r in segments),
             segments_per_level=levels,
-            commit_log_length=len(manifest.log),
-            values=manifest.settings.get("values") or "bytes",
-            sorted_runs=sum(r.is_run for r in manifest.segments),
-            last_compaction_write_amplification=_last_write_amplification(manifest),
+            commit_log_length=sum(len(m.log) for m in manifests),
+            values=first.settings.get("values") or "bytes",
+            sorted_runs=sum(r.is_run for r in segments),
+            last_compaction_write_amplification=_last_write_amplification(first),
+            partitions=len(manifests),
         )
 
     def statistics(self) -> dict[str, Any]:
-        """Counters: object-store requests by kind, cache use, commits and conflicts."""
-        return self._engine.statistics()
+        """Counters: object-store requests by kind, cache use, commits and conflicts
+        (on a partitioned store, the partitions' added up: they share one connection pool)."""
+        stats = self._engine.statistics()
+        if self._partitioned:
+            others = [e.statistics() for e in self._router.all_engines()[1:]]
+            for name in ("commits", "transactions_committed", "conflicts", "cas_retries", "ambiguous_commits_resolved"):
+                stats[name] += sum(o[name] for o in others)
+            for name in ("bytes", "hits", "misses"):
+                stats["cache"][name] += sum(o["cache"][name] for o in others)
+            stats["version"] = self.version
+        return stats
 
     async def verify(self) -> VerifyReport:
         """Read and check every object the latest version references.
 
         Costs one GET of the manifest, one per sorted run object and one or more
         per segment (ranged for large ones), bypassing the caches, one segment at
-        a time. Damaged objects are reported, not raised.
+        a time. Damaged objects are reported, not raised. A partitioned store's
+        partitions are verified one after the other, into one report.
         """
+        if self._partitioned:
+            await self._router.reload()
+            reports = [await e.verify() for e in self._router.all_engines()]
+            merged = VerifyReport(sum(r.version for r in reports))
+            for r in reports:
+                merged.objects_checked += r.objects_checked
+                merged.damaged.update(r.damaged)
+            return merged
         return await self._engine.verify()
 
     async def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
@@ -533,6 +812,11 @@ class Store:
             from .dask import sub_compactions_on
 
             run = sub_compactions_on(client, StoreAddress(self.url, self._s3, self.options))
+        if self._partitioned:
+            if client is not None:
+                raise ValidationError(f"{self.url} is partitioned: compact it without client=")
+            await self._router.reload()
+            return [r for e in self._router.all_engines() for r in await e.compact(full=full)]
         return await self._engine.compact(full=full, run=run)
 
     async def close(self) -> None:
@@ -542,7 +826,7 @@ class Store:
         is invisible (an orphan segment for garbage collection). Requests in
         flight (prefetches, refreshes) are waited for, within their deadline.
         """
-        await self._engine.close()
+        await self._router.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -553,10 +837,13 @@ class Store:
         await self.close()
 
     def __del__(self) -> None:
-        engine = getattr(self, "_engine", None)
-        if engine is None or engine.closed or engine.forked:
+        router = getattr(self, "_router", None)
+        if router is None:
+            return
+        engine = router.first
+        if engine.closed or engine.forked:
             return  # in a forked child the engine is the parent's, to close there
-        in_flight = engine.commits_in_flight()
+        in_flight = sum(e.commits_in_flight() for e in router.all_engines())
         if not in_flight:
             warnings.warn(
                 f"{self!r} was never closed; use `async with kvstore.open(...)`", ResourceWarning, stacklevel=1
@@ -570,6 +857,36 @@ class Store:
         )
         _log.error(message)  # lost writes must be seen: a ResourceWarning is hidden by default
         warnings.warn(message, ResourceWarning, stacklevel=1)
+
+
+async def watch_partitions(
+    router: Router, lo: bytes | None, hi: bytes | None, interval: float
+) -> AsyncIterator[Change]:
+    """`Store.watch` on a partitioned store: every partition meeting [lo, hi) polled."""
+    await router.reload()
+    await gather_all(e.refresh() for _, e in router.route(lo, hi))
+    last = {p.pid: e.manifest.version for p, e in router.route(lo, hi)}
+    while True:
+        await router.reload()
+        parts = router.route(lo, hi)
+        live = {p.pid for p, _ in parts}
+        # A partition split since the last poll: its log is final (sealed), so one more read
+        # of it yields its last commits, then its successors take over.
+        parts = [(Partition(pid, b"", None), await router.engine_of(pid)) for pid in last if pid not in live] + parts
+        for part, _ in parts:
+            last.setdefault(part.pid, 0)  # a split's successor: from its first commit
+        records = await gather_all(e.commits_after(last[p.pid]) for p, e in parts)
+        for pid in [pid for pid in last if pid not in live]:
+            del last[pid]
+        for (part, _), found in zip(parts, records, strict=True):
+            for record in found:
+                last[part.pid] = record.version
+                if any(t is not None and "split_from" in t for t in (record.meta or {}).get("txns") or ()):
+                    continue  # the split's copy of what the old partition held
+                change = _change_of(record, lo, hi, part.pid)
+                if change is not None:
+                    yield change
+        await asyncio.sleep(interval)
 
 
 class StoreOpener:
@@ -608,6 +925,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     aws_session_token: str | None = None,
     s3_options: S3Options | None = None,
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+    split_keys: Iterable[str | bytes] | None = None,
 ) -> StoreOpener:
     """Open the store at `url`, creating it if it does not exist (unless `create=False`).
 
@@ -627,6 +945,12 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     then gets CodecMismatchError for its writes if they do not fit).
     `wrap_object_store` wraps the backend (used to inject faults in tests).
 
+    `split_keys` makes a new store with key-range partitions, one starting at
+    each key (and one before them all): each partition commits with a manifest
+    of its own, so their commit rates add up (docs/scaling.md). For a store
+    that exists they must be boundaries it has (ValidationError otherwise);
+    `Store.split` adds one later.
+
     Opening costs one GET of the manifest, plus, the first time a process
     opens a store for writing, two or three PUTs that prove the endpoint
     honours conditional writes (and one manifest PUT when an empty store
@@ -645,22 +969,31 @@ def open(  # noqa: A001 - mirrors the builtin on purpose, like aiosqlite.connect
     )
     location = parse_url(url, s3)
     store_options = options or StoreOptions()
+    keys = None if split_keys is None else encode_keys(split_keys, store_options.max_key_bytes)
 
     async def open_store() -> Store:
-        engine = await open_engine(
-            location,
-            store_options,
-            create=create,
-            read_only=read_only,
-            # "raw" chooses no codec: a store it creates records bytes, as without values=.
-            new_settings={"values": "bytes" if values in (None, "raw") else values},
-            adopt_settings={} if values in (None, "raw") else {"values": values},
-            wrap_object_store=wrap_object_store,
-        )
+        backend = location.objects if wrap_object_store is None else wrap_object_store(location.objects)
+        objects = RetryingObjectStore(backend, store_options.retry)
         try:
-            return Store(engine, value_mode(engine.manifest.settings.get("values"), values, location.url), s3)
+            router = await open_router(
+                location,
+                store_options,
+                objects,
+                create=create,
+                read_only=read_only,
+                split_keys=keys,
+                # "raw" chooses no codec: a store it creates records bytes, as without values=.
+                new_settings={"values": "bytes" if values in (None, "raw") else values},
+                adopt_settings={} if values in (None, "raw") else {"values": values},
+            )
         except BaseException:
-            await engine.close()
+            await objects.close()
+            raise
+        try:
+            recorded = router.first.manifest.settings.get("values")
+            return Store(router, value_mode(recorded, values, location.url), s3)
+        except BaseException:
+            await router.close()
             raise
 
     return StoreOpener(open_store)

@@ -38,7 +38,7 @@ from ._nesting import Scope, enter, leave
 from ._objectstore import ObjectStore, RetryPolicy, S3Options
 from ._options import StoreOptions
 from ._snapshot import Snapshot
-from ._store import Change, CommitInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
+from ._store import Change, CommitInfo, PartitionInfo, Store, StoreInfo, StoreOpener, open  # noqa: A004 - mirrors the builtin, like aiosqlite.connect
 from ._tags import Tag
 from ._transaction import TransactAttempts, Transaction
 
@@ -571,6 +571,16 @@ class SyncStore(MutableMapping[bytes, Any]):
         job = runner.run(store.distributed_write(meta=meta, chunk_bytes=chunk_bytes))
         return SyncDistributedWrite(job, runner)
 
+    def split(self, key: str | bytes) -> list[PartitionInfo]:
+        """Blocking form of `Store.split`."""
+        store, runner = self._live()
+        return runner.run(store.split(key))
+
+    def partitions(self) -> list[PartitionInfo]:
+        """Blocking form of `Store.partitions`."""
+        store, runner = self._live()
+        return runner.run(store.partitions())
+
     def compact(self, *, full: bool = False, client: Any = None) -> list[CompactionResult]:
         """Blocking form of `Store.compact`."""
         store, runner = self._live()
@@ -675,6 +685,7 @@ def open_sync(
     aws_session_token: str | None = None,
     s3_options: S3Options | None = None,
     wrap_object_store: Callable[[ObjectStore], ObjectStore] | None = None,
+    split_keys: Iterable[str | bytes] | None = None,
 ) -> SyncStore:
     """Open a store for blocking use; the arguments are those of `kvstore.open`.
 
@@ -698,6 +709,7 @@ def open_sync(
             aws_session_token=aws_session_token,
             s3_options=s3_options,
             wrap_object_store=wrap_object_store,
+            split_keys=split_keys,
         )
 
     first = opener()  # checks the arguments before a thread is started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,3 +36,16 @@ async def run_bounded(fn: Callable[[T], Awaitable[R]], items: Sequence[T], concu
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def gather_all(awaitables: Iterable[Awaitable[R]]) -> list[R]:
+    """Await all concurrently (one alone is simply awaited); results in order. The first
+    failure cancels the others, as in `run_bounded`."""
+    items = list(awaitables)
+    if len(items) == 1:
+        return [await items[0]]
+    return await run_bounded(_identity, items, len(items))
+
+
+async def _identity(awaitable: Awaitable[R]) -> R:
+    return await awaitable

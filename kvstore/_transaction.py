@@ -14,12 +14,23 @@ from . import _ttl as ttl_module
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, encode_value, key_range
 from ._commit import CommitRequest
 from ._engine import Engine
-from ._errors import ConflictError, ReadOnlyError, TransactionStateError, TransactionTooLargeError, ValidationError
+from ._errors import (
+    ConflictError,
+    PartitionMovedError,
+    ReadOnlyError,
+    TransactionStateError,
+    TransactionTooLargeError,
+    ValidationError,
+)
 from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._operands import ADD, MAX, MIN, Operands, checked_operand, codec_of, combine, resolve, stacks
+from ._partition_map import Partition
 from ._ranges import KeyRange, in_ranges, normalized
+from ._router import MAX_REDIRECTS, Router
 from ._segment import Value, value_size
 from ._snapshot import SnapshotView
+from ._tasks import gather_all
+from ._two_phase import commit_across
 from ._value_refs import REF_BYTES, ValueRef
 
 _OPEN, _COMMITTING, _COMMITTED, _DISCARDED = "open", "committing", "committed", "discarded"
@@ -51,21 +62,24 @@ class Transaction:
     plus a manifest PUT for a larger one, shared with concurrent transactions.
     """
 
-    def __init__(self, engine: Engine, values: ValueMode, meta: dict[str, Any] | None = None) -> None:
-        self._engine = engine
+    def __init__(self, router: Router, values: ValueMode, meta: dict[str, Any] | None = None) -> None:
+        self._router = router
+        self._engine = engine = router.first
         self._url = engine.url
-        self._store_id = engine.store_id
+        self._store_id = router.store_id
         self._scope: Scope | None = None
         self._read_only = engine.read_only
         self._options = engine.options
         self._values = values
         self._meta = meta
         self.id: bytes = engine.new_txn_id()
-        self._view: SnapshotView | None = None
+        # Per partition read (by id): its view (taken on first use), engine and read set.
+        self._views: dict[str, SnapshotView] = {}
+        self._engines: dict[str, Engine] = {}
+        self._read_keys: dict[str, set[bytes]] = {}
+        self._read_ranges: dict[str, list[tuple[bytes, bytes | None]]] = {}
         self._started = time.monotonic()
         self._state = _OPEN
-        self._read_keys: set[bytes] = set()
-        self._read_ranges: list[tuple[bytes, bytes | None]] = []
         self._writes: dict[bytes, Value] = {}
         self._write_bytes = 0
         self._range_deletes: list[KeyRange] = []  # joined, sorted; the writes above come after them
@@ -73,8 +87,10 @@ class Transaction:
 
     @property
     def read_version(self) -> int | None:
-        """The store version this transaction reads, once it has read anything."""
-        return None if self._view is None else self._view.version
+        """The store version this transaction reads, once it has read anything (on a
+        partitioned store: the version of the first partition it read; versions are
+        per partition)."""
+        return next((v.version for v in self._views.values()), None)
 
     async def get(self, key: str | bytes, default: Any = None) -> Any:
         """The value of `key` as of the snapshot (or as this transaction wrote it)."""
@@ -84,8 +100,9 @@ class Transaction:
         if written or (self._range_deletes and in_ranges(k, self._range_deletes)):
             raw = self._own(k, None)  # decided here: nothing stored decides it, so it is no read
         else:
-            view = await self._snapshot()
-            self._read_keys.add(k)
+            part, engine = self._router.engine_for(k)
+            view = await self._snapshot(part, engine)
+            self._read_keys[part.pid].add(k)
             raw = self._own(k, await view.get(k))
         return default if raw is None else decode_value(raw, self._values, k, self._url)
 
@@ -101,10 +118,18 @@ class Transaction:
             k for k in ks if (k not in self._writes or stacks(self._writes[k])) and not (own and in_ranges(k, own))
         ]
         read: dict[bytes, bytes | None] = {}
-        if unwritten:
-            view = await self._snapshot(unwritten)
-            self._read_keys.update(unwritten)
-            read = dict(zip(unwritten, await view.get_many(unwritten), strict=True))
+        groups: dict[str, tuple[Partition, Engine, list[bytes]]] = {}
+        for k in unwritten:
+            part, engine = self._router.engine_for(k)
+            groups.setdefault(part.pid, (part, engine, []))[2].append(k)
+
+        async def read_group(part: Partition, engine: Engine, group: list[bytes]) -> None:
+            view = await self._snapshot(part, engine, group)
+            self._read_keys[part.pid].update(group)
+            read.update(zip(group, await view.get_many(group), strict=True))
+
+        # Partitions in parallel: each a conditional GET of its manifest, then its reads.
+        await gather_all(read_group(*g) for g in groups.values())
         values, url = self._values, self._url
         raws = [self._own(k, read.get(k)) for k in ks]
         return [default if raw is None else decode_value(raw, values, k, url) for k, raw in zip(ks, raws, strict=True)]
@@ -222,58 +247,141 @@ class Transaction:
         if limit is not None and limit < 0:
             raise ValidationError(f"limit must be >= 0, not {limit}")
         lo, hi = key_range(self._options.max_key_bytes, prefix, start, end)
-        view = await self._snapshot()
-        own = sorted((k, v) for k, v in self._writes.items() if (lo is None or k >= lo) and (hi is None or k < hi))
-        if reverse:
-            own.reverse()
-        stored = view.scan(lo, hi, reverse=reverse)
-        if self._range_deletes:
-            stored = _outside(stored, list(self._range_deletes))
-        # The read set grows before each pair is handed out, not when the
-        # iteration ends: an abandoned async generator is finalised late.
-        slot = len(self._read_ranges)
-        self._read_ranges.append((lo or b"", lo or b""))
-        count = 0
         if limit == 0:
             return
-        async for key, raw in _overlay(stored, own, reverse, self._own):
-            self._read_ranges[slot] = (key, hi) if reverse else (lo or b"", key + b"\x00")
-            if raw is None:
-                continue
-            count += 1
-            yield key, decode_value(raw, self._values, key, self._url)
-            if limit is not None and count >= limit:
-                return
-        self._read_ranges[slot] = (lo or b"", hi)
+        parts = self._router.route(lo, hi)
+        if reverse:
+            parts.reverse()
+        count = 0
+        # Partitions hold disjoint ranges in key order: one after the other is key order.
+        for part, engine in parts:
+            plo, phi = part.clip(lo, hi)
+            view = await self._snapshot(part, engine)
+            own = sorted(
+                (k, v) for k, v in self._writes.items() if (plo is None or k >= plo) and (phi is None or k < phi)
+            )
+            if reverse:
+                own.reverse()
+            stored = view.scan(plo, phi, reverse=reverse)
+            if self._range_deletes:
+                stored = _outside(stored, list(self._range_deletes))
+            # The read set grows before each pair is handed out, not when the
+            # iteration ends: an abandoned async generator is finalised late.
+            ranges = self._read_ranges[part.pid]
+            slot = len(ranges)
+            ranges.append((plo or b"", plo or b""))
+            async for key, raw in _overlay(stored, own, reverse, self._own):
+                ranges[slot] = (key, phi) if reverse else (plo or b"", key + b"\x00")
+                if raw is None:
+                    continue
+                count += 1
+                yield key, decode_value(raw, self._values, key, self._url)
+                if limit is not None and count >= limit:
+                    return
+            ranges[slot] = (plo or b"", phi)
 
     async def commit(self) -> int | None:
         """Commit; returns the version committed at, or None for a read-only transaction.
 
         Raises ConflictError if another commit changed what this transaction read.
+        On a partitioned store versions are per partition: the version returned is
+        that of the partition written (of the highest one, for a transaction that
+        writes several), and a read-only transaction that read several partitions
+        checks, before returning, that none of them changed what it read (one
+        conditional GET per partition, in parallel).
         """
         self._check_open()
         if not self._writes and not self._range_deletes:
+            if len(self._views) > 1:
+                self._state = _COMMITTING
+                try:
+                    await gather_all(
+                        self._router.validate(self._engines[p], v.version, self._read_keys[p], self._read_ranges[p])
+                        for p, v in self._views.items()
+                    )
+                finally:
+                    self._state = _DISCARDED
             self._state = _COMMITTED
             return None
         self._state = _COMMITTING
-        view = self._view
-        request = CommitRequest(
-            txn_id=self.id,
-            read_version=None if view is None else view.version,
-            started=self._started,
-            read_keys=self._read_keys,
-            read_ranges=self._read_ranges,
-            writes=self._writes,
-            values=self._values,
-            meta=self._meta,
-            range_deletes=list(self._range_deletes),
-        )
         try:
-            self.committed_version = await self._engine.commit(request)
+            self.committed_version = await self._commit_writes()
         finally:
             self._state = _COMMITTED if self.committed_version is not None else _DISCARDED
         note_commit(self._store_id, self)
         return self.committed_version
+
+    async def _commit_writes(self) -> int:
+        for _ in range(MAX_REDIRECTS):
+            groups: dict[str, tuple[Partition, Engine, dict[bytes, Value], list[KeyRange]]] = {}
+            for key, value in self._writes.items():
+                part, engine = self._router.engine_for(key)
+                groups.setdefault(part.pid, (part, engine, {}, []))[2][key] = value
+            for lo, hi in self._range_deletes:  # each range cut at the partitions' boundaries
+                for part, engine in self._router.route(lo, hi):
+                    start, end = part.clip(lo, hi)
+                    assert start is not None, "a range delete has a start"
+                    groups.setdefault(part.pid, (part, engine, {}, []))[3].append((start, end))
+            touched = {*groups, *self._engines}
+            if len(touched) > 1:
+                return await self._commit_across(groups)
+            ((pid, (_, engine, writes, ranges)),) = groups.items()
+            try:
+                return await engine.commit(self._request(pid, writes, ranges))
+            except PartitionMovedError:
+                if self._views:
+                    raise  # its reads were of the sealed partition: only a retry can check them
+                await self._router.redirect(pid)  # blind writes: follow the split and route again
+        raise PartitionMovedError(f"the partitions of {self._url} kept splitting under this commit; retry it")
+
+    async def _commit_across(
+        self, groups: dict[str, tuple[Partition, Engine, dict[bytes, Value], list[KeyRange]]]
+    ) -> int:
+        """Commit writes (and reads) spanning partitions: all or none (`_two_phase`).
+
+        An intent holds written keys only, so a range delete here becomes a read of the
+        range (at this transaction's view of the partition) and a delete of every key the
+        range holds: serializable as the range delete is (a commit into the range after
+        that view conflicts), at the cost of a scan of the range."""
+        for part, engine, writes, ranges in groups.values():
+            if ranges:
+                await self._delete_keys_in(part, engine, writes, ranges)
+        pids = sorted({*groups, *self._engines})
+        parts = [
+            (self._engines.get(p) or groups[p][1], self._request(p, groups[p][2] if p in groups else {}, []))
+            for p in pids
+        ]
+        versions = await commit_across(parts, self._router.decisions())
+        return max(versions)
+
+    async def _delete_keys_in(
+        self, part: Partition, engine: Engine, writes: dict[bytes, Value], ranges: list[KeyRange]
+    ) -> None:
+        """Turn the range deletes `ranges` of partition `part` into `writes` of their keys:
+        a tombstone for each key its view holds there, and the transaction's own atomic
+        operands there resolved on nothing (the range delete came before them)."""
+        view = await self._snapshot(part, engine)
+        for start, end in ranges:
+            self._read_ranges[part.pid].append((start, end))
+            async for key, _ in view.scan(start, end):
+                writes.setdefault(key, None)
+        for key, value in writes.items():
+            if stacks(value) and in_ranges(key, ranges):
+                writes[key] = combine(None, value, self._codec)
+
+    def _request(self, pid: str, writes: dict[bytes, Value], ranges: list[KeyRange]) -> CommitRequest:
+        view = self._views.get(pid)
+        return CommitRequest(
+            txn_id=self.id,
+            read_version=None if view is None else view.version,
+            started=self._started,
+            read_keys=self._read_keys.get(pid, set()),
+            read_ranges=self._read_ranges.get(pid, []),
+            writes=writes,
+            values=self._values,
+            meta=self._meta,
+            range_deletes=ranges,
+        )
 
     def discard(self) -> None:
         """Drop the buffered writes. The transaction cannot be used afterwards."""
@@ -312,13 +420,21 @@ class Transaction:
         _log.error(message)
         warnings.warn(message, ResourceWarning, stacklevel=1)
 
-    async def _snapshot(self, keys: Sequence[bytes] = ()) -> SnapshotView:
-        """The transaction's view, taken on first use (with the index reads of `keys` under
-        way meanwhile, `Engine.latest_view_for`)."""
-        if self._view is None:
-            self._view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
-            self._started = time.monotonic()
-        return self._view
+    async def _snapshot(self, part: Partition, engine: Engine, keys: Sequence[bytes] = ()) -> SnapshotView:
+        """The transaction's view of partition `part`, taken on first use (with the index
+        reads of `keys` under way meanwhile, `Engine.latest_view_for`)."""
+        view = self._views.get(part.pid)
+        if view is None:
+            view = await self._router.latest_view(part, engine, keys)
+            if part.pid in self._views:  # taken meanwhile by a concurrent read of this transaction
+                return self._views[part.pid]
+            if not self._views:
+                self._started = time.monotonic()
+            self._views[part.pid] = view
+            self._engines[part.pid] = engine
+            self._read_keys[part.pid] = set()
+            self._read_ranges[part.pid] = []
+        return view
 
     def _delete_range(self, start: bytes, end: bytes | None) -> None:
         if self._read_only:

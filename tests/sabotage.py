@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvstore import _commit
+from kvstore import _commit, _two_phase
 
 
 def no_conflict_check() -> None:
@@ -21,7 +21,7 @@ def no_conflict_check() -> None:
     commits since the read version, nor within the batch, no age limit.
     """
 
-    def admit_everything(self: Any, requests: list[Any], base: Any, *, check_age: bool) -> list[Any]:
+    def admit_everything(self: Any, requests: list[Any], base: Any, *args: Any, check_age: bool) -> list[Any]:
         return list(requests)
 
     _commit.Committer._admit = admit_everything  # type: ignore[method-assign]
@@ -39,3 +39,14 @@ def no_ambiguity_resolution() -> None:
         return None
 
     _commit.Committer._find_own_commit = never_found  # type: ignore[method-assign]
+
+
+def every_intent_committed() -> None:
+    """Read every cross-partition intent as committed, whatever its decision object says
+    (or whether there is one): aborted and undecided transfers show, and resolve, in the
+    partitions where they prepared."""
+
+    async def committed(self: Any, name: str) -> str:
+        return "committed"
+
+    _two_phase.Decisions.outcome = committed  # type: ignore[method-assign,assignment]

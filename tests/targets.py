@@ -48,6 +48,11 @@ def engine_of(db: kvstore.Store) -> Engine:
     return db._engine
 
 
+def engines_of(db: kvstore.Store) -> list[Engine]:
+    """The engines of every live partition of a store, in key order (one for a store never split)."""
+    return db._router.all_engines()
+
+
 # How far `gc_later` moves GC's clock on: far beyond any grace period a test uses.
 LATER = 100_000_000.0  # about three years
 
@@ -60,15 +65,18 @@ async def gc_later(db: kvstore.Store, *, dry_run: bool = False) -> kvstore.GcRep
     Two passes with GC's clock moved on: the first (a real one) marks what is unreferenced,
     the second, LATER after it, deletes (or with `dry_run`, would delete) what was marked.
     """
-    engine = engine_of(db)
-    real = engine.wall_clock
+    engines = engines_of(db)  # every partition's GC, on a partitioned store
+    real = engines[0].wall_clock
     try:
-        engine.wall_clock = lambda: real() + LATER
+        for engine in engines:
+            engine.wall_clock = lambda: real() + LATER
         await db.gc()
-        engine.wall_clock = lambda: real() + 2 * LATER
+        for engine in engines:
+            engine.wall_clock = lambda: real() + 2 * LATER
         return await db.gc(dry_run=dry_run)
     finally:
-        engine.wall_clock = real
+        for engine in engines:
+            engine.wall_clock = real
 
 
 async def make_orphans(engine: Engine, count: int) -> set[str]:

@@ -429,6 +429,44 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
 
 
 @pytest.mark.timeout(240)
+async def test_cross_partition_bank_campaign_finds_no_anomalies(durable_target: Target, tmp_path: Path) -> None:
+    """bank-xp: transfers across 4 partitions (two-phase commits), faults, SIGKILLs."""
+    config = _campaign(
+        durable_target,
+        tmp_path / "campaign",
+        workloads=("bank-xp",),
+        accounts=16,
+        txns=160 if durable_target.kind == "s3" else 300,
+    )
+    result: CampaignResult = await asyncio.to_thread(run_campaign, config)
+    report = format_summary(result)
+    assert result.ok, report
+    xp = result.workloads["bank-xp"]
+    assert xp["invoked"] == config.txns and xp["ok"] > 0 and xp["fail"] > 0, report
+    assert xp["cross_partition"] >= 0.3 * xp["invoked"], report
+    assert xp["audits"] > 0 and xp["final_total"] == config.accounts * 100, report
+    assert result.kills >= 1, report
+
+
+async def test_campaign_catches_intents_read_without_their_decision(tmp_path: Path) -> None:
+    config = CampaignConfig(
+        url=f"file://{tmp_path / 'store'}",
+        processes=2,
+        tasks=4,
+        txns=200,
+        faults=False,
+        kills=False,
+        workloads=("bank-xp",),
+        accounts=16,
+        worker_setup="sabotage:every_intent_committed",
+        workdir=str(tmp_path / "campaign"),
+    )
+    result = await asyncio.to_thread(run_campaign, config)
+    assert not result.ok
+    assert {a["kind"] for a in result.anomalies} & {"audit", "final-total"}, format_summary(result)
+
+
+@pytest.mark.timeout(240)
 async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
     s3_bucket: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -196,6 +196,7 @@ def test_cli_on_local_filesystem(tmp_path: Path) -> None:
         "history",
         "tag",
         "compact",
+        "split",
         "gc",
         "verify",
         "export",
@@ -826,6 +827,7 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "add": ["add", url, "n", "1"],
         "max": ["max", url, "n", "5"],
         "min": ["min", url, "n", "2"],
+        "split": ["split", url, "m"],  # last: on a partitioned store, watch --since is refused
     }
     commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
     assert set(calls) == commands
@@ -1036,3 +1038,23 @@ def test_put_with_a_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     now[0] += 60
     invoke(monkeypatch, "get", "./s", "session").one_line_error(3, "not found")
     invoke(monkeypatch, "put", "./s", "k", "v", "--ttl", "0").one_line_error(2, "ttl must be")
+
+
+def test_split_adds_a_partition_and_info_lists_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "s")
+    invoke(monkeypatch, "init", url).ok()
+    invoke(monkeypatch, "put", url, "apple", "1").ok()
+    invoke(monkeypatch, "put", url, "pear", "2").ok()
+    assert [p["start"] for p in invoke(monkeypatch, "split", url, "m", "--json").json()] == [
+        {"key": ""},
+        {"key": "m"},
+    ]
+    info = invoke(monkeypatch, "info", url).ok().text
+    assert "partitions" in info and "[(start), m) version 1" in info and "[m, (end)) version 1" in info
+    doc = invoke(monkeypatch, "info", url, "--json").json()
+    assert [(p["start"], p["end"], p["version"]) for p in doc["partitions"]] == [
+        ({"key": ""}, {"key": "m"}, 1),
+        ({"key": "m"}, None, 1),
+    ]
+    assert doc["keys"]["count"] == 2
+    assert invoke(monkeypatch, "get", url, "pear").ok().text == "2"

@@ -429,6 +429,8 @@ _FIRST_CALLS: dict[str, Callable[[kvstore.SyncStore], object]] = {
     "refresh": lambda db: db.refresh(),
     "transact": lambda db: db.transact(_increment),
     "distributed_write": lambda db: db.distributed_write().job.job_id,
+    "partitions": lambda db: db.partitions(),
+    "split": lambda db: db.split("x"),
 }
 
 

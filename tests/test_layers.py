@@ -30,6 +30,7 @@ FORMATS = {
     "_errors",
     "_version",
     "_value_refs",
+    "_partition_map",
 }
 # What a format module may import from the package.
 FORMAT_MAY_IMPORT = FORMATS

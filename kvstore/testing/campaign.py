@@ -25,6 +25,14 @@ under ``--url`` (``<url>/list-append``, ``<url>/bank``, ``<url>/counter``,
 * **atomic-counter**: blind atomic adds (`Transaction.add`) of random amounts
   to a few counters; never a conflict, and each final value must be the sum
   of the acknowledged adds plus the sum of some subset of the unknown ones.
+* **bank-xp** (not in ``all``; ``--workload bank-xp``): the bank over
+  `XP_PARTITIONS` partitions of one store root (`kvstore.testing.partitions`,
+  at the engine level), account i in partition i % `XP_PARTITIONS`: most
+  transfers span two partitions and commit with the two-phase protocol
+  (`kvstore._two_phase.commit_across`). Audits read every partition and
+  validate (`Engine.changed_since`) as a read-only transaction across
+  partitions does; every validated audit and the final state (after resolving
+  every decided intent) must sum to the total, none negative.
 
 With ``--faults on`` every process's object store is wrapped in a
 `FaultInjectingStore` (`FAULT_RULES`: errors, 409s, timeouts, lost responses
@@ -87,13 +95,20 @@ from pathlib import Path
 from typing import Any
 
 import kvstore
+from kvstore._engine import Engine
+from kvstore._two_phase import commit_across
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
 from kvstore.testing.netproxy import FaultProxy, NetRule
+from kvstore.testing.partitions import Parts, open_parts, read_validated, request
 
 WORKLOADS = ("list-append", "bank", "counter", "atomic-counter")
-_SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr", "atomic-counter": "actr"}
+EXTRA_WORKLOADS = ("bank-xp",)  # run only when named
+_SHORT = {"list-append": "la", "bank": "bank", "counter": "ctr", "atomic-counter": "actr", "bank-xp": "bxp"}
 _MAX_ATOMIC_ADD = 1000  # atomic-counter adds 1..this: sums then tell which unknown adds landed
+XP_PARTITIONS = 4
+# Undecided intents of a killed coordinator hold their keys this long (StoreOptions.intent_timeout).
+_XP_INTENT_TIMEOUT = 1.0
 
 # Injected per request when --faults on. Rates are per request and per
 # operation; `outage` starts a burst that fails the next `outage_length`
@@ -402,6 +417,84 @@ class BankClient(_Client):
         self.record(e="a", v=snap.version, sum=total, bad=[b for b in balances if not isinstance(b, int) or b < 0])
 
 
+class CrossBankClient(_Client):
+    """The bank across partitions, at the engine level (`bank-xp`)."""
+
+    name = "bank-xp"
+
+    def __init__(self, parts: Parts, journal: Journal, spec: WorkerSpec, ids: Iterator[int]) -> None:
+        super().__init__(None, journal, spec, ids)  # type: ignore[arg-type]  # no Store: engines
+        self.parts = parts
+
+    def _engine(self, account: int) -> Engine:
+        return self.parts.engines[account % len(self.parts.engines)]
+
+    async def run_one(self, rng: random.Random) -> None:
+        cfg = self.spec.config
+        a, b = rng.sample(range(cfg.accounts), 2)
+        amount = rng.randint(1, 30)
+        txn_id = self.next_id()
+        ea, eb = self._engine(a), self._engine(b)
+        self.record(e="i", id=txn_id, a=a, b=b, n=amount, x=ea is not eb)
+        reached_commit = False
+        failure: Exception | None = None
+        moved = False
+        try:
+            va = await ea.latest_view()
+            vb = va if eb is ea else await eb.latest_view()
+            ka, kb = _xp_account(a), _xp_account(b)
+            balance_a, balance_b = int(await va.get(ka) or b"0"), int(await vb.get(kb) or b"0")
+            moved = balance_a >= amount
+            if moved:
+                new_a, new_b = str(balance_a - amount).encode(), str(balance_b + amount).encode()
+                reached_commit = True
+                if ea is eb:
+                    await ea.commit(request(ea, va, {ka, kb}, {ka: new_a, kb: new_b}))
+                else:
+                    txn = ea.new_txn_id()
+                    await commit_across(
+                        [(ea, request(ea, va, {ka}, {ka: new_a}, txn)), (eb, request(eb, vb, {kb}, {kb: new_b}, txn))],
+                        self.parts.decisions,
+                    )
+        except Exception as exc:  # noqa: BLE001 - every exception is an outcome to record
+            failure = exc
+            if not isinstance(exc, kvstore.KvStoreError):
+                self.error(txn_id, exc)
+        status, why = txn_outcome(failure, reached_commit=reached_commit)
+        self.complete(txn_id, status, why, moved=moved)
+
+    async def audit(self) -> None:
+        """One audit across partitions, validated as a read-only transaction is."""
+        cfg = self.spec.config
+        try:
+            balances = await xp_balances(self.parts, cfg.accounts)
+        except kvstore.KvStoreError:
+            return  # injected faults; an audit that could not read proves nothing
+        if balances is None:  # a commit or a decision came between its reads: no consistent cut
+            self.record(e="a", torn=True)
+            return
+        self.record(e="a", sum=sum(balances), bad=[b for b in balances if b < 0])
+
+
+def _xp_account(i: int) -> bytes:
+    return f"acct/{i:04d}".encode()
+
+
+async def xp_balances(parts: Parts, accounts: int) -> list[int] | None:
+    """Every balance of the `bank-xp` store, read partition by partition and validated
+    (`Engine.changed_since`); None if a partition changed under the reads."""
+    n = len(parts.engines)
+    keys = [[_xp_account(i) for i in range(p, accounts, n)] for p in range(n)]
+    found = await read_validated(parts, keys)
+    if found is None:
+        return None
+    balances = [0] * accounts
+    for p, values in enumerate(found):
+        for i, raw in zip(range(p, accounts, n), values, strict=True):
+            balances[i] = int(raw or b"0")
+    return balances
+
+
 class CounterClient(_Client):
     """Read-increment-write of a few counters; the value read is recorded."""
 
@@ -529,6 +622,7 @@ class _Worker:
         self.faults = _FaultCounters()
         self.left = spec.quota  # transactions still to invoke
         self.stores: dict[str, kvstore.Store] = {}
+        self.parts: Parts | None = None  # bank-xp's partitions
         self.clients: list[_Client] = []
 
     async def run(self) -> None:
@@ -544,8 +638,11 @@ class _Worker:
     async def _start(self) -> None:
         cfg, spec = self.spec.config, self.spec
         for w in cfg.workloads:
-            self.stores[w] = await _open_with_retry(cfg, w, spec, self.faults.injectors)
-        self.clients = _make_clients(spec, self.stores, self.journal, self.low_hint)
+            if w == "bank-xp":
+                self.parts = await _open_parts_with_retry(cfg, spec, self.faults.injectors)
+            else:
+                self.stores[w] = await _open_with_retry(cfg, w, spec, self.faults.injectors)
+        self.clients = _make_clients(spec, self.stores, self.journal, self.low_hint, self.parts)
         self.journal.write({"e": "start", "slot": spec.slot, "inc": spec.incarnation, "pid": os.getpid()})
 
     async def _task(self, n: int) -> None:
@@ -562,9 +659,10 @@ class _Worker:
 
     async def _audit_until(self, stop: asyncio.Event) -> None:
         """Audit the bank every `_AUDIT_PAUSE` seconds until `stop` is set (if bank is a workload)."""
-        bank = next((c for c in self.clients if isinstance(c, BankClient)), None)
-        while bank is not None and not stop.is_set():
-            await bank.audit()
+        banks = [c for c in self.clients if isinstance(c, BankClient | CrossBankClient)]
+        while banks and not stop.is_set():
+            for bank in banks:
+                await bank.audit()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _AUDIT_PAUSE)
 
@@ -576,6 +674,8 @@ class _Worker:
                 client.recorder.to_jsonl(self.spec.journal + ".history")
         for db in self.stores.values():
             await db.close()
+        if self.parts is not None:
+            await self.parts.close()
         self.journal.write({"e": "done", "faults": self.faults.totals()})
         self.journal.close()
 
@@ -587,7 +687,9 @@ def _freeze_soon(delay: float) -> None:
     timer.start()
 
 
-def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal, low_hint: Any) -> list[_Client]:
+def _make_clients(
+    spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: Journal, low_hint: Any, parts: Parts | None = None
+) -> list[_Client]:
     """One client per workload, with transaction ids from this process's own range."""
     base = spec.incarnation * _IDS_PER_PROCESS
     ids = iter(range(base + _IDS_PER_PROCESS // 2, base + _IDS_PER_PROCESS))  # list-append takes the lower half
@@ -599,6 +701,9 @@ def _make_clients(spec: WorkerSpec, stores: dict[str, kvstore.Store], journal: J
             clients.append(BankClient(stores[w], journal, spec, ids))
         elif w == "atomic-counter":
             clients.append(AtomicCounterClient(stores[w], journal, spec, ids))
+        elif w == "bank-xp":
+            assert parts is not None
+            clients.append(CrossBankClient(parts, journal, spec, ids))
         else:
             clients.append(CounterClient(stores[w], journal, spec, ids))
     return clients
@@ -630,6 +735,38 @@ async def _open_with_retry(
             if attempt + 1 == _OPEN_ATTEMPTS:
                 raise  # the worker exits non-zero: reported as a finding
     raise AssertionError("unreachable")
+
+
+async def _open_parts_with_retry(cfg: CampaignConfig, spec: WorkerSpec, injectors: list[FaultInjectingStore]) -> Parts:
+    """Open the partitions of the bank-xp store (`_open_with_retry` for several engines);
+    each partition and the root get an injector of their own."""
+    inline = spec.incarnation % 2 == 1
+    options = dataclasses.replace(
+        store_options(inline=inline, target_segment_bytes=cfg.target_segment_bytes), intent_timeout=_XP_INTENT_TIMEOUT
+    )
+    s3 = dataclasses.replace(CAMPAIGN_S3, endpoint_url=spec.endpoint_url) if spec.endpoint_url else CAMPAIGN_S3
+    for attempt in range(_OPEN_ATTEMPTS):
+        wrap = _numbered_fault_wrapper(f"{cfg.seed}/{spec.incarnation}/bank-xp/{attempt}", inline, injectors)
+        try:
+            return await open_parts(
+                store_url(cfg.url, "bank-xp"),
+                XP_PARTITIONS,
+                options=options,
+                s3=s3,
+                create=False,
+                wrap=wrap if cfg.faults else None,
+                wrap_root=wrap if cfg.faults else None,
+            )
+        except kvstore.StoreUnavailableError:
+            if attempt + 1 == _OPEN_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _numbered_fault_wrapper(seed: str, inline: bool, injectors: list[FaultInjectingStore]) -> Callable[[Any], Any]:
+    """`_fault_wrapper` for several backends (partitions, root): each gets its own seed."""
+    numbers = iter(range(1 << 30))
+    return lambda inner: _fault_wrapper(f"{seed}/{next(numbers)}", inline, injectors)(inner)
 
 
 def _fault_wrapper(seed: str, inline: bool, injectors: list[FaultInjectingStore]) -> Callable[[Any], Any]:
@@ -712,12 +849,33 @@ def run_campaign(config: CampaignConfig) -> CampaignResult:
 async def _prepare_stores(config: CampaignConfig) -> None:
     """Create each workload's store (and the bank's accounts) before any worker starts."""
     for w in config.workloads:
+        if w == "bank-xp":
+            await _prepare_xp(config)
+            continue
         async with kvstore.open(store_url(config.url, w), values="msgpack", endpoint_url=config.endpoint_url) as db:
             if w == "bank":
                 async with db.transaction() as tx:
                     for i in range(config.accounts):
                         if await tx.get(f"acct/{i:04d}") is None:
                             tx.put(f"acct/{i:04d}", _INITIAL_BALANCE)
+
+
+async def _xp_parts(config: CampaignConfig, *, create: bool) -> Parts:
+    s3 = kvstore.S3Options(endpoint_url=config.endpoint_url) if config.endpoint_url else None
+    return await open_parts(store_url(config.url, "bank-xp"), XP_PARTITIONS, s3=s3, create=create)
+
+
+async def _prepare_xp(config: CampaignConfig) -> None:
+    parts = await _xp_parts(config, create=True)
+    try:
+        for p, engine in enumerate(parts.engines):
+            view = await engine.latest_view()
+            mine = [_xp_account(i) for i in range(config.accounts) if i % XP_PARTITIONS == p]
+            missing = {k: str(_INITIAL_BALANCE).encode() for k in mine if await view.get(k) is None}
+            if missing:
+                await engine.commit(request(engine, view, set(mine), dict[bytes, bytes | None](missing)))
+    finally:
+        await parts.close()
 
 
 @contextlib.contextmanager
@@ -923,6 +1081,9 @@ async def _check_workload(
     config: CampaignConfig, workload: str, records: list[dict[str, Any]], journals: list[str], result: CampaignResult
 ) -> None:
     """One workload's checks of its journal records and final state, then `verify` of its store."""
+    if workload == "bank-xp":
+        await _check_xp(config, records, result)
+        return
     async with kvstore.open(
         store_url(config.url, workload), values="msgpack", endpoint_url=config.endpoint_url, create=False
     ) as db:
@@ -1056,6 +1217,43 @@ async def _check_bank(
         "audits": len(audits),
         "audited_versions": len({a["v"] for a in audits}),
         "final_total": sum(final),
+    }
+
+
+async def _check_xp(config: CampaignConfig, records: list[dict[str, Any]], result: CampaignResult) -> None:
+    """bank-xp: validated audits and the final state sum to the total; every partition verifies."""
+    total = config.accounts * _INITIAL_BALANCE
+    audits = [r for r in records if r["e"] == "a" and not r.get("torn")]
+    for a in audits:
+        if a["sum"] != total or a["bad"]:
+            result.add("bank-xp", "audit", f"a validated audit sums to {a['sum']} (expected {total}); bad {a['bad']}")
+    parts = await _xp_parts(config, create=False)
+    try:
+        for engine in parts.engines:
+            await engine.resolve()  # decided intents of killed coordinators (undecided ones stay invisible)
+        final = await xp_balances(parts, config.accounts)
+        if final is None:
+            result.add("bank-xp", "final-total", "the final balances did not validate with no writer running")
+            final = []
+        elif sum(final) != total or any(b < 0 for b in final):
+            result.add("bank-xp", "final-total", f"final balances {final} sum to {sum(final)}, expected {total}")
+        verified = 0
+        for engine in parts.engines:
+            report = await engine.verify()
+            verified += report.objects_checked
+            for name, what in report.damaged.items():
+                result.add("bank-xp", "corruption", f"{name}: {what}")
+    finally:
+        await parts.close()
+    invoked, completed = _outcomes(records)
+    result.workloads["bank-xp"] = {
+        **_counts(invoked, completed),
+        "cross_partition": sum(1 for i in invoked.values() if i.get("x")),
+        "transfers_moved": sum(1 for c in completed.values() if c["s"] == "ok" and c.get("moved")),
+        "audits": len(audits),
+        "audits_torn": sum(1 for r in records if r["e"] == "a" and r.get("torn")),
+        "final_total": sum(final),
+        "objects_verified": verified,
     }
 
 
@@ -1200,7 +1398,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--faults", type=_on_off, default=True, metavar="on|off")
     p.add_argument("--kills", type=_on_off, default=True, metavar="on|off")
-    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--workload", choices=[*WORKLOADS, *EXTRA_WORKLOADS, "all"], default="all")
+    p.add_argument("--accounts", type=int, default=8, help="bank and bank-xp: accounts")
     p.add_argument("--duration-limit", type=float, default=300.0, help="seconds")
     p.add_argument("--kill-interval", type=float, default=3.0, help="mean seconds between SIGKILLs")
     p.add_argument("--max-kills", type=int, default=None, help="stop killing after this many SIGKILLs")
@@ -1249,6 +1448,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[CampaignConfig, str |
         net_faults=a.net_faults,
         kills=a.kills,
         workloads=workloads,
+        accounts=a.accounts,
         duration_limit=a.duration_limit,
         kill_interval=a.kill_interval,
         max_kills=a.max_kills,

@@ -1,0 +1,525 @@
+"""Key-range partitions under one face: the partition map and one engine per partition.
+
+A store opened without a partition map is one partition at the root layout, and
+the router only hands out that one engine. A split store has a map
+(`_partition_map`) naming the partition of every key range; the router opens
+one engine per live partition, all sharing one object store, and routes keys
+and ranges to them. Engines know nothing of each other or of the map.
+
+A split (`Router.split`) is online:
+
+1. seal the partition: a final settings commit recording `MOVED_SETTING`
+   (`{"at": key, "into": [left, right]}`), after which its committer refuses
+   every commit (`PartitionMovedError`), so a writer with a stale map never
+   commits there: its commit's CAS loses to the seal and the rebase refuses it;
+2. copy the sealed version's live pairs into the two successors (their own
+   segments, under their own prefixes; a successor never references a
+   predecessor's objects, so GC of any partition may delete what its own
+   manifest no longer references, and a retired partition is never collected);
+   each copy commits only on the successor as it was when the copy started
+   (`Engine.bulk_commit(read_version=...)`), so a late copier never overwrites
+   newer writes;
+3. CAS the map (read back on every 412 or lost answer: the map says whether
+   the split is already in it).
+
+Every step is idempotent and the seal names the successors, so whoever meets a
+sealed partition still listed in the map (a writer redirected mid-split, a
+splitter that died) finishes the split itself (`Router.redirect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from ._bulk import Batch
+from ._engine import Engine, open_engine
+from ._errors import ConflictError, ContentionError, PartitionMovedError, ValidationError
+from ._layout import Layout, new_object_id
+from ._manifest import MOVED_SETTING, Manifest
+from ._objectstore import ObjectNotFound, RetryingObjectStore
+from ._options import StoreOptions
+from ._partition_map import ROOT_PID, Partition, PartitionMap, check_split_keys
+from ._partition_map_store import PartitionMapStore
+from ._probe import check_conditional_writes
+from ._snapshot import SnapshotView
+from ._tasks import gather_all
+from ._two_phase import Decisions
+from ._url import Location
+
+# Pairs per batch when a split copies a partition's pairs into a successor.
+_COPY_BATCH = 1024
+# Seconds of commit times `PartitionInfo.commit_rate` looks back over.
+RATE_WINDOW = 60.0
+# Rounds of conditional GETs a snapshot of every partition takes before giving up.
+SNAPSHOT_ROUNDS = 50
+# Redirects one operation follows before giving up (each means a split finished meanwhile).
+MAX_REDIRECTS = 20
+
+
+class Router:
+    """The engines of one store's partitions and the map that routes keys to them."""
+
+    def __init__(
+        self,
+        location: Location,
+        options: StoreOptions,
+        objects: RetryingObjectStore,
+        maps: PartitionMapStore,
+        pmap: PartitionMap,
+        engines: dict[str, Engine],
+        *,
+        read_only: bool,
+        adopt_settings: Mapping[str, Any],
+        decisions: Decisions,
+    ) -> None:
+        self.location = location
+        self.options = options
+        self.objects = objects
+        self.root = Layout(location.prefix)
+        self._maps = maps
+        self.pmap = pmap
+        self.engines = engines
+        self.read_only = read_only
+        self._adopt = dict(adopt_settings)
+        self._redirecting: dict[str, asyncio.Future[None]] = {}
+        self._retired: list[Engine] = []  # closed with the store: their commits may still be finishing
+        # Every partition engine reads intents through it (one per opened store: one cache).
+        self._decisions = decisions
+
+    # ------------------------------------------------------------------ routing, no requests
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the store has a partition map (False: one partition at the root, as ever)."""
+        return self.pmap.version > 0
+
+    @property
+    def first(self) -> Engine:
+        """The engine of the first partition (the only one of a store never split)."""
+        return self.engines[self.pmap.partitions[0].pid]
+
+    @property
+    def store_id(self) -> str:
+        return self.pmap.store_id if self.partitioned else self.first.store_id
+
+    def layout_of(self, pid: str) -> Layout:
+        return self.root if pid == ROOT_PID else self.root.partition(pid)
+
+    def engine_for(self, key: bytes) -> tuple[Partition, Engine]:
+        part = self.pmap.partition_for(key)
+        return part, self.engines[part.pid]
+
+    def route(self, lo: bytes | None, hi: bytes | None) -> list[tuple[Partition, Engine]]:
+        """The partitions meeting [lo, hi), in key order, with their engines."""
+        return [(p, self.engines[p.pid]) for p in self.pmap.overlapping(lo, hi)]
+
+    def parts(self) -> list[tuple[Partition, Engine]]:
+        return [(p, self.engines[p.pid]) for p in self.pmap.partitions]
+
+    def all_engines(self) -> list[Engine]:
+        return [self.engines[p.pid] for p in self.pmap.partitions]
+
+    async def engine_of(self, pid: str) -> Engine:
+        """The engine of partition `pid`, live or retired (a tag may name a retired one)."""
+        return (
+            self.engines.get(pid)
+            or next((e for e in self._retired if e.layout == self.layout_of(pid)), None)
+            or await self._open_retired(pid)
+        )
+
+    async def _open_retired(self, pid: str) -> Engine:
+        engine = await open_engine(
+            self.location,
+            self.options,
+            create=False,
+            read_only=self.read_only,
+            new_settings={},
+            adopt_settings={},
+            layout=self.layout_of(pid),
+            objects=self.objects,
+            decisions=self._decisions,
+        )
+        self._retired.append(engine)
+        return engine
+
+    def decisions(self) -> Decisions:
+        """The store's `_two_phase.Decisions` (cross-partition commits): the one its engines
+        were opened with (one per opened store: its cache is shared)."""
+        return self._decisions
+
+    # ------------------------------------------------------------------ reads that follow splits
+
+    async def latest_view(self, part: Partition, engine: Engine, keys: Sequence[bytes] = ()) -> SnapshotView:
+        """`engine.latest_view()` (`latest_view_for(keys)` with keys), raising
+        PartitionMovedError (after following the split) when the partition was sealed:
+        a stale map must not serve old data."""
+        view = await (engine.latest_view_for(keys) if keys else engine.latest_view())
+        if view.manifest.settings.get(MOVED_SETTING) is not None:
+            await self.redirect(part.pid)
+            raise self._moved(part.pid)
+        return view
+
+    async def _view_of(self, part: Partition, engine: Engine, manifest: Manifest) -> SnapshotView:
+        if manifest.settings.get(MOVED_SETTING) is not None:
+            await self.redirect(part.pid)
+            raise self._moved(part.pid)
+        return SnapshotView(manifest, engine.sources, decisions=engine.decisions)
+
+    async def validate(
+        self, engine: Engine, version: int, keys: set[bytes], ranges: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Raise ConflictError if a commit after `version` in `engine`'s partition wrote
+        what `keys` and `ranges` cover, or if the partition was split since (its keys
+        now change elsewhere). One conditional GET of the manifest."""
+        changed = await engine.changed_since(version, keys, ranges)  # counts decided intents too
+        manifest = engine.manifest
+        if manifest.settings.get(MOVED_SETTING) is not None:
+            raise self._moved("")
+        if changed:
+            raise ConflictError(
+                f"transaction read data that a commit after its read version {version} changed (it read "
+                "several partitions, checked before returning); retry it (Store.transact does)"
+            )
+
+    def _moved(self, pid: str) -> PartitionMovedError:
+        return PartitionMovedError(
+            f"a partition{f' ({pid!r})' if pid else ''} of {self.location.url} was split while this read it; "
+            "nothing was written: retry (Store.transact does)"
+        )
+
+    async def consistent_views(self) -> tuple[PartitionMap, dict[str, SnapshotView]]:
+        """A view of every partition, all at one instant: their manifests read (in
+        parallel), then read again until a round finds none changed (304s). Each view
+        then held throughout an interval containing the end of one round and the start
+        of the next: one point in time, so a cross-partition commit is seen in all its
+        partitions or none, and any commit acknowledged before the call is seen.
+
+        No reader can do this with fewer reads without the writers' help: a round in
+        which some partition committed says nothing of when it did. So a store whose
+        partitions all commit continuously may need many rounds (each one conditional
+        GET per partition); ContentionError after SNAPSHOT_ROUNDS."""
+        pmap = await self.reload()
+        parts = self.parts()
+        views = await gather_all(self.latest_view(p, e) for p, e in parts)
+        for _ in range(SNAPSHOT_ROUNDS):
+            again = await gather_all(e.refresh() for _, e in parts)
+            if all(m is v.manifest for m, v in zip(again, views, strict=True)):
+                # Views of their own sharing what they find of decisions: a cross-partition
+                # commit decided between two partitions' reads is still seen in all or none.
+                seen: dict[str, bool] = {}
+                return pmap, {
+                    p.pid: SnapshotView(v.manifest, e.sources, decisions=e.decisions, seen=seen)
+                    for (p, e), v in zip(parts, views, strict=True)
+                }
+            if (await self.reload()).version != pmap.version:  # a split: start over on the new map
+                pmap, parts = self.pmap, self.parts()
+                views = await gather_all(self.latest_view(p, e) for p, e in parts)
+                continue
+            # This round's reads become the views the next one checks.
+            views = [await self._view_of(p, e, m) for (p, e), m in zip(parts, again, strict=True)]
+        raise ContentionError(
+            f"the partitions of {self.location.url} committed in each of {SNAPSHOT_ROUNDS} rounds of reading them "
+            "all, so no round showed them at one instant: retry the snapshot, or read through a transaction "
+            "(it checks only the partitions and keys it read)"
+        )
+
+    # ------------------------------------------------------------------ splits
+
+    async def split(self, key: bytes) -> PartitionMap:
+        """Split the partition holding `key` so that a new one starts at `key` (online)."""
+        self.first.check_writable("splitting is a write")
+        check_split_keys([key])
+        for _ in range(MAX_REDIRECTS):
+            await self.reload()
+            part, engine = self.engine_for(key)
+            if part.start == key:
+                return self.pmap  # already a boundary (a split of ours whose answer was lost, or a rival's)
+            final = await engine.seal({"at": key, "into": [new_object_id(), new_object_id()]})
+            moved = final.settings[MOVED_SETTING]
+            if moved["at"] != key:  # a rival split it elsewhere first: finish that one, then ours
+                await self.redirect(part.pid)
+                continue
+            await self.redirect(part.pid)
+            return self.pmap
+        raise ConflictError(f"splitting at {key!r} kept meeting other splits of {self.location.url}; retry it")
+
+    async def redirect(self, pid: str) -> None:
+        """Follow the split of sealed partition `pid`: finish it if the map does not show it
+        yet (idempotent), then reload the map. Concurrent callers in this process share it."""
+        running = self._redirecting.get(pid)
+        if running is None:
+            running = asyncio.ensure_future(self._finish_split(pid))
+            self._redirecting[pid] = running
+            running.add_done_callback(lambda _: self._redirecting.pop(pid, None))
+        await asyncio.shield(running)
+
+    async def _finish_split(self, pid: str) -> None:
+        pmap = await self._load()
+        old = pmap.by_id(pid)
+        if old is None:  # the split is in the map already
+            await self.reload()
+            return
+        engine = self.engines.get(pid) or await self._open(pid, create=False)
+        final = await engine.refresh()
+        moved = final.settings.get(MOVED_SETTING)
+        if moved is None:
+            return  # not sealed: nothing to follow
+        at, (left, right) = bytes(moved["at"]), moved["into"]
+        if not self.read_only:
+            values = final.settings.get("values") or "bytes"
+            await asyncio.gather(
+                self._copy(engine, final, left, old.start, at, values),
+                self._copy(engine, final, right, at, old.end, values),
+            )
+
+            def derive(current: PartitionMap | None) -> PartitionMap | None:
+                base = current if current is not None else self.pmap
+                return base.split(pid, at, left, right) if base.by_id(pid) is not None else None
+
+            await self._maps.change(f"recording the split of partition {pid!r}", derive)
+        await self.reload()
+
+    async def _copy(self, source: Engine, final: Manifest, pid: str, lo: bytes, hi: bytes | None, values: str) -> None:
+        """Copy the live pairs of `final` in [lo, hi) into successor `pid` (made if absent),
+        unless a copy is already there."""
+        target = await self._open(pid, create=True, settings={"values": values})
+        manifest = await target.refresh()
+        if any(_split_from(r.meta) for r in manifest.log):
+            return
+        if not manifest.never_written:
+            return  # writes landed there: the map already routes to it, so a copy did too
+        view = SnapshotView(final, source.sources, decisions=source.decisions)
+        batches = _batches(view.scan(lo, hi))
+        try:
+            first = await anext(batches)
+        except StopAsyncIteration:
+            return  # nothing to copy
+
+        async def all_batches() -> AsyncIterator[Batch]:
+            yield first
+            async for batch in batches:
+                yield batch
+
+        try:
+            await target.bulk_commit(
+                all_batches(),
+                values="msgpack" if values == "msgpack" else "bytes",
+                progress=None,
+                chunk_bytes=64 * 1024 * 1024,
+                read_version=manifest.version,
+                meta={"split_from": final.store_id},
+            )
+        except ConflictError:
+            pass  # a rival copier committed first (or writes began after its map CAS): theirs stands
+
+    # ------------------------------------------------------------------ the map
+
+    async def _load(self) -> PartitionMap:
+        loaded = await self._maps.load()
+        return loaded if loaded is not None else self.pmap
+
+    async def reload(self) -> PartitionMap:
+        """Read the map again (one conditional GET) and open engines for new partitions."""
+        pmap = await self._load()
+        if pmap.version > self.pmap.version:
+            for part in pmap.partitions:
+                if part.pid not in self.engines:
+                    self.engines[part.pid] = await self._open(part.pid, create=False)
+            live = {p.pid for p in pmap.partitions}
+            for pid in [p for p in self.engines if p not in live]:
+                self._retired.append(self.engines.pop(pid))
+            self.pmap = pmap
+        return self.pmap
+
+    async def _open(self, pid: str, *, create: bool, settings: Mapping[str, Any] | None = None) -> Engine:
+        if pid in self.engines:
+            return self.engines[pid]
+        engine = await open_engine(
+            self.location,
+            self.options,
+            create=create,
+            read_only=self.read_only,
+            new_settings=dict(settings or {}),
+            adopt_settings={} if settings else self._adopt,
+            layout=self.layout_of(pid),
+            objects=self.objects,
+            decisions=self._decisions,
+        )
+        if pid in self.engines:  # opened meanwhile by a concurrent caller
+            await engine.close()
+            return self.engines[pid]
+        self.engines[pid] = engine
+        return engine
+
+    async def close(self) -> None:
+        try:
+            for engine in [*self.engines.values(), *self._retired]:
+                await engine.close()
+        finally:
+            if not self.first.forked:
+                await self.objects.close()
+
+
+def _split_from(meta: dict[str, Any] | None) -> bool:
+    return any(t is not None and "split_from" in t for t in (meta or {}).get("txns") or ())
+
+
+async def _batches(pairs: AsyncIterator[tuple[bytes, bytes]]) -> AsyncIterator[Batch]:
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    size = 0
+    async for key, value in pairs:
+        keys.append(key)
+        values.append(value)
+        size += len(key) + len(value)
+        if len(keys) >= _COPY_BATCH:
+            yield Batch(keys, values, size)
+            keys, values, size = [], [], 0
+    if keys:
+        yield Batch(keys, values, size)
+
+
+async def open_router(
+    location: Location,
+    options: StoreOptions,
+    objects: RetryingObjectStore,
+    *,
+    create: bool,
+    read_only: bool,
+    split_keys: Sequence[bytes] | None,
+    new_settings: Mapping[str, Any],
+    adopt_settings: Mapping[str, Any],
+) -> Router:
+    """Open the store at `location`: its partition map if it has one, else its root
+    manifest (creating the store, with `split_keys` as its partitions, if absent)."""
+    root = Layout(location.prefix)
+    maps = PartitionMapStore(objects, root)
+    keys = check_split_keys(list(split_keys or ()))
+    pmap = await maps.load()
+    decisions = Decisions(objects, root)
+    if pmap is not None and not read_only:
+        await check_conditional_writes(objects, root)  # the root engine's open does it otherwise
+
+    async def engine_at(pid: str, create_it: bool) -> Engine:
+        return await open_engine(
+            location,
+            options,
+            create=create_it,
+            read_only=read_only,
+            new_settings=new_settings,
+            adopt_settings=adopt_settings,
+            layout=root if pid == ROOT_PID else root.partition(pid),
+            objects=objects,
+            decisions=decisions,
+        )
+
+    engines: dict[str, Engine] = {}
+    try:
+        if pmap is None:
+            if not keys:
+                engines[ROOT_PID] = await engine_at(ROOT_PID, create)
+                pmap = PartitionMap.single(engines[ROOT_PID].store_id)
+            elif await _exists(objects, root.manifest):
+                raise _not_boundaries(location.url, keys, [])
+            elif read_only or not create:
+                await engine_at(ROOT_PID, False)  # raises StoreNotFoundError
+                raise AssertionError("unreachable")
+            else:
+                # Partitions first, then the map that makes them the store: a creator
+                # dying in between leaves empty manifests no map names (racing creators
+                # with the same split keys share them: their ids are positional).
+                await check_conditional_writes(objects, root)
+                pids = [f"{i:04d}" for i in range(len(keys) + 1)]
+                for pid in pids:
+                    engines[pid] = await engine_at(pid, True)
+                pmap = await maps.create(PartitionMap.initial(engines[pids[0]].store_id, keys, pids))
+        if pmap.version > 0:
+            if not set(keys) <= set(pmap.boundaries):
+                raise _not_boundaries(location.url, keys, pmap.boundaries)
+            for part in pmap.partitions:
+                if part.pid not in engines:
+                    engines[part.pid] = await engine_at(part.pid, False)
+            for pid in [p for p in engines if pmap.by_id(p) is None]:
+                await engines.pop(pid).close()  # a racing creator's map won with other partitions
+    except BaseException:
+        for engine in engines.values():
+            await engine.close()
+        raise
+    return Router(
+        location,
+        options,
+        objects,
+        maps,
+        pmap,
+        engines,
+        read_only=read_only,
+        adopt_settings=adopt_settings,
+        decisions=decisions,
+    )
+
+
+async def _exists(objects: RetryingObjectStore, name: str) -> bool:
+    try:
+        await objects.get(name)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def _not_boundaries(url: str, keys: list[bytes], boundaries: list[bytes]) -> ValidationError:
+    return ValidationError(
+        f"split_keys {keys!r} are not all boundaries of the existing store at {url} (its boundaries: "
+        f"{boundaries!r}); split_keys only apply when a store is created: open it without them, or "
+        "add a boundary with `await db.split(key)`"
+    )
+
+
+def recent_commit_rate(manifest: Manifest, now: float | None = None) -> float:
+    """Commits per second in the manifest's log over the last RATE_WINDOW seconds."""
+    since = (time.time() if now is None else now) - RATE_WINDOW
+    return sum(1 for r in manifest.log if r.time >= since and r.key_count > 0) / RATE_WINDOW
+
+
+class PartitionedView(SnapshotView):
+    """One consistent view of several partitions: a `SnapshotView` per partition, taken at
+    one instant (`Router.consistent_views`), read through the map they were taken under."""
+
+    def __init__(self, pmap: PartitionMap, views: dict[str, SnapshotView]) -> None:
+        self._pmap = pmap
+        self._views = views
+        self.manifest = views[pmap.partitions[0].pid].manifest
+        self.version = sum(v.version for v in views.values())
+        self.versions = {pid: v.version for pid, v in views.items()}
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await self._views[self._pmap.partition_for(key).pid].get(key)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        groups: dict[str, list[bytes]] = {}
+        for key in keys:
+            groups.setdefault(self._pmap.partition_for(key).pid, []).append(key)
+        found: dict[bytes, bytes | None] = {}
+
+        async def read(pid: str, group: list[bytes]) -> None:
+            found.update(zip(group, await self._views[pid].get_many(group), strict=True))
+
+        await gather_all(read(pid, group) for pid, group in groups.items())
+        return [found[k] for k in keys]
+
+    async def locate(self, keys: Sequence[bytes]) -> None:
+        return None
+
+    def scan(
+        self, start: bytes | None, end: bytes | None, *, reverse: bool = False
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        return self._scan(start, end, reverse)
+
+    async def _scan(self, start: bytes | None, end: bytes | None, reverse: bool) -> AsyncIterator[tuple[bytes, bytes]]:
+        parts = self._pmap.overlapping(start, end)
+        for part in reversed(parts) if reverse else parts:
+            lo, hi = part.clip(start, end)
+            async for pair in self._views[part.pid].scan(lo, hi, reverse=reverse):
+                yield pair
