@@ -59,8 +59,17 @@ from ._sources import Sources
 from ._tasks import run_bounded
 
 TombstoneCheck = Callable[[bytes, int], bool]
-# Runs a compaction's key ranges elsewhere (e.g. on a Dask cluster): results in the order given.
-SubCompactionRunner = Callable[[Sequence["SubCompaction"]], Awaitable[list["SubCompactionResult"]]]
+
+
+@dataclass(frozen=True)
+class SubCompactionRunner:
+    """Runs a compaction's key ranges elsewhere (e.g. on a Dask cluster), results in the
+    order given. `width` is how many ranges it runs at once (the cluster's workers): a
+    step then holds that many ranges, so every worker has one (a step stays about as long
+    as one range takes, whatever the width)."""
+
+    run: Callable[[Sequence[SubCompaction]], Awaitable[list[SubCompactionResult]]]
+    width: int
 
 
 @dataclass(frozen=True)
@@ -690,13 +699,15 @@ class Compactor:
         concurrency = max(1, min(MAX_SUB_COMPACTIONS, options.compaction_memory_bytes // per_sub))
         progress = _Progress(list(inputs), level)
         # A step: as many key ranges' worth of input as run at once (1 GiB with the defaults:
-        # about a minute at the measured 16 MB/s, far inside half the grace period).
-        step_bytes = concurrency * _RANGE_SEGMENTS * options.target_segment_bytes
+        # about a minute at the measured 16 MB/s, far inside half the grace period; on a
+        # cluster, one range per worker).
+        width = concurrency if run is None else max(concurrency, run.width)
+        step_bytes = width * _RANGE_SEGMENTS * options.target_segment_bytes
         for step in _steps(subs, moved, samples, step_bytes):
             started = self.clock()  # before any of the step's output is written
             results: list[SubCompactionResult] = []
             if step.subs:
-                results = await (run_all(step.subs, self._sources, concurrency) if run is None else run(step.subs))
+                results = await (run_all(step.subs, self._sources, concurrency) if run is None else run.run(step.subs))
             written = [part for r in results for part in r.parts]
             progress.add(written, step.moved, results)
             ref = await self._output(progress.parts, level, started)

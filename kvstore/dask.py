@@ -127,8 +127,8 @@ def store_sync(
 
 def sub_compactions_on(client: Any, address: StoreAddress) -> SubCompactionRunner:
     """A runner for `Compactor.compact` that runs each key range as a task on `client`'s
-    cluster (`Store.compact(client=...)` uses it). The first failure fails the compaction;
-    outputs already written are left to GC."""
+    cluster (`Store.compact(client=...)` uses it), a step holding one range per worker
+    process. The first failure fails the compaction; outputs already written are left to GC."""
 
     async def run(subs: Sequence[SubCompaction]) -> list[SubCompactionResult]:
         futures = client.map(compact_range, [address] * len(subs), subs, pure=False)
@@ -139,7 +139,8 @@ def sub_compactions_on(client: Any, address: StoreAddress) -> SubCompactionRunne
             raise
         return results
 
-    return run
+    # One range per worker process: a range is CPU-bound Python, so threads of one worker share a core.
+    return SubCompactionRunner(run, width=max(1, len(client.nthreads())))
 
 
 def _write_pairs(job: DistributedWrite, pairs: Iterable[tuple[Any, Any]], index: int) -> Part:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import msgpack
 import pytest
 from targets import Target, engine_of, fault_injecting, gc_later
 
 import kvstore
+from kvstore._compact import SubCompaction, SubCompactionResult, SubCompactionRunner
+from kvstore._distributed import StoreAddress, compact_range
 from kvstore._envelope import unseal
 from kvstore._manifest import Manifest, SegmentRef, _segment_row, decode_manifest, encode_manifest
 from kvstore.testing.faults import SimulatedCrash
@@ -76,6 +79,26 @@ async def test_a_compaction_commits_in_steps(target: Target) -> None:
         assert [r.meta["compaction"]["step"] for r in records] == list(range(1, result.steps + 1))
         assert [r.meta["compaction"]["done"] for r in records] == [False] * (result.steps - 1) + [True]
         assert len(engine_of(db).manifest.segments) == 1 and not _clipped(db)
+        await _reads_whole(db, expected)
+
+
+async def test_a_cluster_runs_one_key_range_per_worker_in_each_step(tmp_path: Path) -> None:
+    """A runner as wide as a cluster (`Store.compact(client=...)`: one range per worker)
+    gets steps of that many ranges, where this process alone runs one at a time: the
+    cluster's workers all work in every step."""
+    url = f"file://{tmp_path}"
+    async with kvstore.open(url, options=OPTIONS, create=True) as db:
+        expected = await _load(db)
+        address = StoreAddress(url, kvstore.S3Options(), OPTIONS)
+        batches: list[int] = []
+
+        async def on_workers(subs: Sequence[SubCompaction]) -> list[SubCompactionResult]:
+            batches.append(len(subs))
+            return await asyncio.to_thread(lambda: [compact_range(address, sub) for sub in subs])
+
+        [result] = await engine_of(db).compact(full=True, run=SubCompactionRunner(on_workers, width=2))
+        assert result.sub_compactions >= 4 and max(batches) == 2  # alone: one range per step
+        assert result.steps == len(batches) == -(-result.sub_compactions // 2)
         await _reads_whole(db, expected)
 
 
