@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CREDENTIALS, REGION, VALUE_BYTES, ensure_bucket, log
-from run import loadavg, machine, start_proxy
+from common import VALUE_BYTES, log
+from local_s3 import finish_meta, local_s3, run_meta
 
 import kvstore
 
@@ -183,14 +183,7 @@ def kvstore_manifest_bytes(db: Any) -> bytes:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        "meta": {
-            "entries": args.entries,
-            "latency_ms": args.latency_ms,
-            "machine": machine(),
-            "loadavg_start": loadavg(),
-        }
-    }
+    results: dict[str, Any] = {"meta": run_meta(entries=args.entries, latency_ms=args.latency_ms)}
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-delrange-"))
     try:
         log("local filesystem")
@@ -198,30 +191,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(_load(a, args.entries, {}), _load(b, args.entries, {}))
         results["fs"] = await _measure(a, b, args.entries, {})
         if not args.skip_s3:
-            from servers import start_localstack
-
             log("starting LocalStack")
-            server = start_localstack(workdir / "localstack")
-            proxy = None
-            try:
-                bucket = "kvbench"
-                await ensure_bucket(server.endpoint_url, bucket)
-                direct = {"endpoint_url": server.endpoint_url, "region_name": REGION, **CREDENTIALS}
-                a, b = f"s3://{bucket}/delrange-a", f"s3://{bucket}/delrange-b"
-                await _load(a, args.entries, direct)
-                await _load(b, args.entries, direct)
-                proxy, proxied_endpoint = start_proxy(server.endpoint_url, args.latency_ms)
+            async with local_s3(workdir) as s3:
+                a, b = f"s3://{s3.bucket}/delrange-a", f"s3://{s3.bucket}/delrange-b"
+                await _load(a, args.entries, s3.direct)
+                await _load(b, args.entries, s3.direct)
                 log(f"S3 at +{args.latency_ms} ms")
-                results["s3"] = await _measure(a, b, args.entries, {**direct, "endpoint_url": proxied_endpoint})
-            finally:
-                if proxy is not None:
-                    proxy.kill()
-                    proxy.wait(10)
-                server.stop()
+                results["s3"] = await _measure(a, b, args.entries, s3.proxied(args.latency_ms))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["meta"]["loadavg_end"] = loadavg()
-    return results
+    return finish_meta(results)
 
 
 def _requests_text(r: dict[str, int]) -> str:

@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from common import CREDENTIALS, REGION, VALUE_BYTES, ensure_bucket, log, s3_client
-from run import loadavg, machine, start_proxy
+from common import VALUE_BYTES, log, s3_client
+from local_s3 import finish_meta, local_s3, run_meta
 
 import kvstore
 
@@ -183,17 +183,8 @@ def _table(title: str, figures: dict[str, Any], rtt_ms: float | None, fs: dict[s
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from servers import start_localstack
-
     results: dict[str, Any] = {
-        "meta": {
-            "keys": args.keys,
-            "entries": args.entries,
-            "repeats": args.repeats,
-            "latency_ms": args.latency_ms,
-            "machine": machine(),
-            "loadavg_start": loadavg(),
-        },
+        "meta": run_meta(keys=args.keys, entries=args.entries, repeats=args.repeats, latency_ms=args.latency_ms),
     }
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-getmany-"))
     try:
@@ -205,34 +196,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["fs_latency"] = await _measure(fs_url, args, {"wrap_object_store": _latency(args.latency_ms / 1e3)})
 
         log("starting LocalStack")
-        server = start_localstack(workdir / "localstack")
-        proxy = None
-        try:
-            bucket = "kvbench"
-            await ensure_bucket(server.endpoint_url, bucket)
-            url = f"s3://{bucket}/get-many"
-            direct = {"endpoint_url": server.endpoint_url, "region_name": REGION, **CREDENTIALS}
-            await _load(url, args.entries, direct)  # loaded directly: only the reads pay the latency
-            proxy, proxied_endpoint = start_proxy(server.endpoint_url, args.latency_ms)
-            proxied = {**direct, "endpoint_url": proxied_endpoint}
-            rtt = await _floor_get(proxied_endpoint, bucket, 20)
+        async with local_s3(workdir) as s3:
+            url = f"s3://{s3.bucket}/get-many"
+            await _load(url, args.entries, s3.direct)  # loaded directly: only the reads pay the latency
+            proxied = s3.proxied(args.latency_ms)
+            rtt = await _floor_get(proxied["endpoint_url"], s3.bucket, 20)
             log(f"S3 at +{args.latency_ms} ms (one GET round trip: {rtt * 1e3:.1f} ms)")
             results["s3"] = await _measure(url, args, proxied)
             blocks = int(results["s3"]["cold store"]["get_many"]["gets"]) - 2  # less the manifest and tail
-            results["s3_parallel_floor"] = await _floor_parallel(proxied_endpoint, bucket, url, blocks, args.repeats)
+            results["s3_parallel_floor"] = await _floor_parallel(
+                proxied["endpoint_url"], s3.bucket, url, blocks, args.repeats
+            )
             results["s3_parallel_floor_direct"] = await _floor_parallel(
-                server.endpoint_url, bucket, url, blocks, args.repeats
+                s3.endpoint_url, s3.bucket, url, blocks, args.repeats
             )
             results["s3_round_trip_ms"] = rtt * 1e3
-        finally:
-            if proxy is not None:
-                proxy.kill()
-                proxy.wait(10)
-            server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["meta"]["loadavg_end"] = loadavg()
-    return results
+    return finish_meta(results)
 
 
 def cli() -> None:

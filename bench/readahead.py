@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import CREDENTIALS, REGION, VALUE_BYTES, ensure_bucket, log, s3_client
-from run import loadavg, machine, start_proxy
+from common import VALUE_BYTES, log, s3_client
+from local_s3 import finish_meta, local_s3, run_meta
 
 import kvstore
 import kvstore._compact as compact_module
@@ -125,19 +125,15 @@ async def _scans(url: str, kw: dict[str, Any], windows: list[int], in_flight: li
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from servers import start_localstack
-
     windows = [int(w) for w in args.windows.split(",")]
     in_flight = [int(n) for n in args.in_flight.split(",")]
     results: dict[str, Any] = {
-        "meta": {
-            "entries": args.entries,
-            "latency_ms": args.latency_ms,
-            "windows": windows,
-            "readahead_windows_in_flight": segment_store.READAHEAD_WINDOWS,
-            "machine": machine(),
-            "loadavg_start": loadavg(),
-        }
+        "meta": run_meta(
+            entries=args.entries,
+            latency_ms=args.latency_ms,
+            windows=windows,
+            readahead_windows_in_flight=segment_store.READAHEAD_WINDOWS,
+        )
     }
     workdir = Path(tempfile.mkdtemp(prefix="kvbench-readahead-"))
     try:
@@ -146,36 +142,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["fs_load_seconds"] = await _load(fs_url, args.entries, {})
         results["fs"] = await _scans(fs_url, {}, windows, in_flight)
         log("starting LocalStack")
-        server = start_localstack(workdir / "localstack")
-        proxy = None
-        try:
-            bucket = "kvbench"
-            await ensure_bucket(server.endpoint_url, bucket)
-            direct = {"endpoint_url": server.endpoint_url, "region_name": REGION, **CREDENTIALS}
-            url = f"s3://{bucket}/readahead"
-            results["s3_load_seconds"] = await _load(url, args.entries, direct)
-            results["s3_raw_sequential"] = await _raw_sequential(server.endpoint_url, bucket, "readahead")
+        async with local_s3(workdir) as s3:
+            url = f"s3://{s3.bucket}/readahead"
+            results["s3_load_seconds"] = await _load(url, args.entries, s3.direct)
+            results["s3_raw_sequential"] = await _raw_sequential(s3.endpoint_url, s3.bucket, "readahead")
             log("LocalStack, direct")
-            results["s3"] = await _scans(url, direct, windows, in_flight)
-            proxy, proxied_endpoint = start_proxy(server.endpoint_url, args.latency_ms)
-            proxied = {**direct, "endpoint_url": proxied_endpoint}
+            results["s3"] = await _scans(url, s3.direct, windows, in_flight)
+            proxied = s3.proxied(args.latency_ms)
             log(f"LocalStack, +{args.latency_ms:g} ms")
             results["s3_latency"] = await _scans(url, proxied, windows, in_flight)
-            results["s3_latency_raw_sequential"] = await _raw_sequential(proxied_endpoint, bucket, "readahead")
+            results["s3_latency_raw_sequential"] = await _raw_sequential(
+                proxied["endpoint_url"], s3.bucket, "readahead"
+            )
             log("compactions on LocalStack, direct")
             results["s3_compaction"] = {
-                str(window): await _compaction(f"s3://{bucket}/compact-{window}", args.entries, direct, window)
+                str(window): await _compaction(f"s3://{s3.bucket}/compact-{window}", args.entries, s3.direct, window)
                 for window in (BLOCK, DEFAULT_WINDOW)
             }
-        finally:
-            if proxy is not None:
-                proxy.kill()
-                proxy.wait(10)
-            server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results["meta"]["loadavg_end"] = loadavg()
-    return results
+    return finish_meta(results)
 
 
 def _table(results: dict[str, Any], latency_ms: float) -> list[str]:
