@@ -99,6 +99,9 @@ class CommitRequest:
     # time.monotonic() before the out-of-line values of `writes` were written (None: none
     # were): the commit is refused once they are older than half the grace period (I8).
     values_written_at: float | None = None
+    # The decisions of cross-partition transactions its reads showed as committed: a commit
+    # that only resolved those (turned their intents into segments) changed nothing it read.
+    shown: frozenset[str] = frozenset()
     # Set for a cross-partition transaction's prepare: the name of its decision object.
     # Its writes become an intent (`_manifest.Intent`) with a segment of its own.
     decision: str | None = None
@@ -455,7 +458,10 @@ class Committer:
             min_key=min((r.min_key for r in written), default=b""),
             max_key=max((r.max_key for r in written), default=b""),
             keys=keys,
-            meta={"resolved": resolved} if resolved else None,
+            # A resolve of its own names the decisions it resolved (`CommitRecord.only_resolves`).
+            meta=({"resolved": resolved} | ({"resolves": [i.decision for i in committed]} if pending is None else {}))
+            if resolved
+            else None,
             # As in `_next_manifest`: the batch's range deletes, exactly while the keys are.
             ranges=tuple(ranges) if keys is not None else cover(ranges),
         )
@@ -525,7 +531,14 @@ class Committer:
                     ),
                 )
                 continue
-            clash = next((c for c in commits if c.wrote_any(request.read_keys, request.read_ranges)), None)
+            clash = next(
+                (
+                    c
+                    for c in commits
+                    if c.wrote_any(request.read_keys, request.read_ranges) and not c.only_resolves(request.shown)
+                ),
+                None,
+            )
             if request.decision is not None:
                 shared = any(_written(batch_writes, k) or in_ranges(k, batch_ranges) for k in request.writes)
             else:

@@ -207,9 +207,10 @@ class Engine:
         `StoreOptions.max_staleness` allows the last one."""
         self.check_open()
         manifest = await self._manifests.refresh_if_older_than(self.options.max_staleness)
-        if self._latest is None or self._latest.manifest is not manifest or self._latest.saw_undecided:
-            # A view that found an intent undecided is not reused: its decision may have been
-            # made since, and a transaction started after it must see it (real-time order).
+        if self._latest is None or self._latest.manifest is not manifest or not self._latest.reusable:
+            # A view that found an intent undecided, or is looking one up, is not reused: its
+            # decision may have been made since, and a transaction started after it must see
+            # it (real-time order).
             self._latest = self._view(manifest)
         return self._latest
 
@@ -296,19 +297,27 @@ class Engine:
         return manifest, records
 
     async def changed_since(
-        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]
+        self,
+        version: int,
+        keys: Iterable[bytes],
+        ranges: Iterable[tuple[bytes, bytes | None]],
+        shown: Mapping[str, bool] | None = None,
     ) -> bool:
         """Whether a read of `keys` and `ranges` at `version` may no longer hold: a commit after
-        `version` wrote one of them, or a live intent holding one is decided "committed" (a view
-        may have read before that decision). One conditional GET, plus one GET per undecided
-        intent meeting them. An undecided intent counts as no change: whoever reads now, after
-        all its reads, saw it nowhere, and precedes it. For validating read-only transactions
-        across partitions; raises TransactionTooOldError when the log no longer reaches back."""
+        `version` wrote one of them, or a live intent holding one is decided "committed" and
+        the view did not show it (`shown`: decision name -> whether the view showed its
+        writes). One conditional GET, plus one GET per undecided intent meeting them. An
+        undecided intent counts as no change: whoever reads now, after all its reads, saw it
+        nowhere, and precedes it. For validating read-only transactions across partitions;
+        raises TransactionTooOldError when the log no longer reaches back."""
+        shown = shown or {}
         keys, ranges = list(keys), list(ranges)
         manifest, records = await self._commits_since(version)
-        if any(r.wrote_any(keys, ranges) for r in records):
+        if any(r.wrote_any(keys, ranges) and not r.only_resolves(shown) for r in records):
             return True
-        meeting = [i for i in manifest.intents if i.meets(keys, ranges)]
+        # A committed intent the view showed is no change: nothing about it is news to the
+        # reads (a coordinator that died before resolving must not fail every validation).
+        meeting = [i for i in manifest.intents if i.meets(keys, ranges) and not shown.get(i.decision)]
         if not meeting:
             return False
         if self.decisions is None:

@@ -16,7 +16,7 @@ the intents of cross-partition transactions prepared here and not resolved yet
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -148,6 +148,13 @@ class CommitRecord:
     def job(self) -> str | None:
         """The distributed write (`Store.distributed_write`) this commit published, if any."""
         return None if self.meta is None else self.meta.get("job")
+
+    def only_resolves(self, shown: Collection[str]) -> bool:
+        """Whether this commit did nothing but turn committed intents into segments, each
+        of a decision in `shown` (a view that showed those transactions: nothing changed
+        for it)."""
+        resolved = None if self.meta is None else self.meta.get("resolves")
+        return resolved is not None and all(name in shown for name in resolved)
 
     def wrote_any(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Whether this commit wrote one of `keys` or a key in one of the [start, end) ranges."""
@@ -372,7 +379,9 @@ def encode_manifest(m: Manifest) -> bytes:
     parts += [packer.pack("log"), packer.pack_array_header(len(m.log)), _packed_log(m)]
     if m.range_deletes:
         parts += [packer.pack("range_deletes"), packer.pack([t.row() for t in m.range_deletes])]
-    needs_4 = ranges or bool(m.intents) or any(s.clipped for s in m.segments)
+    # A sealed partition too: a release before format 4 knows no partitions and would
+    # commit into it, where no current reader looks.
+    needs_4 = ranges or bool(m.intents) or any(s.clipped for s in m.segments) or MOVED_SETTING in m.settings
     return seal(_MAGIC, FORMAT if needs_4 else _FORMAT_3, b"".join(parts))
 
 

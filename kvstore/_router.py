@@ -169,12 +169,14 @@ class Router:
         return SnapshotView(manifest, engine.sources, decisions=engine.decisions)
 
     async def validate(
-        self, engine: Engine, version: int, keys: set[bytes], ranges: list[tuple[bytes, bytes | None]]
+        self, engine: Engine, view: SnapshotView, keys: set[bytes], ranges: list[tuple[bytes, bytes | None]]
     ) -> None:
-        """Raise ConflictError if a commit after `version` in `engine`'s partition wrote
-        what `keys` and `ranges` cover, or if the partition was split since (its keys
-        now change elsewhere). One conditional GET of the manifest."""
-        changed = await engine.changed_since(version, keys, ranges)  # counts decided intents too
+        """Raise ConflictError if a commit after `view`'s version in `engine`'s partition
+        wrote what `keys` and `ranges` cover (or an intent the view did not show was
+        decided committed since), or if the partition was split since (its keys now
+        change elsewhere). One conditional GET of the manifest."""
+        version = view.version
+        changed = await engine.changed_since(version, keys, ranges, view.shown)
         manifest = engine.manifest
         if manifest.settings.get(MOVED_SETTING) is not None:
             raise self._moved("")

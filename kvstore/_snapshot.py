@@ -3,7 +3,7 @@ transactions) and the public `Snapshot` over it (keys and values encoded)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -66,9 +66,11 @@ class SnapshotView:
         self._decisions = decisions
         # Decision name -> whether this view shows its writes.
         self._visible: dict[str, bool] = {} if seen is None else seen
-        # Whether a read found an intent undecided: a later transaction must not reuse this
-        # view, or it could miss a decision made since (real-time order).
+        # Whether a read found an intent undecided, and how many lookups are in flight: a
+        # later transaction must not reuse such a view (`reusable`), or it could miss a
+        # decision made since it began (real-time order).
         self.saw_undecided = False
+        self._lookups = 0
 
     async def _refs_for(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
         """The sources a read of [start, end) consults: the segments and the committed intents
@@ -85,11 +87,26 @@ class SnapshotView:
                     "look up: open the partitioned store at its root URL (kvstore.open), not one partition"
                 )
             names = list(dict.fromkeys(i.decision for i in unknown))
-            outcomes = await run_bounded(decisions.outcome, names, READS_IN_FLIGHT)
+            self._lookups += 1
+            try:
+                outcomes = await run_bounded(decisions.outcome, names, READS_IN_FLIGHT)
+            finally:
+                self._lookups -= 1
             for name, outcome in zip(names, outcomes, strict=True):
                 self._visible.setdefault(name, outcome == "committed")
                 self.saw_undecided |= outcome is None
         return self._with_intents(meeting)
+
+    @property
+    def shown(self) -> Mapping[str, bool]:
+        """The decisions this view looked up: name -> whether it showed that transaction."""
+        return self._visible
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a transaction starting now may read through this view: it found no
+        intent undecided and looks none up (an answer in flight may predate the start)."""
+        return not self.saw_undecided and self._lookups == 0
 
     def _with_intents(self, meeting: list[Intent]) -> list[SegmentRef]:
         shown = [i.segment for i in meeting if self._visible[i.decision]]

@@ -296,7 +296,7 @@ class Transaction:
                 self._state = _COMMITTING
                 try:
                     await gather_all(
-                        self._router.validate(self._engines[p], v.version, self._read_keys[p], self._read_ranges[p])
+                        self._router.validate(self._engines[p], v, self._read_keys[p], self._read_ranges[p])
                         for p, v in self._views.items()
                     )
                 finally:
@@ -381,6 +381,7 @@ class Transaction:
             values=self._values,
             meta=self._meta,
             range_deletes=ranges,
+            shown=frozenset() if view is None else frozenset(n for n, visible in view.shown.items() if visible),
         )
 
     def discard(self) -> None:

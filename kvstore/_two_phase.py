@@ -87,15 +87,15 @@ class Decisions:
     """Create-once decision objects of cross-partition transactions, under the store ROOT layout.
 
     A decision never changes once created, so decided outcomes are cached for good;
-    an absent one (undecided) is asked again every time.
+    an absent one (undecided) is asked again every time, by a GET of its own: a GET
+    already in flight may have been answered before a decision that a later caller
+    must see (a transaction acknowledged before the caller began), so none is shared.
     """
 
     def __init__(self, objects: RetryingObjectStore, root: Layout) -> None:
         self._objects = objects
         self.root = root
         self._known: dict[str, Outcome] = {}
-        # GETs of one decision in flight, shared by concurrent readers.
-        self._reading: dict[str, asyncio.Future[Outcome | None]] = {}
 
     def name(self, txn_id: bytes) -> str:
         """The decision object of transaction `txn_id`."""
@@ -107,23 +107,10 @@ class Decisions:
 
     async def outcome(self, name: str) -> Outcome | None:
         """The outcome recorded in decision object `name`, or None if undecided (absent).
-        One GET unless cached; concurrent callers share it."""
+        One GET, sent after this call began, unless cached as decided."""
         known = self._known.get(name)
         if known is not None:
             return known
-        reading = self._reading.get(name)
-        if reading is None:
-            reading = asyncio.ensure_future(self._read(name))
-            self._reading[name] = reading
-            reading.add_done_callback(lambda done: self._read_done(name, done))
-        return await asyncio.shield(reading)
-
-    def _read_done(self, name: str, done: asyncio.Future[Outcome | None]) -> None:
-        self._reading.pop(name, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: its waiters may all have been cancelled (shield)
-
-    async def _read(self, name: str) -> Outcome | None:
         try:
             blob = await self._objects.get(name)
         except ObjectNotFound:

@@ -17,7 +17,7 @@ from targets import Target, engine_of
 
 import kvstore
 import kvstore._segment as segment
-from kvstore._manifest import CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
+from kvstore._manifest import MOVED_SETTING, CommitRecord, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._operands import ADD, MAX, MIN, Operands
 from kvstore._segment import (
     CHECKSUM,
@@ -322,3 +322,13 @@ def test_a_run_row_round_trips_and_format_2_manifests_are_read() -> None:
     older = Manifest(store_id="s", version=3, created=1.0, segments=(SegmentRef("seg", b"a", b"b", 1, 2, 3, 3),))
     payload = unseal(encode_manifest(older), b"KVMF", 3, "m", "manifest")
     assert decode_manifest(seal(b"KVMF", 2, payload), "m") == older
+
+
+def test_a_sealed_partition_is_format_4() -> None:
+    """A release before format 4 knows no partitions: it must refuse a split's retired
+    partition rather than commit into it (docs/format.md, "Partitions")."""
+    assert encode_manifest(Manifest("s", 5, 0.0))[4:6] == (3).to_bytes(2, "little")
+    sealed = Manifest("s", 5, 0.0, settings={MOVED_SETTING: {"at": b"m", "into": ["0001", "0002"]}})
+    data = encode_manifest(sealed)
+    assert data[4:6] == (4).to_bytes(2, "little")
+    assert decode_manifest(data, "m").settings[MOVED_SETTING]["into"] == ["0001", "0002"]

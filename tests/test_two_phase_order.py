@@ -1,0 +1,153 @@
+"""Real-time order across partitions when decision lookups overlap: a transaction that
+begins after a cross-partition commit was acknowledged sees it, even while another
+reader's lookup of the same decision, sent before the decision existed, is still on
+its way back (review of issue 18, finding 3)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kvstore
+from kvstore._objectstore._protocol import ObjectNotFound
+from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
+
+DEADLINE = 30.0
+
+
+class _Moments:
+    def __init__(self) -> None:
+        self.prepared = asyncio.Event()  # the coordinator is about to create its decision
+        self.answered_absent = asyncio.Event()  # the store told the early reader "undecided"
+        self.acknowledged = asyncio.Event()  # the coordinator's commit returned
+
+
+def _is_decision(name: str) -> bool:
+    return name.startswith("txn/") or "/txn/" in name
+
+
+async def test_a_reader_starting_after_the_acknowledgement_sees_the_commit(tmp_path: Path) -> None:
+    moments = _Moments()
+
+    class Coordinator(FaultInjectingStore):
+        async def put_if_absent(self, name: str, data: Any) -> Any:
+            if _is_decision(name):
+                moments.prepared.set()
+                # The decision is created only after the early reader's GET found none.
+                await asyncio.wait_for(moments.answered_absent.wait(), DEADLINE)
+            return await super().put_if_absent(name, data)
+
+    class Reader(FaultInjectingStore):
+        async def get(self, name: str, **kw: Any) -> Any:
+            if not _is_decision(name) or moments.answered_absent.is_set():
+                return await super().get(name, **kw)
+            try:
+                return await super().get(name, **kw)
+            except ObjectNotFound:
+                moments.answered_absent.set()
+                # The answer "undecided" travels back only after the commit was acknowledged.
+                await asyncio.wait_for(moments.acknowledged.wait(), DEADLINE)
+                raise
+
+    url = str(tmp_path / "db")
+    async with kvstore.open(url, split_keys=[b"m"], values="msgpack", create=True) as setup:
+        await setup.put(b"a", "old")
+        await setup.put(b"z", "old")
+    async with (
+        kvstore.open(url, values="msgpack", wrap_object_store=Coordinator) as a,
+        kvstore.open(url, values="msgpack", wrap_object_store=Reader) as b,
+    ):
+
+        async def commit() -> None:
+            async with a.transaction() as t:
+                t.put(b"a", "new")
+                t.put(b"z", "new")
+            moments.acknowledged.set()
+
+        async def early_read() -> Any:
+            await asyncio.wait_for(moments.prepared.wait(), DEADLINE)
+            async with b.transaction() as tx:
+                return await tx.get(b"a")
+
+        committing = asyncio.create_task(commit())
+        early = asyncio.create_task(early_read())
+        await asyncio.wait_for(committing, DEADLINE)
+        for key in (b"a", b"z"):  # each read begins after the acknowledgement
+            async with b.transaction() as late:
+                assert await late.get(key) == "new"
+        assert await asyncio.wait_for(early, DEADLINE) == "old"  # it looked before the decision
+
+
+async def test_read_only_reads_see_a_commit_whose_coordinator_died_before_resolving(tmp_path: Path) -> None:
+    """The coordinator dies right after its decision "committed" landed: no writer resolves
+    the intents, yet a read-only handle's validated reads across the partitions show the
+    commit at once (they used to conflict until some writer committed there)."""
+    url = str(tmp_path / "db")
+    async with kvstore.open(url, split_keys=[b"m"], values="msgpack", create=True) as setup:
+        await setup.put(b"a", "old")
+        await setup.put(b"z", "old")
+    made: list[FaultInjectingStore] = []
+
+    def wrap(inner: Any) -> FaultInjectingStore:
+        made.append(FaultInjectingStore(inner))
+        return made[-1]
+
+    coordinator = await kvstore.open(url, values="msgpack", wrap_object_store=wrap)
+    made[0].script("put_if_absent", "crash_after_apply")  # the decision create: applied, then the process dies
+    with pytest.raises(SimulatedCrash):
+        async with coordinator.transaction() as t:
+            t.put(b"a", "new")
+            t.put(b"z", "new")
+    async with kvstore.open(url, values="msgpack", read_only=True) as reader:
+        assert await asyncio.wait_for(reader.get_many([b"a", b"z"]), DEADLINE) == ["new", "new"]
+        async with reader.transaction() as tx:
+            assert [await tx.get(b"a"), await tx.get(b"z")] == ["new", "new"]
+
+
+async def test_a_resolve_is_no_conflict_for_a_transaction_that_saw_the_commit(tmp_path: Path) -> None:
+    """A transaction reads a key of a cross-partition commit while its intents await their
+    resolve, then the resolve lands, then the transaction writes: the resolve changed
+    nothing the transaction read (it showed the commit), so it commits, first time."""
+    url = str(tmp_path / "db")
+    release = asyncio.Event()
+    decided = asyncio.Event()
+    both_resolved = asyncio.Event()
+    resolves: list[str] = []
+
+    class SlowResolver(FaultInjectingStore):
+        async def put_if_absent(self, name: str, data: Any) -> Any:
+            result = await super().put_if_absent(name, data)
+            if _is_decision(name):
+                decided.set()
+            return result
+
+        async def put_if_match(self, name: str, data: Any, etag: Any) -> Any:
+            if not decided.is_set():
+                return await super().put_if_match(name, data, etag)
+            await asyncio.wait_for(release.wait(), DEADLINE)  # the resolves, after the decision
+            result = await super().put_if_match(name, data, etag)
+            resolves.append(name)
+            if len(resolves) == 2:  # one per partition
+                both_resolved.set()
+            return result
+
+    async with kvstore.open(url, split_keys=[b"m"], values="msgpack", create=True) as setup:
+        await setup.put(b"a", "old")
+        await setup.put(b"z", "old")
+    async with (
+        kvstore.open(url, values="msgpack", wrap_object_store=SlowResolver) as a,
+        kvstore.open(url, values="msgpack") as b,
+    ):
+        async with a.transaction() as t:
+            t.put(b"a", "new")
+            t.put(b"z", "new")
+        async with b.transaction() as tx:
+            assert await tx.get(b"a") == "new"  # through the decision: the intent is not resolved yet
+            release.set()
+            await asyncio.wait_for(both_resolved.wait(), DEADLINE)
+            assert not any([(await e.refresh()).intents for e in b._router.all_engines()])
+            tx.put(b"a", "newer")
+        assert await b.get(b"a") == "newer"
