@@ -44,7 +44,7 @@ from ._errors import (
 )
 from ._gc import GarbageCollector, GcReport
 from ._layout import Layout
-from ._manifest import GRACE_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
+from ._manifest import GRACE_SETTING, MOVED_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions, grace_period_of, resolve_options
@@ -369,10 +369,13 @@ class Engine:
         """Whether reads of `keys` and `ranges` made at `version` still hold, for the second
         check of a cross-partition commit (`_two_phase.commit_across`), made after all its
         intents are in place: no commit after `version` wrote them, and no intent of another
-        transaction, whatever its decision, writes them (conservative: it may commit). One
+        transaction, whatever its decision, writes them (conservative: it may commit), and
+        the partition was not split (its keys now change in its successors). One
         conditional GET. Raises TransactionTooOldError when the log no longer reaches back."""
         keys, ranges = list(keys), list(ranges)
         manifest, records = await self._commits_since(version)
+        if manifest.settings.get(MOVED_SETTING) is not None:
+            return False
         if any(r.wrote_any(keys, ranges) for r in records):
             return False
         return not any(i.txn_id != txn_id and i.meets(keys, ranges) for i in manifest.intents)
