@@ -22,6 +22,7 @@ from ._errors import (
     TransactionTooLargeError,
     ValidationError,
 )
+from ._manifest import MOVED_SETTING
 from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._operands import ADD, MAX, MIN, Operands, checked_operand, codec_of, combine, resolve, stacks
 from ._partition_map import Partition
@@ -324,7 +325,19 @@ class Transaction:
                     groups.setdefault(part.pid, (part, engine, {}, []))[3].append((start, end))
             touched = {*groups, *self._engines}
             if len(touched) > 1:
-                return await self._commit_across(groups)
+                try:
+                    return await self._commit_across(groups)
+                except PartitionMovedError:
+                    # Follow the splits whatever happens next, so that this commit (blind
+                    # writes) or a retry (`transact`) routes around the retired partitions.
+                    for pid, (_, engine, _, _) in groups.items():
+                        if engine.manifest.settings.get(MOVED_SETTING) is not None:
+                            await self._router.redirect(pid)
+                    if self._views:
+                        raise  # its reads were of the sealed partition: only a retry can check them
+                    # Its decision is "aborted" for good: the next attempt is a new transaction.
+                    self.id = self._router.engine_for(next(iter(self._writes), b""))[1].new_txn_id()
+                    continue
             ((pid, (_, engine, writes, ranges)),) = groups.items()
             try:
                 return await engine.commit(self._request(pid, writes, ranges))

@@ -181,3 +181,19 @@ async def test_a_transaction_whose_read_partition_was_split_meanwhile_is_refused
 async def _increment(tx: kvstore.Transaction) -> None:
     tx.put(b"a", await tx.get(b"a") + 1)
     tx.put(b"z", 1)
+
+
+async def test_blind_writes_across_partitions_follow_a_split_the_handle_missed(tmp_path: Path) -> None:
+    """Handle B's map predates a split by A: B's blind write of keys in two partitions,
+    one of them retired, follows the split and commits (it failed on every retry)."""
+    url = str(tmp_path / "db")
+    async with (
+        kvstore.open(url, split_keys=[b"m"], values="msgpack", create=True) as a,
+        kvstore.open(url, values="msgpack") as b,
+    ):
+        await a.split(b"g")
+        async with b.transaction() as tx:
+            tx.put(b"a", 1)
+            tx.put(b"z", 1)
+        assert await a.get_many([b"a", b"z"]) == [1, 1]
+        assert len(await b.partitions()) == 3
