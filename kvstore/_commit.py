@@ -448,6 +448,16 @@ class Committer:
             if sum(map(len, merged)) + range_bytes(ranges) <= LOG_KEYS_MAX_BYTES:
                 keys = tuple(merged)
         resolved = len(base.intents) + len(prepared) - len(intents)
+        meta: dict[str, Any] = {"resolved": resolved} if resolved else {}
+        if pending is None and resolved:  # a resolve of its own (`CommitRecord.only_resolves`)
+            meta["resolves"] = [i.decision for i in committed]
+        if keys is not None and prepared:
+            # Keys listed only because a prepare holds them: not written yet (`watch` skips them).
+            written_now = {k for i in committed for k in (i.keys or ())}
+            written_now |= set(pending.keys or ()) if pending is not None and pending.refs else set()
+            held = sorted({k for p in prepared for k in p.keys} - written_now)
+            if held:
+                meta["prepared"] = held
         record = CommitRecord(
             version=version,
             time=now,
@@ -458,10 +468,7 @@ class Committer:
             min_key=min((r.min_key for r in written), default=b""),
             max_key=max((r.max_key for r in written), default=b""),
             keys=keys,
-            # A resolve of its own names the decisions it resolved (`CommitRecord.only_resolves`).
-            meta=({"resolved": resolved} | ({"resolves": [i.decision for i in committed]} if pending is None else {}))
-            if resolved
-            else None,
+            meta=meta or None,
             # As in `_next_manifest`: the batch's range deletes, exactly while the keys are.
             ranges=tuple(ranges) if keys is not None else cover(ranges),
         )

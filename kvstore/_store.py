@@ -181,7 +181,10 @@ def _changed_keys(record: CommitRecord, lo: bytes | None, hi: bytes | None) -> l
     if record.keys is None:
         overlaps = (lo is None or record.max_key >= lo) and (hi is None or record.min_key < hi)
         return [] if overlaps else None
-    inside = [k for k in record.keys if (lo is None or k >= lo) and (hi is None or k < hi)]
+    # A cross-partition prepare's keys are reported when its commit is resolved, not before
+    # (an aborted one never): the record lists them for conflict checks only.
+    held = set((record.meta or {}).get("prepared", ()))
+    inside = [k for k in record.keys if (lo is None or k >= lo) and (hi is None or k < hi) and k not in held]
     return inside or None
 
 

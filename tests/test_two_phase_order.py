@@ -8,6 +8,7 @@ transaction read refuses its commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,46 @@ async def test_blind_writes_across_partitions_follow_a_split_the_handle_missed(t
             tx.put(b"z", 1)
         assert await a.get_many([b"a", b"z"]) == [1, 1]
         assert len(await b.partitions()) == 3
+
+
+async def test_watch_reports_a_cross_partition_commit_once_and_an_aborted_one_never(tmp_path: Path) -> None:
+    async with kvstore.open(str(tmp_path / "db"), split_keys=[b"m"], values="msgpack", create=True) as db:
+        await db.put(b"a", 0)
+        await db.put(b"z", 0)
+        reported: list[bytes] = []
+        seen_marker = asyncio.Event()
+
+        async def watch() -> None:
+            async for change in db.watch(interval=0.01):
+                reported.extend(change.keys or [])
+                if b"marker" in reported:
+                    seen_marker.set()
+                if b"zend" in reported:
+                    return
+
+        watching = asyncio.ensure_future(watch())
+        for _ in range(200):  # until the watcher has its starting point and reports a commit
+            await db.put(b"marker", 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(seen_marker.wait(), 0.05)
+                break
+        assert seen_marker.is_set()
+        doomed = db.transaction()
+        await doomed.get(b"a")
+        await db.put(b"a", 1)  # changes what `doomed` read: its prepare there fails, z's may land
+        doomed.put(b"a", 2)
+        doomed.put(b"z", 2)
+        with pytest.raises(kvstore.ConflictError):
+            await doomed.commit()
+        async with db.transaction() as tx:
+            tx.put(b"a", 3)
+            tx.put(b"z", 3)
+        # A cross-partition commit is reported when resolved in each partition: a commit of
+        # z's partition after that (`zend`) comes after it in that partition's order.
+        for engine in db._router.all_engines():
+            await engine.resolve()
+        await db.put(b"zend", 1)
+        await asyncio.wait_for(watching, DEADLINE)
+        after = reported[reported.index(b"marker") :]
+        assert sorted(k for k in after if k != b"marker") == [b"a", b"a", b"z", b"zend"]
+        assert await db.get_many([b"a", b"z"]) == [3, 3]
