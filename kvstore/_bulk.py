@@ -203,12 +203,7 @@ async def route_batches(
 
     try:
         async for batch in batches:
-            shares: dict[str, tuple[list[bytes], list[bytes]]] = {}
-            for key, value in zip(batch.keys, batch.values, strict=True):
-                keys, vals = shares.setdefault(where(key), ([], []))
-                keys.append(key)
-                vals.append(value)
-            for dest, (keys, vals) in shares.items():
+            for dest, (keys, vals) in _shares(batch, where).items():
                 if dest not in queues:
                     queues[dest] = asyncio.Queue(maxsize=2)
                     consumers[dest] = asyncio.ensure_future(consume(dest, stream(queues[dest])))
@@ -225,6 +220,34 @@ async def route_batches(
         for task in consumers.values():
             task.cancel()
         await asyncio.gather(*consumers.values(), return_exceptions=True)
+
+
+def _shares(batch: Batch, where: Callable[[bytes], str]) -> dict[str, tuple[Sequence[bytes], Sequence[bytes]]]:
+    """A batch's pairs by destination. Input in key order (the cheap case of a load) is cut
+    into slices by bisection, a few `where` calls per destination (`where` is monotone in
+    the key: key ranges); other input takes one call per pair."""
+    keys, values = batch.keys, batch.values
+    shares: dict[str, tuple[Sequence[bytes], Sequence[bytes]]] = {}
+    if _ascending(keys):
+        i = 0
+        while i < len(keys):
+            dest = where(keys[i])
+            lo, hi = i + 1, len(keys)  # the slice ends at the first key going elsewhere
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if where(keys[mid]) == dest:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            shares[dest] = (keys[i:lo], values[i:lo])
+            i = lo
+        return shares
+    lists: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    for key, value in zip(keys, values, strict=True):
+        ks, vs = lists.setdefault(where(key), ([], []))
+        ks.append(key)
+        vs.append(value)
+    return dict(lists)
 
 
 async def _put(queue: asyncio.Queue[Batch | None], consumer: asyncio.Future[Any], item: Batch | None) -> None:
