@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from itertools import accumulate, islice
 from operator import add, lt
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ._codec import BULK_VALUE_LIMIT, ValueMode, encode_key, encode_value
 from ._errors import ValidationError
@@ -26,6 +26,7 @@ from ._segment_store import Entry, SegmentOutput, SegmentStore, scan_readahead
 BATCH_PAIRS = 1024
 
 Pairs = tuple[Sequence[bytes], Sequence[bytes]]  # parallel keys and values
+T = TypeVar("T")
 
 
 class Batch(NamedTuple):
@@ -179,6 +180,84 @@ async def write_chunks(
     except BaseException:
         await uploads.cancel()
         raise
+
+
+async def route_batches(
+    batches: AsyncIterable[Batch],
+    where: Callable[[bytes], str],
+    consume: Callable[[str, AsyncIterator[Batch]], Awaitable[T]],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, T]:
+    """Split a stream of batches by `where(key)` (a partition's id) into one stream per
+    destination, each consumed concurrently by `consume(destination, stream)` (started on
+    its first pair); their results. Memory: two batches queued per destination. The first
+    failure of a consumer ends the whole (the others are cancelled). `progress(n)`: pairs
+    routed so far, after each batch."""
+    queues: dict[str, asyncio.Queue[Batch | None]] = {}
+    consumers: dict[str, asyncio.Future[T]] = {}
+    routed = 0
+
+    async def stream(queue: asyncio.Queue[Batch | None]) -> AsyncIterator[Batch]:
+        while (batch := await queue.get()) is not None:
+            yield batch
+
+    try:
+        async for batch in batches:
+            for dest, (keys, vals) in _shares(batch, where).items():
+                if dest not in queues:
+                    queues[dest] = asyncio.Queue(maxsize=2)
+                    consumers[dest] = asyncio.ensure_future(consume(dest, stream(queues[dest])))
+                share = Batch(keys, vals, sum(map(len, keys)) + sum(map(len, vals)))
+                await _put(queues[dest], consumers[dest], share)
+            routed += len(batch.keys)
+            if progress is not None:
+                progress(routed)
+        for dest, queue in queues.items():
+            await _put(queue, consumers[dest], None)
+        results = await asyncio.gather(*consumers.values())
+        return dict(zip(consumers, results, strict=True))
+    finally:
+        for task in consumers.values():
+            task.cancel()
+        await asyncio.gather(*consumers.values(), return_exceptions=True)
+
+
+def _shares(batch: Batch, where: Callable[[bytes], str]) -> dict[str, tuple[Sequence[bytes], Sequence[bytes]]]:
+    """A batch's pairs by destination. Input in key order (the cheap case of a load) is cut
+    into slices by bisection, a few `where` calls per destination (`where` is monotone in
+    the key: key ranges); other input takes one call per pair."""
+    keys, values = batch.keys, batch.values
+    shares: dict[str, tuple[Sequence[bytes], Sequence[bytes]]] = {}
+    if _ascending(keys):
+        i = 0
+        while i < len(keys):
+            dest = where(keys[i])
+            lo, hi = i + 1, len(keys)  # the slice ends at the first key going elsewhere
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if where(keys[mid]) == dest:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            shares[dest] = (keys[i:lo], values[i:lo])
+            i = lo
+        return shares
+    lists: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    for key, value in zip(keys, values, strict=True):
+        ks, vs = lists.setdefault(where(key), ([], []))
+        ks.append(key)
+        vs.append(value)
+    return dict(lists)
+
+
+async def _put(queue: asyncio.Queue[Batch | None], consumer: asyncio.Future[Any], item: Batch | None) -> None:
+    """Queue `item` for `consumer`, or raise its failure if it ended (it would never take it)."""
+    putting = asyncio.ensure_future(queue.put(item))
+    await asyncio.wait([putting, consumer], return_when=asyncio.FIRST_COMPLETED)
+    if not putting.done():
+        putting.cancel()
+        consumer.result()  # raises its error
+        raise AssertionError("a consumer of routed batches ended before its input")
 
 
 # Chunks merged at once: each holds a decoded block and its read-ahead (or, when small,

@@ -12,7 +12,9 @@ segment. `docs/design.md` walks through it.
 
 A cross-partition transaction's prepare (`CommitRequest.decision` set,
 `_two_phase.py`) rides the same batches, as an intent with a segment of its
-own instead of a share of the batch's segment. Every CAS of the committer
+own instead of a share of the batch's segment; one carrying segments written
+beforehand (a bulk load's or distributed write's share of a partition) commits
+alone, as an intent per segment. Every CAS of the committer
 first consults the decisions of the intents live in its base: it turns
 committed ones into segments and drops aborted ones (resolution rides the
 batch), aborts undecided ones older than `StoreOptions.intent_timeout`, and
@@ -103,7 +105,8 @@ class CommitRequest:
     # that only resolved those (turned their intents into segments) changed nothing it read.
     shown: frozenset[str] = frozenset()
     # Set for a cross-partition transaction's prepare: the name of its decision object.
-    # Its writes become an intent (`_manifest.Intent`) with a segment of its own.
+    # Its writes become an intent (`_manifest.Intent`) with a segment of its own; with
+    # `segments`, one intent per segment (all of one transaction, one decision).
     decision: str | None = None
     future: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -124,11 +127,12 @@ class CommitStatistics:
 
 @dataclass
 class _PendingIntent:
-    """A prepare of the batch: its segment and sorted written keys."""
+    """A prepare of the batch: its segment and sorted written keys (None: segments written
+    beforehand, whose keys are known only by their range)."""
 
     request: CommitRequest
     ref: SegmentRef
-    keys: list[bytes]
+    keys: list[bytes] | None
 
 
 @dataclass
@@ -434,7 +438,7 @@ class Committer:
         prepared = [] if pending is None else pending.intents
         now = time.time()
         for p in prepared:
-            exact = tuple(p.keys) if sum(map(len, p.keys)) <= LOG_KEYS_MAX_BYTES else None
+            exact = tuple(p.keys) if p.keys is not None and sum(map(len, p.keys)) <= LOG_KEYS_MAX_BYTES else None
             intents.append(Intent(p.request.txn_id, version, now, str(p.request.decision), exact, at_version(p.ref)))
         key_lists: list[list[bytes] | tuple[bytes, ...] | None] = [i.keys for i in committed]
         key_lists += [p.keys for p in prepared]
@@ -455,7 +459,7 @@ class Committer:
             # Keys listed only because a prepare holds them: not written yet (`watch` skips them).
             written_now = {k for i in committed for k in (i.keys or ())}
             written_now |= set(pending.keys or ()) if pending is not None and pending.refs else set()
-            held = sorted({k for p in prepared for k in p.keys} - written_now)
+            held = sorted({k for p in prepared for k in (p.keys or ())} - written_now)
             if held:
                 meta["prepared"] = held
         record = CommitRecord(
@@ -587,6 +591,12 @@ class Committer:
                 raise TransactionTooOldError(
                     "the bulk load's segments are older than half the GC grace period (I8); load again"
                 )
+            if accepted[0].decision is not None:
+                # A share of a load across partitions: its segments, newest first, become
+                # intents in that order, and so resolve into segments in that order.
+                return _Pending(
+                    [], accepted[0].started, None, intents=[_PendingIntent(accepted[0], r, None) for r in bulk]
+                )
             return _Pending(bulk, accepted[0].started, None)
         regular = [r for r in accepted if r.decision is None]
         merged: dict[bytes, Value] = {}
@@ -636,6 +646,10 @@ class Committer:
         if base.intents or pending.intents:
             record, add, intents = self._resolution(base, statuses, pending)
             meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
+            if accepted[0].job is not None and accepted[0].decision is not None:
+                # A distributed write's share prepared here: whether the job committed is its
+                # decision's to say (`Engine.parts_request` looks it up).
+                meta["decision"] = accepted[0].decision
             record = replace(record, txn_ids=(accepted[0].txn_id,), txn_count=len(accepted), meta=meta or None)
             return base.with_commit(
                 record, self._options.commit_log_length, add=add, intents=intents, delete_ranges=pending.ranges
@@ -753,9 +767,19 @@ def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuse
             continue
         if intent.meets(request.read_keys, request.read_ranges):
             return f"read keys that cross-partition transaction {intent.txn_id.hex()} wrote ({outcome or 'undecided'})"
-        if outcome is None and (intent.meets(request.writes, ()) or intent.meets((), request.range_deletes)):
+        if outcome is None and (
+            intent.meets(request.writes, ())
+            or intent.meets((), request.range_deletes)
+            or intent.meets((), _segment_ranges(request.segments))
+        ):
             return f"writes keys that cross-partition transaction {intent.txn_id.hex()} has prepared (undecided)"
     return None
+
+
+def _segment_ranges(segments: list[SegmentRef] | None) -> list[KeyRange]:
+    """The key ranges segments written beforehand cover (what a bulk load writes, as far
+    as an intent's check can tell without reading them)."""
+    return [(s.min_key, s.max_key + b"\0") for s in segments or ()]
 
 
 def _keep_undecided(maybe_applied: list[int], base: Manifest) -> None:

@@ -15,6 +15,13 @@ every part's segments or none; a part never committed is an orphan that GC
 collects after the grace period (I7). The commit record names the job id,
 which is how a second commit (from any process) is refused; an uncertain
 CAS is resolved by the commit's own transaction id, like any commit (I5).
+
+On a partitioned store the job carries the partition map: a worker routes its
+pairs by key and writes each partition's share under that partition, and
+`Part.partitions` names the partition of each segment. The commit publishes
+every partition's share at once through one cross-partition decision
+(`_partition_ops.commit_parts_partitions`); a split since the job was made
+refuses it (PartitionMovedError).
 docs/distributed.md has the guide, docs/design.md the protocol.
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 import threading
 import time
@@ -32,7 +40,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ._bulk import encoded_batches, write_chunks
+from ._bulk import Batch, encoded_batches, route_batches, write_chunks
 from ._cache import ByteLRU
 from ._codec import ValueMode
 from ._compact import SubCompaction, SubCompactionResult, run_sub_compaction
@@ -41,6 +49,7 @@ from ._layout import Layout
 from ._manifest import SegmentRef
 from ._objectstore import RetryingObjectStore, S3Options
 from ._options import StoreOptions, bulk_value_limit, grace_period_of
+from ._partition_map import ROOT_PID, PartitionMap
 from ._segment_store import SegmentStore
 from ._sources import Sources
 from ._url import parse_url
@@ -72,6 +81,8 @@ class Part:
     segments: tuple[SegmentRef, ...]
     written_at: float
     pairs: int  # pairs taken from the input, a repeated key counted each time
+    # On a partitioned store, the partition of each segment (parallel to `segments`).
+    partitions: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -99,6 +110,9 @@ class DistributedWrite:
     s3: S3Options
     chunk_bytes: int
     meta: dict[str, Any] | None = None
+    # A partitioned store's map when the job was made (None: a store never split): the
+    # workers route pairs by it, and the commit refuses the job if the map changed.
+    pmap: PartitionMap | None = None
     # Set on the driver by `Store.distributed_write`; not pickled. A copy without it
     # (unpickled, e.g. after a driver restart) opens the store by its URL to commit.
     _committer: Callable[..., Awaitable[int]] | None = field(default=None, repr=False, compare=False)
@@ -153,6 +167,12 @@ class DistributedWrite:
         # a later chunk) is listed first and so wins a key both hold.
         segments = [s for part in parts for s in part.segments][::-1]
         commit = self._committer or self._commit_by_url
+        if self.pmap is not None:
+            pids = [pid for part in parts for pid in part.partitions][::-1]
+            shares: dict[str, list[SegmentRef]] = {}
+            for pid, segment in zip(pids, segments, strict=True):
+                shares.setdefault(pid, []).append(segment)
+            commit = functools.partial(commit, shares=shares)
         version = await commit(
             store_id=self.store_id,
             job_id=self.job_id,
@@ -208,6 +228,10 @@ class DistributedWrite:
 
     async def _commit_by_url(self, **commit: Any) -> int:
         """Commit through the store opened by its URL (this job was unpickled away from its store)."""
+        if self.pmap is not None:
+            from ._partition_ops import open_and_commit_parts  # above this module: imported when needed
+
+            return await open_and_commit_parts(self.url, self.s3, self.options, self.pmap, **commit)
         from ._engine import open_engine  # the engine commits; it does not need this module
 
         location = parse_url(self.url, self.s3)
@@ -223,13 +247,26 @@ class DistributedWrite:
         if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
             raise ValidationError(f"index must be an int (the task's number) or None, not {index!r}")
         async with _worker_runtime().objects(self) as (objects, layout):
-            segments = SegmentStore(objects, layout, ByteLRU(0))
             limits = self.options.max_key_bytes, bulk_value_limit(self.options)
             taken = [0]  # pairs taken, as of the last chunk uploaded (no step per pair here)
             written_at = time.time()  # before the first segment: the part is at least this old
             batches = encoded_batches(pairs, self.values, *limits)
-            refs = await write_chunks(batches, segments, chunk_bytes=self.chunk_bytes, progress=taken.append)
-        return Part(self.job_id, index, tuple(refs), written_at, taken[-1])
+            pmap = self.pmap
+            if pmap is None:
+                segments = SegmentStore(objects, layout, ByteLRU(0))
+                refs = await write_chunks(batches, segments, chunk_bytes=self.chunk_bytes, progress=taken.append)
+                return Part(self.job_id, index, tuple(refs), written_at, taken[-1])
+
+            async def write(pid: str, stream: AsyncIterator[Batch]) -> list[SegmentRef]:
+                share = layout if pid == ROOT_PID else layout.partition(pid)
+                return await write_chunks(
+                    stream, SegmentStore(objects, share, ByteLRU(0)), chunk_bytes=self.chunk_bytes
+                )
+
+            written = await route_batches(batches, lambda key: pmap.partition_for(key).pid, write, taken.append)
+        pids = tuple(pid for pid, refs in written.items() for _ in refs)
+        segs = tuple(ref for refs in written.values() for ref in refs)
+        return Part(self.job_id, index, segs, written_at, taken[-1], pids)
 
 
 @dataclass(frozen=True)

@@ -432,6 +432,15 @@ class Engine:
         then commit them all in one manifest CAS; returns the version. `values`: how
         the batches' values were encoded (the commit is refused if the store records
         a codec they do not fit)."""
+        parts, started = await self.write_bulk_run(batches, progress=progress, chunk_bytes=chunk_bytes)
+        return await self.commit(self.bulk_request(parts, started, values, read_version=read_version, meta=meta))
+
+    async def write_bulk_run(
+        self, batches: AsyncIterable[Batch], *, progress: Callable[[int], None] | None, chunk_bytes: int
+    ) -> tuple[list[SegmentRef], float]:
+        """The first half of `bulk_commit`: the batches written as one sorted run (a source
+        of its own), committing nothing; with the time.monotonic() before its oldest object
+        (I8). ValidationError if the batches hold no pair."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()
         chunks = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
@@ -445,8 +454,22 @@ class Engine:
             # One source, as a compaction of the chunks would have made, so a cold read
             # right after the load costs what it costs in a compacted store.
             parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
-        request = CommitRequest(
-            txn_id=self.new_txn_id(),
+        return parts, started
+
+    def bulk_request(
+        self,
+        parts: list[SegmentRef],
+        started: float,
+        values: ValueMode,
+        *,
+        read_version: int | None = None,
+        meta: dict[str, Any] | None = None,
+        txn_id: bytes | None = None,
+    ) -> CommitRequest:
+        """The commit of a run `write_bulk_run` wrote (here, or as a prepare with `txn_id`:
+        a share of a load across partitions, `_partition_ops.bulk_load_partitions`)."""
+        return CommitRequest(
+            txn_id=self.new_txn_id() if txn_id is None else txn_id,
             read_version=read_version,
             started=started,
             read_keys=set(),
@@ -456,7 +479,6 @@ class Engine:
             meta=meta,
             segments=parts,
         )
-        return await self.commit(request)
 
     async def commit_parts(
         self,
@@ -476,6 +498,35 @@ class Engine:
         `values` how the parts' values were encoded (as in `bulk_commit`). With
         `read_version`, a commit after it that wrote one of `read_keys` is a conflict
         (ConflictError), as for a transaction that read them (a Zarr session)."""
+        request = await self.parts_request(
+            store_id=store_id,
+            job_id=job_id,
+            segments=segments,
+            written_at=written_at,
+            meta=meta,
+            values=values,
+            read_version=read_version,
+            read_keys=read_keys,
+        )
+        return await self.commit(request)
+
+    async def parts_request(
+        self,
+        *,
+        store_id: str,
+        job_id: str,
+        segments: list[SegmentRef],
+        written_at: float,
+        meta: dict[str, Any] | None,
+        values: ValueMode,
+        read_version: int | None = None,
+        read_keys: set[bytes] | None = None,
+        txn_id: bytes | None = None,
+    ) -> CommitRequest:
+        """The request `commit_parts` commits (or, with `txn_id`, prepares: this partition's
+        share of a job across partitions), after checking here that the job has not
+        committed: no commit record names it, unless that record prepared a share whose
+        transaction was aborted, and none of its segments is live."""
         self.check_writable("distributed writes are writes")
         manifest = await self.refresh()
         if manifest.store_id != store_id:
@@ -484,17 +535,25 @@ class Engine:
                 f"{store_id}, now {manifest.store_id}): it was deleted and made again; run the job again"
             )
         live = {s.id for s in manifest.segments}
-        done = next((r.version for r in manifest.log if r.job == job_id), None)
+        live |= {i.segment.id for i in manifest.intents if await self._outcome(i.decision) != "aborted"}
+        done: int | None = None
+        for record in manifest.log:
+            if record.job == job_id:
+                # A share prepared across partitions counts unless its transaction was aborted.
+                decision = (record.meta or {}).get("decision")
+                if decision is None or await self._outcome(decision) != "aborted":
+                    done = record.version
+                    break
         if done is not None or any(s.id in live for s in segments):
             raise JobAlreadyCommittedError(
                 f"distributed write {job_id} has already committed"
                 f"{'' if done is None else f' (version {done})'}; start a new job to write more"
             )
-        request = CommitRequest(
+        return CommitRequest(
             # A new id per attempt to commit: two drivers committing one job must not take
             # each other's commit for their own (I5 looks for this id), so the job id goes
             # in the record's meta, where the check above and the committer find it.
-            txn_id=self.new_txn_id(),
+            txn_id=self.new_txn_id() if txn_id is None else txn_id,
             # Commits after it are checked for this job id (and for `read_keys`).
             read_version=manifest.version if read_version is None else read_version,
             # The committer holds segments to I8 by monotonic time; the parts' clock is another host's.
@@ -507,7 +566,10 @@ class Engine:
             segments=segments,
             job=job_id,
         )
-        return await self.commit(request)
+
+    async def _outcome(self, decision: str) -> str | None:
+        """The outcome of decision object `decision` (None: undecided, or no decisions to ask)."""
+        return None if self.decisions is None else await self.decisions.outcome(decision)
 
     async def seal(self, moved: dict[str, Any]) -> Manifest:
         """Make the latest version this partition's last (a split moves its keys elsewhere,

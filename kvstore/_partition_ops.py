@@ -15,25 +15,47 @@ which the commit history in it still reaches (else the tag is refused).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ._bulk import Batch
+from ._bulk import Batch, route_batches
 from ._codec import ValueMode
 from ._envelope import seal, unseal
-from ._errors import ContentionError, TagExistsError, TagNotFoundError, ValidationError
+from ._errors import (
+    ConflictError,
+    ContentionError,
+    PartitionMovedError,
+    StoreNotFoundError,
+    TagExistsError,
+    TagNotFoundError,
+    ValidationError,
+)
 from ._gc import GcReport
-from ._objectstore import ObjectNotFound, PreconditionFailed
+from ._manifest import SegmentRef
+from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore, S3Options
+from ._options import StoreOptions
 from ._partition_map import Partition, PartitionMap
-from ._router import MAX_REDIRECTS, PartitionedView, Router
+from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router
 from ._snapshot import SnapshotView
 from ._tags import Tag, _check_name
 from ._tasks import gather_all
+from ._two_phase import commit_across
+from ._url import parse_url
+
+if TYPE_CHECKING:
+    from ._commit import CommitRequest
+    from ._engine import Engine
 
 FORMAT = 1
 _MAGIC = b"KVPT"
+# A load's publish meeting other transactions' undecided intents is retried for up to
+# 2 x intent_timeout (they are resolved by then, or aborted) plus this, pausing from
+# SHARE_RETRY_PAUSE seconds (doubling, at most 1 s) between attempts.
+SHARE_RETRY_SECONDS = 5.0
+SHARE_RETRY_PAUSE = 0.05
 
 
 async def tag_partitions(router: Router, name: str) -> Tag:
@@ -132,53 +154,120 @@ async def bulk_load_partitions(
     progress: Callable[[int], None] | None,
     chunk_bytes: int,
 ) -> int:
-    """Route each batch's pairs to their partitions and bulk-load each partition's share
-    there (concurrently, each its own commit); returns the highest version."""
-    queues: dict[str, asyncio.Queue[Batch | None]] = {}
-    loads: dict[str, asyncio.Task[int]] = {}
-    written = 0
+    """Route each batch's pairs to their partitions and write each partition's share there
+    as a sorted run (concurrently), then publish every share at once: one commit if the
+    load falls in one partition, else a cross-partition commit whose intents carry the
+    runs (`_two_phase.commit_across`). Returns the highest version."""
+    pmap, engines = router.pmap, dict(router.engines)  # one map throughout: a split fails the publish
 
-    async def stream(queue: asyncio.Queue[Batch | None]) -> AsyncIterator[Batch]:
-        while (batch := await queue.get()) is not None:
-            yield batch
+    async def write(pid: str, stream: AsyncIterator[Batch]) -> tuple[list[SegmentRef], float]:
+        return await engines[pid].write_bulk_run(stream, progress=None, chunk_bytes=chunk_bytes)
 
+    runs = await route_batches(batches, lambda key: pmap.partition_for(key).pid, write, progress)
+    if not runs:
+        raise ValidationError("bulk_load got no items")
+
+    async def shares(txn_id: bytes) -> list[tuple[Engine, CommitRequest]]:
+        return [
+            (engines[pid], engines[pid].bulk_request(parts, started, values, txn_id=txn_id))
+            for pid, (parts, started) in runs.items()
+        ]
+
+    return await publish_shares(router, shares)
+
+
+async def commit_parts_partitions(
+    router: Router,
+    pmap: PartitionMap,
+    *,
+    shares: dict[str, list[SegmentRef]],
+    segments: list[SegmentRef],
+    **commit: Any,
+) -> int:
+    """Commit a distributed write's segments, written into the partitions of `pmap` by key
+    (`shares`: partition id -> its segments, newest first; `segments`: all of them), in
+    every partition at once, at most once per job (`Engine.parts_request`).
+    PartitionMovedError if the store was split since the job was made (its segments lie
+    in partitions that no longer take commits)."""
+    del segments  # the same, by partition, in `shares`
+    await router.reload()
+    store_id = commit.pop("store_id")
+    if router.store_id != store_id:
+        raise StoreNotFoundError(
+            f"the store at {router.location.url} is not the one this distributed write was made for (store id "
+            f"{store_id}, now {router.store_id}): it was deleted and made again; run the job again"
+        )
+    if router.pmap.version != pmap.version:
+        raise PartitionMovedError(
+            f"{router.location.url} was split while distributed write {commit['job_id']} ran (partition map "
+            f"version {pmap.version}, now {router.pmap.version}), so its parts were written for partitions that "
+            "no longer take commits; nothing was written: write the parts again with a new job"
+        )
+    engines = {pid: router.engines[pid] for pid in shares}
+
+    async def requests(txn_id: bytes) -> list[tuple[Engine, CommitRequest]]:
+        made = [
+            # Each partition's manifest has a store id of its own (the map's is the first's).
+            engines[pid].parts_request(segments=refs, txn_id=txn_id, store_id=engines[pid].store_id, **commit)
+            for pid, refs in shares.items()
+        ]
+        return list(zip(engines.values(), await gather_all(made), strict=True))
+
+    return await publish_shares(router, requests)
+
+
+async def open_and_commit_parts(
+    url: str, s3: S3Options, options: StoreOptions, pmap: PartitionMap, **commit: Any
+) -> int:
+    """`commit_parts_partitions` through the store opened by its URL (a job unpickled away
+    from the store that made it)."""
+    location = parse_url(url, s3)
+    objects = RetryingObjectStore(location.objects, options.retry)
     try:
-        async for batch in batches:
-            shares: dict[str, tuple[list[bytes], list[bytes]]] = {}
-            for key, value in zip(batch.keys, batch.values, strict=True):
-                keys, vals = shares.setdefault(router.pmap.partition_for(key).pid, ([], []))
-                keys.append(key)
-                vals.append(value)
-            for pid, (keys, vals) in shares.items():
-                if pid not in queues:
-                    queues[pid] = asyncio.Queue(maxsize=2)  # memory: a chunk and two batches per partition
-                    engine = router.engines[pid]
-                    loads[pid] = asyncio.ensure_future(
-                        engine.bulk_commit(stream(queues[pid]), values=values, progress=None, chunk_bytes=chunk_bytes)
-                    )
-                await _put(queues[pid], loads[pid], Batch(keys, vals, sum(map(len, keys)) + sum(map(len, vals))))
-            written += len(batch.keys)
-            if progress is not None:
-                progress(written)
-        for pid, queue in queues.items():
-            await _put(queue, loads[pid], None)
-        if not loads:
-            raise ValidationError("bulk_load got no items")
-        return max(await gather_all(loads.values()))
+        router = await open_router(
+            location,
+            options,
+            objects,
+            create=False,
+            read_only=False,
+            split_keys=None,
+            new_settings={},
+            adopt_settings={},
+        )
+    except BaseException:
+        await objects.close()
+        raise
+    try:
+        return await commit_parts_partitions(router, pmap, **commit)
     finally:
-        for task in loads.values():
-            task.cancel()
-        await asyncio.gather(*loads.values(), return_exceptions=True)
+        await router.close()  # and the object store
 
 
-async def _put(queue: asyncio.Queue[Batch | None], load: asyncio.Task[int], item: Batch | None) -> None:
-    """Queue `item` for `load`, or raise its failure if it ended (it would never take it)."""
-    putting = asyncio.ensure_future(queue.put(item))
-    await asyncio.wait([putting, load], return_when=asyncio.FIRST_COMPLETED)
-    if not putting.done():
-        putting.cancel()
-        load.result()  # raises its error
-        raise AssertionError("a partition's bulk load ended before its input")
+async def publish_shares(
+    router: Router, shares: Callable[[bytes], Awaitable[list[tuple[Engine, CommitRequest]]]]
+) -> int:
+    """Commit segments written beforehand in their partitions, all or none; the highest
+    version. `shares(txn_id)` gives each partition's request (made again for each attempt).
+
+    One partition: one commit, as on a store never split. Several: prepare an intent per
+    segment in each, then one decision (`commit_across`). A conflict (an undecided intent of
+    another transaction over a share's key range, which resolves within intent_timeout)
+    is retried with the same segments under a new transaction id, up to a deadline: a load
+    reads nothing, so only the segments' age (I8, checked by the committer) limits it."""
+    deadline = time.monotonic() + 2 * router.options.intent_timeout + SHARE_RETRY_SECONDS
+    pause = SHARE_RETRY_PAUSE
+    while True:
+        parts = await shares(router.first.new_txn_id())
+        try:
+            if len(parts) == 1:
+                engine, request = parts[0]
+                return await engine.commit(request)
+            return max(await commit_across(parts, router.decisions()))
+        except ConflictError as exc:
+            if isinstance(exc.__cause__, PartitionMovedError) or time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
 def merge_gc_reports(reports: list[GcReport]) -> GcReport:

@@ -8,6 +8,7 @@ the view it wraps, in `_snapshot.py`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -39,6 +40,7 @@ from ._options import StoreOptions, bulk_value_limit
 from ._partition_map import ROOT_PID, Partition
 from ._partition_ops import (
     bulk_load_partitions,
+    commit_parts_partitions,
     delete_partition_tag,
     merge_gc_reports,
     partition_tags,
@@ -492,10 +494,11 @@ class Store:
         each chunk's upload. The write-size limits of ordinary transactions do
         not apply; the key and value limits do.
 
-        On a partitioned store each partition's share of the pairs is written and
-        committed in that partition (one CAS each, concurrently): a reader may see
-        one partition's share before another's. Returns the highest of the
-        partitions' versions.
+        On a partitioned store each partition's share of the pairs is written in that
+        partition (concurrently), then all shares are published at once through the
+        cross-partition protocol (a prepare per partition, one decision): readers see
+        every partition's share or none. Returns the highest of the partitions'
+        versions. ConflictError if the store is split during the load (load again).
         """
         self._engine.check_writable("bulk loads are writes")
         refuse_nested(self.store_id, self.url)
@@ -517,17 +520,22 @@ class Store:
         on the driver publishes every part in one manifest CAS, or none, at most
         once; `meta` is kept in the commit log. Where parts overlap in keys, the
         later part in `parts` wins. Parts never committed stay invisible and are
-        collected by `gc` after the grace period. See docs/distributed.md.
+        collected by `gc` after the grace period. On a partitioned store workers
+        route their pairs to the partitions by key, and the commit publishes every
+        partition's share at once (one cross-partition decision); a split while
+        the job runs makes its commit fail (PartitionMovedError: run a new job).
+        See docs/distributed.md.
         """
         self._engine.check_writable("distributed writes are writes")
-        if self._partitioned:
-            raise ValidationError(
-                f"{self.url} is partitioned, and distributed writes commit into one partition: use bulk_load, "
-                "or transactions"
-            )
         if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise ValidationError(f"chunk_bytes must be a positive int, not {chunk_bytes!r}")
-        await self._engine.refresh()
+        committer: Callable[..., Awaitable[int]] = self._engine.commit_parts
+        pmap = None
+        if self._partitioned:
+            pmap = await self._router.reload()
+            committer = functools.partial(commit_parts_partitions, self._router, pmap)
+        else:
+            await self._engine.refresh()
         return DistributedWrite(
             url=self.url,
             store_id=self.store_id,
@@ -537,7 +545,8 @@ class Store:
             s3=self._s3,
             chunk_bytes=chunk_bytes,
             meta=meta,
-            _committer=self._engine.commit_parts,
+            pmap=pmap,
+            _committer=committer,
         )
 
     async def snapshot(self, *, version: int | None = None, tag: str | None = None) -> Snapshot:

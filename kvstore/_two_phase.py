@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import msgpack
 
 from ._envelope import seal, unseal
-from ._errors import CommitOutcomeUnknownError, ConflictError, CorruptionError, KvStoreError
+from ._errors import CommitOutcomeUnknownError, ConflictError, CorruptionError, JobAlreadyCommittedError, KvStoreError
 from ._layout import Layout
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 
@@ -177,8 +177,9 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
     txn_id = txn_ids.pop()
     name = decisions.name(txn_id)
     # A part that only read prepares no intent (it has nothing to write); its reads are
-    # checked with every part's in the second round below.
-    writing = [(e, r) for e, r in parts if r.writes or r.range_deletes]
+    # checked with every part's in the second round below. A part carrying segments written
+    # beforehand (a bulk load's share) prepares them as they are.
+    writing = [(e, r) for e, r in parts if r.writes or r.range_deletes or r.segments]
     participants = [engine.layout.prefix for engine, _ in writing]
     prepared: list[int | BaseException] = list(
         await asyncio.gather(*(engine.prepare(request, name) for engine, request in writing), return_exceptions=True)
@@ -214,7 +215,7 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
         interrupted = next((f for f in failures if not isinstance(f, Exception)), None)
         if interrupted is not None:
             raise interrupted
-        conflict = next((f for f in failures if isinstance(f, ConflictError)), None)
+        conflict = next((f for f in failures if isinstance(f, ConflictError | JobAlreadyCommittedError)), None)
         if conflict is not None:
             raise conflict
         # Unknown or failed prepares: the aborted decision makes every intent that did

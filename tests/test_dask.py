@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from distributed import Client, KilledWorker, LocalCluster
 from distributed_workers import pairs, stall_at
-from targets import Target, engine_of
+from targets import Target, engine_of, engines_of
 
 import kvstore
 import kvstore.dask
@@ -43,6 +43,22 @@ def healthy(client: Client) -> Client:
     return client
 
 
+# Three store partitions for the keys of `pairs(i, n)` (k<i:03d>-...): parts 0, 1-2 and 3.
+SPLIT = [b"k001", b"k003"]
+
+
+@pytest.fixture(params=[None, SPLIT], ids=["one", "split"])
+def split(request: pytest.FixtureRequest) -> list[bytes] | None:
+    """A store never split, or one of three partitions (the workers route pairs by key)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+async def _job_records(db: kvstore.Store, job_id: str) -> list[tuple[str, int]]:
+    """(partition, key count) of every commit record naming the job, in every partition."""
+    engines = db._router.engines.items()
+    return sorted([(pid, r.key_count) for pid, e in engines for r in (await e.refresh()).log if r.job == job_id])
+
+
 def _bag(partitions: int, count: int) -> dask.bag.Bag:
     return dask.bag.from_sequence([p for i in range(partitions) for p in pairs(i, count)], npartitions=partitions)
 
@@ -51,15 +67,22 @@ async def _content(db: kvstore.Store) -> dict[bytes, bytes]:
     return {k: v async for k, v in db.scan()}
 
 
-async def test_a_bag_of_pairs_commits_in_one_version(durable_target: Target, healthy: Client) -> None:
-    async with durable_target.open() as db:
+async def test_a_bag_of_pairs_commits_in_one_version(
+    durable_target: Target, healthy: Client, split: list[bytes] | None
+) -> None:
+    async with durable_target.open(split_keys=split) as db:
         await db.put(b"before", b"1")
         version = db.version
         committed = await kvstore.dask.store(db, _bag(4, 200), client=healthy, meta={"job": "bag"})
-        assert committed == version + 1
         assert await _content(db) == {b"before": b"1", **{k: v for i in range(4) for k, v in pairs(i, 200)}}
-        [record] = [r for r in engine_of(db).manifest.log if r.version == committed]
-        assert record.key_count == 800 and record.meta is not None and record.meta["txns"] == [{"job": "bag"}]
+        if split is None:
+            assert committed == version + 1
+            [record] = [r for r in engine_of(db).manifest.log if r.version == committed]
+            assert record.key_count == 800 and record.meta is not None and record.meta["txns"] == [{"job": "bag"}]
+        else:
+            job_ids = {r.job for e in engines_of(db) for r in e.manifest.log if r.job is not None}
+            [job_id] = job_ids
+            assert await _job_records(db, job_id) == [("0000", 200), ("0001", 400), ("0002", 200)]
 
 
 async def test_a_dataframe_keeps_its_other_columns_as_msgpack(durable_target: Target, healthy: Client) -> None:
@@ -82,9 +105,9 @@ async def test_a_dataframe_keeps_its_other_columns_as_msgpack(durable_target: Ta
 
 
 async def test_a_worker_killed_mid_job_still_commits_exactly_once(
-    durable_target: Target, healthy: Client, tmp_path: Path
+    durable_target: Target, healthy: Client, tmp_path: Path, split: list[bytes] | None
 ) -> None:
-    async with durable_target.open() as db:
+    async with durable_target.open(split_keys=split) as db:
         version = db.version
         bag = _bag(4, 200).map(stall_at, b"k001-00100", str(tmp_path), time.time() + DEADLINE)
         job = await db.distributed_write(chunk_bytes=2048)  # several segments per part
@@ -94,9 +117,12 @@ async def test_a_worker_killed_mid_job_still_commits_exactly_once(
         assert await db.refresh() == version  # nothing visible before the commit
         assert [p.index for p in parts] == [0, 1, 2, 3]
         committed = await job.commit(parts)
-        assert committed == version + 1
         assert await _content(db) == {k: v for i in range(4) for k, v in pairs(i, 200)}
-        assert [r.job for r in engine_of(db).manifest.log].count(job.job_id) == 1
+        if split is None:
+            assert committed == version + 1
+            assert [r.job for r in engine_of(db).manifest.log].count(job.job_id) == 1
+        else:  # each partition's share once: 200 keys of part 0, 400 of parts 1-2, 200 of part 3
+            assert await _job_records(db, job.job_id) == [("0000", 200), ("0001", 400), ("0002", 200)]
         with pytest.raises(kvstore.JobAlreadyCommittedError):
             await job.commit(parts)
 

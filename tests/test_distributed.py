@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import multiprocessing
 import pickle
 import time
@@ -16,14 +17,39 @@ from distributed_workers import pairs, write_part_and_pid
 from targets import Target, engine_of, fault_injecting, gc_later
 
 import kvstore
+from kvstore._partition_ops import commit_parts_partitions
+
+# The keys of `pairs(i, n)` are k<i:03d>-...: parts 0, 1-2 and 3 fall in three partitions.
+SPLIT = [b"k001", b"k003"]
+
+
+@pytest.fixture(params=[None, SPLIT], ids=["one", "split"])
+def split(request: pytest.FixtureRequest) -> list[bytes] | None:
+    """Split keys: a store never split, or one of three partitions (workers then route
+    their pairs by key, and the commit publishes every partition's share at once)."""
+    return request.param  # type: ignore[no-any-return]
 
 
 async def _keys(db: kvstore.Store) -> dict[bytes, bytes]:
     return {k: v async for k, v in db.scan()}
 
 
-async def test_parts_written_by_a_process_pool_commit_together(durable_target: Target) -> None:
-    async with durable_target.open() as db:
+def _segment_names(db: kvstore.Store, part: kvstore.Part) -> set[str]:
+    """The object names of a part's segments (under their partitions, on a partitioned store)."""
+    pids = part.partitions or [None] * len(part.segments)
+    layouts = [engine_of(db).layout if pid is None else db._router.layout_of(pid) for pid in pids]
+    return {layout.segment(s.id) for layout, s in zip(layouts, part.segments, strict=True)}
+
+
+async def _job_partitions(db: kvstore.Store, job: kvstore.DistributedWrite) -> list[str]:
+    """The partitions whose commit log names `job` (once each, or the list shows it twice)."""
+    return [pid for pid, e in db._router.engines.items() for r in (await e.refresh()).log if r.job == job.job_id]
+
+
+async def test_parts_written_by_a_process_pool_commit_together(
+    durable_target: Target, split: list[bytes] | None
+) -> None:
+    async with durable_target.open(split_keys=split) as db:
         await db.put(b"before", b"1")
         job = await db.distributed_write(meta={"source": "pool"})
         loop = asyncio.get_running_loop()
@@ -38,11 +64,16 @@ async def test_parts_written_by_a_process_pool_commit_together(durable_target: T
         version = await db.refresh()
         assert await _keys(db) == {b"before": b"1"}
         committed = await job.commit(parts)
-        assert committed == version + 1
         expected = {k: v for i in range(4) for k, v in pairs(i, 300)}
         assert await _keys(db) == {b"before": b"1", **expected}
-        [record] = [c async for c in _history(db, committed)]
-        assert record.meta == [{"source": "pool"}] and record.key_count == 1200
+        if split is None:
+            assert committed == version + 1
+            [record] = [c async for c in _history(db, committed)]
+            assert record.meta == [{"source": "pool"}] and record.key_count == 1200
+        else:
+            # Each partition's share prepared once (one decision); every part wrote to its partitions.
+            assert sorted(await _job_partitions(db, job)) == sorted(p.pid for p in db._router.pmap.partitions)
+            assert all(len(set(p.partitions)) >= 1 for p in parts)
 
 
 async def _history(db: kvstore.Store, version: int):  # type: ignore[no-untyped-def]
@@ -51,13 +82,13 @@ async def _history(db: kvstore.Store, version: int):  # type: ignore[no-untyped-
             yield info
 
 
-async def test_the_later_part_wins_a_key_both_hold(target: Target) -> None:
-    async with target.open() as db:
+async def test_the_later_part_wins_a_key_both_hold(target: Target, split: list[bytes] | None) -> None:
+    async with target.open(split_keys=split and [b"b", b"s"]) as db:
         job = await db.distributed_write()
-        first = await job.write_async([(b"a", b"first"), (b"shared", b"first")], index=0)
-        second = await job.write_async([(b"b", b"second"), (b"shared", b"second")], index=1)
+        first = await job.write_async([(b"a", b"first"), (b"shared", b"first"), (b"z", b"first")], index=0)
+        second = await job.write_async([(b"b", b"second"), (b"shared", b"second"), (b"z", b"second")], index=1)
         await job.commit([second, first])  # the order given decides, not the index
-        assert await _keys(db) == {b"a": b"first", b"b": b"second", b"shared": b"first"}
+        assert await _keys(db) == {b"a": b"first", b"b": b"second", b"shared": b"first", b"z": b"first"}
 
 
 async def test_a_part_written_twice_commits_once_and_its_twin_is_collected(durable_target: Target) -> None:
@@ -86,15 +117,16 @@ async def test_a_part_written_twice_commits_once_and_its_twin_is_collected(durab
         assert await _keys(db) == dict(pairs(0, 50) + pairs(1, 50))
 
 
-async def test_parts_never_committed_leave_nothing_visible_and_are_collected(durable_target: Target) -> None:
-    async with durable_target.open() as db:
+async def test_parts_never_committed_leave_nothing_visible_and_are_collected(
+    durable_target: Target, split: list[bytes] | None
+) -> None:
+    async with durable_target.open(split_keys=split) as db:
         await db.put(b"k", b"v")
         version = db.version
         job = await db.distributed_write()
-        part = await job.write_async(pairs(0, 100))
+        part = await job.write_async(pairs(0, 100) + pairs(3, 10))
         assert await db.refresh() == version and await _keys(db) == {b"k": b"v"}
-        engine = engine_of(db)
-        names = {engine.layout.segment(s.id) for s in part.segments}
+        names = _segment_names(db, part)
         young = await db.gc()  # the default grace period protects a job still running (I7)
         assert names <= set(young.collectable_after) and not names & set(young.deleted)
         report = await gc_later(db)
@@ -102,20 +134,26 @@ async def test_parts_never_committed_leave_nothing_visible_and_are_collected(dur
         assert await _keys(db) == {b"k": b"v"}
 
 
-async def test_a_job_commits_at_most_once_from_any_copy(durable_target: Target) -> None:
-    async with durable_target.open() as db:
+async def test_a_job_commits_at_most_once_from_any_copy(durable_target: Target, split: list[bytes] | None) -> None:
+    async with durable_target.open(split_keys=split) as db:
         job = await db.distributed_write()
         parts = [await job.write_async(pairs(i, 20), index=i) for i in range(2)]
         copy = pickle.loads(pickle.dumps(job))  # e.g. a driver that restarted from a saved job
         version = await job.commit(parts)
         with pytest.raises(kvstore.JobAlreadyCommittedError, match="already committed"):
             await job.commit(parts)
-        with pytest.raises(kvstore.JobAlreadyCommittedError, match=f"version {version}"):
+        with pytest.raises(
+            kvstore.JobAlreadyCommittedError, match=f"version {version}" if split is None else "already committed"
+        ):
             await copy.commit(parts)  # no live store: it opens one by URL, and the log names the job
         await db.put(b"later", b"x")
         with pytest.raises(kvstore.JobAlreadyCommittedError):
             await pickle.loads(pickle.dumps(job)).commit(parts[:1])
-        assert await db.refresh() == version + 1
+        if split is None:
+            assert await db.refresh() == version + 1
+        else:
+            assert sorted(await _job_partitions(db, job)) == ["0000", "0001"]  # prepared once in each
+        assert await _keys(db) == {**dict(pairs(0, 20) + pairs(1, 20)), b"later": b"x"}
 
 
 async def test_two_drivers_racing_to_commit_one_job_commit_it_once(durable_target: Target) -> None:
@@ -133,18 +171,45 @@ async def test_two_drivers_racing_to_commit_one_job_commit_it_once(durable_targe
         assert [r.job for r in engine_of(db).manifest.log].count(job.job_id) == 1
 
 
-async def test_a_lost_answer_to_the_commit_is_resolved_from_the_log(target: Target) -> None:
+async def test_two_drivers_racing_on_a_partitioned_store_never_apply_a_job_twice(durable_target: Target) -> None:
+    """Each driver prepares with its own transaction; a prepare finding the other's record of
+    the job is refused, so at most one decision commits (both may lose the race; then the
+    job is not committed, and a third commit publishes it)."""
+    async with durable_target.open(split_keys=SPLIT) as db, durable_target.open() as other:
+        job = await db.distributed_write()
+        parts = [await job.write_async(pairs(i, 20), index=i) for i in range(2)]
+        copy = pickle.loads(pickle.dumps(job))
+        copy._committer = functools.partial(commit_parts_partitions, other._router, copy.pmap)
+        outcomes = await asyncio.gather(job.commit(parts), copy.commit(parts), return_exceptions=True)
+        won = [o for o in outcomes if isinstance(o, int)]
+        assert len(won) <= 1 and all(isinstance(o, int | kvstore.KvStoreError) for o in outcomes), outcomes
+        if not won:
+            third = pickle.loads(pickle.dumps(job))
+            await third.commit(parts)
+        assert await _keys(db) == dict(pairs(0, 20) + pairs(1, 20))
+        for engine in db._router.engines.values():
+            await engine.resolve()
+            ids = [s.id for s in (await engine.refresh()).segments]
+            assert len(ids) == len(set(ids))  # no segment of the job added twice
+
+
+async def test_a_lost_answer_to_the_commit_is_resolved_from_the_log(target: Target, split: list[bytes] | None) -> None:
     made, wrap = fault_injecting()
-    async with target.open(wrap_object_store=wrap) as db:
+    options = kvstore.StoreOptions(auto_compact=False)
+    async with target.open(wrap_object_store=wrap, split_keys=split, options=options) as db:
         await db.put(b"k", b"v")
         job = await db.distributed_write()
-        part = await job.write_async(pairs(0, 10))
+        part = await job.write_async(pairs(0, 10) + pairs(1, 10))
         version = db.version
-        made[0].script("put_if_match", "lost_response")
-        assert await job.commit([part]) == version + 1  # applied once, reported committed
+        made[0].script("put_if_match", "lost_response")  # the commit's CAS (a prepare's, when split)
+        committed = await job.commit([part])  # applied once, reported committed
         assert made[0].injected["put_if_match:lost_response"] == 1
-        assert await db.refresh() == version + 1
-        assert await _keys(db) == {b"k": b"v", **dict(pairs(0, 10))}
+        if split is None:
+            assert committed == version + 1 and await db.refresh() == version + 1
+        else:
+            assert db.statistics()["ambiguous_commits_resolved"] == 1
+            assert sorted(await _job_partitions(db, job)) == ["0000", "0001"]
+        assert await _keys(db) == {b"k": b"v", **dict(pairs(0, 10) + pairs(1, 10))}
 
 
 async def test_a_part_older_than_i8_allows_is_refused(target: Target) -> None:

@@ -236,3 +236,33 @@ def transfer_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+# Boundaries of the 4-partition store of tests/test_partitions_bulk.py, and one key prefix per partition.
+BULK_SPLITS = [b"g", b"n", b"t"]
+BULK_PREFIXES = "ahou"
+
+
+def bulk_pairs(load: int, small: int = 40, big: int = 3000) -> list[tuple[bytes, bytes]]:
+    """Load `load`'s pairs, every value naming the load: `small` keys in each of the first
+    three partitions and `big` in the last, in descending order (its chunks overlap, so
+    they are merged: its share takes longest to write)."""
+    pairs = [(f"{c}{j:05d}".encode(), f"{load}.".encode()) for c in BULK_PREFIXES[:3] for j in range(small)]
+    pairs += [(f"u{j:05d}".encode(), f"{load}.".encode() + b"x" * 200) for j in reversed(range(big))]
+    return pairs
+
+
+def bulk_load_then_stall(url: str, kwargs: dict[str, Any], step: str, marker: str) -> None:
+    """Bulk-load `bulk_pairs(1)` into the partitioned store and get killed at `step`."""
+
+    async def main() -> None:
+        import kvstore
+
+        state: dict[str, bool] = {}
+        wrap = lambda inner: StallAt(inner, step, Path(marker), state)  # noqa: E731
+        async with kvstore.open(url, **kwargs, wrap_object_store=wrap) as db:
+            await db.bulk_load(bulk_pairs(1), chunk_bytes=64 * 1024)
+            await asyncio.Event().wait()  # "resolving": the resolve runs in the background
+        raise AssertionError("the stalling store should have stopped this load")
+
+    asyncio.run(main())
