@@ -594,6 +594,23 @@ class Store:
         await self._router.split(k)
         return await self.partitions()
 
+    async def merge_partitions(self, boundary: str | bytes) -> list[PartitionInfo]:
+        """Remove the partition boundary `boundary`, online: the two partitions on either
+        side of it are replaced by one holding both ranges. Returns `partitions()`.
+
+        As safe as `split`: writers keep going (one that commits to either old
+        partition meanwhile is redirected), intents of cross-partition transactions in
+        them are resolved first, a tag taken before still reads everything, and a
+        merge that died midway is finished by the next reader or writer that meets it
+        (or by calling this again). Costs a manifest CAS sealing each of the two, a
+        copy of their keys into the new one (segment PUTs and a CAS; values stored
+        out of line are copied server-side) and a CAS of the partition map.
+        ValidationError if `boundary` is not one (`partitions()` lists them).
+        """
+        k = encode_key(boundary, self.options.max_key_bytes)
+        await self._router.merge(k)
+        return await self.partitions()
+
     async def partitions(self) -> list[PartitionInfo]:
         """The partitions, in key order: range, id, version and recent commit rate (one
         conditional GET of the map and of each partition's manifest, in parallel)."""
