@@ -435,6 +435,18 @@ class Engine:
             # One source, as a compaction of the chunks would have made, so a cold read
             # right after the load costs what it costs in a compacted store.
             parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
+        return await self._commit_segments(parts, started, values, read_version, meta)
+
+    async def _commit_segments(
+        self,
+        parts: list[SegmentRef],
+        started: float,
+        values: ValueMode,
+        read_version: int | None,
+        meta: dict[str, Any] | None,
+    ) -> int:
+        """Commit segments written since `started` (monotonic) alone, in one CAS; with
+        `read_version`, only if nothing committed after it (ConflictError)."""
         request = CommitRequest(
             txn_id=self.new_txn_id(),
             read_version=read_version,
@@ -497,18 +509,7 @@ class Engine:
             return None
         if len(parts) > 1:  # key-disjoint and in key order: one sorted run, as a bulk load makes
             parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
-        request = CommitRequest(
-            txn_id=self.new_txn_id(),
-            read_version=read_version,
-            started=started,
-            read_keys=set(),
-            read_ranges=[(b"", None)],
-            writes={},
-            values=values,
-            meta=meta,
-            segments=parts,
-        )
-        return await self.commit(request)
+        return await self._commit_segments(parts, started, values, read_version, meta)
 
     async def commit_parts(
         self,

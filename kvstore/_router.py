@@ -12,19 +12,33 @@ A split (`Router.split`) is online:
    (`{"at": key, "into": [left, right]}`), after which its committer refuses
    every commit (`PartitionMovedError`), so a writer with a stale map never
    commits there: its commit's CAS loses to the seal and the rebase refuses it;
-2. copy the sealed version's live pairs into the two successors (their own
-   segments, under their own prefixes; a successor never references a
-   predecessor's objects, so GC of any partition may delete what its own
-   manifest no longer references, and a retired partition is never collected);
-   each copy commits only on the successor as it was when the copy started
-   (`Engine.bulk_commit(read_version=...)`), so a late copier never overwrites
-   newer writes;
+   the seal waits until the partition holds no intent (`Engine.seal`);
+2. copy the sealed version's keys into the two successors as stored
+   (`SnapshotView.stored`: a put's expiry, atomic operands, a reference to an
+   out-of-line value; tombstones, range-deleted keys and expired puts are left
+   out), as segments under their own prefixes (`Engine.commit_entries`). A
+   value stored out of line is copied server-side into the successor under a
+   new id (`ValueStore.copy_from`: a HEAD and a COPY, no bytes through the
+   client). So a successor never references a predecessor's objects: GC of any
+   partition may delete what its own manifest no longer references, and a
+   retired partition is never collected (a tag may still read it). Each copy
+   commits only on the successor as it was when the copy started
+   (`read_version`), so a late copier never overwrites newer writes;
 3. CAS the map (read back on every 412 or lost answer: the map says whether
    the split is already in it).
 
-Every step is idempotent and the seal names the successors, so whoever meets a
+A merge (`Router.merge`) of the partitions on either side of boundary `b` is
+the same three steps: seal the left one (`{"merge_at": b, "into": id}`: that
+seal decides the merge), then the one now starting at `b` (`{"merged_into":
+id, "with": left}`; if a rival split or merge sealed it first, that move is
+finished and the partition then starting at `b` is sealed instead), copy both
+into the new partition in one commit, CAS the map. Seals go left to right, so
+two merges never wait on each other.
+
+Every step is idempotent and the seals name the successors, so whoever meets a
 sealed partition still listed in the map (a writer redirected mid-split, a
-splitter that died) finishes the split itself (`Router.redirect`).
+reader, a splitter or merger that died) finishes the move itself
+(`Router.redirect`).
 """
 
 from __future__ import annotations
@@ -190,7 +204,7 @@ class Router:
 
     def _moved(self, pid: str) -> PartitionMovedError:
         return PartitionMovedError(
-            f"a partition{f' ({pid!r})' if pid else ''} of {self.location.url} was split while this read it; "
+            f"a partition{f' ({pid!r})' if pid else ''} of {self.location.url} was split or merged while this read it; "
             "nothing was written: retry (Store.transact does)"
         )
 
@@ -238,16 +252,11 @@ class Router:
         check_split_keys([key])
         for _ in range(MAX_REDIRECTS):
             await self.reload()
-            part, engine = self.engine_for(key)
+            part = self.pmap.partition_for(key)
             if part.start == key:
                 return self.pmap  # already a boundary (a split of ours whose answer was lost, or a rival's)
-            final = await engine.seal({"at": key, "into": [new_object_id(), new_object_id()]})
-            moved = final.settings[MOVED_SETTING]
-            if moved.get("at") != key:  # a rival split or merge moved it first: finish that, then ours
-                await self.redirect(part.pid)
-                continue
-            await self.redirect(part.pid)
-            return self.pmap
+            if await self._move(part.pid, {"at": key, "into": [new_object_id(), new_object_id()]}, "at"):
+                return self.pmap
         raise ConflictError(f"splitting at {key!r} kept meeting other splits of {self.location.url}; retry it")
 
     async def merge(self, key: bytes) -> PartitionMap:
@@ -262,14 +271,17 @@ class Router:
                     "answer was lost has finished)"
                 )
             left = self.pmap.partitions[self.pmap.boundaries.index(key)]
-            final = await self.engines[left.pid].seal({"merge_at": key, "into": new_object_id()})
-            moved = final.settings[MOVED_SETTING]
-            if moved.get("merge_at") != key:  # a rival split or merge moved it first: finish that, then ours
-                await self.redirect(left.pid)
-                continue
-            await self.redirect(left.pid)
-            return self.pmap
+            if await self._move(left.pid, {"merge_at": key, "into": new_object_id()}, "merge_at"):
+                return self.pmap
         raise ConflictError(f"merging at {key!r} kept meeting other splits of {self.location.url}; retry it")
+
+    async def _move(self, pid: str, moved: dict[str, Any], field: str) -> bool:
+        """Seal live partition `pid` with `moved` and finish that move; False if a rival's
+        move (a seal whose `field` differs) was there first: it is finished instead (a
+        rival's seal with the same `field` is the same move, and is ours)."""
+        final = await self.engines[pid].seal(moved)
+        await self.redirect(pid)
+        return bool(final.settings[MOVED_SETTING].get(field) == moved[field])
 
     async def redirect(self, pid: str) -> None:
         """Follow the split or merge of sealed partition `pid`: finish it if the map does not

@@ -18,28 +18,21 @@ from typing import Any
 import pytest
 import workers
 from targets import Target, engines_of, gc_later
+from test_ttl import Clock
 
 import kvstore
 from kvstore import _ttl as ttl
 from kvstore._manifest import MOVED_SETTING
 from kvstore.testing.faults import FaultInjectingStore
+from kvstore.testing.partitions import request
 
 HOUR = 3600.0
 LARGE = kvstore.StoreOptions(large_value_bytes=1024, auto_compact=False)
 
 
-class Clock:
-    """`kvstore._ttl.clock`, moved on by hand (readers judge expiry by it)."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    """`kvstore._ttl.clock` (readers judge expiry by it), moved on by hand."""
     c = Clock(1_800_000_000.0)
     monkeypatch.setattr(ttl, "clock", c)
     yield c
@@ -218,6 +211,30 @@ async def test_merge_removes_a_boundary_and_a_stale_handle_is_redirected(durable
         assert (await db.verify()).ok
 
 
+async def test_a_merge_waits_for_an_intent_in_flight_and_keeps_its_writes(durable_target: Target) -> None:
+    """A cross-partition transaction prepared in both partitions, decided "committed" while a
+    merge of them waits: the merged partition holds its writes (a merge copying the prepared
+    partitions at once would have lost them)."""
+    async with durable_target.open(split_keys=[b"m"]) as db:
+        await db.put(b"a", b"old")
+        await db.put(b"x", b"old")
+        left, right = engines_of(db)
+        decisions = db._router.decisions()
+        txn = left.new_txn_id()
+        name = decisions.name(txn)
+        await asyncio.gather(
+            left.prepare(request(left, None, set(), {b"a": b"new"}, txn), name),
+            right.prepare(request(right, None, set(), {b"x": b"new"}, txn), name),
+        )
+        merging = asyncio.ensure_future(db.merge_partitions(b"m"))
+        done, _ = await asyncio.wait([merging], timeout=0.5)
+        assert not done  # sealing waits while the partition holds an undecided intent
+        assert await decisions.decide(name, "committed", txn, []) == "committed"
+        parts = await asyncio.wait_for(merging, 30)
+        assert len(parts) == 1
+        assert await db.get_many([b"a", b"x"]) == [b"new", b"new"]
+
+
 async def test_a_merge_whose_merger_died_is_finished_by_the_next_writer_or_a_retry(durable_target: Target) -> None:
     async with durable_target.open(split_keys=[b"g", b"n"]) as db:
         for k in (b"a", b"h", b"p"):
@@ -249,13 +266,23 @@ async def test_a_merge_retried_after_its_merger_died_finishes_it(durable_target:
         assert [kv async for kv in db.scan()] == [(b"a", b"1"), (b"x", b"2")]
 
 
-async def test_merge_while_tasks_and_another_process_commit_loses_nothing(durable_target: Target) -> None:
-    """Counters incremented by tasks here and by a second process while two merges run:
-    every acknowledged increment is there exactly once, and nothing was committed to a
-    partition after its seal."""
+# boundaries the store is made with, the moves run while counters are incremented, the
+# boundaries after them, and how many partitions the moves retire
+MOVES = {
+    "split": ([b"counter/3"], [("split", b"counter/1"), ("split", b"counter/5")], 2),
+    "merge": ([b"counter/1", b"counter/3", b"counter/5"], [("merge", b"counter/3"), ("merge", b"counter/5")], 4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MOVES))
+async def test_moves_while_tasks_and_another_process_commit_lose_nothing(durable_target: Target, kind: str) -> None:
+    """Counters incremented by tasks here and by a second process while two splits or two
+    merges run: every acknowledged increment is there exactly once, and nothing was
+    committed to a partition after its seal."""
     t = durable_target
     counters = 6
-    async with t.open(split_keys=[b"counter/1", b"counter/3", b"counter/5"], values="msgpack") as db:
+    split_keys, moves, retired = MOVES[kind]
+    async with t.open(split_keys=split_keys, values="msgpack") as db:
         loop = asyncio.get_running_loop()
         acked = {f"counter/{c}": 0 for c in range(counters)}
         rng = random.Random(7)
@@ -269,21 +296,23 @@ async def test_merge_while_tasks_and_another_process_commit_loses_nothing(durabl
                 await db.transact(increment, key)
                 acked[key] += 1
 
-        async def merges() -> None:
+        async def move() -> None:
             await asyncio.sleep(0.05)
-            await db.merge_partitions(b"counter/3")
-            await db.merge_partitions(b"counter/5")
+            for how, key in moves:
+                await (db.split(key) if how == "split" else db.merge_partitions(key))
 
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             other = loop.run_in_executor(pool, workers.count, t.url, t.kwargs, 1, 4, 12, counters)
-            await asyncio.gather(*(task() for _ in range(8)), merges())
+            await asyncio.gather(*(task() for _ in range(8)), move())
             theirs = await other
-        parts = await db.partitions()
-        assert [p.start for p in parts] == [b"", b"counter/1"]
+        boundaries = sorted(
+            {*split_keys, *(k for how, k in moves if how == "split")} - {k for how, k in moves if how == "merge"}
+        )
+        assert [p.start for p in await db.partitions()] == [b"", *boundaries]
         actual = {k.decode(): v async for k, v in db.scan(prefix=b"counter/")}
         expected = {k: acked[k] + theirs[k] for k in acked}
         assert actual == {k: v for k, v in expected.items() if v}
-        assert len(await retired_manifests_end_sealed(db)) == 4  # two, then the merged one and the last
+        assert len(await retired_manifests_end_sealed(db)) == retired
 
 
 def test_the_blocking_face_and_an_unpartitioned_store_refuse_a_merge_with_the_boundaries(tmp_path: Any) -> None:
