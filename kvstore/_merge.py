@@ -80,10 +80,11 @@ async def visible(
     entries until a put or tombstone (`_operands`), and resolve to an integer in
     `codec`. A value stored out of line is read with `read_value` when its pair is
     handed out."""
-    async for key, value in newest(batches, version, codec, hidden):
-        resolved = resolve(value, codec, key, now)
-        if resolved is not None:
-            yield key, await _read(resolved, key, read_value)
+    async for states in newest(batches, version, codec, hidden):
+        for key, value in states:
+            resolved = resolve(value, codec, key, now)
+            if resolved is not None:
+                yield key, await _read(resolved, key, read_value)
 
 
 async def newest(
@@ -91,18 +92,21 @@ async def newest(
     version: int,
     codec: str,
     hidden: Callable[[bytes, int], bool] | None = None,
-) -> AsyncIterator[tuple[bytes, Value]]:
+) -> AsyncIterator[list[tuple[bytes, Value]]]:
     """Per key of merged entries (ascending or descending), its state as of `version`,
-    as stored: its newest entry at or below `version`, with atomic operands folded
-    onto the key's older entries until a put or tombstone (`_operands.combine`); the
-    value may be a tombstone, an expiring put (expired or not), a reference, or
-    operands with nothing older (they apply to an absent key). A key whose newest
-    entry `hidden(key, entry_version)` hides (a range delete) is left out. A split
-    copies these as they are (`_router`); `visible` resolves them."""
+    as stored, in batches: its newest entry at or below `version`, with atomic
+    operands folded onto the key's older entries until a put or tombstone
+    (`_operands.combine`); the value may be a tombstone, an expiring put (expired or
+    not), a reference, or operands with nothing older (they apply to an absent key).
+    A key whose newest entry `hidden(key, entry_version)` hides (a range delete) is
+    left out. A split copies these as they are (`_router`); `visible` resolves them.
+    Batches, not pairs: a scan pays this generator's step once per batch."""
     last_key: bytes | None = None
     pending: Value = None  # stacking operands of last_key, waiting for its older entries
     pending_version = 0
     async for entries in batches:
+        states: list[tuple[bytes, Value]] = []
+        emit = states.append
         for key, entry_version, value in entries:
             if entry_version > version:
                 continue  # too new
@@ -112,24 +116,25 @@ async def newest(
                 if hidden is not None and hidden(key, entry_version):
                     value = None  # range-deleted: the operands above start from nothing
                 pending, pending_version = combine(value, pending, codec), entry_version
-                if stacks(pending):
-                    continue
-                folded, pending = pending, None
-                yield key, folded
+                if not stacks(pending):
+                    emit((key, pending))
+                    pending = None
                 continue
             if stacks(pending):
                 assert last_key is not None
-                yield last_key, pending
+                emit((last_key, pending))
             last_key, pending, pending_version = key, None, entry_version
             if hidden is not None and hidden(key, entry_version):
                 continue  # range-deleted
             if stacks(value):
                 pending = value
                 continue
-            yield key, value
+            emit((key, value))
+        if states:
+            yield states
     if stacks(pending):
         assert last_key is not None
-        yield last_key, pending
+        yield [(last_key, pending)]
 
 
 async def _read(value: bytes | ValueRef, key: bytes, read_value: ReadValue) -> bytes:

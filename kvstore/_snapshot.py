@@ -246,8 +246,9 @@ class SnapshotView:
         expiry, a reference to an out-of-line value and atomic operands kept, nothing
         read out of line), tombstones included, in key order. What a split copies."""
         merged, hidden = self._merged(await self._refs_for(start, end), start, end, False)
-        async for pair in newest(merged, self.version, self.codec, hidden):
-            yield pair
+        async for states in newest(merged, self.version, self.codec, hidden):
+            for pair in states:
+                yield pair
 
     async def _scan_with_intents(
         self, start: bytes | None, end: bytes | None, reverse: bool

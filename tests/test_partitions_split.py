@@ -167,12 +167,15 @@ async def test_a_merge_copies_large_values_server_side_and_gc_keeps_them(durable
     async with durable_target.open(split_keys=[b"m"], options=LARGE, wrap_object_store=wrap) as db:
         for k, v in big.items():
             await db.put(k, v)
+        await db.tag("before")
         made[0].calls.clear()
         await db.merge_partitions(b"m")
         assert made[0].calls == Counter({"copy": 2})
         orphans = await value_orphans(db)
         assert set((await gc_later(db)).deleted) == orphans
         assert await db.get_many(list(big)) == list(big.values())
+        before = await db.snapshot(tag="before")  # reads the retired partitions' own value objects
+        assert await before.get_many(list(big)) == list(big.values())
         assert (await db.verify()).ok
 
 
