@@ -587,8 +587,10 @@ class Store:
         redirected (blind writes follow by themselves; a transaction that read the
         old partition gets PartitionMovedError, a ConflictError that `transact`
         retries). Costs a manifest CAS sealing the old partition, a copy of its
-        live pairs into the two new ones (segment PUTs and a CAS each) and a CAS
-        of the partition map. A key that already is a boundary changes nothing.
+        keys into the two new ones (segment PUTs and a CAS each) and a CAS of the
+        partition map. The copy keeps each key as stored: a put's expiry, atomic
+        operands, and a value stored out of line (copied server-side, its bytes
+        never read). A key that already is a boundary changes nothing.
         """
         k = encode_key(key, self.options.max_key_bytes)
         await self._router.split(k)
