@@ -1322,6 +1322,17 @@ async def split(s: Session, key: str) -> None:
     )
 
 
+@store_command(cli, "KEY", mode="write", name="merge-partitions")
+async def merge_partitions(s: Session, key: str) -> None:
+    """Remove the partition boundary KEY, online (writers keep going): the two partitions
+    on either side of it become one. Prints the partitions."""
+    async with s.open() as db:
+        partitions = await _with_pulse("merging", db.merge_partitions(key))
+    s.out.result(
+        [_partition_json(p) for p in partitions], *(f"partition {p.id}: {_partition_text(p)}" for p in partitions)
+    )
+
+
 @store_command(cli, mode="write")
 @click.option("--full", is_flag=True, help="Merge every segment into one.")
 async def compact(s: Session, *, full: bool) -> None:

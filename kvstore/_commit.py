@@ -842,7 +842,8 @@ def _already_committed(job: str) -> JobAlreadyCommittedError:
 
 def _moved(moved: Any) -> PartitionMovedError:
     return PartitionMovedError(
-        f"this partition was split (into {moved.get('into')!r}) after the transaction started; nothing was "
+        f"this partition was {'split' if 'at' in moved else 'merged'} (into "
+        f"{moved.get('into') or moved.get('merged_into')!r}) after the transaction started; nothing was "
         "written: retry it (Store.transact does; put and delete re-route by themselves)"
     )
 

@@ -49,8 +49,8 @@ from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions, grace_period_of, resolve_options
 from ._probe import check_conditional_writes
-from ._segment import value_ref_of
-from ._segment_store import SegmentStore
+from ._segment import Value, value_ref_of
+from ._segment_store import Entry, SegmentOutput, SegmentStore
 from ._snapshot import SnapshotView
 from ._sources import Sources
 from ._tags import Tag, TagStore
@@ -75,6 +75,8 @@ SEAL_POLL_SECONDS = 0.1
 # only newer entries than a higher one (compaction folds atomic operands onto the next
 # older entry in its merge, which must be the key's next older entry in the store).
 BULK_RUN_LEVEL = 0
+# Entries a split's copy hands its segment writer at once.
+COPY_BATCH = 1024
 
 
 @dataclass
@@ -479,6 +481,57 @@ class Engine:
             meta=meta,
             segments=parts,
         )
+
+    async def commit_entries(
+        self,
+        pairs: AsyncIterable[tuple[bytes, Value]],
+        *,
+        values: ValueMode,
+        read_version: int,
+        meta: dict[str, Any],
+    ) -> int | None:
+        """Write `pairs` (distinct keys, ascending, with values as segments store them:
+        expiring puts, references to this partition's value objects, operands) as
+        segments of about `target_segment_bytes`, and commit them in one manifest CAS
+        if no commit came after `read_version` (ConflictError). A split's copy
+        (`_router`). The version, or None if there were no pairs."""
+        self.check_writable("splitting is a write")
+        started = time.monotonic()  # before `pairs` makes objects (a split copies values as it goes)
+        target = self.options.target_segment_bytes
+        parts: list[SegmentRef] = []
+        output: SegmentOutput | None = None
+        batch: list[Entry] = []
+
+        async def add(entries: list[Entry]) -> None:
+            nonlocal output
+            done = 0
+            while done < len(entries):
+                if output is None:
+                    output = self._segments.new_output(uniform_version=True)
+                done = output.add_until(entries, done, target)
+                await output.send_full_parts()
+                if done < len(entries):
+                    parts.append(await output.finish(level=0, versioned=False))
+                    output = None
+
+        try:
+            async for key, value in pairs:
+                batch.append((key, 0, value))
+                if len(batch) >= COPY_BATCH:
+                    await add(batch)
+                    batch = []
+            await add(batch)
+            if output is not None:
+                parts.append(await output.finish(level=0, versioned=False))
+                output = None
+        finally:
+            if output is not None:
+                await output.abort()
+        if not parts:
+            return None
+        if len(parts) > 1:  # key-disjoint and in key order: one sorted run, as a bulk load makes
+            parts = [await self._sources.write_run(parts, BULK_RUN_LEVEL, commit_segments=True)]
+        return await self.commit(self.bulk_request(parts, started, values, read_version=read_version, meta=meta))
 
     async def commit_parts(
         self,

@@ -139,7 +139,7 @@ class ConflictError(KvStoreError):
 
 
 class PartitionMovedError(ConflictError):
-    """The transaction read or wrote a partition that a split retired meanwhile.
+    """The transaction read or wrote a partition that a split or merge retired meanwhile.
 
     Nothing of it was applied. Its reads cannot be checked in the partitions that
     replaced it, so run it again (`Store.transact` does); the store's face re-routes

@@ -13,7 +13,7 @@ import heapq
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import total_ordering
 
-from ._operands import Operands, combine, resolve, stacks
+from ._operands import combine, resolve, stacks
 from ._segment import Value, value_size
 from ._segment_store import Entry
 from ._value_refs import ValueRef
@@ -74,16 +74,39 @@ async def visible(
     hidden: Callable[[bytes, int], bool] | None = None,
 ) -> AsyncIterator[tuple[bytes, bytes]]:
     """Live (key, value) pairs as of `version` from merged entries: per key the
-    newest entry at or below `version`; a tombstone, or a put expired at `now`
-    (`_ttl`), hides the key, and so does `hidden(key, entry_version)` (a range
+    newest entry at or below `version` (`newest`); a tombstone, or a put expired at
+    `now` (`_ttl`), hides the key, and so does `hidden(key, entry_version)` (a range
     delete, `_ranges.RangeIndex.hides`). Atomic operands fold onto the key's older
     entries until a put or tombstone (`_operands`), and resolve to an integer in
     `codec`. A value stored out of line is read with `read_value` when its pair is
     handed out."""
+    async for states in newest(batches, version, codec, hidden):
+        for key, value in states:
+            resolved = resolve(value, codec, key, now)
+            if resolved is not None:
+                yield key, await _read(resolved, key, read_value)
+
+
+async def newest(
+    batches: AsyncIterator[list[Entry]],
+    version: int,
+    codec: str,
+    hidden: Callable[[bytes, int], bool] | None = None,
+) -> AsyncIterator[list[tuple[bytes, Value]]]:
+    """Per key of merged entries (ascending or descending), its state as of `version`,
+    as stored, in batches: its newest entry at or below `version`, with atomic
+    operands folded onto the key's older entries until a put or tombstone
+    (`_operands.combine`); the value may be a tombstone, an expiring put (expired or
+    not), a reference, or operands with nothing older (they apply to an absent key).
+    A key whose newest entry `hidden(key, entry_version)` hides (a range delete) is
+    left out. A split copies these as they are (`_router`); `visible` resolves them.
+    Batches, not pairs: a scan pays this generator's step once per batch."""
     last_key: bytes | None = None
     pending: Value = None  # stacking operands of last_key, waiting for its older entries
     pending_version = 0
     async for entries in batches:
+        states: list[tuple[bytes, Value]] = []
+        emit = states.append
         for key, entry_version, value in entries:
             if entry_version > version:
                 continue  # too new
@@ -93,40 +116,29 @@ async def visible(
                 if hidden is not None and hidden(key, entry_version):
                     value = None  # range-deleted: the operands above start from nothing
                 pending, pending_version = combine(value, pending, codec), entry_version
-                if stacks(pending):
-                    continue
-                resolved = resolve(pending, codec, key, now)
-                pending = None
-                if resolved is not None:
-                    yield key, await _read(resolved, key, read_value)
+                if not stacks(pending):
+                    emit((key, pending))
+                    pending = None
                 continue
             if stacks(pending):
                 assert last_key is not None
-                yield last_key, _on_nothing(pending, codec, last_key, now)
+                emit((last_key, pending))
             last_key, pending, pending_version = key, None, entry_version
             if hidden is not None and hidden(key, entry_version):
                 continue  # range-deleted
             if stacks(value):
                 pending = value
                 continue
-            resolved = resolve(value, codec, key, now)
-            if resolved is not None:
-                yield key, await _read(resolved, key, read_value)
+            emit((key, value))
+        if states:
+            yield states
     if stacks(pending):
         assert last_key is not None
-        yield last_key, _on_nothing(pending, codec, last_key, now)
+        yield [(last_key, pending)]
 
 
 async def _read(value: bytes | ValueRef, key: bytes, read_value: ReadValue) -> bytes:
     return await read_value(value, key) if isinstance(value, ValueRef) else value
-
-
-def _on_nothing(operands: Value, codec: str, key: bytes, now: float) -> bytes:
-    """The value of stacking operands with no older entry: applied to an absent key."""
-    assert isinstance(operands, Operands)
-    resolved = resolve(operands, codec, key, now)
-    assert isinstance(resolved, bytes)
-    return resolved
 
 
 class _Cursor:

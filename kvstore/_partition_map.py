@@ -6,7 +6,7 @@
         created     float    seconds since the epoch
         partitions  [[pid, start]]   ascending by start; the first starts at b"";
                                      each ends where the next starts (the last: no end)
-        retired     {pid: [successor pid, ...]}   partitions split away, never written again
+        retired     {pid: [successor pid, ...]}   partitions split or merged away, never written again
 
 A store without this object is one partition whose manifest is the root
 `<prefix>manifest`: the partition id ROOT_PID names it. Any other partition
@@ -106,6 +106,20 @@ class PartitionMap:
             parts += [Partition(left, p.start, key), Partition(right, key, p.end)] if p.pid == pid else [p]
         return replace(
             self, version=self.version + 1, partitions=tuple(parts), retired={**self.retired, pid: (left, right)}
+        )
+
+    def merge(self, left: str, right: str, into: str) -> PartitionMap:
+        """The next map: adjacent `left` and `right` retired, `into` holding both ranges."""
+        parts = list(self.partitions)
+        i = next((n for n, p in enumerate(parts) if p.pid == left), len(parts))
+        if i + 1 >= len(parts) or parts[i + 1].pid != right:
+            raise ValueError(f"partitions {left!r} and {right!r} are not adjacent in this map")
+        parts[i : i + 2] = [Partition(into, parts[i].start, parts[i + 1].end)]
+        return replace(
+            self,
+            version=self.version + 1,
+            partitions=tuple(parts),
+            retired={**self.retired, left: (into,), right: (into,)},
         )
 
 

@@ -12,45 +12,63 @@ A split (`Router.split`) is online:
    (`{"at": key, "into": [left, right]}`), after which its committer refuses
    every commit (`PartitionMovedError`), so a writer with a stale map never
    commits there: its commit's CAS loses to the seal and the rebase refuses it;
-2. copy the sealed version's live pairs into the two successors (their own
-   segments, under their own prefixes; a successor never references a
-   predecessor's objects, so GC of any partition may delete what its own
-   manifest no longer references, and a retired partition is never collected);
-   each copy commits only on the successor as it was when the copy started
-   (`Engine.bulk_commit(read_version=...)`), so a late copier never overwrites
-   newer writes;
+   the seal waits until the partition holds no intent (`Engine.seal`);
+2. copy the sealed version's keys into the two successors as stored
+   (`SnapshotView.stored`: a put's expiry, atomic operands, a reference to an
+   out-of-line value; tombstones, range-deleted keys and expired puts are left
+   out), as segments under their own prefixes (`Engine.commit_entries`). A
+   value stored out of line is copied server-side into the successor under a
+   new id (`ValueStore.copy_from`: a HEAD and a COPY, no bytes through the
+   client). So a successor never references a predecessor's objects: GC of any
+   partition may delete what its own manifest no longer references, and a
+   retired partition is never collected (a tag may still read it). Each copy
+   commits only on the successor as it was when the copy started
+   (`read_version`), so a late copier never overwrites newer writes;
 3. CAS the map (read back on every 412 or lost answer: the map says whether
    the split is already in it).
 
-Every step is idempotent and the seal names the successors, so whoever meets a
+A merge (`Router.merge`) of the partitions on either side of boundary `b` is
+the same three steps: seal the left one (`{"merge_at": b, "into": id}`: that
+seal decides the merge), then the one now starting at `b` (`{"merged_into":
+id, "with": left}`; if a rival split or merge sealed it first, that move is
+finished and the partition then starting at `b` is sealed instead), copy both
+into the new partition in one commit, CAS the map. Seals go left to right, so
+two merges never wait on each other.
+
+Every step is idempotent and the seals name the successors, so whoever meets a
 sealed partition still listed in the map (a writer redirected mid-split, a
-splitter that died) finishes the split itself (`Router.redirect`).
+reader, a splitter or merger that died) finishes the move itself
+(`Router.redirect`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from ._bulk import Batch
+from . import _ttl as ttl
 from ._engine import Engine, open_engine
 from ._errors import ConflictError, ContentionError, PartitionMovedError, ValidationError
 from ._layout import Layout, new_object_id
 from ._manifest import MOVED_SETTING, Manifest
 from ._objectstore import ObjectNotFound, RetryingObjectStore
+from ._operands import Operands
 from ._options import StoreOptions
 from ._partition_map import ROOT_PID, Partition, PartitionMap, check_split_keys
 from ._partition_map_store import PartitionMapStore
 from ._probe import check_conditional_writes
+from ._segment import Value
 from ._snapshot import SnapshotView
 from ._tasks import gather_all
+from ._ttl import Expiring
 from ._two_phase import Decisions
 from ._url import Location
+from ._value_refs import ValueRef
+from ._value_store import ValueStore
 
-# Pairs per batch when a split copies a partition's pairs into a successor.
-_COPY_BATCH = 1024
 # Seconds of commit times `PartitionInfo.commit_rate` looks back over.
 RATE_WINDOW = 60.0
 # Rounds of conditional GETs a snapshot of every partition takes before giving up.
@@ -188,7 +206,7 @@ class Router:
 
     def _moved(self, pid: str) -> PartitionMovedError:
         return PartitionMovedError(
-            f"a partition{f' ({pid!r})' if pid else ''} of {self.location.url} was split while this read it; "
+            f"a partition{f' ({pid!r})' if pid else ''} of {self.location.url} was split or merged while this read it; "
             "nothing was written: retry (Store.transact does)"
         )
 
@@ -236,32 +254,51 @@ class Router:
         check_split_keys([key])
         for _ in range(MAX_REDIRECTS):
             await self.reload()
-            part, engine = self.engine_for(key)
+            part = self.pmap.partition_for(key)
             if part.start == key:
                 return self.pmap  # already a boundary (a split of ours whose answer was lost, or a rival's)
-            final = await engine.seal({"at": key, "into": [new_object_id(), new_object_id()]})
-            moved = final.settings[MOVED_SETTING]
-            if moved["at"] != key:  # a rival split it elsewhere first: finish that one, then ours
-                await self.redirect(part.pid)
-                continue
-            await self.redirect(part.pid)
-            return self.pmap
+            if await self._move(part.pid, {"at": key, "into": [new_object_id(), new_object_id()]}, "at"):
+                return self.pmap
         raise ConflictError(f"splitting at {key!r} kept meeting other splits of {self.location.url}; retry it")
 
+    async def merge(self, key: bytes) -> PartitionMap:
+        """Merge the partitions on either side of boundary `key` into one (online)."""
+        self.first.check_writable("merging partitions is a write")
+        for _ in range(MAX_REDIRECTS):
+            await self.reload()
+            if key not in self.pmap.boundaries:
+                raise ValidationError(
+                    f"{key!r} is not a partition boundary of {self.location.url} (its boundaries: "
+                    f"{self.pmap.boundaries!r}); merge_partitions takes one of them (a merge at it whose "
+                    "answer was lost has finished)"
+                )
+            left = self.pmap.partitions[self.pmap.boundaries.index(key)]
+            if await self._move(left.pid, {"merge_at": key, "into": new_object_id()}, "merge_at"):
+                return self.pmap
+        raise ConflictError(f"merging at {key!r} kept meeting other splits of {self.location.url}; retry it")
+
+    async def _move(self, pid: str, moved: dict[str, Any], field: str) -> bool:
+        """Seal live partition `pid` with `moved` and finish that move; False if a rival's
+        move (a seal whose `field` differs) was there first: it is finished instead (a
+        rival's seal with the same `field` is the same move, and is ours)."""
+        final = await self.engines[pid].seal(moved)
+        await self.redirect(pid)
+        return bool(final.settings[MOVED_SETTING].get(field) == moved[field])
+
     async def redirect(self, pid: str) -> None:
-        """Follow the split of sealed partition `pid`: finish it if the map does not show it
-        yet (idempotent), then reload the map. Concurrent callers in this process share it."""
+        """Follow the split or merge of sealed partition `pid`: finish it if the map does not
+        show it yet (idempotent), then reload the map. Concurrent callers in this process share it."""
         running = self._redirecting.get(pid)
         if running is None:
-            running = asyncio.ensure_future(self._finish_split(pid))
+            running = asyncio.ensure_future(self._finish_move(pid))
             self._redirecting[pid] = running
             running.add_done_callback(lambda _: self._redirecting.pop(pid, None))
         await asyncio.shield(running)
 
-    async def _finish_split(self, pid: str) -> None:
+    async def _finish_move(self, pid: str) -> None:
         pmap = await self._load()
         old = pmap.by_id(pid)
-        if old is None:  # the split is in the map already
+        if old is None:  # the move is in the map already
             await self.reload()
             return
         engine = self.engines.get(pid) or await self._open(pid, create=False)
@@ -269,50 +306,87 @@ class Router:
         moved = final.settings.get(MOVED_SETTING)
         if moved is None:
             return  # not sealed: nothing to follow
-        at, (left, right) = bytes(moved["at"]), moved["into"]
-        if not self.read_only:
-            values = final.settings.get("values") or "bytes"
-            await asyncio.gather(
-                self._copy(engine, final, left, old.start, at, values),
-                self._copy(engine, final, right, at, old.end, values),
-            )
-
-            def derive(current: PartitionMap | None) -> PartitionMap | None:
-                base = current if current is not None else self.pmap
-                return base.split(pid, at, left, right) if base.by_id(pid) is not None else None
-
-            await self._maps.change(f"recording the split of partition {pid!r}", derive)
+        if "merged_into" in moved:  # the right side of a merge: its left side's seal leads it
+            if pmap.by_id(moved["with"]) is not None:
+                await self._finish_move(moved["with"])
+        elif "merge_at" in moved:
+            await self._finish_merge(pid, final)
+        elif not self.read_only:
+            await self._finish_split(old, engine, final)
         await self.reload()
 
-    async def _copy(self, source: Engine, final: Manifest, pid: str, lo: bytes, hi: bytes | None, values: str) -> None:
-        """Copy the live pairs of `final` in [lo, hi) into successor `pid` (made if absent),
-        unless a copy is already there."""
+    async def _finish_split(self, old: Partition, engine: Engine, final: Manifest) -> None:
+        moved = final.settings[MOVED_SETTING]
+        at, (left, right) = bytes(moved["at"]), moved["into"]
+        values = final.settings.get("values") or "bytes"
+        await asyncio.gather(
+            self._copy(left, [(engine, final, old.start, at)], values),
+            self._copy(right, [(engine, final, at, old.end)], values),
+        )
+
+        def derive(current: PartitionMap | None) -> PartitionMap | None:
+            base = current if current is not None else self.pmap
+            return base.split(old.pid, at, left, right) if base.by_id(old.pid) is not None else None
+
+        await self._maps.change(f"recording the split of partition {old.pid!r}", derive)
+
+    async def _finish_merge(self, pid: str, final: Manifest) -> None:
+        """Finish the merge that sealed `pid` (its left side): seal the partition now to its
+        right (following any rival move of it first), copy both into the merged one, CAS
+        the map. The left's seal fixed the merge, so every finisher completes the same one."""
+        into = final.settings[MOVED_SETTING]["into"]
+        for _ in range(MAX_REDIRECTS):
+            pmap = await self._load()
+            left = pmap.by_id(pid)
+            if left is None or self.read_only:
+                return
+            right = pmap.partitions[pmap.partitions.index(left) + 1]
+            engine = self.engines.get(right.pid) or await self._open(right.pid, create=False)
+            right_final = await engine.seal({"merged_into": into, "with": pid})
+            if right_final.settings[MOVED_SETTING].get("merged_into") != into:
+                await self.redirect(right.pid)  # split or merged rightwards first: merge with what follows
+                continue
+            values = final.settings.get("values") or "bytes"
+            sources = [
+                (await self.engine_of(pid), final, left.start, right.start),
+                (engine, right_final, right.start, right.end),
+            ]
+            await self._copy(into, sources, values)
+
+            await self._maps.change(
+                f"recording the merge of partitions {pid!r} and {right.pid!r}", _merged(self.pmap, pid, right.pid, into)
+            )
+            return
+        raise ContentionError(
+            f"merging partition {pid!r} of {self.location.url} kept meeting splits of its right neighbour; "
+            "retry the merge (any reader or writer also finishes it)"
+        )
+
+    async def _copy(self, pid: str, sources: list[tuple[Engine, Manifest, bytes, bytes | None]], values: str) -> None:
+        """Copy the keys of each sealed `(engine, final manifest, lo, hi)` into successor `pid`
+        (made if absent), as stored (`SnapshotView.stored`), unless a copy is already there."""
         target = await self._open(pid, create=True, settings={"values": values})
         manifest = await target.refresh()
         if any(_split_from(r.meta) for r in manifest.log):
             return
         if not manifest.never_written:
             return  # writes landed there: the map already routes to it, so a copy did too
-        view = SnapshotView(final, source.sources, decisions=source.decisions)
-        batches = _batches(view.scan(lo, hi))
-        try:
-            first = await anext(batches)
-        except StopAsyncIteration:
-            return  # nothing to copy
 
-        async def all_batches() -> AsyncIterator[Batch]:
-            yield first
-            async for batch in batches:
-                yield batch
+        async def pairs() -> AsyncIterator[tuple[bytes, Value]]:
+            for source, final, lo, hi in sources:
+                view = SnapshotView(final, source.sources, decisions=source.decisions)
+                now = ttl.clock()
+                async for key, value in view.stored(lo, hi):
+                    kept = await _kept(value, key, now, source.values, target.values)
+                    if kept is not None:
+                        yield key, kept
 
         try:
-            await target.bulk_commit(
-                all_batches(),
+            await target.commit_entries(
+                pairs(),
                 values="msgpack" if values == "msgpack" else "bytes",
-                progress=None,
-                chunk_bytes=64 * 1024 * 1024,
                 read_version=manifest.version,
-                meta={"split_from": final.store_id},
+                meta={"split_from": sources[0][1].store_id},
             )
         except ConflictError:
             pass  # a rival copier committed first (or writes began after its map CAS): theirs stands
@@ -369,19 +443,31 @@ def _split_from(meta: dict[str, Any] | None) -> bool:
     return any(t is not None and "split_from" in t for t in (meta or {}).get("txns") or ())
 
 
-async def _batches(pairs: AsyncIterator[tuple[bytes, bytes]]) -> AsyncIterator[Batch]:
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    size = 0
-    async for key, value in pairs:
-        keys.append(key)
-        values.append(value)
-        size += len(key) + len(value)
-        if len(keys) >= _COPY_BATCH:
-            yield Batch(keys, values, size)
-            keys, values, size = [], [], 0
-    if keys:
-        yield Batch(keys, values, size)
+def _merged(
+    fallback: PartitionMap, left: str, right: str, into: str
+) -> Callable[[PartitionMap | None], PartitionMap | None]:
+    """The map change of a merge: None (nothing to do) once the map shows it."""
+
+    def derive(current: PartitionMap | None) -> PartitionMap | None:
+        base = current if current is not None else fallback
+        if base.by_id(left) is None or base.by_id(right) is None:
+            return None
+        return base.merge(left, right, into)
+
+    return derive
+
+
+async def _kept(value: Value, key: bytes, now: float, source: ValueStore, target: ValueStore) -> Value:
+    """What a split or merge copies of a key's stored state: nothing for a tombstone or an
+    expired put; a put's expiry, and atomic operands (unfolded), as they are; a value stored
+    out of line as a reference to a server-side copy in the successor (`ValueStore.copy_from`)."""
+    if value is None or (isinstance(value, Expiring) and value.expired(now)):
+        return None
+    if isinstance(value, ValueRef):
+        return await target.copy_from(source, value, key)
+    if isinstance(value, Operands) and isinstance(value.base, ValueRef):
+        return replace(value, base=await target.copy_from(source, value.base, key))
+    return value
 
 
 async def open_router(

@@ -11,12 +11,12 @@ from . import _ttl as ttl
 from ._codec import ValueMode, decode_value, encode_key, encode_keys, key_range
 from ._errors import UnsafeStoreError, ValidationError
 from ._manifest import Intent, Manifest, SegmentRef
-from ._merge import merge, visible
+from ._merge import merge, newest, visible
 from ._operands import codec_of, resolve, stacks
 from ._options import StoreOptions
 from ._ranges import RangeIndex
 from ._segment import Value, probe
-from ._segment_store import NOT_CACHED, Miss, scan_readahead
+from ._segment_store import NOT_CACHED, Entry, Miss, scan_readahead
 from ._sources import Sources
 from ._tasks import run_bounded
 from ._value_refs import StoredValue, ValueRef
@@ -239,20 +239,33 @@ class SnapshotView:
     def _scan_refs(
         self, all_refs: list[SegmentRef], start: bytes | None, end: bytes | None, reverse: bool
     ) -> AsyncIterator[tuple[bytes, bytes]]:
+        merged, hidden = self._merged(all_refs, start, end, reverse)
+        return visible(merged, self.version, self.codec, ttl.clock(), self._segments.values.read, hidden)
+
+    def _merged(
+        self, all_refs: list[SegmentRef], start: bytes | None, end: bytes | None, reverse: bool
+    ) -> tuple[AsyncIterator[list[Entry]], Callable[[bytes, int], bool] | None]:
+        """The entries of the sources meeting [start, end), merged, and what hides them."""
         refs = [r for r in all_refs if r.overlaps(start, end)]
         readahead = scan_readahead(len(refs))
-        read_value = self._segments.values.read
-        now = ttl.clock()
         if not self._ranges:
             sources = [self._segments.blocks(r, start, end, reverse, readahead=readahead) for r in refs]
-            return visible(merge(sources, reverse=reverse), self.version, self.codec, now, read_value)
+            return merge(sources, reverse=reverse), None
         sources = []
         for ref in refs:
             pieces = [(lo, hi) for lo, hi in self._ranges.unhidden(ref.max_version, start, end) if ref.overlaps(lo, hi)]
             if pieces:
                 sources.append(self._segments.blocks_in(ref, pieces, reverse, readahead=readahead))
-        hidden = self._ranges.hides
-        return visible(merge(sources, reverse=reverse), self.version, self.codec, now, read_value, hidden)
+        return merge(sources, reverse=reverse), self._ranges.hides
+
+    async def stored(self, start: bytes | None, end: bytes | None) -> AsyncIterator[tuple[bytes, Value]]:
+        """Every key in [start, end) with its state as stored (`_merge.newest`: a put's
+        expiry, a reference to an out-of-line value and atomic operands kept, nothing
+        read out of line), tombstones included, in key order. What a split copies."""
+        merged, hidden = self._merged(await self._refs_for(start, end), start, end, False)
+        async for states in newest(merged, self.version, self.codec, hidden):
+            for pair in states:
+                yield pair
 
     async def _scan_with_intents(
         self, start: bytes | None, end: bytes | None, reverse: bool

@@ -599,11 +599,30 @@ class Store:
         redirected (blind writes follow by themselves; a transaction that read the
         old partition gets PartitionMovedError, a ConflictError that `transact`
         retries). Costs a manifest CAS sealing the old partition, a copy of its
-        live pairs into the two new ones (segment PUTs and a CAS each) and a CAS
-        of the partition map. A key that already is a boundary changes nothing.
+        keys into the two new ones (segment PUTs and a CAS each) and a CAS of the
+        partition map. The copy keeps each key as stored: a put's expiry, atomic
+        operands, and a value stored out of line (copied server-side, its bytes
+        never read). A key that already is a boundary changes nothing.
         """
         k = encode_key(key, self.options.max_key_bytes)
         await self._router.split(k)
+        return await self.partitions()
+
+    async def merge_partitions(self, boundary: str | bytes) -> list[PartitionInfo]:
+        """Remove the partition boundary `boundary`, online: the two partitions on either
+        side of it are replaced by one holding both ranges. Returns `partitions()`.
+
+        As safe as `split`: writers keep going (one that commits to either old
+        partition meanwhile is redirected), intents of cross-partition transactions in
+        them are resolved first, a tag taken before still reads everything, and a
+        merge that died midway is finished by the next reader or writer that meets it
+        (or by calling this again). Costs a manifest CAS sealing each of the two, a
+        copy of their keys into the new one (segment PUTs and a CAS; values stored
+        out of line are copied server-side) and a CAS of the partition map.
+        ValidationError if `boundary` is not one (`partitions()` lists them).
+        """
+        k = encode_key(boundary, self.options.max_key_bytes)
+        await self._router.merge(k)
         return await self.partitions()
 
     async def partitions(self) -> list[PartitionInfo]:

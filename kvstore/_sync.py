@@ -576,6 +576,11 @@ class SyncStore(MutableMapping[bytes, Any]):
         store, runner = self._live()
         return runner.run(store.split(key))
 
+    def merge_partitions(self, boundary: str | bytes) -> list[PartitionInfo]:
+        """Blocking form of `Store.merge_partitions`."""
+        store, runner = self._live()
+        return runner.run(store.merge_partitions(boundary))
+
     def partitions(self) -> list[PartitionInfo]:
         """Blocking form of `Store.partitions`."""
         store, runner = self._live()

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ._errors import CorruptionError, KvStoreError
+from ._errors import ContentionError, CorruptionError, KvStoreError
 from ._layout import Layout, new_object_id
-from ._objectstore import ObjectNotFound, RetryingObjectStore
+from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment_store import PartUploads, complete_checked
 from ._tasks import run_bounded
 from ._value_refs import ValueRef, checksum
@@ -73,6 +73,40 @@ class ValueStore:
             await upload.abort()
             raise
         return ref
+
+    async def copy_from(self, source: ValueStore, ref: ValueRef, key: bytes) -> ValueRef:
+        """A new value object of this store holding what `ref` names in `source` (another
+        partition's values), copied server-side: one HEAD and one COPY (CopySourceIfMatch,
+        If-None-Match: *), no value bytes sent or received. Its reference: a new id, the
+        same length and checksum. Each partition so owns every value object it references,
+        and GC of one never deletes what another references."""
+        name = source.object_name(ref)
+        copy = ValueRef(new_object_id(), ref.length, ref.checksum)
+        destination = self.object_name(copy)
+        try:
+            info = await self._objects.head(name)
+            if info.size != ref.length:
+                raise CorruptionError(
+                    f"the value of key {key!r} (out of line in {name}) is {info.size} bytes while its segment "
+                    f"entry records {ref.length}: run `Store.verify()`",
+                    object_name=name,
+                )
+            await self._objects.copy_if_match(name, destination, info.etag)
+        except ObjectNotFound:
+            await self.read(ref, key)  # raises the missing object's CorruptionError
+            raise AssertionError("unreachable") from None
+        except PreconditionFailed:
+            # The name is fresh and the source never changes: the copy is there only if an
+            # attempt of ours whose answer was lost made it.
+            try:
+                made: int | None = (await self._objects.head(destination)).size
+            except ObjectNotFound:
+                made = None
+            if made != ref.length:
+                raise ContentionError(
+                    f"copying the value of key {key!r} ({name}) to {destination} was refused; retry the operation"
+                ) from None
+        return copy
 
     async def read(self, ref: ValueRef, key: bytes) -> bytes:
         """The value `ref` names, checked; CorruptionError if missing or damaged."""

@@ -827,7 +827,8 @@ def test_every_command_prints_only_json_with_json(tmp_path: Path, monkeypatch: p
         "add": ["add", url, "n", "1"],
         "max": ["max", url, "n", "5"],
         "min": ["min", url, "n", "2"],
-        "split": ["split", url, "m"],  # last: on a partitioned store, watch --since is refused
+        "split": ["split", url, "m"],  # late: on a partitioned store, watch --since is refused
+        "merge-partitions": ["merge-partitions", url, "m"],
     }
     commands = {name for name in _cli.cli.commands if name != "tag"} | {f"tag {n}" for n in _cli.tag.commands}
     assert set(calls) == commands

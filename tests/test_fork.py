@@ -431,7 +431,14 @@ _FIRST_CALLS: dict[str, Callable[[kvstore.SyncStore], object]] = {
     "distributed_write": lambda db: db.distributed_write().job.job_id,
     "partitions": lambda db: db.partitions(),
     "split": lambda db: db.split("x"),
+    "merge_partitions": lambda db: _merge_refused(db),
 }
+
+
+def _merge_refused(db: kvstore.SyncStore) -> None:
+    """merge_partitions on the store never split: refused by the store (so it was reached)."""
+    with pytest.raises(kvstore.ValidationError, match="not a partition boundary"):
+        db.merge_partitions("x")
 
 
 @pytest.mark.parametrize("call", sorted(_FIRST_CALLS))

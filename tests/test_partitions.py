@@ -7,14 +7,11 @@ their tests are in tests/test_partitions_cross.py.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-import workers
 from targets import Target, engine_of, engines_of, gc_later, make_orphans
 
 import kvstore
@@ -377,41 +374,6 @@ async def test_a_split_whose_splitter_died_after_sealing_is_finished_by_the_next
         parts = await db.partitions()
         assert [(p.id, p.start) for p in parts] == [("left0000", b""), ("right0000", b"d"), ("0001", b"m")]
         assert [kv async for kv in db.scan()] == [(b"a", b"1"), (b"e", b"3"), (b"f", b"2")]
-
-
-async def test_split_while_tasks_and_another_process_commit_loses_nothing(durable_target: Target) -> None:
-    """Counters incremented by tasks here and by a second process while two splits run:
-    every acknowledged increment is there exactly once."""
-    t = durable_target
-    counters = 6
-    async with t.open(split_keys=[b"counter/3"], values="msgpack") as db:
-        loop = asyncio.get_running_loop()
-        acked = {f"counter/{c}": 0 for c in range(counters)}
-        rng = random.Random(7)
-
-        async def increment(tx: kvstore.Transaction, key: str) -> None:
-            tx.put(key, await tx.get(key, 0) + 1)
-
-        async def task() -> None:
-            for _ in range(12):
-                key = f"counter/{rng.randrange(counters)}"
-                await db.transact(increment, key)
-                acked[key] += 1
-
-        async def splits() -> None:
-            await asyncio.sleep(0.05)
-            await db.split(b"counter/1")
-            await db.split(b"counter/5")
-
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            other = loop.run_in_executor(pool, workers.count, t.url, t.kwargs, 1, 4, 12, counters)
-            await asyncio.gather(*(task() for _ in range(4)), splits())
-            theirs = await other
-        parts = await db.partitions()
-        assert [p.start for p in parts] == [b"", b"counter/1", b"counter/3", b"counter/5"]
-        actual = {k.decode(): v async for k, v in db.scan(prefix=b"counter/")}
-        expected = {k: acked[k] + theirs[k] for k in acked}
-        assert actual == {k: v for k, v in expected.items() if v}
 
 
 async def test_gc_after_splits_collects_each_partition_but_never_a_retired_one(tmp_path: Path) -> None:
