@@ -168,8 +168,10 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
     unknown only when the decision object itself cannot be read).
 
     Round trips on the critical path: the participants' segment writes (none when their
-    writes ride inline) and prepare CASes in parallel, then the decision create. The
-    resolve CASes run in the background after the acknowledgement.
+    writes ride inline) and prepare CASes in parallel; the second check of reads (one
+    conditional GET per part, in parallel) for parts that read keys they do not write;
+    then the decision create. The resolve CASes run in the background after the
+    acknowledgement.
     """
     txn_ids = {request.txn_id for _, request in parts}
     if len(txn_ids) != 1:
@@ -238,13 +240,25 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
 
 async def _reads_hold(engine: Engine, request: CommitRequest, prepared_at: int | None) -> bool:
     """The second check of a part's reads: since its prepare (whose CAS checked them up
-    to there), or since its read version for a part that only read."""
-    if not request.read_keys and not request.read_ranges:
+    to there), or since its read version for a part that only read.
+
+    A prepared part's reads of keys it also writes need no second check, so a
+    read-modify-write part costs no request here: from its prepare's CAS until its
+    decision, its intent holds those keys against every other commit and prepare of the
+    partition (`_commit._held_by_intent`; a write in the same batch is refused beside it),
+    so nobody can have written them since, unless the intent was aborted after
+    `intent_timeout`, and then our "committed" create loses to that "aborted" one. Its
+    other reads (and every read range) are checked, as the write skew argument in
+    `commit_across` needs."""
+    keys = request.read_keys
+    if prepared_at is not None:
+        keys = {k for k in keys if k not in request.writes}
+    if not keys and not request.read_ranges:
         return True
     since = prepared_at if prepared_at is not None else request.read_version
     if since is None:
         return True
-    return await engine.reads_still_hold(since, request.read_keys, request.read_ranges, request.txn_id)
+    return await engine.reads_still_hold(since, keys, request.read_ranges, request.txn_id)
 
 
 def _per_part(

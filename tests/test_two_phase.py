@@ -458,6 +458,106 @@ async def test_a_conflicting_prepare_aborts_at_once(target: Target) -> None:
     assert balances[:2] == [w.START, 500]
 
 
+# --------------------------------------------------------------------------- the second read check
+
+
+def _gets(parts: w.Parts) -> int:
+    return sum(e.objects.requests["GET"] for e in parts.engines)
+
+
+async def test_a_read_modify_write_across_partitions_reads_nothing_again(target: Target) -> None:
+    """Each part read only keys it writes: its intent holds them from its prepare on, so the
+    second read check needs no GET and the commit is the 2 prepares and the decision."""
+    parts = await _bank(target, 2)
+    try:
+        gets = _gets(parts)
+        await w.transfer_once(parts, 0, 1, 30)  # reads and writes account 0 in a, 1 in b
+        # commit_across returned without yielding since: the background resolves have not begun.
+        assert _gets(parts) == gets + 2  # the two views' manifest reads before the commit, no more
+    finally:
+        await parts.close()
+    assert (await _final_balances(target, 2))[:2] == [70, 130]
+
+
+async def test_a_write_to_a_read_and_written_key_after_its_prepare_is_refused(target: Target) -> None:
+    """What the skipped check would catch cannot happen: once T1's prepare in a is in place,
+    a commit writing the key T1 read and writes there is refused, and T1 commits."""
+    parts = await _bank(target, 2)
+    a, b = parts.engines
+    try:
+        va, vb = await a.latest_view(), await b.latest_view()
+        txn = a.new_txn_id()
+        a_prepared = asyncio.Event()
+        late: list[BaseException | None] = []
+        prepare_a, prepare_b = a.prepare, b.prepare
+
+        async def prepare_a_then_signal(request: object, decision: str) -> int:
+            version = await prepare_a(request, decision)  # type: ignore[arg-type]
+            a_prepared.set()
+            return version
+
+        async def prepare_b_after_a_rival(request: object, decision: str) -> int:
+            await asyncio.wait_for(a_prepared.wait(), 10)
+            try:
+                await a.commit(w.request(a, None, set(), {w.account(0): b"999"}))
+                late.append(None)
+            except ConflictError as exc:
+                late.append(exc)
+            return await prepare_b(request, decision)  # type: ignore[arg-type]
+
+        a.prepare, b.prepare = prepare_a_then_signal, prepare_b_after_a_rival  # type: ignore[method-assign]
+        await commit_across(
+            [
+                (a, w.request(a, va, {w.account(0)}, {w.account(0): b"70"}, txn)),
+                (b, w.request(b, vb, {w.account(1)}, {w.account(1): b"130"}, txn)),
+            ],
+            parts.decisions,
+        )
+        assert isinstance(late[0], ConflictError)
+    finally:
+        await parts.close()
+    assert (await _final_balances(target, 2))[:2] == [70, 130]
+
+
+async def test_write_skew_between_interleaved_prepares_of_two_writing_parts_is_refused(target: Target) -> None:
+    """T1 reads k0 in a and writes k2 there and k1 in b; T2 reads k1 in b and writes k3 there
+    and k0 in a. Their prepares interleave so that each passes (T2's intent on k0 lands in a
+    after T1's prepare there): only the second check of T1's reads in a refuses it. A read
+    of a key its part does not write keeps that check."""
+    parts = await _bank(target, 2)
+    a, b = parts.engines
+    k0, k1, k2, k3 = (w.account(i) for i in range(4))  # k0, k2 in a; k1, k3 in b
+    try:
+        va, vb = await a.latest_view(), await b.latest_view()
+        t1, t2 = a.new_txn_id(), a.new_txn_id()
+        t2_name = parts.decisions.name(t2)
+        prepare_a, prepare_b = a.prepare, b.prepare
+        a_prepared = asyncio.Event()
+
+        async def prepare_a_then_signal(request: object, decision: str) -> int:
+            version = await prepare_a(request, decision)  # type: ignore[arg-type]
+            a_prepared.set()
+            return version
+
+        async def prepare_b_after_t2(request: object, decision: str) -> int:
+            await asyncio.wait_for(a_prepared.wait(), 10)
+            await prepare_a(w.request(a, va, set(), {k0: b"0"}, t2), t2_name)
+            await prepare_b(w.request(b, vb, {k1}, {k3: b"0"}, t2), t2_name)
+            return await prepare_b(request, decision)  # type: ignore[arg-type]
+
+        a.prepare, b.prepare = prepare_a_then_signal, prepare_b_after_t2  # type: ignore[method-assign]
+        with pytest.raises(ConflictError, match="another transaction changed or is committing"):
+            await commit_across(
+                [(a, w.request(a, va, {k0}, {k2: b"0"}, t1)), (b, w.request(b, vb, set(), {k1: b"0"}, t1))],
+                parts.decisions,
+            )
+        assert await parts.decisions.outcome(parts.decisions.name(t1)) == "aborted"
+        await parts.decisions.decide(t2_name, "aborted", t2, [])
+    finally:
+        await parts.close()
+    assert (await _final_balances(target, 2))[:4] == [w.START] * 4
+
+
 # --------------------------------------------------------------------------- format
 
 
