@@ -1,8 +1,9 @@
 """A Zarr session's staged writes: segments and the records that let the driver find them.
 
-Every write through a session's store (on the driver, or through a pickled copy
-in a Dask worker) is two safe-creates, on kvstore's writer thread
-(`_distributed._worker_runtime`, the machinery of distributed writes):
+Every write through a pickled copy of a session's store (in a Dask worker, say)
+is two safe-creates, on kvstore's writer thread (`_distributed._worker_runtime`,
+the machinery of distributed writes); a write through the driver's own
+`session.store` is only the first, since the session holds its state in memory:
 
     <prefix>segments/<id>.seg                                  the staged values (a distributed write's segment)
     <prefix>segments/zarr-sessions/<job id>/<stamp>-<id>.stg   its record: the segment, keys, stamp, reads
@@ -17,7 +18,7 @@ never referenced; its job is done once the commit has read it).
 
 A key staged twice resolves by the writes' stamps: the write with the larger
 (wall-clock nanoseconds when it began, segment id) wins, on whichever copy it was
-made. Within one process the stamps only grow (`_next_stamp`); across hosts they
+made. Within one process the stamps only grow (`next_stamp`); across hosts they
 are as good as the hosts' clocks, which is why two workers should not write one
 key (Zarr's tasks write distinct chunks).
 """
@@ -64,6 +65,9 @@ class Staged:
     keys: dict[str, tuple[int, SegmentRef, bool]] = field(default_factory=dict)
     reads: set[str] = field(default_factory=set)  # keys read from the base version
     recorded_reads: set[str] = field(default_factory=set)  # reads already in one of this copy's records
+    # Whether this copy's writes leave records. Not the driver's own (the session holds its
+    # state in memory: one PUT per write); every unpickled copy does (`ZarrStore.__setstate__`).
+    records: bool = True
 
     def add(self, key: str, theirs: tuple[int, SegmentRef, bool]) -> None:
         """Stage `theirs` for `key` unless a later write of it is staged (the larger stamp, then id)."""
@@ -90,12 +94,14 @@ def next_stamp() -> int:
 
 
 async def stage(staged: Staged, prefix: str, writes: dict[str, bytes | None]) -> None:
-    """Write `writes` (zarr key -> value, None: a delete) as one staged segment and its
-    record, then stage them in `staged` (this copy reads them back from the segment)."""
+    """Write `writes` (zarr key -> value, None: a delete) as one staged segment and (for a
+    copy that leaves records) its record, then stage them in `staged` (this copy reads
+    them back from the segment)."""
     stamp = next_stamp()
     entries = sorted(((prefix + k).encode("utf-8"), v) for k, v in writes.items())
-    reads = sorted(staged.reads - staged.recorded_reads)
-    done = _worker_runtime().submit(_write_staged(staged.job, stamp, entries, writes, reads))
+    reads = sorted(staged.reads - staged.recorded_reads) if staged.records else []
+    record = (writes, reads) if staged.records else None
+    done = _worker_runtime().submit(_write_staged(staged.job, stamp, entries, record))
     ref = await asyncio.wrap_future(done)
     staged.recorded_reads.update(reads)
     for key, data in writes.items():
@@ -106,8 +112,7 @@ async def _write_staged(
     job: DistributedWrite,
     stamp: int,
     entries: list[tuple[bytes, bytes | None]],
-    writes: dict[str, bytes | None],
-    reads: list[str],
+    record: tuple[dict[str, bytes | None], list[str]] | None,
 ) -> SegmentRef:
     async with _worker_runtime().objects(job) as (objects, layout):
         output = SegmentStore(objects, layout, ByteLRU(0)).new_output(uniform_version=True)
@@ -119,14 +124,17 @@ async def _write_staged(
             await output.abort()
             raise
         ref = await output.finish(level=0, versioned=False)
+        if record is None:
+            return ref
+        writes, reads = record
         # After the segment: a record never names a segment that is not there.
-        record = {
+        doc = {
             "segment": [ref.id, ref.min_key, ref.max_key, ref.count, ref.size, ref.min_version, ref.max_version],
             "stamp": stamp,
             "writes": [[k, v is None] for k, v in writes.items()],
             "reads": reads,
         }
-        payload = msgpack.packb(record, use_bin_type=True)
+        payload = msgpack.packb(doc, use_bin_type=True)
         await objects.put_if_absent(
             layout.zarr_session_record(job.job_id, stamp, ref.id), seal(_MAGIC, FORMAT, payload)
         )
@@ -137,7 +145,9 @@ async def collect(staged: Staged) -> Staged:
     """Every write recorded for `staged`'s session, by any copy in any process, added to a
     copy of `staged` (the driver's own state: its reads, and copies given to `merge`)."""
     found = await asyncio.wrap_future(_worker_runtime().submit(_read_records(staged.job)))
-    merged = Staged(staged.job, staged.base_version, staged.opened_at, dict(staged.keys), set(staged.reads))
+    merged = Staged(
+        staged.job, staged.base_version, staged.opened_at, dict(staged.keys), set(staged.reads), records=False
+    )
     for stamp, ref, writes, reads in found:
         for key, deleted in writes:
             merged.add(key, (stamp, ref, deleted))

@@ -240,6 +240,10 @@ class ZarrStore(_ZarrStoreBase):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        staged: Staged | None = state["staged"]
+        if staged is not None:
+            # A copy elsewhere: the session cannot see its memory, so its writes leave records.
+            staged.records = True
         self.__init__(  # type: ignore[misc]
             state["url"],
             prefix=state["prefix"],
@@ -267,7 +271,8 @@ class ZarrStore(_ZarrStoreBase):
         )
 
     def staged(self) -> Staged | None:
-        """This copy's staged state (a session's store only): what `ZarrSession.merge` takes."""
+        """This copy's staged state (a session's store only): what `ZarrSession.merge` takes
+        (not needed for the commit, which finds every copy's writes by their records)."""
         return self._staged
 
     # ------------------------------------------------------------------ opening
@@ -648,7 +653,8 @@ async def open_session(db: Store, *, prefix: str = "") -> ZarrSession:
         )
     opened_at = time.time()  # before any write of the session (I8)
     job = await db.distributed_write()  # refreshes: the base is the latest version
-    staged = Staged(job=job, base_version=db.version, opened_at=opened_at)
+    # The session's own store needs no records: its state is this object's memory.
+    staged = Staged(job=job, base_version=db.version, opened_at=opened_at, records=False)
     store = ZarrStore(db=db, prefix=prefix, _staged=staged)
     return ZarrSession(db, store, staged)
 
