@@ -4,6 +4,7 @@
     <prefix>probe                      written once per process to prove conditional writes work
     <prefix>segments/<id>.seg          immutable segments: sorted entries (safe create)
     <prefix>segments/<id>.run          immutable sorted runs: lists of key-disjoint segments (safe create)
+    <prefix>segments/zarr-sessions/<job>/<stamp>-<id>.stg   a Zarr session's staged-write records (safe create)
     <prefix>values/<id>.val            immutable out-of-line values, named by segment entries (safe create)
     <prefix>snapshots/<version>.mf     manifest copies kept by tags (server-side copy)
     <prefix>tags/<hash of name>.tag    tags (safe create)
@@ -85,6 +86,15 @@ class Layout:
 
     def run(self, run_id: str) -> str:
         return f"{self.segments_prefix}{run_id}.run"
+
+    def zarr_session_records(self, job_id: str) -> str:
+        """The prefix of Zarr session `job_id`'s records (`_zarr_staging`; ends with '/').
+        Under ``segments/``, which GC sweeps: no manifest names a record."""
+        return f"{self.segments_prefix}zarr-sessions/{job_id}/"
+
+    def zarr_session_record(self, job_id: str, stamp: int, segment_id: str) -> str:
+        """The record of one staged write (stamp in 20 digits: listing order is stamp order)."""
+        return f"{self.zarr_session_records(job_id)}{stamp:020d}-{segment_id}.stg"
 
     @property
     def values_prefix(self) -> str:

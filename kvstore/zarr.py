@@ -35,11 +35,14 @@ from (the session reads one consistent version, like a transaction). `commit()`
 publishes every staged segment in one manifest CAS; it raises ConflictError when
 a commit after the session's start wrote a key the session wrote or read (a
 bulk commit is judged by its key range, so two sessions on disjoint arrays
-commit side by side). `session.store` pickles with its staged state: a Dask task
-writes through its copy and returns it (or ``copy.staged()``), and the driver
-adds those with `ZarrSession.merge` before its one `commit()`; where two copies
-staged one key, the later write (by wall clock) wins. Nothing staged is visible
-to anyone else; a session never committed leaves segments that GC collects.
+commit side by side). `session.store` pickles: a Dask task (``dask.array.to_zarr``,
+xarray's ``to_zarr``) writes through its copy, and each staged write leaves a small
+record under the session's own prefix in the store (`_zarr_staging`), so the
+driver's one `commit()` finds every copy's writes with no step of its own. Where
+two writes staged one key, the later (by the writers' clocks, see docs/zarr.md)
+wins. Nothing staged is visible to anyone else; a session never committed (or a
+worker killed mid-write) leaves segments and records that GC collects. A
+partitioned store refuses sessions (PartitionedSessionError).
 docs/zarr.md has the guide.
 """
 
@@ -50,27 +53,26 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from ._cache import ByteLRU
-from ._distributed import DistributedWrite, _worker_runtime
 from ._errors import (
     ClosedError,
     CodecMismatchError,
+    CommitOutcomeUnknownError,
     InvalidValueError,
+    JobAlreadyCommittedError,
+    PartTooOldError,
     ReadOnlyError,
     StoreNotFoundError,
     ValidationError,
 )
-from ._manifest import SegmentRef
 from ._objectstore import S3Options
-from ._options import StoreOptions
-from ._segment import probe
-from ._segment_store import SegmentStore
+from ._options import StoreOptions, grace_period_of
 from ._snapshot import Snapshot
 from ._store import Store
 from ._store import open as open_store
+from ._zarr_staging import Staged, collect, read_staged, stage
 
 try:
     from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -80,7 +82,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError("kvstore.zarr needs Zarr v3: pip install 'kvstore[zarr]'") from exc
 
-__all__ = ["StoreReadOnlyError", "ZarrSession", "ZarrStore", "open_session"]
+__all__ = ["PartitionedSessionError", "StoreReadOnlyError", "ZarrSession", "ZarrStore", "open_session"]
 
 log = logging.getLogger("kvstore")
 _closing: set[asyncio.Task[None]] = set()  # handles being closed by `ZarrStore.close`
@@ -105,28 +107,12 @@ class _Handle:
         self.owned = owned  # opened here (closed by `close`), not the caller's `db`
 
 
-@dataclass
-class _Staged:
-    """A session's staged state: small and picklable (segment records and keys, no values)."""
-
-    job: DistributedWrite
-    base_version: int
-    # zarr key -> (wall-clock ns when its write began, segment holding its newest staged
-    # value or tombstone, whether that is a tombstone)
-    keys: dict[str, tuple[int, SegmentRef, bool]] = field(default_factory=dict)
-    reads: set[str] = field(default_factory=set)  # keys read from the base version
-    oldest: float | None = None  # time.time() before the first segment was written (I8)
-
-    def merge(self, other: _Staged) -> None:
-        if other.job.job_id != self.job.job_id:
-            raise ValidationError("merge takes stores of this session (copies of session.store), not of another")
-        for key, theirs in other.keys.items():
-            mine = self.keys.get(key)
-            if mine is None or (theirs[0], theirs[1].id) > (mine[0], mine[1].id):
-                self.keys[key] = theirs
-        self.reads |= other.reads
-        if other.oldest is not None and (self.oldest is None or other.oldest < self.oldest):
-            self.oldest = other.oldest
+class PartitionedSessionError(ValidationError):
+    """`open_session` on a partitioned store (``kvstore.open(url, split_keys=...)``): a
+    session publishes its staged segments in one partition's manifest, and a partitioned
+    store's keys (the session's arrays among them) may span many. Write the arrays
+    through ``ZarrStore(db=db)`` (each write a transaction, which may span partitions),
+    or keep them in a store that is not split."""
 
 
 class ZarrStore(_ZarrStoreBase):
@@ -155,7 +141,7 @@ class ZarrStore(_ZarrStoreBase):
         endpoint_url: str | None = None,
         s3_options: S3Options | None = None,
         options: StoreOptions | None = None,
-        _staged: _Staged | None = None,
+        _staged: Staged | None = None,
     ) -> None:
         if (url is None) == (db is None):
             raise ValidationError("ZarrStore takes url= or db= (one of them)")
@@ -254,6 +240,10 @@ class ZarrStore(_ZarrStoreBase):
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        staged: Staged | None = state["staged"]
+        if staged is not None:
+            # A copy elsewhere: the session cannot see its memory, so its writes leave records.
+            staged.records = True
         self.__init__(  # type: ignore[misc]
             state["url"],
             prefix=state["prefix"],
@@ -280,8 +270,9 @@ class ZarrStore(_ZarrStoreBase):
             _staged=self._staged,
         )
 
-    def staged(self) -> _Staged | None:
-        """This copy's staged state (a session's store only): what `ZarrSession.merge` takes."""
+    def staged(self) -> Staged | None:
+        """This copy's staged state (a session's store only): what `ZarrSession.merge` takes
+        (not needed for the commit, which finds every copy's writes by their records)."""
         return self._staged
 
     # ------------------------------------------------------------------ opening
@@ -367,7 +358,7 @@ class ZarrStore(_ZarrStoreBase):
         staged = self._staged
         if staged is not None and key in staged.keys:
             _, ref, deleted = staged.keys[key]
-            return None if deleted else await _read_staged(staged.job, ref, self._key(key))
+            return None if deleted else await read_staged(staged.job, ref, self._key(key))
         handle = await self._handle()
         if staged is not None:
             staged.reads.add(key)
@@ -494,15 +485,8 @@ class ZarrStore(_ZarrStoreBase):
                     f"the value of Zarr key {key!r} is {len(data)} bytes, over max_value_bytes ({limit}): "
                     "use smaller chunks (or shards) in this array, or raise StoreOptions.max_value_bytes"
                 )
-        staged = self._staged
-        if staged is not None:
-            stamp = time.time_ns()
-            if staged.oldest is None:
-                staged.oldest = stamp / 1e9
-            entries = sorted((self._key(k), v) for k, v in writes.items())
-            ref = await asyncio.wrap_future(_worker_runtime().submit(_write_segment(staged.job, entries)))
-            for key, data in writes.items():
-                staged.keys[key] = (stamp, ref, data is None)
+        if self._staged is not None:
+            await stage(self._staged, self._prefix, writes)
             return
         db = await self._writer()
         async with db.transaction() as tx:
@@ -566,22 +550,25 @@ class ZarrStore(_ZarrStoreBase):
 
 
 class ZarrSession:
-    """Writes staged through `store` and published together by `commit`; see `open_session`."""
+    """Writes staged through `store` (and its pickled copies) and published together by
+    `commit`; see `open_session`."""
 
-    def __init__(self, db: Store, store: ZarrStore, staged: _Staged) -> None:
+    def __init__(self, db: Store, store: ZarrStore, staged: Staged) -> None:
         self._db = db
         self.store = store
         self._staged = staged
         self.committed_version: int | None = None
+        self._outcome_unknown = False  # an attempt to commit ended without knowing if it landed
 
     @property
     def base_version(self) -> int:
         """The store version the session reads (its own writes laid over it)."""
         return self._staged.base_version
 
-    def merge(self, *copies: ZarrStore | _Staged | None) -> None:
-        """Add what copies of `store` (pickled to workers and returned, or their `staged()`)
-        staged, so that `commit` publishes it too."""
+    def merge(self, *copies: ZarrStore | Staged | None) -> None:
+        """Add what copies of `store` staged (pickled to workers and returned, or their
+        `staged()`). Not needed: `commit` finds every copy's writes by their records.
+        It still lets this process's copy read what the others wrote before the commit."""
         for copy in copies:
             staged = copy.staged() if isinstance(copy, ZarrStore) else copy
             if staged is None:
@@ -589,83 +576,87 @@ class ZarrSession:
             self._staged.merge(staged)
 
     async def commit(self, *, meta: dict[str, Any] | None = None) -> int:
-        """Publish every staged write in one manifest CAS; returns the version.
+        """Publish every write staged through `store` or any copy of it, in any process,
+        in one manifest CAS; returns the version.
 
-        Raises ConflictError if a commit since `base_version` wrote a key this
-        session wrote or read (nothing is published: open a new session and write
-        again), JobAlreadyCommittedError on a second commit, ValidationError if
-        nothing was staged.
+        Lists the session's records (one LIST per 1000 writes, a GET each). A key
+        staged by several copies takes the write with the later stamp (see
+        docs/zarr.md). Raises ConflictError if a commit since `base_version` wrote a
+        key this session wrote or read (nothing is published: open a new session and
+        write again), PartTooOldError if the session opened longer ago than half of
+        `segment_grace_period`, JobAlreadyCommittedError on a second commit,
+        ValidationError if nothing was staged. After CommitOutcomeUnknownError, call
+        `commit` again: it returns the version if the first attempt landed.
         """
-        staged = self._staged
         if self.committed_version is not None:
-            from ._errors import JobAlreadyCommittedError
-
             raise JobAlreadyCommittedError(
                 f"this session committed version {self.committed_version}; open a new session to write more"
             )
+        own = self._staged
+        age = time.time() - own.opened_at
+        limit = grace_period_of(self._db.options) / 2
+        if age > limit:
+            # A record or segment this old may be collected by GC already (I8): the commit
+            # could not tell a write GC took from one never made.
+            raise PartTooOldError(
+                f"this Zarr session opened {age:.0f} s ago, over half of segment_grace_period ({limit:.0f} s): "
+                "its staged writes may be collected. Write them again in a new session, or raise "
+                "StoreOptions.segment_grace_period above twice a session's duration"
+            )
+        staged = await collect(own)
         if not staged.keys:
             raise ValidationError("the session staged no writes: nothing to commit")
-        assert staged.oldest is not None
-        # Newest first, as the manifest lists segments: a later write of a key wins.
+        # Newest first, as the manifest lists segments: a later write of a key wins. Only
+        # segments holding some key's winning write are committed (a superseded one is garbage).
         newest = sorted({ref.id: (stamp, ref) for stamp, ref, _ in staged.keys.values()}.values(), key=lambda s: s[0])
         segments = [ref for _, ref in reversed(newest)]
         prefix = self.store.prefix
         read_keys = {(prefix + k).encode("utf-8") for k in (*staged.keys, *staged.reads)}
         engine = self._db._engine
-        version = await engine.commit_parts(
-            store_id=staged.job.store_id,
-            job_id=staged.job.job_id,
-            segments=segments,
-            written_at=staged.oldest,
-            meta={"zarr_session": prefix, **(meta or {})},
-            values="bytes",
-            read_version=staged.base_version,
-            read_keys=read_keys,
-        )
+        try:
+            version = await engine.commit_parts(
+                store_id=own.job.store_id,
+                job_id=own.job.job_id,
+                segments=segments,
+                written_at=own.opened_at,
+                meta={"zarr_session": prefix, **(meta or {})},
+                values="bytes",
+                read_version=own.base_version,
+                read_keys=read_keys,
+            )
+        except CommitOutcomeUnknownError:
+            self._outcome_unknown = True
+            raise
+        except JobAlreadyCommittedError:
+            # Evidence of an earlier attempt whose answer was lost: the commit log names its job.
+            landed = next((r.version for r in engine.manifest.log if r.job == own.job.job_id), None)
+            if not self._outcome_unknown or landed is None:
+                raise
+            version = landed
         self.committed_version = version
         return version
 
 
 async def open_session(db: Store, *, prefix: str = "") -> ZarrSession:
-    """A session on `db` (a writable bytes store): ``session.store`` is a `ZarrStore`
-    whose writes are staged as segments, invisible until ``await session.commit()``
-    publishes them all in one manifest CAS. See the module docs."""
+    """A session on `db` (a writable bytes store, not partitioned): ``session.store`` is a
+    `ZarrStore` whose writes, and those of its pickled copies in other processes, are
+    staged as segments, invisible until ``await session.commit()`` publishes them all in
+    one manifest CAS. See the module docs. Raises PartitionedSessionError on a
+    partitioned store."""
     if db.read_only:
         raise ReadOnlyError(f"a Zarr session writes; {db.url} was opened read-only")
+    if db._partitioned:
+        raise PartitionedSessionError(
+            f"{db.url} is partitioned (split_keys), and a Zarr session commits into one partition: "
+            "write the arrays through ZarrStore(db=db) (each write a transaction), or keep them in a store "
+            "that is not split"
+        )
+    opened_at = time.time()  # before any write of the session (I8)
     job = await db.distributed_write()  # refreshes: the base is the latest version
-    staged = _Staged(job=job, base_version=db.version)
+    # The session's own store needs no records: its state is this object's memory.
+    staged = Staged(job=job, base_version=db.version, opened_at=opened_at, records=False)
     store = ZarrStore(db=db, prefix=prefix, _staged=staged)
     return ZarrSession(db, store, staged)
-
-
-async def _write_segment(job: DistributedWrite, entries: list[tuple[bytes, bytes | None]]) -> SegmentRef:
-    """Write sorted distinct (key, value or None: a tombstone) pairs as one new segment whose
-    entries take the version they commit at; runs on kvstore's writer thread."""
-    async with _worker_runtime().objects(job) as (objects, layout):
-        output = SegmentStore(objects, layout, ByteLRU(0)).new_output(uniform_version=True)
-        try:
-            for key, value in entries:
-                output.writer.add(key, 0, value)
-                await output.send_full_parts()
-        except BaseException:
-            await output.abort()
-            raise
-        return await output.finish(level=0, versioned=False)
-
-
-async def _read_staged(job: DistributedWrite, ref: SegmentRef, key: bytes) -> bytes | None:
-    async def read() -> bytes | None:
-        async with _worker_runtime().objects(job) as (objects, layout):
-            segments = SegmentStore(objects, layout, ByteLRU(0))
-            # A staged segment's entries have no version until the commit: read it as version 0.
-            found = await segments.get(replace(ref, commit_version=0), key, probe(key), 0)
-        if found is None:
-            return None
-        value = found[1]
-        assert value is None or isinstance(value, bytes), "a staged segment holds plain values (`_write_segment`)"
-        return value
-
-    return await asyncio.wrap_future(_worker_runtime().submit(read()))
 
 
 async def _close_handle(task: asyncio.Task[_Handle]) -> None:

@@ -108,4 +108,4 @@ async def s3_bucket(localstack: str) -> AsyncIterator[tuple[str, str]]:
 
 
 # kvstore fixtures: the same behavioural test on every backend.
-from fixtures import durable_target, target  # noqa: E402,F401
+from fixtures import dask_client, durable_target, target  # noqa: E402,F401

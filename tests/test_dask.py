@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -17,7 +16,7 @@ import dask.dataframe
 import msgpack
 import pandas as pd
 import pytest
-from distributed import Client, KilledWorker, LocalCluster
+from distributed import Client, KilledWorker
 from distributed_workers import pairs, stall_at
 from targets import Target, engine_of, engines_of
 
@@ -27,20 +26,11 @@ import kvstore.dask
 DEADLINE = 120.0  # seconds any wait of these tests may take
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
-def healthy(client: Client) -> Client:
+def healthy(dask_client: Client) -> Client:
     """The cluster with both workers up (a test before may have killed one)."""
-    client.wait_for_workers(2, timeout=DEADLINE)
-    return client
+    dask_client.wait_for_workers(2, timeout=DEADLINE)
+    return dask_client
 
 
 # Three store partitions for the keys of `pairs(i, n)` (k<i:03d>-...): parts 0, 1-2 and 3.

@@ -231,3 +231,14 @@ def test_zarr_arrays_on_s3(s3_bucket: tuple[str, str]) -> None:
     endpoint_url, bucket = s3_bucket
     out = _run("zarr_arrays.py", f"s3://{bucket}/zarr", env={"KVSTORE_ENDPOINT_URL": endpoint_url})
     assert ZARR_AT_TAG in out and ZARR_LATEST in out, out
+
+
+# --------------------------------------------------------------------------- zarr_dask.py
+
+
+def test_zarr_dask_on_local_filesystem(tmp_path: Path) -> None:
+    """dask.array.to_zarr through a session's store on two worker processes; one commit."""
+    out = _run("zarr_dask.py", cwd=tmp_path)
+    assert "before the commit, others see version 0: chunks staged, none visible" in out, out
+    assert "one commit published the array at version 1" in out
+    assert "16 chunks, sum 8386560 (expected 8386560)" in out

@@ -7,20 +7,23 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import dask.array
 import numpy as np
 import pytest
 import zarr
 import zarr.api.asynchronous as za
-from distributed import Client, LocalCluster
-from targets import Target, engine_of
+from distributed import Client
+from targets import Target, engine_of, fault_injecting, gc_later
 from zarr.core.buffer import cpu
-from zarr_workers import write_rows
+from zarr_workers import write_rows, write_rows_dying_once
 
 import kvstore
-from kvstore.zarr import StoreReadOnlyError, ZarrStore, open_session
+from kvstore.testing.faults import FaultPlan
+from kvstore.zarr import PartitionedSessionError, StoreReadOnlyError, ZarrStore, open_session
 
 DEADLINE = 120.0  # seconds any wait of these tests may take
 
@@ -134,7 +137,7 @@ async def test_a_session_is_invisible_until_one_commit_publishes_every_array(db:
     np.testing.assert_array_equal(
         await (await za.open_array(store=after, path="y")).getitem(slice(None)), [0.5, 1.5, 2.5]
     )
-    with pytest.raises(kvstore.JobAlreadyCommittedError):
+    with pytest.raises(kvstore.JobAlreadyCommittedError, match=f"committed version {version}; open a new session"):
         await session.commit()
 
 
@@ -176,18 +179,11 @@ async def test_concurrent_sessions_on_the_same_array_conflict_on_disjoint_ones_b
     np.testing.assert_array_equal(y, [1, 2, 8, 8])
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-def test_dask_workers_write_chunks_through_pickled_session_stores(durable_target: Target, client: Client) -> None:
+def test_dask_workers_write_chunks_through_pickled_session_stores(durable_target: Target, dask_client: Client) -> None:
     """session.store pickles to Dask worker processes; each task writes rows through its
-    copy and returns it; the driver merges them and publishes everything in one commit."""
+    copy and returns it; `merge` (no longer needed) still adds them without harm, and one
+    commit publishes everything."""
+    client = dask_client
     client.wait_for_workers(2, timeout=DEADLINE)
 
     workers = sorted(client.scheduler_info()["workers"])
@@ -223,3 +219,122 @@ async def test_session_commit_is_one_manifest_cas(db: kvstore.Store) -> None:
     assert engine_of(db).statistics()["commits"] == commits + 1
     assert version == session.base_version + 1 == db.version
     assert len([k async for k, _ in db.scan("x/c/")]) == 10
+
+
+def test_dask_to_zarr_through_a_session_store_is_published_by_the_drivers_one_commit(
+    durable_target: Target, dask_client: Client
+) -> None:
+    """dask.array.to_zarr(x, session.store): Dask's worker processes write the chunks
+    through pickled copies that never come back to the driver; `commit()` alone (no
+    merge) finds them and publishes the metadata and every chunk in one CAS. Before
+    the commit, nothing is visible."""
+    dask_client.wait_for_workers(2, timeout=DEADLINE)
+    x = dask.array.arange(160, dtype="int32").reshape(40, 4).rechunk((5, 4))
+
+    async def run() -> None:
+        async with durable_target.open() as db:
+            await db.put("data/before", b"1")
+            session = await open_session(db, prefix="data/")
+            base = session.base_version
+            stored = await asyncio.to_thread(dask.array.to_zarr, x, session.store, component="x", compute=False)
+            await asyncio.wait_for(asyncio.to_thread(dask_client.compute(stored).result), DEADLINE)
+            # The driver's copy staged only the metadata: the chunks were staged by the workers.
+            assert not [k for k in session.store.staged().keys if k.startswith("x/c/")]  # type: ignore[union-attr]
+            assert await db.refresh() == base  # nothing visible before the commit
+            assert [k async for k, _ in db.scan("data/")] == [b"data/before"]
+            commits = engine_of(db).statistics()["commits"]
+            version = await session.commit()
+            assert engine_of(db).statistics()["commits"] == commits + 1  # one manifest CAS
+            assert version == base + 1 == db.version
+            chunks = [k async for k, _ in db.scan("data/x/c/")]
+            assert len(chunks) == 8
+            read = await za.open_array(store=ZarrStore(db=db, prefix="data/"), path="x")
+            np.testing.assert_array_equal(await read.getitem(slice(None)), np.arange(160).reshape(40, 4))
+
+    asyncio.run(run())
+
+
+def test_a_worker_killed_mid_task_leaves_garbage_that_gc_collects(
+    durable_target: Target, dask_client: Client, tmp_path: Path
+) -> None:
+    """A task's first attempt stages rows of -7s, then its worker process is SIGKILLed;
+    Dask retries the task, which stages the real rows. The retry's writes are later, so
+    they win; what the dead attempt staged is garbage that GC deletes, and the array
+    reads the same after GC."""
+    dask_client.wait_for_workers(2, timeout=DEADLINE)
+
+    async def run() -> None:
+        async with durable_target.open() as db:
+            session = await open_session(db, prefix="data/")
+            await za.create_array(session.store, name="x", shape=(20, 4), chunks=(5, 4), dtype="int32", fill_value=-1)
+            marker = str(tmp_path / "killed")
+            futures = [
+                dask_client.submit(write_rows_dying_once, session.store, s, s + 10, marker, pure=False)
+                for s in range(0, 20, 10)
+            ]
+            pids = await asyncio.wait_for(asyncio.to_thread(dask_client.gather, futures), DEADLINE)
+            killed = int(Path(marker).read_text())
+            assert killed not in pids  # the process that staged the -7s is gone
+            await session.commit()
+            expected = np.arange(80, dtype="int32").reshape(20, 4)
+            read = await za.open_array(store=ZarrStore(db=db, prefix="data/"), path="x")
+            np.testing.assert_array_equal(await read.getitem(slice(None)), expected)
+            report = await gc_later(db)
+            assert report.objects_deleted >= 2  # at least the dead attempt's segment and record
+            assert not [n async for n in _listing(db, "zarr-sessions/")]  # every record is garbage once committed
+            again = await za.open_array(store=ZarrStore(db=db, prefix="data/"), path="x")
+            np.testing.assert_array_equal(await again.getitem(slice(None)), expected)
+
+    asyncio.run(run())
+
+
+async def _listing(db: kvstore.Store, under: str) -> AsyncIterator[str]:
+    """Objects of `db` under ``segments/<under>``."""
+    engine = engine_of(db)
+    async for info in engine.objects.list(f"{engine.layout.segments_prefix}{under}"):
+        yield info.name
+
+
+async def test_the_later_write_of_a_key_staged_by_two_copies_wins(db: kvstore.Store) -> None:
+    """Two pickled copies of session.store stage one key: whichever copy wrote it later
+    wins, and the driver never merges either copy."""
+    session = await open_session(db)
+    one, two = pickle.loads(pickle.dumps(session.store)), pickle.loads(pickle.dumps(session.store))
+    await one.set("k", cpu.Buffer.from_bytes(b"one, first"))
+    await two.set("k", cpu.Buffer.from_bytes(b"two, second"))
+    await one.set("j", cpu.Buffer.from_bytes(b"one, second"))
+    await two.set("j", cpu.Buffer.from_bytes(b"two, first"))
+    await one.set("j", cpu.Buffer.from_bytes(b"one, third"))
+    await session.commit()
+    assert await db.get("k") == b"two, second"
+    assert await db.get("j") == b"one, third"
+
+
+async def test_a_commit_whose_outcome_was_unknown_returns_its_version_when_called_again(target: Target) -> None:
+    """The manifest CAS lands but its answer is lost, and the manifest cannot be read to
+    find out: CommitOutcomeUnknownError. Calling commit() again finds the session's job
+    in the commit log and returns that version, committing nothing more."""
+    made, wrap = fault_injecting(FaultPlan())
+    async with target.open(wrap_object_store=wrap) as db:
+        session = await open_session(db)
+        await session.store.set("k", cpu.Buffer.from_bytes(b"v"))
+        made[0].script("put_if_match", "lost_response")
+        made[0].script("get", "pass", "denied")
+        with pytest.raises(kvstore.CommitOutcomeUnknownError):
+            await session.commit()
+        version = await session.commit()
+        assert version == session.base_version + 1 == await db.refresh()
+        assert await db.get("k") == b"v"
+
+
+async def test_a_session_on_a_partitioned_store_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    """A session commits into one partition's manifest: on a split store open_session
+    names the error and the way out, which works (ZarrStore(db=db) writes transactions)."""
+    async with kvstore.open(f"file://{tmp_path / 'split'}", split_keys=["m"]) as db:
+        with pytest.raises(PartitionedSessionError, match=r"ZarrStore\(db=db\)"):
+            await open_session(db)
+        store = ZarrStore(db=db)
+        arr = await za.create_array(store, name="x", shape=(4,), chunks=(2,), dtype="int32", fill_value=0)
+        await arr.setitem(slice(None), np.array([1, 2, 3, 4], dtype="int32"))
+        again = await za.open_array(store=ZarrStore(db=db), path="x")
+        np.testing.assert_array_equal(await again.getitem(slice(None)), [1, 2, 3, 4])
