@@ -481,6 +481,29 @@ async def test_a_split_during_cross_partition_commits_keeps_every_transfer_exact
         assert (await db.verify()).ok
 
 
+async def test_a_split_waits_for_an_undecided_intent_of_its_partition(target: Target) -> None:
+    """A split of a partition holding a prepared, undecided intent: sealing it then would
+    copy its pairs without the intent, and a "committed" decided later would be lost in the
+    new partitions. The split waits for the decision, then copies the committed writes."""
+    async with target.open(split_keys=[b"m"], options=StoreOptions(intent_timeout=60.0)) as db:
+        await db.put(b"a", b"old-a")
+        await db.put(b"x", b"old-x")
+        a, b = engines_of(db)
+        decisions = db._router.decisions()  # white-box: the store's decisions
+        txn = a.new_txn_id()
+        name = decisions.name(txn)
+        await a.prepare(w.request(a, None, set(), {b"c": b"new-c"}, txn), name)
+        await b.prepare(w.request(b, None, set(), {b"x": b"new-x"}, txn), name)
+        split = asyncio.ensure_future(db.split(b"f"))  # the partition holding the intent on b"c"
+        await asyncio.sleep(0.3)
+        assert not split.done()  # waiting for the decision (the timeout is a minute away)
+        assert await decisions.decide(name, "committed", txn, [a.layout.prefix, b.layout.prefix]) == "committed"
+        await asyncio.wait_for(split, 60)
+        assert [p.start for p in await db.partitions()] == [b"", b"f", b"m"]
+        snap = await db.snapshot()
+        assert [await snap.get(k) for k in (b"a", b"c", b"x")] == [b"old-a", b"new-c", b"new-x"]
+
+
 async def test_a_snapshot_shows_a_commit_decided_after_it_in_no_partition(target: Target) -> None:
     """Found by the partitioned campaign (bank audits summing to 770-806 of 800): a snapshot
     of several partitions taken while a transaction had prepared in one partition only. Its
