@@ -14,6 +14,8 @@ stores (`tests/sabotage.py`, applied in the workers through
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -620,3 +622,34 @@ def test_journal_reader_skips_only_a_torn_last_line(tmp_path: Path) -> None:
     path.write_text('{"e":"i","id":1}\n{"e":"c",\n{"e":"i","id":2}\n')
     with pytest.raises(ValueError):
         list(read_journal(path))
+
+
+async def test_a_shared_manifest_read_whose_callers_left_logs_no_unretrieved_exception() -> None:
+    # Found by the partitioned long campaign: "Task exception was never retrieved" logged
+    # from _Coalescer._run, a manifest GET shared by callers that had all been cancelled
+    # (they wait through shield) and that then failed under injected faults.
+    from kvstore._manifest_store import _Coalescer  # white-box: the shared read itself
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        gate = asyncio.Event()
+
+        async def fetch() -> int:
+            await gate.wait()
+            raise kvstore.StoreUnavailableError("injected")
+
+        caller = asyncio.ensure_future(_Coalescer(fetch)())
+        await asyncio.sleep(0)  # the shared read starts
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the shared read fails, with nobody waiting
+        gc.collect()  # asyncio reports an unretrieved exception when the task is collected
+        assert not reported, reported
+    finally:
+        loop.set_exception_handler(previous)
