@@ -184,9 +184,11 @@ class _Coalescer(Generic[T]):
     async def __call__(self) -> T:
         if self._running is None:
             self._running = asyncio.ensure_future(self._run(None))
+            self._running.add_done_callback(_retrieve)
             return await asyncio.shield(self._running)
         if self._queued is None:
             self._queued = asyncio.ensure_future(self._run(self._running))
+            self._queued.add_done_callback(_retrieve)
         return await asyncio.shield(self._queued)
 
     async def _run(self, after: asyncio.Future[T] | None) -> T:
@@ -199,6 +201,13 @@ class _Coalescer(Generic[T]):
             if self._queued is None:
                 self._running = None
             # else: the queued fetch takes over `_running` when it wakes.
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Mark a shared fetch's failure retrieved: its waiters may all have been cancelled
+    (they wait through `shield`), and asyncio would log "Task exception was never retrieved"."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _with_settings(manifest: Manifest, settings: dict[str, Any], log_length: int) -> Manifest:

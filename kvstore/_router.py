@@ -215,7 +215,9 @@ class Router:
         parallel), then read again until a round finds none changed (304s). Each view
         then held throughout an interval containing the end of one round and the start
         of the next: one point in time, so a cross-partition commit is seen in all its
-        partitions or none, and any commit acknowledged before the call is seen.
+        partitions or none, and any commit acknowledged before the call is seen. The
+        decisions of the views' intents are looked up within that instant too (one GET
+        each per round, none for one cached as decided).
 
         No reader can do this with fewer reads without the writers' help: a round in
         which some partition committed says nothing of when it did. So a store whose
@@ -225,11 +227,15 @@ class Router:
         parts = self.parts()
         views = await gather_all(self.latest_view(p, e) for p, e in parts)
         for _ in range(SNAPSHOT_ROUNDS):
+            # The decisions of the views' intents, looked up between the two reads of every
+            # manifest, i.e. within the instant the views show. Looked up later (at read time),
+            # a transaction prepared in some partitions only at that instant, and decided
+            # "committed" since, would show in those and not in the others (their views
+            # predate its prepare there). Decided by now means prepared everywhere before the
+            # second reads, so in every view: one lookup, shared by all the views.
+            seen = await self._decisions_of(views)
             again = await gather_all(e.refresh() for _, e in parts)
             if all(m is v.manifest for m, v in zip(again, views, strict=True)):
-                # Views of their own sharing what they find of decisions: a cross-partition
-                # commit decided between two partitions' reads is still seen in all or none.
-                seen: dict[str, bool] = {}
                 return pmap, {
                     p.pid: SnapshotView(v.manifest, e.sources, decisions=e.decisions, seen=seen)
                     for (p, e), v in zip(parts, views, strict=True)
@@ -245,6 +251,15 @@ class Router:
             "all, so no round showed them at one instant: retry the snapshot, or read through a transaction "
             "(it checks only the partitions and keys it read)"
         )
+
+    async def _decisions_of(self, views: Sequence[SnapshotView]) -> dict[str, bool]:
+        """Whether each intent of `views` is committed (decision name -> visible), looked up
+        now (one GET per decision not cached as decided)."""
+        names = list(dict.fromkeys(i.decision for v in views for i in v.manifest.intents))
+        if not names:
+            return {}
+        outcomes = await gather_all(self._decisions.outcome(n) for n in names)
+        return {n: o == "committed" for n, o in zip(names, outcomes, strict=True)}
 
     # ------------------------------------------------------------------ splits
 

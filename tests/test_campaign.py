@@ -14,6 +14,8 @@ stores (`tests/sabotage.py`, applied in the workers through
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,10 +381,17 @@ async def test_sigkill_at_a_commit_step(durable_target: Target, tmp_path: Path, 
 # --------------------------------------------------------------------------- campaign
 
 
+# Campaign tests are bounded by their transaction counts, and their assertions hold however
+# slow the machine is: a duration limit (no transaction starts after it) far above their
+# time alone (10-40 s; 45-200 s on a loaded machine), and a test timeout above that plus the
+# hang grace and the checks. Both are deadlines, not expected times.
+LOADED_DURATION_LIMIT = 240.0
+LOADED_TIMEOUT = 420
+
+
 def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig:
     # LocalStack serves fewer transactions per second, and a worker takes longer to
-    # start there: fewer transactions and rarer kills keep the test short. The
-    # duration limit is a safety net (a loaded machine), not the expected time.
+    # start there: fewer transactions and rarer kills keep the test short.
     s3 = target.kind == "s3"
     settings: dict[str, Any] = {
         "url": target.url,
@@ -393,7 +402,7 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
         "seed": 11,
         "faults": True,
         "kills": True,
-        "duration_limit": 90.0,
+        "duration_limit": LOADED_DURATION_LIMIT,
         "kill_interval": 4.0 if s3 else 1.5,
         "max_kills": 3 if s3 else 6,
         "planned_kills": 1,
@@ -402,7 +411,7 @@ def _campaign(target: Target, workdir: Path, **overrides: Any) -> CampaignConfig
     return CampaignConfig(**{**settings, **overrides})
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(LOADED_TIMEOUT)
 async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_path: Path) -> None:
     # Segments of 256 bytes: a compaction writes several, and a sorted run.
     config = _campaign(durable_target, tmp_path / "campaign", target_segment_bytes=256)
@@ -428,9 +437,14 @@ async def test_short_campaign_finds_no_anomalies(durable_target: Target, tmp_pat
     assert runs > 0, "no compaction wrote a sorted run"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(LOADED_TIMEOUT)
 async def test_cross_partition_bank_campaign_finds_no_anomalies(durable_target: Target, tmp_path: Path) -> None:
-    """bank-xp: transfers across 4 partitions (two-phase commits), faults, SIGKILLs."""
+    """bank-xp: transfers across 4 partitions (two-phase commits), faults, SIGKILLs.
+
+    Bounded by its transaction count, not by the clock: nothing asserted depends on how
+    fast the machine is. Audits while the writers run validate only when no commit came
+    between their reads, so on a loaded machine none may; the final audit, on the quiet
+    store after the writers stopped, always runs and must validate and sum to the total."""
     config = _campaign(
         durable_target,
         tmp_path / "campaign",
@@ -441,11 +455,44 @@ async def test_cross_partition_bank_campaign_finds_no_anomalies(durable_target: 
     result: CampaignResult = await asyncio.to_thread(run_campaign, config)
     report = format_summary(result)
     assert result.ok, report
+    assert not result.stopped_by_duration_limit, report
     xp = result.workloads["bank-xp"]
     assert xp["invoked"] == config.txns and xp["ok"] > 0 and xp["fail"] > 0, report
     assert xp["cross_partition"] >= 0.3 * xp["invoked"], report
-    assert xp["audits"] > 0 and xp["final_total"] == config.accounts * 100, report
+    assert xp["final_audit_validated"] and xp["final_total"] == config.accounts * 100, report
     assert result.kills >= 1, report
+
+
+@pytest.mark.timeout(LOADED_TIMEOUT)
+async def test_partitioned_campaign_finds_no_anomalies(durable_target: Target, tmp_path: Path) -> None:
+    """list-append, bank, counter and atomic-counter on stores of 4 partitions opened through
+    the face (`kvstore.open(url, split_keys=...)`), with faults at the object-store protocol,
+    SIGKILLs and, on S3, faults on the wire too: at least 30 % of the committed transactions
+    span partitions (two-phase commits, and read-only ones validated across partitions)."""
+    s3 = durable_target.kind == "s3"
+    config = _campaign(
+        durable_target,
+        tmp_path / "campaign",
+        partitions=4,
+        net_faults=s3,
+    )
+    result: CampaignResult = await asyncio.to_thread(run_campaign, config)
+    report = format_summary(result)
+    assert result.ok, report
+    assert not result.stopped_by_duration_limit, report
+    w = result.workloads
+    assert sum(s["invoked"] for s in w.values()) == config.txns, report
+    committed = sum(s["ok"] for s in w.values())
+    assert sum(s["cross_partition_ok"] for s in w.values()) >= 0.3 * committed, report
+    # Every workload committed transactions that wrote in several partitions: two-phase commits.
+    assert all(s["cross_partition_writes_ok"] > 0 for s in w.values()), report
+    assert result.kills >= 1, report
+    assert result.faults_injected.get("put_if_match:lost_response", 0) > 0, report
+    assert w["bank"]["final_total"] == config.accounts * 100, report
+    if s3:
+        assert result.faults_injected.get("net:lose_answer", 0) > 0, report
+    async with kvstore.open(store_url(config.url, "bank"), **durable_target.kwargs) as db:
+        assert len(await db.partitions()) == 4
 
 
 async def test_campaign_catches_intents_read_without_their_decision(tmp_path: Path) -> None:
@@ -466,7 +513,7 @@ async def test_campaign_catches_intents_read_without_their_decision(tmp_path: Pa
     assert {a["kind"] for a in result.anomalies} & {"audit", "final-total"}, format_summary(result)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(LOADED_TIMEOUT)
 async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
     s3_bucket: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -492,7 +539,7 @@ async def test_campaign_with_lost_answers_on_the_wire_finds_no_anomalies(
     assert sum(s["invoked"] for s in result.workloads.values()) == config.txns, report
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(LOADED_TIMEOUT)
 async def test_campaign_catches_a_store_without_conflict_checks(tmp_path: Path) -> None:
     target = Target("file", f"file://{tmp_path / 'broken'}")
     config = _campaign(
@@ -511,7 +558,7 @@ async def test_campaign_catches_a_store_without_conflict_checks(tmp_path: Path) 
     assert ("counter", "lost-update") in found, found
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(LOADED_TIMEOUT)
 async def test_campaign_catches_a_store_that_guesses_ambiguous_commits(tmp_path: Path) -> None:
     # Without I5's resolution, a CAS whose answer was lost is retried blindly: the
     # transaction is then applied although reported failed, or applied twice.
@@ -573,3 +620,34 @@ def test_journal_reader_skips_only_a_torn_last_line(tmp_path: Path) -> None:
     path.write_text('{"e":"i","id":1}\n{"e":"c",\n{"e":"i","id":2}\n')
     with pytest.raises(ValueError):
         list(read_journal(path))
+
+
+async def test_a_shared_manifest_read_whose_callers_left_logs_no_unretrieved_exception() -> None:
+    # Found by the partitioned long campaign: "Task exception was never retrieved" logged
+    # from _Coalescer._run, a manifest GET shared by callers that had all been cancelled
+    # (they wait through shield) and that then failed under injected faults.
+    from kvstore._manifest_store import _Coalescer  # white-box: the shared read itself
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        gate = asyncio.Event()
+
+        async def fetch() -> int:
+            await gate.wait()
+            raise kvstore.StoreUnavailableError("injected")
+
+        caller = asyncio.ensure_future(_Coalescer(fetch)())
+        await asyncio.sleep(0)  # the shared read starts
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the shared read fails, with nobody waiting
+        gc.collect()  # asyncio reports an unretrieved exception when the task is collected
+        assert not reported, reported
+    finally:
+        loop.set_exception_handler(previous)
