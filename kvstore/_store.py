@@ -341,27 +341,34 @@ class Store:
         return await self._write_alone(lambda tx: tx.delete_prefix(prefix))
 
     async def _write_alone(self, write: Callable[[Transaction], None]) -> int:
-        """Commit a transaction of one blind write (`write(tx)`); its version."""
-        tx = self.transaction()
-        write(tx)
-        version = await tx.commit()
-        assert version is not None
-        return version
+        """Commit a transaction of one blind write (`write(tx)`); its version. It reads
+        nothing, so a conflict (on a partitioned store: a cross-partition transaction's
+        undecided intent on the key) is retried as `transact` retries."""
+
+        def attempt(tx: Transaction) -> Transaction:
+            write(tx)
+            return tx
+
+        tx = await self.transact(attempt)
+        assert tx.committed_version is not None
+        return tx.committed_version
 
     async def add(self, key: str | bytes, n: int) -> int:
         """Atomically add `n` to the signed 64-bit integer at `key` (a missing key counts
         as 0; wraps around past the 64-bit range); returns the commit version. A blind
-        write: concurrent adds never conflict (`Transaction.add` has the rules)."""
+        write: concurrent adds never conflict (`Transaction.add` has the rules); on a
+        partitioned store, one meeting an undecided cross-partition transaction's hold
+        on the key is retried until it is decided."""
         return await self._write_alone(lambda tx: tx.add(key, n))
 
     async def max(self, key: str | bytes, n: int) -> int:
         """Atomically raise the integer at `key` to at least `n` (a missing key becomes `n`);
-        returns the commit version. Never conflicts (`Transaction.max`)."""
+        returns the commit version. A blind write, as `add` (`Transaction.max`)."""
         return await self._write_alone(lambda tx: tx.max(key, n))
 
     async def min(self, key: str | bytes, n: int) -> int:
         """Atomically lower the integer at `key` to at most `n` (a missing key becomes `n`);
-        returns the commit version. Never conflicts (`Transaction.min`)."""
+        returns the commit version. A blind write, as `add` (`Transaction.min`)."""
         return await self._write_alone(lambda tx: tx.min(key, n))
 
     async def scan(

@@ -241,3 +241,30 @@ async def test_watch_reports_a_cross_partition_commit_once_and_an_aborted_one_ne
         after = reported[reported.index(b"marker") :]
         assert sorted(k for k in after if k != b"marker") == [b"a", b"a", b"z", b"zend"]
         assert await db.get_many([b"a", b"z"]) == [3, 3]
+
+
+async def test_a_put_on_a_key_an_abandoned_intent_holds_commits_once_the_intent_is_aborted(tmp_path: Path) -> None:
+    """The coordinator dies after its prepares, before any decision: its intents hold their
+    keys, undecided. A plain `put`/`add` of such a key (a blind write) is retried until a
+    writer aborts the intent after `intent_timeout`, then commits: it is not refused."""
+    url = str(tmp_path / "db")
+    options = kvstore.StoreOptions(intent_timeout=0.5)
+    async with kvstore.open(url, split_keys=[b"m"], values="msgpack", create=True, options=options) as setup:
+        await setup.put(b"a", 0)
+        await setup.put(b"z", 0)
+    made: list[FaultInjectingStore] = []
+
+    def wrap(inner: Any) -> FaultInjectingStore:
+        made.append(FaultInjectingStore(inner))
+        return made[-1]
+
+    coordinator = await kvstore.open(url, values="msgpack", wrap_object_store=wrap, options=options)
+    made[0].script("put_if_absent", "crash")  # dies before its decision is created
+    with pytest.raises(SimulatedCrash):
+        async with coordinator.transaction() as t:
+            t.put(b"a", 1)
+            t.put(b"z", 1)
+    async with kvstore.open(url, values="msgpack", options=options) as db:
+        await asyncio.wait_for(db.put(b"a", 5), DEADLINE)
+        await asyncio.wait_for(db.add(b"z", 2), DEADLINE)
+        assert await db.get_many([b"a", b"z"]) == [5, 2]
