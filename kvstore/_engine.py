@@ -587,14 +587,28 @@ class Engine:
                 f"the store at {self.url} is not the one this distributed write was made for (store id "
                 f"{store_id}, now {manifest.store_id}): it was deleted and made again; run the job again"
             )
+        # A share prepared across partitions by an earlier attempt whose decision does not
+        # exist yet (its coordinator died, or could not write "aborted") is settled now:
+        # this attempt aborts it, unless its "committed" lands first (the create-once
+        # decision says which). Counting it as committed would report a job that may
+        # never show; counting it as absent could apply the job twice.
+        settled = {
+            name: await self._settle(name, txn)
+            for record in manifest.log
+            if record.job == job_id and (name := (record.meta or {}).get("decision")) is not None
+            for txn in [next((i.txn_id for i in manifest.intents if i.decision == name), record.txn_ids[0])]
+        }
         live = {s.id for s in manifest.segments}
-        live |= {i.segment.id for i in manifest.intents if await self._outcome(i.decision) != "aborted"}
+        for intent in manifest.intents:
+            outcome = settled[intent.decision] if intent.decision in settled else await self._outcome(intent.decision)
+            if outcome != "aborted":
+                live.add(intent.segment.id)
         done: int | None = None
         for record in manifest.log:
             if record.job == job_id:
                 # A share prepared across partitions counts unless its transaction was aborted.
                 decision = (record.meta or {}).get("decision")
-                if decision is None or await self._outcome(decision) != "aborted":
+                if decision is None or settled[decision] != "aborted":
                     done = record.version
                     break
         if done is not None or any(s.id in live for s in segments):
@@ -623,6 +637,16 @@ class Engine:
     async def _outcome(self, decision: str) -> str | None:
         """The outcome of decision object `decision` (None: undecided, or no decisions to ask)."""
         return None if self.decisions is None else await self.decisions.outcome(decision)
+
+    async def _settle(self, decision: str, txn_id: bytes) -> str | None:
+        """The outcome of `decision`, deciding "aborted" if it has none yet (the
+        create-once object keeps a rival's "committed" that lands first)."""
+        if self.decisions is None:
+            return None
+        outcome = await self.decisions.outcome(decision)
+        if outcome is None:
+            outcome = await self.decisions.decide(decision, "aborted", txn_id, [])
+        return outcome
 
     async def seal(self, moved: dict[str, Any]) -> Manifest:
         """Make the latest version this partition's last (a split moves its keys elsewhere,

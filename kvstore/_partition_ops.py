@@ -31,6 +31,7 @@ from ._errors import (
     StoreNotFoundError,
     TagExistsError,
     TagNotFoundError,
+    TransactionTooOldError,
     ValidationError,
 )
 from ._gc import GcReport
@@ -264,7 +265,15 @@ async def publish_shares(
                 return await engine.commit(request)
             return max(await commit_across(parts, router.decisions()))
         except ConflictError as exc:
-            if isinstance(exc.__cause__, PartitionMovedError) or time.monotonic() + pause > deadline:
+            if isinstance(exc, PartitionMovedError | TransactionTooOldError) or isinstance(
+                exc.__cause__, PartitionMovedError
+            ):
+                # The shares were written for partitions that no longer take commits (or
+                # are too old to commit): no retry can publish them. Follow the splits so
+                # that the next load routes by the new map.
+                await router.follow_sealed()
+                raise
+            if time.monotonic() + pause > deadline:
                 raise
         await asyncio.sleep(pause)
         pause = min(2 * pause, 1.0)

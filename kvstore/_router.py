@@ -412,6 +412,13 @@ class Router:
         loaded = await self._maps.load()
         return loaded if loaded is not None else self.pmap
 
+    async def follow_sealed(self) -> None:
+        """Follow every split or merge whose seal this process's engines have met (their
+        latest manifests say `moved`): the map then routes around the retired partitions."""
+        for pid, engine in list(self.engines.items()):
+            if engine.manifest.settings.get(MOVED_SETTING) is not None:
+                await self.redirect(pid)
+
     async def reload(self) -> PartitionMap:
         """Read the map again (one conditional GET) and open engines for new partitions."""
         pmap = await self._load()

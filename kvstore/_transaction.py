@@ -22,7 +22,6 @@ from ._errors import (
     TransactionTooLargeError,
     ValidationError,
 )
-from ._manifest import MOVED_SETTING
 from ._nesting import Scope, enter, leave, note_commit, retryable
 from ._operands import ADD, MAX, MIN, Operands, checked_operand, codec_of, combine, resolve, stacks
 from ._partition_map import Partition
@@ -330,9 +329,7 @@ class Transaction:
                 except PartitionMovedError:
                     # Follow the splits whatever happens next, so that this commit (blind
                     # writes) or a retry (`transact`) routes around the retired partitions.
-                    for pid, (_, engine, _, _) in groups.items():
-                        if engine.manifest.settings.get(MOVED_SETTING) is not None:
-                            await self._router.redirect(pid)
+                    await self._router.follow_sealed()
                     if self._views:
                         raise  # its reads were of the sealed partition: only a retry can check them
                     # Its decision is "aborted" for good: the next attempt is a new transaction.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import crash_workers
 import pytest
@@ -16,6 +17,7 @@ from targets import Target, engines_of, fault_injecting, gc_later
 
 import kvstore
 from kvstore import RetryPolicy, StoreOptions
+from kvstore import _two_phase as two_phase
 from kvstore._engine import Engine
 from kvstore._manifest import SegmentRef
 from kvstore.testing.faults import FaultInjectingStore
@@ -190,3 +192,55 @@ async def test_a_load_meeting_an_undecided_intent_waits_for_it(target: Target) -
         await db.bulk_load(w.bulk_pairs(1, small=5, big=5))
         assert time.monotonic() - started < 2 * options.intent_timeout + 10
         assert await _loads_seen(db) == ({b"1"}, 20)
+
+
+async def test_a_job_recommitted_after_its_coordinator_died_undecided_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distributed write's commit dies after its shares were prepared and before its
+    decision: committing the job again (the documented recovery) settles the undecided
+    attempt (aborts it) and commits the job, which then reads whole; it used to report
+    the job "already committed" while its prepares were undecided, and they were later
+    aborted: the job never showed."""
+    options = kvstore.StoreOptions(intent_timeout=0.3, auto_compact=False)
+    async with kvstore.open(f"file://{tmp_path}/s", split_keys=[b"m"], options=options, create=True) as db:
+        job = await db.distributed_write()
+        part = await job.write_async([(b"a1", b"v"), (b"z1", b"v")])
+        real = two_phase.Decisions.decide
+        stalled = asyncio.Event()
+
+        async def decide(self: two_phase.Decisions, name: str, outcome: Any, txn_id: bytes, participants: Any) -> Any:
+            if outcome == "committed" and not stalled.is_set():
+                stalled.set()
+                await asyncio.Event().wait()  # the coordinator dies here (cancelled below)
+            return await real(self, name, outcome, txn_id, participants)
+
+        monkeypatch.setattr(two_phase.Decisions, "decide", decide)
+        first = asyncio.ensure_future(job.commit([part]))
+        await asyncio.wait_for(stalled.wait(), 30)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        version = await asyncio.wait_for(job.commit([part]), 30)
+        assert version > 0
+        assert await db.get_many([b"a1", b"z1"]) == [b"v", b"v"]
+        with pytest.raises(kvstore.JobAlreadyCommittedError):
+            await job.commit([part])
+
+
+async def test_a_load_through_a_stale_map_fails_at_once_and_the_next_one_follows_the_split(tmp_path: Path) -> None:
+    """Handle B's map predates A's split: B's load across partitions is refused with
+    PartitionMovedError, nothing of it visible (its shares were written for a partition
+    that takes no commits), and B's next load routes by the new map and commits; the
+    first used to be retried until its deadline, and every later load failed the same way."""
+    url = f"file://{tmp_path}/s"
+    async with (
+        kvstore.open(url, split_keys=[b"m"], create=True) as a,
+        kvstore.open(url) as b,
+    ):
+        await a.split(b"g")
+        with pytest.raises(kvstore.PartitionMovedError):
+            await asyncio.wait_for(b.bulk_load([(b"a", b"1"), (b"z", b"1")]), 30)
+        assert await a.get_many([b"a", b"z"]) == [None, None]
+        await asyncio.wait_for(b.bulk_load([(b"a", b"2"), (b"z", b"2")]), 30)
+        assert await a.get_many([b"a", b"z"]) == [b"2", b"2"]
