@@ -3,13 +3,18 @@ tags retaining every partition at one instant, bulk loads split by partition, an
 reports added up.
 
     <prefix>ptags/<hash of name>.tag    envelope "KVPT", msgpack {name, created,
-                                        partitions: [[pid, start, version]] in key order}
+                                        partitions: [[pid, start, version]] in key order,
+                                        shown: {decision name: bool}}
 
 A partitioned tag is a tag of the same name in each partition (a copy of its
 manifest at that partition's latest version, `TagStore`) plus this object,
 created last, naming the version of each partition at one instant
 (`Router.consistent_views`); each partition reads its version from its copy,
-which the commit history in it still reaches (else the tag is refused).
+which the commit history in it still reaches (else the tag is refused). `shown`
+fixes, when the tag is taken, whether it shows each cross-partition transaction
+whose intent its copies hold (undecided then: not shown); a tag written before it
+was recorded looks the decisions up when read. A tag taken before the store's
+first split is the root partition's own (`Engine.tag`), read as it was.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ from ._gc import GcReport
 from ._manifest import SegmentRef
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore, S3Options
 from ._options import StoreOptions
-from ._partition_map import Partition, PartitionMap
+from ._partition_map import ROOT_PID, Partition, PartitionMap
 from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router
-from ._snapshot import SnapshotView
+from ._snapshot import READS_IN_FLIGHT, SnapshotView
 from ._tags import Tag, _check_name
-from ._tasks import gather_all
+from ._tasks import gather_all, run_bounded
 from ._two_phase import commit_across
 from ._url import parse_url
 
@@ -63,6 +68,10 @@ async def tag_partitions(router: Router, name: str) -> Tag:
     """Retain every partition at one instant under `name`; the Tag's version is the sum."""
     _check_name(name)
     ptag = router.root.partition_tag(name)
+    if await _root_has_tag(router, name):
+        raise TagExistsError(
+            f"tag {name!r} exists (taken before the store was split); tags never move: delete it first"
+        )
     for _ in range(MAX_REDIRECTS):
         pmap, views = await router.consistent_views()
         tags = await gather_all(_tag_one(router, pid, name) for pid in views)
@@ -73,13 +82,39 @@ async def tag_partitions(router: Router, name: str) -> Tag:
             continue
         parts = [[p.pid, p.start, views[p.pid].version] for p in pmap.partitions]
         created = max(t.created for t in tags)
-        payload = msgpack.packb({"name": name, "created": created, "partitions": parts}, use_bin_type=True)
+        shown = await _fixed_outcomes(router, views, copies)
+        doc = {"name": name, "created": created, "partitions": parts, "shown": shown}
+        payload = msgpack.packb(doc, use_bin_type=True)
         try:
             await router.objects.put_if_absent(ptag, seal(_MAGIC, FORMAT, payload))
         except PreconditionFailed:
             raise TagExistsError(f"tag {name!r} exists; tags never move: delete it first") from None
         return Tag(name, sum(v.version for v in views.values()), created)
     raise ContentionError(f"tagging {name!r}: compaction kept moving past the instant taken; retry it")
+
+
+async def _fixed_outcomes(
+    router: Router, views: dict[str, SnapshotView], copies: list[SnapshotView]
+) -> dict[str, bool]:
+    """Whether the tag shows each cross-partition transaction whose intent its copies hold at
+    the tagged versions: what the instant's views found, else its decision now (undecided:
+    not shown). Recorded in the tag, so that reading it never looks a decision up: a tag
+    never moves, not even when such a transaction is decided later."""
+    seen: dict[str, bool] = {}
+    for view in views.values():
+        seen.update(view.shown)  # the views of one instant share one map
+    names = list(
+        dict.fromkeys(
+            i.decision
+            for (pid, view), copy in zip(views.items(), copies, strict=True)
+            for i in (*view.manifest.intents, *copy.manifest.intents)
+            if i.version <= view.version
+        )
+    )
+    unknown = [n for n in names if n not in seen]
+    outcomes = await run_bounded(router.decisions().outcome, unknown, READS_IN_FLIGHT)
+    seen.update({n: outcome == "committed" for n, outcome in zip(unknown, outcomes, strict=True)})
+    return {n: seen[n] for n in names}
 
 
 async def _tag_one(router: Router, pid: str, name: str) -> Tag:
@@ -107,13 +142,20 @@ async def _read(router: Router, name: str, *, missing_ok: bool = False) -> dict[
     return doc
 
 
-async def tagged_view(router: Router, name: str) -> PartitionedView:
-    """The partitions as tag `name` retained them, under the map of their ids."""
+async def tagged_view(router: Router, name: str) -> PartitionedView | SnapshotView:
+    """The partitions as tag `name` retained them, under the map of their ids (a tag taken
+    before the store's first split: the root partition as it retained it)."""
     _check_name(name)
-    doc = await _read(router, name)
+    doc = await _read(router, name, missing_ok=True)
+    if doc is None:
+        if await _root_has_tag(router, name):
+            return await (await router.engine_of(ROOT_PID)).tagged_view(name)
+        await _read(router, name)  # raises TagNotFoundError
     assert doc is not None
     views: dict[str, SnapshotView] = {}
-    seen: dict[str, bool] = {}  # one lookup of each decision for every partition (`consistent_views`)
+    # What the tag shows of each cross-partition transaction, fixed when it was taken (a
+    # tag made before that was recorded: one lookup of each decision for every partition).
+    seen: dict[str, bool] = dict(doc.get("shown", {}))
     for pid, _, version in doc["partitions"]:
         engine = await router.engine_of(pid)
         copy = await engine.tagged_view(name)
@@ -124,8 +166,21 @@ async def tagged_view(router: Router, name: str) -> PartitionedView:
     return PartitionedView(pmap, views)
 
 
+async def _root_has_tag(router: Router, name: str) -> bool:
+    """Whether the root partition holds tag `name`: one taken before the store's first split."""
+    try:
+        await router.objects.get(router.root.tag(name))
+    except ObjectNotFound:
+        return False
+    return True
+
+
 async def partition_tags(router: Router) -> list[Tag]:
+    """Every tag: the partitioned ones, and those taken before the store's first split."""
     tags = []
+    async for _ in router.objects.list(router.root.tags_prefix):
+        tags.extend(await (await router.engine_of(ROOT_PID)).tags())
+        break
     async for info in router.objects.list(router.root.partition_tags_prefix):
         blob = await router.objects.get(info.name)
         assert blob is not None
@@ -135,9 +190,15 @@ async def partition_tags(router: Router) -> list[Tag]:
 
 
 async def delete_partition_tag(router: Router, name: str) -> None:
-    """Forget a tag: its versions object first (the tag is gone), then each partition's."""
+    """Forget a tag: its versions object first (the tag is gone), then each partition's
+    (one taken before the store's first split: the root partition's)."""
     _check_name(name)
-    doc = await _read(router, name)
+    doc = await _read(router, name, missing_ok=True)
+    if doc is None:
+        if await _root_has_tag(router, name):
+            await (await router.engine_of(ROOT_PID)).delete_tag(name)
+            return
+        await _read(router, name)  # raises TagNotFoundError
     assert doc is not None
     await router.objects.delete(router.root.partition_tag(name))
     for pid, _, _ in doc["partitions"]:

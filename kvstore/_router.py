@@ -45,15 +45,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from . import _ttl as ttl
 from ._engine import Engine, open_engine
-from ._errors import ConflictError, ContentionError, PartitionMovedError, ValidationError
+from ._errors import ConflictError, ContentionError, PartitionMovedError, StoreNotFoundError, ValidationError
 from ._layout import Layout, new_object_id
 from ._manifest import MOVED_SETTING, Manifest
+from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, RetryingObjectStore
 from ._operands import Operands
 from ._options import StoreOptions
@@ -75,6 +76,9 @@ RATE_WINDOW = 60.0
 SNAPSHOT_ROUNDS = 50
 # Redirects one operation follows before giving up (each means a split finished meanwhile).
 MAX_REDIRECTS = 20
+# The field of the seal a store created with split keys gets at its root manifest, naming
+# them: the root manifest is the create-once object that decides the store's shape.
+CREATED_SPLIT = "created_split"
 
 
 class Router:
@@ -179,6 +183,21 @@ class Router:
             await self.redirect(part.pid)
             raise self._moved(part.pid)
         return view
+
+    async def read_view(self, part: Partition, engine: Engine) -> SnapshotView:
+        """`latest_view`, for a read on its own (no later check): a sealed partition that the
+        map still lists once its move was followed (a read-only handle cannot finish a split
+        or merge, so it meets one between the seal and the map CAS) is read as sealed. Its
+        final version is exactly what its successors will hold, and no commit lands anywhere
+        in its range until the map changes: the map was read after the seal was seen, so the
+        read is at that moment."""
+        view = await engine.latest_view()
+        if view.manifest.settings.get(MOVED_SETTING) is None:
+            return view
+        await self.redirect(part.pid)
+        if self.pmap.by_id(part.pid) is not None:
+            return view
+        raise self._moved(part.pid)
 
     async def _view_of(self, part: Partition, engine: Engine, manifest: Manifest) -> SnapshotView:
         if manifest.settings.get(MOVED_SETTING) is not None:
@@ -326,7 +345,7 @@ class Router:
                 await self._finish_move(moved["with"])
         elif "merge_at" in moved:
             await self._finish_merge(pid, final)
-        elif not self.read_only:
+        elif not self.read_only and "at" in moved:  # (a root sealed at creation holds nothing to copy)
             await self._finish_split(old, engine, final)
         await self.reload()
 
@@ -527,25 +546,49 @@ async def open_router(
         )
 
     engines: dict[str, Engine] = {}
+
+    async def made_split(keys: list[bytes]) -> PartitionMap:
+        # Partitions first, then the map that makes them the store: a creator dying in
+        # between leaves empty manifests no map names, and whoever opens the store next
+        # finishes (racing creators with the same split keys share them: their ids are
+        # positional).
+        pids = [f"{i:04d}" for i in range(len(keys) + 1)]
+        for pid in pids:
+            engines[pid] = await engine_at(pid, True)
+        return await maps.create(PartitionMap.initial(engines[pids[0]].store_id, keys, pids))
+
     try:
         if pmap is None:
             if not keys:
                 engines[ROOT_PID] = await engine_at(ROOT_PID, create)
                 pmap = PartitionMap.single(engines[ROOT_PID].store_id)
-            elif await _exists(objects, root.manifest):
-                raise _not_boundaries(location.url, keys, [])
-            elif read_only or not create:
-                await engine_at(ROOT_PID, False)  # raises StoreNotFoundError
-                raise AssertionError("unreachable")
+                made = _created_split(engines[ROOT_PID].manifest)
+                if made is not None:  # a creator with split_keys won: the store is its partitions
+                    pmap = await maps.load() or await _finish_creation(location.url, read_only, made, made_split)
+                elif engines[ROOT_PID].manifest.never_written:
+                    # An empty root: a racing creator (of a release before the root was created
+                    # sealed) may have made partitions and a map meanwhile.
+                    pmap = await maps.load() or pmap
             else:
-                # Partitions first, then the map that makes them the store: a creator
-                # dying in between leaves empty manifests no map names (racing creators
-                # with the same split keys share them: their ids are positional).
-                await check_conditional_writes(objects, root)
-                pids = [f"{i:04d}" for i in range(len(keys) + 1)]
-                for pid in pids:
-                    engines[pid] = await engine_at(pid, True)
-                pmap = await maps.create(PartitionMap.initial(engines[pids[0]].store_id, keys, pids))
+                manifests = ManifestStore(objects, root)
+                try:
+                    found: Manifest | None = await manifests.refresh()
+                except ObjectNotFound:
+                    found = None
+                if found is None and not read_only and create:
+                    # One create-once object decides the store's shape: the root manifest,
+                    # made already sealed (every committer refuses it). A creator without
+                    # split_keys then finds it (its own safe create loses) and opens the
+                    # partitions; if that creator won, this one is refused below.
+                    await check_conditional_writes(objects, root)
+                    found = await manifests.create({MOVED_SETTING: {CREATED_SPLIT: list(keys), "into": []}})
+                if found is None:
+                    await engine_at(ROOT_PID, False)  # raises StoreNotFoundError
+                    raise AssertionError("unreachable")
+                made = _created_split(found)
+                if made is None:
+                    raise _not_boundaries(location.url, keys, [])
+                pmap = await maps.load() or await _finish_creation(location.url, read_only, made, made_split)
         if pmap.version > 0:
             if not set(keys) <= set(pmap.boundaries):
                 raise _not_boundaries(location.url, keys, pmap.boundaries)
@@ -571,12 +614,26 @@ async def open_router(
     )
 
 
-async def _exists(objects: RetryingObjectStore, name: str) -> bool:
-    try:
-        await objects.get(name)
-    except ObjectNotFound:
-        return False
-    return True
+def _created_split(manifest: Manifest) -> list[bytes] | None:
+    """The split keys the store was created with, if its root manifest says it was created
+    split (sealed at creation, `open_router`); else None."""
+    moved = manifest.settings.get(MOVED_SETTING)
+    if moved is None or CREATED_SPLIT not in moved:
+        return None
+    return [bytes(k) for k in moved[CREATED_SPLIT]]
+
+
+async def _finish_creation(
+    url: str, read_only: bool, keys: list[bytes], made_split: Callable[[list[bytes]], Awaitable[PartitionMap]]
+) -> PartitionMap:
+    """The map of a store created split whose map is not written yet: its creator is
+    still making the partitions, or died; a writer finishes (idempotent), a reader cannot."""
+    if read_only:
+        raise StoreNotFoundError(
+            f"the store at {url} is being created with split keys and has no partition map yet (or its creator "
+            "died before writing it): open it again in a moment; opening it once read-write finishes the creation"
+        )
+    return await made_split(keys)
 
 
 def _not_boundaries(url: str, keys: list[bytes], boundaries: list[bytes]) -> ValidationError:

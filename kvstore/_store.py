@@ -277,7 +277,7 @@ class Store:
             for _ in range(MAX_REDIRECTS):
                 part, engine = self._router.engine_for(k)
                 try:
-                    view = await self._router.latest_view(part, engine)
+                    view = await self._router.read_view(part, engine)
                 except PartitionMovedError:
                     continue  # the router followed the split: route again
                 return await Snapshot(view, self.options, self._values, self.url).get(k, default)
@@ -286,12 +286,22 @@ class Store:
     async def _unsplit_view(self, keys: Sequence[bytes] = ()) -> SnapshotView | None:
         """The latest view of a store never split, as ever (`Engine.latest_view_for(keys)`
         with keys); None if it has been split since this handle read its map: the router
-        then follows the split, and the caller reads the partitions."""
+        then follows the split, and the caller reads the partitions. A read-only handle
+        meeting the first split before its map CAS reads the sealed root (`Router.read_view`)."""
         view = await (self._engine.latest_view_for(keys) if keys else self._engine.latest_view())
         if view.manifest.settings.get(MOVED_SETTING) is None:
             return view
         await self._router.redirect(ROOT_PID)
-        return None
+        return None if self._partitioned else view
+
+    async def _follow_split(self) -> None:
+        """On a handle that has not seen a split yet: check the root manifest (one
+        conditional GET) and, if the store's first split sealed it, follow the split,
+        so that the operation goes to the partitions (`_partitioned` turns True). A
+        read-only handle meeting a split not finished yet stays on the sealed root: its
+        final version is what the successors will hold, until the map changes."""
+        if not self._partitioned and (await self._engine.refresh()).settings.get(MOVED_SETTING) is not None:
+            await self._router.redirect(ROOT_PID)
 
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """The latest values of `keys`, in order; `default` for each absent one.
@@ -413,7 +423,7 @@ class Store:
             try:
                 for part, engine in reversed(parts) if reverse else parts:
                     plo, phi = part.clip(rlo, rhi)
-                    view = await self._router.latest_view(part, engine)
+                    view = await self._router.read_view(part, engine)
                     async for key, raw in view.scan(plo, phi, reverse=reverse):
                         if limit is not None and count >= limit:
                             return
@@ -570,6 +580,8 @@ class Store:
         between; `Snapshot.version` is the sum of their versions); `version=`
         is refused there (versions are per partition), `tag=` works.
         """
+        if tag is not None or version is not None:
+            await self._follow_split()  # (the latest view checks the seal itself)
         if self._partitioned:
             return await self._partitioned_snapshot(version, tag)
         if tag is not None:
@@ -655,8 +667,10 @@ class Store:
 
         On a partitioned store the tag retains every partition at one instant
         (`snapshot`): a tag of each partition and one object listing their
-        versions; `version` must be None there.
+        versions; `version` must be None there. A tag taken before the store's
+        first split still reads, lists and deletes as it was.
         """
+        await self._follow_split()
         if self._partitioned:
             if version is not None:
                 raise ValidationError(f"{self.url} is partitioned: versions are per partition; tag without version=")
@@ -664,13 +678,16 @@ class Store:
         return await self._engine.tag(name, version=version)
 
     async def tags(self) -> list[Tag]:
-        """Every tag, oldest version first. One LIST and one GET per tag."""
+        """Every tag, oldest version first. One LIST (two on a split store: its tags and those
+        taken before its first split) and one GET per tag."""
+        await self._follow_split()
         if self._partitioned:
             return await partition_tags(self._router)
         return await self._engine.tags()
 
     async def delete_tag(self, name: str) -> None:
         """Forget a tag. What only it kept alive is deleted by a later `gc()`."""
+        await self._follow_split()
         if self._partitioned:
             await delete_partition_tag(self._router, name)
             return
@@ -687,6 +704,7 @@ class Store:
         clocks (`CommitInfo.partition` names the partition; a cross-partition
         commit appears once in each partition it wrote).
         """
+        await self._follow_split()
         if self._partitioned:
             await self._router.reload()
             parts = self._router.parts()
@@ -729,13 +747,20 @@ class Store:
             async for found in watch_partitions(self._router, lo, hi, interval):
                 yield found
             return
-        last = since if since is not None else (await self._engine.latest_view()).version
+        root = self._engine
+        last = since if since is not None else (await root.latest_view()).version
         while True:
-            for record in await self._engine.commits_after(last):
+            for record in await root.commits_after(last):
                 last = record.version
                 change = _change_of(record, lo, hi)
                 if change is not None:
                     yield change
+            if root.manifest.settings.get(MOVED_SETTING) is not None:
+                await self._router.redirect(ROOT_PID)
+                if self._partitioned:  # the store's first split: its successors from their first commit
+                    async for found in watch_partitions(self._router, lo, hi, interval, {ROOT_PID: last}):
+                        yield found
+                    return
             await asyncio.sleep(interval)
 
     async def gc(self, *, dry_run: bool = False, grace_period: float | None = None) -> GcReport:
@@ -753,6 +778,7 @@ class Store:
         deletes only under its own prefix; a partition retired by a split is
         never collected), and the reports are added up.
         """
+        await self._follow_split()
         if self._partitioned:
             await self._router.reload()
             reports = [await e.gc(grace_period=grace_period, dry_run=dry_run) for e in self._router.all_engines()]
@@ -762,6 +788,7 @@ class Store:
     async def refresh(self) -> int:
         """Fetch the latest manifest now (one conditional GET); returns its version
         (on a partitioned store: the map and every partition's, `version`)."""
+        await self._follow_split()
         if self._partitioned:
             await self._router.reload()
             await gather_all(e.refresh() for e in self._router.all_engines())
@@ -775,6 +802,7 @@ class Store:
         GET each): `version` as `Store.version`, `oldest_readable_version` the
         lowest, `commit_log_length` the sum, `partitions` their number.
         """
+        await self._follow_split()
         if not self._partitioned:
             manifests = [(await self._engine.latest_view()).manifest]
         else:
@@ -823,6 +851,7 @@ class Store:
         a time. Damaged objects are reported, not raised. A partitioned store's
         partitions are verified one after the other, into one report.
         """
+        await self._follow_split()
         if self._partitioned:
             await self._router.reload()
             reports = [await e.verify() for e in self._router.all_engines()]
@@ -850,6 +879,7 @@ class Store:
             from .dask import sub_compactions_on
 
             run = sub_compactions_on(client, StoreAddress(self.url, self._s3, self.options))
+        await self._follow_split()
         if self._partitioned:
             if client is not None:
                 raise ValidationError(f"{self.url} is partitioned: compact it without client=")
@@ -898,12 +928,15 @@ class Store:
 
 
 async def watch_partitions(
-    router: Router, lo: bytes | None, hi: bytes | None, interval: float
+    router: Router, lo: bytes | None, hi: bytes | None, interval: float, since: dict[str, int] | None = None
 ) -> AsyncIterator[Change]:
-    """`Store.watch` on a partitioned store: every partition meeting [lo, hi) polled."""
+    """`Store.watch` on a partitioned store: every partition meeting [lo, hi) polled, from
+    the versions `since` names (partition id -> version; default: every one's latest)."""
     await router.reload()
-    await gather_all(e.refresh() for _, e in router.route(lo, hi))
-    last = {p.pid: e.manifest.version for p, e in router.route(lo, hi)}
+    if since is None:
+        await gather_all(e.refresh() for _, e in router.route(lo, hi))
+        since = {p.pid: e.manifest.version for p, e in router.route(lo, hi)}
+    last = dict(since)
     while True:
         await router.reload()
         parts = router.route(lo, hi)
