@@ -7,6 +7,7 @@ their tests are in tests/test_partitions_cross.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -242,20 +243,31 @@ async def test_bulk_load_history_watch_and_maintenance_span_partitions(durable_t
         assert {c.partition for c in await db.history()} == {p.id for p in await db.partitions()}
         changes: list[kvstore.Change] = []
 
+        started = asyncio.Event()
+
         async def watch() -> None:
             # Until both writes are reported (the load's resolves, after it returned, may be
             # reported too: a cross-partition commit is reported when it is resolved).
             async for change in db.watch(start=b"f", end=b"u", interval=0.01):
                 changes.append(change)
+                if b"m-marker" in (change.keys or []):
+                    started.set()
                 if {b"h", b"p"} <= {k for c in changes for k in c.keys or []}:
                     return
 
         watching = asyncio.ensure_future(watch())
-        await asyncio.sleep(0.05)
+        for _ in range(400):  # until the watcher has its starting point: it reports a marker
+            await db.put(b"m-marker", b"x")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), 0.05)
+                break
+        assert started.is_set()
+        changes.clear()
         await db.put(b"a", b"outside")
         await db.put(b"h", b"1")
         await db.put(b"p", b"2")
         await asyncio.wait_for(watching, 10)
+        await db.delete(b"m-marker")
         assert sorted(k for c in changes for k in c.keys or [] if k in (b"h", b"p")) == [b"h", b"p"]
         assert all(k in (b"h", b"p") for c in changes for k in c.keys or [])  # not b"a": outside the range
         assert len({c.partition for c in changes if c.keys}) == 2
