@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import xxhash
-from targets import Target, engine_of
+from targets import Target, engine_of, fault_injecting
 
 import kvstore
 from kvstore import _value_store
 from kvstore._segment_store import PartUploads
+from kvstore._value_refs import ValueRef
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -204,3 +205,43 @@ def test_the_blocking_faces_stream_too(tmp_path: Path, monkeypatch: pytest.Monke
         snap = db.snapshot()
         assert b"".join(snap.read_value("k", end=10)) == value[:10]
         assert snap.get_range("k", 1, 2) == value[1:2]
+
+
+async def test_lost_answers_on_a_streamed_upload_are_resolved_as_our_own(
+    durable_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_value_store, "VALUE_PART_BYTES", PART)
+    made, wrap = fault_injecting()
+    small, big = os.urandom(1000), os.urandom(PART + 1)
+    async with durable_target.open(values="bytes", wrap_object_store=wrap) as db:
+        await db.put("warm", b"1")
+        made[0].script("put_if_absent", "resent")  # the one-PUT value object: applied, resent, 412
+        await db.put("small", io.BytesIO(small))
+        made[0].script("complete_multipart_if_absent", "resent")  # the multipart completion
+        await db.put("big", _chunks(big, MiB))
+        assert made[0].injected["put_if_absent:resent"] == 1
+        assert made[0].injected["complete_multipart_if_absent:resent"] == 1
+        assert await db.get("small") == small and await db.get("big") == big
+        assert len(await _value_objects(db)) == 2 and (await db.verify()).ok
+
+
+async def test_a_split_between_upload_and_commit_commits_to_the_new_partition(
+    durable_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = os.urandom(300_000)
+    real_write_stream = _value_store.ValueStore.write_stream
+    async with durable_target.open(values="bytes") as db:
+        await db.put("a", b"1")
+
+        async def split_after_upload(
+            self: _value_store.ValueStore, source: _value_store.ValueSource, max_bytes: int, key: bytes
+        ) -> tuple[ValueRef, float]:
+            written = await real_write_stream(self, source, max_bytes, key)
+            await db.split("m")  # the key's partition is sealed before the commit reaches it
+            return written
+
+        monkeypatch.setattr(_value_store.ValueStore, "write_stream", split_after_upload)
+        await db.put("z", io.BytesIO(value))
+        assert [p.start for p in await db.partitions()] == [b"", b"m"]
+        assert await db.get("z") == value and await db.get_range("z", 5, 10) == value[5:10]
+        assert (await db.verify()).ok
