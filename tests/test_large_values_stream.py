@@ -14,11 +14,16 @@ from pathlib import Path
 import pytest
 import xxhash
 from targets import Target, engine_of, fault_injecting
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import cpu
 
 import kvstore
 from kvstore import _value_store
+from kvstore._objectstore import Blob
 from kvstore._segment_store import PartUploads
 from kvstore._value_refs import ValueRef
+from kvstore.testing.faults import FaultInjectingStore
+from kvstore.zarr import ZarrStore
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -245,3 +250,51 @@ async def test_a_split_between_upload_and_commit_commits_to_the_new_partition(
         assert [p.start for p in await db.partitions()] == [b"", b"m"]
         assert await db.get("z") == value and await db.get_range("z", 5, 10) == value[5:10]
         assert (await db.verify()).ok
+
+
+class _RangeRecording(FaultInjectingStore):
+    """Records the byte range of every GET of a value object."""
+
+    def __init__(self, inner: object) -> None:
+        super().__init__(inner)  # type: ignore[arg-type]
+        self.value_gets: list[tuple[int, int] | None] = []
+
+    async def get(
+        self, name: str, *, byte_range: tuple[int, int] | None = None, if_none_match: str | None = None
+    ) -> Blob | None:
+        if name.endswith(".val"):
+            self.value_gets.append(byte_range)
+        return await super().get(name, byte_range=byte_range, if_none_match=if_none_match)
+
+
+async def test_zarr_partial_reads_of_a_large_chunk_fetch_only_their_bytes(durable_target: Target) -> None:
+    made: list[_RangeRecording] = []
+
+    def wrap(inner: object) -> _RangeRecording:
+        made.append(_RangeRecording(inner))
+        return made[-1]
+
+    chunk = os.urandom(1 * MiB)
+    async with durable_target.open(values="bytes", wrap_object_store=wrap) as db:
+        store = ZarrStore(db=db)
+        await store.set("a/c/0", cpu.Buffer.from_bytes(chunk))
+        requests: list[tuple[str, ByteRequest | None]] = [
+            ("a/c/0", RangeByteRequest(1000, 3000)),
+            ("a/c/0", OffsetByteRequest(len(chunk) - 10)),
+            ("a/c/0", SuffixByteRequest(7)),
+            ("a/c/none", RangeByteRequest(0, 1)),
+        ]
+        made[0].value_gets.clear()
+        got = await store.get_partial_values(cpu.buffer_prototype, requests)
+        assert [None if b is None else b.to_bytes() for b in got] == [
+            chunk[1000:3000],
+            chunk[-10:],
+            chunk[-7:],
+            None,
+        ]
+        # the two placed ranges: one ranged GET of their bytes each; a suffix reads the whole value
+        assert sorted(made[0].value_gets, key=lambda r: r or (0, 0)) == [
+            (0, len(chunk) + 1),
+            (1000, 3000),
+            (len(chunk) - 10, len(chunk)),
+        ]
