@@ -330,9 +330,11 @@ class Store:
         object (its `read(n)` is called in a worker thread until it returns b"") or an
         async iterable of bytes. Its bytes are uploaded as they are read, as a value
         object of their own whatever their length (multipart parts of 16 MiB, 4 in
-        flight: memory holds a few parts, not the value), then committed as one put.
+        flight: memory holds about 7 parts, not the value), then committed as one put.
         Past StoreOptions.max_value_bytes it raises InvalidValueError and commits
-        nothing. No `ttl` with a stream (an expiring value lives in the commit's segment).
+        nothing; an upload longer than half the GC grace period (segment_grace_period)
+        raises TransactionTooOldError and commits nothing. No `ttl` with a stream (an
+        expiring value lives in the commit's segment).
         """
         if is_stream(value):
             k = encode_key(key, self.options.max_key_bytes)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 
 from ._commit import CommitRequest
-from ._errors import PartitionMovedError
+from ._errors import PartitionMovedError, TransactionTooOldError
+from ._options import grace_period_of
 from ._router import MAX_REDIRECTS, Router
 from ._value_store import ValueSource
 
@@ -34,6 +35,15 @@ async def put_stream(router: Router, key: bytes, source: ValueSource, max_bytes:
     part, engine = router.engine_for(key)
     values = engine.values
     ref, written_at = await values.write_stream(source, max_bytes, key)
+    grace_period = grace_period_of(engine.options)
+    if (took := time.monotonic() - written_at) > grace_period / 2:
+        # The committer would refuse it too (I8), saying "retry": a stream cannot be.
+        raise TransactionTooOldError(
+            f"the value streamed to key {key!r} took {took:.0f} s to upload, over half the GC grace "
+            f"period ({grace_period:.0f} s), so GC may already have deleted its object (I8); nothing was "
+            "committed: put it again, opening the store with a longer StoreOptions.segment_grace_period "
+            "if the upload is that slow"
+        )
     for _ in range(MAX_REDIRECTS):
         request = CommitRequest(
             txn_id=engine.new_txn_id(),

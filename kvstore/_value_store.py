@@ -122,7 +122,7 @@ class ValueStore:
     async def write_stream(self, source: ValueSource, max_bytes: int, key: bytes) -> tuple[ValueRef, float]:
         """Safe-create a new value object from the bytes `source` gives, uploaded as they
         are read: parts of VALUE_PART_BYTES, VALUE_PARTS_IN_FLIGHT at a time, so memory
-        holds about VALUE_PARTS_IN_FLIGHT + 2 parts whatever the value's length (a value
+        holds about VALUE_PARTS_IN_FLIGHT + 3 parts (in flight, being filled, one read) whatever the value's length (a value
         under one part is one PUT, If-None-Match: *). Past `max_bytes` the upload is
         aborted and InvalidValueError raised (nothing is committed; a part left behind is
         never part of the store). Returns the reference and time.monotonic() before the

@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import os
 import random
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import xxhash
@@ -18,7 +20,7 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Suf
 from zarr.core.buffer import cpu
 
 import kvstore
-from kvstore import _value_store
+from kvstore import _streamed_put, _value_store
 from kvstore._objectstore import Blob
 from kvstore._segment_store import PartUploads
 from kvstore._value_refs import ValueRef
@@ -298,3 +300,16 @@ async def test_zarr_partial_reads_of_a_large_chunk_fetch_only_their_bytes(durabl
             (1000, 3000),
             (len(chunk) - 10, len(chunk)),
         ]
+
+
+async def test_an_upload_slower_than_half_the_grace_period_is_not_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = time.monotonic
+    async with kvstore.open(f"file://{tmp_path / 's'}", values="bytes") as db:
+        await db.put("k", b"old")
+        # The upload ends an hour after it began, as seen by the put (GC's default period: 3600 s).
+        monkeypatch.setattr(_streamed_put, "time", SimpleNamespace(monotonic=lambda: real() + 3600))
+        with pytest.raises(kvstore.TransactionTooOldError, match=r"took 3600 s to upload, over half the GC grace"):
+            await db.put("k", io.BytesIO(b"new"))
+        assert await db.get("k") == b"old"
