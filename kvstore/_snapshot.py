@@ -134,6 +134,10 @@ class SnapshotView:
         """The out-of-line value objects this view's references name."""
         return self._segments.values
 
+    def view_for(self, key: bytes) -> SnapshotView:
+        """The view holding `key`: this one (a view of several partitions: its partition's)."""
+        return self
+
     async def get_stored(self, key: bytes) -> bytes | ValueRef | None:
         """The value of `key` as stored: its bytes, or the reference to its value object
         (not read); None if absent or deleted."""
@@ -337,9 +341,10 @@ class Snapshot:
         self._check_process()
         k = encode_key(key, self._options.max_key_bytes)
         _check_span(start, end)
-        stored = await self._view.get_stored(k)
+        view = self._view.view_for(k)
+        stored = await view.get_stored(k)
         if isinstance(stored, ValueRef):
-            async for chunk in self._view.values.stream(stored, k, start, end):
+            async for chunk in view.values.stream(stored, k, start, end):
                 yield chunk
         elif stored is not None and stored[start:end]:
             yield stored[start:end]  # held inline: small (StoreOptions.large_value_bytes at most)
@@ -354,10 +359,11 @@ class Snapshot:
         self._check_process()
         k = encode_key(key, self._options.max_key_bytes)
         _check_span(start, end)
-        stored = await self._view.get_stored(k)
+        view = self._view.view_for(k)
+        stored = await view.get_stored(k)
         if not isinstance(stored, ValueRef):
             return None if stored is None else stored[start:end]
-        return b"".join([chunk async for chunk in self._view.values.stream(stored, k, start, end)])
+        return b"".join([chunk async for chunk in view.values.stream(stored, k, start, end)])
 
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """The values of `keys` at this version, in order; `default` for each absent one.

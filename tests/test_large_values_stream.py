@@ -251,6 +251,9 @@ async def test_a_split_between_upload_and_commit_commits_to_the_new_partition(
         await db.put("z", io.BytesIO(value))
         assert [p.start for p in await db.partitions()] == [b"", b"m"]
         assert await db.get("z") == value and await db.get_range("z", 5, 10) == value[5:10]
+        snap = await db.snapshot()  # one view of both partitions
+        assert await snap.get_range("z", 5, 10) == value[5:10] and await snap.get_range("a", 0, 1) == b"1"
+        assert b"".join([c async for c in snap.read_value("z")]) == value
         assert (await db.verify()).ok
 
 
