@@ -664,6 +664,9 @@ class PartitionedView(SnapshotView):
     async def get(self, key: bytes) -> bytes | None:
         return await self._views[self._pmap.partition_for(key).pid].get(key)
 
+    def view_for(self, key: bytes) -> SnapshotView:
+        return self._views[self._pmap.partition_for(key).pid]
+
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         groups: dict[str, list[bytes]] = {}
         for key in keys:

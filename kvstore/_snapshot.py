@@ -20,6 +20,7 @@ from ._segment_store import NOT_CACHED, Entry, Miss, scan_readahead
 from ._sources import Sources
 from ._tasks import run_bounded
 from ._value_refs import StoredValue, ValueRef
+from ._value_store import ValueStore
 
 if TYPE_CHECKING:
     from ._two_phase import Decisions
@@ -125,6 +126,21 @@ class SnapshotView:
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of `key`, or None if absent or deleted."""
+        value = await self.get_stored(key)
+        return await self._segments.values.read(value, key) if isinstance(value, ValueRef) else value
+
+    @property
+    def values(self) -> ValueStore:
+        """The out-of-line value objects this view's references name."""
+        return self._segments.values
+
+    def view_for(self, key: bytes) -> SnapshotView:
+        """The view holding `key`: this one (a view of several partitions: its partition's)."""
+        return self
+
+    async def get_stored(self, key: bytes) -> bytes | ValueRef | None:
+        """The value of `key` as stored: its bytes, or the reference to its value object
+        (not read); None if absent or deleted."""
         best: tuple[int, Value] | None = None
         segments, version = self._segments, self.version
         refs = await self._refs_for(key, key + b"\0") if self._intents else self._refs
@@ -148,8 +164,7 @@ class SnapshotView:
                 best = found
         if best is None or best[0] < floor:
             return None
-        value = await self._folded(key, refs) if stacks(best[1]) else resolve(best[1], self.codec, key, ttl.clock())
-        return await segments.values.read(value, key) if isinstance(value, ValueRef) else value
+        return await self._folded(key, refs) if stacks(best[1]) else resolve(best[1], self.codec, key, ttl.clock())
 
     async def _folded(self, key: bytes, refs: list[SegmentRef]) -> bytes | None:
         """The value of a key whose newest entry is stacking operands: its entries at or
@@ -309,6 +324,47 @@ class Snapshot:
         raw = await self._view.get(k)
         return default if raw is None else decode_value(raw, self._values, k, self._url)
 
+    async def read_value(self, key: str | bytes, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The stored bytes of `key`'s value at this version, [start, end) of them (`end`
+        None: to its end; both clipped to its length), as chunks given out in order,
+        without holding the value whole: a value stored out of line is read as ranged
+        GETs of 16 MiB (`_value_store.VALUE_PART_BYTES`), 4 ahead of the consumer, so
+        memory holds about 5 chunks however large it is. A missing key yields nothing.
+        The stored bytes are the value itself on a values="bytes" or "raw" store, its
+        msgpack encoding on a "msgpack" one.
+
+        The whole value (start 0, end None) is checked against its recorded length and
+        checksum when its last chunk is read: a damaged object raises CorruptionError
+        then, after the chunks before it were given out (discard them). A part of a
+        value cannot be checked against the whole value's checksum, only for length.
+        """
+        self._check_process()
+        k = encode_key(key, self._options.max_key_bytes)
+        _check_span(start, end)
+        view = self._view.view_for(k)
+        stored = await view.get_stored(k)
+        if isinstance(stored, ValueRef):
+            async for chunk in view.values.stream(stored, k, start, end):
+                yield chunk
+        elif stored is not None and stored[start:end]:
+            yield stored[start:end]  # held inline: small (StoreOptions.large_value_bytes at most)
+
+    async def get_range(self, key: str | bytes, start: int, end: int | None = None) -> bytes | None:
+        """Bytes [start, end) of the stored bytes of `key`'s value at this version (clipped
+        to its length, as a slice; `end` None: to its end), or None if the key is absent.
+        A value stored out of line costs one ranged GET per 16 MiB of the range (4 at a
+        time), none of the rest of it; an inline one is sliced. The range is checked for
+        length only: the value's checksum covers it whole (`read_value` of the whole value
+        checks it). See `read_value` for what the stored bytes are."""
+        self._check_process()
+        k = encode_key(key, self._options.max_key_bytes)
+        _check_span(start, end)
+        view = self._view.view_for(k)
+        stored = await view.get_stored(k)
+        if not isinstance(stored, ValueRef):
+            return None if stored is None else stored[start:end]
+        return b"".join([chunk async for chunk in view.values.stream(stored, k, start, end)])
+
     async def get_many(self, keys: Iterable[str | bytes], default: Any = None) -> list[Any]:
         """The values of `keys` at this version, in order; `default` for each absent one.
 
@@ -362,3 +418,11 @@ def _any_overlap(refs: list[SegmentRef]) -> bool:
     """Whether any two segments' key ranges overlap."""
     by_start = sorted(refs, key=lambda r: r.min_key)
     return any(later.min_key <= earlier.max_key for earlier, later in pairwise(by_start))
+
+
+def _check_span(start: int, end: int | None) -> None:
+    """Refuse a byte span `read_value` and `get_range` cannot serve."""
+    if not isinstance(start, int) or start < 0 or (end is not None and (not isinstance(end, int) or end < 0)):
+        raise ValidationError(
+            f"a byte range needs start >= 0 and end >= 0 or None (integers), not start={start!r}, end={end!r}"
+        )

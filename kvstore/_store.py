@@ -31,7 +31,7 @@ from ._codec import VALUE_MODES, Codec, ValueMode, decode_value, encode_key, enc
 from ._compact import CompactionResult
 from ._distributed import DistributedWrite, StoreAddress
 from ._engine import Engine, VerifyReport
-from ._errors import ConflictError, PartitionMovedError, ValidationError
+from ._errors import ConflictError, InvalidValueError, PartitionMovedError, ReadOnlyError, ValidationError
 from ._gc import GcReport
 from ._manifest import MOVED_SETTING, CommitRecord, Manifest
 from ._nesting import Scope, enter, leave, refuse_nested
@@ -49,10 +49,12 @@ from ._partition_ops import (
 )
 from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router, recent_commit_rate
 from ._snapshot import Snapshot, SnapshotView
+from ._streamed_put import NOT_BYTES, put_stream
 from ._tags import Tag
 from ._tasks import gather_all
 from ._transaction import TransactAttempts, Transaction
 from ._url import parse_url, s3_settings
+from ._value_store import is_stream
 
 T = TypeVar("T")
 _NO_SCOPE = Scope("", None, None)  # a read retried by the store itself: no transact function ran
@@ -332,8 +334,65 @@ class Store:
 
     async def put(self, key: str | bytes, value: Any, *, ttl: float | None = None) -> int:
         """Write one key; returns the version it committed at. With `ttl` (seconds) the
-        value expires that long from now (`Transaction.put` has the rules)."""
+        value expires that long from now (`Transaction.put` has the rules).
+
+        On a values="bytes" store `value` may also be streamed: a binary file-like
+        object (its `read(n)` is called in a worker thread until it returns b"") or an
+        async iterable of bytes. Its bytes are uploaded as they are read, as a value
+        object of their own whatever their length (multipart parts of 16 MiB, 4 in
+        flight: memory holds about 7 parts, not the value), then committed as one put.
+        Past StoreOptions.max_value_bytes it raises InvalidValueError and commits
+        nothing; an upload longer than half the GC grace period (segment_grace_period)
+        raises TransactionTooOldError and commits nothing. No `ttl` with a stream (an
+        expiring value lives in the commit's segment).
+        """
+        if is_stream(value):
+            k = encode_key(key, self.options.max_key_bytes)
+            if self._values != "bytes":
+                raise InvalidValueError(NOT_BYTES.format(values=self._values))
+            if ttl is not None:
+                raise ValidationError(
+                    "a put with ttl keeps its value in the commit's segment, so it cannot be streamed; "
+                    "put the value as bytes, or stream it without ttl (and delete it when it is due)"
+                )
+            self._engine.check_open()
+            refuse_nested(self.store_id, self.url)
+            if self.read_only:
+                raise ReadOnlyError("this store was opened with read_only=True; open it without to write")
+            return await put_stream(self._router, k, value, self.options.max_value_bytes)
         return await self._write_alone(lambda tx: tx.put(key, value, ttl=ttl))
+
+    async def read_value(self, key: str | bytes, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The latest value of `key` (its bytes [start, end)) as chunks, in order, never
+        held whole; nothing for a missing key. One conditional GET of the manifest, then
+        `Snapshot.read_value` (chunk sizes, memory, and the checksum check at the end)."""
+        snapshot, k = await self._latest_for(key)
+        async for chunk in snapshot.read_value(k, start=start, end=end):
+            yield chunk
+
+    async def get_range(self, key: str | bytes, start: int, end: int | None = None) -> bytes | None:
+        """Bytes [start, end) of the latest value of `key` (clipped, as a slice), or None
+        if the key is absent: ranged GETs of only those bytes for a value stored out of
+        line. Not checked against the value's checksum (`Snapshot.get_range`)."""
+        snapshot, k = await self._latest_for(key)
+        return await snapshot.get_range(k, start, end)
+
+    async def _latest_for(self, key: str | bytes) -> tuple[Snapshot, bytes]:
+        """A snapshot of the latest version of the partition holding `key`, and the key."""
+        k = encode_key(key, self.options.max_key_bytes)
+        for _ in range(MAX_REDIRECTS):
+            if not self._partitioned:
+                view = await self._unsplit_view()
+                if view is not None:
+                    return Snapshot(view, self.options, self._values, self.url), k
+                continue
+            part, engine = self._router.engine_for(k)
+            try:
+                view = await self._router.latest_view(part, engine)
+            except PartitionMovedError:
+                continue  # the router followed the split: route again
+            return Snapshot(view, self.options, self._values, self.url), k
+        raise self._kept_moving()
 
     async def delete(self, key: str | bytes) -> int:
         """Delete one key (a missing key is not an error); returns the commit version."""

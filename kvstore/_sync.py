@@ -189,6 +189,14 @@ class SyncSnapshot:
         """Blocking form of `Snapshot.get_many`."""
         return self._runner.run(self._snapshot.get_many(keys, default))
 
+    def read_value(self, key: str | bytes, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Blocking form of `Snapshot.read_value`: an iterator of the chunks, each fetched when asked for."""
+        return self._runner.iterate(self._snapshot.read_value(key, start=start, end=end), 1)
+
+    def get_range(self, key: str | bytes, start: int, end: int | None = None) -> bytes | None:
+        """Blocking form of `Snapshot.get_range`."""
+        return self._runner.run(self._snapshot.get_range(key, start, end))
+
     def scan(
         self,
         prefix: str | bytes | None = None,
@@ -422,6 +430,17 @@ class SyncStore(MutableMapping[bytes, Any]):
         """Blocking form of `Store.put`."""
         store, runner = self._live()
         return runner.run(store.put(key, value, ttl=ttl))
+
+    def read_value(self, key: str | bytes, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Blocking form of `Store.read_value`: an iterator of the chunks, each fetched
+        when asked for (the reads ahead run on the store's loop thread meanwhile)."""
+        store, runner = self._live()
+        return runner.iterate(store.read_value(key, start=start, end=end), 1)
+
+    def get_range(self, key: str | bytes, start: int, end: int | None = None) -> bytes | None:
+        """Blocking form of `Store.get_range`."""
+        store, runner = self._live()
+        return runner.run(store.get_range(key, start, end))
 
     def delete(self, key: str | bytes) -> int:
         """Blocking form of `Store.delete`."""

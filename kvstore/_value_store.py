@@ -28,9 +28,14 @@ block cache's indexes and blocks): every read of one is a GET.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
-from ._errors import ContentionError, CorruptionError, KvStoreError
+import xxhash
+
+from ._errors import ContentionError, CorruptionError, InvalidValueError, KvStoreError
 from ._layout import Layout, new_object_id
 from ._objectstore import ObjectNotFound, PreconditionFailed, RetryingObjectStore
 from ._segment_store import PartUploads, complete_checked
@@ -42,6 +47,46 @@ MULTIPART_MIN_BYTES = 64 * 1024 * 1024 + 1
 VALUE_PART_BYTES = 16 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
 VALUE_PARTS_IN_FLIGHT = 4
 # S3 allows at most 10,000 parts: with 16 MiB parts that is 156 GiB, above any value limit.
+
+
+class BinaryReader(Protocol):
+    """A binary file-like object: what `Store.put` streams from besides an async iterable."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+# What `Store.put` accepts as a streamed value.
+ValueSource = BinaryReader | AsyncIterable[bytes]
+
+
+def is_stream(value: object) -> bool:
+    """Whether `value` is a streamed value (a binary file-like object or an async iterable),
+    not a value held whole (bytes, or a Python object of a msgpack store)."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return False
+    return callable(getattr(value, "read", None)) or hasattr(value, "__aiter__")
+
+
+async def _chunks_of(source: ValueSource, size: int) -> AsyncIterator[bytes]:
+    """The bytes of `source` in chunks; a file's `read` runs in a thread (it may block)."""
+    if hasattr(source, "__aiter__"):
+        async for chunk in source:
+            if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                raise InvalidValueError(
+                    f"a streamed value's async iterable yielded {type(chunk).__name__}, not bytes: yield bytes"
+                )
+            yield bytes(chunk)
+        return
+    read: Callable[[int], Any] = source.read
+    while True:
+        chunk = await asyncio.to_thread(read, size)
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise InvalidValueError(
+                f"a streamed value's read() returned {type(chunk).__name__}, not bytes: open the file in binary mode"
+            )
+        if not chunk:
+            return
+        yield bytes(chunk)
 
 
 class ValueStore:
@@ -73,6 +118,49 @@ class ValueStore:
             await upload.abort()
             raise
         return ref
+
+    async def write_stream(self, source: ValueSource, max_bytes: int, key: bytes) -> tuple[ValueRef, float]:
+        """Safe-create a new value object from the bytes `source` gives, uploaded as they
+        are read: parts of VALUE_PART_BYTES, VALUE_PARTS_IN_FLIGHT at a time, so memory
+        holds about VALUE_PARTS_IN_FLIGHT + 3 parts (in flight, being filled, one read) whatever the value's length (a value
+        under one part is one PUT, If-None-Match: *). Past `max_bytes` the upload is
+        aborted and InvalidValueError raised (nothing is committed; a part left behind is
+        never part of the store). Returns the reference and time.monotonic() before the
+        upload began (its objects' age for the commit's grace-period check, I8)."""
+        written_at = time.monotonic()
+        ref_id = new_object_id()
+        name = self._layout.value(ref_id)
+        part_bytes = VALUE_PART_BYTES
+        upload = PartUploads(self._objects, name, VALUE_PARTS_IN_FLIGHT)
+        digest = xxhash.xxh3_64()
+        size = 0
+        pending = bytearray()
+        try:
+            async for chunk in _chunks_of(source, part_bytes):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidValueError(
+                        f"the value streamed to key {key!r} is over the {max_bytes}-byte limit "
+                        "(StoreOptions.max_value_bytes); nothing was written: raise the limit "
+                        "or split the value across keys"
+                    )
+                digest.update(chunk)
+                pending += chunk
+                # keep the last part back: it is the evidence `complete_checked` compares
+                while len(pending) > part_bytes:
+                    await upload.send(bytes(pending[:part_bytes]))
+                    del pending[:part_bytes]
+            tail = bytes(pending)
+            ref = ValueRef(ref_id, size, digest.intdigest())
+            if upload.upload_id is None:
+                await self._objects.put_if_absent(name, tail)
+                return ref, written_at
+            await upload.send(tail)
+            await complete_checked(self._objects, name, upload.upload_id, await upload.parts(), tail, size)
+        except BaseException:
+            await upload.abort()
+            raise
+        return ref, written_at
 
     async def copy_from(self, source: ValueStore, ref: ValueRef, key: bytes) -> ValueRef:
         """A new value object of this store holding what `ref` names in `source` (another
@@ -112,12 +200,17 @@ class ValueStore:
         """The value `ref` names, checked; CorruptionError if missing or damaged."""
         name = self.object_name(ref)
         step = VALUE_PART_BYTES if ref.length >= MULTIPART_MIN_BYTES else ref.length
-        starts = list(range(0, ref.length, step))
+        starts = list(range(0, ref.length, step or 1))
         # the last range asks one byte past the end (a range starting there would be a 416)
         ends = [*starts[1:], ref.length + 1]
-        ranges = list(zip(starts, ends, strict=True))
+        ranges = list(zip(starts, ends, strict=False))  # none for an empty value
         try:
-            pieces = await run_bounded(self._get_range(name), ranges, VALUE_PARTS_IN_FLIGHT)
+            if not ranges:  # an empty value (streamed): no range to ask, a plain GET
+                blob = await self._objects.get(name)
+                assert blob is not None
+                pieces = [blob.data]
+            else:
+                pieces = await run_bounded(self._get_range(name), ranges, VALUE_PARTS_IN_FLIGHT)
         except ObjectNotFound:
             raise CorruptionError(
                 f"the value of key {key!r} is stored out of line in {name}, which is missing: it was "
@@ -164,6 +257,57 @@ class ValueStore:
                 object_name=name,
             )
         return blob.data
+
+    async def stream(self, ref: ValueRef, key: bytes, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the value `ref` names (clipped to its length), in order, as
+        chunks of up to VALUE_PART_BYTES: ranged GETs, VALUE_PARTS_IN_FLIGHT ahead of the
+        consumer. The whole value (start 0, end None) is checked against the reference's
+        length and checksum once its last chunk is read (CorruptionError then, after the
+        chunks before it were given out); a part of it can only be checked for length."""
+        whole = start == 0 and (end is None or end >= ref.length)
+        end = ref.length if end is None else min(end, ref.length)
+        if start >= end:
+            return
+        name = self.object_name(ref)
+        get = self._get_range(name)
+        starts = list(range(start, end, VALUE_PART_BYTES))
+        ranges = [(s, min(s + VALUE_PART_BYTES, end)) for s in starts]
+        if whole:  # the last range asks one byte past the end, so a longer object shows
+            ranges[-1] = (ranges[-1][0], end + 1)
+        digest = xxhash.xxh3_64()
+        size = 0
+        ahead: list[asyncio.Task[bytes]] = []
+        try:
+            for i in range(len(ranges)):
+                while len(ahead) < VALUE_PARTS_IN_FLIGHT and i + len(ahead) < len(ranges):
+                    ahead.append(asyncio.ensure_future(get(ranges[i + len(ahead)])))
+                try:
+                    chunk = await ahead.pop(0)
+                except ObjectNotFound:
+                    await self.read(ref, key)  # raises the missing object's CorruptionError
+                    raise AssertionError("unreachable") from None
+                size += len(chunk)
+                if whole:
+                    digest.update(chunk)
+                elif len(chunk) != ranges[i][1] - ranges[i][0]:
+                    raise self._damaged(ref, key, size, None)
+                if whole and i == len(ranges) - 1 and (size != ref.length or digest.intdigest() != ref.checksum):
+                    raise self._damaged(ref, key, size, digest.intdigest())
+                yield chunk
+        finally:
+            for task in ahead:
+                task.cancel()
+            await asyncio.gather(*ahead, return_exceptions=True)
+
+    def _damaged(self, ref: ValueRef, key: bytes, size: int, digest: int | None) -> CorruptionError:
+        name = self.object_name(ref)
+        found = f"{size} bytes" if digest is None else f"{size} bytes with checksum {digest:016x}"
+        return CorruptionError(
+            f"the value of key {key!r} (out of line in {name}) is damaged: read {found}, while its segment "
+            f"entry records {ref.length} bytes with checksum {ref.checksum:016x}. Discard what was read; "
+            "run `Store.verify()`; restore the object from a backup or a replica, or write the key again",
+            object_name=name,
+        )
 
     async def check(self, ref: ValueRef) -> str | None:
         """Why the value object of `ref` is damaged, or None if it reads back whole (verify)."""

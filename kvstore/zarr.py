@@ -353,21 +353,23 @@ class ZarrStore(_ZarrStoreBase):
             raise ValidationError(f"Zarr keys are str, not {type(key).__name__}")
         return (self._prefix + key).encode("utf-8")
 
-    async def _read(self, key: str) -> bytes | None:
+    async def _read(self, key: str, span: tuple[int, int | None] | None = None) -> bytes | None:
+        """The value of `key`, or bytes [start, end) of it with `span` (a value stored out
+        of line: ranged GETs of those bytes only, `Store.get_range`)."""
         await self._ensure_open()
         staged = self._staged
         if staged is not None and key in staged.keys:
             _, ref, deleted = staged.keys[key]
-            return None if deleted else await read_staged(staged.job, ref, self._key(key))
+            whole = None if deleted else await read_staged(staged.job, ref, self._key(key))
+            return whole if span is None or whole is None else whole[span[0] : span[1]]
         handle = await self._handle()
         if staged is not None:
             staged.reads.add(key)
-        if handle.snapshot is not None:
-            value = await handle.snapshot.get(self._key(key))
-        elif handle.db is not None:
-            value = await handle.db.get(self._key(key))
-        else:
+        source = handle.snapshot if handle.snapshot is not None else handle.db
+        if source is None:
             return None
+        k = self._key(key)
+        value = await (source.get(k) if span is None else source.get_range(k, *span))
         assert value is None or isinstance(value, bytes)
         return value
 
@@ -378,10 +380,11 @@ class ZarrStore(_ZarrStoreBase):
         if prototype is None:
             prototype = default_buffer_prototype()
         _check_range(byte_range)
-        value = await self._read(key)
+        span = _span(byte_range)
+        value = await self._read(key, span)
         if value is None:
             return None
-        buffer: Buffer = prototype.buffer.from_bytes(_slice(value, byte_range))
+        buffer: Buffer = prototype.buffer.from_bytes(value if span is not None else _slice(value, byte_range))
         return buffer
 
     async def get_partial_values(
@@ -684,6 +687,16 @@ def _bytes_of(value: Buffer, key: str) -> bytes:
 def _check_range(byte_range: ByteRequest | None) -> None:
     if byte_range is not None and not isinstance(byte_range, (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)):
         raise ValidationError(f"Unexpected byte_range, got {byte_range!r}: pass a zarr.abc.store.ByteRequest")
+
+
+def _span(byte_range: ByteRequest | None) -> tuple[int, int | None] | None:
+    """[start, end) of a byte request that needs no length to place (a suffix does:
+    None, the whole value is read and sliced)."""
+    if isinstance(byte_range, RangeByteRequest):
+        return byte_range.start, byte_range.end
+    if isinstance(byte_range, OffsetByteRequest):
+        return byte_range.offset, None
+    return None
 
 
 def _slice(value: bytes, byte_range: ByteRequest | None) -> bytes:

@@ -423,6 +423,8 @@ def _listening_address(stderr: Any) -> tuple[str, list[str]]:
 _FIRST_CALLS: dict[str, Callable[[kvstore.SyncStore], object]] = {
     "get": lambda db: db.get("n"),
     "get_many": lambda db: db.get_many(["n", "m"]),
+    "read_value": lambda db: list(db.read_value("n")),
+    "get_range": lambda db: db.get_range("n", 0, 1),
     "scan": lambda db: list(db.scan()),
     "snapshot": lambda db: db.snapshot().get("n"),
     "describe": lambda db: db.describe(),
