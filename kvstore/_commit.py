@@ -127,11 +127,11 @@ class CommitStatistics:
 
 @dataclass
 class _PendingIntent:
-    """A prepare of the batch: its segment and sorted written keys (None: segments written
-    beforehand, whose keys are known only by their range)."""
+    """A prepare of the batch: its segment (None: it only read) and sorted written keys
+    (None: segments written beforehand, whose keys are known only by their range)."""
 
     request: CommitRequest
-    ref: SegmentRef
+    ref: SegmentRef | None
     keys: list[bytes] | None
 
 
@@ -147,7 +147,7 @@ class _Pending:
 
     @property
     def all_refs(self) -> list[SegmentRef]:
-        return [*self.refs, *(i.ref for i in self.intents)]
+        return [*self.refs, *(i.ref for i in self.intents if i.ref is not None)]
 
     @property
     def inline(self) -> bool:
@@ -439,12 +439,17 @@ class Committer:
         now = time.time()
         for p in prepared:
             exact = tuple(p.keys) if p.keys is not None and sum(map(len, p.keys)) <= LOG_KEYS_MAX_BYTES else None
-            intents.append(Intent(p.request.txn_id, version, now, str(p.request.decision), exact, at_version(p.ref)))
+            ref = None if p.ref is None else at_version(p.ref)
+            reads, read_ranges = _held_reads(p.request)
+            intents.append(
+                Intent(p.request.txn_id, version, now, str(p.request.decision), exact, ref, reads, read_ranges)
+            )
         key_lists: list[list[bytes] | tuple[bytes, ...] | None] = [i.keys for i in committed]
         key_lists += [p.keys for p in prepared]
         if pending is not None and pending.refs:
             key_lists.append(pending.keys)
-        written = [*refs, *(p.ref for p in prepared), *(i.segment for i in committed)]
+        committed_refs = [i.segment for i in committed if i.segment is not None]  # a read-only one wrote nothing
+        written = [*refs, *(p.ref for p in prepared if p.ref is not None), *committed_refs]
         ranges = [] if pending is None else pending.ranges
         keys: tuple[bytes, ...] | None = None
         if all(k is not None for k in key_lists):
@@ -476,7 +481,7 @@ class Committer:
             # As in `_next_manifest`: the batch's range deletes, exactly while the keys are.
             ranges=tuple(ranges) if keys is not None else cover(ranges),
         )
-        return record, [*refs, *(i.segment for i in committed)], tuple(intents)
+        return record, [*refs, *committed_refs], tuple(intents)
 
     def _admit(
         self, requests: list[CommitRequest], base: Manifest, statuses: Statuses, *, check_age: bool
@@ -492,6 +497,10 @@ class Committer:
         # Keys written by accepted prepares: their intents sit at the batch's version, where
         # no other write of the batch may share a key with them (which would win is undefined).
         prepared: set[bytes] = set()
+        # Accepted prepares that read something: their reads hold from this batch's CAS on,
+        # so no later request of the batch may write what they read (it would serialize
+        # after them, yet be visible before their decision).
+        holding: list[CommitRequest] = []
         now = time.monotonic()
         recorded = base.settings.get("values")
         moved = base.settings.get(MOVED_SETTING)
@@ -556,6 +565,7 @@ class Committer:
                 shared = any(k in prepared for k in request.writes) or any(
                     in_ranges(k, request.range_deletes) for k in prepared
                 )
+            shared = shared or any(_writes_what_it_read(request, h) for h in holding)
             if (
                 clash is not None
                 or _reads_any(request, batch_writes)
@@ -576,6 +586,8 @@ class Committer:
             batch_ranges += request.range_deletes
             if request.decision is not None:
                 prepared.update(request.writes)
+                if request.read_keys or request.read_ranges:
+                    holding.append(request)
             for key in request.writes:
                 i = bisect_left(batch_writes, key)
                 if i == len(batch_writes) or batch_writes[i] != key:
@@ -613,7 +625,10 @@ class Committer:
         # The regular writes as one segment (none if they only delete ranges: the manifest
         # carries those), then each prepare's writes as a segment of its own.
         parts: list[tuple[list[bytes], Mapping[bytes, Value]]] = [(keys, merged)] if keys else []
-        prepares = [r for r in accepted if r.decision is not None]
+        # A prepare that only read (a partition its transaction read and did not write) has
+        # no segment: its intent only holds its reads.
+        prepares = [r for r in accepted if r.decision is not None and r.writes]
+        readers = [r for r in accepted if r.decision is not None and not r.writes]
         parts += [(sorted(r.writes), r.writes) for r in prepares]
         encoded = [encode_segment(((k, 0, w[k]) for k in ks), uniform_version=True) for ks, w in parts]
         inline = base is not None and self._fits_inline(base, [len(e.data) for e in encoded])
@@ -630,6 +645,7 @@ class Committer:
             _PendingIntent(r, ref, ks)
             for r, ref, (ks, _) in zip(prepares, refs[len(regular_refs) :], parts[len(regular_refs) :], strict=True)
         ]
+        intents += [_PendingIntent(r, None, []) for r in readers]
         return _Pending(regular_refs, time.monotonic(), keys, ranges, intents)
 
     def _fits_inline(self, base: Manifest, sizes: list[int]) -> bool:
@@ -708,7 +724,7 @@ class Committer:
                     return version
                 continue
             # The log no longer reaches back: our segment (or intent) is the other evidence.
-            refs = (*base.segments, *(i.segment for i in base.intents))
+            refs = (*base.segments, *(i.segment for i in base.intents if i.segment is not None))
             if pending.all_refs and any(s.id == pending.all_refs[0].id for s in refs):
                 return version
             raise CommitOutcomeUnknownError(
@@ -773,7 +789,36 @@ def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuse
             or intent.meets((), _segment_ranges(request.segments))
         ):
             return f"writes keys that cross-partition transaction {intent.txn_id.hex()} has prepared (undecided)"
+        if outcome is None and (
+            intent.reads_meet(request.writes, ())
+            or intent.reads_meet((), request.range_deletes)
+            or intent.reads_meet((), _segment_ranges(request.segments))
+        ):
+            return f"writes keys that cross-partition transaction {intent.txn_id.hex()} read (undecided)"
     return None
+
+
+def _writes_what_it_read(request: CommitRequest, prepare: CommitRequest) -> bool:
+    """Whether `request` writes (or deletes a range over) a key `prepare` read."""
+    keys, ranges = prepare.read_keys, prepare.read_ranges
+    if any(k in keys or in_ranges(k, ranges) for k in request.writes):
+        return True
+    deleted = [*request.range_deletes, *_segment_ranges(request.segments)]
+    return any(in_ranges(k, deleted) for k in keys) or any(ranges_meet(r, lo, hi) for r in ranges for lo, hi in deleted)
+
+
+def _held_reads(request: CommitRequest) -> tuple[tuple[bytes, ...], tuple[KeyRange, ...]]:
+    """What a prepare's intent records of its reads: the keys exactly while they fit in a
+    commit record's budget, else one range covering them (conservative: it holds more)."""
+    if request.read_version is None:
+        return (), ()
+    keys = sorted(request.read_keys)
+    ranges = list(request.read_ranges)
+    if sum(map(len, keys)) + range_bytes(ranges) <= LOG_KEYS_MAX_BYTES:
+        return tuple(keys), tuple(ranges)
+    if keys:
+        ranges.append((keys[0], keys[-1] + b"\0"))
+    return (), cover(ranges)
 
 
 def _segment_ranges(segments: list[SegmentRef] | None) -> list[KeyRange]:

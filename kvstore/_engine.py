@@ -44,7 +44,7 @@ from ._errors import (
 )
 from ._gc import GarbageCollector, GcReport
 from ._layout import Layout
-from ._manifest import GRACE_SETTING, MOVED_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
+from ._manifest import GRACE_SETTING, CommitRecord, Manifest, SegmentRef, recorded_grace_period
 from ._manifest_store import ManifestStore
 from ._objectstore import ObjectNotFound, ObjectStore, RetryingObjectStore
 from ._options import StoreOptions, grace_period_of, resolve_options
@@ -365,27 +365,11 @@ class Engine:
         request.writes = writes
         request.values_written_at = written_at
 
-    async def reads_still_hold(
-        self, version: int, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]], txn_id: bytes
-    ) -> bool:
-        """Whether reads of `keys` and `ranges` made at `version` still hold, for the second
-        check of a cross-partition commit (`_two_phase.commit_across`), made after all its
-        intents are in place: no commit after `version` wrote them, and no intent of another
-        transaction, whatever its decision, writes them (conservative: it may commit), and
-        the partition was not split (its keys now change in its successors). One
-        conditional GET. Raises TransactionTooOldError when the log no longer reaches back."""
-        keys, ranges = list(keys), list(ranges)
-        manifest, records = await self._commits_since(version)
-        if manifest.settings.get(MOVED_SETTING) is not None:
-            return False
-        if any(r.wrote_any(keys, ranges) for r in records):
-            return False
-        return not any(i.txn_id != txn_id and i.meets(keys, ranges) for i in manifest.intents)
-
     async def prepare(self, request: CommitRequest, decision: str) -> int:
         """Prepare this partition's part of a cross-partition transaction (`_two_phase`): its
-        writes become an intent naming decision object `decision`, after the usual conflict
-        checks, in one manifest CAS. Returns the intent's version."""
+        writes and reads become an intent naming decision object `decision` (one that only
+        read: a read-only intent, holding its reads), after the usual conflict checks, in
+        one manifest CAS. Returns the intent's version."""
         self.check_writable("cross-partition commits are writes")
         request.decision = decision
         await self._values_out_of_line(request)
@@ -600,6 +584,8 @@ class Engine:
         }
         live = {s.id for s in manifest.segments}
         for intent in manifest.intents:
+            if intent.segment is None:
+                continue  # a read-only intent writes nothing
             outcome = settled[intent.decision] if intent.decision in settled else await self._outcome(intent.decision)
             if outcome != "aborted":
                 live.add(intent.segment.id)
@@ -731,7 +717,7 @@ class Engine:
         report = VerifyReport(manifest.version, 1)
         uncached_segments = SegmentStore(self.objects, self.layout, ByteLRU(_VERIFY_CACHE_BYTES))
         uncached = Sources(self.objects, self.layout, uncached_segments, ByteLRU(_VERIFY_CACHE_BYTES))
-        for ref in (*manifest.segments, *(i.segment for i in manifest.intents)):
+        for ref in (*manifest.segments, *(i.segment for i in manifest.intents if i.segment is not None)):
             name = self.layout.run(ref.id) if ref.is_run else self.layout.segment(ref.id)
             try:
                 parts = await uncached.parts(ref)

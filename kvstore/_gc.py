@@ -198,12 +198,13 @@ class GarbageCollector:
         for tag in tags:
             reasons[self._layout.snapshot(tag.version)] = (f"manifest copy of tag {tag.name!r}", None)
             tagged = await self._tags.manifest(tag)
-            for ref in (*tagged.segments, *(i.segment for i in tagged.intents)):
+            for ref in (*tagged.segments, *(i.segment for i in tagged.intents if i.segment is not None)):
                 await self._keep_source(ref, f"kept by tag {tag.name!r}", reasons)
         for ref in manifest.segments:
             await self._keep_source(ref, "live", reasons)
         for intent in manifest.intents:  # a prepared cross-partition write, perhaps committed already
-            await self._keep_source(intent.segment, "an intent's", reasons)
+            if intent.segment is not None:  # a read-only intent wrote nothing
+                await self._keep_source(intent.segment, "an intent's", reasons)
         return reasons
 
     async def _keep_source(self, ref: SegmentRef, why: str, reasons: dict[str, _Reason]) -> None:

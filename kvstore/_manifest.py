@@ -33,8 +33,12 @@ from ._ranges import KeyRange, RangeTombstone, cover, range_bytes, with_new
 # with none of them is still written as format 3, so such stores stay readable by
 # releases before format 4; one that has them must not be (they would show deleted
 # keys, miss conflicts, read a clipped source's keys twice, or read a committed
-# intent's writes as absent and commit over it).
-FORMAT = 4
+# intent's writes as absent and commit over it). 5: intents may hold the keys and
+# ranges their transaction read (two more row fields), and a read-only intent has no
+# segment; written only when an intent does, so that a release before it (which would
+# commit over a prepared transaction's reads, or fail on the absent segment) refuses it.
+FORMAT = 5
+_FORMAT_4 = 4
 _FORMAT_3 = 3
 _MAGIC = b"KVMF"
 # A commit record lists its written keys exactly when they total at most this many
@@ -181,12 +185,14 @@ class CommitRecord:
 
 @dataclass(frozen=True)
 class Intent:
-    """A cross-partition transaction's writes to this partition, prepared and not resolved.
+    """A cross-partition transaction's part in this partition, prepared and not resolved.
 
     Its writes become visible at `version` (the prepare's version) once its
     decision object (`decision`) says "committed"; until then no reader sees them,
-    and no other commit may read or write its keys (`meets`). A later CAS of the
-    partition turns it into an ordinary segment, or drops it (aborted).
+    and no other commit may read or write its keys (`meets`). Until it is decided,
+    no other commit may write what it read here either (`reads_meet`): its reads hold
+    from its prepare to its decision. A later CAS of the partition turns it into an
+    ordinary segment, or drops it (aborted; or any read-only intent, `segment` None).
     """
 
     txn_id: bytes
@@ -194,10 +200,16 @@ class Intent:
     time: float  # wall clock of the prepare (the abort timeout counts from it)
     decision: str  # the decision object's name
     keys: tuple[bytes, ...] | None  # sorted written keys; None: only the segment's range is recorded
-    segment: SegmentRef  # its writes (inline or an object), commit_version == version
+    segment: SegmentRef | None  # its writes (inline or an object), commit_version == version; None: wrote nothing
+    # Sorted keys and [start, end) ranges its transaction read in this partition (a key
+    # set too long to list is recorded as the one range covering it). Format 5.
+    reads: tuple[bytes, ...] = ()
+    read_ranges: tuple[KeyRange, ...] = ()
 
     def meets(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
         """Whether it writes one of `keys` or a key in one of the [start, end) ranges."""
+        if self.segment is None:
+            return False
         lo, hi = self.segment.min_key, self.segment.max_key
         if self.keys is not None:
             written = set(self.keys)
@@ -207,6 +219,22 @@ class Intent:
         if any(lo <= k <= hi for k in keys):
             return True
         return any(hi >= start and (end is None or lo < end) for start, end in ranges)
+
+    def reads_meet(self, keys: Iterable[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> bool:
+        """Whether its transaction read one of `keys` or a key in one of the [start, end) ranges."""
+        if not self.reads and not self.read_ranges:
+            return False
+        ranges = list(ranges)
+        read = set(self.reads)
+        for k in keys:
+            if k in read or any(s <= k and (e is None or k < e) for s, e in self.read_ranges):
+                return True
+        for start, end in ranges:
+            if _any_in_range(self.reads, start, end):
+                return True
+            if any((end is None or s < end) and (e is None or start < e) for s, e in self.read_ranges):
+                return True
+        return False
 
 
 def _any_in_range(sorted_keys: Sequence[bytes], start: bytes, end: bytes | None) -> bool:
@@ -236,7 +264,7 @@ class Manifest:
     @property
     def inline_bytes(self) -> int:
         """Bytes of the segments carried inline (intents' included)."""
-        refs = (*self.segments, *(i.segment for i in self.intents))
+        refs = (*self.segments, *(i.segment for i in self.intents if i.segment is not None))
         return sum(len(s.inline) for s in refs if s.inline is not None)
 
     @property
@@ -382,16 +410,30 @@ def encode_manifest(m: Manifest) -> bytes:
     # A sealed partition too: a release before format 4 knows no partitions and would
     # commit into it, where no current reader looks.
     needs_4 = ranges or bool(m.intents) or any(s.clipped for s in m.segments) or MOVED_SETTING in m.settings
-    return seal(_MAGIC, FORMAT if needs_4 else _FORMAT_3, b"".join(parts))
+    needs_5 = any(i.segment is None or i.reads or i.read_ranges for i in m.intents)
+    return seal(_MAGIC, FORMAT if needs_5 else _FORMAT_4 if needs_4 else _FORMAT_3, b"".join(parts))
 
 
 def _intent_row(i: Intent) -> list[Any]:
     keys = None if i.keys is None else list(i.keys)
-    return [i.txn_id, i.version, i.time, i.decision, keys, _segment_row(i.segment)]
+    segment = None if i.segment is None else _segment_row(i.segment)
+    row = [i.txn_id, i.version, i.time, i.decision, keys, segment]
+    if i.reads or i.read_ranges:  # format 5; a row without them reads as "read nothing"
+        row += [list(i.reads), [list(r) for r in i.read_ranges]]
+    return row
 
 
 def _intent_of(row: list[Any]) -> Intent:
-    return Intent(row[0], row[1], row[2], row[3], None if row[4] is None else tuple(row[4]), SegmentRef(*row[5]))
+    return Intent(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        None if row[4] is None else tuple(row[4]),
+        None if row[5] is None else SegmentRef(*row[5]),
+        tuple(row[6]) if len(row) > 6 else (),
+        tuple((start, end) for start, end in row[7]) if len(row) > 7 else (),
+    )
 
 
 def _packed_log(m: Manifest) -> bytes:

@@ -63,7 +63,8 @@ class SnapshotView:
         self._ranges = RangeIndex(manifest.range_deletes, self.version)
         # Atomic operands resolve to an int in the recorded codec (none recorded: bytes).
         self.codec = codec_of(manifest.settings.get("values"))
-        self._intents = [i for i in manifest.intents if i.version <= self.version]
+        # Intents that wrote something (a read-only one has nothing to show).
+        self._intents = [i for i in manifest.intents if i.version <= self.version and i.segment is not None]
         self._decisions = decisions
         # Decision name -> whether this view shows its writes.
         self._visible: dict[str, bool] = {} if seen is None else seen
@@ -76,7 +77,7 @@ class SnapshotView:
     async def _refs_for(self, start: bytes | None, end: bytes | None) -> list[SegmentRef]:
         """The sources a read of [start, end) consults: the segments and the committed intents
         meeting the range (their decisions looked up once per view)."""
-        meeting = [i for i in self._intents if i.segment.overlaps(start, end)]
+        meeting = [i for i in self._intents if i.segment is not None and i.segment.overlaps(start, end)]
         if not meeting:
             return self._refs
         unknown = [i for i in meeting if i.decision not in self._visible]
@@ -110,14 +111,14 @@ class SnapshotView:
         return not self.saw_undecided and self._lookups == 0
 
     def _with_intents(self, meeting: list[Intent]) -> list[SegmentRef]:
-        shown = [i.segment for i in meeting if self._visible[i.decision]]
+        shown = [i.segment for i in meeting if self._visible[i.decision] and i.segment is not None]
         if not shown:
             return self._refs
         return sorted([*self._refs, *shown], key=lambda s: s.max_version, reverse=True)
 
     def _cached_refs_for(self, key: bytes) -> list[SegmentRef] | None:
         """`_refs_for(key)` if no decision needs a request, else None."""
-        meeting = [i for i in self._intents if i.segment.may_contain(key)]
+        meeting = [i for i in self._intents if i.segment is not None and i.segment.may_contain(key)]
         if not meeting:
             return self._refs
         if any(i.decision not in self._visible for i in meeting):

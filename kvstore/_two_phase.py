@@ -2,11 +2,13 @@
 
 A transaction whose writes fall in several partitions (one engine each):
 
-1. **Prepare**: in every participant at once, its writes go through that
-   partition's committer as an *intent* (`_manifest.Intent`): conflict-checked
-   like any commit (against commits since its read version and against live
-   intents), riding the partition's next group-commit CAS. Its writes are
-   invisible while undecided.
+1. **Prepare**: in every participant at once (every partition it wrote or
+   read), its writes and the keys it read there go through that partition's
+   committer as an *intent* (`_manifest.Intent`; read-only: no segment):
+   conflict-checked like any commit (against commits since its read version and
+   against live intents), riding the partition's next group-commit CAS. Its
+   writes are invisible while undecided, and it holds what it read and wrote
+   against every other write until decided.
 2. **Decide**: the coordinator safe-creates the decision object
    `<root>txn/<txn id>` holding "committed". That create is the commit point:
    atomic and once only. Anyone who finds an intent older than
@@ -163,47 +165,38 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
     """Commit one transaction whose writes fall in several partitions (one engine each; every
     request carries the SAME txn_id, its own partition's writes, read keys/ranges and
     read_version), atomically: all partitions or none. Returns, per part, the partition version
-    at which its writes became visible (the intent's version). Raises ConflictError (nothing
-    applied anywhere) or CommitOutcomeUnknownError (decided by evidence when at all possible;
-    unknown only when the decision object itself cannot be read).
+    of its prepare (where its writes became visible). Raises ConflictError (nothing applied
+    anywhere) or CommitOutcomeUnknownError (decided by evidence when at all possible; unknown
+    only when the decision object itself cannot be read).
 
-    Round trips on the critical path: the participants' segment writes (none when their
-    writes ride inline) and prepare CASes in parallel; the second check of reads (one
-    conditional GET per part, in parallel) for parts that read keys they do not write;
-    then the decision create. The resolve CASes run in the background after the
-    acknowledgement.
+    Round trips on the critical path: 2. The participants' segment writes (none when their
+    writes ride inline) and prepare CASes in parallel, one per part, including a part that
+    only read (a read-only intent); then the decision create. The resolve CASes run in the
+    background after the acknowledgement.
+
+    Why no read check is needed between them (docs/design.md, "Cross-partition commits"):
+    each prepare's CAS checks the part's reads against every commit since its read version
+    and every live intent, and from that CAS until the decision its intent holds both what
+    the part wrote and what it read (`_commit._held_by_intent`): no other commit or prepare
+    of the partition may write them. So at the decision create, every read of the
+    transaction is still current in every partition and no write it made is visible: the
+    decision is its serialization point. An intent aborted after `intent_timeout` holds
+    nothing any more, but then our "committed" create loses to that "aborted" one.
     """
     txn_ids = {request.txn_id for _, request in parts}
     if len(txn_ids) != 1:
         raise ValueError("every part of a cross-partition commit carries the same txn_id")
     txn_id = txn_ids.pop()
     name = decisions.name(txn_id)
-    # A part that only read prepares no intent (it has nothing to write); its reads are
-    # checked with every part's in the second round below. A part carrying segments written
-    # beforehand (a bulk load's share) prepares them as they are.
-    writing = [(e, r) for e, r in parts if r.writes or r.range_deletes or r.segments]
-    participants = [engine.layout.prefix for engine, _ in writing]
+    # Every part that wrote or read prepares an intent (one that only read: a read-only
+    # intent, holding its reads). A part carrying segments written beforehand (a bulk
+    # load's share) prepares them as they are.
+    preparing = [(e, r) for e, r in parts if _holds_anything(r)]
+    participants = [engine.layout.prefix for engine, _ in preparing]
     prepared: list[int | BaseException] = list(
-        await asyncio.gather(*(engine.prepare(request, name) for engine, request in writing), return_exceptions=True)
+        await asyncio.gather(*(engine.prepare(request, name) for engine, request in preparing), return_exceptions=True)
     )
     failures = [r for r in prepared if isinstance(r, BaseException)]
-    if not failures:
-        # Intents lock only what they write, so two transactions each reading what the
-        # other writes (write skew) could both pass their prepares' checks. Checking every
-        # part's reads again once all of this transaction's intents are in place closes
-        # that: of two such transactions, the later check sees the other's intent.
-        checks = await asyncio.gather(
-            *(_reads_hold(e, r, v) for (e, r), v in _per_part(parts, writing, prepared)),
-            return_exceptions=True,
-        )
-        failures = [c for c in checks if isinstance(c, BaseException)]
-        if not failures and not all(checks):
-            failures = [
-                ConflictError(
-                    "transaction read data that another transaction changed or is committing across "
-                    "partitions; nothing was written: retry it (Store.transact does)"
-                )
-            ]
     if failures:
         # Abort at once (no intent lingers until the timeout). Only we decide "committed",
         # so nothing is applied whatever happens here: should the create fail, the
@@ -213,10 +206,11 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
         except KvStoreError:
             pass
         else:
-            _resolve_in_background(parts)
+            _resolve_in_background(preparing)
         interrupted = next((f for f in failures if not isinstance(f, Exception)), None)
         if interrupted is not None:
             raise interrupted
+        # A PartitionMovedError (a part's partition was split: sealed) is a ConflictError.
         conflict = next((f for f in failures if isinstance(f, ConflictError | JobAlreadyCommittedError)), None)
         if conflict is not None:
             raise conflict
@@ -226,10 +220,11 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
             f"a cross-partition transaction could not prepare in every partition ({type(failures[0]).__name__}: "
             f"{failures[0]}); it was aborted and nothing was written: retry it (Store.transact does)"
         ) from failures[0]
-    # A part that only read: the version its reads were checked at.
-    versions = [e.manifest.version if v is None else v for (e, _), v in _per_part(parts, writing, prepared)]
+    at = {id(request): version for (_, request), version in zip(preparing, prepared, strict=True)}
+    # A part that neither wrote nor read holds nothing: its version is the one it knows.
+    versions = [v if isinstance(v := at.get(id(r)), int) else e.manifest.version for e, r in parts]
     outcome = await decisions.decide(name, "committed", txn_id, participants)
-    _resolve_in_background(parts)
+    _resolve_in_background(preparing)
     if outcome != "committed":
         raise ConflictError(
             "a cross-partition transaction was aborted by another writer (it stayed prepared longer "
@@ -238,37 +233,10 @@ async def commit_across(parts: Sequence[tuple[Engine, CommitRequest]], decisions
     return versions
 
 
-async def _reads_hold(engine: Engine, request: CommitRequest, prepared_at: int | None) -> bool:
-    """The second check of a part's reads: since its prepare (whose CAS checked them up
-    to there), or since its read version for a part that only read.
-
-    A prepared part's reads of keys it also writes need no second check, so a
-    read-modify-write part costs no request here: from its prepare's CAS until its
-    decision, its intent holds those keys against every other commit and prepare of the
-    partition (`_commit._held_by_intent`; a write in the same batch is refused beside it),
-    so nobody can have written them since, unless the intent was aborted after
-    `intent_timeout`, and then our "committed" create loses to that "aborted" one. Its
-    other reads (and every read range) are checked, as the write skew argument in
-    `commit_across` needs."""
-    keys = request.read_keys
-    if prepared_at is not None:
-        keys = {k for k in keys if k not in request.writes}
-    if not keys and not request.read_ranges:
-        return True
-    since = prepared_at if prepared_at is not None else request.read_version
-    if since is None:
-        return True
-    return await engine.reads_still_hold(since, keys, request.read_ranges, request.txn_id)
-
-
-def _per_part(
-    parts: Sequence[tuple[Engine, CommitRequest]],
-    writing: list[tuple[Engine, CommitRequest]],
-    prepared: list[int | BaseException],
-) -> list[tuple[tuple[Engine, CommitRequest], int | None]]:
-    """Each part with its prepare's version (None: it only read)."""
-    at = {id(request): version for (_, request), version in zip(writing, prepared, strict=True)}
-    return [((e, r), v if isinstance(v := at.get(id(r)), int) else None) for e, r in parts]
+def _holds_anything(request: CommitRequest) -> bool:
+    """Whether a part prepares an intent: it writes, or it read something to hold."""
+    wrote = bool(request.writes or request.range_deletes or request.segments)
+    return wrote or (request.read_version is not None and bool(request.read_keys or request.read_ranges))
 
 
 def _resolve_in_background(parts: Sequence[tuple[Engine, CommitRequest]]) -> None:

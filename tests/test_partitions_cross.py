@@ -42,8 +42,8 @@ async def test_reading_one_partition_and_writing_another_is_serializable(durable
 
 
 async def test_a_transaction_reading_one_partition_and_writing_another_commits(durable_target: Target) -> None:
-    """The partition it only read prepares nothing (it has nothing to write) and has its
-    reads checked; uncontended, the transaction commits, and the write skew done one after
+    """The partition it only read prepares a read-only intent (holding its reads, writing
+    nothing); uncontended, the transaction commits, and the write skew done one after
     the other is refused to the second."""
     async with durable_target.open(split_keys=[b"m"], values="msgpack") as db:
         await db.put(b"a", 1)

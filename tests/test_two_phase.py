@@ -648,9 +648,9 @@ async def test_a_write_to_a_read_and_written_key_after_its_prepare_is_refused(ta
 
 async def test_write_skew_between_interleaved_prepares_of_two_writing_parts_is_refused(target: Target) -> None:
     """T1 reads k0 in a and writes k2 there and k1 in b; T2 reads k1 in b and writes k3 there
-    and k0 in a. Their prepares interleave so that each passes (T2's intent on k0 lands in a
-    after T1's prepare there): only the second check of T1's reads in a refuses it. A read
-    of a key its part does not write keeps that check."""
+    and k0 in a. Their prepares interleave (T2's intent on k0 lands in a after T1's prepare
+    there): T1's intent in a holds k0, which it read, so T2's prepare there is refused, and
+    T1's prepare in b, writing k1 which T2's intent read, is refused: T1 is aborted."""
     parts = await _bank(target, 2)
     a, b = parts.engines
     k0, k1, k2, k3 = (w.account(i) for i in range(4))  # k0, k2 in a; k1, k3 in b
@@ -666,19 +666,25 @@ async def test_write_skew_between_interleaved_prepares_of_two_writing_parts_is_r
             a_prepared.set()
             return version
 
+        t2_refused: list[ConflictError] = []
+
         async def prepare_b_after_t2(request: object, decision: str) -> int:
             await asyncio.wait_for(a_prepared.wait(), 10)
-            await prepare_a(w.request(a, va, set(), {k0: b"0"}, t2), t2_name)
+            try:
+                await prepare_a(w.request(a, va, set(), {k0: b"0"}, t2), t2_name)
+            except ConflictError as exc:
+                t2_refused.append(exc)
             await prepare_b(w.request(b, vb, {k1}, {k3: b"0"}, t2), t2_name)
             return await prepare_b(request, decision)  # type: ignore[arg-type]
 
         a.prepare, b.prepare = prepare_a_then_signal, prepare_b_after_t2  # type: ignore[method-assign]
-        with pytest.raises(ConflictError, match="another transaction changed or is committing"):
+        with pytest.raises(ConflictError, match=f"cross-partition transaction {t2.hex()} read"):
             await commit_across(
                 [(a, w.request(a, va, {k0}, {k2: b"0"}, t1)), (b, w.request(b, vb, set(), {k1: b"0"}, t1))],
                 parts.decisions,
             )
         assert await parts.decisions.outcome(parts.decisions.name(t1)) == "aborted"
+        assert len(t2_refused) == 1 and f"cross-partition transaction {t1.hex()} read" in str(t2_refused[0])
         await parts.decisions.decide(t2_name, "aborted", t2, [])
     finally:
         await parts.close()
@@ -688,13 +694,13 @@ async def test_write_skew_between_interleaved_prepares_of_two_writing_parts_is_r
 # --------------------------------------------------------------------------- format
 
 
-def test_a_manifest_with_intents_is_format_4_and_without_stays_readable_by_format_3() -> None:
+def test_a_manifest_with_intents_is_format_4_or_5_and_without_stays_readable_by_format_3() -> None:
     ref = SegmentRef("s", b"a", b"b", 2, 10, 3, 3, 3, inline=b"x")
     plain = Manifest(store_id="x", version=3, created=0.0)
     with_intent = Manifest(
         store_id="x", version=3, created=0.0, intents=(Intent(b"t" * 16, 3, 1.0, "txn/74", (b"a", b"b"), ref),)
     )
-    assert FORMAT == 4
+    assert FORMAT == 5  # 5 only once an intent holds reads (tests/test_two_phase_reads.py)
     assert encode_manifest(plain)[4:6] == (3).to_bytes(2, "little")
     assert encode_manifest(with_intent)[4:6] == (4).to_bytes(2, "little")
     assert decode_manifest(encode_manifest(with_intent), "m") == with_intent
