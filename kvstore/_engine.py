@@ -315,7 +315,8 @@ class Engine:
         shown = shown or {}
         keys, ranges = list(keys), list(ranges)
         manifest, records = await self._commits_since(version)
-        if any(r.wrote_any(keys, ranges) and not r.only_resolves(shown) for r in records):
+        showed = {name for name, visible in shown.items() if visible}  # committed, as the view showed them
+        if any(r.wrote_any(keys, ranges) and not r.only_resolves(showed) for r in records):
             return True
         # A committed intent the view showed is no change: nothing about it is news to the
         # reads (a coordinator that died before resolving must not fail every validation).

@@ -155,8 +155,8 @@ class CommitRecord:
 
     def only_resolves(self, shown: Collection[str]) -> bool:
         """Whether this commit did nothing but turn committed intents into segments, each
-        of a decision in `shown` (a view that showed those transactions: nothing changed
-        for it)."""
+        of a decision in `shown` (the decisions a view showed as committed: nothing
+        changed for it)."""
         resolved = None if self.meta is None else self.meta.get("resolves")
         return resolved is not None and all(name in shown for name in resolved)
 

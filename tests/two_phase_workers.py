@@ -24,7 +24,7 @@ from kvstore._objectstore import ObjectStore
 from kvstore._two_phase import commit_across
 from kvstore._url import s3_settings
 from kvstore.testing import partitions
-from kvstore.testing.partitions import Wrap, read_validated
+from kvstore.testing.partitions import Wrap, read_balances
 
 START = 100  # every account's opening balance
 
@@ -106,16 +106,7 @@ async def transfer(parts: Parts, src: int, dst: int, amount: int, *, deadline: f
 async def audit(parts: Parts, accounts: int) -> list[int] | None:
     """Every balance, read in every partition at once then validated (`Engine.changed_since`,
     as a read-only transaction across partitions does); None if validation failed."""
-    n = len(parts.engines)
-    keys = [[account(i) for i in range(p, accounts, n)] for p in range(n)]
-    found = await read_validated(parts, keys)
-    if found is None:
-        return None
-    balances = [0] * accounts
-    for p, values in enumerate(found):
-        for i, raw in zip(range(p, accounts, n), values, strict=True):
-            balances[i] = int(raw or b"0")
-    return balances
+    return await read_balances(parts, accounts, account)
 
 
 def run_transfers(url: str, kwargs: dict[str, Any], count: int, accounts: int, seed: int, transfers: int) -> None:

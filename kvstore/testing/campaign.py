@@ -100,7 +100,7 @@ from kvstore._two_phase import commit_across
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
 from kvstore.testing.listappend import HistoryRecorder, Status, Txn, check
 from kvstore.testing.netproxy import FaultProxy, NetRule
-from kvstore.testing.partitions import Parts, open_parts, read_validated, request
+from kvstore.testing.partitions import Parts, open_parts, read_balances, request
 
 WORKLOADS = ("list-append", "bank", "counter", "atomic-counter")
 EXTRA_WORKLOADS = ("bank-xp",)  # run only when named
@@ -518,16 +518,7 @@ def _xp_account(i: int) -> bytes:
 async def xp_balances(parts: Parts, accounts: int) -> list[int] | None:
     """Every balance of the `bank-xp` store, read partition by partition and validated
     (`Engine.changed_since`); None if a partition changed under the reads."""
-    n = len(parts.engines)
-    keys = [[_xp_account(i) for i in range(p, accounts, n)] for p in range(n)]
-    found = await read_validated(parts, keys)
-    if found is None:
-        return None
-    balances = [0] * accounts
-    for p, values in enumerate(found):
-        for i, raw in zip(range(p, accounts, n), values, strict=True):
-            balances[i] = int(raw or b"0")
-    return balances
+    return await read_balances(parts, accounts, _xp_account)
 
 
 class CounterClient(_Client):

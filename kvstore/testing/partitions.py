@@ -110,6 +110,21 @@ async def read_validated(parts: Parts, keys: Sequence[Sequence[bytes]]) -> list[
     views = await asyncio.gather(*(e.latest_view() for e in parts.engines))
     found = await asyncio.gather(*(v.get_many(ks) for v, ks in zip(views, keys, strict=True)))
     changed = await asyncio.gather(
-        *(e.changed_since(v.version, ks, []) for e, v, ks in zip(parts.engines, views, keys, strict=True))
+        *(e.changed_since(v.version, ks, [], v.shown) for e, v, ks in zip(parts.engines, views, keys, strict=True))
     )
     return None if any(changed) else list(found)
+
+
+async def read_balances(parts: Parts, accounts: int, account: Callable[[int], bytes]) -> list[int] | None:
+    """Every balance of a bank whose account i (key `account(i)`) lives in partition
+    i % partitions, read with `read_validated`; None if validation failed."""
+    n = len(parts.engines)
+    keys = [[account(i) for i in range(p, accounts, n)] for p in range(n)]
+    found = await read_validated(parts, keys)
+    if found is None:
+        return None
+    balances = [0] * accounts
+    for p, values in enumerate(found):
+        for i, raw in zip(range(p, accounts, n), values, strict=True):
+            balances[i] = int(raw or b"0")
+    return balances
