@@ -373,8 +373,9 @@ async def test_the_coordinator_killed_at_a_2pc_step(durable_target: Target, tmp_
             await w.transfer(parts, 0, 2, 10, deadline=time.monotonic() + 30)
             assert parts.decisions.cached(name) == "aborted"
         else:
-            # Committed, unresolved: validation fails (and starts resolving in the background).
-            assert seen is None
+            # Committed, unresolved: the audit shows it and validates (the views showed it:
+            # no writer need resolve it first).
+            assert seen == [w.START - 30, w.START + 30] + [w.START] * (ACCOUNTS - 2)
             va, vb = await a.latest_view(), await b.latest_view()
             assert (await va.get(w.account(0)), await vb.get(w.account(1))) == (b"70", b"130")
             await w.transfer(parts, 0, 2, 10, deadline=time.monotonic() + 30)  # its batch resolves, if not done
@@ -421,8 +422,8 @@ async def test_the_coordinator_dies_when_the_decision_create_answer_is_lost(targ
     try:
         assert [len(a.manifest.intents), len(b.manifest.intents)] == [1, 1]  # nobody resolved them
         name = a.manifest.intents[0].decision
-        # Committed, unresolved: validation fails (and starts resolving in the background).
-        assert await w.audit(parts, ACCOUNTS) is None
+        # Committed, unresolved: the audit shows it and validates (the views showed it).
+        assert await w.audit(parts, ACCOUNTS) == [w.START - 30, w.START + 30] + [w.START] * (ACCOUNTS - 2)
         assert parts.decisions.cached(name) == "committed"
         va, vb = await a.latest_view(), await b.latest_view()
         assert (await va.get(w.account(0)), await vb.get(w.account(1))) == (b"70", b"130")
