@@ -251,7 +251,7 @@ class Committer:
 
     async def _commit_batch_once(self, batch: list[CommitRequest], maybe_applied: list[int]) -> None:
         base, etag = self._manifests.current
-        statuses = await self._statuses(base)
+        statuses = await self._statuses(base, batch)
         accepted = self._admit(batch, base, statuses, check_age=True)
         if not accepted:
             await self._resolve_unlocked(statuses)
@@ -319,7 +319,7 @@ class Committer:
                 return
             _keep_undecided(maybe_applied, base)
             self.stats.cas_retries += 1
-            statuses = await self._statuses(base)
+            statuses = await self._statuses(base, accepted)
             still = self._admit(accepted, base, statuses, check_age=False)
             if not still:
                 await self._resolve_unlocked(statuses)
@@ -356,10 +356,20 @@ class Committer:
         )
         return random.uniform(0.5, 1.5) * self._cas_seconds if others else 0.0
 
-    async def _statuses(self, base: Manifest) -> Statuses:
-        """The decisions of `base`'s live intents (one GET each unless cached), after
-        aborting the undecided ones older than `intent_timeout` (their coordinator is
-        presumed dead; the create-once decision makes that safe whatever it does)."""
+    async def _statuses(self, base: Manifest, batch: list[CommitRequest] | None = None) -> Statuses:
+        """The decisions a CAS on `base` needs of its live intents, after aborting the
+        undecided ones older than `intent_timeout` (their coordinator is presumed dead; the
+        create-once decision makes that safe whatever it does).
+
+        Without `batch` (a resolve of its own), every intent's decision is looked up: one
+        GET each unless cached as decided. With a batch, only those of the intents a request
+        of the batch meets (their outcome decides whether it may commit) and of those old
+        enough to abort; any other is taken as this process knows it. An unknown one stays
+        an intent, as an undecided one does, and is resolved by its coordinator, by a batch
+        that meets it or once it is that old. An undecided decision answers 404, which
+        nothing can cache, so looking every one up made each CAS of a partition holding a
+        foreign intent pay a round trip more (docs/scaling.md).
+        """
         if not base.intents:
             return {}
         decisions = self._decisions
@@ -368,9 +378,18 @@ class Committer:
                 f"{self._manifests.name} holds intents of cross-partition transactions, which this handle "
                 "cannot look up: open the partitioned store at its root URL (kvstore.open), not one partition"
             )
-        names = list(dict.fromkeys(i.decision for i in base.intents))
-        statuses: Statuses = dict(zip(names, await asyncio.gather(*map(decisions.outcome, names)), strict=True))
         now = time.time()
+
+        def needed(intent: Intent) -> bool:
+            return (
+                batch is None
+                or now - intent.time > self._options.intent_timeout
+                or any(_held_by_intent(r, (intent,), {}) is not None for r in batch)
+            )
+
+        statuses: Statuses = {i.decision: decisions.cached(i.decision) for i in base.intents}
+        names = list(dict.fromkeys(i.decision for i in base.intents if needed(i)))
+        statuses.update(zip(names, await asyncio.gather(*map(decisions.outcome, names)), strict=True))
         for intent in base.intents:
             if statuses[intent.decision] is None and now - intent.time > self._options.intent_timeout:
                 try:

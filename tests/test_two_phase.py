@@ -16,6 +16,7 @@ import multiprocessing
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import crash_workers
 import pytest
@@ -26,7 +27,7 @@ import kvstore
 from kvstore import CommitOutcomeUnknownError, ConflictError, RetryPolicy, StoreOptions
 from kvstore._manifest import FORMAT, Intent, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._two_phase import commit_across
-from kvstore.testing.faults import SimulatedCrash
+from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
 
 ACCOUNTS = 12
 
@@ -192,6 +193,40 @@ async def test_an_undecided_intent_is_invisible_and_an_aborted_one_never_shows(t
     finally:
         await parts.close()
     assert await _final_balances(target, 2) == [w.START] * ACCOUNTS
+
+
+async def test_a_batch_looks_up_only_the_decisions_it_needs(target: Target) -> None:
+    """A batch that meets no live intent sends no GET of the intent's decision (every CAS
+    of a partition holding a foreign intent used to: an undecided decision answers 404,
+    which cannot be cached); a batch meeting it looks it up and waits for it. (One older
+    than intent_timeout is looked up by any batch: test_an_abandoned_intent_is_aborted...)"""
+    looked_up: list[str] = []
+
+    class Counting(FaultInjectingStore):
+        async def get(self, name: str, **kw: Any) -> Any:
+            looked_up.append(name)
+            return await super().get(name, **kw)
+
+    parts = await _bank(target, 2, wrap_root=Counting)
+    a, _ = parts.engines
+    try:
+        txn = a.new_txn_id()
+        name = parts.decisions.name(txn)
+        await a.prepare(w.request(a, None, set(), {w.account(0): b"1"}, txn), name)
+        looked_up.clear()
+        for n in range(3):  # other keys of the intent's partition
+            await a.commit(w.request(a, None, set(), {w.account(2): str(n).encode()}))
+        assert name not in looked_up and len(a.manifest.intents) == 1
+        with pytest.raises(ConflictError, match="undecided"):
+            await a.commit(w.request(a, None, set(), {w.account(0): b"7"}))
+        assert looked_up.count(name) == 1
+        # Decided and known (cached) here: the next batch resolves it, with no GET.
+        assert await parts.decisions.decide(name, "aborted", txn, []) == "aborted"
+        looked_up.clear()
+        await a.commit(w.request(a, None, set(), {w.account(2): b"9"}))
+        assert name not in looked_up and not a.manifest.intents
+    finally:
+        await parts.close()
 
 
 async def test_prepares_ride_the_group_commit_batch(target: Target) -> None:

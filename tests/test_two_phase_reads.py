@@ -149,19 +149,27 @@ async def test_write_skew_with_crossed_prepares_commits_neither(target: Target) 
         va, vb = await _views(parts)
         t1, t2 = a.new_txn_id(), a.new_txn_id()
         reads_in = {t1: asyncio.Event(), t2: asyncio.Event()}
-        prepare_a, prepare_b = a.prepare, b.prepare
+        writes_in = {t1: asyncio.Event(), t2: asyncio.Event()}
+        prepare_a, prepare_b, decide = a.prepare, b.prepare, parts.decisions.decide
 
         async def crossed(prepare: Any, request: CommitRequest, decision: str) -> int:
+            done = writes_in if request.writes else reads_in
             if request.writes:  # a write prepare waits for both read-only intents
                 await asyncio.wait_for(asyncio.gather(*(e.wait() for e in reads_in.values())), DEADLINE)
-                return int(await prepare(request, decision))
             try:
                 return int(await prepare(request, decision))
             finally:
-                reads_in[request.txn_id].set()
+                done[request.txn_id].set()
+
+        async def after_both_writes(name: str, outcome: Any, txn_id: bytes, participants: Any) -> Any:
+            # Neither decides before both write prepares met the other's reads (the first
+            # to abort would otherwise let the other's prepare through: one commits).
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in writes_in.values())), DEADLINE)
+            return await decide(name, outcome, txn_id, participants)
 
         a.prepare = lambda r, d: crossed(prepare_a, r, d)  # type: ignore[method-assign]
         b.prepare = lambda r, d: crossed(prepare_b, r, d)  # type: ignore[method-assign]
+        parts.decisions.decide = after_both_writes  # type: ignore[method-assign]
         t1_parts = [(a, w.request(a, va, {x}, {}, t1)), (b, w.request(b, vb, set(), {y: b"1"}, t1))]
         t2_parts = [(b, w.request(b, vb, {y}, {}, t2)), (a, w.request(a, va, set(), {x: b"2"}, t2))]
         results = await asyncio.gather(
@@ -171,6 +179,7 @@ async def test_write_skew_with_crossed_prepares_commits_neither(target: Target) 
         assert f"cross-partition transaction {t2.hex()} read" in str(results[0])
         assert f"cross-partition transaction {t1.hex()} read" in str(results[1])
         a.prepare, b.prepare = prepare_a, prepare_b  # type: ignore[method-assign]
+        parts.decisions.decide = decide  # type: ignore[method-assign]
         for engine in parts.engines:
             await engine.resolve()
             assert not (await engine.refresh()).intents
