@@ -30,7 +30,7 @@ import random
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -368,9 +368,12 @@ class Committer:
         an intent, as an undecided one does, and is resolved by its coordinator, by a batch
         that meets it or once it is that old. An undecided decision answers 404, which
         nothing can cache, so looking every one up made each CAS of a partition holding a
-        foreign intent pay a round trip more (docs/scaling.md).
+        foreign intent pay a round trip more (docs/scaling.md). Also the decisions of
+        shares that other attempts of the batch's distributed writes prepared
+        (`_earlier_attempt`).
         """
-        if not base.intents:
+        jobs = _job_decisions(base, batch)
+        if not base.intents and not jobs:
             return {}
         decisions = self._decisions
         if decisions is None:
@@ -388,7 +391,7 @@ class Committer:
             )
 
         statuses: Statuses = {i.decision: decisions.cached(i.decision) for i in base.intents}
-        names = list(dict.fromkeys(i.decision for i in base.intents if needed(i)))
+        names = list(dict.fromkeys([*(i.decision for i in base.intents if needed(i)), *jobs]))
         statuses.update(zip(names, await asyncio.gather(*map(decisions.outcome, names)), strict=True))
         for intent in base.intents:
             if statuses[intent.decision] is None and now - intent.time > self._options.intent_timeout:
@@ -556,8 +559,19 @@ class Committer:
                     ),
                 )
                 continue
-            if request.job is not None and any(c.job == request.job for c in commits):
-                _fail(request, _already_committed(request.job))
+            earlier = None if request.job is None else _earlier_attempt(request.job, commits, statuses)
+            if earlier is not None:
+                if earlier == "committed":
+                    _fail(request, _already_committed(str(request.job)))
+                    continue
+                self.stats.conflicts += 1
+                _fail(
+                    request,
+                    ConflictError(
+                        f"another attempt to commit distributed write {request.job} prepared a share here and is "
+                        "undecided; nothing was written: retry (the next attempt settles it)"
+                    ),
+                )
                 continue
             held = _held_by_intent(request, base.intents, statuses)
             if held is not None:
@@ -681,6 +695,9 @@ class Committer:
         if base.intents or pending.intents:
             record, add, intents = self._resolution(base, statuses, pending)
             meta = {**(_record_meta([r.meta for r in accepted], accepted[0].job) or {}), **(record.meta or {})}
+            prepares = sum(r.decision is not None for r in accepted)
+            if prepares:  # transactions of the batch not committed by it (`CommitInfo.kind`)
+                meta["prepares"] = prepares
             if accepted[0].job is not None and accepted[0].decision is not None:
                 # A distributed write's share prepared here: whether the job committed is its
                 # decision's to say (`Engine.parts_request` looks it up).
@@ -815,6 +832,37 @@ def _held_by_intent(request: CommitRequest, intents: tuple[Intent, ...], statuse
         ):
             return f"writes keys that cross-partition transaction {intent.txn_id.hex()} read (undecided)"
     return None
+
+
+def _job_decisions(base: Manifest, batch: list[CommitRequest] | None) -> list[str]:
+    """The decisions of shares that other attempts of the batch's distributed writes
+    prepared after those requests read (`_earlier_attempt` needs their outcomes)."""
+    names: list[str] = []
+    for request in batch or ():
+        if request.job is not None and request.read_version is not None:
+            for c in base.commits_after(request.read_version) or ():
+                decision = (c.meta or {}).get("decision") if c.job == request.job else None
+                if decision is not None:
+                    names.append(decision)
+    return names
+
+
+def _earlier_attempt(job: str, commits: Iterable[CommitRecord], statuses: Statuses) -> str | None:
+    """ "committed" if a commit in `commits` published distributed write `job` (a share
+    another attempt prepared counts once its decision says "committed"), "undecided" if
+    only an attempt whose decision is not known yet prepared one, else None. Taking an
+    undecided share for committed reported a job that then never showed."""
+    verdict = None
+    for c in commits:
+        if c.job != job:
+            continue
+        decision = (c.meta or {}).get("decision")
+        outcome = "committed" if decision is None else statuses.get(decision)
+        if outcome == "committed":
+            return "committed"
+        if outcome is None:
+            verdict = "undecided"
+    return verdict
 
 
 def _writes_what_it_read(request: CommitRequest, prepare: CommitRequest) -> bool:

@@ -384,7 +384,8 @@ class Engine:
 
     def resolve_soon(self) -> None:
         """`resolve` in the background (after a cross-partition commit's acknowledgement),
-        unless one is under way. A failure is only logged: the next commit resolves anyway."""
+        unless one is under way. A failure is only logged: this process's next commit resolves
+        it (its decision is cached here), any commit meeting it or once older than intent_timeout."""
         if self.read_only or self.closed or self.forked:
             return
         self._resolve_again = True  # a resolve under way may have read the manifest before this intent

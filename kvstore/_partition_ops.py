@@ -83,6 +83,11 @@ async def tag_partitions(router: Router, name: str) -> Tag:
         parts = [[p.pid, p.start, views[p.pid].version] for p in pmap.partitions]
         created = max(t.created for t in tags)
         shown = await _fixed_outcomes(router, views, copies)
+        if _resolved_since(views, copies, shown):
+            # A transaction the instant did not show was resolved into a copy since: that
+            # copy would show it, the others not. Take another instant.
+            await gather_all(router.engines[pid].delete_tag(name) for pid in views)
+            continue
         doc = {"name": name, "created": created, "partitions": parts, "shown": shown}
         payload = msgpack.packb(doc, use_bin_type=True)
         try:
@@ -115,6 +120,19 @@ async def _fixed_outcomes(
     outcomes = await run_bounded(router.decisions().outcome, unknown, READS_IN_FLIGHT)
     seen.update({n: outcome == "committed" for n, outcome in zip(unknown, outcomes, strict=True)})
     return {n: seen[n] for n in names}
+
+
+def _resolved_since(views: dict[str, SnapshotView], copies: list[SnapshotView], shown: dict[str, bool]) -> bool:
+    """Whether a copy holds as data the writes of a cross-partition transaction that the
+    tag does not show (decided and resolved in that partition between the instant and the
+    copy: a resolve moves the intent's segment row into the segments as it is)."""
+    hidden = {
+        i.segment.id
+        for view in views.values()
+        for i in view.manifest.intents
+        if i.segment is not None and i.version <= view.version and not shown.get(i.decision, False)
+    }
+    return bool(hidden) and any(s.id in hidden for copy in copies for s in copy.manifest.segments)
 
 
 async def _tag_one(router: Router, pid: str, name: str) -> Tag:

@@ -104,11 +104,18 @@ def _last_write_amplification(manifest: Manifest) -> float | None:
 
 @dataclass(frozen=True)
 class CommitInfo:
-    """One commit, as `Store.history` reports it."""
+    """One commit, as `Store.history` reports it.
+
+    `kind` is "commit", "compaction", "gc", "settings" (values= or the writers' grace
+    period recorded), "prepare" (a CAS that only prepared cross-partition transactions:
+    each becomes data at its resolve, and never if it aborts) or "resolve" (a CAS of its
+    own that turned decided cross-partition transactions into data; most resolves ride
+    a later "commit" instead).
+    """
 
     version: int
     time: float  # seconds since the epoch
-    kind: str  # "commit", "compaction", "gc" or "settings" (values= or the writers' grace period recorded)
+    kind: str
     transactions: int
     key_count: int
     meta: list[dict[str, Any] | None] | None  # per transaction, as given to `transaction(meta=...)`
@@ -119,6 +126,10 @@ class CommitInfo:
         """The public view of one commit-log record (of `partition`, on a partitioned store)."""
         meta = record.meta or {}
         kind = next((k for k in ("compaction", "gc", "settings") if k in meta), "commit")
+        if "resolves" in meta:
+            kind = "resolve"
+        elif meta.get("prepares", 0) == record.txn_count > 0:
+            kind = "prepare"
         return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"), partition)
 
 

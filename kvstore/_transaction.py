@@ -362,7 +362,8 @@ class Transaction:
             for p in pids
         ]
         versions = await commit_across(parts, self._router.decisions())
-        return max(versions)
+        # A partition only read prepared a read-only intent: its version is not a commit's.
+        return max(v for p, v in zip(pids, versions, strict=True) if p in groups)
 
     async def _delete_keys_in(
         self, part: Partition, engine: Engine, writes: dict[bytes, Value], ranges: list[KeyRange]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -50,6 +51,8 @@ _FORMAT = 1
 # Creates of the decision tried before its outcome counts as unknown (each is
 # itself retried by the retry layer; a lost answer is checked by reading back).
 _DECIDE_ATTEMPTS = 3
+# Decided outcomes a handle remembers (~200 B each), the least recently learnt forgotten first.
+KNOWN_OUTCOMES = 65_536
 
 
 def encode_decision(outcome: Outcome, txn_id: bytes, participants: Sequence[str]) -> bytes:
@@ -97,19 +100,33 @@ class Decisions:
     def __init__(self, objects: RetryingObjectStore, root: Layout) -> None:
         self._objects = objects
         self.root = root
-        self._known: dict[str, Outcome] = {}
+        self._known: OrderedDict[str, Outcome] = OrderedDict()  # the most recently learnt last
 
     def name(self, txn_id: bytes) -> str:
         """The decision object of transaction `txn_id`."""
         return self.root.decision(txn_id)
 
+    def here(self, name: str) -> str:
+        """Decision `name` under this store's root. An intent records its decision's full
+        name, prefix included: in a store copied to another prefix or bucket, that is where
+        it was made, and the decision was copied along under the new root."""
+        return self.root.decision(bytes.fromhex(name.rsplit("txn/", 1)[-1]))
+
+    def _learn(self, name: str, outcome: Outcome) -> None:
+        # Bounded: a long-lived handle meets ever new transactions, and forgetting an old
+        # outcome costs at most one GET if its intent is met again.
+        self._known[name] = outcome
+        if len(self._known) > KNOWN_OUTCOMES:
+            self._known.popitem(last=False)
+
     def cached(self, name: str) -> Outcome | None:
         """The outcome of `name` if this process knows it is decided (no request)."""
-        return self._known.get(name)
+        return self._known.get(self.here(name))
 
     async def outcome(self, name: str) -> Outcome | None:
         """The outcome recorded in decision object `name`, or None if undecided (absent).
         One GET, sent after this call began, unless cached as decided."""
+        name = self.here(name)
         known = self._known.get(name)
         if known is not None:
             return known
@@ -119,7 +136,7 @@ class Decisions:
             return None
         assert blob is not None
         outcome = decode_decision(blob.data, self._objects.description + "/" + name)
-        self._known[name] = outcome
+        self._learn(name, outcome)
         return outcome
 
     async def decide(self, name: str, outcome: Outcome, txn_id: bytes, participants: Sequence[str]) -> Outcome:
@@ -131,6 +148,7 @@ class Decisions:
         recognises our own bytes after a lost answer). Raises CommitOutcomeUnknownError
         when the object can be neither created nor read.
         """
+        name = self.here(name)
         known = self._known.get(name)
         if known is not None:
             return known
@@ -144,7 +162,7 @@ class Decisions:
             except KvStoreError as exc:
                 failure = exc  # the create may have landed or may still land: read back
             else:
-                self._known[name] = outcome
+                self._learn(name, outcome)
                 return outcome
             try:
                 found = await self.outcome(name)

@@ -269,8 +269,10 @@ async def test_bulk_load_history_watch_and_maintenance_span_partitions(durable_t
         await asyncio.wait_for(watching, 10)
         await db.delete(b"m-marker")
         assert sorted(k for c in changes for k in c.keys or [] if k in (b"h", b"p")) == [b"h", b"p"]
-        assert all(k in (b"h", b"p") for c in changes for k in c.keys or [])  # not b"a": outside the range
-        assert len({c.partition for c in changes if c.keys}) == 2
+        # Only keys in the watched range (not b"a"); a later marker put, or the load's resolves
+        # reported after it returned, may be there too.
+        assert all(b"f" <= k < b"u" for c in changes for k in c.keys or [])
+        assert len({c.partition for c in changes if {b"h", b"p"} & set(c.keys or [])}) == 2
         await db.compact(full=True)
         report = await db.verify()
         assert report.ok and report.objects_checked >= 4

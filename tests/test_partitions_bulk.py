@@ -228,6 +228,59 @@ async def test_a_job_recommitted_after_its_coordinator_died_undecided_commits(
             await job.commit([part])
 
 
+async def test_a_dead_attempts_share_landing_after_the_recovery_read_it_does_not_count_as_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 4, finding 2: the first attempt's coordinator dies before its decision, and its
+    prepare in partition B lands only after the recovery attempt read B. The committer
+    took that share for the job committed (JobAlreadyCommittedError: "start a new job"),
+    so both attempts ended aborted and the job never showed. Now an undecided share is a
+    conflict, the retry settles it, and the recovery commits the job."""
+    options = kvstore.StoreOptions(intent_timeout=0.3, auto_compact=False)
+    async with kvstore.open(f"file://{tmp_path}/s", split_keys=[b"m"], options=options, create=True) as db:
+        job = await db.distributed_write()
+        part = await job.write_async([(b"a1", b"v"), (b"z1", b"v")])
+        real_prepare, real_decide = Engine.prepare, two_phase.Decisions.decide
+        first: list[bytes] = []  # the first attempt's transaction id
+        first_in_a = asyncio.Event()  # its prepare in A landed
+        recovery_in_b = asyncio.Event()  # the recovery read B and is about to prepare there
+        first_in_b = asyncio.Event()  # the first attempt's prepare in B landed
+
+        async def prepare(self: Engine, request: Any, decision: str) -> int:
+            if not first:
+                first.append(request.txn_id)
+            in_b = request.segments[0].min_key >= b"m"
+            if request.txn_id == first[0]:
+                if in_b:
+                    await asyncio.wait_for(recovery_in_b.wait(), 30)
+                try:
+                    return await real_prepare(self, request, decision)
+                finally:
+                    (first_in_b if in_b else first_in_a).set()
+            if in_b and not first_in_b.is_set():
+                recovery_in_b.set()
+                await asyncio.wait_for(first_in_b.wait(), 30)
+            return await real_prepare(self, request, decision)
+
+        async def decide(self: two_phase.Decisions, name: str, outcome: Any, txn_id: bytes, participants: Any) -> Any:
+            if outcome == "committed" and txn_id == first[0]:
+                await asyncio.Event().wait()  # the first coordinator dies here (cancelled below)
+            return await real_decide(self, name, outcome, txn_id, participants)
+
+        monkeypatch.setattr(Engine, "prepare", prepare)
+        monkeypatch.setattr(two_phase.Decisions, "decide", decide)
+        dead = asyncio.ensure_future(job.commit([part]))
+        await asyncio.wait_for(first_in_a.wait(), 30)
+        version = await asyncio.wait_for(job.commit([part]), 30)
+        assert version > 0 and first_in_b.is_set()
+        dead.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dead
+        assert await db.get_many([b"a1", b"z1"]) == [b"v", b"v"]
+        with pytest.raises(kvstore.JobAlreadyCommittedError):
+            await job.commit([part])
+
+
 async def test_a_load_through_a_stale_map_fails_at_once_and_the_next_one_follows_the_split(tmp_path: Path) -> None:
     """Handle B's map predates A's split: B's load across partitions is refused with
     PartitionMovedError, nothing of it visible (its shares were written for a partition

@@ -15,6 +15,8 @@ import pytest
 from targets import Target
 
 import kvstore
+from kvstore import _partition_ops as ops
+from kvstore.testing import partitions
 from kvstore.testing.faults import FaultInjectingStore
 
 DEADLINE = 30.0  # seconds any held request waits for its release (a failing test ends)
@@ -167,6 +169,38 @@ async def test_a_tag_taken_while_a_transaction_is_undecided_never_shows_it(durab
         assert await b.get_many([b"a", b"z"]) == ["new", "new"]
         for handle in (a, b):
             assert await (await handle.snapshot(tag="t1")).get_many([b"a", b"z"]) == ["old", "old"]
+
+
+async def test_a_transaction_resolved_in_one_partition_while_the_tag_copies_shows_wholly_or_not(
+    durable_target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 4, finding 1: W undecided at the tag's instant is decided and resolved in
+    partition A (only) between the instant and the copies of the manifests. A's copy held
+    W's writes as data and showed them, B's copy hid W's intent: the tag showed half of W,
+    forever. Now the tag takes another instant."""
+    async with durable_target.open(split_keys=[b"m"], values="bytes") as db:
+        await db.put(b"a", b"old")
+        await db.put(b"x", b"old")
+        (_, ea), (_, eb) = db._router.parts()
+        decisions = db._router.decisions()
+        txn = ea.new_txn_id()
+        name = decisions.name(txn)
+        await asyncio.gather(
+            ea.prepare(partitions.request(ea, None, set(), {b"a": b"new"}, txn), name),
+            eb.prepare(partitions.request(eb, None, set(), {b"x": b"new"}, txn), name),
+        )
+        real_tag_one, decided = ops._tag_one, asyncio.Lock()
+
+        async def tag_one(router: Any, pid: str, tag: str) -> Any:
+            async with decided:  # the first copy, between the instant (W undecided) and the copies
+                if await decisions.outcome(name) is None:
+                    assert await decisions.decide(name, "committed", txn, []) == "committed"
+                    assert await ea.resolve()
+            return await real_tag_one(router, pid, tag)
+
+        monkeypatch.setattr(ops, "_tag_one", tag_one)
+        await db.tag("t1")
+        assert await (await db.snapshot(tag="t1")).get_many([b"a", b"x"]) == [b"new", b"new"]
 
 
 # ---------------------------------------------------------------------- finding 5

@@ -21,10 +21,12 @@ from typing import Any
 import crash_workers
 import pytest
 import two_phase_workers as w
+from servers import s3_client
 from targets import LATER, Target, engines_of, fault_injecting
 
 import kvstore
 from kvstore import CommitOutcomeUnknownError, ConflictError, RetryPolicy, StoreOptions
+from kvstore import _two_phase as two_phase
 from kvstore._manifest import FORMAT, Intent, Manifest, SegmentRef, decode_manifest, encode_manifest
 from kvstore._two_phase import commit_across
 from kvstore.testing.faults import FaultInjectingStore, SimulatedCrash
@@ -225,6 +227,74 @@ async def test_a_batch_looks_up_only_the_decisions_it_needs(target: Target) -> N
         looked_up.clear()
         await a.commit(w.request(a, None, set(), {w.account(2): b"9"}))
         assert name not in looked_up and not a.manifest.intents
+    finally:
+        await parts.close()
+
+
+async def test_history_shows_a_prepare_as_a_prepare_and_a_resolve_as_a_resolve(target: Target) -> None:
+    """A CAS that only prepared a cross-partition transaction committed nothing (the
+    transaction may yet abort): `history` says "prepare", and "resolve" for a resolve of
+    its own. It said "commit" for both."""
+    parts = await _bank(target, 2)
+    a, b = parts.engines
+    try:
+        txn = a.new_txn_id()
+        name = parts.decisions.name(txn)
+        await a.prepare(w.request(a, None, set(), {w.account(0): b"1"}, txn), name)
+        await b.prepare(w.request(b, None, set(), {w.account(1): b"199"}, txn), name)
+        assert await parts.decisions.decide(name, "committed", txn, []) == "committed"
+        assert await a.resolve() and await b.resolve()
+        for engine in (a, b):
+            infos = [kvstore.CommitInfo.from_record(r) for r in engine.manifest.log[-3:]]
+            assert [i.kind for i in infos] == ["commit", "prepare", "resolve"]
+            assert [i.key_count for i in infos[1:]] == [1, 1]
+    finally:
+        await parts.close()
+
+
+async def test_a_store_copied_to_another_prefix_keeps_its_cross_partition_commits(s3_bucket: tuple[str, str]) -> None:
+    """Review 4, finding 3: an intent records its decision's full name, prefix included. A
+    store moved to another prefix looked the decision up where the store was made,
+    found none and aborted it: a transaction resolved in one partition before the copy
+    stayed there and vanished from the other. Decisions are looked up under the copy's root."""
+    endpoint, bucket = s3_bucket
+    options = StoreOptions(intent_timeout=0.001)  # every intent is old enough to settle at once
+    async with kvstore.open(
+        f"s3://{bucket}/old", split_keys=[b"m"], values="bytes", options=options, endpoint_url=endpoint, create=True
+    ) as db:
+        await db.put(b"a", b"old")
+        await db.put(b"x", b"old")
+        (_, ea), (_, eb) = db._router.parts()
+        txn = ea.new_txn_id()
+        name = db._router.decisions().name(txn)
+        await ea.prepare(w.request(ea, None, set(), {b"a": b"new"}, txn), name)
+        await eb.prepare(w.request(eb, None, set(), {b"x": b"new"}, txn), name)
+        assert await db._router.decisions().decide(name, "committed", txn, []) == "committed"
+        assert await ea.resolve()  # the coordinator dies before resolving partition b
+    async with s3_client(endpoint) as s3:  # moved, byte for byte, to another prefix
+        listed = await s3.list_objects_v2(Bucket=bucket, Prefix="old/")
+        assert not listed.get("IsTruncated")
+        for obj in listed["Contents"]:
+            key = "new/" + obj["Key"][len("old/") :]
+            await s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": obj["Key"]})
+            await s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    async with kvstore.open(f"s3://{bucket}/new", values="bytes", options=options, endpoint_url=endpoint) as copy:
+        await copy.put(b"y", b"w")  # partition b's next batch settles the old intent
+        assert await copy.get_many([b"a", b"x"]) == [b"new", b"new"]
+
+
+async def test_a_handle_remembers_a_bounded_number_of_outcomes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Review 4, finding 4: every outcome a handle learnt stayed in memory for good. The
+    least recently learnt are forgotten past KNOWN_OUTCOMES (a later lookup GETs again)."""
+    monkeypatch.setattr(two_phase, "KNOWN_OUTCOMES", 2)
+    parts = await w.open_parts(str(tmp_path / "db"), {}, 2)
+    try:
+        d = parts.decisions
+        txns = [parts.engines[0].new_txn_id() for _ in range(3)]
+        for txn in txns:
+            assert await d.decide(d.name(txn), "committed", txn, []) == "committed"
+        assert [d.cached(d.name(t)) for t in txns] == [None, "committed", "committed"]
+        assert await d.outcome(d.name(txns[0])) == "committed"  # read again
     finally:
         await parts.close()
 

@@ -12,6 +12,7 @@ meanwhile refuses the commit.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,6 +20,7 @@ import pytest
 import two_phase_workers as w
 from targets import Target
 
+import kvstore
 from kvstore import ConflictError, PartitionMovedError
 from kvstore._commit import CommitRequest
 from kvstore._manifest import (
@@ -228,3 +230,16 @@ def test_an_intent_with_reads_is_format_5_and_old_rows_read_as_holding_no_reads(
     golden = "98c402010107cb0000000000000000a874786e2f3031303190c091c401639192c40164c40166"
     assert msgpack.packb(_intent_row(row), use_bin_type=True).hex() == golden
     assert _intent_of(msgpack.unpackb(bytes.fromhex(golden), raw=False)) == row
+
+
+async def test_a_commit_returns_the_version_of_a_partition_it_wrote_not_of_one_it_only_read(tmp_path: Path) -> None:
+    """Review 4, finding 5: a partition only read prepares a read-only intent, and its
+    (higher) version was returned as the commit's."""
+    async with kvstore.open(f"file://{tmp_path}/s", split_keys=[b"m"], values="bytes", create=True) as db:
+        for i in range(5):
+            await db.put(b"a", b"%d" % i)
+        async with db.transaction() as tx:
+            await tx.get(b"a")
+            tx.put(b"z", b"T")
+        versions = {p.start: p.version for p in await db.partitions()}
+        assert tx.committed_version == versions[b"m"] < versions[b""]
