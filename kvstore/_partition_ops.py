@@ -48,7 +48,7 @@ from ._router import MAX_REDIRECTS, PartitionedView, Router, open_router
 from ._snapshot import READS_IN_FLIGHT, SnapshotView
 from ._tags import Tag, _check_name
 from ._tasks import gather_all, run_bounded
-from ._two_phase import commit_across
+from ._two_phase import Decisions, commit_across
 from ._url import parse_url
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ async def tag_partitions(router: Router, name: str) -> Tag:
         parts = [[p.pid, p.start, views[p.pid].version] for p in pmap.partitions]
         created = max(t.created for t in tags)
         shown = await _fixed_outcomes(router, views, copies)
-        if _resolved_since(views, copies, shown):
+        if _resolved_since(views, copies, shown, router.decisions()):
             # A transaction the instant did not show was resolved into a copy since: that
             # copy would show it, the others not. Take another instant.
             await gather_all(router.engines[pid].delete_tag(name) for pid in views)
@@ -95,7 +95,9 @@ async def tag_partitions(router: Router, name: str) -> Tag:
         except PreconditionFailed:
             raise TagExistsError(f"tag {name!r} exists; tags never move: delete it first") from None
         return Tag(name, sum(v.version for v in views.values()), created)
-    raise ContentionError(f"tagging {name!r}: compaction kept moving past the instant taken; retry it")
+    raise ContentionError(
+        f"tagging {name!r}: compactions or cross-partition commits kept moving past the instant taken; retry it"
+    )
 
 
 async def _fixed_outcomes(
@@ -122,17 +124,21 @@ async def _fixed_outcomes(
     return {n: seen[n] for n in names}
 
 
-def _resolved_since(views: dict[str, SnapshotView], copies: list[SnapshotView], shown: dict[str, bool]) -> bool:
-    """Whether a copy holds as data the writes of a cross-partition transaction that the
-    tag does not show (decided and resolved in that partition between the instant and the
-    copy: a resolve moves the intent's segment row into the segments as it is)."""
-    hidden = {
-        i.segment.id
-        for view in views.values()
-        for i in view.manifest.intents
-        if i.segment is not None and i.version <= view.version and not shown.get(i.decision, False)
-    }
-    return bool(hidden) and any(s.id in hidden for copy in copies for s in copy.manifest.segments)
+def _resolved_since(
+    views: dict[str, SnapshotView], copies: list[SnapshotView], shown: dict[str, bool], decisions: Decisions
+) -> bool:
+    """Whether a copy no longer holds the intent of a cross-partition transaction that the
+    instant's view held and the tag does not show: resolved in that partition between the
+    instant and the copy, so the copy would show it as data there only (whatever became of
+    its segment since: a compaction may have rewritten it). One known aborted was dropped,
+    which shows nothing anywhere."""
+    for view, copy in zip(views.values(), copies, strict=True):
+        held = {i.decision for i in copy.manifest.intents}
+        for i in view.manifest.intents:
+            hidden = i.version <= view.version and not shown.get(i.decision, False)
+            if hidden and i.decision not in held and decisions.cached(i.decision) != "aborted":
+                return True
+    return False
 
 
 async def _tag_one(router: Router, pid: str, name: str) -> Tag:

@@ -110,7 +110,9 @@ class CommitInfo:
     period recorded), "prepare" (a CAS that only prepared cross-partition transactions:
     each becomes data at its resolve, and never if it aborts) or "resolve" (a CAS of its
     own that turned decided cross-partition transactions into data; most resolves ride
-    a later "commit" instead).
+    a later "commit" instead). A batch that committed some transactions and prepared others
+    is a "commit" whose `transactions` counts only those it committed (`key_count` and
+    `meta` cover all of them).
     """
 
     version: int
@@ -126,11 +128,13 @@ class CommitInfo:
         """The public view of one commit-log record (of `partition`, on a partitioned store)."""
         meta = record.meta or {}
         kind = next((k for k in ("compaction", "gc", "settings") if k in meta), "commit")
+        prepares = meta.get("prepares", 0)
+        transactions = record.txn_count - prepares
         if "resolves" in meta:
             kind = "resolve"
-        elif meta.get("prepares", 0) == record.txn_count > 0:
-            kind = "prepare"
-        return cls(record.version, record.time, kind, record.txn_count, record.key_count, meta.get("txns"), partition)
+        elif prepares and not transactions:
+            kind, transactions = "prepare", prepares
+        return cls(record.version, record.time, kind, transactions, record.key_count, meta.get("txns"), partition)
 
 
 @dataclass(frozen=True)

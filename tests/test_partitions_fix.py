@@ -171,13 +171,15 @@ async def test_a_tag_taken_while_a_transaction_is_undecided_never_shows_it(durab
             assert await (await handle.snapshot(tag="t1")).get_many([b"a", b"z"]) == ["old", "old"]
 
 
+@pytest.mark.parametrize("compacted", [False, True])
 async def test_a_transaction_resolved_in_one_partition_while_the_tag_copies_shows_wholly_or_not(
-    durable_target: Target, monkeypatch: pytest.MonkeyPatch
+    durable_target: Target, monkeypatch: pytest.MonkeyPatch, compacted: bool
 ) -> None:
     """Review 4, finding 1: W undecided at the tag's instant is decided and resolved in
     partition A (only) between the instant and the copies of the manifests. A's copy held
     W's writes as data and showed them, B's copy hid W's intent: the tag showed half of W,
-    forever. Now the tag takes another instant."""
+    forever. Now the tag takes another instant, also when A compacted W's segment into
+    another since (review 5: the check looked for the segment's id)."""
     async with durable_target.open(split_keys=[b"m"], values="bytes") as db:
         await db.put(b"a", b"old")
         await db.put(b"x", b"old")
@@ -196,6 +198,8 @@ async def test_a_transaction_resolved_in_one_partition_while_the_tag_copies_show
                 if await decisions.outcome(name) is None:
                     assert await decisions.decide(name, "committed", txn, []) == "committed"
                     assert await ea.resolve()
+                    if compacted:
+                        await ea.compact(full=True)
             return await real_tag_one(router, pid, tag)
 
         monkeypatch.setattr(ops, "_tag_one", tag_one)

@@ -248,6 +248,14 @@ async def test_history_shows_a_prepare_as_a_prepare_and_a_resolve_as_a_resolve(t
             infos = [kvstore.CommitInfo.from_record(r) for r in engine.manifest.log[-3:]]
             assert [i.kind for i in infos] == ["commit", "prepare", "resolve"]
             assert [i.key_count for i in infos[1:]] == [1, 1]
+        # A prepare riding a batch of another commit: a "commit" of that one transaction.
+        t = a.new_txn_id()
+        await asyncio.gather(
+            a.prepare(w.request(a, None, set(), {w.account(2): b"2"}, t), parts.decisions.name(t)),
+            a.commit(w.request(a, None, set(), {w.account(4): b"4"})),
+        )
+        info = kvstore.CommitInfo.from_record(a.manifest.log[-1])
+        assert (info.kind, info.transactions) == ("commit", 1)
     finally:
         await parts.close()
 
