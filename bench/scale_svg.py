@@ -9,7 +9,7 @@ plotting library: `svg_chart.line_chart`):
 
 Each RUN.json is a `bench/scale.py` result (local filesystem or LocalStack, by its
 settings). The issue-12 baseline (2026-12-02, before compaction in steps and loads as
-sorted runs) comes from `bench/results/scale-2026-12-02-summary.json`, transcribed from
+sorted runs) comes from `docs/img/scale-2026-12-02-summary.json`, transcribed from
 the tables of docs/benchmarks.md, whose JSON was not kept.
 """
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from svg_chart import line_chart  # noqa: E402
 
-BASELINE = HERE / "results" / "scale-2026-12-02-summary.json"
+BASELINE = HERE.parent / "docs" / "img" / "scale-2026-12-02-summary.json"
 
 
 def points(runs: list[dict[str, Any]], backend: str) -> list[dict[str, float]]:
