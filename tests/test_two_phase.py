@@ -40,6 +40,17 @@ async def _bank(target: Target, count: int, **kwargs: object) -> w.Parts:
     return parts
 
 
+async def _prepared(parts: w.Parts, first: bytes, second: bytes) -> tuple[bytes, str]:
+    """A transaction writing account 0 (partition 0) and account 1 (partition 1), prepared in
+    both and undecided: its id and its decision's name."""
+    a, b = parts.engines
+    txn = a.new_txn_id()
+    name = parts.decisions.name(txn)
+    await a.prepare(w.request(a, None, set(), {w.account(0): first}, txn), name)
+    await b.prepare(w.request(b, None, set(), {w.account(1): second}, txn), name)
+    return txn, name
+
+
 async def _final_balances(target: Target, count: int) -> list[int]:
     """The balances as a fresh process sees them, once every intent is resolved."""
     parts = await w.open_parts(target.url, target.kwargs, count)
@@ -238,10 +249,7 @@ async def test_history_shows_a_prepare_as_a_prepare_and_a_resolve_as_a_resolve(t
     parts = await _bank(target, 2)
     a, b = parts.engines
     try:
-        txn = a.new_txn_id()
-        name = parts.decisions.name(txn)
-        await a.prepare(w.request(a, None, set(), {w.account(0): b"1"}, txn), name)
-        await b.prepare(w.request(b, None, set(), {w.account(1): b"199"}, txn), name)
+        txn, name = await _prepared(parts, b"1", b"199")
         assert await parts.decisions.decide(name, "committed", txn, []) == "committed"
         assert await a.resolve() and await b.resolve()
         for engine in (a, b):
@@ -378,10 +386,7 @@ async def test_a_read_before_the_decision_conflicts_after_resolution(target: Tar
     parts = await _bank(target, 2)
     a, b = parts.engines
     try:
-        txn = a.new_txn_id()
-        name = parts.decisions.name(txn)
-        await a.prepare(w.request(a, None, set(), {w.account(0): b"70"}, txn), name)
-        await b.prepare(w.request(b, None, set(), {w.account(1): b"130"}, txn), name)
+        txn, name = await _prepared(parts, b"70", b"130")
         view = await a.latest_view()
         assert await view.get(w.account(0)) == b"100"  # undecided: the old value
         await parts.decisions.decide(name, "committed", txn, [])
@@ -401,10 +406,7 @@ async def test_gc_and_verify_keep_and_check_an_intents_segment(durable_target: T
     parts = await _bank(durable_target, 2, options=options)
     a, b = parts.engines
     try:
-        txn = a.new_txn_id()
-        name = parts.decisions.name(txn)
-        await a.prepare(w.request(a, None, set(), {w.account(0): b"70"}, txn), name)
-        await b.prepare(w.request(b, None, set(), {w.account(1): b"130"}, txn), name)
+        txn, name = await _prepared(parts, b"70", b"130")
         segment = a.manifest.intents[0].segment
         assert segment.inline is None
         for n in range(3):  # the prepare's record leaves the log: only the intent names its segment
@@ -431,10 +433,7 @@ async def test_an_abandoned_intent_is_aborted_after_the_timeout(durable_target: 
     parts = await _bank(durable_target, 2)  # the default intent_timeout: 5 s
     a, b = parts.engines
     try:
-        txn = a.new_txn_id()
-        name = parts.decisions.name(txn)
-        await a.prepare(w.request(a, None, set(), {w.account(0): b"1"}, txn), name)
-        await b.prepare(w.request(b, None, set(), {w.account(1): b"199"}, txn), name)
+        txn, name = await _prepared(parts, b"1", b"199")
         with pytest.raises(ConflictError):  # young: the writer waits
             await a.commit(w.request(a, None, {w.account(0)}, {w.account(0): b"5"}))
     finally:
