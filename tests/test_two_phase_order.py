@@ -2,8 +2,8 @@
 after a cross-partition commit was acknowledged sees it, even while another reader's
 lookup of the same decision, sent before the decision existed, is still on its way
 back; read-only reads need no writer to resolve a commit they showed; a resolve is no
-conflict for a transaction that showed the commit; a split of a partition a
-transaction read refuses its commit."""
+conflict for a transaction that showed the commit. (A split of a partition a transaction
+read refuses its commit: test_two_phase_reads.)"""
 
 from __future__ import annotations
 
@@ -154,34 +154,6 @@ async def test_a_resolve_is_no_conflict_for_a_transaction_that_saw_the_commit(tm
             assert not any([(await e.refresh()).intents for e in b._router.all_engines()])
             tx.put(b"a", "newer")
         assert await b.get(b"a") == "newer"
-
-
-async def test_a_transaction_whose_read_partition_was_split_meanwhile_is_refused(tmp_path: Path) -> None:
-    """T1 reads a counter, its partition is split, T2 increments the counter in the
-    successor, then T1 writes its increment (now routed to the successor) and a key of
-    another partition: T1's reads were in the retired partition, which no longer tells
-    what changed, so T1 is refused (it used to commit on its stale read: a lost update)."""
-    async with kvstore.open(str(tmp_path / "db"), split_keys=[b"m"], values="msgpack", create=True) as db:
-        await db.put(b"a", 0)
-        await db.put(b"z", 0)
-        t1 = db.transaction()
-        seen = await t1.get(b"a")
-        await db.split(b"g")
-        async with db.transaction() as t2:
-            t2.put(b"a", await t2.get(b"a") + 1)
-        t1.put(b"a", seen + 1)
-        t1.put(b"z", 1)
-        with pytest.raises(kvstore.ConflictError):
-            await t1.commit()
-        assert await db.get_many([b"a", b"z"]) == [1, 0]
-        # Retried, it reads the successor and commits both increments' effect.
-        await db.transact(lambda tx: _increment(tx))
-        assert await db.get_many([b"a", b"z"]) == [2, 1]
-
-
-async def _increment(tx: kvstore.Transaction) -> None:
-    tx.put(b"a", await tx.get(b"a") + 1)
-    tx.put(b"z", 1)
 
 
 async def test_blind_writes_across_partitions_follow_a_split_the_handle_missed(tmp_path: Path) -> None:

@@ -208,6 +208,14 @@ async def test_a_partition_only_read_and_split_meanwhile_refuses_the_commit(targ
         with pytest.raises(PartitionMovedError):
             await t1.commit()
         assert await db.get_many([b"a", b"z"]) == [1, 0]
+        # Retried, it reads the successor and commits on top of T2's increment.
+        await db.transact(_increment)
+        assert await db.get_many([b"a", b"z"]) == [2, 1]
+
+
+async def _increment(tx: kvstore.Transaction) -> None:
+    tx.put(b"a", await tx.get(b"a") + 1)
+    tx.put(b"z", 1)
 
 
 def test_an_intent_with_reads_is_format_5_and_old_rows_read_as_holding_no_reads() -> None:
