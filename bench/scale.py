@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from common import (  # noqa: E402
     SCALE_KEY_BYTES,
     VALUE_BYTES,
     Target,
+    drop_os_cache,
     env_for_children,
     log,
     open_store,
@@ -129,7 +131,7 @@ async def phase_raw(spec: dict[str, Any]) -> dict[str, Any]:
             elapsed = time.perf_counter() - t0
             out[f"streams_{streams}"] = {"seconds": elapsed, "mb_per_s": count * RAW_OBJECT_BYTES / elapsed / 1e6}
             if streams == 1:
-                out["get"] = await raw_get_floor(objects, names)
+                out["get"] = await raw_get_floor(objects, names, lambda: drop_os_cache(target, spec["store"]))
             for name in names:
                 await objects.delete(name)
     finally:
@@ -138,13 +140,15 @@ async def phase_raw(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def raw_get_floor(objects: Any, names: list[str], n: int = 50) -> dict[str, Any]:
-    """Ranged GETs of 64 KiB at random offsets of the raw objects: what one block read costs
-    at least on this endpoint (a cold get is held to a few of these)."""
+async def raw_get_floor(objects: Any, names: list[str], drop_cache: Callable[[], None], n: int = 50) -> dict[str, Any]:
+    """Ranged GETs of 64 KiB at random offsets of the raw objects, each as cold as a cold
+    get's (`drop_cache`): what one block read costs at least on this endpoint (a cold get
+    is held to a few of these)."""
     rnd = random.Random(7)
     times = []
     for _ in range(n):
         start = rnd.randrange(RAW_OBJECT_BYTES - 65536)
+        drop_cache()
         t0 = time.perf_counter()
         await objects.get(rnd.choice(names), byte_range=(start, start + 65536))
         times.append(time.perf_counter() - t0)
@@ -152,9 +156,8 @@ async def raw_get_floor(objects: Any, names: list[str], n: int = 50) -> dict[str
 
 
 async def raw_gets_of_store(target: Target, name: str, n: int = 50) -> dict[str, Any]:
-    """Ranged GETs of 64 KiB at random offsets of the store's own segment objects, right
-    after the cold gets: the floor with the same objects, as cold in any cache (the
-    operating system's page cache for a local store) as the cold gets found them."""
+    """Ranged GETs of 64 KiB at random offsets of the store's own segment objects, each as
+    cold as a cold get's (`drop_os_cache`): the floor with the same objects."""
     objects, prefix = object_store(target, name)
     try:
         segments = [o async for o in objects.list(prefix + "segments/") if o.size > 65536]
@@ -163,6 +166,7 @@ async def raw_gets_of_store(target: Target, name: str, n: int = 50) -> dict[str,
         for _ in range(n):
             info = rnd.choice(segments)
             start = rnd.randrange(info.size - 65536)
+            drop_os_cache(target, name)
             t0 = time.perf_counter()
             await objects.get(info.name, byte_range=(start, start + 65536))
             times.append(time.perf_counter() - t0)
@@ -200,9 +204,10 @@ async def commit_latencies(stores: list[tuple[Any, str]], n: int, target: Target
 async def get_latencies(
     target: Target, stores: list[tuple[str, list[tuple[bytes, bytes]]]], warm_rounds: int
 ) -> list[dict[str, Any]]:
-    """Per store (name, sampled pairs): cold gets (a fresh open per key: empty cache) and warm
-    gets (one open, each key read once before). The stores take turns key by key, so that
-    all see the same machine load."""
+    """Per store (name, sampled pairs): cold gets (a fresh open per key: empty cache, and
+    nothing of the store in the page cache, `drop_os_cache`) and warm gets (one open, each
+    key read once before). The stores take turns key by key, so that all see the same
+    machine load."""
     cold: list[list[float]] = [[] for _ in stores]
     cold_gets: list[list[int]] = [[] for _ in stores]
     warm: list[list[float]] = [[] for _ in stores]
@@ -215,6 +220,7 @@ async def get_latencies(
     for i in range(max(len(sample) for _, sample in stores)):
         for j, (name, sample) in enumerate(stores):
             key, value = sample[i % len(sample)]
+            drop_os_cache(target, name)
             async with open_store(target, name, 0.0) as db:
                 requests = db.statistics()["requests"].get("GET", 0)
                 t0 = time.perf_counter()

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import replace
 from itertools import accumulate, islice
 from operator import add, lt
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from ._codec import BULK_VALUE_LIMIT, ValueMode, encode_key, encode_value
+from ._compact import merge_fan_in, merge_readahead
 from ._errors import ValidationError
 from ._manifest import SegmentRef
 from ._merge import merge
-from ._segment_store import Entry, SegmentOutput, SegmentStore, scan_readahead
+from ._segment_store import Entry, SegmentOutput, SegmentStore
 
 # Pairs taken from the input at a time: enough to amortise the per-batch work, few
 # enough that a batch is small beside a chunk.
@@ -260,29 +261,27 @@ async def _put(queue: asyncio.Queue[Batch | None], consumer: asyncio.Future[Any]
         raise AssertionError("a consumer of routed batches ended before its input")
 
 
-# Chunks merged at once: each holds a decoded block and its read-ahead (or, when small,
-# its whole object) while merging; more than this merge in two or more passes, so the
-# memory of a merge does not grow with the size of the load.
-MAX_MERGE_FAN_IN = 64
-
-
-async def as_sorted_run(chunks: Sequence[SegmentRef], segments: SegmentStore, target_bytes: int) -> list[SegmentRef]:
+async def as_sorted_run(
+    chunks: Sequence[SegmentRef], segments: SegmentStore, target_bytes: int, memory_bytes: int
+) -> list[SegmentRef]:
     """The segments of `chunks` (in the order they were written; a later one wins a
     repeated key) turned into the parts of one sorted run, in key order.
 
     A chunk whose key range meets no other chunk's is a part as it is: input that came
     in key order (a listing, a table export) costs nothing more. Each group of chunks
-    whose ranges overlap is merged into new segments of about `target_bytes`,
-    MAX_MERGE_FAN_IN at a time (a group of more merges in passes); the merged chunks
-    are never committed (GC collects them). Every part's entries still take the
-    version the load commits at.
+    whose ranges overlap is merged into new segments of about `target_bytes`, in one
+    pass when `memory_bytes` holds a block and its read-ahead of every chunk of the group
+    (`_compact.merge_fan_in`: about 470 chunks, 30 GB of load, with the default options),
+    in passes of that many otherwise. The merged chunks are never committed (GC collects
+    them). Every part's entries still take the version the load commits at.
     """
+    fan_in = merge_fan_in(target_bytes, memory_bytes)
     parts: list[SegmentRef] = []
     for group in _overlapping(chunks):
         if len(group) == 1:
             parts.append(group[0])
         else:
-            parts += await _merged([[chunk] for chunk in group], segments, target_bytes)
+            parts += await _merged([[chunk] for chunk in group], segments, target_bytes, memory_bytes, fan_in)
     return parts
 
 
@@ -301,16 +300,18 @@ def _overlapping(chunks: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
     return [[chunks[n] for n in sorted(group)] for group in groups]
 
 
-async def _merged(runs: list[list[SegmentRef]], segments: SegmentStore, target_bytes: int) -> list[SegmentRef]:
+async def _merged(
+    runs: list[list[SegmentRef]], segments: SegmentStore, target_bytes: int, memory_bytes: int, fan_in: int
+) -> list[SegmentRef]:
     """Merge sorted runs (each a list of key-ordered segments; a later run wins a
     repeated key) into one: segments of about `target_bytes`, their entries left without
     versions, for the commit to set."""
-    while len(runs) > MAX_MERGE_FAN_IN:  # a pass merges consecutive runs, keeping their order
+    while len(runs) > fan_in:  # a pass merges consecutive runs, keeping their order
         runs = [
-            await _merged(runs[i : i + MAX_MERGE_FAN_IN], segments, target_bytes)
-            for i in range(0, len(runs), MAX_MERGE_FAN_IN)
+            await _merged(runs[i : i + fan_in], segments, target_bytes, memory_bytes, fan_in)
+            for i in range(0, len(runs), fan_in)
         ]
-    readahead = scan_readahead(len(runs))
+    readahead = merge_readahead(len(runs), target_bytes, memory_bytes)
     # Positions stand in for versions while merging, so the later run's entry comes first.
     streams = [_run_blocks(run, position + 1, segments, readahead) for position, run in reversed(list(enumerate(runs)))]
     written: list[SegmentRef] = []
@@ -318,20 +319,18 @@ async def _merged(runs: list[list[SegmentRef]], segments: SegmentStore, target_b
     last: bytes | None = None
     try:
         async for batch in merge(streams):
-            kept: list[Entry] = []
-            for entry in batch:
-                if entry[0] != last:
-                    kept.append(entry)
-                    last = entry[0]
-            done = 0
-            while done < len(kept):
-                if output is None:
-                    output = segments.new_output(uniform_version=True)
-                done = output.add_until(kept, done, target_bytes)
-                await output.send_full_parts()
-                if done < len(kept):  # this segment is full: the rest goes to the next one
-                    written.append(await output.finish(level=0, versioned=False))
-                    output = None
+            # The first entry of each key is the one kept; a batch is about a block, so
+            # the segment ends at a batch boundary, a block past `target_bytes` at most.
+            keys = [entry[0] for entry in batch]
+            firsts = [i for i, (key, before) in enumerate(zip(keys, [last, *keys], strict=False)) if key != before]
+            last = keys[-1]
+            if output is None:
+                output = segments.new_output(uniform_version=True)
+            values = cast("list[bytes]", [batch[i][2] for i in firsts])  # a load's values are plain bytes
+            await output.add_pairs([keys[i] for i in firsts], values)
+            if output.bytes_so_far >= target_bytes:
+                written.append(await output.finish(level=0, versioned=False))
+                output = None
         if output is not None:
             written.append(await output.finish(level=0, versioned=False))
             output = None

@@ -261,18 +261,30 @@ def sub_compaction_bytes(inputs: int, target_segment_bytes: int, readahead: int 
     return reading + writing
 
 
-def compaction_readahead(inputs: int, options: StoreOptions) -> int:
-    """The read-ahead window of each input: the largest (SCAN_READAHEAD_BYTES, halved
-    down to a block) at which MAX_SUB_COMPACTIONS sub-compactions still fit
-    `compaction_memory_bytes`, so that larger GETs do not cost concurrency."""
-    per_sub = options.compaction_memory_bytes // MAX_SUB_COMPACTIONS
+def merge_readahead(inputs: int, target_segment_bytes: int, memory_bytes: int) -> int:
+    """The read-ahead window of each input of a merge: the largest (SCAN_READAHEAD_BYTES,
+    halved down to a block) at which it holds at most `memory_bytes`
+    (`sub_compaction_bytes`), so that larger GETs do not cost inputs or concurrency."""
     readahead = SCAN_READAHEAD_BYTES
     while (
-        readahead > BLOCK_TARGET_BYTES
-        and sub_compaction_bytes(inputs, options.target_segment_bytes, readahead) > per_sub
+        readahead > BLOCK_TARGET_BYTES and sub_compaction_bytes(inputs, target_segment_bytes, readahead) > memory_bytes
     ):
         readahead //= 2
     return readahead
+
+
+def merge_fan_in(target_segment_bytes: int, memory_bytes: int) -> int:
+    """The most inputs one merge reads at once within `memory_bytes`, each with a block of
+    read-ahead (`sub_compaction_bytes`); at least 2."""
+    per_input = sub_compaction_bytes(1, target_segment_bytes) - sub_compaction_bytes(0, target_segment_bytes)
+    return max(2, (memory_bytes - sub_compaction_bytes(0, target_segment_bytes)) // per_input)
+
+
+def compaction_readahead(inputs: int, options: StoreOptions) -> int:
+    """The read-ahead window of each input of a compaction: `merge_readahead` with room
+    for MAX_SUB_COMPACTIONS sub-compactions in `compaction_memory_bytes`."""
+    per_sub = options.compaction_memory_bytes // MAX_SUB_COMPACTIONS
+    return merge_readahead(inputs, options.target_segment_bytes, per_sub)
 
 
 def plan_ranges(samples: Iterable[tuple[bytes, int]], range_bytes: int) -> list[tuple[bytes | None, bytes | None]]:

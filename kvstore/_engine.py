@@ -435,7 +435,9 @@ class Engine:
         if not chunks:
             raise ValidationError("bulk_load got no items")
         merging = time.monotonic()
-        parts = await as_sorted_run(chunks, self._segments, self.options.target_segment_bytes)
+        parts = await as_sorted_run(
+            chunks, self._segments, self.options.target_segment_bytes, self.options.compaction_memory_bytes
+        )
         if not {c.id for c in chunks} & {p.id for p in parts}:
             started = merging  # every chunk was merged: the oldest object committed is younger (I8)
         if len(parts) > 1:

@@ -136,8 +136,7 @@ class SegmentStore:
         """
         output = self.new_output(uniform_version=True)
         try:
-            for _ in output.writer.add_many(keys, values, 0):  # a block at a time
-                await output.send_full_parts()
+            await output.add_pairs(keys, values)
         except BaseException:
             await output.abort()
             raise
@@ -767,6 +766,18 @@ class SegmentOutput:
             add(key, version, value)
             last = key
         return len(entries)
+
+    async def add_pairs(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """Append distinct ascending keys (above those added before) and their plain values,
+        at the version the segment commits at, a block at a time (`SegmentWriter.add_many`);
+        parts are sent as they fill."""
+        for _ in self.writer.add_many(keys, values, 0):
+            await self.send_full_parts()
+
+    @property
+    def bytes_so_far(self) -> int:
+        """Bytes of the segment so far: encoded ones, and the open block's raw ones."""
+        return self._upload.size + self.writer.pending_bytes + self.writer.open_block_bytes
 
     async def send_full_parts(self) -> None:
         """Start uploading a part if a whole one is ready; let the parts in flight progress."""

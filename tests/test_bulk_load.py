@@ -12,7 +12,6 @@ import pytest
 from targets import Target, fault_injecting, file_target
 
 import kvstore
-import kvstore._bulk as bulk
 import kvstore._segment_store as segment_store
 from kvstore._objectstore import RetryPolicy
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
@@ -73,16 +72,16 @@ async def test_large_segments_use_multipart_and_resolve_lost_completion(
         assert (await db.verify()).ok
 
 
-def test_memory_stays_bounded(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_stays_bounded(tmp_path: os.PathLike[str]) -> None:
     """Peak memory depends on the chunk size and the merge's fan-in, not on how much is
     loaded. The pairs come out of order, so the chunks overlap and are merged into one
     sorted run: with a fan-in of 2, the 8 chunks of the larger load merge in passes."""
     import asyncio
 
-    monkeypatch.setattr(bulk, "MAX_MERGE_FAN_IN", 2)
+    options = kvstore.StoreOptions(compaction_memory_bytes=1024 * 1024)  # the least: a fan-in of 2
 
     async def peak_for(n: int, path: str) -> int:
-        async with kvstore.open(path) as db:
+        async with kvstore.open(path, options=options) as db:
             pairs = ((b"m%08d" % ((i * 7919) % n), b"v" * 80) for i in range(n))
             tracemalloc.start()
             await db.bulk_load(pairs, chunk_bytes=256 * 1024)

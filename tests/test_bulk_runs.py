@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from kvstore._manifest import SegmentRef
 from kvstore._run import decode_run, encode_run
 
 KiB = 1024
+MiB = 1024 * KiB
 OPTIONS = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=64 * KiB, history_versions=0)
 CHUNK = 48 * KiB
 
@@ -137,12 +139,21 @@ async def test_only_the_chunks_that_overlap_are_merged(target: Target) -> None:
 async def test_a_merge_of_more_chunks_than_its_fan_in_goes_in_passes(
     target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bulk, "MAX_MERGE_FAN_IN", 2)
+    """The fan-in is what `compaction_memory_bytes` holds: with the least it takes, 2."""
+    merges: list[int] = []
+    merged = bulk._merged
+
+    async def counted(runs: list[list[SegmentRef]], *args: Any) -> list[SegmentRef]:
+        merges.append(len(runs))
+        return await merged(runs, *args)
+
+    monkeypatch.setattr(bulk, "_merged", counted)
     rng = random.Random(3)
     items = [(b"k%05d" % rng.randrange(4000), b"%06d" % n) for n in range(8000)]  # many repeats
     expected = dict(items)  # the last value of each key
-    async with target.open(options=OPTIONS) as db:
+    async with target.open(options=replace(OPTIONS, compaction_memory_bytes=1 * MiB)) as db:
         await db.bulk_load(items, chunk_bytes=CHUNK // 2)
+        assert merges[0] > 2 and len(merges) >= 1 + merges[0] // 2  # a pass of pairs, then more
         _, parts = await _run_parts(db)
         assert all(a.max_key < b.min_key for a, b in zip(parts, parts[1:], strict=False))
         assert dict([kv async for kv in db.scan()]) == expected
