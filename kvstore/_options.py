@@ -92,7 +92,10 @@ class StoreOptions:
         compaction_memory_bytes: memory a compaction may hold beyond the cache.
             It runs as many key-range sub-compactions at once as fit (at most
             4; at least 1, which needs about 2 x min(target_segment_bytes, 24 MiB)
-            + 512 KiB per input), whatever the store size.
+            + 512 KiB per input), whatever the store size. A bulk load's merge
+            of its chunks into one sorted run holds as much: it merges them in
+            one pass while this holds a block of each (475 chunks of 64 MiB
+            with the defaults), in passes otherwise.
         history_versions: recent versions `snapshot(version=N)` can read
             exactly (compaction keeps their data); tags keep older ones.
         history_seconds: also keep versions committed this recently.
