@@ -298,9 +298,12 @@ async def test_moves_while_tasks_and_another_process_commit_lose_nothing(durable
                 key = f"counter/{rng.randrange(counters)}"
                 await db.transact(increment, key)
                 acked[key] += 1
+                incremented.set()
+
+        incremented = asyncio.Event()
 
         async def move() -> None:
-            await asyncio.sleep(0.05)
+            await incremented.wait()  # some increments first, then the moves among them
             for how, key in moves:
                 await (db.split(key) if how == "split" else db.merge_partitions(key))
 

@@ -579,9 +579,12 @@ async def test_a_split_during_cross_partition_commits_keeps_every_transfer_exact
                 moved[a] -= amount
                 moved[b] += amount
                 crossing += (a < boundary) != (b < boundary)
+                transferred.set()
+
+        transferred = asyncio.Event()
 
         async def splits() -> None:
-            await asyncio.sleep(0.05)  # some transfers first, then both splits among them
+            await transferred.wait()  # some transfers first, then both splits among them
             await db.split(b"acct/03")
             await db.split(b"acct/09")
 
@@ -608,8 +611,8 @@ async def test_a_split_waits_for_an_undecided_intent_of_its_partition(target: Ta
         await a.prepare(w.request(a, None, set(), {b"c": b"new-c"}, txn), name)
         await b.prepare(w.request(b, None, set(), {b"x": b"new-x"}, txn), name)
         split = asyncio.ensure_future(db.split(b"f"))  # the partition holding the intent on b"c"
-        await asyncio.sleep(0.3)
-        assert not split.done()  # waiting for the decision (the timeout is a minute away)
+        done, _ = await asyncio.wait({split}, timeout=0.3)
+        assert not done  # waiting for the decision (the timeout is a minute away)
         assert await decisions.decide(name, "committed", txn, [a.layout.prefix, b.layout.prefix]) == "committed"
         await asyncio.wait_for(split, 60)
         assert [p.start for p in await db.partitions()] == [b"", b"f", b"m"]
