@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kvstore import StoreOptions
-from kvstore._compact import _RANGE_SEGMENTS, MAX_SUB_COMPACTIONS
+from kvstore import S3Options, StoreOptions
+from kvstore._compact import _RANGE_SEGMENTS, MAX_SUB_COMPACTIONS, merge_fan_in, merge_readahead
 from kvstore._manifest import SegmentRef
 from kvstore._run import encode_run
 from kvstore._segment import BLOCK_TARGET_BYTES
@@ -43,6 +43,7 @@ from kvstore._segment_store import PART_BYTES, SCAN_READAHEAD_BYTES
 GB = 1e9
 MiB = 1 << 20
 PAIR_BYTES = 116  # bench/scale.py's pairs: 16-byte keys, 100-byte values
+CHUNK_BYTES = 64 * MiB  # bulk_load's default chunk_bytes
 
 # AWS S3 Standard, us-east-1, from aws.amazon.com/s3/pricing (December 2026).
 PUT_PRICE = 0.005 / 1000  # PUT, COPY, POST (multipart Create/UploadPart/Complete), LIST
@@ -60,7 +61,7 @@ class Rates:
     """What one process did per second, in MB of logical data (measured)."""
 
     load_sorted_mb_s: float  # bulk load of input in key order: chunks stream into the run
-    load_random_mb_s: float  # input in any order: chunks, then merged into one run
+    bulk_merge_mb_s: float  # one pass of a bulk load's merge of its chunks into one run
     compact_mb_s: float  # a merge that rewrites everything
     scan_mb_s: float  # a full scan, decoding every entry
     space_amplification: float  # segment bytes / logical bytes after compaction
@@ -68,32 +69,47 @@ class Rates:
     source: str
 
 
-# docs/benchmarks.md, "Scale (streaming compaction ...)", local filesystem, 20 GB, 2026-12-02:
-# its load wrote sorted chunks once (what input in key order costs now); input in any order
-# now also merges the chunks into one run, a pass at the compaction rate.
+# docs/benchmarks.md: the chunk and compaction rates of the quiet 20 GB run of 2026-12-02
+# (its load wrote sorted chunks once: what input in key order costs); the bulk merge's rate
+# from the 20 GB run of 2026-12-08 (load in random order, one merge pass; `rates_from`).
 _CHUNK_PASS_MB_S = 21.6
 _COMPACT_MB_S = 17.1
+_BULK_MERGE_MB_S = 30.0  # TODO
 DEFAULT_RATES = Rates(
     load_sorted_mb_s=_CHUNK_PASS_MB_S,
-    load_random_mb_s=1 / (1 / _CHUNK_PASS_MB_S + 1 / _COMPACT_MB_S),
+    bulk_merge_mb_s=_BULK_MERGE_MB_S,
     compact_mb_s=_COMPACT_MB_S,
     scan_mb_s=565_825 * PAIR_BYTES / 1e6,
     space_amplification=1.01,
     peak_rss_mib={"bulk load": 437, "compaction": 256, "reads": 289},
-    source="docs/benchmarks.md, 20 GB on the local filesystem (2026-12-02)",
+    source="docs/benchmarks.md, 20 GB on the local filesystem (2026-12-02; bulk merge 2026-12-08)",
 )
 
 
-def rates_from(path: Path) -> Rates:
-    """The rates of the largest size in a bench/scale.py result (its load is in random
-    order; the rate of sorted input stays the default's)."""
+def merge_passes(chunks: int, options: StoreOptions) -> int:
+    """Passes of a bulk load's merge of `chunks` overlapping chunks (`_bulk.as_sorted_run`)."""
+    fan_in = merge_fan_in(options.target_segment_bytes, options.compaction_memory_bytes)
+    return max(1, math.ceil(math.log(chunks, fan_in))) if chunks > 1 else 0
+
+
+def load_chunks(logical: float) -> int:
+    """Chunks a bulk load of `logical` bytes of pairs writes (the default `chunk_bytes`)."""
+    return math.ceil(logical / CHUNK_BYTES)
+
+
+def rates_from(path: Path, options: StoreOptions) -> Rates:
+    """The rates of the largest size in a bench/scale.py result: its load is in random order,
+    so its time is the chunks' pass at the rate of sorted input (the default's) plus its
+    merge passes, whose rate follows."""
     r = max(json.loads(path.read_text())["sizes"], key=lambda s: s["gb"])
     logical = r["logical_bytes"]
     compact = r["compact"]
     scan = r["reads"]["scan"]
+    passes = merge_passes(load_chunks(logical), options)
+    merging = r["load"]["seconds"] - logical / 1e6 / DEFAULT_RATES.load_sorted_mb_s
     return Rates(
         load_sorted_mb_s=DEFAULT_RATES.load_sorted_mb_s,
-        load_random_mb_s=r["load"]["mb_per_s"],
+        bulk_merge_mb_s=passes * logical / 1e6 / merging,
         compact_mb_s=logical / compact["seconds"] / 1e6 if compact.get("results") else DEFAULT_RATES.compact_mb_s,
         scan_mb_s=scan["entries_per_s"] * PAIR_BYTES / 1e6,
         space_amplification=r["load"]["store"]["segment_bytes"] / logical,
@@ -133,10 +149,9 @@ def model(logical_gb: float, rates: Rates, workers: int, options: StoreOptions) 
     def write_requests(nbytes: float) -> float:  # a multipart upload per segment
         return nbytes / PART_BYTES + 2 * nbytes / segment
 
-    def read_requests(nbytes: float) -> float:  # windows, plus each segment's tail and index
-        return nbytes / SCAN_READAHEAD_BYTES + (nbytes / segment) * (
-            1 + blocks_per_segment / BLOCKS_PER_INDEX_PARTITION
-        )
+    def read_requests(nbytes: float, window: int = SCAN_READAHEAD_BYTES) -> float:
+        # windows, plus each segment's tail and index
+        return nbytes / window + (nbytes / segment) * (1 + blocks_per_segment / BLOCKS_PER_INDEX_PARTITION)
 
     read_mb_s = streamed_mb_s(SCAN_READAHEAD_BYTES, 2)  # two windows in flight while one is consumed
     write_mb_s = streamed_mb_s(PART_BYTES, 2)  # two parts in flight
@@ -155,8 +170,24 @@ def model(logical_gb: float, rates: Rates, workers: int, options: StoreOptions) 
         steps = math.ceil(stored / step_bytes)
         step_s = (_RANGE_SEGMENTS * segment * (MAX_SUB_COMPACTIONS if n == 1 else 1)) / 1e6 / rates.compact_mb_s
         sorted_puts = write_requests(stored) + 2  # the run's segments, its run object, the CAS
-        random_puts = sorted_puts + write_requests(stored)  # chunks first, then the run they merge into
-        random_gets = read_requests(stored)  # the chunks read back for the merge
+        # Any order: each process's chunks, then its merge passes, each reading every chunk
+        # in the read-ahead windows its fan-in leaves (`_compact.merge_readahead`).
+        chunks = load_chunks(logical / n)
+        passes = merge_passes(chunks, options)
+        fan_in = merge_fan_in(segment, options.compaction_memory_bytes)
+        # The first pass has the most inputs, so the smallest windows; each input keeps two
+        # in flight, up to the client's connection pool.
+        window = merge_readahead(min(chunks, fan_in), segment, options.compaction_memory_bytes)
+        merge_io_mb_s = streamed_mb_s(window, min(2 * min(chunks, fan_in), S3Options().max_pool_connections))
+        random_puts = sorted_puts + passes * write_requests(stored)
+        random_gets = sum(
+            read_requests(
+                stored,
+                merge_readahead(min(math.ceil(chunks / fan_in**p), fan_in), segment, options.compaction_memory_bytes),
+            )
+            for p in range(passes)
+        )
+        random_mb_s = 1 / (1 / rates.load_sorted_mb_s + passes / rates.bulk_merge_mb_s)
         compact_puts = write_requests(stored) + 2 * steps  # plus per step the run object and the CAS
         compact_gets = read_requests(stored)
         scan_gets = read_requests(stored)
@@ -168,7 +199,10 @@ def model(logical_gb: float, rates: Rates, workers: int, options: StoreOptions) 
                 "dollars": sorted_puts * PUT_PRICE,
             },
             "bulk_load_random": {
-                "seconds": seconds(rates.load_random_mb_s, n, min(read_mb_s, write_mb_s)),
+                "seconds": seconds(random_mb_s, n, min(merge_io_mb_s, write_mb_s)),
+                "chunks_per_process": chunks,
+                "merge_passes": passes,
+                "merge_readahead_bytes": window,
                 "puts": random_puts,
                 "gets": random_gets,
                 "dollars": random_puts * PUT_PRICE + random_gets * GET_PRICE,
@@ -215,9 +249,15 @@ def render(results: dict[str, Any]) -> str:
                 ("bulk_load_random", "bulk load (any order: chunks, then one run)"),
             ):
                 load = phases[name]
+                note = (
+                    f"{load['chunks_per_process']:,} chunks per process, {load['merge_passes']} merge "
+                    f"pass(es), {load['merge_readahead_bytes'] // 1024:,} KiB windows"
+                    if "merge_passes" in load
+                    else ""
+                )
                 lines.append(
                     f"| {size} | {what} | {who} | {_hours(load['seconds'])} | "
-                    f"{load['puts']:,.0f} / {load['gets']:,.0f} | ${load['dollars']:.2f} | |"
+                    f"{load['puts']:,.0f} / {load['gets']:,.0f} | ${load['dollars']:.2f} | {note} |"
                 )
             lines.append(
                 f"| {size} | full compaction (all overlapping) | {who} | {_hours(comp['seconds'])} | "
@@ -242,8 +282,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000", help="GB of logical data, comma-separated")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale-model.json")
     args = ap.parse_args()
-    rates = rates_from(args.scale_json) if args.scale_json else DEFAULT_RATES
     options = StoreOptions()
+    rates = rates_from(args.scale_json, options) if args.scale_json else DEFAULT_RATES
     results = {
         "rates": asdict(rates),
         "assumptions": {
@@ -260,7 +300,7 @@ def main() -> None:
     }
     print(
         f"rates per process: {rates.source}: load {rates.load_sorted_mb_s:.1f} (in key order), "
-        f"{rates.load_random_mb_s:.1f} (any order), compaction {rates.compact_mb_s:.1f}, "
+        f"a pass of its merge {rates.bulk_merge_mb_s:.1f} (any order), compaction {rates.compact_mb_s:.1f}, "
         f"scan {rates.scan_mb_s:.1f} MB/s"
     )
     print(render(results))

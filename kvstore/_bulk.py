@@ -319,11 +319,14 @@ async def _merged(
     last: bytes | None = None
     try:
         async for batch in merge(streams):
-            # The first entry of each key is the one kept; a batch is about a block, so
-            # the segment ends at a batch boundary, a block past `target_bytes` at most.
+            # The first entry of each key is the one kept. A segment ends at a batch boundary:
+            # past `target_bytes` by at most a batch (`_merge._BATCH` entries, or about
+            # `_merge._BATCH_VALUE_BYTES` of values).
             keys = [entry[0] for entry in batch]
             firsts = [i for i, (key, before) in enumerate(zip(keys, [last, *keys], strict=False)) if key != before]
             last = keys[-1]
+            if not firsts:  # older entries of the key before: no segment to open for them
+                continue
             if output is None:
                 output = segments.new_output(uniform_version=True)
             values = cast("list[bytes]", [batch[i][2] for i in firsts])  # a load's values are plain bytes

@@ -159,6 +159,19 @@ async def test_a_merge_of_more_chunks_than_its_fan_in_goes_in_passes(
         assert dict([kv async for kv in db.scan()]) == expected
 
 
+async def test_a_merge_ending_with_a_key_an_earlier_chunk_repeats_commits_every_pair(target: Target) -> None:
+    """Large values make a merged batch one entry, and a tiny target ends a segment at every
+    batch: the last batch, the older value of the last key, then holds nothing to keep. The
+    merge must not open a segment for it (an empty segment cannot be written)."""
+    big = [os.urandom(300 * KiB) for _ in range(3)]
+    items = [(b"a", big[0]), (b"b", big[1]), (b"b", big[2])]  # the second b, in a chunk of its own, wins
+    async with target.open(options=replace(OPTIONS, target_segment_bytes=256)) as db:
+        await db.bulk_load(items, chunk_bytes=600 * KiB)
+        assert dict([kv async for kv in db.scan()]) == {b"a": big[0], b"b": big[2]}
+        _, parts = await _run_parts(db)
+        assert [(p.min_key, p.max_key) for p in parts] == [(b"a", b"a"), (b"b", b"b")]
+
+
 @pytest.mark.parametrize("fault", ["lost_response", "crash", "crash_after_apply"])
 async def test_a_bulk_load_whose_commit_fails_commits_once_or_not_at_all(target: Target, fault: str) -> None:
     rng = random.Random(9)
