@@ -16,7 +16,7 @@ from operator import add, lt
 from typing import Any, NamedTuple, TypeVar, cast
 
 from ._codec import BULK_VALUE_LIMIT, ValueMode, encode_key, encode_value
-from ._compact import merge_fan_in, merge_readahead
+from ._compact import merge_fan_in, merge_footprint, merge_readahead
 from ._errors import ValidationError
 from ._manifest import SegmentRef
 from ._merge import merge
@@ -275,13 +275,12 @@ async def as_sorted_run(
     in passes of that many otherwise. The merged chunks are never committed (GC collects
     them). Every part's entries still take the version the load commits at.
     """
-    fan_in = merge_fan_in(target_bytes, memory_bytes)
     parts: list[SegmentRef] = []
     for group in _overlapping(chunks):
         if len(group) == 1:
             parts.append(group[0])
         else:
-            parts += await _merged([[chunk] for chunk in group], segments, target_bytes, memory_bytes, fan_in)
+            parts += await _merged([[chunk] for chunk in group], segments, target_bytes, memory_bytes, group)
     return parts
 
 
@@ -301,17 +300,25 @@ def _overlapping(chunks: Sequence[SegmentRef]) -> list[list[SegmentRef]]:
 
 
 async def _merged(
-    runs: list[list[SegmentRef]], segments: SegmentStore, target_bytes: int, memory_bytes: int, fan_in: int
+    runs: list[list[SegmentRef]],
+    segments: SegmentStore,
+    target_bytes: int,
+    memory_bytes: int,
+    chunks: Sequence[SegmentRef],
 ) -> list[SegmentRef]:
     """Merge sorted runs (each a list of key-ordered segments; a later run wins a
     repeated key) into one: segments of about `target_bytes`, their entries left without
-    versions, for the commit to set."""
+    versions, for the commit to set. Its memory is counted from the load's `chunks`
+    (`merge_footprint`: what each input may hold), for every pass."""
+    footprint = merge_footprint(chunks)
+    fan_in = merge_fan_in(target_bytes, memory_bytes, **footprint)
     while len(runs) > fan_in:  # a pass merges consecutive runs, keeping their order
+        groups = [runs[i : i + fan_in] for i in range(0, len(runs), fan_in)]
         runs = [
-            await _merged(runs[i : i + fan_in], segments, target_bytes, memory_bytes, fan_in)
-            for i in range(0, len(runs), fan_in)
+            group[0] if len(group) == 1 else await _merged(group, segments, target_bytes, memory_bytes, chunks)
+            for group in groups  # a last group of one run is already merged
         ]
-    readahead = merge_readahead(len(runs), target_bytes, memory_bytes)
+    readahead = merge_readahead(len(runs), target_bytes, memory_bytes, **footprint)
     # Positions stand in for versions while merging, so the later run's entry comes first.
     streams = [_run_blocks(run, position + 1, segments, readahead) for position, run in reversed(list(enumerate(runs)))]
     written: list[SegmentRef] = []

@@ -45,7 +45,7 @@ from ._merge import merge
 from ._operands import codec_of, combine, resolve, settle, stacks
 from ._options import StoreOptions, grace_period_of
 from ._ranges import RangeIndex, RangeTombstone, inside
-from ._segment import BLOCK_TARGET_BYTES, Value
+from ._segment import BLOCK_TARGET_BYTES, ENTRY_OVERHEAD, Value
 from ._segment_store import (
     PART_BYTES,
     PARTS_IN_FLIGHT,
@@ -244,6 +244,11 @@ class Retention:
 # Memory a decoded block takes, as a multiple of its raw bytes (Python objects per
 # key and value; `_segment.decode_block` has the exact accounting).
 _DECODED_BLOCK_FACTOR = 4
+DECODED_BLOCK_BYTES = _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES
+# Memory per decoded entry beyond its data, as a merge holds it (CPython, 64-bit): the bytes
+# objects of its key and value, its version's int, its (key, version, value) tuple, and the
+# list slots that hold them. What makes a block of tiny pairs weigh more than the factor.
+_ENTRY_OBJECTS_BYTES = 200
 # A sub-compaction covers about this many output segments' worth of input: enough
 # that its last, partly filled segment is a small share of its output.
 _RANGE_SEGMENTS = 4
@@ -251,33 +256,58 @@ _RANGE_SEGMENTS = 4
 MAX_SUB_COMPACTIONS = 4
 
 
-def sub_compaction_bytes(inputs: int, target_segment_bytes: int, readahead: int = BLOCK_TARGET_BYTES) -> int:
-    """Memory one sub-compaction holds: per input, its read-ahead windows
-    (`SegmentStore.blocks`) and the decoded block being merged; and its output's
-    unsent bytes and parts in flight (`SegmentOutput`), counted twice: they are
-    copied once on their way out."""
-    reading = inputs * (READAHEAD_WINDOWS * readahead + _DECODED_BLOCK_FACTOR * BLOCK_TARGET_BYTES)
+def sub_compaction_bytes(
+    inputs: int,
+    target_segment_bytes: int,
+    readahead: int = BLOCK_TARGET_BYTES,
+    *,
+    held: int = 0,
+    decoded: int = DECODED_BLOCK_BYTES,
+) -> int:
+    """Memory one sub-compaction (or any merge into segments) holds: per input, its
+    read-ahead windows (`SegmentStore.blocks`), `held` bytes (an input object small enough
+    to be read whole, `WHOLE_READ_MAX_BYTES`: its windows are then copies sliced from it)
+    and the `decoded` block being merged; and its output's unsent bytes and parts in
+    flight (`SegmentOutput`), counted twice: they are copied once on their way out."""
+    reading = inputs * (READAHEAD_WINDOWS * readahead + held + decoded)
     writing = 2 * min(target_segment_bytes, (PARTS_IN_FLIGHT + 1) * PART_BYTES) + BLOCK_TARGET_BYTES
     return reading + writing
 
 
-def merge_readahead(inputs: int, target_segment_bytes: int, memory_bytes: int) -> int:
+def merge_footprint(refs: Sequence[SegmentRef]) -> dict[str, int]:
+    """What an input of a merge of `refs` (segments, not runs) holds at most besides its
+    windows, as `sub_compaction_bytes` keywords: the largest of them small enough to be read
+    whole (held for the whole merge when read around the cache), and a decoded block of
+    their smallest entries (the most Python objects per block), at least DECODED_BLOCK_BYTES."""
+    held = max((r.size for r in refs if r.size <= WHOLE_READ_MAX_BYTES), default=0)
+    # Stored bytes per entry: no more than raw ones (blocks are compressed), so this counts
+    # at least as many entries per block as there are; a block holds no more than one per
+    # ENTRY_OVERHEAD bytes.
+    entry_bytes = max(ENTRY_OVERHEAD, min((r.size / max(r.count, 1) for r in refs), default=ENTRY_OVERHEAD))
+    per_block = BLOCK_TARGET_BYTES + int(BLOCK_TARGET_BYTES / entry_bytes * _ENTRY_OBJECTS_BYTES)
+    return {"held": held, "decoded": max(DECODED_BLOCK_BYTES, per_block)}
+
+
+def merge_readahead(inputs: int, target_segment_bytes: int, memory_bytes: int, **footprint: int) -> int:
     """The read-ahead window of each input of a merge: the largest (SCAN_READAHEAD_BYTES,
     halved down to a block) at which it holds at most `memory_bytes`
-    (`sub_compaction_bytes`), so that larger GETs do not cost inputs or concurrency."""
+    (`sub_compaction_bytes`, with `footprint`: `merge_footprint`), so that larger GETs do
+    not cost inputs or concurrency."""
     readahead = SCAN_READAHEAD_BYTES
     while (
-        readahead > BLOCK_TARGET_BYTES and sub_compaction_bytes(inputs, target_segment_bytes, readahead) > memory_bytes
+        readahead > BLOCK_TARGET_BYTES
+        and sub_compaction_bytes(inputs, target_segment_bytes, readahead, **footprint) > memory_bytes
     ):
         readahead //= 2
     return readahead
 
 
-def merge_fan_in(target_segment_bytes: int, memory_bytes: int) -> int:
+def merge_fan_in(target_segment_bytes: int, memory_bytes: int, **footprint: int) -> int:
     """The most inputs one merge reads at once within `memory_bytes`, each with a block of
-    read-ahead (`sub_compaction_bytes`); at least 2."""
-    per_input = sub_compaction_bytes(1, target_segment_bytes) - sub_compaction_bytes(0, target_segment_bytes)
-    return max(2, (memory_bytes - sub_compaction_bytes(0, target_segment_bytes)) // per_input)
+    read-ahead (`sub_compaction_bytes`, with `footprint`: `merge_footprint`); at least 2."""
+    one = sub_compaction_bytes(1, target_segment_bytes, **footprint)
+    none = sub_compaction_bytes(0, target_segment_bytes, **footprint)
+    return max(2, (memory_bytes - none) // (one - none))
 
 
 def compaction_readahead(inputs: int, options: StoreOptions) -> int:

@@ -13,6 +13,7 @@ base manifest records (`_codec.writes_fit`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -424,20 +425,28 @@ class Engine:
         return await self.commit(self.bulk_request(parts, started, values, read_version=read_version, meta=meta))
 
     async def write_bulk_run(
-        self, batches: AsyncIterable[Batch], *, progress: Callable[[int], None] | None, chunk_bytes: int
+        self,
+        batches: AsyncIterable[Batch],
+        *,
+        progress: Callable[[int], None] | None,
+        chunk_bytes: int,
+        merge_lock: asyncio.Lock | None = None,
     ) -> tuple[list[SegmentRef], float]:
         """The first half of `bulk_commit`: the batches written as one sorted run (a source
         of its own), committing nothing; with the time.monotonic() before its oldest object
-        (I8). ValidationError if the batches hold no pair."""
+        (I8). ValidationError if the batches hold no pair. The merge of its chunks holds up
+        to `compaction_memory_bytes`: loads writing several runs at once (one per partition)
+        share a `merge_lock`, so that one merges at a time."""
         self.check_writable("bulk loads are writes")
         started = time.monotonic()
         chunks = await write_chunks(batches, self._segments, chunk_bytes=chunk_bytes, progress=progress)
         if not chunks:
             raise ValidationError("bulk_load got no items")
-        merging = time.monotonic()
-        parts = await as_sorted_run(
-            chunks, self._segments, self.options.target_segment_bytes, self.options.compaction_memory_bytes
-        )
+        async with merge_lock or contextlib.nullcontext():
+            merging = time.monotonic()
+            parts = await as_sorted_run(
+                chunks, self._segments, self.options.target_segment_bytes, self.options.compaction_memory_bytes
+            )
         if not {c.id for c in chunks} & {p.id for p in parts}:
             started = merging  # every chunk was merged: the oldest object committed is younger (I8)
         if len(parts) > 1:

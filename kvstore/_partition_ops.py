@@ -245,9 +245,10 @@ async def bulk_load_partitions(
     load falls in one partition, else a cross-partition commit whose intents carry the
     runs (`_two_phase.commit_across`). Returns the highest version."""
     pmap, engines = router.pmap, dict(router.engines)  # one map throughout: a split fails the publish
+    merge_lock = asyncio.Lock()  # the shares' merges, one at a time: each holds compaction_memory_bytes
 
     async def write(pid: str, stream: AsyncIterator[Batch]) -> tuple[list[SegmentRef], float]:
-        return await engines[pid].write_bulk_run(stream, progress=None, chunk_bytes=chunk_bytes)
+        return await engines[pid].write_bulk_run(stream, progress=None, chunk_bytes=chunk_bytes, merge_lock=merge_lock)
 
     runs = await route_batches(batches, lambda key: pmap.partition_for(key).pid, write, progress)
     if not runs:

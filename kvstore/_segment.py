@@ -93,7 +93,7 @@ HEADER_MAGIC = b"KVSG"
 FOOTER_MAGIC = b"KVSE"
 CHECKSUM = struct.Struct("<Q")
 BLOCK_TARGET_BYTES = 64 * 1024
-_ENTRY_OVERHEAD = 12  # bytes counted per entry towards BLOCK_TARGET_BYTES, besides key and value
+ENTRY_OVERHEAD = 12  # bytes counted per entry towards BLOCK_TARGET_BYTES, besides key and value
 # A partition closes once its rows reach this many bytes (keys, filter and _ROW_OVERHEAD
 # each; filters dominate: 1.25 bytes per key). A 64 MiB segment then has 20 to 60
 # partitions (100- to 20-byte values) and a top index under 1 KiB; a 1 GiB one's, about
@@ -412,7 +412,7 @@ class SegmentWriter:
             self.tombstones += 1
         elif value_ref_of(value) is not None:
             self.value_refs += 1
-        self._raw_bytes += len(key) + value_size(value) + _ENTRY_OVERHEAD
+        self._raw_bytes += len(key) + value_size(value) + ENTRY_OVERHEAD
         self._count_versions(version, 1)
 
     def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], version: int) -> Iterator[None]:
@@ -432,7 +432,7 @@ class SegmentWriter:
         self._count_versions(version, len(keys))
         # ends[i]: raw bytes of the first i entries, as `add` counts them
         sizes = map(add, map(len, keys), map(len, values))
-        ends = list(accumulate(map(add, sizes, repeat(_ENTRY_OVERHEAD)), initial=0))
+        ends = list(accumulate(map(add, sizes, repeat(ENTRY_OVERHEAD)), initial=0))
         start = 0
         while start < len(keys):
             # the block closes with the entry that takes it to the target (as in `add`)

@@ -578,8 +578,10 @@ class Store:
         of segments (a cold read right after it costs what it does in a compacted
         store); all of it commits in one manifest CAS, so readers see all or
         nothing. If a key repeats, its last value wins. Memory stays around one
-        chunk plus a few upload parts, and while merging a block and some
-        read-ahead per chunk merged (at most 64 at once). Input already in
+        chunk plus a few upload parts, and while merging within
+        `compaction_memory_bytes` (one pass while that holds a block, its
+        read-ahead and its decoded entries per chunk: about 470 chunks, 30 GB,
+        with the defaults; passes beyond). Input already in
         ascending key order is cheapest: its chunks become the run as they are.
         `progress(n)` is called with the number of pairs written so far after
         each chunk's upload. The write-size limits of ordinary transactions do

@@ -7,11 +7,13 @@ import random
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from targets import Target, fault_injecting, file_target
 
 import kvstore
+import kvstore._engine as engine_module
 import kvstore._segment_store as segment_store
 from kvstore._objectstore import RetryPolicy
 from kvstore.testing.faults import FaultInjectingStore, FaultPlan, FaultRule
@@ -94,6 +96,86 @@ def test_memory_stays_bounded(tmp_path: os.PathLike[str]) -> None:
     large = asyncio.run(peak_for(20_000, f"{tmp_path}/large"))  # 1.8 MB of pairs
     assert large < 1.3 * small + 256 * 1024, (small, large)
     assert large < 1.2e6, large
+
+
+def _merge_peaks(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Patch the engine's `as_sorted_run` to record the peak of memory (tracemalloc, which
+    the caller starts) over the merges' start, and how many ran at once at most."""
+    state = {"active": 0, "most": 0, "base": 0, "peak": 0}
+    real = engine_module.as_sorted_run
+
+    async def measured(*args: Any, **kwargs: Any) -> Any:
+        if not state["active"]:
+            state["base"] = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+        state["active"] += 1
+        state["most"] = max(state["most"], state["active"])
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            state["active"] -= 1
+            state["peak"] = max(state["peak"], tracemalloc.get_traced_memory()[1] - state["base"])
+
+    monkeypatch.setattr(engine_module, "as_sorted_run", measured)
+    return state
+
+
+@pytest.mark.parametrize(("chunk_kib", "value_bytes"), [(300, 100), (150, 2)], ids=["objects-read-whole", "tiny-pairs"])
+def test_a_loads_merge_stays_within_compaction_memory_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_kib: int, value_bytes: int
+) -> None:
+    """The merge of a load's chunks holds at most `compaction_memory_bytes` (review 6):
+    chunk objects of 1 MiB or less are read whole and held through the merge, and a block
+    of tiny pairs decodes to many more Python objects than its bytes; both are counted
+    (`_compact.merge_footprint`), so the fan-in shrinks and the merge takes passes."""
+    import asyncio
+
+    memory = 4 * 1024 * 1024
+    options = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=64 * 1024, compaction_memory_bytes=memory)
+    state = _merge_peaks(monkeypatch)
+    total = chunk_kib * 1024 // (12 + value_bytes) * 8  # 8 chunks, all overlapping
+
+    async def load() -> None:
+        async with kvstore.open(str(tmp_path / "store"), options=options) as db:
+            tracemalloc.start()
+            try:
+                await db.bulk_load(
+                    ((b"k%08d" % ((i * 7919) % total), os.urandom(value_bytes)) for i in range(total)),
+                    chunk_bytes=chunk_kib * 1024,
+                )
+            finally:
+                tracemalloc.stop()
+            assert await db.get(b"k%08d" % (total - 1)) is not None
+
+    asyncio.run(load())
+    assert 0 < state["peak"] <= memory, f"the merge held {state['peak'] / 2**20:.1f} MiB of {memory / 2**20:.0f}"
+
+
+def test_a_partitioned_loads_merges_run_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each partition's share of a load merges its chunks, each merge holding up to
+    `compaction_memory_bytes`: they take turns, so the load holds that once, not once per
+    partition (review 6)."""
+    import asyncio
+    import random
+
+    memory = 4 * 1024 * 1024
+    options = kvstore.StoreOptions(auto_compact=False, target_segment_bytes=64 * 1024, compaction_memory_bytes=memory)
+    state = _merge_peaks(monkeypatch)
+    per_partition = 300 * 1024 // 112 * 6
+    keys = [b"a%08d" % i for i in range(per_partition)] + [b"z%08d" % i for i in range(per_partition)]
+    random.Random(1).shuffle(keys)
+
+    async def load() -> None:
+        async with kvstore.open(str(tmp_path / "store"), options=options, split_keys=[b"m"]) as db:
+            tracemalloc.start()
+            try:
+                await db.bulk_load(((k, os.urandom(100)) for k in keys), chunk_bytes=300 * 1024)
+            finally:
+                tracemalloc.stop()
+            assert await db.get(keys[0]) is not None and await db.get(keys[-1]) is not None
+
+    asyncio.run(load())
+    assert state["most"] == 1 and 0 < state["peak"] <= memory, state
 
 
 async def test_sorted_input_then_out_of_order_pairs(target: Target) -> None:
