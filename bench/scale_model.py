@@ -74,15 +74,15 @@ class Rates:
 # from the 20 GB run of 2026-12-08 (load in random order, one merge pass; `rates_from`).
 _CHUNK_PASS_MB_S = 21.6
 _COMPACT_MB_S = 17.1
-_BULK_MERGE_MB_S = 30.0  # TODO
+_BULK_MERGE_MB_S = 18.9  # 20 GB: 1,984 s, less 926 s of chunks at _CHUNK_PASS_MB_S, for one pass
 DEFAULT_RATES = Rates(
     load_sorted_mb_s=_CHUNK_PASS_MB_S,
     bulk_merge_mb_s=_BULK_MERGE_MB_S,
     compact_mb_s=_COMPACT_MB_S,
     scan_mb_s=565_825 * PAIR_BYTES / 1e6,
     space_amplification=1.01,
-    peak_rss_mib={"bulk load": 437, "compaction": 256, "reads": 289},
-    source="docs/benchmarks.md, 20 GB on the local filesystem (2026-12-02; bulk merge 2026-12-08)",
+    peak_rss_mib={"bulk load": 646, "compaction": 256, "reads": 289},  # the load's: 2026-12-08
+    source="docs/benchmarks.md, 20 GB on the local filesystem (2026-12-02; bulk load 2026-12-08)",
 )
 
 
@@ -170,27 +170,52 @@ def model(logical_gb: float, rates: Rates, workers: int, options: StoreOptions) 
         steps = math.ceil(stored / step_bytes)
         step_s = (_RANGE_SEGMENTS * segment * (MAX_SUB_COMPACTIONS if n == 1 else 1)) / 1e6 / rates.compact_mb_s
         sorted_puts = write_requests(stored) + 2  # the run's segments, its run object, the CAS
-        # Any order: each process's chunks, then its merge passes, each reading every chunk
-        # in the read-ahead windows its fan-in leaves (`_compact.merge_readahead`).
-        chunks = load_chunks(logical / n)
-        passes = merge_passes(chunks, options)
-        fan_in = merge_fan_in(segment, options.compaction_memory_bytes)
-        # The first pass has the most inputs, so the smallest windows; each input keeps two
-        # in flight, up to the client's connection pool.
-        window = merge_readahead(min(chunks, fan_in), segment, options.compaction_memory_bytes)
-        merge_io_mb_s = streamed_mb_s(window, min(2 * min(chunks, fan_in), S3Options().max_pool_connections))
-        random_puts = sorted_puts + passes * write_requests(stored)
-        random_gets = sum(
-            read_requests(
-                stored,
-                merge_readahead(min(math.ceil(chunks / fan_in**p), fan_in), segment, options.compaction_memory_bytes),
-            )
-            for p in range(passes)
-        )
-        random_mb_s = 1 / (1 / rates.load_sorted_mb_s + passes / rates.bulk_merge_mb_s)
         compact_puts = write_requests(stored) + 2 * steps  # plus per step the run object and the CAS
         compact_gets = read_requests(stored)
         scan_gets = read_requests(stored)
+        full_compaction = {
+            "seconds": seconds(rates.compact_mb_s, n, min(read_mb_s, write_mb_s)),
+            "steps": steps,
+            "step_seconds": step_s,
+            "run_object_bytes_last_step": run_bytes,
+            "run_object_bytes_all_steps": run_bytes * (steps + 1) / 2,
+            "puts": compact_puts,
+            "gets": compact_gets,
+            "dollars": compact_puts * PUT_PRICE + compact_gets * GET_PRICE,
+        }
+        if n == 1:
+            # `bulk_load`: the chunks, then merge passes, each reading every chunk in the
+            # read-ahead windows its fan-in leaves (`_compact.merge_readahead`): the first
+            # pass has the most inputs, so the smallest windows; each input keeps two in
+            # flight, up to the client's connection pool.
+            chunks = load_chunks(logical)
+            passes = merge_passes(chunks, options)
+            fan_in = merge_fan_in(segment, options.compaction_memory_bytes)
+            memory = options.compaction_memory_bytes
+            window = merge_readahead(min(chunks, fan_in), segment, memory)
+            merge_io_mb_s = streamed_mb_s(window, min(2 * min(chunks, fan_in), S3Options().max_pool_connections))
+            random_puts = sorted_puts + passes * write_requests(stored)
+            random_gets = sum(
+                read_requests(stored, merge_readahead(min(math.ceil(chunks / fan_in**p), fan_in), segment, memory))
+                for p in range(passes)
+            )
+            random_mb_s = 1 / (1 / rates.load_sorted_mb_s + passes / rates.bulk_merge_mb_s)
+            bulk_load_random = {
+                "seconds": seconds(random_mb_s, n, min(merge_io_mb_s, write_mb_s)),
+                "note": f"{chunks:,} chunks, {passes} merge pass(es), {window // 1024:,} KiB windows",
+                "puts": random_puts,
+                "gets": random_gets,
+            }
+        else:
+            # A distributed write (`kvstore.dask`): the workers write chunks, which land as
+            # they are; `compact(full=True, client=...)` on the cluster then merges them.
+            bulk_load_random = {
+                "seconds": seconds(rates.load_sorted_mb_s, n, write_mb_s) + full_compaction["seconds"],
+                "note": "a distributed write, then a full compaction on the cluster",
+                "puts": sorted_puts + compact_puts,
+                "gets": compact_gets,
+            }
+        bulk_load_random["dollars"] = bulk_load_random["puts"] * PUT_PRICE + bulk_load_random["gets"] * GET_PRICE
         out[f"{n} process" if n == 1 else f"{n} workers"] = {
             "bulk_load_sorted": {
                 "seconds": seconds(rates.load_sorted_mb_s, n, write_mb_s),
@@ -198,25 +223,8 @@ def model(logical_gb: float, rates: Rates, workers: int, options: StoreOptions) 
                 "gets": 0,
                 "dollars": sorted_puts * PUT_PRICE,
             },
-            "bulk_load_random": {
-                "seconds": seconds(random_mb_s, n, min(merge_io_mb_s, write_mb_s)),
-                "chunks_per_process": chunks,
-                "merge_passes": passes,
-                "merge_readahead_bytes": window,
-                "puts": random_puts,
-                "gets": random_gets,
-                "dollars": random_puts * PUT_PRICE + random_gets * GET_PRICE,
-            },
-            "full_compaction": {
-                "seconds": seconds(rates.compact_mb_s, n, min(read_mb_s, write_mb_s)),
-                "steps": steps,
-                "step_seconds": step_s,
-                "run_object_bytes_last_step": run_bytes,
-                "run_object_bytes_all_steps": run_bytes * (steps + 1) / 2,
-                "puts": compact_puts,
-                "gets": compact_gets,
-                "dollars": compact_puts * PUT_PRICE + compact_gets * GET_PRICE,
-            },
+            "bulk_load_random": bulk_load_random,
+            "full_compaction": full_compaction,
             "full_scan": {
                 "seconds": seconds(rates.scan_mb_s, n, read_mb_s),
                 "gets": scan_gets,
@@ -249,12 +257,7 @@ def render(results: dict[str, Any]) -> str:
                 ("bulk_load_random", "bulk load (any order: chunks, then one run)"),
             ):
                 load = phases[name]
-                note = (
-                    f"{load['chunks_per_process']:,} chunks per process, {load['merge_passes']} merge "
-                    f"pass(es), {load['merge_readahead_bytes'] // 1024:,} KiB windows"
-                    if "merge_passes" in load
-                    else ""
-                )
+                note = load.get("note", "")
                 lines.append(
                     f"| {size} | {what} | {who} | {_hours(load['seconds'])} | "
                     f"{load['puts']:,.0f} / {load['gets']:,.0f} | ${load['dollars']:.2f} | {note} |"

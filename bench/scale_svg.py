@@ -49,6 +49,7 @@ def main() -> None:
     out, paths = Path(sys.argv[1]), sys.argv[2:]
     runs = [json.loads(Path(p).read_text()) for p in paths]
     before = json.loads(BASELINE.read_text())
+    dates = ", ".join(sorted({run["meta"]["date"][:10] for run in runs}))
     charts = {
         "scale-time-to-compacted.svg": ("seconds", "time to a compacted store (s): bulk load + full compaction"),
         "scale-cold-get-after-load.svg": ("cold_ms", "cold get right after the bulk load (ms, p50)"),
@@ -60,7 +61,7 @@ def main() -> None:
             old = [(r["gb"], r[field]) for r in before[backend]]
             new = [(r["gb"], r[field]) for r in points(runs, backend)]
             series.append((f"{where}, issue 12 (2026-12-02)", old, True, n))
-            series.append((f"{where}, now (2026-12-07)", new, False, n))
+            series.append((f"{where}, now ({dates})", new, False, n))
         svg = line_chart(
             [s for s in series if s[1]],
             title=y_label.split(" (")[0] + ", before and after issue 21",
